@@ -1,0 +1,5 @@
+import sys
+
+from mixdistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The ``mixdistill`` command. Every user-facing error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mixdistill.errors import MixdistillError
+
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_train(sub):
+    from mixdistill.config import describe_options
+
+    p = sub.add_parser("train", help="train one run from a YAML config", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train one run. CONFIG is a YAML file; key=value overrides follow "
+                                   "(dotted keys, values parsed as YAML), e.g. method=kd optim.epochs=10.",
+                       epilog="config keys and their defaults:\n" + describe_options())
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from mixdistill.config import load_config
+    from mixdistill.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    _print_summary_table([summary])
+    return 0
+
+
+def _print_summary_table(summaries):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="results")
+    for col in ("run", "method", "student", "seed", "last acc %", "best acc %", "teacher acc %", "time s"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(s["name"], s["method"], s["student"], str(s["seed"]), _fmt(s["last_acc"]),
+                      _fmt(s["best_acc"]), _fmt(s.get("teacher_acc")), f"{s['train_time_s']:.0f}")
+    Console().print(table)
+
+
+def _fmt(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a test set", formatter_class=HELP_FORMAT)
+    p.add_argument("checkpoint", help="a mixdistill checkpoint (last.pt) or a {'model': state_dict} file")
+    p.add_argument("--arch", default=None, help="model name, for checkpoints that do not record it")
+    p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-root", default=None, help="data directory")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mixdistill.data import DeviceLoader, load_dataset
+    from mixdistill.engine.checkpoint import load_checkpoint
+    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.engine.trainer import evaluate
+    from mixdistill.errors import ConfigError
+    from mixdistill.models import create_model
+    from mixdistill.models.checkpoint import load_weights
+
+    state = load_checkpoint(args.checkpoint)
+    config = state.get("config", {})
+    dataset = args.data or config.get("data", {}).get("dataset")
+    if dataset is None:
+        raise ConfigError("this checkpoint does not record its dataset: pass --data")
+    root = args.data_root or config.get("data", {}).get("root")
+    split = load_dataset(dataset, args.split, root=root)
+    arch = args.arch or state.get("arch")
+    if arch is None:
+        raise ConfigError("this checkpoint does not record its architecture: pass --arch")
+    model = create_model(arch, num_classes=split.spec.num_classes, in_channels=split.images.shape[1])
+    load_weights(model, state)
+    runtime = resolve_runtime(args.device)
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=__import__("torch").channels_last)
+    loader = DeviceLoader(split.images, split.labels, batch_size=args.batch_size, mean=split.spec.mean,
+                          std=split.spec.std, shuffle=False, drop_last=False, device=runtime.device)
+    result = evaluate(model, loader, runtime)
+    table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
+    for col in ("model", "images", "top-1 %", "loss"):
+        table.add_column(col)
+    table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", f"{result['loss']:.4f}")
+    Console().print(table)
+    return 0
+
+
+def _add_models(sub):
+    p = sub.add_parser("models", help="list every model with its size and cost", formatter_class=HELP_FORMAT)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mixdistill.models import list_models, model_summary
+
+    table = Table(title=f"models at {args.num_classes} classes, {args.in_channels}x{args.image_size}x{args.image_size}")
+    for col in ("model", "params (M)", "MACs / image (M)"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name in list_models():
+        s = model_summary(name, args.num_classes, args.in_channels, args.image_size)
+        table.add_row(name, f"{s['params'] / 1e6:.2f}", f"{s['macs'] / 1e6:.1f}")
+    Console().print(table)
+    return 0
+
+
+def _add_teachers(sub):
+    from mixdistill.teachers import add_teachers_arguments, teachers_main
+
+    p = sub.add_parser("teachers", help="list / download the benchmark's pretrained CIFAR-100 teachers",
+                       formatter_class=HELP_FORMAT)
+    add_teachers_arguments(p)
+    p.set_defaults(func=teachers_main)
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="teacher + CE and KD students on Fashion-MNIST, with a results table",
+                       formatter_class=HELP_FORMAT)
+    p.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (re-running reuses them)")
+    p.add_argument("--seeds", type=int, default=2, help="student seeds (CE and KD each)")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST directory")
+    p.add_argument("--quick", action="store_true", help="a much smaller run, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from mixdistill.demo import run_demo
+
+    return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mixdistill import __version__
+
+    parser = argparse.ArgumentParser(prog="mixdistill", description="Knowledge distillation with mixed-sample "
+                                     "data augmentation (offline and online).")
+    parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_models, _add_teachers, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MixdistillError as err:
+        print(f"mixdistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixdistill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

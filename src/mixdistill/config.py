@@ -1,0 +1,228 @@
+"""Run configuration: YAML validated by a pydantic schema before any work starts.
+
+A config is data. ``load_config(path, overrides)`` reads the YAML, applies dotted ``key=value``
+overrides (values parsed as YAML), and validates everything, including the chosen method's own
+parameters, so a typo fails with a message naming the key before a single tensor is allocated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mixdistill.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    dataset: str = "fashion_mnist"
+    root: str | None = Field(None, description="data directory (else MIXDISTILL_DATA, the Debian path, download)")
+    train_subset: int | None = Field(None, gt=0, description="class-stratified subset of the training set")
+    test_subset: int | None = Field(None, gt=0)
+    subset_seed: int = 0
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    crop_padding: int | None = Field(None, ge=0, description="random-crop padding; null = the dataset's default")
+    flip: bool = True
+    download: bool = True
+
+
+class ModelConfig(Section):
+    student: str = "resnet8x4"
+    teacher: str | None = None
+    teacher_checkpoint: str | None = Field(
+        None, description="path to a checkpoint ({'model': state_dict}) or a benchmark teacher name")
+
+
+class MethodConfig(BaseModel):
+    """``name`` picks the distiller; every other key is that distiller's parameter."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "ce"
+
+    @model_validator(mode="after")
+    def _validate_params(self):
+        from mixdistill.distill import DISTILLERS
+
+        cls = DISTILLERS.get_or_raise(self.name)
+        cls.Params(**(self.model_extra or {}))
+        return self
+
+    def params(self):
+        from mixdistill.distill import DISTILLERS
+
+        return DISTILLERS[self.name].Params(**(self.model_extra or {}))
+
+
+class OptimConfig(Section):
+    lr: float = Field(0.05, gt=0)
+    lr_overrides: dict[str, float] = Field(
+        default_factory=lambda: {"mobile_half": 0.01, "MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01},
+        description="student name -> lr (the protocol uses 0.01 for MobileNetV2 and ShuffleNets)")
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    epochs: int = Field(240, gt=0)
+    schedule: Literal["step", "onecycle", "cosine", "constant"] = "step"
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = Field(0.1, gt=0)
+    epoch_factor: int = Field(1, gt=0, description="scales epochs and every milestone (longer schedules)")
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_milestones(self):
+        if any(m <= 0 or m >= self.epochs for m in self.milestones) and self.schedule == "step":
+            raise ValueError(f"optim.milestones {self.milestones} must lie strictly inside 1..{self.epochs - 1}")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs * self.epoch_factor
+
+    @property
+    def scaled_milestones(self) -> list[int]:
+        return [m * self.epoch_factor for m in self.milestones]
+
+
+class TrainConfig(Section):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the student (auto: on CUDA)")
+    eval_every: int = Field(1, gt=0)
+    checkpoint_every: int = Field(1, gt=0)
+    log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")
+    tensorboard: bool = True
+    progress: bool = True
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+
+class RunConfig(Section):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_teacher(self):
+        from mixdistill.distill import DISTILLERS
+
+        if DISTILLERS[self.method.name].needs_teacher and not self.model.teacher_checkpoint:
+            raise ValueError(f"method '{self.method.name}' needs a teacher: set model.teacher_checkpoint")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict. Assigning a scalar to a section that has a ``name`` (method,
+    augment) switches that section to the new name with default parameters."""
+    keys = dotted_key.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted_key}': '{key}' is not a section")
+        node = child
+    last = keys[-1]
+    if len(keys) == 1 and last in _NAMED_SECTIONS and not isinstance(value, dict):
+        node[last] = {"name": value}
+    else:
+        node[last] = value
+
+
+_NAMED_SECTIONS = {"method", "augment"}
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if x not in ("__root__",))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_config(tree: dict) -> RunConfig:
+    from mixdistill.errors import MixdistillError
+
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        # pydantic wraps errors raised inside validators; surface ours (unknown names) unwrapped
+        for e in err.errors():
+            inner = (e.get("ctx") or {}).get("error")
+            if isinstance(inner, MixdistillError):
+                raise inner from None
+            if isinstance(inner, ValidationError):  # a method's own Params failed
+                sub = _format_validation_error(inner).removeprefix("invalid config: ")
+                raise ConfigError(f"invalid config: method ({tree.get('method', {}).get('name')}): {sub}") from None
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    for key, value in parse_overrides(list(overrides)):
+        set_dotted(tree, key, value)
+    return build_config(tree)
+
+
+def describe_options() -> str:
+    """Every config key with its default, for ``--help``."""
+    lines = []
+
+    def walk(model_cls, prefix):
+        for name, field in model_cls.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            desc = f"  ({field.description})" if field.description else ""
+            lines.append(f"  {prefix}{name}={default!r}{desc}")
+
+    walk(RunConfig, "")
+    lines.append("  method.<param>=...  (the chosen method's parameters; see README)")
+    return "\n".join(lines)

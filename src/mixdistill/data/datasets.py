@@ -1,0 +1,218 @@
+"""The dataset registry and :func:`load_dataset`.
+
+Where the files are looked for, first match wins:
+
+1. the ``root`` argument (the CLI's ``--data-root`` / config ``data.root``);
+2. the environment variable ``MIXDISTILL_DATA``;
+3. for ``fashion_mnist``, the Debian package location ``/usr/share/datasets/fashion-mnist``
+   (``apt-get install dataset-fashion-mnist``);
+4. ``~/.cache/mixdistill/data``, downloading into it with torchvision first if ``download=True``
+   (CIFAR-10/100 and Fashion-MNIST only).
+
+A folder counts only if that dataset's files are in it, directly or in the subfolder torchvision
+names (``cifar-10-batches-py``, ``cifar-100-python``, ``FashionMNIST/raw``, ``tiny-imagenet-200``),
+so one folder can hold several datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mixdistill.data import readers
+from mixdistill.errors import DatasetNotFoundError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "MIXDISTILL_DATA"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR = Path.home() / ".cache" / "mixdistill" / "data"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model and a loader need to know about a dataset.
+
+    For ``imagefolder`` the fields marked None are unknown until the files are read; the spec of a
+    loaded :class:`Split` has them filled in.
+    """
+
+    name: str
+    num_classes: int | None
+    in_channels: int | None
+    image_size: int | tuple[int, int] | None  # int for square images, (H, W) otherwise
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # padding of the random-crop augmentation, about image_size / 8
+    reader: Callable[[Path, str], tuple[torch.Tensor, torch.Tensor]]  # (folder, split) -> (images, labels)
+    find: Callable[[Path], Path | None]  # folder -> the folder holding the files, or None
+    download: Callable[[Path], None] | None = None  # download into a folder, or None if not possible
+    how_to_get: str = ""  # the dataset-specific way to obtain the files, for the not-found message
+
+
+def _download_cifar10(root: Path) -> None:
+    import torchvision
+
+    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+
+
+def _download_cifar100(root: Path) -> None:
+    import torchvision
+
+    torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+
+
+def _download_fashion_mnist(root: Path) -> None:
+    import torchvision
+
+    torchvision.datasets.FashionMNIST(str(root), train=True, download=True)  # fetches both splits
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        name="cifar10", num_classes=10, in_channels=3, image_size=32,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4,
+        reader=readers.read_cifar10, find=lambda d: readers.find_cifar(d, 10), download=_download_cifar10,
+        how_to_get="let it download from the internet (download=True)",
+    ),
+    "cifar100": DatasetSpec(
+        name="cifar100", num_classes=100, in_channels=3, image_size=32,
+        mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
+        reader=readers.read_cifar100, find=lambda d: readers.find_cifar(d, 100), download=_download_cifar100,
+        how_to_get="let it download from the internet (download=True)",
+    ),
+    # 2 pixels of crop padding at 28x28: the usual 4 (from CIFAR's 32x32) cuts into the centred garments
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist", num_classes=10, in_channels=1, image_size=28,
+        mean=(0.2860,), std=(0.3530,), crop_padding=2,
+        reader=readers.read_mnist_like, find=readers.find_idx, download=_download_fashion_mnist,
+        how_to_get=(
+            f"on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs {DEBIAN_FASHION_MNIST}), "
+            "or let it download from the internet (download=True)"
+        ),
+    ),
+    # sizes, channels and classes come from the files; 0.5 mean/std for every channel
+    "imagefolder": DatasetSpec(
+        name="imagefolder", num_classes=None, in_channels=None, image_size=None,
+        mean=(0.5,), std=(0.5,), crop_padding=4,
+        reader=readers.read_image_folder_split, find=readers.find_image_folder,
+        how_to_get="point it at a folder holding train/<class>/<image> and test/<class>/<image>",
+    ),
+    "tiny_imagenet": DatasetSpec(
+        name="tiny_imagenet", num_classes=200, in_channels=3, image_size=64,
+        mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262), crop_padding=8,
+        reader=readers.read_tiny_imagenet, find=readers.find_tiny_imagenet,
+        how_to_get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into that folder",
+    ),
+}
+
+
+@dataclass
+class Split:
+    """One split of a dataset, all in CPU memory."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+    spec: DatasetSpec
+    root: Path  # the folder the files were read from
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int, seed: int = 0) -> Split:
+        """``n`` samples, each class in proportion to its share (within one sample), same for the same seed.
+
+        The samples keep their original order.
+        """
+        N = len(self.labels)
+        if not 0 < n <= N:
+            raise ValueError(f"subset size must be in 1..{N}, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(N, generator=g)
+        lab = self.labels[perm]
+        # rank of each sample among its class (in the random order), as a fraction of the class size:
+        # taking the n smallest fractions takes about n * share from every class
+        by_class = torch.argsort(lab, stable=True)
+        counts = torch.bincount(lab)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty(N, dtype=torch.long)
+        rank[by_class] = torch.arange(N) - starts[lab[by_class]]
+        key = (rank + 0.5) / counts[lab]
+        chosen = perm[torch.argsort(key, stable=True)[:n]].sort().values
+        return Split(self.images[chosen], self.labels[chosen], self.spec, self.root)
+
+
+def find_root(name: str, root=None, download: bool = True) -> Path:
+    """The folder holding dataset ``name``'s files (see the module docstring for the search order)."""
+    if name not in DATASETS:
+        raise UnknownNameError("dataset", name, DATASETS)
+    spec = DATASETS[name]
+    candidates = []
+    if root is not None:
+        candidates.append(("root argument", Path(root).expanduser()))
+    if os.environ.get(ENV_VAR):
+        candidates.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
+    else:
+        candidates.append((f"${ENV_VAR} (not set)", None))
+    if name == "fashion_mnist":
+        candidates.append(("Debian package location", DEBIAN_FASHION_MNIST))
+    candidates.append(("download cache", CACHE_DIR))
+
+    for i, (_, folder) in enumerate(candidates):
+        found = spec.find(folder) if folder is not None else None
+        if found is not None:
+            if i > 0 and root is not None:
+                log.warning("dataset %s not found in %s; using %s", name, root, found)
+            return found
+
+    download_note = ""
+    if download and spec.download is not None:
+        try:
+            log.info("downloading %s into %s", name, CACHE_DIR)
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            spec.download(CACHE_DIR)
+            found = spec.find(CACHE_DIR)
+            if found is not None:
+                return found
+            download_note = "; the download finished but the files are not there"
+        except Exception as e:  # no network, proxy, checksum mismatch, disk full ...
+            download_note = f"; downloading into {CACHE_DIR} failed: {type(e).__name__}: {e}"
+    elif spec.download is not None:
+        download_note = "; download disabled"
+
+    looked = ", ".join(where if folder is None else f"{where} {folder}" for where, folder in candidates)
+    raise DatasetNotFoundError(
+        f"dataset '{name}' not found (looked in: {looked}{download_note}). "
+        f"To fix, either pass --data-root (config data.root) pointing at the folder holding it, "
+        f"or set the environment variable {ENV_VAR} to that folder, or {spec.how_to_get}."
+    )
+
+
+def load_dataset(name: str, split: str = "train", root=None, download: bool = True) -> Split:
+    """Read one split of a registered dataset into CPU memory: uint8 images [N, C, H, W], int64 labels."""
+    if name not in DATASETS:
+        raise UnknownNameError("dataset", name, DATASETS)
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, SPLITS)
+    spec = DATASETS[name]
+    folder = find_root(name, root, download)
+    images, labels = spec.reader(folder, split)
+    if spec.num_classes is None:  # imagefolder: fill in what the files say
+        _, C, H, W = images.shape
+        spec = dataclasses.replace(
+            spec,
+            num_classes=len(readers.folder_classes(folder / "train")),
+            in_channels=C,
+            image_size=H if H == W else (H, W),
+            mean=spec.mean * C if len(spec.mean) == 1 else spec.mean,
+            std=spec.std * C if len(spec.std) == 1 else spec.std,
+            crop_padding=max(1, min(H, W) // 8),
+        )
+    return Split(images, labels, spec, folder)

@@ -1,0 +1,310 @@
+"""Readers for the on-disk dataset formats.
+
+Every reader returns ``(images, labels)``: a uint8 tensor ``[N, C, H, W]`` and an int64 tensor ``[N]``,
+both on the CPU. Each ``find_*`` function takes a folder and returns the folder that actually holds the
+files (the folder itself or the subfolder torchvision would create there), or ``None``.
+Files that exist but cannot be read raise :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mixdistill.errors import DataError, DatasetNotFoundError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _to_tensors(images: np.ndarray, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
+    return images, labels
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+CIFAR_LAYOUT = {
+    # num_classes: (torchvision folder name, train files, test files, label key)
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def find_cifar(root, num_classes: int = 10) -> Path | None:
+    folder, train_files, test_files, _ = CIFAR_LAYOUT[num_classes]
+    root = Path(root)
+    for d in (root, root / folder):
+        if all((d / f).is_file() for f in train_files + test_files):
+            return d
+    return None
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as e:  # corrupt pickles raise almost anything
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"cannot read {path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def read_cifar(root, split: str, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 python pickles; ``root`` is the parent folder or the batches folder itself."""
+    d = find_cifar(root, num_classes)
+    if d is None:
+        raise DatasetNotFoundError(f"no CIFAR-{num_classes} python archive in {root}")
+    _, train_files, test_files, label_key = CIFAR_LAYOUT[num_classes]
+    images, labels = [], []
+    for name in train_files if split == "train" else test_files:
+        path = d / name
+        batch = _load_pickle(path)
+        if b"data" not in batch or label_key not in batch:
+            raise DataError(f"cannot read {path}: missing key b'data' or {label_key!r}")
+        data = np.asarray(batch[b"data"])
+        lab = np.asarray(batch[label_key])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
+            raise DataError(
+                f"cannot read {path}: expected uint8 data [N, 3072] and N labels, "
+                f"got data {data.dtype} {list(data.shape)} and {len(lab)} labels"
+            )
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab)
+    return _to_tensors(np.concatenate(images), np.concatenate(labels))
+
+
+def read_cifar10(root, split: str):
+    return read_cifar(root, split, 10)
+
+
+def read_cifar100(root, split: str):
+    return read_cifar(root, split, 100)
+
+
+# ------------------------------------------------------------------------------------------------- IDX
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_PREFIX = {"train": "train", "test": "t10k"}
+# where (Fashion-)MNIST files may sit under a root: the root itself, torchvision's layout, common names
+IDX_SUBDIRS = (".", "FashionMNIST/raw", "fashion-mnist", "fashion_mnist")
+
+
+def read_idx(path) -> np.ndarray:
+    """One IDX file (gzipped when the name ends in .gz); the header's dims are checked against the payload."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
+        raise DataError(f"cannot read {path}: not an IDX file (bad magic number {data[:4].hex()})")
+    dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise DataError(f"cannot read {path}: truncated header")
+    dims = [int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4)]
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise DataError(
+            f"cannot read {path}: header says {dims} ({expected} bytes of data) "
+            f"but the file holds {len(data) - offset} bytes; truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(d: Path, split: str, kind: str) -> Path | None:
+    """kind: 'images' or 'labels'; prefers the uncompressed file when both exist."""
+    base = f"{IDX_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+    for name in (base, base + ".gz"):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def find_idx(root) -> Path | None:
+    """The folder holding all four (Fashion-)MNIST IDX files."""
+    root = Path(root)
+    for sub in IDX_SUBDIRS:
+        d = root / sub
+        if all(_idx_file(d, s, k) for s in IDX_PREFIX for k in ("images", "labels")):
+            return d if sub != "." else root
+    return None
+
+
+def read_idx_pair(images_path, labels_path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"cannot read {images_path}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(
+            f"{labels_path} holds {labels.shape} labels but {images_path} holds {len(images)} images"
+        )
+    return _to_tensors(images[:, None], labels)
+
+
+def read_mnist_like(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Fashion-)MNIST IDX files in ``root`` or in one of its usual subfolders (``FashionMNIST/raw``)."""
+    d = find_idx(root)
+    if d is None:
+        raise DatasetNotFoundError(f"no IDX files (train-images-idx3-ubyte[.gz] etc.) in {root}")
+    return read_idx_pair(_idx_file(d, split, "images"), _idx_file(d, split, "labels"))
+
+
+# ---------------------------------------------------------------------------------------- image files
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
+
+
+def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:
+    """Decode image files into one uint8 array [N, C, H, W] (threads; PIL decodes without the GIL).
+
+    ``mode`` is 'L' or 'RGB'; None picks 'L' if the first image is grayscale, else 'RGB'. Every image is
+    converted to that mode. All images must have the first image's size.
+    """
+    if not paths:
+        raise DataError("no images to decode")
+    try:
+        with Image.open(paths[0]) as im:
+            size = im.size
+            if mode is None:
+                mode = "L" if im.mode in GRAY_MODES else "RGB"
+    except Exception as e:
+        raise DataError(f"cannot decode image {paths[0]}: {type(e).__name__}: {e}") from None
+    channels = 1 if mode == "L" else 3
+    out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        path = paths[i]
+        try:
+            with Image.open(path) as im:
+                if im.size != size:
+                    raise DataError(
+                        f"images of different sizes: {paths[0]} is {size[0]}x{size[1]} but "
+                        f"{path} is {im.size[0]}x{im.size[1]} (width x height); resize them to one size"
+                    )
+                arr = np.asarray(im.convert(mode))
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(decode, range(len(paths))):  # re-raises the first error in file order
+            pass
+    return out
+
+
+def folder_classes(root) -> list[str]:
+    """Sorted names of the non-hidden subfolders of ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"no such folder: {root}")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_image_folder(root, classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``root/<class>/<image>``, classes sorted by name (or given), everything decoded into memory.
+
+    Grayscale or RGB is chosen from the first image and applied to all; sizes must all be equal.
+    """
+    root = Path(root)
+    classes = folder_classes(root) if classes is None else classes
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        if not (root / cls).is_dir():
+            continue
+        files = sorted(p for p in (root / cls).iterdir() if _is_image(p))
+        paths += files
+        labels += [label] * len(files)
+    extra = set(folder_classes(root)) - set(classes)
+    if extra:
+        raise DataError(f"{root} has class folders not in the class list: {', '.join(sorted(extra))}")
+    if not paths:
+        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders of {root}")
+    return _to_tensors(decode_images(paths), labels)
+
+
+def find_image_folder(root) -> Path | None:
+    """An image-folder dataset root holds ``train/<class>/...`` and ``test/`` (or ``val/``) beside it."""
+    root = Path(root)
+    return root if (root / "train").is_dir() else None
+
+
+def read_image_folder_split(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``root/train`` for the train split, ``root/test`` (or ``root/val``) for test; classes from train."""
+    root = Path(root)
+    classes = folder_classes(root / "train")
+    if split == "train":
+        return read_image_folder(root / "train", classes)
+    for name in ("test", "val"):
+        if (root / name).is_dir():
+            return read_image_folder(root / name, classes)
+    raise DatasetNotFoundError(f"image folder {root} has no test/ or val/ folder for the test split")
+
+
+# -------------------------------------------------------------------------------------- Tiny-ImageNet
+
+
+def find_tiny_imagenet(root) -> Path | None:
+    root = Path(root)
+    for d in (root, root / "tiny-imagenet-200"):
+        if (d / "wnids.txt").is_file() and (d / "train").is_dir() and (d / "val" / "val_annotations.txt").is_file():
+            return d
+    return None
+
+
+def read_tiny_imagenet(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny-ImageNet-200; the test split is the labelled ``val`` set. Labels index the sorted wnids."""
+    d = find_tiny_imagenet(root)
+    if d is None:
+        raise DatasetNotFoundError(f"no Tiny-ImageNet (wnids.txt, train/, val/val_annotations.txt) in {root}")
+    try:
+        wnids = sorted({w.strip() for w in (d / "wnids.txt").read_text().split() if w.strip()})
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {d / 'wnids.txt'}: {e}") from None
+    index = {w: i for i, w in enumerate(wnids)}
+    paths, labels = [], []
+    if split == "train":
+        for w in wnids:
+            img_dir = d / "train" / w / "images"
+            if not img_dir.is_dir():
+                raise DataError(f"Tiny-ImageNet: missing folder {img_dir}")
+            files = sorted(p for p in img_dir.iterdir() if _is_image(p))
+            paths += files
+            labels += [index[w]] * len(files)
+    else:
+        ann = d / "val" / "val_annotations.txt"
+        try:
+            lines = ann.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {ann}: {e}") from None
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[1] not in index:
+                raise DataError(f"{ann}, line {n}: expected '<file>\\t<wnid>...' with a wnid from wnids.txt")
+            rows.append((fields[0], index[fields[1]]))
+        for name, label in sorted(rows):
+            paths.append(d / "val" / "images" / name)
+            labels.append(label)
+    return _to_tensors(decode_images(paths, mode="RGB"), labels)

@@ -1,0 +1,85 @@
+"""Batched augmentation and normalization that run on the images' device.
+
+No per-sample Python loops and no host synchronisation: the random parameters are drawn on the CPU
+(from a CPU ``torch.Generator``, so results do not depend on the device) and copied to the device
+without blocking; the pixel work is one gather. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def copy_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int, generator: torch.Generator | None, flip: bool = True
+) -> torch.Tensor:
+    """Random crop with zero padding, then random horizontal flip, per sample.
+
+    Same distribution as torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``: each
+    sample is zero-padded by ``padding`` on every side and cropped back to ``H x W`` at offsets drawn
+    uniformly from ``0..2*padding`` (rows and columns independently), then flipped with probability 0.5.
+    ``images``: uint8 or float ``[B, C, H, W]`` on any device. ``generator``: a CPU generator (or None for
+    the default CPU generator). Returns a new tensor of the same dtype, device and shape.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("generator must be a CPU torch.Generator")
+    B, C, H, W = images.shape
+    device = images.device
+
+    # random parameters, drawn on the CPU in a fixed order: row offsets, column offsets, flips
+    dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
+    flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
+    params = copy_to_device(torch.stack([dy, dx, flips.long()]), device)
+    dy, dx, flips = params[0], params[1], params[2].bool()
+
+    # source coordinates of every output pixel; out of range means the zero padding
+    rows = torch.arange(H, device=device) + (dy - padding)[:, None]  # [B, H]
+    cols = torch.arange(W, device=device).expand(B, W)
+    cols = torch.where(flips[:, None], W - 1 - cols, cols) + (dx - padding)[:, None]  # [B, W]
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # [B, H, W]
+    index = rows.clamp(0, H - 1)[:, :, None] * W + cols.clamp(0, W - 1)[:, None, :]  # [B, H, W]
+
+    out = images.reshape(B, C, H * W).gather(2, index.reshape(B, 1, H * W).expand(B, C, H * W))
+    return out.reshape(B, C, H, W).masked_fill_(~inside[:, None], 0)
+
+
+def _stats(values, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=dtype)
+    if t.device != images.device:
+        t = copy_to_device(t, images.device)
+    return t.reshape(1, -1, 1, 1)
+
+
+def normalize(
+    images_uint8: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``(x / 255 - mean) / std`` per channel on a batch ``[B, C, H, W]``; returns a new ``dtype`` tensor.
+
+    ``mean``/``std`` hold C values (or one, used for every channel); pass tensors already on the
+    images' device to avoid a small copy per call.
+    """
+    if images_uint8.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images_uint8.shape)}")
+    C = images_uint8.shape[1]
+    mean, std = _stats(mean, images_uint8, dtype), _stats(std, images_uint8, dtype)
+    if mean.numel() not in (1, C) or std.numel() not in (1, C):
+        raise ValueError(f"mean/std need 1 or {C} values, got {mean.numel()} and {std.numel()}")
+    return images_uint8.to(dtype, copy=True).div_(255).sub_(mean).div_(std)

@@ -1,0 +1,76 @@
+"""The distiller contract (after mdistiller): a small nn.Module whose ``forward_train`` returns the
+student logits and a dict of named loss terms. The trainer sums the terms and knows nothing else
+about the method; the method knows nothing about loops, logging or devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+@dataclass
+class StepInfo:
+    """Where the trainer is: methods with ramp-ups or random mixing read it."""
+
+    epoch: int  # 0-based
+    step: int  # global optimiser step, 0-based
+    epochs: int  # total epochs of the run
+    generator: torch.Generator  # CPU generator for this step's random parameters, reseeded every epoch
+
+
+class MethodParams(BaseModel):
+    """Base for each distiller's hyper-parameters (validated from the config's ``method`` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distiller(nn.Module):
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: MethodParams):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.params = params
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher is frozen: BatchNorm statistics never move
+        return self
+
+    def learnable_parameters(self):
+        """Everything the optimiser updates: the student plus any method-owned modules."""
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]
+
+    @torch.no_grad()
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher forward in inference mode; the result is an ordinary tensor usable in the loss."""
+        with torch.inference_mode():
+            logits = self.teacher(images)
+        return logits.clone()
+
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo):
+        """Return (student_logits, {term_name: scalar loss})."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)
+
+    def state_dict_extra(self) -> dict:
+        """Method-owned learnable modules (besides student and teacher) to checkpoint."""
+        return {name: module.state_dict() for name, module in self.named_children()
+                if name not in ("student", "teacher")}
+
+    def load_state_dict_extra(self, state: dict) -> None:
+        for name, module_state in state.items():
+            getattr(self, name).load_state_dict(module_state)

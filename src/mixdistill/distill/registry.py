@@ -1,0 +1,3 @@
+from mixdistill.registry import Registry
+
+DISTILLERS = Registry("method")

@@ -1,0 +1,345 @@
+"""The training loop. Method-agnostic: a distiller returns (logits, {term: loss}); this file sums the
+terms, steps the optimiser and the schedule, evaluates, logs and checkpoints.
+
+Hot-path rules (airbench-style): data already on the device, augmentation batched there, metrics
+accumulated in device tensors and read once per ``log_every`` steps, no ``.item()`` per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixdistill.config import RunConfig, build_config
+from mixdistill.data import DeviceLoader, load_dataset
+from mixdistill.distill import DISTILLERS, StepInfo
+from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, save_atomic
+from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
+from mixdistill.engine.schedule import build_scheduler
+from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
+from mixdistill.models import create_model
+from mixdistill.models.checkpoint import load_weights
+
+# config keys that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
+                    "output_dir"}
+
+
+# --------------------------------------------------------------------------------------------- build
+
+def load_data(cfg: RunConfig):
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", root=d.root, download=d.download)
+    test = load_dataset(d.dataset, "test", root=d.root, download=d.download)
+    if d.train_subset:
+        train = train.subset(d.train_subset, seed=d.subset_seed)
+    if d.test_subset:
+        test = test.subset(d.test_subset, seed=d.subset_seed)
+    return train, test
+
+
+def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
+    source = cfg.model.teacher_checkpoint
+    if source is None:
+        return None
+    if not Path(source).exists():
+        from mixdistill.teachers import TEACHERS, load_teacher
+
+        if source in TEACHERS:
+            return load_teacher(source, num_classes=num_classes)
+        raise CheckpointError(f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name "
+                              f"(see `mixdistill teachers`)")
+    state = load_checkpoint(source)
+    arch = cfg.model.teacher or state.get("arch")
+    if arch is None:
+        raise ConfigError(f"{source} does not record its architecture: set model.teacher to its model name")
+    if cfg.model.teacher and state.get("arch") and state["arch"] != cfg.model.teacher:
+        raise ConfigError(f"model.teacher is '{cfg.model.teacher}' but {source} holds a '{state['arch']}'")
+    teacher = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    load_weights(teacher, state)
+    return teacher.eval()
+
+
+def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int):
+    student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+    teacher_cls = DISTILLERS.get_or_raise(cfg.method.name)
+    teacher = build_teacher(cfg, num_classes, in_channels) if teacher_cls.needs_teacher else None
+    return teacher_cls(student, teacher, cfg.method.params())
+
+
+def base_lr(cfg: RunConfig) -> float:
+    return cfg.optim.lr_overrides.get(cfg.model.student, cfg.optim.lr)
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, runtime: Runtime) -> dict:
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=runtime.device)
+    count = 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+            count += labels.numel()
+    model.train(was_training)
+    return {"acc": 100.0 * correct.item() / count, "loss": loss_sum.item() / count}
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.resume = resume
+        self.quiet = quiet
+        self.checkpoint_path = self.run_dir / "last.pt"
+        self._check_run_dir()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last,
+                                       cfg.train.compile)
+        train, test = load_data(cfg)
+        self.num_classes, self.in_channels = train.spec.num_classes, train.images.shape[1]
+        d = cfg.data
+        padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
+        self.train_loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size,
+                                         mean=train.spec.mean, std=train.spec.std, shuffle=True, drop_last=True,
+                                         crop_padding=padding, flip=d.flip, seed=cfg.seed,
+                                         device=self.runtime.device)
+        self.test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size,
+                                        mean=test.spec.mean, std=test.spec.std, shuffle=False, drop_last=False,
+                                        device=self.runtime.device)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {len(train.labels)} training images")
+        torch.manual_seed(cfg.seed)  # model initialisation
+        self.distiller = build_distiller(cfg, self.num_classes, self.in_channels).to(self.runtime.device)
+        if self.runtime.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
+                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                                         nesterov=cfg.optim.nesterov, foreach=True)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
+        self.start_epoch, self.step = 0, 0
+        self.history: list[dict] = []
+        if resume:
+            self._load_state()
+        self.train_step = self._make_train_step()
+
+    # -- run directory and resumption -------------------------------------------------------------
+    def _check_run_dir(self):
+        has_run = self.checkpoint_path.exists() or (self.run_dir / "summary.json").exists()
+        if self.resume and not self.checkpoint_path.exists():
+            raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}")
+        if not self.resume and has_run:
+            raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
+                                  f"another name= or output_dir= (nothing was overwritten)")
+
+    def _load_state(self):
+        state = load_checkpoint(self.checkpoint_path)
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not a mixdistill training checkpoint")
+        diff = config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
+        if diff:
+            raise ConfigError(f"--resume: the config differs from the one {self.run_dir} was started with: "
+                              + "; ".join(diff))
+        self.distiller.student.load_state_dict(state["model"])
+        self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.step = state["epoch"], state["step"]
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def _save_state(self, epoch: int):
+        state = {
+            "format": FORMAT,
+            "arch": self.cfg.model.student,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "model": self.distiller.student.state_dict(),
+            "distiller_extra": self.distiller.state_dict_extra(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "step": self.step,
+            "rng": {"torch": torch.get_rng_state()},
+            "config": self.cfg.to_dict(),
+            "history": json.dumps(self.history),
+        }
+        save_atomic(state, self.checkpoint_path)
+
+    # -- one step -------------------------------------------------------------------------------------
+    def _make_train_step(self):
+        distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
+        if runtime.compile:
+            distiller.student.compile()
+
+        def train_step(images, labels, info):
+            with runtime.autocast():
+                logits, losses = distiller.forward_train(images, labels, info)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            return logits, losses, total
+
+        return train_step
+
+    # -- epochs ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        from mixdistill.engine.logging import RunLogger
+
+        cfg = self.cfg
+        epochs = cfg.optim.total_epochs
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(_to_yaml(cfg.to_dict()))
+        logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard, quiet=self.quiet)
+        logger.info(f"run {self.run_dir}: {cfg.method.name} student={cfg.model.student} "
+                    f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
+                    f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
+                    + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
+        teacher_eval = None
+        if self.distiller.teacher is not None:
+            teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
+            logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%")
+        try:
+            for epoch in range(self.start_epoch, epochs):
+                record = self._train_epoch(epoch, epochs, logger)
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
+                    ev = evaluate(self.distiller.student, self.test_loader, self.runtime)
+                    record.update(test_acc=ev["acc"], test_loss=ev["loss"])
+                self.history.append(record)
+                logger.epoch(record)
+                if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
+                    self._save_state(epoch + 1)
+        finally:
+            logger.close()
+        summary = summarize(self.history, cfg, teacher_eval)
+        save_json_atomic(summary, self.run_dir / "summary.json")
+        return summary
+
+    def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
+        cfg, runtime = self.cfg, self.runtime
+        generator = seed_epoch(cfg.seed, epoch)
+        self.train_loader.set_epoch(epoch)
+        self.distiller.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+        bad_step = torch.full((), -1, device=runtime.device, dtype=torch.long)
+        bad_terms: dict[str, torch.Tensor] = {}
+        seen, started = 0, time.perf_counter()
+        progress = logger.progress(len(self.train_loader), f"epoch {epoch + 1}/{epochs}",
+                                   enabled=cfg.train.progress)
+        for i, (images, labels) in enumerate(self.train_loader):
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            info = StepInfo(epoch=epoch, step=self.step, epochs=epochs, generator=generator)
+            logits, losses, total = self.train_step(images, labels, info)
+            with torch.no_grad():
+                for name, value in losses.items():
+                    value = value.detach().float()
+                    sums[name] = sums.get(name, 0) + value
+                    finite = torch.isfinite(value)
+                    first = bad_terms.get(name, torch.full_like(bad_step, -1))
+                    bad_terms[name] = torch.where(~finite & (first < 0), self.step, first)
+                total = total.detach().float()
+                sums["loss"] = sums.get("loss", 0) + total
+                bad_step = torch.where(~torch.isfinite(total) & (bad_step < 0), self.step, bad_step)
+                if logits.shape[0] == labels.shape[0]:
+                    correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+            self.step += 1
+            if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(self.train_loader):
+                self._raise_if_nonfinite(bad_step, bad_terms)
+                rate = seen / (time.perf_counter() - started)
+                progress.update(i + 1, loss=(sums["loss"] / (i + 1)).item(), images_per_s=rate)
+        progress.close()
+        n = len(self.train_loader)
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                  "train_acc": 100.0 * correct.item() / seen, "images_per_s": seen / elapsed,
+                  "epoch_time_s": elapsed}
+        record.update({f"train_{k}": (v / n).item() for k, v in sums.items()})
+        return record
+
+    def _raise_if_nonfinite(self, bad_step, bad_terms):
+        if bad_step.item() >= 0:
+            terms = [name for name, s in bad_terms.items() if s.item() == bad_step.item()] or ["total"]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {bad_step.item()} (term: {', '.join(terms)}); stopped. The last good "
+                f"checkpoint is kept at {self.checkpoint_path}")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) -> dict:
+    evaluated = [h for h in history if "test_acc" in h]
+    last = evaluated[-1] if evaluated else {}
+    best = max(evaluated, key=lambda h: h["test_acc"]) if evaluated else {}
+    return {
+        "name": cfg.name, "method": cfg.method.name, "student": cfg.model.student,
+        "teacher": cfg.model.teacher_checkpoint, "seed": cfg.seed, "dataset": cfg.data.dataset,
+        "epochs": cfg.optim.total_epochs,
+        "last_acc": last.get("test_acc"), "best_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
+        "last_test_loss": last.get("test_loss"),
+        "teacher_acc": teacher_eval["acc"] if teacher_eval else None,
+        "train_time_s": sum(h["epoch_time_s"] for h in history),
+    }
+
+
+def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path in RESUME_FREE_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_difference(va, vb, path + ".")
+        elif va != vb:
+            diffs.append(f"{path}: {va!r} -> {vb!r}")
+    return diffs
+
+
+def save_json_atomic(obj, path: Path) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _to_yaml(tree: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
+    return Trainer(cfg, resume=resume, quiet=quiet).fit()
+
+
+def train_or_reuse(cfg: RunConfig, *, quiet: bool = False) -> dict:
+    """Finished run → its summary; a run killed midway → resumed; otherwise a fresh run. Used by the
+    demo and the studies so that re-running them skips finished work and loses nothing."""
+    summary_path = cfg.run_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    return train(cfg, resume=(cfg.run_dir / "last.pt").exists(), quiet=quiet)

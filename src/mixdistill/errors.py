@@ -1,0 +1,38 @@
+"""User-facing errors. The CLI prints the message of any MixdistillError in one line and exits non-zero."""
+
+
+class MixdistillError(Exception):
+    """Base class: something the user can fix (bad name, bad config, missing or corrupt file)."""
+
+
+class ConfigError(MixdistillError):
+    pass
+
+
+class DataError(MixdistillError):
+    pass
+
+
+class DatasetNotFoundError(DataError):
+    pass
+
+
+class CheckpointError(MixdistillError):
+    pass
+
+
+class UnknownNameError(MixdistillError):
+    """An unknown registry name; the message lists the closest valid names."""
+
+    def __init__(self, kind: str, name: str, valid):
+        import difflib
+
+        valid = sorted(valid)
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        super().__init__(f"unknown {kind} '{name}'.{hint} Valid names: {', '.join(valid)}")
+        self.kind, self.name, self.valid = kind, name, valid
+
+
+class NonFiniteLossError(MixdistillError):
+    pass

@@ -1,0 +1,105 @@
+"""Model zoo: the CRD/RepDistiller CIFAR benchmark, das2020's models, and small CNNs.
+
+Every model takes ``(num_classes=100, in_channels=3)``, returns logits from
+``forward(x)``, and ``(logits, {"pooled", "maps"})`` from ``forward_features(x)``;
+it has ``feature_dim`` and ``num_classes`` attributes.  RepDistiller models keep
+that code's state_dict keys, so its checkpoints load with ``load_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnknownNameError
+from . import cnn, das2020, mobilenetv2, resnet, resnetv2, shufflenet, vgg, wrn
+from ._base import ZooModel
+from .checkpoint import load_weights
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    # RepDistiller / CRD benchmark (names as in its model_dict)
+    "resnet8": resnet.resnet8,
+    "resnet14": resnet.resnet14,
+    "resnet20": resnet.resnet20,
+    "resnet32": resnet.resnet32,
+    "resnet44": resnet.resnet44,
+    "resnet56": resnet.resnet56,
+    "resnet110": resnet.resnet110,
+    "resnet8x4": resnet.resnet8x4,
+    "resnet32x4": resnet.resnet32x4,
+    "ResNet50": resnetv2.ResNet50,
+    "wrn_16_1": wrn.wrn_16_1,
+    "wrn_16_2": wrn.wrn_16_2,
+    "wrn_40_1": wrn.wrn_40_1,
+    "wrn_40_2": wrn.wrn_40_2,
+    "vgg8": vgg.vgg8,
+    "vgg11": vgg.vgg11,
+    "vgg13": vgg.vgg13,
+    "vgg16": vgg.vgg16,
+    "vgg19": vgg.vgg19,
+    "mobile_half": mobilenetv2.mobile_half,
+    "MobileNetV2": mobilenetv2.mobile_half,  # RepDistiller's registry name for mobile_half
+    "ShuffleV1": shufflenet.ShuffleV1,
+    "ShuffleV2": shufflenet.ShuffleV2,
+    # das2020 (Distilling-with-VRM)
+    "resnet18_cifar": resnetv2.resnet18_cifar,
+    "lenet5": das2020.lenet5,
+    "alexnet_cifar": das2020.alexnet_cifar,
+    # small CPU-friendly CNNs for 28x28 grayscale
+    "cnn5_w8": cnn.cnn5_w8,
+    "cnn5_w16": cnn.cnn5_w16,
+    "cnn5_w32": cnn.cnn5_w32,
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
+    if name not in MODELS:
+        raise UnknownNameError("model", name, MODELS)
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> int:
+    """Multiply-accumulates per image of one eval-mode forward (FlopCounterMode flops / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros(tuple(input_shape), device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2 // input_shape[0]
+
+
+def model_summary(name: str, num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> dict:
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+    return {
+        "name": name,
+        "params": count_parameters(model),
+        "macs": count_macs(model, (1, in_channels, image_size, image_size)),
+    }
+
+
+__all__ = [
+    "MODELS",
+    "ZooModel",
+    "count_macs",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "model_summary",
+]

@@ -1,0 +1,98 @@
+"""LeNet-5 and the CIFAR AlexNet of das2020.
+
+Follows deepandas11/Distilling-with-VRM (Das et al., "Distilling with VRM",
+ICML-UDL 2020) ``models/lenet.py`` and ``models/alexnet.py``; module and
+state_dict key names are the same as there (conv1/conv2/fc1-3; features.*,
+fc_layers.*).  Differences, all parameter-free, so that 28x28 inputs also work:
+LeNet's second max-pool is an adaptive max-pool to 5x5 and AlexNet's last
+max-pool an adaptive max-pool to 4x4 -- both identical to the original pools
+at 32x32; ``in_channels`` sets the first conv's input channels.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import ZooModel, record
+
+
+class LeNet5(ZooModel):
+    """conv(6, 5x5) - pool - conv(16, 5x5) - pool - fc120 - fc84 - fc."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.feature_dim = 84
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc3
+
+    def _body(self, x, maps):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        record(maps, x)
+        x = F.adaptive_max_pool2d(F.relu(self.conv2(x)), 5)
+        record(maps, x)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.relu(self.fc2(x))
+
+
+class AlexNetCifar(ZooModel):
+    """Five convs (64-192-384-256-256), then FC 4096-2048-2048 with dropout."""
+
+    _STAGE_ENDS = (2, 5, 12)  # indices in ``features`` after which a map is recorded
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.feature_dim = 2048
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(64, 192, kernel_size=3, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveMaxPool2d(4),  # original: MaxPool2d(3, stride=2), the same on 9x9 maps
+        )
+        self.fc_layers = nn.Sequential(
+            nn.Dropout(),
+            nn.Linear(256 * 4 * 4, 2048),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.6),
+            nn.Linear(2048, 2048),
+            nn.ReLU(inplace=True),
+            nn.Linear(2048, num_classes),
+        )
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc_layers[6]
+
+    def _body(self, x, maps):
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._STAGE_ENDS:
+                record(maps, x)
+        x = x.flatten(1)
+        for i in range(6):
+            x = self.fc_layers[i](x)
+        return x
+
+
+def lenet5(num_classes=100, in_channels=3):
+    return LeNet5(num_classes, in_channels)
+
+
+def alexnet_cifar(num_classes=100, in_channels=3):
+    return AlexNetCifar(num_classes, in_channels)

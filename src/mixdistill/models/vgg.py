@@ -1,0 +1,104 @@
+"""VGG with batch norm for CIFAR (vgg8, vgg11, vgg13, vgg16, vgg19).
+
+Follows RepDistiller ``models/vgg.py`` (HobbitLong/RepDistiller, after W. Yang):
+five conv blocks ``block0..block4`` (Conv-BN-ReLU triples, the block's last ReLU
+applied outside it), max-pools between blocks, global average pool, one linear
+``classifier`` on 512 features; state_dict keys are identical.  As in that code
+the fourth max-pool is only used for inputs of 64 pixels or more (RepDistiller:
+exactly 64), so 32x32 (and 28x28) images reach block4 at 4x4 (3x3).  Other
+difference: ``in_channels`` sets the first conv's input channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import ZooModel, record
+
+_CFG = {
+    "S": [[64], [128], [256], [512], [512]],
+    "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "B": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "D": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "E": [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512, 512, 512], [512, 512, 512, 512]],
+}
+
+
+def _make_block(widths, cin: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Conv2d(cin, w, kernel_size=3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        cin = w
+    return nn.Sequential(*layers[:-1])  # the block's final ReLU is applied in _body
+
+
+class VGG(ZooModel):
+    def __init__(self, cfg, num_classes: int = 100, in_channels: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.feature_dim = cfg[4][-1]
+        self.block0 = _make_block(cfg[0], in_channels)
+        self.block1 = _make_block(cfg[1], cfg[0][-1])
+        self.block2 = _make_block(cfg[2], cfg[1][-1])
+        self.block3 = _make_block(cfg[3], cfg[2][-1])
+        self.block4 = _make_block(cfg[4], cfg[3][-1])
+        self.pool0 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Linear(cfg[4][-1], num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def _body(self, x, maps):
+        large = x.shape[2] >= 64
+        x = F.relu(self.block0(x))
+        record(maps, x)
+        x = F.relu(self.block1(self.pool0(x)))
+        record(maps, x)
+        x = F.relu(self.block2(self.pool1(x)))
+        record(maps, x)
+        x = F.relu(self.block3(self.pool2(x)))
+        record(maps, x)
+        if large:
+            x = self.pool3(x)
+        x = F.relu(self.block4(x))
+        record(maps, x)
+        return self.pool4(x).flatten(1)
+
+
+def vgg8(num_classes=100, in_channels=3):
+    return VGG(_CFG["S"], num_classes, in_channels)
+
+
+def vgg11(num_classes=100, in_channels=3):
+    return VGG(_CFG["A"], num_classes, in_channels)
+
+
+def vgg13(num_classes=100, in_channels=3):
+    return VGG(_CFG["B"], num_classes, in_channels)
+
+
+def vgg16(num_classes=100, in_channels=3):
+    return VGG(_CFG["D"], num_classes, in_channels)
+
+
+def vgg19(num_classes=100, in_channels=3):
+    return VGG(_CFG["E"], num_classes, in_channels)

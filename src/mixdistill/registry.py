@@ -1,0 +1,26 @@
+"""A tiny name -> object registry; one instance per kind of thing (distillers, ...)."""
+
+from __future__ import annotations
+
+from mixdistill.errors import UnknownNameError
+
+
+class Registry(dict):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str):
+        def wrap(obj):
+            if name in self:
+                raise ValueError(f"{self.kind} '{name}' registered twice")
+            self[name] = obj
+            obj.registry_name = name
+            return obj
+
+        return wrap
+
+    def get_or_raise(self, name: str):
+        if name not in self:
+            raise UnknownNameError(self.kind, name, self.keys())
+        return self[name]

@@ -1,0 +1,56 @@
+import pytest
+
+from mixdistill.config import describe_options, load_config
+from mixdistill.errors import ConfigError, UnknownNameError
+
+
+def test_overrides_and_method_params(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nmethod: {name: kd, temperature: 2}\nmodel: {teacher_checkpoint: t.pt}\n")
+    cfg = load_config(path, ["method.ce_weight=0.5", "optim.milestones=[5,8]", "optim.epochs=10"])
+    params = cfg.method.params()
+    assert (params.temperature, params.ce_weight, params.kd_weight) == (2.0, 0.5, 0.9)
+    assert cfg.optim.milestones == [5, 8]
+
+
+def test_switching_method_resets_its_params():
+    cfg = load_config(None, ["method=kd", "method.temperature=1", "method=ce"])
+    assert cfg.method.name == "ce" and cfg.method.model_extra == {}
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.batchsize=3"], "data.batchsize: unknown key"),
+    (["optim.lr=abc"], "optim.lr"),
+    (["method=kd", "model.teacher_checkpoint=a", "method.tempx=3"], "tempx"),
+    (["method=kd"], "needs a teacher"),
+    (["optim.milestones=[1,300]"], "milestones"),
+    (["nonsense"], "key=value"),
+])
+def test_bad_config_names_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("[", r"\[")):
+        load_config(None, overrides)
+
+
+def test_unknown_method_suggests_close_names():
+    with pytest.raises(UnknownNameError, match="Did you mean: kd"):
+        load_config(None, ["method=kdd"])
+
+
+def test_epoch_factor_scales_schedule():
+    cfg = load_config(None, ["optim.epoch_factor=2"])
+    assert cfg.optim.total_epochs == 480 and cfg.optim.scaled_milestones == [300, 360, 420]
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert configs, "no shipped configs"
+    for path in configs:
+        load_config(path, ["model.teacher_checkpoint=t.pt"])
+
+
+def test_help_lists_every_key_with_default():
+    text = describe_options()
+    for key in ("data.batch_size=64", "optim.lr=0.05", "optim.milestones=[150, 180, 210]", "train.precision='auto'"):
+        assert key in text

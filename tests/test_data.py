@@ -1,0 +1,510 @@
+"""Tests of mixdistill.data: readers on tiny archives in the real layouts, root resolution, transforms, loader."""
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mixdistill.data import DATASETS, DeviceLoader, datasets, load_dataset, normalize, random_crop_flip, readers
+from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError
+
+RNG = np.random.default_rng(0)
+
+
+# --------------------------------------------------------------------------------- writers (fixtures)
+
+
+def write_cifar10(root: Path, per_batch=3, n_test=4):
+    """Five train batches and a test batch in root/cifar-10-batches-py; returns (train, test) arrays."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    out = {}
+    for split, names, n in (("train", [f"data_batch_{i}" for i in range(1, 6)], per_batch), ("test", ["test_batch"], n_test)):
+        xs, ys = [], []
+        for name in names:
+            x = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
+            y = RNG.integers(0, 10, n).tolist()
+            with open(d / name, "wb") as f:
+                pickle.dump({b"batch_label": name.encode(), b"data": x, b"labels": y, b"filenames": [b"f"] * n}, f)
+            xs.append(x)
+            ys += y
+        out[split] = (np.concatenate(xs).reshape(-1, 3, 32, 32), np.array(ys))
+    return out
+
+
+def write_cifar100(root: Path, n_train=5, n_test=3):
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = RNG.integers(0, 100, n).tolist()
+        with open(d / split, "wb") as f:
+            pickle.dump({b"data": x, b"fine_labels": y, b"coarse_labels": [0] * n}, f)
+        out[split] = (x.reshape(-1, 3, 32, 32), np.array(y))
+    return out
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    code = {np.uint8: 0x08, np.int32: 0x0C}[arr.dtype.type]
+    header = bytes([0, 0, code, arr.ndim]) + np.array(arr.shape, ">u4").tobytes()
+    return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(d: Path, gz: bool, n_train=7, n_test=5):
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        x = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = RNG.integers(0, 10, n).astype(np.uint8)
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (d / (name + ".gz")).write_bytes(gzip.compress(idx_bytes(arr)))
+            else:
+                (d / name).write_bytes(idx_bytes(arr))
+        out[split] = (x[:, None], y.astype(np.int64))
+    return out
+
+
+def save_png(path: Path, arr: np.ndarray, fmt="PNG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def write_image_folder(root: Path, classes=("dog", "cat", "bird"), n=2, size=(6, 8)):
+    """root/train/<class>/*.png and root/test/<class>/*.png; returns {split: (images, labels)} expected."""
+    out = {}
+    for split in ("train", "test"):
+        xs, ys = [], []
+        for label, cls in enumerate(sorted(classes)):
+            for i in range(n):
+                arr = RNG.integers(0, 256, (*size, 3), dtype=np.uint8)
+                save_png(root / split / cls / f"img{i}.png", arr)
+                xs.append(arr.transpose(2, 0, 1))
+                ys.append(label)
+        out[split] = (np.stack(xs), np.array(ys))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def test_cifar10_roundtrip(tmp_path):
+    expected = write_cifar10(tmp_path)
+    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
+        for split in ("train", "test"):
+            x, y = readers.read_cifar10(root, split)
+            assert x.dtype == torch.uint8 and y.dtype == torch.int64
+            assert x.shape == (len(expected[split][1]), 3, 32, 32)
+            assert np.array_equal(x.numpy(), expected[split][0])
+            assert np.array_equal(y.numpy(), expected[split][1])
+
+
+def test_cifar100_roundtrip(tmp_path):
+    expected = write_cifar100(tmp_path)
+    for root in (tmp_path, tmp_path / "cifar-100-python"):
+        for split in ("train", "test"):
+            x, y = readers.read_cifar100(root, split)
+            assert np.array_equal(x.numpy(), expected[split][0])
+            assert np.array_equal(y.numpy(), expected[split][1])
+
+
+def test_corrupt_pickle_names_file(tmp_path):
+    write_cifar10(tmp_path)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataError, match="data_batch_3"):
+        readers.read_cifar10(tmp_path, "train")
+    bad.write_bytes(b"this is not a pickle")
+    with pytest.raises(DataError, match="data_batch_3"):
+        readers.read_cifar10(tmp_path, "train")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_roundtrip(tmp_path, gz):
+    expected = write_idx(tmp_path, gz)
+    for split in ("train", "test"):
+        x, y = readers.read_mnist_like(tmp_path, split)
+        assert x.shape == (len(expected[split][1]), 1, 28, 28) and x.dtype == torch.uint8
+        assert np.array_equal(x.numpy(), expected[split][0])
+        assert np.array_equal(y.numpy(), expected[split][1]) and y.dtype == torch.int64
+
+
+def test_idx_torchvision_layout(tmp_path):
+    expected = write_idx(tmp_path / "FashionMNIST" / "raw", gz=True)
+    assert readers.find_idx(tmp_path) == tmp_path / "FashionMNIST" / "raw"
+    x, _ = readers.read_mnist_like(tmp_path, "test")
+    assert np.array_equal(x.numpy(), expected["test"][0])
+
+
+def test_idx_int32_and_header(tmp_path):
+    arr = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
+    (tmp_path / "a").write_bytes(idx_bytes(arr))
+    assert np.array_equal(readers.read_idx(tmp_path / "a"), arr)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_idx_raises(tmp_path, gz):
+    write_idx(tmp_path, gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    raw = idx_bytes(RNG.integers(0, 256, (7, 28, 28), dtype=np.uint8))[:-10]
+    (tmp_path / name).write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match=name):
+        readers.read_mnist_like(tmp_path, "train")
+
+
+def test_corrupt_gzip_and_bad_magic(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\0" * 1000)[:30])
+    with pytest.raises(DataError, match="x.gz"):
+        readers.read_idx(tmp_path / "x.gz")
+    (tmp_path / "y").write_bytes(b"\x12\x34\x08\x01" + b"\0" * 8)
+    with pytest.raises(DataError, match="y"):
+        readers.read_idx(tmp_path / "y")
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    write_idx(tmp_path, gz=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4, np.uint8)))
+    with pytest.raises(DataError, match="t10k-labels"):
+        readers.read_mnist_like(tmp_path, "test")
+
+
+def test_image_folder_roundtrip(tmp_path):
+    expected = write_image_folder(tmp_path)
+    for split in ("train", "test"):
+        x, y = readers.read_image_folder_split(tmp_path, split)
+        assert x.shape == (6, 3, 6, 8)
+        assert np.array_equal(x.numpy(), expected[split][0])
+        assert np.array_equal(y.numpy(), expected[split][1])  # bird=0, cat=1, dog=2
+
+
+def test_image_folder_mixed_sizes(tmp_path):
+    save_png(tmp_path / "a" / "1.png", np.zeros((8, 8, 3), np.uint8))
+    save_png(tmp_path / "a" / "2.png", np.zeros((8, 8, 3), np.uint8))
+    save_png(tmp_path / "b" / "3.png", np.zeros((9, 7, 3), np.uint8))
+    with pytest.raises(DataError) as e:
+        readers.read_image_folder(tmp_path)
+    msg = str(e.value)
+    assert "1.png" in msg and "8x8" in msg and "3.png" in msg and "7x9" in msg
+
+
+def test_image_folder_mode_from_first_image(tmp_path):
+    gray = RNG.integers(0, 256, (5, 5), dtype=np.uint8)
+    save_png(tmp_path / "a" / "1.png", gray)
+    save_png(tmp_path / "b" / "2.png", np.stack([gray] * 3, -1))  # RGB, converted to L
+    x, y = readers.read_image_folder(tmp_path)
+    assert x.shape == (2, 1, 5, 5) and y.tolist() == [0, 1]
+    assert np.array_equal(x[0, 0].numpy(), gray) and np.array_equal(x[1, 0].numpy(), gray)
+
+
+def test_image_folder_unreadable_file(tmp_path):
+    save_png(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a" / "2.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="2.png"):
+        readers.read_image_folder(tmp_path)
+
+
+def test_tiny_imagenet(tmp_path):
+    d = tmp_path / "tiny-imagenet-200"
+    wnids = ["n03", "n01", "n02"]  # labels follow sorted order
+    d.mkdir()
+    (d / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    train = {}
+    for w in wnids:
+        for i in range(2):
+            arr = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            save_png(d / "train" / w / "images" / f"{w}_{i}.JPEG", arr)  # PNG content: exact comparison
+            train[(w, i)] = arr
+    gray = RNG.integers(0, 256, (64, 64), dtype=np.uint8)
+    save_png(d / "train" / "n01" / "images" / "n01_2.JPEG", gray)  # Tiny-ImageNet has some grayscale files
+    val_rows, val = [], []
+    for i, w in enumerate(["n02", "n03", "n01", "n02"]):
+        arr = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        save_png(d / "val" / "images" / f"val_{i}.JPEG", arr)
+        val_rows.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+        val.append((arr, sorted(wnids).index(w)))
+    (d / "val" / "val_annotations.txt").write_text("\n".join(val_rows) + "\n")
+
+    x, y = readers.read_tiny_imagenet(tmp_path, "train")
+    assert x.shape == (7, 3, 64, 64) and y.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert np.array_equal(x[0].numpy(), train[("n01", 0)].transpose(2, 0, 1))
+    assert np.array_equal(x[2].numpy(), np.stack([gray] * 3))
+    assert np.array_equal(x[6].numpy(), train[("n03", 1)].transpose(2, 0, 1))
+    x, y = readers.read_tiny_imagenet(d, "test")
+    assert y.tolist() == [label for _, label in val]
+    assert np.array_equal(x.numpy(), np.stack([a.transpose(2, 0, 1) for a, _ in val]))
+
+
+# ------------------------------------------------------------------------------- registry and roots
+
+
+@pytest.fixture
+def no_default_roots(tmp_path, monkeypatch):
+    """No env var, an empty Debian location and download cache."""
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
+    return tmp_path
+
+
+def test_registry():
+    assert set(DATASETS) == {"cifar10", "cifar100", "fashion_mnist", "imagefolder", "tiny_imagenet"}
+    assert DATASETS["cifar100"].mean == (0.5071, 0.4867, 0.4408)
+    assert DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)
+    assert DATASETS["fashion_mnist"].crop_padding == 2 and DATASETS["fashion_mnist"].in_channels == 1
+    assert DATASETS["tiny_imagenet"].crop_padding == 8
+    with pytest.raises(UnknownNameError, match="cifar10"):
+        load_dataset("cifar-10", "train")
+    with pytest.raises(UnknownNameError):
+        load_dataset("cifar10", "validation")
+
+
+def test_load_dataset_cifar(no_default_roots):
+    expected = write_cifar10(no_default_roots / "data")
+    s = load_dataset("cifar10", "test", root=no_default_roots / "data", download=False)
+    assert s.root == no_default_roots / "data" / "cifar-10-batches-py" and s.spec is DATASETS["cifar10"]
+    assert np.array_equal(s.images.numpy(), expected["test"][0])
+    assert len(s) == 4
+
+
+def test_root_order(no_default_roots, monkeypatch):
+    tmp = no_default_roots
+    write_idx(tmp / "explicit", gz=False, n_train=2)
+    write_idx(tmp / "env" / "FashionMNIST" / "raw", gz=True, n_train=3)
+    write_idx(tmp / "debian", gz=True, n_train=4)
+    monkeypatch.setenv(datasets.ENV_VAR, str(tmp / "env"))
+    n = lambda **kw: len(load_dataset("fashion_mnist", "train", download=False, **kw))
+    assert n(root=tmp / "explicit") == 2
+    assert n() == 3
+    assert n(root=tmp / "empty") == 3  # a root without the files does not count
+    monkeypatch.delenv(datasets.ENV_VAR)
+    assert n() == 4
+    assert load_dataset("fashion_mnist", "train", download=False).root == tmp / "debian"
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp / "nothing")
+    with pytest.raises(DatasetNotFoundError) as e:
+        n(root=tmp / "empty")
+    msg = str(e.value)
+    for part in ("--data-root", "data.root", "MIXDISTILL_DATA", "apt-get install dataset-fashion-mnist",
+                 str(tmp / "empty"), str(tmp / "nothing"), str(tmp / "cache")):
+        assert part in msg, part
+    assert "\n" not in msg
+
+
+def test_env_root_holds_several_datasets(no_default_roots, monkeypatch):
+    write_cifar10(no_default_roots / "all")
+    write_cifar100(no_default_roots / "all")
+    monkeypatch.setenv(datasets.ENV_VAR, str(no_default_roots / "all"))
+    assert load_dataset("cifar10", "test", download=False).root.name == "cifar-10-batches-py"
+    assert load_dataset("cifar100", "test", download=False).root.name == "cifar-100-python"
+    with pytest.raises(DatasetNotFoundError, match="tiny-imagenet-200.zip"):
+        load_dataset("tiny_imagenet", "train", download=False)
+
+
+def test_failed_download_is_caught(no_default_roots, monkeypatch):
+    def offline(root):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setitem(DATASETS, "cifar100", datasets.dataclasses.replace(DATASETS["cifar100"], download=offline))
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("cifar100", "train", download=True)
+    assert "Network is unreachable" in str(e.value) and "--data-root" in str(e.value)
+    assert "internet" in str(e.value)
+
+
+def test_download_into_cache(no_default_roots, monkeypatch):
+    def fake_download(root):
+        write_cifar10(root)
+
+    monkeypatch.setitem(DATASETS, "cifar10", datasets.dataclasses.replace(DATASETS["cifar10"], download=fake_download))
+    s = load_dataset("cifar10", "train")
+    assert s.root == no_default_roots / "cache" / "cifar-10-batches-py" and len(s) == 15
+
+
+def test_imagefolder_dataset(no_default_roots):
+    write_image_folder(no_default_roots / "imgs", size=(8, 8))
+    s = load_dataset("imagefolder", "test", root=no_default_roots / "imgs")
+    assert s.spec.num_classes == 3 and s.spec.in_channels == 3 and s.spec.image_size == 8
+    assert s.spec.mean == (0.5, 0.5, 0.5) and s.spec.crop_padding == 1
+
+
+def test_subset_stratified_and_deterministic():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    s = datasets.Split(torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1, 1), labels, DATASETS["cifar10"], Path("."))
+    a, b, c = s.subset(10, seed=1), s.subset(10, seed=1), s.subset(10, seed=2)
+    assert torch.bincount(a.labels).tolist() == [5, 3, 2]
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert torch.equal(a.labels, labels[a.images.flatten().long()])  # images and labels stay paired
+    assert (a.images.flatten().diff() > 0).all()  # original order kept
+    counts = torch.bincount(s.subset(33, seed=0).labels, minlength=3)
+    assert counts.sum() == 33 and ((counts - torch.tensor([16.5, 9.9, 6.6])).abs() <= 1).all()
+
+
+# ----------------------------------------------------------------------------------------- transforms
+
+
+def coord_images(B, H, W):
+    """Float images whose channels hold (row + 1, col + 1): 0 only where padding was filled in."""
+    rows = torch.arange(1, H + 1, dtype=torch.float32)[:, None].expand(H, W)
+    cols = torch.arange(1, W + 1, dtype=torch.float32)[None, :].expand(H, W)
+    return torch.stack([rows, cols])[None].repeat(B, 1, 1, 1)
+
+
+def reference_crop_flip(img, p, dy, dx, flip):
+    out = F.pad(img, (p, p, p, p))[:, dy : dy + img.shape[1], dx : dx + img.shape[2]]
+    return out.flip(-1) if flip else out
+
+
+def test_crop_flip_statistics_and_exactness():
+    B, H, W, p = 5000, 8, 8, 2
+    x = coord_images(B, H, W)
+    x_before = x.clone()
+    out = random_crop_flip(x, p, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x_before) and out.shape == x.shape
+    # the centre pixel is always inside the image: recover the offsets and the flip from it
+    r, c = H // 2, W // 2
+    flipped = out[:, 1, r, c + 1] < out[:, 1, r, c]
+    dy = (out[:, 0, r, c] - 1 - r + p).long()
+    dx = torch.where(flipped, out[:, 1, r, c] - 1 - (W - 1 - c), out[:, 1, r, c] - 1 - c).long() + p
+    assert dy.min() == 0 and dy.max() == 2 * p and dx.min() == 0 and dx.max() == 2 * p
+    counts = torch.bincount(dy * (2 * p + 1) + dx, minlength=(2 * p + 1) ** 2).double()
+    expected = B / (2 * p + 1) ** 2
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 60, chi2  # 24 degrees of freedom: P(chi2 > 51) < 0.001
+    assert abs(flipped.double().mean().item() - 0.5) < 0.03
+    # every sample equals pad-crop-flip with its parameters (zero fill included)
+    for i in range(200):
+        assert torch.equal(out[i], reference_crop_flip(x[i], p, dy[i], dx[i], flipped[i])), i
+    assert (out == 0).any()
+
+
+def test_crop_flip_uint8_matches_float_and_seeds():
+    x = torch.randint(0, 256, (64, 3, 10, 12), dtype=torch.uint8)
+    x_before = x.clone()
+    a = random_crop_flip(x, 3, torch.Generator().manual_seed(5))
+    b = random_crop_flip(x, 3, torch.Generator().manual_seed(5))
+    c = random_crop_flip(x, 3, torch.Generator().manual_seed(6))
+    f = random_crop_flip(x.float(), 3, torch.Generator().manual_seed(5))
+    assert a.dtype == torch.uint8 and torch.equal(x, x_before)
+    assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(a.float(), f)
+
+
+def test_crop_flip_options():
+    x = torch.randint(0, 256, (32, 1, 6, 6), dtype=torch.uint8)
+    assert torch.equal(random_crop_flip(x, 0, torch.Generator(), flip=False), x)
+    flipped = random_crop_flip(x, 0, torch.Generator().manual_seed(1), flip=True)
+    is_flipped = (flipped == x.flip(-1)).flatten(1).all(1)
+    assert torch.equal(flipped[is_flipped], x.flip(-1)[is_flipped])
+    assert torch.equal(flipped[~is_flipped], x[~is_flipped]) and 0 < is_flipped.sum() < 32
+
+
+def test_normalize():
+    x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    y = normalize(x, mean, std)
+    ref = (x.double() / 255 - torch.tensor(mean, dtype=torch.float64)[:, None, None]) / torch.tensor(std, dtype=torch.float64)[:, None, None]
+    assert y.dtype == torch.float32 and torch.allclose(y.double(), ref, atol=1e-5)
+    xf = x.float()
+    normalize(xf, mean, std)
+    assert torch.equal(xf, x.float())  # input untouched even when already float
+    assert normalize(x, mean, std, dtype=torch.float64).dtype == torch.float64
+
+
+# --------------------------------------------------------------------------------------------- loader
+
+
+def make_data(N=103, C=3, H=6, W=6):
+    images = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(N) % 256  # makes every sample identifiable with labels below
+    return images, torch.arange(N)
+
+
+def collect(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_loader_epochs_reproducible():
+    images, labels = make_data()
+    kw = dict(batch_size=16, mean=(0.5,), std=(0.25,), crop_padding=2, flip=True, seed=3)
+    dl = DeviceLoader(images, labels, **kw)
+    assert len(dl) == 103 // 16
+    dl.set_epoch(4)
+    e4 = collect(dl)
+    dl.set_epoch(5)
+    e5 = collect(dl)
+    dl.set_epoch(4)
+    again = collect(dl)
+    fresh = DeviceLoader(images, labels, **kw)  # a resumed run: new loader, same epoch
+    fresh.set_epoch(4)
+    assert len(e4) == 6 and all(x.shape == (16, 3, 6, 6) for x, _ in e4)
+    for (x1, y1), (x2, y2), (x3, y3) in zip(e4, again, collect(fresh)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(x1, x3) and torch.equal(y1, y3)
+    assert not torch.equal(torch.cat([y for _, y in e4]), torch.cat([y for _, y in e5]))
+    other_seed = DeviceLoader(images, labels, **{**kw, "seed": 4})
+    other_seed.set_epoch(4)
+    assert not torch.equal(collect(other_seed)[0][1], e4[0][1])
+
+
+def test_loader_eval_covers_once_and_normalizes():
+    images, labels = make_data()
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    dl = DeviceLoader(images, labels, batch_size=16, mean=mean, std=std, shuffle=False, drop_last=False)
+    batches = collect(dl)
+    assert len(dl) == len(batches) == 7 and len(batches[-1][1]) == 103 - 96
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(y, labels)
+    ref = (images.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    assert torch.allclose(x, ref, atol=1e-6)
+    shuffled = DeviceLoader(images, labels, batch_size=16, mean=mean, std=std, shuffle=True, drop_last=False)
+    ys = torch.cat([b[1] for b in collect(shuffled)])
+    assert sorted(ys.tolist()) == list(range(103)) and not torch.equal(ys, labels)
+
+
+def test_loader_rank_shards():
+    images, labels = make_data(N=120)
+    kw = dict(batch_size=8, mean=(0.5,), std=(0.5,), seed=1, world_size=3, drop_last=False, crop_padding=1, flip=True)
+    shards = []
+    for rank in range(3):
+        dl = DeviceLoader(images, labels, rank=rank, **kw)
+        dl.set_epoch(2)
+        ys = [y for _, y in collect(dl)]
+        assert len(ys) == len(dl) == 5
+        shards.append(torch.cat(ys))
+    allys = torch.cat(shards).tolist()
+    assert len(allys) == 120 and sorted(allys) == list(range(120))  # disjoint and covering
+    # uneven N with drop_last: same batch count on every rank, disjoint
+    images, labels = make_data(N=100)
+    kw.update(drop_last=True)
+    shards = [torch.cat([y for _, y in DeviceLoader(images, labels, rank=r, **kw)]) for r in range(3)]
+    assert [len(s) for s in shards] == [32, 32, 32] and len(set(torch.cat(shards).tolist())) == 96
+    kw.update(drop_last=False)
+    lens = [len(DeviceLoader(images, labels, rank=r, **kw)) for r in range(3)]
+    assert lens == [5, 5, 5]
+
+
+def test_loader_channels_last_and_input_untouched():
+    images, labels = make_data()
+    before = images.clone()
+    dl = DeviceLoader(images, labels, batch_size=10, mean=(0.5,), std=(0.5,), crop_padding=2, flip=True, channels_last=True)
+    x, y = next(iter(dl))
+    assert x.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.int64
+    assert torch.equal(images, before)
+
+
+# ------------------------------------------------------------------------------------ real data (opt.)
+
+
+@pytest.mark.skipif(not readers.find_idx("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist(monkeypatch):
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    train = load_dataset("fashion_mnist", "train", download=False)
+    test = load_dataset("fashion_mnist", "test", download=False)
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    assert abs(train.images.float().mean().item() / 255 - 0.2860) < 1e-3

@@ -1,0 +1,224 @@
+"""Model zoo: sizes, RepDistiller checkpoint compatibility, interface, checkpoint errors."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixdistill.errors import CheckpointError, MixdistillError, UnknownNameError
+from mixdistill.models import (
+    MODELS,
+    count_macs,
+    count_parameters,
+    create_model,
+    list_models,
+    load_weights,
+    model_summary,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPDISTILLER_KEYS = json.loads((FIXTURES / "repdistiller_keys.json").read_text())
+REPDISTILLER_OUT = json.loads((FIXTURES / "models_repdistiller_outputs.json").read_text())
+
+# Millions of parameters at 100 classes (CRD paper / RepDistiller).
+SPEC_PARAMS_M = {
+    "resnet32x4": 7.43, "resnet8x4": 1.23, "resnet110": 1.74, "resnet56": 0.86, "resnet32": 0.47,
+    "resnet20": 0.28, "wrn_40_2": 2.26, "wrn_40_1": 0.57, "wrn_16_2": 0.70, "vgg13": 9.46,
+    "vgg8": 3.97, "MobileNetV2": 0.81, "ShuffleV1": 0.95, "ShuffleV2": 1.36, "ResNet50": 23.71,
+}
+SPEC_MACS_G = {"resnet32x4": 1.083, "resnet8x4": 0.177}
+
+
+def synth_state(entries, seed=0):
+    """Deterministic, well-scaled weights; must match fixtures/models_make_repdistiller_fixtures.py."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in entries:
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(0, dtype=torch.int64)
+        elif key.endswith("running_var"):
+            sd[key] = 0.5 + torch.rand(shape, generator=g)
+        elif len(shape) >= 2:
+            sd[key] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        elif key.endswith("weight"):
+            sd[key] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            sd[key] = 0.1 * torch.randn(shape, generator=g)
+    return sd
+
+
+def synth_input(channels=3, size=32, seed=1):
+    return torch.randn((2, channels, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry():
+    names = list_models()
+    assert names == sorted(MODELS)
+    assert set(REPDISTILLER_KEYS) <= set(names)
+    for extra in ("mobile_half", "resnet18_cifar", "lenet5", "alexnet_cifar", "cnn5_w8", "cnn5_w16", "cnn5_w32"):
+        assert extra in names
+    with pytest.raises(UnknownNameError) as err:
+        create_model("resnet33")
+    assert isinstance(err.value, MixdistillError) and "resnet32" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_PARAMS_M))
+def test_parameter_count(name):
+    params = count_parameters(create_model(name, num_classes=100, in_channels=3))
+    assert params / 1e6 == pytest.approx(SPEC_PARAMS_M[name], rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_MACS_G))
+def test_macs(name):
+    macs = count_macs(create_model(name), (1, 3, 32, 32))
+    assert macs / 1e9 == pytest.approx(SPEC_MACS_G[name], rel=0.02)
+    summary = model_summary(name, num_classes=100, in_channels=3, image_size=32)
+    assert summary == {"name": name, "params": count_parameters(create_model(name)), "macs": macs}
+
+
+def test_macs_are_per_image():
+    model = create_model("resnet8")
+    assert count_macs(model, (4, 3, 32, 32)) == count_macs(model, (1, 3, 32, 32))
+    assert model.training  # mode restored
+
+
+@pytest.mark.parametrize("name", sorted(REPDISTILLER_KEYS))
+def test_repdistiller_checkpoint_loads_strictly_and_matches_outputs(name, tmp_path):
+    """A RepDistiller-style checkpoint loads strictly, and our forward reproduces theirs."""
+    entries = REPDISTILLER_KEYS[name]
+    model = create_model(name, num_classes=100)
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == entries
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 240, "model": synth_state(entries), "best_acc": torch.tensor(75.0)}, path)
+    load_weights(model, path, strict=True)
+
+    model.eval()
+    with torch.no_grad():
+        logits, feats = model.forward_features(synth_input())
+    ref = torch.tensor(REPDISTILLER_OUT[name]["logits"])
+    scale = max(1.0, ref.abs().max().item())
+    torch.testing.assert_close(logits, ref, rtol=0, atol=1e-4 * scale)
+    assert [list(m.shape) for m in feats["maps"]] == REPDISTILLER_OUT[name]["maps"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_interface(name):
+    torch.manual_seed(0)
+    for channels, size in ((3, 32), (1, 28), (3, 64)):
+        model = create_model(name, num_classes=10, in_channels=channels).eval()
+        assert model.num_classes == 10
+        x = torch.randn(2, channels, size, size)
+        with torch.no_grad():
+            logits, feats = model.forward_features(x)
+            plain = model(x)
+        assert logits.shape == (2, 10)
+        assert feats["pooled"].shape == (2, model.feature_dim)
+        assert len(feats["maps"]) >= 2 and all(m.dim() == 4 and m.shape[0] == 2 for m in feats["maps"])
+        torch.testing.assert_close(plain, logits, rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobile_half", "ShuffleV1", "ShuffleV2",
+                                  "resnet18_cifar", "lenet5", "alexnet_cifar", "cnn5_w8"])
+def test_backward_through_features(name):
+    model = create_model(name, num_classes=10, in_channels=1).train()
+    logits, feats = model.forward_features(torch.randn(2, 1, 28, 28))
+    loss = logits.logsumexp(1).mean() + feats["pooled"].pow(2).mean() + sum(m.mean() for m in feats["maps"])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------- checkpoint loading
+
+
+@pytest.fixture(scope="module")
+def small_state():
+    return {k: v.clone() for k, v in create_model("resnet8", num_classes=10).state_dict().items()}
+
+
+def test_load_formats_and_prefixes(small_state, tmp_path):
+    for wrap in (lambda sd: {"model": sd}, lambda sd: {"state_dict": sd}, lambda sd: sd):
+        for prefix in ("", "module.", "module._orig_mod."):
+            sd = {prefix + k: v for k, v in small_state.items()}
+            model = create_model("resnet8", num_classes=10)
+            assert load_weights(model, wrap(sd)) is model
+            torch.testing.assert_close(model.fc.weight, small_state["fc.weight"])
+    path = tmp_path / "ok.pt"
+    torch.save({"model": {"module." + k: v for k, v in small_state.items()}}, path)
+    model = create_model("resnet8", num_classes=10)
+    load_weights(model, str(path))
+    torch.testing.assert_close(model.conv1.weight, small_state["conv1.weight"])
+
+
+def _expect_error(model, source, *fragments, strict=True):
+    with pytest.raises(CheckpointError) as err:
+        load_weights(model, source, strict=strict)
+    msg = str(err.value)
+    for fragment in fragments:
+        assert fragment in msg, msg
+    assert "\n" not in msg  # one line for the CLI
+    return msg
+
+
+def test_error_wrong_class_count(small_state):
+    _expect_error(create_model("resnet8", num_classes=100), {"model": small_state},
+                  "checkpoint has 10 classes, model has 100")
+
+
+def test_error_missing_and_unexpected_keys(small_state):
+    sd = dict(small_state)
+    del sd["layer3.0.bn2.running_mean"]
+    msg = _expect_error(create_model("resnet8", num_classes=10), {"model": sd}, "missing", "layer3.0.bn2.running_mean")
+    assert "unexpected" not in msg
+    sd["extra.weight"] = torch.zeros(3)
+    _expect_error(create_model("resnet8", num_classes=10), sd, "missing", "unexpected", "extra.weight")
+    # Non-strict loading tolerates both.
+    load_weights(create_model("resnet8", num_classes=10), sd, strict=False)
+    # A different architecture lists the first few keys, not hundreds.
+    msg = _expect_error(create_model("wrn_16_1", num_classes=10), small_state, "missing", "more")
+    assert len(msg) < 1000
+
+
+def test_error_other_shape_mismatch(small_state):
+    _expect_error(create_model("resnet8", num_classes=10, in_channels=1), small_state,
+                  "shape mismatch", "conv1.weight", "(16, 3, 3, 3)", "(16, 1, 3, 3)")
+    _expect_error(create_model("resnet8", num_classes=10, in_channels=1), small_state, "conv1.weight", strict=False)
+
+
+def test_error_truncated_and_corrupt_files(small_state, tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"model": small_state}, good)
+    data = good.read_bytes()
+    model = create_model("resnet8", num_classes=10)
+    for name, content in (("truncated.pt", data[: len(data) // 2]), ("garbage.pt", b"not a checkpoint " * 50),
+                          ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(content)
+        _expect_error(model, tmp_path / name, "cannot read checkpoint", name)
+    _expect_error(model, tmp_path / "absent.pt", "not found")
+
+
+class _RunsCode:
+    marker = ""
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_error_code_executing_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _RunsCode()
+    evil.marker = str(marker)
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}, "payload": evil}, path)
+    msg = _expect_error(create_model("resnet8"), path, "refused", "execute code")
+    assert "Traceback" not in msg
+    assert not marker.exists()
+
+
+def test_error_not_a_state_dict():
+    _expect_error(create_model("resnet8"), {"epoch": 3, "acc": 0.5}, "does not contain a state dict")
+    _expect_error(create_model("resnet8"), [1, 2, 3], "does not contain a state dict")

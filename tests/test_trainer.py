@@ -1,0 +1,125 @@
+"""End-to-end training on the IDX fixture: outputs, resume equivalence, teacher handling, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mixdistill.config import load_config
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.engine.trainer import Trainer, train
+from mixdistill.errors import ConfigError, MixdistillError, NonFiniteLossError
+
+
+def test_ce_run_writes_outputs_and_learns(tiny_run_overrides):
+    cfg = load_config(None, tiny_run_overrides + ["name=ce", "train.tensorboard=true"])
+    summary = train(cfg, quiet=True)
+    run = cfg.run_dir
+    assert (run / "last.pt").is_file() and (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert {"train_loss", "train_ce", "test_acc", "lr", "images_per_s"} <= set(lines[0])
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert summary["last_acc"] == lines[-1]["test_acc"]
+    assert summary["best_acc"] == max(r["test_acc"] for r in lines)
+    assert summary["last_acc"] > 30.0  # 10 classes: chance is 10%
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["arch"] == "cnn5_w8" and ckpt["epoch"] == 3 and set(ckpt["model"]) == set(
+        __import__("mixdistill").create_model("cnn5_w8", num_classes=10, in_channels=1).state_dict())
+
+
+def test_refuses_to_overwrite_a_finished_run(tiny_run_overrides):
+    cfg = load_config(None, tiny_run_overrides + ["name=once", "optim.epochs=1"])
+    train(cfg, quiet=True)
+    before = (cfg.run_dir / "last.pt").read_bytes()
+    with pytest.raises(MixdistillError, match="already holds a run"):
+        train(cfg, quiet=True)
+    assert (cfg.run_dir / "last.pt").read_bytes() == before
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_bitwise_equal_to_uninterrupted(tiny_run_overrides, monkeypatch):
+    common = tiny_run_overrides + ["method=kd"]
+    teacher_cfg = load_config(None, tiny_run_overrides + ["name=teacher", "optim.epochs=1"])
+    train(teacher_cfg, quiet=True)
+    common += [f"model.teacher_checkpoint={teacher_cfg.run_dir / 'last.pt'}"]
+
+    full = load_config(None, common + ["name=full"])
+    train(full, quiet=True)
+
+    killed = load_config(None, common + ["name=killed"])
+    original = Trainer._train_epoch
+
+    def stop_in_epoch_3(self, epoch, epochs, logger):
+        if epoch == 2:
+            raise _Stop  # dies mid-run after epoch 2's checkpoint
+        return original(self, epoch, epochs, logger)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_epoch_3)
+    with pytest.raises(_Stop):
+        train(killed, quiet=True)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert load_checkpoint(killed.run_dir / "last.pt")["epoch"] == 2
+    train(killed, resume=True, quiet=True)
+
+    a = load_checkpoint(full.run_dir / "last.pt")
+    b = load_checkpoint(killed.run_dir / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert json.loads((full.run_dir / "summary.json").read_text())["last_acc"] == json.loads(
+        (killed.run_dir / "summary.json").read_text())["last_acc"]
+    # metrics.jsonl of the resumed run holds each epoch once
+    epochs = [json.loads(x)["epoch"] for x in (killed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_resume_with_a_different_config_is_refused(tiny_run_overrides, monkeypatch):
+    cfg = load_config(None, tiny_run_overrides + ["name=r", "optim.epochs=2"])
+    original = Trainer._train_epoch
+
+    def stop(self, epoch, epochs, logger):
+        if epoch == 1:
+            raise _Stop
+        return original(self, epoch, epochs, logger)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop)
+    with pytest.raises(_Stop):
+        train(cfg, quiet=True)
+    other = load_config(None, tiny_run_overrides + ["name=r", "optim.epochs=2", "optim.lr=0.2"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train(other, resume=True, quiet=True)
+
+
+def test_teacher_is_frozen_during_kd(tiny_run_overrides):
+    teacher_cfg = load_config(None, tiny_run_overrides + ["name=t", "optim.epochs=1"])
+    train(teacher_cfg, quiet=True)
+    path = teacher_cfg.run_dir / "last.pt"
+    cfg = load_config(None, tiny_run_overrides + ["name=s", "method=kd", f"model.teacher_checkpoint={path}",
+                                                  "optim.epochs=1"])
+    trainer = Trainer(cfg, quiet=True)
+    before = {k: v.clone() for k, v in trainer.distiller.teacher.state_dict().items()}
+    trainer.fit()
+    assert not trainer.distiller.teacher.training
+    for k, v in trainer.distiller.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher tensor {k} changed (BN statistics or weights)"
+    assert all(p.grad is None for p in trainer.distiller.teacher.parameters())
+
+
+def test_teacher_architecture_mismatch_is_one_clear_error(tiny_run_overrides):
+    teacher_cfg = load_config(None, tiny_run_overrides + ["name=t2", "optim.epochs=1"])
+    train(teacher_cfg, quiet=True)
+    cfg = load_config(None, tiny_run_overrides + ["name=s2", "method=kd", "model.teacher=cnn5_w32",
+                                                  f"model.teacher_checkpoint={teacher_cfg.run_dir / 'last.pt'}"])
+    with pytest.raises(ConfigError, match="holds a 'cnn5_w8'"):
+        train(cfg, quiet=True)
+
+
+def test_non_finite_loss_stops_with_step_and_term(tiny_run_overrides):
+    cfg = load_config(None, tiny_run_overrides + ["name=nan", "optim.lr=1e30", "train.log_every=1"])
+    with pytest.raises(NonFiniteLossError, match=r"step \d+ \(term: ce\)"):
+        train(cfg, quiet=True)
