@@ -35,6 +35,10 @@ def load_data(cfg: RunConfig):
     d = cfg.data
     train = load_dataset(d.dataset, "train", root=d.root, download=d.download)
     test = load_dataset(d.dataset, "test", root=d.root, download=d.download)
+    for key, split in (("train_subset", train), ("test_subset", test)):
+        n = getattr(d, key)
+        if n and n > len(split):
+            raise ConfigError(f"data.{key}={n} exceeds the {len(split)} images of {d.dataset}")
     if d.train_subset:
         train = train.subset(d.train_subset, seed=d.subset_seed)
     if d.test_subset:
