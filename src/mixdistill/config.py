@@ -94,8 +94,8 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the student (auto: on CUDA)")
+    channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on with CUDA or bf16)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student: true | false | auto (CUDA)")
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")

@@ -38,8 +38,8 @@ class Runtime:
                 f"channels_last={self.channels_last}, compile={self.compile}")
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-                    compile: str = "auto") -> Runtime:
+def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
+                    compile: bool | str = "auto") -> Runtime:
     if device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -57,8 +57,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     else:
         use_bf16 = False
     # channels_last pays with bf16 (oneDNN / tensor cores); on fp32 CPU it measured no gain
-    cl = {"on": True, "off": False}.get(channels_last, dev.type == "cuda" or use_bf16)
-    comp = {"on": True, "off": False}.get(compile, dev.type == "cuda")
+    cl = (dev.type == "cuda" or use_bf16) if channels_last == "auto" else bool(channels_last)
+    comp = (dev.type == "cuda") if compile == "auto" else bool(compile)
     return Runtime(dev, torch.bfloat16 if use_bf16 else None, cl, comp)
 
 
