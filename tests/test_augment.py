@@ -18,6 +18,7 @@ from mixdistill.augment import (
     cutmix_pick,
     cutout,
     derangement,
+    draw_boxes,
     make_augment,
     mixup,
     mixup_two_perm,
@@ -297,13 +298,19 @@ def test_cutmix_box_pixels_come_from_partner(seed, per_sample, partner):
         assert bool((rec.boxes == rec.boxes[0]).all())
 
 
-def test_cutmix_box_side_follows_sqrt_one_minus_lam_when_not_clipped():
-    # Large image and many draws: unclipped boxes have side floor(H*sqrt(1-lam0)) for the sampled lam0,
-    # so their area fraction is close to 1 - lam0; check the mean lam is close to E[Beta(1,1)] = 1/2.
-    images = torch.zeros(2, 1, 64, 64)
-    lams = [cutmix(images, torch.tensor([0, 1]), generator=gen(s)).info["lam"] for s in range(400)]
-    # Clipping only shrinks boxes, so the mean recomputed lam is above 1/2.
-    assert 0.5 < float(np.mean(lams)) < 0.75
+def test_cutmix_box_side_is_sqrt_one_minus_lam_before_clipping():
+    lam = torch.tensor([0.75, 0.19, 0.0, 1.0] * 50, dtype=torch.float64)
+    boxes = draw_boxes(lam, 64, 48, gen(0))
+    full_h = torch.floor(64 * torch.sqrt(1 - lam)).long()
+    full_w = torch.floor(48 * torch.sqrt(1 - lam)).long()
+    hs, ws = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert bool((hs <= full_h).all()) and bool((ws <= full_w).all())
+    interior_y = (boxes[:, 0] > 0) & (boxes[:, 2] < 64)
+    interior_x = (boxes[:, 1] > 0) & (boxes[:, 3] < 48)
+    assert bool((hs[interior_y] == full_h[interior_y]).all()) and bool((ws[interior_x] == full_w[interior_x]).all())
+    assert int(interior_y[lam == 0.75].sum()) > 0  # the check above is not vacuous
+    assert full_h[0] == 32 and full_w[0] == 24
+    assert bool((hs[lam == 1.0] == 0).all())  # lam = 1: empty box
 
 
 # ------------------------------------------------------------------------------------------- cut_n_mix

@@ -246,6 +246,7 @@ class Trainer:
         correct = torch.zeros((), device=runtime.device, dtype=torch.long)
         bad_step = torch.full((), -1, device=runtime.device, dtype=torch.long)
         bad_terms: dict[str, torch.Tensor] = {}
+        lr = self.optimizer.param_groups[0]["lr"]  # the epoch's lr (the schedule moves on during it)
         seen, started = 0, time.perf_counter()
         progress = logger.progress(len(self.train_loader), f"epoch {epoch + 1}/{epochs}",
                                    enabled=cfg.train.progress)
@@ -275,7 +276,7 @@ class Trainer:
         progress.close()
         n = len(self.train_loader)
         elapsed = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch + 1, "step": self.step, "lr": lr,
                   "train_acc": 100.0 * correct.item() / seen, "images_per_s": seen / elapsed,
                   "epoch_time_s": elapsed}
         record.update({f"train_{k}": (v / n).item() for k, v in sums.items()})

@@ -29,6 +29,14 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
+def _unpickler_detail(msg: str) -> str:
+    """The informative line of torch's long weights-only error message."""
+    boiler = ("weights only load failed", "please file an issue", "check the documentation")
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.lower().startswith(boiler)]
+    return (useful[0] if useful else (lines[0] if lines else "unpickling error")).rstrip(".")
+
+
 def read_checkpoint(path) -> object:
     """``torch.load`` a file safely, turning every failure into a CheckpointError."""
     path = os.fspath(path)
@@ -40,15 +48,16 @@ def read_checkpoint(path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "weights only load failed" in msg.lower():
-            detail = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln.split()), "")
-            detail = f" ({detail.rstrip('.')})" if detail else ""
+        detail = _unpickler_detail(msg)
+        if "weights only load failed" in msg.lower() and "global" in msg.lower():
             raise CheckpointError(
                 f"refused to load checkpoint {path}: unpickling it would execute code or import objects "
-                f"that safe (weights_only=True) loading does not allow{detail}. Only use checkpoints from a "
-                "trusted source, and re-save them as plain state dicts."
+                f"that safe (weights_only=True) loading does not allow ({detail}). Only use checkpoints "
+                "from a trusted source, and re-save them as plain state dicts."
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt ({msg.splitlines()[0] if msg else 'unpickling error'})") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint ({detail})"
+        ) from None
     except Exception as e:  # truncated zip, garbage bytes, empty file, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -129,7 +138,8 @@ def load_weights(model: nn.Module, path_or_state, strict: bool = True) -> nn.Mod
     cls_key = _classifier_key(model, own)
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if cls_key in mismatched and sd[cls_key].ndim == 2 and sd[cls_key].shape[1] == own[cls_key].shape[1]:
-        mismatched.remove(cls_key)
+        bias_key = cls_key[: -len("weight")] + "bias"
+        mismatched = [k for k in mismatched if k not in (cls_key, bias_key)]
         problems.append(
             f"checkpoint has {sd[cls_key].shape[0]} classes, model has {own[cls_key].shape[0]} "
             f"(classifier '{cls_key}'); create the model with num_classes={sd[cls_key].shape[0]}"
