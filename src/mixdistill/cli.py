@@ -145,7 +145,7 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="teacher + CE and KD students on Fashion-MNIST, with a results table",
                        formatter_class=HELP_FORMAT)
     p.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (re-running reuses them)")
-    p.add_argument("--seeds", type=int, default=2, help="student seeds (CE and KD each)")
+    p.add_argument("--seeds", type=int, default=3, help="student seeds (CE and KD each)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST directory")
     p.add_argument("--quick", action="store_true", help="a much smaller run, for smoke tests")
     p.set_defaults(func=cmd_demo)

@@ -44,7 +44,7 @@ def demo_configs(output_dir: str, seeds: int, data_root: str | None, quick: bool
     return teacher_cfg, runs
 
 
-def run_demo(output_dir: str = "runs/demo", seeds: int = 2, data_root: str | None = None, quick: bool = False) -> int:
+def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | None = None, quick: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -60,22 +60,23 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 2, data_root: str | Non
     for method_name, cfg in runs:
         summary = train_or_reuse(cfg)
         results.setdefault(method_name, []).append(summary["last_acc"])
+        student_images = summary["train_images"]
 
     table = Table(title="Fashion-MNIST test accuracy (%, last epoch)")
     table.add_column("model")
     table.add_column("train images", justify="right")
     table.add_column("per seed", justify="right")
     table.add_column("mean ± std", justify="right")
-    table.add_row(f"teacher {teacher_cfg.model.student} (CE)", str(teacher_cfg.data.train_subset or 60000),
+    table.add_row(f"teacher {teacher_cfg.model.student} (CE)", str(teacher["train_images"]),
                   f"{teacher['last_acc']:.2f}", f"{teacher['last_acc']:.2f}")
-    n_student = runs[0][1].data.train_subset or 60000
     for method_name, accs in results.items():
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        table.add_row(f"student {runs[0][1].model.student} ({method_name.upper()})", str(n_student),
+        table.add_row(f"student {runs[0][1].model.student} ({method_name.upper()})", str(student_images),
                       " ".join(f"{a:.2f}" for a in accs), f"{statistics.mean(accs):.2f} ± {std:.2f}")
     console.print(table)
     gain = statistics.mean(results["kd"]) - statistics.mean(results["ce"])
-    verdict = (f"KD beats CE by {gain:.2f} points on the mean of {seeds} seed(s)." if gain > 0 else
-               f"KD did NOT beat CE this time ({gain:+.2f} points on the mean of {seeds} seed(s)).")
-    console.print(verdict)
+    wins = sum(k > c for k, c in zip(results["kd"], results["ce"]))
+    verdict = (f"KD beats CE by {gain:.2f} points on the mean of {seeds} seed(s)" if gain > 0 else
+               f"KD did NOT beat CE this time ({gain:+.2f} points on the mean of {seeds} seed(s))")
+    console.print(f"{verdict}; KD is ahead on {wins} of {seeds} seed(s).")
     return 0

@@ -118,6 +118,7 @@ class Trainer:
                                        cfg.train.compile)
         train, test = load_data(cfg)
         self.num_classes, self.in_channels = train.spec.num_classes, train.images.shape[1]
+        self.train_images = len(train.labels)
         d = cfg.data
         padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
         self.train_loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size,
@@ -234,6 +235,7 @@ class Trainer:
         finally:
             logger.close()
         summary = summarize(self.history, cfg, teacher_eval)
+        summary["train_images"] = self.train_images
         save_json_atomic(summary, self.run_dir / "summary.json")
         return summary
 
