@@ -25,7 +25,6 @@ ensure_venv() {
   stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$VENV/.mixdistill-installed" 2>/dev/null)" != "$stamp" ]; then
     say "installing mixdistill and its pinned dependencies into $VENV (first time: a few minutes)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored" || true
     "$VENV/bin/python" -c "import mixdistill, torch, torchvision" || { say "install failed"; exit 1; }
     echo "$stamp" > "$VENV/.mixdistill-installed"

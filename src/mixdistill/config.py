@@ -60,6 +60,32 @@ class MethodConfig(BaseModel):
         return DISTILLERS[self.name].Params(**(self.model_extra or {}))
 
 
+class AugmentConfig(BaseModel):
+    """Batched on-device augmentation applied by the method (``name`` from mixdistill.augment, or
+    ``none``); every other key is a parameter of that augmentation."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "none"
+
+    @model_validator(mode="after")
+    def _validate_params(self):
+        if self.name != "none":
+            from mixdistill.augment import make_augment
+
+            make_augment(self.name, **(self.model_extra or {}))
+        elif self.model_extra:
+            raise ValueError(f"augment 'none' takes no parameters, got {', '.join(self.model_extra)}")
+        return self
+
+    def build(self):
+        """The bound augmentation function, or None for ``none``."""
+        if self.name == "none":
+            return None
+        from mixdistill.augment import make_augment
+
+        return make_augment(self.name, **(self.model_extra or {}))
+
+
 class OptimConfig(Section):
     lr: float = Field(0.05, gt=0)
     lr_overrides: dict[str, float] = Field(
@@ -111,6 +137,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -225,4 +252,5 @@ def describe_options() -> str:
 
     walk(RunConfig, "")
     lines.append("  method.<param>=...  (the chosen method's parameters; see README)")
+    lines.append("  augment.<param>=...  (the chosen augmentation's parameters; see README)")
     return "\n".join(lines)

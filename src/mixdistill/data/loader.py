@@ -49,6 +49,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        with_indices: bool = False,
     ):
         if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images_uint8.dtype} {list(images_uint8.shape)}")
@@ -72,6 +73,7 @@ class DeviceLoader:
         self.seed, self.epoch = seed, 0
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
+        self.with_indices = with_indices  # also yield each batch's dataset indices (teacher caches, CRD)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,4 +117,4 @@ class DeviceLoader:
             x = normalize(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield (x, y, batch_idx) if self.with_indices else (x, y)

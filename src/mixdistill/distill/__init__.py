@@ -1,7 +1,7 @@
 """Offline distillers, one small class each; ``DISTILLERS`` maps config names to classes."""
 
-from mixdistill.distill.base import Distiller, MethodParams, StepInfo
+from mixdistill.distill.base import Distiller, MethodParams, StepInfo, TrainSet
 from mixdistill.distill.registry import DISTILLERS
 from mixdistill.distill import ce, kd  # noqa: F401  (registration)
 
-__all__ = ["DISTILLERS", "Distiller", "MethodParams", "StepInfo"]
+__all__ = ["DISTILLERS", "Distiller", "MethodParams", "StepInfo", "TrainSet"]

@@ -5,12 +5,16 @@ about the method; the method knows nothing about loops, logging or devices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from mixdistill.augment import MixedBatch
 
 
 @dataclass
@@ -21,6 +25,18 @@ class StepInfo:
     step: int  # global optimiser step, 0-based
     epochs: int  # total epochs of the run
     generator: torch.Generator  # CPU generator for this step's random parameters, reseeded every epoch
+    indices: torch.Tensor | None = None  # dataset indices of the batch's samples
+    stats: dict = field(default_factory=dict)  # scalars a method reports (averaged per epoch and logged)
+
+
+@dataclass
+class TrainSet:
+    """What a method may learn about the training data before training starts (``Distiller.prepare``)."""
+
+    num_samples: int
+    num_classes: int
+    clean_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    augmented_by_loader: bool  # does the loader crop/flip? (then inputs are not fixed across epochs)
 
 
 class MethodParams(BaseModel):
@@ -32,6 +48,8 @@ class MethodParams(BaseModel):
 class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    default_augment: ClassVar[str | None] = None  # used when the config's augment is ``none``
+    augment: Callable | None = None  # a bound mixdistill.augment function, set by the trainer
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: MethodParams):
         super().__init__()
@@ -47,6 +65,25 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()  # the teacher is frozen: BatchNorm statistics never move
         return self
+
+    def set_augment(self, augment: Callable | None) -> None:
+        self.augment = augment
+        target = getattr(augment, "func", augment)
+        self._augment_wants_models = augment is not None and "teacher" in inspect.signature(target).parameters
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> MixedBatch:
+        """The configured augmentation's record for this batch (the identity record when there is none)."""
+        if self.augment is None:
+            rows = torch.arange(images.shape[0], device=images.device)[:, None]
+            return MixedBatch(images, rows, torch.ones(rows.shape, device=images.device))
+        models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
+        batch = self.augment(images, labels, generator=info.generator, **models)
+        if "mixed_fraction" in batch.info:
+            info.stats["mixed_fraction"] = batch.info["mixed_fraction"]
+        return batch
+
+    def prepare(self, data: TrainSet) -> None:
+        """Called once before the optimiser is built: create data-sized state (memory banks, caches)."""
 
     def learnable_parameters(self):
         """Everything the optimiser updates: the student plus any method-owned modules."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from mixdistill.config import RunConfig, build_config
 from mixdistill.data import DeviceLoader, load_dataset
-from mixdistill.distill import DISTILLERS, StepInfo
+from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
 from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, save_atomic
 from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
@@ -68,11 +68,29 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     return teacher.eval()
 
 
-def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int):
+def build_augment(cfg: RunConfig, method_cls, mean, std):
+    """The configured augmentation (or the method's default), with the dataset's mean/std bound for
+    views that work in pixel space (AutoAugment, crop with black padding)."""
+    from mixdistill.augment import augment_params, make_augment
+
+    name, params = cfg.augment.name, dict(cfg.augment.model_extra or {})
+    if name == "none":
+        if method_cls.default_augment is None:
+            return None
+        name = method_cls.default_augment
+    accepted = augment_params(name)
+    if "mean" in accepted and "mean" not in params:
+        params.update(mean=tuple(mean), std=tuple(std))
+    return make_augment(name, **params)
+
+
+def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,)):
     student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
-    teacher_cls = DISTILLERS.get_or_raise(cfg.method.name)
-    teacher = build_teacher(cfg, num_classes, in_channels) if teacher_cls.needs_teacher else None
-    return teacher_cls(student, teacher, cfg.method.params())
+    method_cls = DISTILLERS.get_or_raise(cfg.method.name)
+    teacher = build_teacher(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
+    distiller = method_cls(student, teacher, cfg.method.params())
+    distiller.set_augment(build_augment(cfg, method_cls, mean, std))
+    return distiller
 
 
 def base_lr(cfg: RunConfig) -> float:
@@ -124,14 +142,22 @@ class Trainer:
         self.train_loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size,
                                          mean=train.spec.mean, std=train.spec.std, shuffle=True, drop_last=True,
                                          crop_padding=padding, flip=d.flip, seed=cfg.seed,
-                                         device=self.runtime.device)
+                                         device=self.runtime.device, with_indices=True)
         self.test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size,
                                         mean=test.spec.mean, std=test.spec.std, shuffle=False, drop_last=False,
                                         device=self.runtime.device)
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {len(train.labels)} training images")
         torch.manual_seed(cfg.seed)  # model initialisation
-        self.distiller = build_distiller(cfg, self.num_classes, self.in_channels).to(self.runtime.device)
+        self.distiller = build_distiller(cfg, self.num_classes, self.in_channels, train.spec.mean,
+                                         train.spec.std).to(self.runtime.device)
+        clean = DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, mean=train.spec.mean,
+                             std=train.spec.std, shuffle=False, drop_last=False, device=self.runtime.device,
+                             with_indices=True)
+        self.distiller.prepare(TrainSet(num_samples=len(train.labels), num_classes=self.num_classes,
+                                        clean_batches=lambda: iter(clean),
+                                        augmented_by_loader=padding > 0 or d.flip))
+        self.distiller.to(self.runtime.device)
         if self.runtime.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
@@ -252,10 +278,11 @@ class Trainer:
         seen, started = 0, time.perf_counter()
         progress = logger.progress(len(self.train_loader), f"epoch {epoch + 1}/{epochs}",
                                    enabled=cfg.train.progress)
-        for i, (images, labels) in enumerate(self.train_loader):
+        stats: dict[str, torch.Tensor | float] = {}
+        for i, (images, labels, indices) in enumerate(self.train_loader):
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            info = StepInfo(epoch=epoch, step=self.step, epochs=epochs, generator=generator)
+            info = StepInfo(epoch=epoch, step=self.step, epochs=epochs, generator=generator, indices=indices)
             logits, losses, total = self.train_step(images, labels, info)
             with torch.no_grad():
                 for name, value in losses.items():
@@ -269,6 +296,8 @@ class Trainer:
                 bad_step = torch.where(~torch.isfinite(total) & (bad_step < 0), self.step, bad_step)
                 if logits.shape[0] == labels.shape[0]:
                     correct += (logits.argmax(1) == labels).sum()
+                for name, value in info.stats.items():
+                    stats[name] = stats.get(name, 0) + (value.detach().float() if torch.is_tensor(value) else value)
             seen += labels.numel()
             self.step += 1
             if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(self.train_loader):
@@ -282,6 +311,7 @@ class Trainer:
                   "train_acc": 100.0 * correct.item() / seen, "images_per_s": seen / elapsed,
                   "epoch_time_s": elapsed}
         record.update({f"train_{k}": (v / n).item() for k, v in sums.items()})
+        record.update({f"stat_{k}": float(v / n) for k, v in stats.items()})
         return record
 
     def _raise_if_nonfinite(self, bad_step, bad_terms):
