@@ -45,3 +45,27 @@ def kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton KD term as RepDistiller's DistillKL: T^2 * batchmean KL(softmax(t/T) || softmax(s/T))."""
     return kl_div(student_logits, teacher_logits, temperature) * temperature**2
+
+
+def std_normalized(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """choi2023's MIXSTD temperature: each sample's logits divided by their unbiased std over classes
+    (+ eps; the released code has eps = 0). Gradient flows through the std."""
+    logits = logits.float()
+    return logits / (logits.std(dim=1, keepdim=True, unbiased=True) + eps)
+
+
+def mixstd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, soft_targets: torch.Tensor,
+                 eps: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft-label CE on std-normalised student logits, batch-mean KL between the std-normalised
+    softmaxes), without any T^2 factor. Weights are applied by the caller."""
+    s = std_normalized(student_logits, eps)
+    t = std_normalized(teacher_logits, eps)
+    return soft_cross_entropy(s, soft_targets), kl_div(s, t, temperature=1.0, reduction="batchmean")
+
+
+def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
+    """CE against a MixedBatch's targets: plain CE for one-source views, soft-label CE otherwise.
+    For two sources this equals lam * CE(y_a) + (1 - lam) * CE(y_b) exactly."""
+    if batch.num_sources == 1:
+        return cross_entropy(logits, labels[batch.sources[:, 0]])
+    return soft_cross_entropy(logits, batch.soft_targets(labels, logits.shape[1]))

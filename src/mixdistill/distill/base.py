@@ -27,6 +27,7 @@ class StepInfo:
     generator: torch.Generator  # CPU generator for this step's random parameters, reseeded every epoch
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
     stats: dict = field(default_factory=dict)  # scalars a method reports (averaged per epoch and logged)
+    train_labels: torch.Tensor | None = None  # labels the returned logits are scored against (mixed batches)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class Distiller(nn.Module):
             return MixedBatch(images, rows, torch.ones(rows.shape, device=images.device))
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
         batch = self.augment(images, labels, generator=info.generator, **models)
+        # train accuracy of a mixed batch is scored against each sample's dominant source
+        dominant = batch.weights.argmax(1, keepdim=True)
+        info.train_labels = labels[batch.sources.gather(1, dominant).squeeze(1)]
         if "mixed_fraction" in batch.info:
             info.stats["mixed_fraction"] = batch.info["mixed_fraction"]
         return batch

@@ -1,8 +1,13 @@
-"""CE: the student alone (baselines and teacher training)."""
+"""CE: the student alone (baselines and teacher training), on the configured augmentation.
+
+With a mixing augmentation the loss is soft-label CE against the record's mixed labels, which for
+two sources is exactly ``lam * CE(y_a) + (1 - lam) * CE(y_b)`` (das2020's mixup/CutMix teachers), and
+per-sample two-permutation mixup gives choi2023's mixup-trained teachers.
+"""
 
 from mixdistill.distill.base import Distiller, MethodParams
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.losses import cross_entropy
+from mixdistill.losses import mixed_cross_entropy
 
 
 class CEParams(MethodParams):
@@ -15,5 +20,6 @@ class CE(Distiller):
     needs_teacher = False
 
     def forward_train(self, images, labels, info):
-        logits = self.student(images)
-        return logits, {"ce": cross_entropy(logits, labels)}
+        batch = self.mix(images, labels, info)
+        logits = self.student(batch.images)
+        return logits, {"ce": mixed_cross_entropy(logits, labels, batch)}

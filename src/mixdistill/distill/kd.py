@@ -1,10 +1,15 @@
-"""KD (Hinton et al.): ``ce_weight * CE + kd_weight * T^2 * KL_T(teacher || student)``, batch-mean."""
+"""KD (Hinton et al.): ``ce_weight * CE + kd_weight * T^2 * KL_T(teacher || student)``, batch-mean.
+
+Teacher and student see the same (possibly augmented) batch; with a mixing augmentation the CE term
+is soft-label CE on the mixed labels. ``mix_kd`` is the same loss with choi2023's per-sample
+two-permutation mixup as its default augmentation (their Mix-S grid at T = 4 vs T = 1).
+"""
 
 from pydantic import Field
 
 from mixdistill.distill.base import Distiller, MethodParams
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.losses import cross_entropy, kd_loss
+from mixdistill.losses import kd_loss, mixed_cross_entropy
 
 
 class KDParams(MethodParams):
@@ -19,9 +24,15 @@ class KD(Distiller):
 
     def forward_train(self, images, labels, info):
         p = self.params
-        teacher_logits = self.teacher_logits(images)
-        logits = self.student(images)
+        batch = self.mix(images, labels, info)
+        teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+        logits = self.student(batch.images)
         return logits, {
-            "ce": p.ce_weight * cross_entropy(logits, labels),
+            "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
             "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
         }
+
+
+@DISTILLERS.register("mix_kd")
+class MixKD(KD):
+    default_augment = "mixup_two_perm"

@@ -294,8 +294,9 @@ class Trainer:
                 total = total.detach().float()
                 sums["loss"] = sums.get("loss", 0) + total
                 bad_step = torch.where(~torch.isfinite(total) & (bad_step < 0), self.step, bad_step)
-                if logits.shape[0] == labels.shape[0]:
-                    correct += (logits.argmax(1) == labels).sum()
+                targets = labels if info.train_labels is None else info.train_labels
+                if logits.shape[0] == targets.shape[0]:
+                    correct += (logits.argmax(1) == targets).sum()
                 for name, value in info.stats.items():
                     stats[name] = stats.get(name, 0) + (value.detach().float() if torch.is_tensor(value) else value)
             seen += labels.numel()

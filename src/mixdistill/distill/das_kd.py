@@ -1,0 +1,62 @@
+"""das2020's KD: ``g * T^2 * KL + (1 - g) * CE`` at T = 20, g = 0.5, student on un-augmented images.
+
+Their code uses PyTorch's default ``mean`` reduction for the KL, the mean over all B*C elements
+(1/C of the batch mean); ``kl_reduction: batchmean`` gives the usual scaling. Because the student's
+inputs are fixed, the teacher's logits are computed once for the whole training set in ``prepare``
+and looked up by sample index every step (``cache_teacher``, default on; it requires a loader without
+crop/flip and no augmentation, and says so otherwise).
+"""
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from mixdistill.distill.base import Distiller, MethodParams, TrainSet
+from mixdistill.distill.registry import DISTILLERS
+from mixdistill.errors import ConfigError
+from mixdistill.losses import cross_entropy, kl_div, mixed_cross_entropy
+
+
+class DasKDParams(MethodParams):
+    temperature: float = Field(20.0, gt=0)
+    gamma: float = Field(0.5, ge=0, le=1, description="weight g of the KL term; CE gets 1 - g")
+    kl_reduction: Literal["mean", "batchmean"] = "mean"
+    cache_teacher: bool = True
+
+
+@DISTILLERS.register("das_kd")
+class DasKD(Distiller):
+    Params = DasKDParams
+
+    def __init__(self, student, teacher, params):
+        super().__init__(student, teacher, params)
+        self.register_buffer("cached_logits", None, persistent=False)  # recomputed, never checkpointed
+
+    def prepare(self, data: TrainSet) -> None:
+        if not self.params.cache_teacher:
+            return
+        if data.augmented_by_loader or self.augment is not None:
+            raise ConfigError("das_kd caches teacher logits, which needs fixed inputs: set data.crop_padding=0 "
+                              "data.flip=false augment=none, or method.cache_teacher=false")
+        cache = None
+        for images, _, indices in data.clean_batches():
+            logits = self.teacher_logits(images).float()
+            if cache is None:
+                cache = torch.empty(data.num_samples, logits.shape[1], device=logits.device)
+            cache[indices] = logits
+        self.cached_logits = cache
+
+    def forward_train(self, images, labels, info):
+        p = self.params
+        if self.cached_logits is not None:
+            teacher_logits = self.cached_logits[info.indices]
+            logits = self.student(images)
+            ce = cross_entropy(logits, labels)
+        else:
+            batch = self.mix(images, labels, info)
+            teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+            logits = self.student(batch.images)
+            ce = mixed_cross_entropy(logits, labels, batch)
+        kl = kl_div(logits, teacher_logits, p.temperature, reduction=p.kl_reduction)
+        return logits, {"kd": p.gamma * p.temperature**2 * kl, "ce": (1 - p.gamma) * ce}
