@@ -2,6 +2,6 @@
 
 from mixdistill.distill.base import Distiller, MethodParams, StepInfo, TrainSet
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.distill import ce, kd  # noqa: F401  (registration)
+from mixdistill.distill import ce, das_kd, kd, kd_view, mixstd  # noqa: F401  (registration)
 
 __all__ = ["DISTILLERS", "Distiller", "MethodParams", "StepInfo", "TrainSet"]
