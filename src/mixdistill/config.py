@@ -38,6 +38,8 @@ class ModelConfig(Section):
     teacher: str | None = None
     teacher_checkpoint: str | None = Field(
         None, description="path to a checkpoint ({'model': state_dict}) or a benchmark teacher name")
+    peers: list[str] | None = Field(
+        None, description="online methods: one model name per peer (default: method.peers copies of student)")
 
 
 class MethodConfig(BaseModel):
@@ -140,6 +142,23 @@ class RunConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_augment(cls, tree):
+        """An augment section without a name gets the method's default (mix_kd/mixstd: two-permutation
+        mixup, kd_view: cutmix, cutnmix: cut_n_mix ...), so the resolved config shows what runs."""
+        if not isinstance(tree, dict):
+            return tree
+        augment = tree.get("augment") or {}
+        method = tree.get("method") or {}
+        if isinstance(augment, dict) and "name" not in augment and isinstance(method, dict):
+            from mixdistill.distill import DISTILLERS
+
+            method_cls = DISTILLERS.get(method.get("name", "ce"))
+            default = getattr(method_cls, "default_augment", None)
+            tree = {**tree, "augment": {"name": default or "none", **augment}}
+        return tree
 
     @model_validator(mode="after")
     def _check_teacher(self):

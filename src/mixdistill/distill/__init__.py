@@ -2,6 +2,8 @@
 
 from mixdistill.distill.base import Distiller, MethodParams, StepInfo, TrainSet
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.distill import ce, das_kd, kd, kd_view, mixstd  # noqa: F401  (registration)
+from mixdistill.distill import ce, crd, das_kd, dkd, kd, kd_view, mixstd  # noqa: F401  (registration)
+
+from mixdistill.online import cutmix_online, dml, kdcl, one  # noqa: F401,E402  (online methods)
 
 __all__ = ["DISTILLERS", "Distiller", "MethodParams", "StepInfo", "TrainSet"]

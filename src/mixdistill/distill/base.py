@@ -86,6 +86,17 @@ class Distiller(nn.Module):
             info.stats["mixed_fraction"] = batch.info["mixed_fraction"]
         return batch
 
+    def evaluation_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named logits the trainer evaluates every epoch (online methods: every peer and the ensemble)."""
+        return {"student": self.student(images)}
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules ``torch.compile`` applies to (in place, so state-dict keys do not change)."""
+        return [self.student]
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (EMA updates)."""
+
     def prepare(self, data: TrainSet) -> None:
         """Called once before the optimiser is built: create data-sized state (memory banks, caches)."""
 

@@ -56,7 +56,10 @@ class RunLogger:
             self.writer.flush()
         parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.4f}",
                  f"train {record['train_acc']:.2f}%"]
-        if "test_acc" in record:
+        if "test_acc_ensemble" in record:
+            parts.append(f"test peers mean {record['test_acc']:.2f}% best {record['test_acc_best_peer']:.2f}% "
+                         f"ensemble {record['test_acc_ensemble']:.2f}%")
+        elif "test_acc" in record:
             parts.append(f"test {record['test_acc']:.2f}%")
         parts.append(f"{record['images_per_s']:.0f} img/s")
         self.info(" | ".join(parts))

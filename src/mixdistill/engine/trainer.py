@@ -85,10 +85,17 @@ def build_augment(cfg: RunConfig, method_cls, mean, std):
 
 
 def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,)):
-    student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
     method_cls = DISTILLERS.get_or_raise(cfg.method.name)
-    teacher = build_teacher(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
-    distiller = method_cls(student, teacher, cfg.method.params())
+    params = cfg.method.params()
+    if getattr(method_cls, "online", False):  # a group of peers trained together, no teacher
+        names = cfg.model.peers or [cfg.model.student] * params.peers
+        distiller = method_cls.from_names(names, params, num_classes=num_classes, in_channels=in_channels)
+        distiller.student_arch = names[0]
+    else:
+        student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+        teacher = build_teacher(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
+        distiller = method_cls(student, teacher, params)
+        distiller.student_arch = cfg.model.student
     distiller.set_augment(build_augment(cfg, method_cls, mean, std))
     return distiller
 
@@ -100,24 +107,48 @@ def base_lr(cfg: RunConfig) -> float:
 # ------------------------------------------------------------------------------------------ evaluate
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, runtime: Runtime) -> dict:
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-    loss_sum = torch.zeros((), device=runtime.device)
+def evaluate_many(module: nn.Module, forward, loader: DeviceLoader, runtime: Runtime) -> dict[str, dict]:
+    """Top-1 and mean CE of every named output of ``forward(images) -> {name: logits}`` in one pass."""
+    was_training = module.training
+    module.eval()
+    correct: dict[str, torch.Tensor] = {}
+    loss_sum: dict[str, torch.Tensor] = {}
     count = 0
     with torch.inference_mode():
         for images, labels in loader:
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with runtime.autocast():
-                logits = model(images)
-            logits = logits.float()
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
+                outputs = forward(images)
+            for name, logits in outputs.items():
+                logits = logits.float()
+                loss_sum[name] = loss_sum.get(name, 0) + nn.functional.cross_entropy(logits, labels, reduction="sum")
+                correct[name] = correct.get(name, 0) + (logits.argmax(1) == labels).sum()
             count += labels.numel()
-    model.train(was_training)
-    return {"acc": 100.0 * correct.item() / count, "loss": loss_sum.item() / count}
+    module.train(was_training)
+    return {name: {"acc": 100.0 * correct[name].item() / count, "loss": loss_sum[name].item() / count}
+            for name in correct}
+
+
+def evaluate(model: nn.Module, loader: DeviceLoader, runtime: Runtime) -> dict:
+    return evaluate_many(model, lambda x: {"model": model(x)}, loader, runtime)["model"]
+
+
+def eval_record(results: dict[str, dict]) -> dict:
+    """Per-epoch test metrics. One output: test_acc/test_loss. Peers (online methods): every peer, the
+    ensemble, best and mean peer; test_acc is then the mean peer accuracy."""
+    if set(results) == {"student"}:
+        return {"test_acc": results["student"]["acc"], "test_loss": results["student"]["loss"]}
+    record = {}
+    for name, r in results.items():
+        record[f"test_acc_{name}"], record[f"test_loss_{name}"] = r["acc"], r["loss"]
+    peers = [r for name, r in results.items() if name.startswith("peer")]
+    if peers:
+        record["test_acc_best_peer"] = max(r["acc"] for r in peers)
+        record["test_acc_mean_peer"] = sum(r["acc"] for r in peers) / len(peers)
+        record["test_acc"] = record["test_acc_mean_peer"]
+        record["test_loss"] = sum(r["loss"] for r in peers) / len(peers)
+    return record
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -198,7 +229,7 @@ class Trainer:
     def _save_state(self, epoch: int):
         state = {
             "format": FORMAT,
-            "arch": self.cfg.model.student,
+            "arch": self.distiller.student_arch,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "model": self.distiller.student.state_dict(),
@@ -217,7 +248,8 @@ class Trainer:
     def _make_train_step(self):
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
         if runtime.compile:
-            distiller.student.compile()
+            for module in distiller.compile_targets():
+                module.compile()
 
         def train_step(images, labels, info):
             with runtime.autocast():
@@ -227,6 +259,7 @@ class Trainer:
             total.backward()
             optimizer.step()
             scheduler.step()
+            distiller.after_step()
             return logits, losses, total
 
         return train_step
@@ -252,8 +285,8 @@ class Trainer:
             for epoch in range(self.start_epoch, epochs):
                 record = self._train_epoch(epoch, epochs, logger)
                 if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
-                    ev = evaluate(self.distiller.student, self.test_loader, self.runtime)
-                    record.update(test_acc=ev["acc"], test_loss=ev["loss"])
+                    record.update(eval_record(evaluate_many(self.distiller, self.distiller.evaluation_logits,
+                                                            self.test_loader, self.runtime)))
                 self.history.append(record)
                 logger.epoch(record)
                 if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
@@ -336,6 +369,7 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
         "last_acc": last.get("test_acc"), "best_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
         "last_test_loss": last.get("test_loss"),
         "teacher_acc": teacher_eval["acc"] if teacher_eval else None,
+        **{f"last_{k.removeprefix('test_')}": v for k, v in last.items() if k.startswith("test_acc_")},
         "train_time_s": sum(h["epoch_time_s"] for h in history),
     }
 

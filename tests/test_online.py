@@ -1,0 +1,167 @@
+"""Online distillation: losses against hand-computed values, detached targets, ensemble, EMA, ramp-up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mixdistill.augment import make_augment
+from mixdistill.distill import DISTILLERS, StepInfo
+from mixdistill.online.cutmix_online import feature_mutual_loss, sigmoid_rampup
+
+
+class FixedPeer(nn.Module):
+    """Outputs learnable logits (the same row for every sample) and fixed pooled features."""
+
+    def __init__(self, logits, features=None):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+        self.features = torch.tensor(features if features is not None else [1.0, 0.0])
+
+    def forward_features(self, x):
+        n = x.shape[0]
+        return self.logits.expand(n, -1), {"pooled": self.features.expand(n, -1), "maps": []}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def info(epoch=0):
+    return StepInfo(epoch=epoch, step=0, epochs=100, generator=torch.Generator().manual_seed(0))
+
+
+def kl(p, q):
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
+def softmax(xs, T=1.0):
+    e = [math.exp(x / T) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+X, Y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])
+
+
+def test_dml_hand_computed_and_targets_detached():
+    a, b = [2.0, 0.0], [0.0, 1.0]
+    d = DISTILLERS["dml"]([FixedPeer(a), FixedPeer(b)], DISTILLERS["dml"].Params())
+    _, losses = d.forward_train(X, Y, info())
+    pa, pb = softmax(a), softmax(b)
+    expected_kl = kl(pb, pa) + kl(pa, pb)  # (1/(m-1)) * sum over i of KL(z_j || z_i), m = 2
+    expected_ce = sum(-math.log(p[y]) for p in (pa, pb) for y in (0, 1, 0, 1)) / 4
+    assert losses["kl"].item() == pytest.approx(expected_kl, rel=1e-6)
+    assert losses["ce"].item() == pytest.approx(expected_ce, rel=1e-6)
+    losses["kl"].backward()
+    # with detached targets peer A's gradient is that of KL(p_B || p_A) alone: p_A - p_B per sample, batch-mean
+    grad_a = torch.tensor(pa) - torch.tensor(pb)
+    assert torch.allclose(d.peers[0].logits.grad, grad_a, atol=1e-6)
+
+
+def test_online_cutmix_target_is_detached_mean_on_the_same_batch():
+    peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 0.0]), FixedPeer([0.0, 2.0])]
+    cls = DISTILLERS["online_cutmix"]
+    d = cls(peers, cls.Params())
+    d.set_augment(make_augment("cutmix"))
+    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    mean = [1 / 3, 2 / 3]
+    expected = sum(kl(softmax(mean, 3), softmax(p.logits.tolist(), 3)) for p in peers) * 9
+    assert losses["kl"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluation_ensemble_is_mean_of_peer_logits():
+    peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 3.0])]
+    d = DISTILLERS["dml"](peers, DISTILLERS["dml"].Params())
+    out = d.evaluation_logits(X)
+    assert torch.allclose(out["ensemble"], torch.tensor([[0.5, 1.5]]).expand(4, -1))
+    assert set(out) == {"peer0", "peer1", "ensemble"}
+
+
+def test_rampup_values():
+    assert sigmoid_rampup(0, 80) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(40, 80) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(80, 80) == 1.0 and sigmoid_rampup(200, 80) == 1.0
+
+
+def test_feature_mutual_loss_hand_computed_and_detached():
+    f1 = torch.tensor([[3.0, 0.0]], requires_grad=True)  # normalises to [1, 0]
+    f2 = torch.tensor([[0.0, 0.5]], requires_grad=True)  # normalises to [0, 1]
+    loss = feature_mutual_loss([f1, f2])
+    assert loss.item() == pytest.approx(4.0)  # each peer: |[1,-1]|^2 = 2
+    # only the own-term carries gradient: d/du1 |u1 - u2|^2 = 2 (u1 - u2) = [2, -2], projected on the sphere at [1, 0]
+    loss.backward()
+    assert torch.allclose(f1.grad, torch.tensor([[0.0, -2.0 / 3.0]]), atol=1e-6)
+
+
+def test_ema_update_rule_and_ema_teacher():
+    cls = DISTILLERS["cutnmix"]
+    peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])]
+    d = cls(peers, cls.Params(teacher="ema", ema_decay=0.9))
+    before = d.ema_peers[0].logits.detach().clone()
+    with torch.no_grad():
+        d.peers[0].logits.add_(torch.tensor([1.0, -1.0]))
+    d.after_step()
+    expected = 0.9 * before + 0.1 * d.peers[0].logits.detach()
+    assert torch.allclose(d.ema_peers[0].logits, expected)
+    assert not any(p is q for p in d.learnable_parameters() for q in d.ema_peers.parameters())
+
+
+def test_cutnmix_terms_and_ramp():
+    cls = DISTILLERS["cutnmix"]
+    d = cls([FixedPeer([1.0, 0.0], [1.0, 0.0]), FixedPeer([0.0, 1.0], [0.0, 1.0])], cls.Params(ramp_epochs=80))
+    d.set_augment(make_augment("cut_n_mix"))
+    step = info(epoch=40)
+    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, step)
+    assert set(losses) == {"ce", "kl", "feat"} and step.stats["ramp"] == pytest.approx(math.exp(-1.25))
+    assert losses["feat"].item() == pytest.approx(4.0)
+    target = [0.5, 0.5]
+    expected_kl = 9 * (kl(softmax(target, 3), softmax([1.0, 0.0], 3)) + kl(softmax(target, 3), softmax([0.0, 1.0], 3)))
+    assert losses["kl"].item() == pytest.approx(math.exp(-1.25) * expected_kl, rel=1e-5)
+
+
+def test_one_gated_ensemble():
+    cls = DISTILLERS["one"]
+    d = cls.from_names(["resnet8"] * 3, cls.Params(), num_classes=10, in_channels=1)
+    d.eval()
+    x = torch.randn(2, 1, 28, 28)
+    logits, ensemble = d._branches(x)
+    gate = torch.softmax(d.gate(d.trunk(x).mean((2, 3))), 1)
+    assert torch.allclose(gate.sum(1), torch.ones(2))
+    assert torch.allclose(ensemble, sum(gate[:, i:i + 1] * z for i, z in enumerate(logits)), atol=1e-5)
+    d.train()
+    _, losses = d.forward_train(x, torch.tensor([1, 2]), info())
+    losses["kl"].backward()
+    assert d.gate[0].weight.grad is None or d.gate[0].weight.grad.abs().sum() == 0, "KL target must be detached"
+    # three distinct branches, one shared trunk
+    assert len({id(p.branch) for p in d.peers}) == 3 and all(p._trunk[0] is d.trunk for p in d.peers)
+
+
+@pytest.fixture(scope="module")
+def online_common(tmp_path_factory):
+    from mixdistill.data.synthetic import write_fashion_like
+
+    base = tmp_path_factory.mktemp("online")
+    root = write_fashion_like(base / "data", 600, 200)
+    return [f"data.root={root}", f"output_dir={base / 'runs'}", "model.student=cnn5_w8", "optim.epochs=1",
+            "train.progress=false", "train.tensorboard=false", "train.device=cpu", "data.eval_batch_size=200"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["method=dml"], ["method=kdcl"], ["method=one"], ["method=online_cutmix"],
+    ["method=cutnmix", "method.teacher=ema", "augment.n=3"],
+    ["method=dml", "model.peers=[cnn5_w8,cnn5_w16]"],
+])
+def test_online_method_runs_through_the_cli(online_common, overrides):
+    import json
+
+    from mixdistill.cli import main
+
+    name = "_".join(o.split("=")[1] for o in overrides[:1]) + str(len(overrides))
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *online_common, f"name={name}", *overrides,
+                 "--quiet"]) == 0
+    out = online_common[1].split("=", 1)[1]
+    summary = json.loads(open(f"{out}/{name}/summary.json").read())
+    assert {"last_acc_ensemble", "last_acc_best_peer", "last_acc_mean_peer"} <= set(summary)
