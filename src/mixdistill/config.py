@@ -130,6 +130,7 @@ class TrainConfig(Section):
     tensorboard: bool = True
     progress: bool = True
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    sync_bn: bool = Field(False, description="synchronised BatchNorm across torchrun processes")
 
 
 class RunConfig(Section):

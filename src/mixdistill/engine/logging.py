@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,15 +27,17 @@ class _Progress:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, *, history: list[dict] = (), tensorboard: bool = True, quiet: bool = False):
+    def __init__(self, run_dir: Path, *, history: list[dict] = (), tensorboard: bool = True, quiet: bool = False,
+                 write: bool = True):
         self.run_dir = Path(run_dir)
         self.quiet = quiet
-        # rewritten from the checkpoint's history, so a resumed run never holds an epoch twice
-        self.metrics = open(self.run_dir / "metrics.jsonl", "w")
+        # rewritten from the checkpoint's history, so a resumed run never holds an epoch twice;
+        # write=False (torchrun ranks other than 0) writes no file at all
+        self.metrics = open(self.run_dir / "metrics.jsonl" if write else os.devnull, "w")
         for record in history:
             self.metrics.write(json.dumps(record) + "\n")
         self.writer = None
-        if tensorboard:
+        if tensorboard and write:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))

@@ -18,6 +18,7 @@ from mixdistill.config import RunConfig, build_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
 from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, save_atomic
+from mixdistill.engine.distributed import init_distributed, local_batch_size, wrap_for_training
 from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
@@ -163,17 +164,22 @@ class Trainer:
         self._check_run_dir()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last,
-                                       cfg.train.compile)
+        self.dist = init_distributed(cfg.train.device)
+        device = cfg.train.device
+        if self.dist.enabled and torch.cuda.is_available() and device in ("auto", "cuda"):
+            device = f"cuda:{self.dist.local_rank}"
+        self.runtime = resolve_runtime(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
         train, test = load_data(cfg)
         self.num_classes, self.in_channels = train.spec.num_classes, train.images.shape[1]
         self.train_images = len(train.labels)
         d = cfg.data
         padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
-        self.train_loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size,
+        self.train_loader = DeviceLoader(train.images, train.labels,
+                                         batch_size=local_batch_size(d.batch_size, self.dist),
                                          mean=train.spec.mean, std=train.spec.std, shuffle=True, drop_last=True,
                                          crop_padding=padding, flip=d.flip, seed=cfg.seed,
-                                         device=self.runtime.device, with_indices=True)
+                                         device=self.runtime.device, with_indices=True,
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size,
                                         mean=test.spec.mean, std=test.spec.std, shuffle=False, drop_last=False,
                                         device=self.runtime.device)
@@ -199,10 +205,13 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self._load_state()
+        self.train_module = wrap_for_training(self.distiller, self.dist, cfg.train.sync_bn)
         self.train_step = self._make_train_step()
 
     # -- run directory and resumption -------------------------------------------------------------
     def _check_run_dir(self):
+        if int(__import__("os").environ.get("RANK", "0")) != 0:
+            return  # rank 0 alone owns the run directory
         has_run = self.checkpoint_path.exists() or (self.run_dir / "summary.json").exists()
         if self.resume and not self.checkpoint_path.exists():
             raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}")
@@ -247,13 +256,14 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------
     def _make_train_step(self):
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
+        train_module = self.train_module
         if runtime.compile:
             for module in distiller.compile_targets():
                 module.compile()
 
         def train_step(images, labels, info):
             with runtime.autocast():
-                logits, losses = distiller.forward_train(images, labels, info)
+                logits, losses = train_module(images, labels, info)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -268,34 +278,40 @@ class Trainer:
     def fit(self) -> dict:
         from mixdistill.engine.logging import RunLogger
 
-        cfg = self.cfg
+        cfg, main = self.cfg, self.dist.is_main
         epochs = cfg.optim.total_epochs
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(_to_yaml(cfg.to_dict()))
-        logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard, quiet=self.quiet)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(_to_yaml(cfg.to_dict()))
+        logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
+                           quiet=self.quiet or not main, write=main)
         logger.info(f"run {self.run_dir}: {cfg.method.name} student={cfg.model.student} "
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
         teacher_eval = None
-        if self.distiller.teacher is not None:
+        if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
             logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%")
         try:
             for epoch in range(self.start_epoch, epochs):
                 record = self._train_epoch(epoch, epochs, logger)
-                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
+                if main and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
                     record.update(eval_record(evaluate_many(self.distiller, self.distiller.evaluation_logits,
                                                             self.test_loader, self.runtime)))
                 self.history.append(record)
                 logger.epoch(record)
-                if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
+                if main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs):
                     self._save_state(epoch + 1)
+                self.dist.barrier()
         finally:
             logger.close()
         summary = summarize(self.history, cfg, teacher_eval)
         summary["train_images"] = self.train_images
-        save_json_atomic(summary, self.run_dir / "summary.json")
+        if main:
+            save_json_atomic(summary, self.run_dir / "summary.json")
+        if self.dist.enabled:
+            torch.distributed.destroy_process_group()
         return summary
 
     def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
@@ -340,6 +356,11 @@ class Trainer:
                 progress.update(i + 1, loss=(sums["loss"] / (i + 1)).item(), images_per_s=rate)
         progress.close()
         n = len(self.train_loader)
+        if self.dist.enabled:  # epoch metrics over all ranks (one small all-reduce per epoch)
+            n *= self.dist.world_size
+            sums = {k: self.dist.sum_(v.clone()) for k, v in sums.items()}
+            correct = self.dist.sum_(correct.clone())
+            seen = int(self.dist.sum_(torch.tensor(seen, device=runtime.device)).item())
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": self.step, "lr": lr,
                   "train_acc": 100.0 * correct.item() / seen, "images_per_s": seen / elapsed,

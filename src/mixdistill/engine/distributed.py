@@ -1,0 +1,86 @@
+"""One run across processes: ``torchrun --nproc-per-node N -m mixdistill train CONFIG ...``.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; we start the process group (nccl on CUDA, gloo on CPU),
+give each rank its shard of the device-resident data (``data.batch_size`` stays the GLOBAL batch), wrap
+the method's training forward in DistributedDataParallel (gradients are averaged across ranks, so the
+result matches one process with the same global batch), and let rank 0 alone evaluate, log and
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mixdistill.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+
+def init_distributed(device: str) -> DistContext:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistContext(rank, world_size, local_rank)
+
+
+def local_batch_size(global_batch: int, ctx: DistContext) -> int:
+    if global_batch % ctx.world_size:
+        raise ConfigError(f"data.batch_size {global_batch} (the global batch) must be divisible by the "
+                          f"{ctx.world_size} processes")
+    return global_batch // ctx.world_size
+
+
+class TrainForward(nn.Module):
+    """``forward`` = the method's ``forward_train``, so DistributedDataParallel can wrap any method."""
+
+    def __init__(self, distiller: nn.Module):
+        super().__init__()
+        self.distiller = distiller
+
+    def forward(self, images, labels, info):
+        return self.distiller.forward_train(images, labels, info)
+
+
+def wrap_for_training(distiller: nn.Module, ctx: DistContext, sync_bn: bool) -> nn.Module:
+    module = TrainForward(distiller)
+    if not ctx.enabled:
+        return module
+    if sync_bn:
+        for name in ("student", "peers"):
+            if hasattr(distiller, name):
+                setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(distiller, name)))
+    device_ids = [ctx.local_rank] if next(distiller.parameters()).is_cuda else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
