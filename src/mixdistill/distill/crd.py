@@ -20,9 +20,9 @@ Follows RepDistiller (github HobbitLong/RepDistiller: ``crd/criterion.py``, ``cr
 Differences from RepDistiller, on purpose:
 
 - Negatives are drawn on the training device per batch, from the global torch RNG (which the trainer
-  reseeds every epoch), not by the data loader. ``negatives: uniform`` (default) draws K indices
+  reseeds every epoch), not by the data loader. ``negatives: uniform`` draws K indices
   uniformly from the whole training set with replacement (a negative may share the positive's class,
-  or rarely be the positive itself). ``negatives: other_class`` is RepDistiller's ``mode='exact'``
+  or rarely be the positive itself). ``negatives: other_class`` (the default) is RepDistiller's ``mode='exact'``
   sampler: uniform over the samples of the *other* classes (with replacement; RepDistiller draws without
   replacement when K is below the class-negative count, a negligible difference).
 - Scores and the NCE loss are computed in fp32 with autocast off.
@@ -163,7 +163,7 @@ class CRDParams(MethodParams):
     nce_t: float = Field(0.07, gt=0, description="temperature of the scores")
     nce_m: float = Field(0.5, ge=0, le=1, description="momentum of the memory update")
     negatives: Literal["uniform", "other_class"] = Field(
-        "uniform", description="uniform over the training set, or over the other classes (RepDistiller's sampler)")
+        "other_class", description="uniform over the training set, or over the other classes (RepDistiller's sampler)")
 
 
 class CRDKDParams(CRDParams):
