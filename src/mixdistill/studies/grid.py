@@ -1,0 +1,139 @@
+"""Run a grid of training runs (seeds x methods x pairs) locally or as Ray tasks.
+
+Every finished run appends one row to ``results.jsonl`` in the study directory; the file is rewritten
+atomically (temp file + rename, under a lock), so it is never half-written. Re-running a grid skips
+runs whose key has a row, resumes a run killed midway from its last checkpoint, and retries a run that
+crashed. Runs are grouped in stages: stage k starts after stage k-1 finished (teachers before students).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixdistill.config import build_config
+from mixdistill.errors import MixdistillError
+
+
+@dataclass
+class GridRun:
+    key: str  # unique within the study, e.g. "teacher/mixup/seed0"
+    config: dict  # a config tree; output_dir and name are set by the grid
+    stage: int = 0
+    labels: dict = field(default_factory=dict)  # what the report groups by
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    def run_name(self) -> str:
+        return self.key.replace("/", "__")
+
+
+class ResultsFile:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_suffix(".lock")
+
+    def read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return {row["key"]: row for row in rows}
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            text = self.path.read_text() if self.path.exists() else ""
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text + json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+
+
+def resolve(run: GridRun, study_dir: Path):
+    tree = {**run.config, "output_dir": str(study_dir / "runs"), "name": run.run_name()}
+    return build_config(tree)
+
+
+def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) -> dict:
+    """Train (or reuse / resume) one run; a crash is retried from its last checkpoint."""
+    from mixdistill.engine.trainer import train_or_reuse
+
+    cfg = resolve(run, Path(study_dir))
+    for attempt in range(retries + 1):
+        try:
+            summary = train_or_reuse(cfg, quiet=quiet)
+            return {"key": run.key, "labels": run.labels, "stage": run.stage, "summary": summary,
+                    "attempts": attempt + 1}
+        except MixdistillError:
+            raise  # bad input: retrying cannot help
+        except Exception:
+            if attempt == retries:
+                raise
+
+
+def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
+             retries: int = 1, quiet: bool = True, log=print) -> dict[str, dict]:
+    study_dir = Path(study_dir)
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("grid keys must be unique")
+    for run in runs:  # validate every config before any work starts
+        resolve(run, study_dir)
+    results = ResultsFile(study_dir / "results.jsonl")
+    done = results.read()
+    skipped = sum(r.key in done for r in runs)
+    if skipped:
+        log(f"{skipped} of {len(runs)} runs already finished; skipping them")
+    for stage in sorted({r.stage for r in runs}):
+        todo = [r for r in runs if r.stage == stage and r.key not in done]
+        if not todo:
+            continue
+        if executor == "local":
+            for i, run in enumerate(todo):
+                log(f"[stage {stage}] {i + 1}/{len(todo)} {run.key}")
+                row = execute(run, str(study_dir), retries, quiet)
+                results.append(row)
+                done[run.key] = row
+        elif executor == "ray":
+            for row in _run_ray(todo, study_dir, address, retries, quiet, log):
+                results.append(row)
+                done[row["key"]] = row
+        else:
+            raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
+    return {k: done[k] for k in keys}
+
+
+def _run_ray(todo, study_dir, address, retries, quiet, log):
+    try:
+        import ray
+    except ImportError:
+        raise MixdistillError("--executor ray needs Ray: pip install 'mixdistill[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    remote = ray.remote(execute)
+    pending = {remote.options(num_cpus=run.num_cpus, num_gpus=run.num_gpus, max_retries=0)
+               .remote(run, str(study_dir), retries, quiet): run for run in todo}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as err:
+                if isinstance(err.cause, MixdistillError):
+                    raise err.cause from None
+                raise
+            log(f"[ray] finished {run.key}")
+            yield row
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,122 @@
+"""The grid runner: stages, skip finished, retry crashed, atomic results, Ray executor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mixdistill.errors import ConfigError
+from mixdistill.studies import grid as grid_module
+from mixdistill.studies.grid import GridRun, ResultsFile, run_grid
+
+
+def tiny_grid(fmnist_root, seeds=2):
+    base = {"data": {"root": str(fmnist_root), "batch_size": 64, "eval_batch_size": 200},
+            "model": {"student": "cnn5_w8"},
+            "optim": {"epochs": 1, "schedule": "onecycle", "milestones": [], "lr": 0.05},
+            "train": {"progress": False, "tensorboard": False, "device": "cpu"}}
+    runs = [GridRun("teacher", {**base, "method": {"name": "ce"}}, stage=0)]
+    for seed in range(seeds):
+        runs.append(GridRun(f"kd/seed{seed}", {**base, "seed": seed, "method": {"name": "kd"},
+                                               "model": {"student": "cnn5_w8",
+                                                         "teacher_checkpoint": "STUDY/runs/teacher/last.pt"}},
+                            stage=1, labels={"seed": seed}))
+    return runs
+
+
+def with_study_dir(runs, study_dir):
+    for run in runs:
+        ckpt = run.config["model"].get("teacher_checkpoint")
+        if ckpt:
+            run.config["model"]["teacher_checkpoint"] = ckpt.replace("STUDY", str(study_dir))
+    return runs
+
+
+class Killed(BaseException):
+    """Like SIGINT/SIGKILL of the study process: not an Exception, so nothing retries it."""
+
+
+def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch):
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    original = grid_module.execute
+    calls = []
+
+    def dies_on_second_student(run, *args, **kwargs):
+        calls.append(run.key)
+        if run.key == "kd/seed1":
+            raise Killed  # the whole study is killed here
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", dies_on_second_student)
+    try:
+        run_grid(runs, study, log=lambda *_: None)
+        raise AssertionError("the grid should have been killed")
+    except Killed:
+        pass
+    assert calls == ["teacher", "kd/seed0", "kd/seed1"]  # the teacher stage ran first
+    assert set(ResultsFile(study / "results.jsonl").read()) == {"teacher", "kd/seed0"}
+
+    calls.clear()
+
+    def counting(run, *args, **kwargs):
+        calls.append(run.key)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", counting)
+    rows = run_grid(runs, study, log=lambda *_: None)
+    assert calls == ["kd/seed1"], "finished runs must be skipped"
+    assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"}
+    assert rows["kd/seed1"]["labels"] == {"seed": 1} and rows["kd/seed1"]["summary"]["last_acc"] is not None
+
+
+def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
+    from mixdistill.engine import trainer
+
+    original = trainer.train_or_reuse
+    attempts = []
+
+    def flaky(cfg, **kwargs):
+        attempts.append(cfg.name)
+        if len(attempts) == 1:
+            raise RuntimeError("simulated crash (e.g. a lost worker)")
+        return original(cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_or_reuse", flaky)
+    rows = run_grid(tiny_grid(fmnist_root)[:1], tmp_path / "s", log=lambda *_: None)
+    assert attempts == ["teacher", "teacher"] and rows["teacher"]["attempts"] == 2
+
+
+def test_bad_config_fails_before_any_work(fmnist_root, tmp_path):
+    runs = tiny_grid(fmnist_root)
+    runs[-1].config = {**runs[-1].config, "optim": {"epochs": "many"}}
+    with pytest.raises(ConfigError, match="optim.epochs"):
+        run_grid(runs, tmp_path / "s", log=lambda *_: None)
+    assert not (tmp_path / "s" / "results.jsonl").exists() and not (tmp_path / "s" / "runs").exists()
+
+
+def test_results_append_is_atomic(tmp_path, monkeypatch):
+    results = ResultsFile(tmp_path / "results.jsonl")
+    results.append({"key": "a", "summary": {}})
+    before = results.path.read_text()
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(grid_module.os, "replace", crash)
+    with pytest.raises(OSError):
+        results.append({"key": "b", "summary": {}})
+    assert results.path.read_text() == before
+    assert [json.loads(x)["key"] for x in before.splitlines()] == ["a"]
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
+    pytest.importorskip("ray")
+    study = tmp_path / "ray_study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    rows = run_grid(runs, study, executor="ray", log=lambda *_: None)
+    assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"}
+    assert all(r["summary"]["last_acc"] is not None for r in rows.values())
+    assert len(ResultsFile(study / "results.jsonl").read()) == 3
