@@ -157,6 +157,31 @@ def cmd_demo(args) -> int:
     return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
 
 
+def _add_study(sub):
+    p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT)
+    p.add_argument("name", help="das2020")
+    p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
+                                                "smoke (seconds)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per student configuration")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--output-dir", default="runs/studies", help="the study lives in OUTPUT_DIR/NAME_SCALE")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--gpus-per-run", type=float, default=None, help="Ray GPU request per run (default: 1 at "
+                                                                    "--scale full, else 0)")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args) -> int:
+    from mixdistill.studies import run_study
+
+    path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
+                     executor=args.executor, address=args.address, data_root=args.data_root,
+                     gpus_per_run=args.gpus_per_run)
+    print(path.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mixdistill import __version__
 
@@ -164,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "data augmentation (offline and online).")
     parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_models, _add_teachers, _add_demo):
+    for add in (_add_train, _add_eval, _add_models, _add_teachers, _add_demo, _add_study):
         add(sub)
     return parser
 

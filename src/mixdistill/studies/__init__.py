@@ -1,0 +1,36 @@
+"""One study per paper: its grid (configs/studies/NAME.yaml), run by the grid runner, and its report."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from mixdistill.errors import UnknownNameError
+
+STUDIES = {"das2020": "mixdistill.studies.das2020"}
+
+
+def get_study(name: str):
+    if name not in STUDIES:
+        raise UnknownNameError("study", name, STUDIES)
+    return importlib.import_module(STUDIES[name])
+
+
+def run_study(name: str, *, scale: str = "cpu", seeds: int = 3, output_dir: str = "runs/studies",
+              executor: str = "local", address: str | None = None, data_root: str | None = None,
+              gpus_per_run: float | None = None, log=print) -> Path:
+    from mixdistill.studies.grid import run_grid
+
+    study = get_study(name)
+    study_dir = Path(output_dir) / f"{name}_{scale}"
+    runs = study.grid(scale, seeds, study_dir, data_root)
+    for run in runs:  # the Ray resource request of each run
+        run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
+    rows = run_grid(runs, study_dir, executor=executor, address=address, log=log)
+    text = study.report(rows, study_dir, scale, data_root)
+    path = study_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    log(f"report written to {path}")
+    return path
