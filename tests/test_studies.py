@@ -1,0 +1,40 @@
+"""Studies at smoke scale: grid, results file, report with paper and ours, rerun skips everything."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixdistill.cli import main
+from mixdistill.errors import ConfigError, UnknownNameError
+from mixdistill.studies import get_study, run_study
+from mixdistill.studies.grid import ResultsFile
+
+
+def test_unknown_study_and_scale(tmp_path):
+    with pytest.raises(UnknownNameError, match="das2020"):
+        get_study("das2021")
+    with pytest.raises(ConfigError, match="scale"):
+        run_study("shen2022", scale="huge", output_dir=str(tmp_path), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("name", ["das2020", "shen2022"])
+def test_every_scale_resolves_to_valid_configs(name, tmp_path):
+    from mixdistill.studies.grid import resolve
+
+    study = get_study(name)
+    for scale in ("smoke", "cpu", "full"):
+        for run in study.grid(scale, 3, tmp_path, None):
+            resolve(run, tmp_path)
+
+
+@pytest.mark.slow
+def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
+    assert main(["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path),
+                 "--data-root", str(fmnist_root)]) == 0
+    report = (tmp_path / "shen2022_smoke" / "report.md").read_text()
+    assert "reconstruction of shen2022" in report and "| cutnmix |" in report and "Welch p" in report
+    assert len(ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()) == 12
+    capsys.readouterr()
+    assert main(["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path),
+                 "--data-root", str(fmnist_root)]) == 0
+    assert "12 of 12 runs already finished" in capsys.readouterr().out
