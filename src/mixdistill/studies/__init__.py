@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mixdistill.errors import UnknownNameError
 
-STUDIES = {"das2020": "mixdistill.studies.das2020", "shen2022": "mixdistill.studies.shen2022"}
+STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
+           "shen2022": "mixdistill.studies.shen2022"}
 
 
 def get_study(name: str):

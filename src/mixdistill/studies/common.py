@@ -54,7 +54,8 @@ def welch(a, b) -> tuple[float, float]:
 
 
 def fmt_p(p: float) -> str:
-    return "n/a (one seed)" if math.isnan(p) else f"{p:.3g}"
+    """n/a: fewer than two seeds a side, or no variance at all."""
+    return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
 def test_outputs(run_dir: str | Path, data_root: str | None = None):
