@@ -17,7 +17,7 @@ def test_unknown_study_and_scale(tmp_path):
         run_study("shen2022", scale="huge", output_dir=str(tmp_path), log=lambda *_: None)
 
 
-@pytest.mark.parametrize("name", ["choi2023", "das2020", "shen2022"])
+@pytest.mark.parametrize("name", ["choi2023", "das2020", "shen2022", "wang2022"])
 def test_every_scale_resolves_to_valid_configs(name, tmp_path):
     from mixdistill.studies.grid import resolve
 
@@ -47,3 +47,12 @@ def test_choi2023_smoke_study(fmnist_root, tmp_path):
     report = path.read_text()
     assert "T = 1 beats T = 4 on" in report and "mixstd_pmu_exact" in report
     assert (path.parent / "choi2023_t1_minus_t4.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_wang2022_smoke_study(fmnist_root, tmp_path):
+    path = run_study("wang2022", scale="smoke", seeds=1, output_dir=str(tmp_path), data_root=str(fmnist_root),
+                     log=lambda *_: None)
+    report = path.read_text()
+    assert "| kd_cutmixpick |" in report and "longer training" in report and "T. stddev vs student test loss" in report
+    assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 from mixdistill.errors import UnknownNameError
 
 STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
-           "shen2022": "mixdistill.studies.shen2022"}
+           "shen2022": "mixdistill.studies.shen2022", "wang2022": "mixdistill.studies.wang2022"}
 
 
 def get_study(name: str):
