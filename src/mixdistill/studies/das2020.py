@@ -24,7 +24,8 @@ ECE_BINS = 10
 def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list[GridRun]:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
-    base = merge({"data": sc["data"]}, {"data": {"root": data_root}, "train": {"progress": False}})
+    base = merge({"data": sc["data"], "train": sc.get("train", {})},
+                 {"data": {"root": data_root}, "train": {"progress": False}})
     runs = []
     for condition, extra in spec["conditions"].items():
         extra = copy.deepcopy(extra)

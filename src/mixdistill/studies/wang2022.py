@@ -72,7 +72,7 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
     return runs
 
 
-def _t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root) -> float:
+def _t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root, min_steps: int = 100) -> float:
     """T. stddev of the pair's teacher under the view of ``method`` (student frozen: the seed-0 run's)."""
     from mixdistill.analysis import teacher_statistics
     from mixdistill.config import build_config
@@ -93,8 +93,8 @@ def _t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root) ->
     padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
     loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size, mean=train.spec.mean,
                           std=train.spec.std, crop_padding=padding, flip=d.flip, seed=0)
-    # at least 20 five-step groups (one epoch at CPU and full scale; more passes on tiny smoke data)
-    epochs = max(1, -(-100 // len(loader)))
+    # at least min_steps steps (20 five-step groups by default: one epoch at CPU and full scale)
+    epochs = max(1, -(-min_steps // len(loader)))
     stats = teacher_statistics(distiller.teacher, loader, distiller.augment, student=distiller.student,
                                epochs=epochs)
     return stats["t_stddev"]
@@ -143,11 +143,11 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         verdict = "reproduced" if d_kd > 0 and d_kd > d_ce else "NOT reproduced"
         lines.append(f"- {pair}: longer training: KD {d_kd:+.2f} (p = {fmt_p(p_kd)}), CE {d_ce:+.2f} "
                      f"(p = {fmt_p(p_ce)}) — 'KD gains from longer training while CE does not' {verdict}.")
-    lines += _view_section(spec, rows, study_dir, pairs[0], values, data_root)
+    lines += _view_section(spec, rows, study_dir, pairs[0], values, data_root, sc.get("tstddev_steps", 100))
     return "\n".join(lines) + "\n"
 
 
-def _view_section(spec, rows, study_dir, pair, values, data_root) -> list[str]:
+def _view_section(spec, rows, study_dir, pair, values, data_root, min_steps) -> list[str]:
     from scipy.stats import spearmanr
 
     from mixdistill.analysis import correlations, plot_tstddev_vs_loss
@@ -159,7 +159,7 @@ def _view_section(spec, rows, study_dir, pair, values, data_root) -> list[str]:
         method = views[view][0]
         names.append(view)
         losses.append(statistics.mean(values(pair, method, "last_test_loss")))
-        stds.append(_t_stddev(study_dir, rows, pair, method, data_root))
+        stds.append(_t_stddev(study_dir, rows, pair, method, data_root, min_steps))
     plot_tstddev_vs_loss(stds, losses, names, study_dir / "wang2022_tstddev_vs_loss.png",
                          title=f"{pair}: teacher T. stddev vs student test loss")
     rho = spearmanr(list(range(len(order), 0, -1)), losses).statistic
