@@ -11,7 +11,7 @@ import pytest
 from mixdistill.cli import main
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "models", "teachers", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "analyze", "models", "teachers", "demo", "study"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

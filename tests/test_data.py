@@ -254,7 +254,7 @@ def no_default_roots(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert set(DATASETS) == {"cifar10", "cifar100", "fashion_mnist", "imagefolder", "tiny_imagenet"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "fashion_mnist", "imagefolder", "imagenet", "tiny_imagenet"}
     assert DATASETS["cifar100"].mean == (0.5071, 0.4867, 0.4408)
     assert DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)
     assert DATASETS["fashion_mnist"].crop_padding == 2 and DATASETS["fashion_mnist"].in_channels == 1

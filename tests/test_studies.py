@@ -56,3 +56,11 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
     report = path.read_text()
     assert "| kd_cutmixpick |" in report and "longer training" in report and "T. stddev vs student test loss" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_das2020_smoke_study(fmnist_root, tmp_path):
+    path = run_study("das2020", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
+                     log=lambda *_: None)
+    report = path.read_text()
+    assert "| mixup |" in report and "ECE" in report and "CD correct" in report and "Welch p" in report

@@ -141,6 +141,15 @@ def _add_teachers(sub):
     p.set_defaults(func=teachers_main)
 
 
+def _add_analyze(sub):
+    from mixdistill.analysis.command import add_analyze_arguments, analyze_main
+
+    p = sub.add_parser("analyze", help="calibration, class discrimination, smoothness, robustness of a model",
+                       formatter_class=HELP_FORMAT)
+    add_analyze_arguments(p)
+    p.set_defaults(func=analyze_main)
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="teacher + CE and KD students on Fashion-MNIST, with a results table",
                        formatter_class=HELP_FORMAT)
@@ -189,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "data augmentation (offline and online).")
     parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_models, _add_teachers, _add_demo, _add_study):
+    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_teachers, _add_demo, _add_study):
         add(sub)
     return parser
 

@@ -31,6 +31,23 @@ class DataConfig(Section):
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; null = the dataset's default")
     flip: bool = True
     download: bool = True
+    loader: Literal["memory", "streaming"] = Field(
+        "memory", description="memory: the whole uint8 dataset on the device; streaming: worker processes decode "
+        "image files per batch (ImageNet; image-folder datasets only)")
+    image_size: int | None = Field(None, gt=0, description="streaming: train crop / eval centre crop; null = the dataset's")
+    num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, cores)")
+
+    @model_validator(mode="after")
+    def _check_loader(self):
+        if self.loader == "memory" and self.dataset == "imagenet":
+            raise ValueError("dataset imagenet does not fit in memory: set data.loader: streaming")
+        if self.loader == "streaming" and self.dataset not in STREAMING_DATASETS:
+            raise ValueError(f"data.loader streaming reads image-folder trees ({', '.join(STREAMING_DATASETS)}), "
+                             f"not {self.dataset}")
+        return self
+
+
+STREAMING_DATASETS = ("imagenet", "imagefolder")
 
 
 class ModelConfig(Section):

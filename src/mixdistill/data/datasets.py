@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from mixdistill.data import readers
-from mixdistill.errors import DatasetNotFoundError, UnknownNameError
+from mixdistill.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,17 @@ def _download_fashion_mnist(root: Path) -> None:
     torchvision.datasets.FashionMNIST(str(root), train=True, download=True)  # fetches both splits
 
 
+def _find_imagenet(root: Path) -> Path | None:
+    for d in (root, root / "imagenet", root / "ILSVRC2012"):
+        if (d / "train").is_dir() and (d / "val").is_dir():
+            return d
+    return None
+
+
+def _imagenet_in_memory(root: Path, split: str):
+    raise DataError(f"ImageNet ({root}) does not fit in memory; stream it: set data.loader: streaming")
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         name="cifar10", num_classes=10, in_channels=3, image_size=32,
@@ -110,6 +122,14 @@ DATASETS: dict[str, DatasetSpec] = {
         mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262), crop_padding=8,
         reader=readers.read_tiny_imagenet, find=readers.find_tiny_imagenet,
         how_to_get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into that folder",
+    ),
+    # ILSVRC-2012 as torchvision's ImageFolder layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): streamed only
+    "imagenet": DatasetSpec(
+        name="imagenet", num_classes=1000, in_channels=3, image_size=224,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_padding=0,
+        reader=_imagenet_in_memory, find=_find_imagenet,
+        how_to_get=("download ILSVRC-2012 from image-net.org and arrange it as train/<wnid>/*.JPEG and "
+                    "val/<wnid>/*.JPEG (the validation images sorted into class folders, e.g. with valprep.sh)"),
     ),
 }
 

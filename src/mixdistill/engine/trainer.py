@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +29,7 @@ from mixdistill.models.checkpoint import load_weights
 
 # config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
-                    "output_dir"}
+                    "data.num_workers", "output_dir"}
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -45,6 +47,67 @@ def load_data(cfg: RunConfig):
     if d.test_subset:
         test = test.subset(d.test_subset, seed=d.subset_seed)
     return train, test
+
+
+@dataclass
+class Loaders:
+    """The training, test and (on demand) clean training loaders, and what the models need to know."""
+
+    train: object  # DeviceLoader | StreamingImageFolder, yielding (images, labels, indices)
+    test: object  # yielding (images, labels)
+    clean: Callable[[], object]  # un-augmented training batches in order, with indices (built when called)
+    num_classes: int
+    in_channels: int
+    mean: tuple
+    std: tuple
+    num_train: int
+    augmented_by_loader: bool
+
+
+def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
+    d, device = cfg.data, runtime.device
+    batch_size = local_batch_size(d.batch_size, dist)
+    if d.loader == "streaming":
+        return _streaming_loaders(cfg, runtime, dist, batch_size)
+    train, test = load_data(cfg)
+    padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
+    common = dict(mean=train.spec.mean, std=train.spec.std, device=device)
+    train_loader = DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True, drop_last=True,
+                                crop_padding=padding, flip=d.flip, seed=cfg.seed, with_indices=True,
+                                rank=dist.rank, world_size=dist.world_size, **common)
+    test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size, shuffle=False,
+                               drop_last=False, **common)
+    clean = lambda: DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, shuffle=False,  # noqa: E731
+                                 drop_last=False, with_indices=True, **common)
+    return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
+                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip)
+
+
+def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
+    """Image-folder trees read by worker processes (data.loader: streaming): ImageNet-scale data."""
+    from mixdistill.data.datasets import DATASETS, find_root
+    from mixdistill.data.streaming import StreamingImageFolder
+
+    d = cfg.data
+    spec = DATASETS[d.dataset]
+    root = find_root(d.dataset, d.root, download=False)
+    size = d.image_size or spec.image_size
+    if not isinstance(size, int):
+        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
+    common = dict(image_size=size, mean=spec.mean, std=spec.std, num_workers=d.num_workers, device=runtime.device,
+                  channels_last=runtime.channels_last, subset_seed=d.subset_seed)
+    try:
+        train = StreamingImageFolder(root, "train", batch_size=batch_size, flip=d.flip, seed=cfg.seed,
+                                     with_indices=True, rank=dist.rank, world_size=dist.world_size,
+                                     subset=d.train_subset, **common)
+        test = StreamingImageFolder(root, "val" if d.dataset == "imagenet" else "test", augment=False,
+                                    batch_size=d.eval_batch_size, subset=d.test_subset, **common)
+    except ValueError as e:  # e.g. a subset larger than the split
+        raise ConfigError(f"data: {e}") from None
+    clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
+                                         with_indices=True, subset=d.train_subset, **common)
+    return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
+                   train.num_samples, True)
 
 
 def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
@@ -169,31 +232,18 @@ class Trainer:
         if self.dist.enabled and torch.cuda.is_available() and device in ("auto", "cuda"):
             device = f"cuda:{self.dist.local_rank}"
         self.runtime = resolve_runtime(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
-        train, test = load_data(cfg)
-        self.num_classes, self.in_channels = train.spec.num_classes, train.images.shape[1]
-        self.train_images = len(train.labels)
-        d = cfg.data
-        padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
-        self.train_loader = DeviceLoader(train.images, train.labels,
-                                         batch_size=local_batch_size(d.batch_size, self.dist),
-                                         mean=train.spec.mean, std=train.spec.std, shuffle=True, drop_last=True,
-                                         crop_padding=padding, flip=d.flip, seed=cfg.seed,
-                                         device=self.runtime.device, with_indices=True,
-                                         rank=self.dist.rank, world_size=self.dist.world_size)
-        self.test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size,
-                                        mean=test.spec.mean, std=test.spec.std, shuffle=False, drop_last=False,
-                                        device=self.runtime.device)
+        data = build_loaders(cfg, self.runtime, self.dist)
+        self.num_classes, self.in_channels = data.num_classes, data.in_channels
+        self.train_images = data.num_train
+        self.train_loader, self.test_loader = data.train, data.test
         if len(self.train_loader) == 0:
-            raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {len(train.labels)} training images")
+            raise ConfigError(f"data.batch_size {cfg.data.batch_size} exceeds the {data.num_train} training images")
         torch.manual_seed(cfg.seed)  # model initialisation
-        self.distiller = build_distiller(cfg, self.num_classes, self.in_channels, train.spec.mean,
-                                         train.spec.std).to(self.runtime.device)
-        clean = DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, mean=train.spec.mean,
-                             std=train.spec.std, shuffle=False, drop_last=False, device=self.runtime.device,
-                             with_indices=True)
-        self.distiller.prepare(TrainSet(num_samples=len(train.labels), num_classes=self.num_classes,
-                                        clean_batches=lambda: iter(clean),
-                                        augmented_by_loader=padding > 0 or d.flip))
+        self.distiller = build_distiller(cfg, self.num_classes, self.in_channels, data.mean,
+                                         data.std).to(self.runtime.device)
+        self.distiller.prepare(TrainSet(num_samples=data.num_train, num_classes=self.num_classes,
+                                        clean_batches=lambda: iter(data.clean()),
+                                        augmented_by_loader=data.augmented_by_loader))
         self.distiller.to(self.runtime.device)
         if self.runtime.channels_last:
             self.distiller.to(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownNameError
-from . import cnn, das2020, mobilenetv2, resnet, resnetv2, shufflenet, vgg, wrn
+from . import cnn, das2020, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
 from ._base import ZooModel
 from .checkpoint import load_weights
 
@@ -51,6 +51,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn5_w8": cnn.cnn5_w8,
     "cnn5_w16": cnn.cnn5_w16,
     "cnn5_w32": cnn.cnn5_w32,
+    # torchvision's ImageNet ResNets (torchvision state_dict keys: its pretrained checkpoints load)
+    "tv_resnet18": torchvision_models.tv_resnet18,
+    "tv_resnet34": torchvision_models.tv_resnet34,
+    "tv_resnet50": torchvision_models.tv_resnet50,
 }
 
 
