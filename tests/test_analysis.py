@@ -35,7 +35,7 @@ from mixdistill.analysis import (
     teacher_statistics,
 )
 from mixdistill.analysis import discrimination
-from mixdistill.errors import CheckpointError, DataError
+from mixdistill.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -533,6 +533,12 @@ def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
         analyze(ckpt, out=tmp_path / "x", teacher=str(tmp_path / "nope.pt"))
     with pytest.raises(CheckpointError, match="no such run directory"):
         analyze(tmp_path / "missing_run")
+    with pytest.raises(UnknownNameError, match="cutmix"):
+        analyze(ckpt, out=tmp_path / "x", teacher_stats="cutmixx")
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        analyze(ckpt, out=tmp_path / "x", teacher_stats="cutmix", no_teacher=True)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        analyze(ckpt, out=tmp_path / "x", fgsm=[2.0])
 
 
 def test_analyze_teacher_stats(tiny_runs, tmp_path):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mixdistill.analysis.calibration import DEFAULT_BINS, calibration, plot_reliability_diagram
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination
 from mixdistill.analysis.smoothness import CLASS_NAMES, TSNE_SAMPLES, plot_tsne, smoothness, tsne_embedding
-from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.errors import CheckpointError, ConfigError, DataError
 
 REPORT_NAME, METRICS_NAME = "report.md", "metrics.json"
 FIGURES = {"reliability": "reliability_diagram.png", "tsne": "tsne.png"}
@@ -199,12 +199,14 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         raise ConfigError(f"{ckpt_path} does not record its architecture: pass --arch MODEL")
 
     # evaluation set
+    subset_used = False
     if data is None or data == train_name:
         split = load_dataset(train_name, "test", root=train_root)
         spec = split.spec  # imagefolder: filled in from the files
         subset = data_cfg.get("test_subset")
         if subset and not full_test_set and data is None:
             split = split.subset(subset, seed=data_cfg.get("subset_seed", 0))
+            subset_used = True
             notes.append(f"The run's data.test_subset = {subset} (seed {data_cfg.get('subset_seed', 0)}) is used; "
                          "pass --full-test-set for the whole split.")
         eval_set = EvalSet(split.images, split.labels, f"{train_name} (test)")
@@ -215,7 +217,13 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     if num_classes is None:
         raise ConfigError(f"{ckpt_path} does not record its number of classes")
     check_compatible(eval_set, in_channels, num_classes, spec.image_size)
-    human = load_human_labels(human_labels, len(eval_set.labels), num_classes) if human_labels else None
+    human = None
+    if human_labels:
+        try:
+            human = load_human_labels(human_labels, len(eval_set.labels), num_classes)
+        except DataError as e:
+            hint = " (this run evaluates on data.test_subset: pass --full-test-set)" if subset_used else ""
+            raise DataError(f"{e}{hint}") from None
     if normalize == "train":
         mean, std = spec.mean, spec.std
     elif normalize == "data":
@@ -227,6 +235,13 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     runtime = resolve_runtime(device, "fp32", False, False)
     dev = runtime.device
     model = _build_model(arch, state, num_classes, in_channels, "model").to(dev)
+    teacher_model = None
+    if not no_teacher:
+        teacher_model, why = _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels)
+        if why:
+            notes.append(why)
+    if teacher_stats and teacher_model is None:
+        raise ConfigError("--teacher-stats needs a teacher: the run has none (or it was not found); pass --teacher")
     loader = DeviceLoader(eval_set.images, eval_set.labels, batch_size=batch_size, mean=mean, std=std,
                           shuffle=False, drop_last=False, device=dev)
     outputs = collect_outputs(model, loader)
@@ -268,20 +283,16 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     metrics["class_discrimination"] = cd
 
     # teacher
-    teacher_model, teacher_logits = None, None
-    if not no_teacher:
-        teacher_model, why = _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels)
-        if why:
-            notes.append(why)
-        if teacher_model is not None:
-            teacher_model.to(dev)
-            teacher_logits = collect_outputs(teacher_model, loader)["logits"]
-            metrics["teacher"] = {
-                "checkpoint": str(teacher or model_cfg.get("teacher_checkpoint")),
-                "accuracy": 100.0 * float((teacher_logits.argmax(1) == labels).double().mean()),
-                "test_loss": float(F.cross_entropy(teacher_logits.double(), labels)),
-                "calibration": calibration(torch.softmax(teacher_logits.double(), 1), labels, bins),
-            }
+    teacher_logits = None
+    if teacher_model is not None:
+        teacher_model.to(dev)
+        teacher_logits = collect_outputs(teacher_model, loader)["logits"]
+        metrics["teacher"] = {
+            "checkpoint": str(teacher or model_cfg.get("teacher_checkpoint")),
+            "accuracy": 100.0 * float((teacher_logits.argmax(1) == labels).double().mean()),
+            "test_loss": float(F.cross_entropy(teacher_logits.double(), labels)),
+            "calibration": calibration(torch.softmax(teacher_logits.double(), 1), labels, bins),
+        }
     metrics["smoothness"] = smoothness(logits, teacher_logits)
 
     # robustness
@@ -298,12 +309,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     # human soft labels
     if human is not None:
-        h = human
-        agree = 100.0 * float((probs.argmax(1) == h.argmax(1)).double().mean())
-        metrics["human_labels"] = {"file": str(human_labels), "kl": human_label_kl(probs, h),
+        agree = 100.0 * float((probs.argmax(1) == human.argmax(1)).double().mean())
+        metrics["human_labels"] = {"file": str(human_labels), "kl": human_label_kl(probs, human),
                                    "accuracy_vs_human_argmax": agree}
         if teacher_logits is not None:
-            metrics["human_labels"]["teacher_kl"] = human_label_kl(torch.softmax(teacher_logits.double(), 1), h)
+            metrics["human_labels"]["teacher_kl"] = human_label_kl(torch.softmax(teacher_logits.double(), 1), human)
 
     # t-SNE
     if tsne:
@@ -317,8 +327,6 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     # wang2022 teacher statistics
     if teacher_stats:
-        if teacher_model is None:
-            raise ConfigError("--teacher-stats needs a teacher: the run has none (or it was not found); pass --teacher")
         metrics["teacher_stats"] = _teacher_stats(teacher_stats, teacher_model, model, config, train_name,
                                                   train_root, spec, dev, teacher_stats_epochs, seed)
 

@@ -73,7 +73,6 @@ def make_examples(out_dir: str | Path, work_dir: str | Path, epochs: int = 2, se
     from mixdistill.engine.checkpoint import load_checkpoint
     from mixdistill.models import create_model, load_weights
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir, work = Path(out_dir), Path(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
