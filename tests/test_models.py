@@ -58,7 +58,7 @@ def test_registry():
     names = list_models()
     assert names == sorted(MODELS)
     assert set(REPDISTILLER_KEYS) <= set(names)
-    for extra in ("mobile_half", "resnet18_cifar", "lenet5", "alexnet_cifar", "cnn5_w8", "cnn5_w16", "cnn5_w32"):
+    for extra in ("mobile_half", "resnet18_cifar", "lenet5", "alexnet_cifar", "alexnet_cifar_w025", "cnn5_w8", "cnn5_w16", "cnn5_w32"):
         assert extra in names
     with pytest.raises(UnknownNameError) as err:
         create_model("resnet33")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -123,3 +124,45 @@ def test_non_finite_loss_stops_with_step_and_term(tiny_run_overrides):
     cfg = load_config(None, tiny_run_overrides + ["name=nan", "optim.lr=1e30", "train.log_every=1"])
     with pytest.raises(NonFiniteLossError, match=r"step \d+ \(term: ce\)"):
         train(cfg, quiet=True)
+
+
+def test_fast_teacher_computes_the_loaded_teachers_logits(tiny_run_overrides):
+    from mixdistill.engine.fast import InferenceTeacher
+    from mixdistill.engine.trainer import build_teacher
+
+    teacher_cfg = load_config(None, tiny_run_overrides + ["name=ft", "optim.epochs=1", "model.student=cnn5_w16"])
+    train(teacher_cfg, quiet=True)
+    path = teacher_cfg.run_dir / "last.pt"
+    base = tiny_run_overrides + ["method=kd", f"model.teacher_checkpoint={path}", "optim.epochs=1"]
+    fast = Trainer(load_config(None, base + ["name=fast"]), quiet=True)  # train.fast_teacher=auto
+    eager = Trainer(load_config(None, base + ["name=eager", "train.fast_teacher=false"]), quiet=True)
+    assert isinstance(fast.distiller.teacher, InferenceTeacher) and eager.teacher_report is None
+    assert fast.teacher_report.folded_pairs == 5 and fast.teacher_report.channels_last
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.distiller.teacher.modules())
+    x, _, _ = next(iter(fast.train_loader))
+    torch.testing.assert_close(fast.distiller.teacher_logits(x), eager.distiller.teacher_logits(x),
+                               rtol=1e-4, atol=1e-4)
+    reference = build_teacher(fast.cfg, 10, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(eager.distiller.teacher_logits(x), reference(x))
+    summary = fast.fit()
+    assert math.isfinite(summary["last_test_loss"])
+    assert abs(summary["teacher_acc"] - eager.fit()["teacher_acc"]) <= 0.5  # at most one of 200 test images
+
+
+def test_fast_teacher_settings_are_checked(tiny_run_overrides):
+    teacher_cfg = load_config(None, tiny_run_overrides + ["name=ft2", "optim.epochs=1"])
+    train(teacher_cfg, quiet=True)
+    path = teacher_cfg.run_dir / "last.pt"
+    base = tiny_run_overrides + [f"model.teacher_checkpoint={path}", "optim.epochs=1"]
+    crd = Trainer(load_config(None, base + ["name=crd", "method=crd", "method.nce_k=16"]), quiet=True)
+    assert crd.teacher_report is None  # CRD reads teacher features: auto leaves the teacher alone
+    with pytest.raises(ConfigError, match="reads the teacher's features"):
+        Trainer(load_config(None, base + ["name=crd2", "method=crd", "train.fast_teacher=true"]), quiet=True)
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        Trainer(load_config(None, base + ["name=cg", "method=kd", "train.cuda_graphs=true"]), quiet=True)
+    int8 = Trainer(load_config(None, base + ["name=int8", "method=kd", "train.int8_teacher=true"]), quiet=True)
+    report = int8.teacher_report
+    assert report.int8 and report.agreement["images"] > 0
+    assert report.agreement["top1_agreement_pct"] >= 90.0  # measured on the training images it calibrated on
+    assert math.isfinite(int8.fit()["last_test_loss"])

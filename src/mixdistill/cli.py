@@ -168,7 +168,7 @@ def cmd_demo(args) -> int:
 
 def _add_study(sub):
     p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT)
-    p.add_argument("name", help="das2020")
+    p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (seconds)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per student configuration")
@@ -191,6 +191,15 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _add_bench(sub):
+    from mixdistill.bench import add_bench_arguments, bench_main
+
+    p = sub.add_parser("bench", help="time the project's training step against a standard reference loop",
+                       formatter_class=HELP_FORMAT)
+    add_bench_arguments(p)
+    p.set_defaults(func=bench_main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mixdistill import __version__
 
@@ -198,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "data augmentation (offline and online).")
     parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_teachers, _add_demo, _add_study):
+    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_teachers, _add_demo, _add_study, _add_bench):
         add(sub)
     return parser
 

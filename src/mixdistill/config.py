@@ -141,6 +141,13 @@ class TrainConfig(Section):
         "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on with CUDA or bf16)")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student: true | false | auto (CUDA)")
+    cuda_graphs: bool = Field(False, description="compile the student with mode=reduce-overhead (CUDA graphs; "
+                                                 "needs compile on CUDA)")
+    fast_teacher: bool | Literal["auto"] = Field(
+        "auto", description="fold the frozen teacher's Conv+BN pairs and run it channels_last (compiled when "
+                            "compile is on); auto = on unless the method reads teacher features (CRD)")
+    int8_teacher: bool = Field(False, description="CPU only: int8-quantised teacher (its top-1 agreement with "
+                                                  "the fp32 teacher is logged)")
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")

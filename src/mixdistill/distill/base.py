@@ -49,6 +49,7 @@ class MethodParams(BaseModel):
 class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    reads_teacher_features: ClassVar[bool] = False  # True: the teacher must keep forward_features (no folding)
     default_augment: ClassVar[str | None] = None  # used when the config's augment is ``none``
     augment: Callable | None = None  # a bound mixdistill.augment function, set by the trainer
 

@@ -174,6 +174,7 @@ class CRDKDParams(CRDParams):
 @DISTILLERS.register("crd")
 class CRD(Distiller):
     Params = CRDParams
+    reads_teacher_features = True
 
     def prepare(self, data: TrainSet) -> None:
         p = self.params

@@ -7,6 +7,7 @@ accumulated in device tensors and read once per ``log_every`` steps, no ``.item(
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -241,6 +242,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model initialisation
         self.distiller = build_distiller(cfg, self.num_classes, self.in_channels, data.mean,
                                          data.std).to(self.runtime.device)
+        self.teacher_report = self._accelerate_teacher(data)
         self.distiller.prepare(TrainSet(num_samples=data.num_train, num_classes=self.num_classes,
                                         clean_batches=lambda: iter(data.clean()),
                                         augmented_by_loader=data.augmented_by_loader))
@@ -257,6 +259,28 @@ class Trainer:
             self._load_state()
         self.train_module = wrap_for_training(self.distiller, self.dist, cfg.train.sync_bn)
         self.train_step = self._make_train_step()
+
+    def _accelerate_teacher(self, data):
+        """Swap the frozen teacher for a folded / channels_last / compiled (or int8) copy computing the same
+        logits (engine/fast.py). Returns the report, or None when nothing was done."""
+        train, distiller = self.cfg.train, self.distiller
+        if distiller.teacher is None:
+            return None
+        if train.int8_teacher and self.runtime.device.type != "cpu":
+            raise ConfigError("train.int8_teacher=true is for CPU runs (the int8 kernels are CPU kernels)")
+        wanted = train.fast_teacher if train.fast_teacher != "auto" else not distiller.reads_teacher_features
+        if distiller.reads_teacher_features and (train.fast_teacher is True or train.int8_teacher):
+            raise ConfigError(f"method {self.cfg.method.name} reads the teacher's features, which a folded or "
+                              f"int8 teacher does not expose: set train.fast_teacher=false train.int8_teacher=false")
+        if not (wanted or train.int8_teacher):
+            return None
+        from mixdistill.engine.fast import accelerate_teacher
+
+        calibration = None
+        if train.int8_teacher:
+            calibration = [x for x, _, _ in itertools.islice(data.clean(), 4)]
+        return accelerate_teacher(distiller, self.runtime, compile=self.runtime.compile,
+                                  int8=train.int8_teacher, calibration=calibration)
 
     # -- run directory and resumption -------------------------------------------------------------
     def _check_run_dir(self):
@@ -308,8 +332,11 @@ class Trainer:
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
         train_module = self.train_module
         if runtime.compile:
+            mode = "reduce-overhead" if self.cfg.train.cuda_graphs and runtime.device.type == "cuda" else None
             for module in distiller.compile_targets():
-                module.compile()
+                module.compile(mode=mode)
+        elif self.cfg.train.cuda_graphs:
+            raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
         def train_step(images, labels, info):
             with runtime.autocast():
@@ -339,6 +366,13 @@ class Trainer:
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
+        if self.teacher_report is not None:
+            r = self.teacher_report
+            logger.info(f"fast teacher: {r.folded_pairs} conv+bn pairs folded, channels_last={r.channels_last}, "
+                        f"compiled={r.compiled}, int8={r.int8}"
+                        + (f"; int8 vs fp32 teacher top-1 agreement {r.agreement['top1_agreement_pct']:.2f}% on "
+                           f"{r.agreement['images']} training images, max |logit diff| "
+                           f"{r.agreement['max_abs_logit_diff']:.3f}" if r.agreement else ""))
         teacher_eval = None
         if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)

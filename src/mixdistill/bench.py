@@ -1,0 +1,759 @@
+"""``mixdistill bench``: the project's training step against a plain reference loop, in one process.
+
+Both loops train on the same synthetic CIFAR-100-shaped data (``write_cifar_like``: real pickle format,
+32x32 RGB, 100 classes), with the same model pair, batch size and seed:
+
+* **reference**: written the standard way (RepDistiller's ``train_distill``): torchvision's ``CIFAR100``
+  Dataset with per-sample PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
+  Normalize) in a ``torch.utils.data.DataLoader`` with ``num_workers`` = the machine's CPU count (persistent
+  workers, so epoch restarts are not timed), fp32, NCHW, teacher in eval mode under ``torch.no_grad()``,
+  ``loss.item()`` per step, SGD. The mixing methods are done the plain way on top of it (see ``_ref_*``).
+  On CUDA ``cudnn.benchmark`` is on for both loops, as RepDistiller sets it.
+* **project**: a real :class:`~mixdistill.engine.trainer.Trainer` built from a config (the CRD protocol with
+  overrides) and timed through ``Trainer._train_epoch``: device-resident uint8 data, batched on-device
+  crop/flip/normalise, the trainer's own precision / layout / compile choices (``resolve_runtime``).
+* **project** is the trainer as configured by default, which includes the fast teacher
+  (``train.fast_teacher``: Conv+BN folded, channels_last teacher, compiled with the student when compile is
+  on; :mod:`mixdistill.engine.fast`). The other project-side variants change one setting each:
+  ``eager_teacher`` (``train.fast_teacher=false``: what the fast teacher buys), ``int8`` (CPU:
+  ``train.int8_teacher=true``), ``cuda_graphs`` (CUDA: ``train.cuda_graphs=true``, the student compiled with
+  ``mode="reduce-overhead"``) and ``cuda_graphs_all`` (CUDA, bench-only experiment: also the teacher as a
+  CUDA graph and SGD's fused kernel).
+
+Timing: after warm-up, ``rounds`` rounds; in each round every loop runs ``steps`` steps (one epoch of the
+project's loader), in a rotating order, so background load hits all loops alike. Reported: the median
+images/s over rounds; the speed-up is the median over rounds of the per-round ratio (each round's loops ran
+back to back), with the per-round range and the ratio of the medians beside it. Teachers have random
+weights: speed does not depend on them (the accuracy check lives in ``benchmarks/accuracy_check.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CASES = {  # name -> (label, config overrides)
+    "kd": ("KD", ["method=kd"]),
+    "kd_cutmix": ("KD+CutMix", ["method=kd_view", "augment=cutmix"]),
+    "kd_cutmixpick": ("KD+CutMixPick", ["method=kd_view", "augment=cutmix_pick"]),
+    "mixstd": ("MIXSTD", ["method=mixstd", "augment=mixup_two_perm"]),
+    "dml": ("DML (3 peers)", ["method=dml", "method.peers=3"]),
+}
+PAIRS = {  # name -> (teacher, student)
+    "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"),
+    "wrn_40_2-wrn_16_2": ("wrn_40_2", "wrn_16_2"),
+    "cnn5_w16-cnn5_w8": ("cnn5_w16", "cnn5_w8"),  # --quick
+}
+VARIANTS = ("project", "eager_teacher", "int8", "cuda_graphs", "cuda_graphs_all")
+VARIANT_OVERRIDES = {"project": [], "eager_teacher": ["train.fast_teacher=false"],
+                     "int8": ["train.int8_teacher=true"], "cuda_graphs": ["train.cuda_graphs=true"],
+                     "cuda_graphs_all": ["train.cuda_graphs=true"]}
+TEACHER_VARIANTS = ("eager_teacher", "int8")  # identical to project for online methods
+MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # CIFAR-100 (as RepDistiller)
+NUM_CLASSES = 100
+
+
+# ------------------------------------------------------------------------------------------- options
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--pairs", default="resnet32x4-resnet8x4,wrn_40_2-wrn_16_2",
+                   help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)}")
+    p.add_argument("--variants", default="auto",
+                   help="project-side loops to time besides the reference: project (the trainer as configured), "
+                        "eager_teacher (train.fast_teacher=false), int8 (CPU), cuda_graphs, cuda_graphs_all (CUDA); "
+                        "auto = project,eager_teacher plus int8 on CPU, cuda_graphs on CUDA")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 2 CPU, 100 CUDA)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing rounds (default: 9 CPU, 3 CUDA); the ratio is the median of the "
+                        "per-round ratios")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per loop (default: 2 CPU, 20 CUDA)")
+    p.add_argument("--num-workers", type=int, default=None, help="reference DataLoader workers (default: CPU count)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--precision", default="auto", help="the project's train.precision (auto: bf16 where native)")
+    p.add_argument("--compile", default="auto", help="the project's train.compile: auto | true | false")
+    p.add_argument("--channels-last", default="auto", help="the project's train.channels_last: auto | true | false")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds; cases not started within it are reported as not measured")
+    p.add_argument("--out", default="docs/results", help="directory for bench_<device>.json / .md")
+    p.add_argument("--tag", default=None, help="file name suffix (default: the device kind)")
+    p.add_argument("--quick", action="store_true", help="tiny models and steps (smoke test, seconds)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def write_bench_data(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Synthetic CIFAR-100 in the real pickle layout (train, test)."""
+    from mixdistill.data.synthetic import write_cifar_like
+
+    return write_cifar_like(root, 100, n_train=n_train, n_test=n_test, seed=seed)
+
+
+def reference_dataset(root: Path, train: bool = True):
+    """torchvision's CIFAR100 class (its per-sample ``__getitem__``: ``Image.fromarray`` + transform) over the
+    same pickle files, with RepDistiller's train transforms. Only the loading differs: torchvision checks the
+    real archive's MD5 sums and expects Python-2 pickles, so the arrays are read here as the project's
+    reader reads them."""
+    import torchvision
+    from torchvision import transforms
+
+    from mixdistill.data.readers import read_cifar100
+
+    class SyntheticCIFAR100(torchvision.datasets.CIFAR100):
+        def __init__(self, root, train, transform):
+            torchvision.datasets.VisionDataset.__init__(self, str(root), transform=transform)
+            self.train = train
+            images, labels = read_cifar100(root, "train" if train else "test")
+            self.data = images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC uint8, as torchvision keeps it
+            self.targets = labels.tolist()
+            self.classes = [f"class_{i}" for i in range(100)]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    return SyntheticCIFAR100(root, train, tf)
+
+
+# ------------------------------------------------------------------------------------ reference loop
+
+def _kl_t(logit_s, logit_t, T=4.0):
+    """RepDistiller's DistillKL: KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean."""
+    p_s = F.log_softmax(logit_s / T, dim=1)
+    p_t = F.softmax(logit_t / T, dim=1)
+    return F.kl_div(p_s, p_t, reduction="sum") * T**2 / logit_s.shape[0]
+
+
+def _rand_bbox(size, lam):
+    """The CutMix reference code's box (clovaai/CutMix-PyTorch)."""
+    W, H = size[2], size[3]
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_w, cut_h = int(W * cut_rat), int(H * cut_rat)
+    cx, cy = np.random.randint(W), np.random.randint(H)
+    return (np.clip(cx - cut_w // 2, 0, W), np.clip(cy - cut_h // 2, 0, H),
+            np.clip(cx + cut_w // 2, 0, W), np.clip(cy + cut_h // 2, 0, H))
+
+
+def _cutmix_plain(x):
+    lam = np.random.beta(1.0, 1.0)
+    index = torch.randperm(x.shape[0], device=x.device)
+    bbx1, bby1, bbx2, bby2 = _rand_bbox(x.size(), lam)
+    out = x.clone()
+    out[:, :, bbx1:bbx2, bby1:bby2] = x[index, :, bbx1:bbx2, bby1:bby2]
+    return out
+
+
+class ReferenceLoop:
+    """The standard way (RepDistiller ``train_distill`` and the methods' released code), one step at a time."""
+
+    def __init__(self, case: str, teacher_arch: str, student_arch: str, loader, device: torch.device, seed: int):
+        from mixdistill.models import create_model
+
+        self.case, self.device, self.loader = case, device, loader
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        if case == "dml":
+            self.peers = [create_model(student_arch, NUM_CLASSES).to(device).train() for _ in range(3)]
+            self.optims = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+                           for m in self.peers]
+            self.teacher = None
+        else:
+            self.student = create_model(student_arch, NUM_CLASSES).to(device).train()
+            self.teacher = create_model(teacher_arch, NUM_CLASSES).to(device).eval()
+            self.optim = torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self._it = None
+        self.last_loss = float("nan")
+
+    def _next(self):
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def step(self):
+        x, y = self._next()
+        x, y = x.to(self.device), y.to(self.device)  # RepDistiller: input.cuda(), no pinned memory
+        loss = getattr(self, f"_step_{self.case}")(x, y)
+        self.last_loss = loss.item()  # RepDistiller: losses.update(loss.item(), input.size(0))
+
+    def _sgd(self, loss):
+        self.optim.zero_grad()
+        loss.backward()
+        self.optim.step()
+        return loss
+
+    def _step_kd(self, x, y):
+        logit_s = self.student(x)
+        with torch.no_grad():
+            logit_t = self.teacher(x)
+        return self._sgd(0.1 * F.cross_entropy(logit_s, y) + 0.9 * _kl_t(logit_s, logit_t))
+
+    def _step_kd_cutmix(self, x, y):  # wang2022: KD on the clean batch + KD on a CutMix view
+        x_aug = _cutmix_plain(x)
+        logit_s, logit_s_aug = self.student(x), self.student(x_aug)
+        with torch.no_grad():
+            logit_t, logit_t_aug = self.teacher(x), self.teacher(x_aug)
+        loss = 0.1 * F.cross_entropy(logit_s, y) + 0.9 * _kl_t(logit_s, logit_t) + 0.9 * _kl_t(logit_s_aug, logit_t_aug)
+        return self._sgd(loss)
+
+    def _step_kd_cutmixpick(self, x, y):  # pool of 2 CutMix runs, keep the B with the largest KL
+        b = x.shape[0]
+        pool = torch.cat([_cutmix_plain(x), _cutmix_plain(x)])
+        with torch.no_grad():
+            t_pool = self.teacher(pool)
+            self.student.eval()
+            s_pool = self.student(pool)
+            self.student.train()
+            log_pt, log_ps = F.log_softmax(t_pool / 4, 1), F.log_softmax(s_pool / 4, 1)
+            keep = torch.topk((log_pt.exp() * (log_pt - log_ps)).sum(1), b).indices
+            logit_t = self.teacher(x)
+        x_aug, logit_t_aug = pool[keep], t_pool[keep]
+        logit_s, logit_s_aug = self.student(x), self.student(x_aug)
+        loss = 0.1 * F.cross_entropy(logit_s, y) + 0.9 * _kl_t(logit_s, logit_t) + 0.9 * _kl_t(logit_s_aug, logit_t_aug)
+        return self._sgd(loss)
+
+    def _step_mixstd(self, x, y):  # choi2023: two-permutation per-sample mixup, std-normalised logits
+        b = x.shape[0]
+        lam = torch.from_numpy(np.random.beta(1.0, 1.0, b)).float().to(self.device)
+        i1, i2 = torch.randperm(b, device=self.device), torch.randperm(b, device=self.device)
+        lam4 = lam.view(b, 1, 1, 1)
+        x_mix = lam4 * x[i1] + (1 - lam4) * x[i2]
+        logit_s = self.student(x_mix)
+        with torch.no_grad():
+            logit_t = self.teacher(x_mix)
+        s = logit_s / logit_s.std(1, keepdim=True)
+        t = logit_t / logit_t.std(1, keepdim=True)
+        log_ps = F.log_softmax(s, 1)
+        ce = (-(lam * log_ps.gather(1, y[i1, None])[:, 0]) - (1 - lam) * log_ps.gather(1, y[i2, None])[:, 0]).mean()
+        kl = F.kl_div(log_ps, F.softmax(t, 1), reduction="batchmean")
+        return self._sgd(0.1 * ce + 0.9 * kl)
+
+    def _step_dml(self, x, y):  # Zhang et al.'s loop: one optimiser and one backward per peer
+        outs = [m(x) for m in self.peers]
+        total = 0.0
+        for i, (opt, out) in enumerate(zip(self.optims, outs)):
+            kl = sum(F.kl_div(F.log_softmax(out, 1), F.softmax(o.detach(), 1), reduction="batchmean")
+                     for j, o in enumerate(outs) if j != i) / (len(outs) - 1)
+            loss = F.cross_entropy(out, y) + kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total = total + loss.detach()
+        return total
+
+
+# -------------------------------------------------------------------------------------- project loop
+
+class _NoProgress:
+    def update(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
+class _QuietLogger:
+    def progress(self, *a, **k):
+        return _NoProgress()
+
+
+class ProjectLoop:
+    """A real Trainer from a config (CRD protocol + overrides), timed one epoch (= ``steps`` steps) at a time."""
+
+    def __init__(self, case: str, variant: str, teacher_arch: str, student_arch: str, *, data_root: Path,
+                 teacher_ckpt: Path | None, run_root: Path, batch_size: int, device: str, args, seed: int):
+        from mixdistill.config import load_config
+        from mixdistill.engine.trainer import Trainer
+
+        overrides = [
+            f"name=bench_{case}_{variant}", f"output_dir={run_root}", f"seed={seed}",
+            "data.dataset=cifar100", f"data.root={data_root}", f"data.batch_size={batch_size}",
+            "data.eval_batch_size=500", "data.crop_padding=4", "data.flip=true", "data.download=false",
+            f"model.student={student_arch}",
+            "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=5e-4", "optim.epochs=240",
+            "optim.schedule=step", "optim.milestones=[150,180,210]",
+            f"train.device={device}", f"train.precision={args.precision}", f"train.compile={args.compile}",
+            f"train.channels_last={args.channels_last}", "train.progress=false", "train.tensorboard=false",
+            "train.log_every=50",
+        ] + list(CASES[case][1]) + VARIANT_OVERRIDES[variant]
+        if case != "dml":
+            overrides += [f"model.teacher={teacher_arch}", f"model.teacher_checkpoint={teacher_ckpt}",
+                          "method.temperature=4.0", "method.ce_weight=0.1", "method.kd_weight=0.9"]
+            if case == "mixstd":
+                overrides = [o for o in overrides if not o.startswith("method.temperature")]
+        if variant in ("int8",) and device != "cpu":
+            raise ValueError("int8 is a CPU variant")
+        if variant.startswith("cuda_graphs") and not device.startswith("cuda"):
+            raise ValueError(f"{variant} is a CUDA variant")
+        self.case, self.variant = case, variant
+        self.cfg = load_config(None, overrides)
+        self.overrides = overrides
+        self.trainer = Trainer(self.cfg, quiet=True)
+        self.runtime = self.trainer.runtime
+        report = self.trainer.teacher_report
+        self.teacher_report = report.to_dict() if report is not None else None
+        if variant == "cuda_graphs_all":
+            self._graphs_all()
+        self.epoch = 0
+        self.last_record: dict = {}
+
+    def _graphs_all(self):
+        """Bench-only: the teacher replayed as a CUDA graph and SGD's fused kernel (not in the trainer)."""
+        from mixdistill.engine.fast import accelerate_teacher
+
+        tr = self.trainer
+        if tr.distiller.teacher is not None:
+            self.teacher_report = accelerate_teacher(tr.distiller, self.runtime, cuda_graphs=True).to_dict()
+        for group in tr.optimizer.param_groups:  # one fused SGD kernel instead of foreach launches
+            group["foreach"], group["fused"] = False, True
+
+    def warmup(self, steps: int):
+        from mixdistill.distill import StepInfo
+        from mixdistill.engine.runtime import seed_epoch
+
+        tr = self.trainer
+        g = seed_epoch(self.cfg.seed, 10_000)
+        tr.distiller.train()
+        for i, (x, y, idx) in enumerate(_take(tr.train_loader, steps)):
+            if self.runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits, losses, total = tr.train_step(x, y, StepInfo(epoch=0, step=i, epochs=1, generator=g, indices=idx))
+        _sync(self.runtime.device)
+
+    def run_round(self) -> tuple[int, float]:
+        """One epoch through the trainer's own loop; returns (images, seconds)."""
+        _sync(self.runtime.device)
+        started = time.perf_counter()
+        record = self.trainer._train_epoch(self.epoch, self.cfg.optim.total_epochs, _QuietLogger())
+        _sync(self.runtime.device)
+        elapsed = time.perf_counter() - started
+        self.epoch += 1
+        self.last_record = record
+        return len(self.trainer.train_loader) * self.cfg.data.batch_size, elapsed
+
+    @property
+    def last_loss(self) -> float:
+        return float(self.last_record.get("train_loss", float("nan")))
+
+
+def _take(loader, n):
+    for i, batch in enumerate(loader):
+        if i >= n:
+            return
+        yield batch
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def make_teacher_checkpoint(arch: str, path: Path, seed: int) -> Path:
+    from mixdistill.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, NUM_CLASSES)
+    torch.save({"model": model.state_dict(), "arch": arch}, path)
+    return path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from mixdistill.errors import ConfigError
+
+        raise ConfigError("bench --device cuda: no CUDA device is available")
+    return dev
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def machine_info(device: torch.device, num_workers: int) -> dict:
+    from mixdistill.engine.runtime import cpu_has_native_bf16
+
+    info = {
+        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": _cpu_name(), "cpu_count": available_cpus(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
+        "reference_num_workers": num_workers,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+@dataclass
+class LoopResult:
+    images_per_s: list[float] = field(default_factory=list)
+    images_per_cpu_s: list[float] = field(default_factory=list)  # images / CPU seconds of this process
+    last_loss: float = float("nan")
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out = {"images_per_s": _median(self.images_per_s), "rounds_images_per_s": [round(v, 2) for v in self.images_per_s],
+               "images_per_cpu_s": _median(self.images_per_cpu_s),
+               "rounds_images_per_cpu_s": [round(v, 2) for v in self.images_per_cpu_s],
+               "last_loss": self.last_loss, "loss_finite": math.isfinite(self.last_loss)}
+        if self.error:
+            out["error"] = self.error
+        out.update(self.extra)
+        return out
+
+
+# ------------------------------------------------------------------------------------------- a case
+
+def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loader, args, steps, warmup, rounds):
+    teacher_arch, student_arch = PAIRS[pair]
+    loops: dict[str, object] = {}
+    results: dict[str, LoopResult] = {}
+    results["reference"] = LoopResult()
+    loops["reference"] = ReferenceLoop(case, teacher_arch, student_arch, ref_loader, device, args.seed)
+    for v in variants:
+        if case == "dml" and v in TEACHER_VARIANTS:
+            continue  # no teacher: identical to project
+        results[v] = LoopResult()
+        try:
+            loops[v] = ProjectLoop(case, v, teacher_arch, student_arch, data_root=data_root, teacher_ckpt=ckpt,
+                                   run_root=run_root, batch_size=args.batch_size, device=str(device), args=args,
+                                   seed=args.seed)
+            if loops[v].teacher_report:
+                results[v].extra["teacher"] = loops[v].teacher_report
+            results[v].extra["runtime"] = loops[v].runtime.describe()
+        except Exception as e:  # a variant that cannot be built is reported, not fatal
+            results[v].error = f"{type(e).__name__}: {e}"
+            loops.pop(v, None)
+    # warm-up (compiles happen here)
+    for name, loop in list(loops.items()):
+        t0 = time.perf_counter()
+        try:
+            if name == "reference":
+                for _ in range(warmup):
+                    loop.step()
+                _sync(device)
+            else:
+                loop.warmup(warmup)
+                if device.type == "cuda":
+                    loop.run_round()  # one untimed epoch through the trainer's loop (its first metric kernels)
+        except Exception as e:
+            results[name].error = f"warm-up failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            loops.pop(name)
+            continue
+        results[name].extra["warmup_s"] = round(time.perf_counter() - t0, 2)
+    names = list(loops)
+    load_before = _loadavg()
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            loop = loops[name]
+            try:
+                c0 = time.process_time()
+                if name == "reference":
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        loop.step()
+                    _sync(device)
+                    n, dt = steps * args.batch_size, time.perf_counter() - t0
+                else:
+                    n, dt = loop.run_round()
+                results[name].images_per_s.append(n / dt)
+                results[name].images_per_cpu_s.append(n / max(time.process_time() - c0, 1e-9))
+                results[name].last_loss = loop.last_loss
+            except Exception as e:
+                results[name].error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                loops.pop(name)
+                names.remove(name)
+    for name, loop in loops.items():
+        teacher = getattr(getattr(getattr(loop, "trainer", None), "distiller", None), "teacher", None)
+        if getattr(teacher, "compile_error", None):
+            results[name].extra["teacher_compile_error"] = teacher.compile_error
+    out = {"case": case, "label": CASES[case][0], "pair": pair, "teacher": None if case == "dml" else teacher_arch,
+           "student": student_arch, "loops": {k: v.summary() for k, v in results.items()},
+           "load_average_1min": [load_before, _loadavg()]}
+    ref = results["reference"]
+    out["ratio"], out["ratio_range"] = {}, {}
+    out["ratio_of_medians"], out["ratio_cpu_time"] = {}, {}
+    for k, v in results.items():
+        if k == "reference" or not v.images_per_s or not ref.images_per_s:
+            continue
+        # paired: each round's ratio compares loops that ran back to back under the same background load
+        per_round = [a / b for a, b in zip(v.images_per_s, ref.images_per_s)]
+        out["ratio"][k] = _median(per_round)
+        out["ratio_range"][k] = [min(per_round), max(per_round)]
+        out["ratio_of_medians"][k] = _median(v.images_per_s) / _median(ref.images_per_s)
+        out["ratio_cpu_time"][k] = _median([a / b for a, b in zip(v.images_per_cpu_s, ref.images_per_cpu_s)])
+    del loops
+    return out
+
+
+def sync_check(device, data_root, ckpt, run_root, args) -> dict:
+    """CUDA only: count the host-device synchronisations of the project's hot loop (loader + train_step, KD)
+    with ``torch.cuda.set_sync_debug_mode('warn')`` over a few steps after warm-up."""
+    from mixdistill.distill import StepInfo
+    from mixdistill.engine.runtime import seed_epoch
+
+    pair = args.pairs.split(",")[0]
+    loop = ProjectLoop("kd", "project", *PAIRS[pair], data_root=data_root, teacher_ckpt=ckpt, run_root=run_root,
+                       batch_size=args.batch_size, device=str(device), args=args, seed=args.seed)
+    loop.warmup(3)
+    tr = loop.trainer
+    g = seed_epoch(0, 0)
+    it = iter(tr.train_loader)
+    next(it)  # the iterator's one-off index copy
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i in range(3):
+                x, y, idx = next(it)
+                if loop.runtime.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                tr.train_step(x, y, StepInfo(epoch=0, step=i, epochs=1, generator=g, indices=idx))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    msgs = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message).lower()]
+    return {"steps": 3, "synchronizations": len(msgs), "messages": sorted(set(msgs))[:5]}
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def to_markdown(report: dict) -> str:
+    m = report["machine"]
+    dev = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores, {m['cpu_capability']}, native bf16: {m['cpu_native_bf16']})"
+    variants = [v for v in VARIANTS if any(v in r["loops"] for r in report["results"])]
+    lines = [f"### Throughput, {report['settings']['device']}: {dev}", "",
+             f"batch {report['settings']['batch_size']}, {report['settings']['steps']} steps x "
+             f"{report['settings']['rounds']} interleaved rounds after {report['settings']['warmup']} warm-up steps; "
+             f"images/s (median over rounds); x = median over rounds of the ratio to the reference loop timed in "
+             f"the same round "
+             f"(DataLoader workers: {m['reference_num_workers']}; torch {m['torch']}). "
+             f"Project runtime: {report.get('project_runtime', '?')}.", ""]
+    head = "| case | teacher → student | reference | " + " | ".join(f"{v} | x" for v in variants) + " |"
+    lines += [head, "|" + "---|" * (3 + 2 * len(variants))]
+    for r in report["results"]:
+        pair = f"{r['teacher']} → {r['student']}" if r["teacher"] else f"3 x {r['student']}"
+        cells = [r["label"], pair, _fmt_rate(r["loops"].get("reference"))]
+        for v in variants:
+            loop = r["loops"].get(v)
+            cells += [_fmt_rate(loop), f"**{r['ratio'][v]:.2f}x**" if v in r.get("ratio", {}) else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for r in report.get("not_measured", []):
+        lines.append(f"| {CASES[r['case']][0]} | {r['pair']} | not measured ({r['why']}) |" + " |" * (2 * len(variants)))
+    if report["settings"]["device"] == "cpu" and report["results"]:
+        loads = [v for r in report["results"] for v in r.get("load_average_1min", []) if v is not None]
+        if loads:
+            lines += ["", f"Load average (1 min) of this shared machine during the runs: {min(loads):.1f}–{max(loads):.1f} "
+                          f"on {m['cpu_count']} cores (other jobs were running: absolute images/s are depressed; the "
+                          f"ratios compare loops timed back to back)."]
+        lines += ["", "Ratio by process CPU time (images per CPU-second of this process, median over rounds of the "
+                      "per-round ratio; insensitive to time-slicing by other jobs; excludes the reference's DataLoader "
+                      "worker processes): " + "; ".join(
+                          f"{r['label']} {r['pair']}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.get("ratio_cpu_time", {}).items())
+                          for r in report["results"])]
+    cost = report.get("pick_cost")
+    if cost:
+        lines += ["", "KD+CutMixPick step time relative to (same loop): " + "; ".join(
+            f"{p}: " + ", ".join(f"{k} {v:.2f}x" for k, v in d.items()) for p, d in cost.items())]
+    errors = [(r["label"], r["pair"], k, v["error"]) for r in report["results"] for k, v in r["loops"].items()
+              if v.get("error")]
+    if errors:
+        lines += ["", "Errors: " + "; ".join(f"{a} {b} {c}: {d}" for a, b, c, d in errors)]
+    if report.get("sync_check"):
+        s = report["sync_check"]
+        lines += ["", f"Host synchronisations in the project's hot loop (KD, {s['steps']} steps, "
+                      f"cuda sync debug mode): {s['synchronizations']}"]
+    for note in report.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_rate(loop) -> str:
+    if loop is None:
+        return "-"
+    if loop.get("error") and not loop["rounds_images_per_s"]:
+        return "failed"
+    return f"{loop['images_per_s']:.0f}" if loop["images_per_s"] >= 100 else f"{loop['images_per_s']:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def bench_main(args) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _bench(args)
+    finally:
+        torch.set_num_threads(threads)  # --threads must not leak into a caller (tests run in one process)
+
+
+def _bench(args) -> int:
+    from mixdistill.errors import ConfigError
+
+    device = resolve_device(args.device)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if args.quick:
+        pairs = ["cnn5_w16-cnn5_w8"] if args.pairs == "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2" else args.pairs.split(",")
+    else:
+        pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    for c in cases:
+        if c not in CASES:
+            raise ConfigError(f"bench: unknown case '{c}' (choose from {', '.join(CASES)})")
+    for p in pairs:
+        if p not in PAIRS:
+            raise ConfigError(f"bench: unknown pair '{p}' (choose from {', '.join(PAIRS)})")
+    if args.variants == "auto":
+        variants = ["project", "eager_teacher"] + (["int8"] if device.type == "cpu" else ["cuda_graphs"])
+    else:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for v in variants:
+            if v not in VARIANTS:
+                raise ConfigError(f"bench: unknown variant '{v}' (choose from {', '.join(VARIANTS)})")
+    cuda = device.type == "cuda"
+    steps = args.steps or (2 if args.quick else (100 if cuda else 2))  # CPU: short rounds, many of them
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (20 if cuda else 2))
+    rounds = args.rounds or (2 if args.quick else (3 if cuda else 9))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    num_workers = args.num_workers if args.num_workers is not None else available_cpus()
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as RepDistiller's train_student.py (both loops)
+    started = time.perf_counter()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or ("quick_" if args.quick else "") + device.type
+    report = {"settings": {"device": device.type, "batch_size": args.batch_size, "steps": steps, "rounds": rounds,
+                           "warmup": warmup, "cases": cases, "pairs": pairs, "variants": variants,
+                           "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
+                           "seed": args.seed, "quick": args.quick},
+              "machine": machine_info(device, num_workers), "results": [], "not_measured": [], "notes": []}
+
+    def save():
+        report["elapsed_s"] = round(time.perf_counter() - started, 1)
+        (out_dir / f"bench_{tag}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"bench_{tag}.md").write_text(to_markdown(report))
+
+    with tempfile.TemporaryDirectory(prefix="mixdistill-bench-") as tmp:
+        tmp = Path(tmp)
+        n_train = steps * args.batch_size  # one project epoch = one timing round
+        write_bench_data(tmp / "data", n_train=n_train, n_test=max(args.batch_size, 500), seed=args.seed)
+        ref_ds = reference_dataset(tmp / "data")
+        ref_loader = torch.utils.data.DataLoader(ref_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                                 num_workers=num_workers, persistent_workers=num_workers > 0)
+        for pair in pairs:
+            teacher_arch, _ = PAIRS[pair]
+            ckpt = make_teacher_checkpoint(teacher_arch, tmp / f"{teacher_arch}.pt", args.seed)
+            for case in cases:
+                if args.time_budget and time.perf_counter() - started > args.time_budget:
+                    report["not_measured"].append({"case": case, "pair": pair, "why": "time budget"})
+                    save()
+                    continue
+                print(f"[bench] {device.type} {pair} {case} ...", flush=True)
+                res = run_case(case, pair, variants, device=device, data_root=tmp / "data", ckpt=ckpt,
+                               run_root=tmp / "runs", ref_loader=ref_loader, args=args, steps=steps,
+                               warmup=warmup, rounds=rounds)
+                report["results"].append(res)
+                if "project_runtime" not in report and "project" in res["loops"]:
+                    report["project_runtime"] = res["loops"]["project"].get("runtime")
+                print("   " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res["loops"].items())
+                      + " | " + ", ".join(f"{k} {v:.2f}x" for k, v in res["ratio"].items()), flush=True)
+                save()
+        report["pick_cost"] = pick_cost(report["results"])
+        if cuda and not args.quick:
+            try:
+                report["sync_check"] = sync_check(device, tmp / "data", tmp / f"{PAIRS[pairs[0]][0]}.pt",
+                                                  tmp / "runs", args)
+            except Exception as e:
+                report["sync_check"] = {"steps": 0, "synchronizations": -1, "error": f"{type(e).__name__}: {e}"}
+        save()
+    print(to_markdown(report))
+    return 0
+
+
+def pick_cost(results: list[dict]) -> dict:
+    """Per pair and loop: KD+CutMixPick step time over the KD step time and over the KD+CutMix step time
+    (from the median images/s of each case; cases are timed at different moments, so this is noisier than
+    the in-round ratios)."""
+    out = {}
+    by = {(r["pair"], r["case"]): r for r in results}
+    for (pair, case), r in by.items():
+        if case != "kd_cutmixpick":
+            continue
+        for base in ("kd", "kd_cutmix"):
+            if (pair, base) not in by:
+                continue
+            d = {}
+            for loop, v in r["loops"].items():
+                k = by[(pair, base)]["loops"].get(loop)
+                if k and v["rounds_images_per_s"] and k["rounds_images_per_s"]:
+                    d[loop] = k["images_per_s"] / v["images_per_s"]
+            out[f"{pair} vs {CASES[base][0]}"] = d
+    return out
+
+
+def main(argv=None) -> int:  # python -m mixdistill.bench
+    p = argparse.ArgumentParser(prog="mixdistill bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_bench_arguments(p)
+    return bench_main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

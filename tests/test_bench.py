@@ -1,0 +1,104 @@
+"""`mixdistill bench --quick`: both loops run and the JSON / Markdown report has their images/s and ratio.
+
+No speed-up is asserted (wall-clock assertions are flaky): only structure, that every loop ran and that
+its losses are finite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from mixdistill.bench import add_bench_arguments, bench_main
+
+
+def _args(argv):
+    p = argparse.ArgumentParser()
+    add_bench_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_quick_bench_writes_report(tmp_path):
+    out = tmp_path / "results"
+    rc = bench_main(_args(["--quick", "--device", "cpu", "--cases", "kd,kd_cutmixpick,dml",
+                           "--variants", "project,eager_teacher", "--num-workers", "1", "--steps", "1", "--rounds", "1",
+                           "--threads", "1",
+                           "--out", str(out)]))
+    assert rc == 0
+    report = json.loads((out / "bench_quick_cpu.json").read_text())
+    md = (out / "bench_quick_cpu.md").read_text()
+    assert report["settings"]["quick"] and report["settings"]["batch_size"] == 64
+    assert [r["case"] for r in report["results"]] == ["kd", "kd_cutmixpick", "dml"]
+    for r in report["results"]:
+        expected = {"reference", "project"} | ({"eager_teacher"} if r["case"] != "dml" else set())
+        assert set(r["loops"]) == expected
+        for name, loop in r["loops"].items():
+            assert "error" not in loop, (r["case"], name, loop.get("error"))
+            assert len(loop["rounds_images_per_s"]) == report["settings"]["rounds"]
+            assert loop["images_per_s"] > 0 and math.isfinite(loop["last_loss"]), (r["case"], name)
+        assert set(r["ratio"]) == expected - {"reference"}
+        assert all(v > 0 for v in r["ratio"].values())
+        assert r["label"] in md
+    kd = report["results"][0]["loops"]
+    assert kd["project"]["teacher"]["folded_pairs"] > 0 and kd["project"]["teacher"]["channels_last"]
+    assert "teacher" not in kd["eager_teacher"]  # train.fast_teacher=false: the teacher is left as loaded
+    assert "cnn5_w16-cnn5_w8 vs KD" in report["pick_cost"]
+    assert "| reference |" in md and "x |" in md
+
+
+def test_bench_rejects_unknown_names(tmp_path):
+    from mixdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown case"):
+        bench_main(_args(["--quick", "--device", "cpu", "--cases", "kdd", "--out", str(tmp_path)]))
+
+
+def test_fold_conv_bn_and_int8_teacher_match_fp32():
+    from mixdistill.engine.fast import fold_conv_bn, quantize_int8, teacher_agreement
+    from mixdistill.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn5_w8", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():  # non-trivial BN statistics so that folding has something to fold
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(16, 1, 28, 28)
+    folded, pairs = fold_conv_bn(model)
+    assert pairs == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    q = quantize_int8(folded, [torch.randn(16, 1, 28, 28) for _ in range(2)])
+    agree = teacher_agreement(model, q, [x])
+    assert agree["images"] == 16 and math.isfinite(agree["max_abs_logit_diff"])
+
+
+def test_accelerate_teacher_swaps_teacher_only():
+    from mixdistill.distill import DISTILLERS
+    from mixdistill.engine.fast import InferenceTeacher, accelerate_teacher
+    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.models import create_model
+
+    torch.manual_seed(0)
+    cls = DISTILLERS["kd"]
+    d = cls(create_model("cnn5_w8", 10, 1), create_model("cnn5_w16", 10, 1), cls.Params())
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        before = d.teacher_logits(x)
+    student_keys = set(d.student.state_dict())
+    params_before = [id(p) for p in d.learnable_parameters()]
+    report = accelerate_teacher(d, resolve_runtime("cpu", "fp32", False, False), check_batches=[x])
+    assert isinstance(d.teacher, InferenceTeacher) and not d.teacher.training
+    d.train()
+    assert not d.teacher.training
+    assert report.folded_pairs == 5 and report.agreement["top1_agreement_pct"] == 100.0
+    torch.testing.assert_close(d.teacher_logits(x), before, rtol=1e-4, atol=1e-4)
+    assert set(d.student.state_dict()) == student_keys
+    assert [id(p) for p in d.learnable_parameters()] == params_before
