@@ -47,6 +47,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": resnetv2.resnet18_cifar,
     "lenet5": das2020.lenet5,
     "alexnet_cifar": das2020.alexnet_cifar,
+    "alexnet_cifar_w025": das2020.alexnet_cifar_w025,  # a quarter of every width: CPU-scale studies
     # small CPU-friendly CNNs for 28x28 grayscale
     "cnn5_w8": cnn.cnn5_w8,
     "cnn5_w16": cnn.cnn5_w16,

@@ -43,37 +43,39 @@ class LeNet5(ZooModel):
 
 
 class AlexNetCifar(ZooModel):
-    """Five convs (64-192-384-256-256), then FC 4096-2048-2048 with dropout."""
+    """Five convs (64-192-384-256-256), then FC 4096-2048-2048 with dropout. ``width`` scales every
+    conv and hidden FC width (1.0: das2020's network; 0.25: the CPU-scale AlexNet-style student)."""
 
     _STAGE_ENDS = (2, 5, 12)  # indices in ``features`` after which a map is recorded
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3):
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, width: float = 1.0):
         super().__init__()
+        c1, c2, c3, c4, c5, hidden = (max(1, round(c * width)) for c in (64, 192, 384, 256, 256, 2048))
         self.num_classes = num_classes
-        self.feature_dim = 2048
+        self.feature_dim = hidden
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=2),
+            nn.Conv2d(in_channels, c1, kernel_size=3, stride=1, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=2),
-            nn.Conv2d(64, 192, kernel_size=3, padding=2),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
             nn.AdaptiveMaxPool2d(4),  # original: MaxPool2d(3, stride=2), the same on 9x9 maps
         )
         self.fc_layers = nn.Sequential(
             nn.Dropout(),
-            nn.Linear(256 * 4 * 4, 2048),
+            nn.Linear(c5 * 4 * 4, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(0.6),
-            nn.Linear(2048, 2048),
+            nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(2048, num_classes),
+            nn.Linear(hidden, num_classes),
         )
 
     def get_classifier(self) -> nn.Module:
@@ -96,3 +98,14 @@ def lenet5(num_classes=100, in_channels=3):
 
 def alexnet_cifar(num_classes=100, in_channels=3):
     return AlexNetCifar(num_classes, in_channels)
+
+
+def alexnet_cifar_w025(num_classes=100, in_channels=3):
+    """A quarter-width AlexNet with Kaiming-normal init: with PyTorch's default init this BN-free net
+    sits at chance for the first few epochs, longer than a CPU-scale run lasts."""
+    model = AlexNetCifar(num_classes, in_channels, width=0.25)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model

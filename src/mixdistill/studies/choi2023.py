@@ -25,7 +25,7 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
     runs = []
     for teacher in sc["teachers"]:
         for condition, extra in spec["teacher_conditions"].items():
-            runs.append(GridRun(f"teacher/{condition}/{teacher}", merge(merge(base, extra), {
+            runs.append(GridRun(f"teacher/{condition}/{teacher}", merge(merge(merge(base, sc.get("teacher", {})), extra), {
                 "model": {"student": teacher}, "seed": 0}), stage=0,
                 labels={"role": "teacher", "condition": condition, "teacher": teacher}))
 

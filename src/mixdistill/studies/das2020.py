@@ -35,7 +35,7 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
         runs.append(GridRun(f"teacher/{condition}", tree, stage=0, labels={"role": "teacher", "condition": condition}))
     for condition in spec["conditions"]:
         ckpt = str(study_dir / "runs" / f"teacher__{condition}" / "last.pt")
-        for student in spec["students"]:
+        for student in sc.get("students", spec["students"]):
             for seed in range(seeds):
                 tree = merge(merge(base, sc["student"]), {
                     "seed": seed, "method": spec["student_method"], "augment": {"name": "none"},
@@ -61,7 +61,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     spec = load_study_config(NAME)
     ref = reference(NAME)
     conditions = list(spec["conditions"])
-    students = spec["students"]
+    students = scale_config(spec, scale).get("students", spec["students"])
     metrics = {key: _metrics(study_dir, key, data_root) for key in rows}
 
     def student_values(condition, student, field):

@@ -60,11 +60,13 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
                     "model": {"student": pair[0]}, "method": {"name": "ce"}, "seed": 0}), stage=0,
                     labels={"role": "teacher", "teacher": pair[0]}))
             ckpt = str(study_dir / "runs" / f"teacher__{pair[0]}" / "last.pt")
-        entries = dict(spec["methods"])
-        if i == 0:
-            entries.update({key: entry for key, entry in _view_entries(spec).values() if entry is not None})
-        for method, entry in entries.items():
-            for seed in range(seeds):
+        entries = {key: (entry, seeds) for key, entry in spec["methods"].items()}
+        if i == 0:  # view-only runs may use fewer seeds (the scale's view_seeds)
+            view_seeds = min(seeds, sc.get("view_seeds", seeds))
+            entries.update({key: (entry, view_seeds) for key, entry in _view_entries(spec).values()
+                            if entry is not None})
+        for method, (entry, method_seeds) in entries.items():
+            for seed in range(method_seeds):
                 runs.append(GridRun(f"student/{_pair_key(pair)}/{method}/seed{seed}",
                                     _student_tree(base, sc, entry, pair, ckpt, seed), stage=1,
                                     labels={"role": "student", "pair": _pair_key(pair), "method": method,
@@ -165,6 +167,8 @@ def _view_section(spec, rows, study_dir, pair, values, data_root, min_steps) -> 
     rho = spearmanr(list(range(len(order), 0, -1)), losses).statistic
     c = correlations(stds, losses)
     lines = ["", f"## The nine views on {pair}", "",
+             "Student test loss: mean over the seeds each view has (views that are also grid methods have "
+             "every seed; view-only runs have the scale's view_seeds).", "",
              "| view (paper order, worst first) | student test loss | teacher T. stddev |", "|---|---|---|"]
     lines += [f"| {n} | {loss:.4f} | {s:.5f} |" for n, loss, s in zip(names, losses, stds)]
     lines += ["", "![T. stddev vs student test loss](wang2022_tstddev_vs_loss.png)", "",
