@@ -102,3 +102,12 @@ def test_accelerate_teacher_swaps_teacher_only():
     torch.testing.assert_close(d.teacher_logits(x), before, rtol=1e-4, atol=1e-4)
     assert set(d.student.state_dict()) == student_keys
     assert [id(p) for p in d.learnable_parameters()] == params_before
+
+
+def test_bench_command_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from mixdistill.cli import main
+
+    assert main(["bench", "--quick", "--device", "cpu", "--pairs", "resnet33-resnet8", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown pair 'resnet33-resnet8'" in err[0]
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -90,7 +90,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", default="auto", help="the project's train.channels_last: auto | true | false")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; cases not started within it are reported as not measured")
-    p.add_argument("--out", default="docs/results", help="directory for bench_<device>.json / .md")
+    p.add_argument("--out", default="runs/bench", help="directory for bench_<TAG>.json / .md (the committed "
+                   "results live in docs/results)")
     p.add_argument("--tag", default=None, help="file name suffix (default: the device kind)")
     p.add_argument("--quick", action="store_true", help="tiny models and steps (smoke test, seconds)")
     p.add_argument("--seed", type=int, default=0)
