@@ -33,13 +33,13 @@ def reference(name: str) -> dict:
     return yaml.safe_load(text)[name]
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 2) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def welch(a, b) -> tuple[float, float]:
@@ -51,6 +51,18 @@ def welch(a, b) -> tuple[float, float]:
 
     p = float(ttest_ind(a, b, equal_var=False).pvalue)
     return diff, p
+
+
+def verdict(diff: float, p: float, sign: int = 1, alpha: float = 0.05) -> str:
+    """Whether an effect the paper claims (its direction: ``sign``) shows in ours: only a significant
+    effect in the claimed direction counts as reproduced."""
+    if diff * sign > 0:
+        if math.isnan(p):
+            return "same direction, untested (fewer than 2 seeds)"
+        return f"reproduced (p < {alpha})" if p < alpha else f"same direction, not significant (p ≥ {alpha})"
+    if not math.isnan(p) and p < alpha:
+        return "NOT reproduced (significant opposite effect)"
+    return "NOT reproduced"
 
 
 def fmt_p(p: float) -> str:

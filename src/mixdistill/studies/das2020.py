@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mixdistill.demo import merge
 from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, reference, scale_config, test_outputs,
-                                       welch)
+                                       verdict, welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "das2020"
@@ -88,7 +88,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                  f"{metrics[f'teacher/{c}']['ece']:.4f} / {paper[3]}"]
         for i, s in enumerate(students):
             cells += [f"{mean_std(student_values(c, s, 'acc'))} / {paper[1 + i]:.2f}",
-                      f"{mean_std(student_values(c, s, 'ece'))} / {paper[4 + i]}"]
+                      f"{mean_std(student_values(c, s, 'ece'), digits=4)} / {paper[4 + i]}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "The paper's student columns are LeNet and AlexNet in that order.", "",
               "## Class discrimination of the students (softmax outputs)", "",
@@ -108,8 +108,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         for mixed in ("mixup", "cutmix"):
             d_acc, p_acc = welch(student_values(mixed, s, "acc"), base_acc)
             d_ece, p_ece = welch(student_values(mixed, s, "ece"), base_ece)
-            worse = "reproduced" if d_acc < 0 else "NOT reproduced"
-            calibrated = "reproduced" if d_ece < 0 else "NOT reproduced"
+            worse, calibrated = verdict(d_acc, p_acc, sign=-1), verdict(d_ece, p_ece, sign=-1)
             lines.append(f"- {s} students of the {mixed} teacher vs the unaugmented teacher: accuracy "
                          f"{d_acc:+.2f} points (Welch p = {fmt_p(p_acc)}) — 'worse students' {worse}; "
                          f"ECE {d_ece:+.4f} (p = {fmt_p(p_ece)}) — 'better calibrated' {calibrated}.")

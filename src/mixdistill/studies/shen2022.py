@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import fmt_p, load_study_config, mean_std, reference, scale_config, welch
+from mixdistill.studies.common import fmt_p, load_study_config, mean_std, reference, scale_config, verdict, welch
 from mixdistill.studies.grid import GridRun
 
 NAME = "shen2022"
@@ -63,7 +63,6 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     cut = values("cutnmix", "last_acc_mean_peer")
     for baseline in ("dml", "kdcl", "one", "online_cutmix"):
         d, p = welch(cut, values(baseline, "last_acc_mean_peer"))
-        verdict = "reproduced" if d > 0 else "NOT reproduced"
-        lines.append(f"- Claim 'Cut^nMix beats {baseline}' (mean peer): {d:+.2f} points (p = {fmt_p(p)}) — {verdict}"
-                     f"{' but not significant at p < 0.05' if d > 0 and not p < 0.05 else ''}.")
+        lines.append(f"- Claim 'Cut^nMix beats {baseline}' (mean peer): {d:+.2f} points (p = {fmt_p(p)}) — "
+                     f"{verdict(d, p)}.")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,8 @@ import statistics
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import fmt_p, load_study_config, mean_std, reference, scale_config, welch
+from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, reference, scale_config, verdict,
+                                       welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "wang2022"
@@ -138,13 +139,15 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         kd = values(pair, "kd")
         for method in ("kd_cutmix", "kd_cutmixpick", "kd_cutmixpick_tent", "kd_cutmixpick_sent"):
             d, p = welch(values(pair, method), kd)
-            lines.append(f"- {pair}: {method} vs KD {d:+.2f} points (Welch p = {fmt_p(p)}) — "
-                         f"{'gain reproduced' if d > 0 else 'NO gain'}.")
+            lines.append(f"- {pair}: {method} vs KD {d:+.2f} points (Welch p = {fmt_p(p)}) — gain "
+                         f"{verdict(d, p)}.")
         d_kd, p_kd = welch(values(pair, "kd_long"), kd)
         d_ce, p_ce = welch(values(pair, "ce_long"), values(pair, "ce"))
-        verdict = "reproduced" if d_kd > 0 and d_kd > d_ce else "NOT reproduced"
+        kd_gain = verdict(d_kd, p_kd)
+        both = kd_gain if d_kd > d_ce else "NOT reproduced (CE gained as much or more)"
         lines.append(f"- {pair}: longer training: KD {d_kd:+.2f} (p = {fmt_p(p_kd)}), CE {d_ce:+.2f} "
-                     f"(p = {fmt_p(p_ce)}) — 'KD gains from longer training while CE does not' {verdict}.")
+                     f"(p = {fmt_p(p_ce)}) — KD's gain: {kd_gain}; 'KD gains more from longer training than CE' "
+                     f"{both}.")
     lines += _view_section(spec, rows, study_dir, pairs[0], values, data_root, sc.get("tstddev_steps", 100))
     return "\n".join(lines) + "\n"
 
