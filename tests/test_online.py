@@ -136,6 +136,14 @@ def test_one_gated_ensemble():
     assert d.gate[0].weight.grad is None or d.gate[0].weight.grad.abs().sum() == 0, "KL target must be detached"
     # three distinct branches, one shared trunk
     assert len({id(p.branch) for p in d.peers}) == 3 and all(p._trunk[0] is d.trunk for p in d.peers)
+    # the checkpoint's model is peer 0 as a whole network (trunk + branch 0), loadable as a plain resnet8
+    from mixdistill.models import create_model
+
+    d.eval()
+    standalone = create_model("resnet8", num_classes=10, in_channels=1).eval()
+    standalone.load_state_dict(d.student.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(x), d.evaluation_logits(x)["peer0"])
 
 
 @pytest.fixture(scope="module")

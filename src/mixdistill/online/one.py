@@ -61,9 +61,11 @@ class ONEParams(OnlineParams):
 class ONE(OnlineDistiller):
     Params = ONEParams
 
-    def __init__(self, trunk, peers, trunk_channels, params):
+    def __init__(self, trunk, peers, trunk_channels, params, standalone: nn.Module | None = None):
         super().__init__(peers, params)
         self.trunk = trunk
+        if standalone is not None:  # peer 0 as the whole network (trunk + branch 0): the checkpoint's model
+            self.student = standalone
         m = len(peers)
         self.gate = nn.Sequential(nn.Linear(trunk_channels, m), nn.BatchNorm1d(m), nn.ReLU())
 
@@ -77,7 +79,7 @@ class ONE(OnlineDistiller):
         for model in models:
             _, branch, _ = split_trunk_branch(model)
             peers.append(BranchPeer(trunk, branch, model.get_classifier()))
-        return cls(trunk, peers, channels, params)
+        return cls(trunk, peers, channels, params, standalone=models[0])  # models[0] shares trunk and branch 0
 
     def _branches(self, images):
         h = self.trunk(images)
