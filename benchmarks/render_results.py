@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mixdistill.bench import pick_cost, to_markdown  # noqa: E402
+from mixdistill.bench import pick_cost  # noqa: E402
 
 SKIP = ("bench_accuracy", "bench_profile")
 
