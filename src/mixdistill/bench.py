@@ -602,9 +602,10 @@ def to_markdown(report: dict) -> str:
     if report["settings"]["device"] == "cpu" and report["results"]:
         loads = [v for r in report["results"] for v in r.get("load_average_1min", []) if v is not None]
         if loads:
-            lines += ["", f"Load average (1 min) of this shared machine during the runs: {min(loads):.1f}–{max(loads):.1f} "
-                          f"on {m['cpu_count']} cores (other jobs were running: absolute images/s are depressed; the "
-                          f"ratios compare loops timed back to back)."]
+            lines += ["", f"Load average (1 min) during the runs: {min(loads):.1f}–{max(loads):.1f} on {m['cpu_count']} "
+                          f"cores. The benchmark itself accounts for about {m['cpu_count']} (torch threads) plus the "
+                          f"reference's DataLoader workers; a higher figure means other jobs shared the machine and "
+                          f"absolute images/s are depressed (the ratios compare loops timed back to back)."]
         lines += ["", "Ratio by process CPU time (images per CPU-second of this process, median over rounds of the "
                       "per-round ratio; insensitive to time-slicing by other jobs; excludes the reference's DataLoader "
                       "worker processes): " + "; ".join(
