@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mixdistill.data import readers
-from mixdistill.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+from mixdistill.data.streaming import IMAGENET_MEAN, IMAGENET_STD, stratified_subset
 from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -151,21 +151,7 @@ class Split:
 
         The samples keep their original order.
         """
-        N = len(self.labels)
-        if not 0 < n <= N:
-            raise ValueError(f"subset size must be in 1..{N}, got {n}")
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(N, generator=g)
-        lab = self.labels[perm]
-        # rank of each sample among its class (in the random order), as a fraction of the class size:
-        # taking the n smallest fractions takes about n * share from every class
-        by_class = torch.argsort(lab, stable=True)
-        counts = torch.bincount(lab)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty(N, dtype=torch.long)
-        rank[by_class] = torch.arange(N) - starts[lab[by_class]]
-        key = (rank + 0.5) / counts[lab]
-        chosen = perm[torch.argsort(key, stable=True)[:n]].sort().values
+        chosen = stratified_subset(self.labels, n, seed)
         return Split(self.images[chosen], self.labels[chosen], self.spec, self.root)
 
 

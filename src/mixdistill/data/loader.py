@@ -16,6 +16,25 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0])
 
 
+def samples_per_rank(num_samples: int, world_size: int, drop_last: bool) -> int:
+    return num_samples // world_size if drop_last else math.ceil(num_samples / world_size)
+
+
+def num_batches(samples: int, batch_size: int, drop_last: bool) -> int:
+    return samples // batch_size if drop_last else math.ceil(samples / batch_size)
+
+
+def epoch_order(num_samples: int, total: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The global sample order of an epoch (the same on every rank), cut or wrapped around to ``total``
+    positions; rank ``r`` of ``R`` takes ``order[r::R]``."""
+    if shuffle:
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
+        order = torch.randperm(num_samples, generator=g)
+    else:
+        order = torch.arange(num_samples)
+    return order[:total] if total <= num_samples else torch.cat([order, order[: total - num_samples]])
+
+
 class DeviceLoader:
     """Batches of ``(normalized float images [B, C, H, W], int64 labels)`` on ``device``.
 
@@ -80,26 +99,15 @@ class DeviceLoader:
 
     @property
     def samples_per_rank(self) -> int:
-        N, R = len(self.labels), self.world_size
-        return N // R if self.drop_last else math.ceil(N / R)
+        return samples_per_rank(len(self.labels), self.world_size, self.drop_last)
 
     def __len__(self) -> int:
-        n, B = self.samples_per_rank, self.batch_size
-        return n // B if self.drop_last else math.ceil(n / B)
+        return num_batches(self.samples_per_rank, self.batch_size, self.drop_last)
 
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in order (CPU tensor)."""
-        N, R = len(self.labels), self.world_size
-        if self.shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 0))  # same on every rank
-            order = torch.randperm(N, generator=g)
-        else:
-            order = torch.arange(N)
-        total = self.samples_per_rank * R
-        if total <= N:
-            order = order[:total]
-        else:
-            order = torch.cat([order, order[: total - N]])
+        R = self.world_size
+        order = epoch_order(len(self.labels), self.samples_per_rank * R, self.seed, self.epoch, self.shuffle)
         return order[self.rank :: R]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

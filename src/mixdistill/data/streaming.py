@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mixdistill.data.loader import epoch_seed
+from mixdistill.data.loader import epoch_order, epoch_seed, num_batches, samples_per_rank
 from mixdistill.data.readers import IMG_EXTENSIONS, folder_classes
 from mixdistill.data.transforms import normalize
 from mixdistill.errors import DataError, DatasetNotFoundError
@@ -264,23 +264,16 @@ class _EpochBatchSampler:
 
     @property
     def samples_per_rank(self) -> int:
-        N, R = self.num_samples, self.world_size
-        return N // R if self.drop_last else math.ceil(N / R)
+        return samples_per_rank(self.num_samples, self.world_size, self.drop_last)
 
     def __len__(self) -> int:
-        n, B = self.samples_per_rank, self.batch_size
-        return n // B if self.drop_last else math.ceil(n / B)
+        return num_batches(self.samples_per_rank, self.batch_size, self.drop_last)
 
     def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(indices, crop_seeds, flips)`` of this rank for the current epoch, in order."""
-        N, R = self.num_samples, self.world_size
-        if self.shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 0))  # same on every rank
-            order = torch.randperm(N, generator=g)
-        else:
-            order = torch.arange(N)
+        R = self.world_size
         total = self.samples_per_rank * R
-        order = order[:total] if total <= N else torch.cat([order, order[: total - N]])
+        order = epoch_order(self.num_samples, total, self.seed, self.epoch, self.shuffle)  # same on every rank
         # augmentation per position of the global order: identical crops whatever world_size / workers
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 1))
         seeds = torch.randint(0, 2**62, (total,), generator=g) if self.augment else torch.zeros(total, dtype=torch.long)
@@ -463,14 +456,17 @@ class StreamingImageFolder:
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of ``n`` samples, each class in proportion to its share: the selection of
-    :meth:`mixdistill.data.datasets.Split.subset` (same labels and seed, same samples)."""
+    """Sorted indices of ``n`` samples, each class in proportion to its share (within one sample), the same
+    for the same seed; in-memory splits (:meth:`mixdistill.data.datasets.Split.subset`) and streamed folders
+    both select with it."""
     N = len(labels)
     if not 0 < n <= N:
         raise ValueError(f"subset size must be in 1..{N}, got {n}")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(N, generator=g)
     lab = labels[perm]
+    # rank of each sample among its class (in the random order), as a fraction of the class size:
+    # taking the n smallest fractions takes about n * share from every class
     by_class = torch.argsort(lab, stable=True)
     counts = torch.bincount(lab)
     starts = torch.cumsum(counts, 0) - counts
