@@ -300,7 +300,7 @@ class ProjectLoop:
                           "method.temperature=4.0", "method.ce_weight=0.1", "method.kd_weight=0.9"]
             if case == "mixstd":
                 overrides = [o for o in overrides if not o.startswith("method.temperature")]
-        if variant in ("int8",) and device != "cpu":
+        if variant == "int8" and device != "cpu":
             raise ValueError("int8 is a CPU variant")
         if variant.startswith("cuda_graphs") and not device.startswith("cuda"):
             raise ValueError(f"{variant} is a CUDA variant")
