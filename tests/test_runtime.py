@@ -1,0 +1,67 @@
+"""``resolve_runtime``: precision, layout and compile follow what the hardware does natively."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mixdistill.engine import runtime as rt
+from mixdistill.errors import ConfigError
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) native bf16."""
+    def set_native(native: bool):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    return set_native
+
+
+def test_auto_precision_is_bf16_only_where_native(cpu_bf16):
+    cpu_bf16(False)
+    r = rt.resolve_runtime("cpu", "auto", "auto", "auto")
+    assert r.autocast_dtype is None and r.precision == "fp32" and not r.channels_last and not r.compile
+    cpu_bf16(True)
+    r = rt.resolve_runtime("cpu", "auto", "auto", "auto")
+    assert r.autocast_dtype is torch.bfloat16 and r.channels_last  # channels_last pays with bf16
+    assert rt.resolve_runtime("cpu", "fp32", "auto", "auto").autocast_dtype is None  # the user's word wins
+    cpu_bf16(False)
+    assert rt.resolve_runtime("cpu", "bf16", "auto", "auto").autocast_dtype is torch.bfloat16
+
+
+def test_autocast_context_matches_precision(cpu_bf16):
+    cpu_bf16(True)
+    r = rt.resolve_runtime("cpu", "auto", False, False)
+    with r.autocast():
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype is torch.bfloat16
+    cpu_bf16(False)
+    with rt.resolve_runtime("cpu", "auto", False, False).autocast():
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype is torch.float32
+
+
+def test_explicit_layout_and_compile_are_kept():
+    r = rt.resolve_runtime("cpu", "fp32", True, False)
+    assert r.channels_last and not r.compile
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_cpu_compile_allowed_with_a_compiler():
+    assert rt.cpu_compiler_missing() is None
+    assert rt.resolve_runtime("cpu", "fp32", False, True).compile
+
+
+def test_cpu_compile_without_compiler_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(rt, "cpu_compiler_missing", lambda: "no C++ compiler found")
+    with pytest.raises(ConfigError, match=r"train.compile=true on the CPU needs a C\+\+ compiler"):
+        rt.resolve_runtime("cpu", "fp32", False, True)
+    assert not rt.resolve_runtime("cpu", "fp32", False, "auto").compile  # auto stays off: no error
+
+
+def test_bad_device_is_a_config_error():
+    with pytest.raises(ConfigError, match="is not a device"):
+        rt.resolve_runtime("gpu0", "auto", "auto", "auto")
