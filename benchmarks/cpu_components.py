@@ -3,7 +3,7 @@ machine), one thread, best of several interleaved repeats:
 
 * data: 64 images through the reference pipeline (PIL RandomCrop + Flip + ToTensor + Normalize, collate)
   vs the project's DeviceLoader batch (index, batched crop/flip, normalise);
-* teacher forward (batch 64): eager NCHW under no_grad (reference), eager under inference_mode (project),
+* teacher forward (batch 64): eager NCHW under no_grad (reference), eager under inference_mode (eager_teacher),
   Conv+BN folded, folded + channels_last, int8;
 * student forward + backward + SGD step: NCHW vs channels_last.
 
@@ -102,10 +102,10 @@ def main(argv=None) -> int:
         "data: reference PIL pipeline (64 images, 1 process)": ref_data,
         "data: project DeviceLoader batch": project_data,
         "teacher fwd: eager NCHW, no_grad (reference)": no_grad(teacher, x),
-        "teacher fwd: eager NCHW, inference_mode (project)": inference(teacher, x),
+        "teacher fwd: eager NCHW, inference_mode (eager_teacher)": inference(teacher, x),
         "teacher fwd: Conv+BN folded": inference(folded, x),
-        "teacher fwd: folded + channels_last (fast)": inference(folded_cl, x),
-        "teacher fwd: int8 (fast_int8)": inference(int8, x),
+        "teacher fwd: folded + channels_last (project default)": inference(folded_cl, x),
+        "teacher fwd: int8 (train.int8_teacher)": inference(int8, x),
         "student fwd+bwd+SGD: NCHW": train(student, x),
         "student fwd+bwd+SGD: channels_last": train(student_cl, x.contiguous(memory_format=torch.channels_last)),
     }
@@ -120,9 +120,9 @@ def main(argv=None) -> int:
     S = ms["student fwd+bwd+SGD: NCHW"]
     est = {
         "reference step": ms["data: reference PIL pipeline (64 images, 1 process)"] + T_ref + S,
-        "project step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: eager NCHW, inference_mode (project)"] + S,
-        "fast step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: folded + channels_last (fast)"] + S,
-        "fast_int8 step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: int8 (fast_int8)"] + S,
+        "eager_teacher step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: eager NCHW, inference_mode (eager_teacher)"] + S,
+        "project step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: folded + channels_last (project default)"] + S,
+        "int8 step": ms["data: project DeviceLoader batch"] + ms["teacher fwd: int8 (train.int8_teacher)"] + S,
     }
     report = {"threads": args.threads, "batch_size": B, "teacher": args.teacher, "student": args.student,
               "cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
