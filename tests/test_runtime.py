@@ -29,7 +29,8 @@ def test_auto_precision_is_bf16_only_where_native(cpu_bf16):
     assert r.autocast_dtype is torch.bfloat16 and r.channels_last  # channels_last pays with bf16
     assert rt.resolve_runtime("cpu", "fp32", "auto", "auto").autocast_dtype is None  # the user's word wins
     cpu_bf16(False)
-    assert rt.resolve_runtime("cpu", "bf16", "auto", "auto").autocast_dtype is torch.bfloat16
+    with pytest.warns(UserWarning, match="emulated"):  # the user's word wins, with a warning
+        assert rt.resolve_runtime("cpu", "bf16", "auto", "auto").autocast_dtype is torch.bfloat16
 
 
 def test_autocast_context_matches_precision(cpu_bf16):

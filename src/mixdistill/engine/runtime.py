@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,9 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         use_bf16 = native_bf16
     elif precision == "bf16":
         use_bf16 = True
+        if not native_bf16:
+            warnings.warn(f"train.precision=bf16 on a {dev.type} without native bf16: it is emulated there (on an "
+                          "AVX2-only CPU about 9x slower than fp32); precision=auto would choose fp32", stacklevel=2)
     else:
         use_bf16 = False
     # channels_last pays with bf16 (oneDNN / tensor cores); on fp32 CPU it measured no gain
