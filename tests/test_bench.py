@@ -111,3 +111,31 @@ def test_bench_command_bad_input_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown pair 'resnet33-resnet8'" in err[0]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cpu_only_variants_refuse_cuda(tmp_path):
+    from mixdistill.bench import CPU_VARIANTS, ProjectLoop
+
+    assert set(CPU_VARIANTS) == {"int8", "compile", "int8_compile"}
+    for variant in CPU_VARIANTS:
+        with pytest.raises(ValueError, match=f"{variant} is a CPU variant"):
+            ProjectLoop("kd", variant, "cnn5_w16", "cnn5_w8", data_root=tmp_path, teacher_ckpt=None,
+                        run_root=tmp_path, batch_size=8, device="cuda", args=_args([]), seed=0)
+
+
+@pytest.mark.slow
+def test_quick_bench_compile_variants_run_compiled(tmp_path):
+    out = tmp_path / "results"
+    rc = bench_main(_args(["--quick", "--device", "cpu", "--cases", "kd,dml", "--variants", "compile,int8_compile",
+                           "--num-workers", "1", "--steps", "1", "--rounds", "1", "--threads", "1",
+                           "--out", str(out)]))
+    assert rc == 0
+    kd, dml = json.loads((out / "bench_quick_cpu.json").read_text())["results"]
+    assert set(kd["loops"]) == {"reference", "compile", "int8_compile"}
+    assert set(dml["loops"]) == {"reference", "compile"}  # int8_compile needs a teacher
+    for r in (kd, dml):
+        for name, loop in r["loops"].items():
+            assert "error" not in loop, (r["case"], name, loop.get("error"))
+            assert math.isfinite(loop["last_loss"])
+    assert kd["loops"]["compile"]["teacher"]["compiled"] and not kd["loops"]["compile"]["teacher"]["int8"]
+    assert kd["loops"]["int8_compile"]["teacher"]["int8"]

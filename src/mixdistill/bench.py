@@ -16,9 +16,10 @@ Both loops train on the same synthetic CIFAR-100-shaped data (``write_cifar_like
   (``train.fast_teacher``: Conv+BN folded, channels_last teacher, compiled with the student when compile is
   on; :mod:`mixdistill.engine.fast`). The other project-side variants change one setting each:
   ``eager_teacher`` (``train.fast_teacher=false``: what the fast teacher buys), ``int8`` (CPU:
-  ``train.int8_teacher=true``), ``cuda_graphs`` (CUDA: ``train.cuda_graphs=true``, the student compiled with
-  ``mode="reduce-overhead"``) and ``cuda_graphs_all`` (CUDA, bench-only experiment: also the teacher as a
-  CUDA graph and SGD's fused kernel).
+  ``train.int8_teacher=true``), ``compile`` (CPU, where compile is off by default: ``train.compile=true``,
+  the student and the folded teacher compiled), ``int8_compile`` (CPU: both), ``cuda_graphs`` (CUDA:
+  ``train.cuda_graphs=true``, the student compiled with ``mode="reduce-overhead"``) and
+  ``cuda_graphs_all`` (CUDA, bench-only experiment: also the teacher as a CUDA graph and SGD's fused kernel).
 
 Timing: after warm-up, ``rounds`` rounds; in each round every loop runs ``steps`` steps (one epoch of the
 project's loader), in a rotating order, so background load hits all loops alike. Reported: the median
@@ -57,11 +58,13 @@ PAIRS = {  # name -> (teacher, student)
     "wrn_40_2-wrn_16_2": ("wrn_40_2", "wrn_16_2"),
     "cnn5_w16-cnn5_w8": ("cnn5_w16", "cnn5_w8"),  # --quick
 }
-VARIANTS = ("project", "eager_teacher", "int8", "cuda_graphs", "cuda_graphs_all")
+VARIANTS = ("project", "eager_teacher", "int8", "compile", "int8_compile", "cuda_graphs", "cuda_graphs_all")
 VARIANT_OVERRIDES = {"project": [], "eager_teacher": ["train.fast_teacher=false"],
-                     "int8": ["train.int8_teacher=true"], "cuda_graphs": ["train.cuda_graphs=true"],
-                     "cuda_graphs_all": ["train.cuda_graphs=true"]}
-TEACHER_VARIANTS = ("eager_teacher", "int8")  # identical to project for online methods
+                     "int8": ["train.int8_teacher=true"], "compile": ["train.compile=true"],
+                     "int8_compile": ["train.int8_teacher=true", "train.compile=true"],
+                     "cuda_graphs": ["train.cuda_graphs=true"], "cuda_graphs_all": ["train.cuda_graphs=true"]}
+TEACHER_VARIANTS = ("eager_teacher", "int8", "int8_compile")  # skipped for online methods (no teacher)
+CPU_VARIANTS = ("int8", "compile", "int8_compile")  # compile: on CUDA the default already compiles
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # CIFAR-100 (as RepDistiller)
 NUM_CLASSES = 100
 
@@ -75,8 +78,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)}")
     p.add_argument("--variants", default="auto",
                    help="project-side loops to time besides the reference: project (the trainer as configured), "
-                        "eager_teacher (train.fast_teacher=false), int8 (CPU), cuda_graphs, cuda_graphs_all (CUDA); "
-                        "auto = project,eager_teacher plus int8 on CPU, cuda_graphs on CUDA")
+                        "eager_teacher (train.fast_teacher=false), int8, compile, int8_compile (CPU), cuda_graphs, "
+                        "cuda_graphs_all (CUDA); auto = project,eager_teacher plus int8,compile on CPU, cuda_graphs "
+                        "on CUDA")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 2 CPU, 100 CUDA)")
     p.add_argument("--rounds", type=int, default=None,
@@ -300,8 +304,8 @@ class ProjectLoop:
                           "method.temperature=4.0", "method.ce_weight=0.1", "method.kd_weight=0.9"]
             if case == "mixstd":
                 overrides = [o for o in overrides if not o.startswith("method.temperature")]
-        if variant == "int8" and device != "cpu":
-            raise ValueError("int8 is a CPU variant")
+        if variant in CPU_VARIANTS and device != "cpu":
+            raise ValueError(f"{variant} is a CPU variant")
         if variant.startswith("cuda_graphs") and not device.startswith("cuda"):
             raise ValueError(f"{variant} is a CUDA variant")
         self.case, self.variant = case, variant
@@ -662,7 +666,7 @@ def _bench(args) -> int:
         if p not in PAIRS:
             raise ConfigError(f"bench: unknown pair '{p}' (choose from {', '.join(PAIRS)})")
     if args.variants == "auto":
-        variants = ["project", "eager_teacher"] + (["int8"] if device.type == "cpu" else ["cuda_graphs"])
+        variants = ["project", "eager_teacher"] + (["int8", "compile"] if device.type == "cpu" else ["cuda_graphs"])
     else:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for v in variants:
