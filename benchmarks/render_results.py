@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixdistill.bench import pick_cost  # noqa: E402
 
-SKIP = ("bench_accuracy", "bench_profile")
+SKIP = ("bench_accuracy", "bench_profile", "bench_cpu_components")
 
 
 def normalise(report: dict) -> dict:
@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     acc = folder / "bench_accuracy.md"
     if acc.exists():
         out += [acc.read_text().replace("### ", "## "), ""]
+    for parts in sorted(folder.glob("bench_cpu_components_t*.md")):
+        out += [parts.read_text().replace("### ", "## "), ""]
     out += ["## Not measured", "",
             "* A 2-core CPU with native bf16 (AVX512-BF16 / AMX): none was available; the ≥3x target there is "
             "unverified. `resolve_runtime` picks bf16 + channels_last only where `cpu_has_native_bf16()` says so.",
