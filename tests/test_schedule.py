@@ -41,3 +41,13 @@ def test_onecycle_peaks_and_ends_near_zero():
     cfg = load_config(None, ["optim.schedule=onecycle", "optim.epochs=4", "optim.milestones=[]", "optim.lr=0.1"])
     lrs = lrs_per_epoch(cfg, steps_per_epoch=10)
     assert max(lrs) <= 0.1 + 1e-9 and lrs[0] < 0.05 and lrs[-1] < 0.05
+
+
+def test_onecycle_survives_a_one_step_run():
+    """A run of a single optimiser step (peak == total_steps == 1) must not divide by zero when the
+    scheduler is stepped after it."""
+    from mixdistill.engine.schedule import lr_factor
+
+    cfg = load_config(None, ["optim.schedule=onecycle", "optim.epochs=1", "optim.milestones=[]"])
+    f = lr_factor(cfg.optim, steps_per_epoch=1)
+    assert f(0) == 1.0 and f(1) == 0.0

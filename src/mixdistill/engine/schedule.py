@@ -26,7 +26,7 @@ def lr_factor(optim_cfg, steps_per_epoch: int):
             return 0.5 * (1 + math.cos(math.pi * step / total_steps))
         if optim_cfg.schedule == "onecycle":  # linear up for 25% of the run, linear down to 0
             peak = max(1, int(0.25 * total_steps))
-            return (step + 1) / peak if step < peak else max(0.0, (total_steps - step) / (total_steps - peak))
+            return (step + 1) / peak if step < peak else max(0.0, (total_steps - step) / max(1, total_steps - peak))
         return 1.0
 
     return factor
