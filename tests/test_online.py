@@ -173,3 +173,23 @@ def test_online_method_runs_through_the_cli(online_common, overrides):
     out = online_common[1].split("=", 1)[1]
     summary = json.loads(open(f"{out}/{name}/summary.json").read())
     assert {"last_acc_ensemble", "last_acc_best_peer", "last_acc_mean_peer"} <= set(summary)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("mixdistill.engine.runtime", fromlist=["x"]).cpu_compiler_missing() is not None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_covers_forward_features(online_common):
+    """Cut^nMix trains through ``forward_features``: with train.compile on, that entry point is compiled too."""
+    import math
+
+    from mixdistill.config import load_config
+    from mixdistill.engine.trainer import Trainer
+
+    cfg = load_config("configs/fmnist_cpu_teacher.yaml", [*online_common, "name=cutnmix_compiled", "method=cutnmix",
+                                                          "train.compile=true", "data.train_subset=128"])
+    trainer = Trainer(cfg, quiet=True)
+    summary = trainer.fit()
+    for peer in trainer.distiller.peers:
+        assert hasattr(peer.forward_features, "_torchdynamo_orig_callable")  # a torch.compile wrapper
+        assert "forward_features" not in peer.state_dict()
+    assert math.isfinite(summary["last_acc"])
