@@ -124,6 +124,7 @@ def test_cpu_only_variants_refuse_cuda(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_cxx
 def test_quick_bench_compile_variants_run_compiled(tmp_path):
     out = tmp_path / "results"
     rc = bench_main(_args(["--quick", "--device", "cpu", "--cases", "kd,dml", "--variants", "compile,int8_compile",

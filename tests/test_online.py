@@ -176,8 +176,7 @@ def test_online_method_runs_through_the_cli(online_common, overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("mixdistill.engine.runtime", fromlist=["x"]).cpu_compiler_missing() is not None,
-                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.needs_cxx
 def test_compile_covers_forward_features(online_common):
     """Cut^nMix trains through ``forward_features``: with train.compile on, that entry point is compiled too."""
     import math

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -50,7 +48,7 @@ def test_explicit_layout_and_compile_are_kept():
     assert r.channels_last and not r.compile
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+@pytest.mark.needs_cxx
 def test_cpu_compile_allowed_with_a_compiler():
     assert rt.cpu_compiler_missing() is None
     assert rt.resolve_runtime("cpu", "fp32", False, True).compile
