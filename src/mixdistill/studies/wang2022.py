@@ -9,6 +9,8 @@ with the teacher's T. stddev under each view.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
 from pathlib import Path
 
@@ -105,8 +107,7 @@ def _t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root, mi
 
 def _cached_t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root, min_steps: int) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
-    import json
-    import os
+    from mixdistill.engine.trainer import save_json_atomic
 
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
@@ -114,9 +115,7 @@ def _cached_t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_r
     key = f"{pair}/{method}/{min_steps}/{os.stat(ckpt).st_mtime_ns}"
     if key not in cache:
         cache[key] = _t_stddev(study_dir, rows, pair, method, data_root, min_steps)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
+        save_json_atomic(cache, path)
     return cache[key]
 
 
