@@ -312,6 +312,12 @@ def test_smoothness_measures():
     ps = torch.softmax(torch.tensor([2.0, 0.0]), 0)
     assert other["top1_agreement"] == 0.0
     assert other["kl"] == pytest.approx(float((pt * (pt.log() - ps.log())).sum()))
+    # an asymmetric pair: KL(p_t || p_s) differs from KL(p_s || p_t), so the direction is checked
+    s_logits, t_logits = torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    ps, pt = torch.softmax(s_logits[0], 0), torch.softmax(t_logits[0], 0)
+    forward, reverse = float((pt * (pt / ps).log()).sum()), float((ps * (ps / pt).log()).sum())
+    assert abs(forward - reverse) > 0.1
+    assert agreement(s_logits, t_logits)["kl"] == pytest.approx(forward)
 
 
 def test_tsne_plot(tmp_path):

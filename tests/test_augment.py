@@ -23,6 +23,7 @@ from mixdistill.augment import (
     mixup,
     mixup_two_perm,
     pmu,
+    sample_beta,
 )
 from mixdistill.errors import ConfigError, UnknownNameError
 
@@ -105,6 +106,10 @@ def test_every_augmentation_gives_valid_record_and_leaves_input_unchanged(name, 
     images, labels = batch(b, seed=seed % 97)
     before = images.clone(), labels.clone()
     t, s = tiny_net(), tiny_net(bn=True, seed=1)
+    if name == "cut_n_mix" and b < 3:  # two different partners besides the base need three images
+        with pytest.raises(ConfigError):
+            call(name, images, labels, gen(seed))
+        return
     rec = call(name, images, labels, gen(seed), teacher=t, student=s)
     check_record(rec, images, labels)
     assert torch.equal(images, before[0]) and torch.equal(labels, before[1])
@@ -117,6 +122,10 @@ def test_variants_give_valid_record_and_leave_input_unchanged(variant, b, seed):
     fn, params = VARIANTS[variant]
     images, labels = batch(b, seed=seed % 97)
     before = images.clone()
+    if fn is cut_n_mix and b <= params["n"]:
+        with pytest.raises(ConfigError):
+            fn(images, labels, generator=gen(seed), **params)
+        return
     rec = fn(images, labels, generator=gen(seed), **params)
     check_record(rec, images, labels)
     assert torch.equal(images, before)
@@ -250,7 +259,7 @@ def test_pmu_replacement_mixed_fraction_is_about_exp_minus_p():
     assert abs(mean - 0.1) > 0.2  # far from the paper's "10% mixed"
 
 
-@pytest.mark.parametrize("b,p", [(64, 0.9), (64, 0.5), (10, 0.75), (7, 0.0), (7, 1.0)])
+@pytest.mark.parametrize("b,p", [(64, 0.9), (64, 0.5), (10, 0.75), (10, 0.33), (7, 0.0), (7, 1.0)])
 def test_pmu_exact_mixes_round_1_minus_p_b(b, p):
     images, labels = batch(b, h=2, w=2)
     for seed in range(5):
@@ -333,7 +342,9 @@ def test_cut_n_mix_weights_are_visible_areas(n, per_sample):
         rec = cut_n_mix(images, torch.arange(b), generator=gen(seed), n=n, per_sample_boxes=per_sample)
         assert rec.sources.shape == (b, n + 1) and rec.boxes.shape == (b, n, 4)
         assert rec.sources[:, 0].tolist() == list(range(b))
-        # Pixel counts per source image, from the labelled construction (handles repeated partners).
+        # n different partner images per sample, none of them the base
+        assert all(len(set(row.tolist())) == n + 1 for row in rec.sources)
+        # Pixel counts per source image, from the labelled construction.
         counts = torch.stack([(rec.images[:, 0] == v).double().mean((1, 2)) for v in range(b)], dim=1)
         torch.testing.assert_close(rec.soft_targets(torch.arange(b), b).double(), counts, atol=1e-6, rtol=0)
         # Each paste's own weight, from painting its boxes in order.
@@ -342,6 +353,16 @@ def test_cut_n_mix_weights_are_visible_areas(n, per_sample):
             for k in range(n + 1):
                 assert rec.weights[i, k].item() == pytest.approx((owner == k).mean(), abs=1e-6)
             assert bool((rec.images[i, 0] == rec.sources[i][torch.from_numpy(owner)].float()).all())
+
+
+def test_cut_n_mix_needs_a_batch_with_enough_partners():
+    images, labels = batch(3)
+    with pytest.raises(ConfigError, match="at least 4"):
+        cut_n_mix(images, labels, generator=gen(0), n=3)
+    rec = cut_n_mix(images, labels, generator=gen(0), n=2)  # the two other images, in some order
+    assert all(sorted(row.tolist()) == [0, 1, 2] for row in rec.sources)
+    rec = cut_n_mix(images, labels, generator=gen(0), n=3, partner="permutation")  # partners may include the base
+    assert all(sorted(row[1:].tolist()) == [0, 1, 2] for row in rec.sources)
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
@@ -510,6 +531,51 @@ def test_cutmix_pick_keeps_highest_scores(criterion, student_train_mode):
     if changed:  # exactly as one train-mode forward of the pool
         for k, v in ref_student.state_dict().items():
             torch.testing.assert_close(student.state_dict()[k], v)
+
+
+def test_cutmix_pick_train_mode_scoring_with_dropout_is_deterministic():
+    images, labels = batch(8, h=8, w=8)
+    teacher = tiny_net(seed=0).eval()
+    student = torch.nn.Sequential(tiny_net(seed=1), torch.nn.Dropout(0.5))
+    state = torch.get_rng_state()
+    picks = [cutmix_pick(images, labels, generator=gen(3), teacher=teacher, student=student,
+                         student_train_mode=True).info["pool_index"] for _ in range(3)]
+    assert all(torch.equal(p, picks[0]) for p in picks)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_defaults_are_the_specs_decisions():
+    from mixdistill.augment import augment_params
+
+    assert augment_params("cutmix_pick") | {} == {**augment_params("cutmix_pick"), "criterion": "kl", "n_runs": 2,
+                                                  "student_train_mode": False, "alpha": 1.0}
+    assert augment_params("mixup")["alpha"] == 1.0 and augment_params("cutmix")["alpha"] == 1.0
+    assert augment_params("cut_n_mix")["n"] == 2 and augment_params("pmu")["sampling"] == "replacement"
+    assert augment_params("cutout")["shared_mask"] is False
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_beta_samples_follow_beta_alpha_alpha(alpha):
+    lam = sample_beta(alpha, (40_000,), gen(0))
+    assert float(lam.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(lam.var()) == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.03)  # Var Beta(a, a)
+
+
+def test_mixup_per_sample_draws_one_lam_per_sample():
+    images, labels = batch(32)
+    lam = mixup(images, labels, generator=gen(0), per_sample=True).weights[:, 0]
+    assert len(set(lam.tolist())) == 32
+    lam = mixup(images, labels, generator=gen(0)).weights[:, 0]
+    assert len(set(lam.tolist())) == 1
+
+
+def test_cutmix_box_centre_is_uniform_and_clipped():
+    # side 10 in a 20 x 20 image: y1 = clip(cy - 5), y2 = clip(cy + 5), cy uniform on 0..19
+    boxes = draw_boxes(torch.full((20_000,), 0.75), 20, 20, gen(0))
+    y1, y2 = boxes[:, 0], boxes[:, 2]
+    assert float((y1 == 0).double().mean()) == pytest.approx(6 / 20, abs=0.015)  # cy <= 5
+    assert float((y2 == 20).double().mean()) == pytest.approx(5 / 20, abs=0.015)  # cy >= 15
+    assert set((y2 - y1).tolist()) == set(range(5, 11))  # clipped sides 5..9, whole side 10
 
 
 def test_cutmix_pick_restores_each_submodule_mode():

@@ -146,6 +146,133 @@ def test_one_gated_ensemble():
         torch.testing.assert_close(standalone(x), d.evaluation_logits(x)["peer0"])
 
 
+class LinearPeer(nn.Module):
+    """logits = flatten(x) @ W: depends on its input (unlike FixedPeer) and remembers the last input it saw."""
+
+    def __init__(self, seed, d_in=64, classes=3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_in, classes, generator=torch.Generator().manual_seed(seed)))
+        self.seen = None
+
+    def forward_features(self, x):
+        self.seen = x.detach().clone()
+        z = x.flatten(1) @ self.weight
+        return z, {"pooled": z, "maps": []}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def kd_grad_wrt_student(z, target, T):
+    """d/dz of T^2 * batchmean KL(softmax(target/T) || softmax(z/T)) with the target constant: T (p_z - p_t) / B."""
+    return T * (torch.softmax(z / T, 1) - torch.softmax(target / T, 1)) / z.shape[0]
+
+
+def kl_rows(t, s, T):
+    """Batch-mean KL(softmax(t/T) || softmax(s/T)), by hand from the definition."""
+    pt, ps = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
+    return (pt * (pt.log() - ps.log())).sum(1).mean()
+
+
+def test_dml_three_peers_divides_by_m_minus_1_and_applies_t2_once():
+    logits = [[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [-1.0, 0.0, 3.0]]
+    for T in (1.0, 2.0):
+        cls = DISTILLERS["dml"]
+        d = cls([FixedPeer(z) for z in logits], cls.Params(temperature=T))
+        _, losses = d.forward_train(X, Y, info())
+        p = [softmax(z, T) for z in logits]
+        expected = T**2 * sum(kl(p[j], p[i]) for i in range(3) for j in range(3) if j != i) / 2
+        assert losses["kl"].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["online_cutmix", "cutnmix"])
+def test_mixed_online_target_is_the_detached_peer_mean_on_the_mixed_batch(method):
+    cls = DISTILLERS[method]
+    params = cls.Params(feature_weight=0.0, ramp_epochs=0) if method == "cutnmix" else cls.Params()
+    peers = [LinearPeer(seed) for seed in range(3)]
+    d = cls(peers, params)
+    d.set_augment(make_augment("cutmix" if method == "online_cutmix" else "cut_n_mix"))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 0]), info())
+    seen = peers[0].seen
+    assert all(torch.equal(p.seen, seen) for p in peers) and not torch.equal(seen, x)  # one mixed batch for all
+    z = [seen.flatten(1) @ p.weight.detach() for p in peers]
+    target, T = torch.stack(z).mean(0), 3.0
+    assert losses["kl"].item() == pytest.approx(float(sum(T**2 * kl_rows(target, zi, T) for zi in z)), rel=1e-5)
+    losses["kl"].backward()
+    for p, zi in zip(peers, z):  # a live target would add the mean's gradient to every peer
+        torch.testing.assert_close(p.weight.grad, seen.flatten(1).T @ kd_grad_wrt_student(zi, target, T))
+
+
+def test_cutnmix_ema_teacher_is_the_mean_of_the_ema_copies():
+    cls = DISTILLERS["cutnmix"]
+    d = cls([FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])], cls.Params(teacher="ema", ramp_epochs=0, feature_weight=0))
+    d.set_augment(make_augment("cut_n_mix"))
+    with torch.no_grad():  # the EMA copies differ from the live peers, so the target tells which was used
+        d.ema_peers[0].logits.copy_(torch.tensor([3.0, 0.0]))
+        d.ema_peers[1].logits.copy_(torch.tensor([1.0, 0.0]))
+    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    target = softmax([2.0, 0.0], 3)
+    expected = 9 * (kl(target, softmax([1.0, 0.0], 3)) + kl(target, softmax([0.0, 1.0], 3)))
+    assert losses["kl"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cutnmix_refuses_peers_of_different_feature_widths():
+    from mixdistill.errors import ConfigError
+
+    cls = DISTILLERS["cutnmix"]
+    with pytest.raises(ConfigError, match="feature width.*peer 0: 64, peer 1: 128"):
+        cls.from_names(["resnet8", "wrn_16_2"], cls.Params(), num_classes=10, in_channels=1)
+    cls.from_names(["resnet8", "wrn_16_2"], cls.Params(feature_weight=0), num_classes=10, in_channels=1)
+
+
+def test_feature_mutual_loss_three_peers_uses_the_mean_of_the_others():
+    u = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([[-1.0, 0.0]])]  # -> e1, e2, -e1
+    # peer 1: |e1 - (e2 - e1)/2|^2 = 2.5; peer 2: |e2 - 0|^2 = 1; peer 3: |-e1 - (e1 + e2)/2|^2 = 2.5
+    assert feature_mutual_loss(u).item() == pytest.approx(6.0)
+
+
+def test_kdcl_loss_views_and_detached_mean_target():
+    cls = DISTILLERS["kdcl"]
+    peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 2.0]), FixedPeer([0.5, 0.5])]
+    d = cls(peers, cls.Params())
+    d.set_augment(make_augment("flip"))
+    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    zs = [p.logits.detach() for p in peers]
+    mean = torch.stack(zs).mean(0)
+    expected_kl = sum(9 * kl(softmax(mean.tolist(), 3), softmax(z.tolist(), 3)) for z in zs)
+    expected_ce = sum(-math.log(softmax(z.tolist())[y]) for z in zs for y in Y.tolist()) / 4
+    assert losses["kl"].item() == pytest.approx(expected_kl, rel=1e-5)
+    assert losses["ce"].item() == pytest.approx(expected_ce, rel=1e-6)
+    losses["kl"].backward()
+    for p, z in zip(peers, zs):  # per row T (p_i - p_mean) / B, summed over the B identical rows
+        torch.testing.assert_close(p.logits.grad, 3 * (torch.softmax(z / 3, 0) - torch.softmax(mean / 3, 0)))
+
+
+def test_one_loss_and_gate_by_hand():
+    import torch.nn.functional as F
+
+    cls = DISTILLERS["one"]
+    torch.manual_seed(0)
+    d = cls.from_names(["resnet8"] * 3, cls.Params(), num_classes=10, in_channels=1)
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([1, 2, 3, 4, 5, 6])
+    d.eval()
+    with torch.no_grad():
+        d.gate[1].running_mean.uniform_(-1, 1)
+        d.gate[1].running_var.uniform_(0.5, 2)
+        logits, ensemble = d._branches(x)
+        fc, bn = d.gate[0], d.gate[1]  # gate = softmax(ReLU(BN(FC(pooled trunk feature))))
+        h = F.linear(d.trunk(x).mean((2, 3)), fc.weight, fc.bias)
+        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        gate = torch.softmax(h.clamp(min=0), 1)
+        torch.testing.assert_close(ensemble, sum(gate[:, i:i + 1] * z for i, z in enumerate(logits)))
+        _, losses = d.forward_train(x, y, info())
+    ce = sum(F.cross_entropy(z, y) for z in logits) + F.cross_entropy(ensemble, y)
+    kl_total = sum(9 * kl_rows(ensemble, z, 3.0) for z in logits)
+    assert losses["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert losses["kl"].item() == pytest.approx(kl_total.item(), rel=1e-4)  # fp32 softmax vs log_softmax
+
+
 @pytest.fixture(scope="module")
 def online_common(tmp_path_factory):
     from mixdistill.data.synthetic import write_fashion_like

@@ -50,7 +50,10 @@ def _print_summary_table(summaries):
     for s in summaries:
         table.add_row(s["name"], s["method"], s["student"], str(s["seed"]), _fmt(s["last_acc"]),
                       _fmt(s["best_acc"]), _fmt(s.get("teacher_acc")), f"{s['train_time_s']:.0f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for note in dict.fromkeys(n for s in summaries for n in s.get("notes", [])):
+        console.print(f"note: {note}", markup=False)
 
 
 def _fmt(x):

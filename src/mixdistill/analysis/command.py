@@ -21,6 +21,7 @@ from mixdistill.analysis.calibration import DEFAULT_BINS, calibration, plot_reli
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination
 from mixdistill.analysis.smoothness import CLASS_NAMES, TSNE_SAMPLES, plot_tsne, smoothness, tsne_embedding
 from mixdistill.errors import CheckpointError, ConfigError, DataError
+from mixdistill.provenance import reconstruction_notes
 
 REPORT_NAME, METRICS_NAME = "report.md", "metrics.json"
 FIGURES = {"reliability": "reliability_diagram.png", "tsne": "tsne.png"}
@@ -184,7 +185,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     data_cfg = config.get("data", {}) or {}
     model_cfg = config.get("model", {}) or {}
-    notes: list[str] = []
+    notes: list[str] = reconstruction_notes(config)
 
     # what the model was trained on: normalisation, classes, channels
     train_name = dataset or data_cfg.get("dataset") or (data if data in DATASETS else None)

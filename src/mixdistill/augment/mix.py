@@ -91,6 +91,16 @@ def _partner(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
     return derangement(n, generator) if kind == "derangement" else torch.randperm(n, generator=generator)
 
 
+def _distinct_partner(n: int, kind: str, generator: torch.Generator, taken: list[torch.Tensor]) -> torch.Tensor:
+    """A partner permutation that gives no row a partner it already has in ``taken`` (rejection sampling:
+    about e^len(taken) draws, so a handful for Cut^nMix's n = 2 or 3)."""
+    taken = [t.cpu() for t in taken]
+    while True:
+        perm = _partner(n, kind, generator)
+        if not any(bool((perm == t).any()) for t in taken):
+            return perm
+
+
 def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """CutMix boxes, one per entry of ``lam`` (CPU float tensor [N]) -> CPU int64 [N, 4] (y1, x1, y2, x2).
 
@@ -355,14 +365,17 @@ def cut_n_mix(
     batch by default, per sample with ``per_sample_boxes``). The label weight of each source is its VISIBLE
     area after all pastes (later boxes cover earlier ones); the base keeps the rest. K = n + 1,
     sources = [arange, p_1, ..., p_n], boxes [B, n, 4] in paste order. With n = 1 this is ``cutmix`` and,
-    under the same generator state, gives the same record. The partners of one sample are independent, so
-    two of them can be the same image; soft_targets then adds their weights.
+    under the same generator state, gives the same record. Each sample's n boxes come from n different
+    images (methods.md): paste j's derangement is redrawn until no sample gets a partner it already has.
     """
     check_choice("partner", partner, ("derangement", "permutation"))
     if n < 1:
         raise ConfigError(f"cut_n_mix: n must be >= 1, got {n}")
     _check_generator(generator)
     b, _, h, w = images.shape
+    if b - (partner == "derangement") < n:
+        raise ConfigError(f"cut_n_mix: {n} different partner images per sample need a batch of at least "
+                          f"{n + (partner == 'derangement')}, got {b}")
     dev = images.device
     nb = b if per_sample_boxes else 1
     out = images
@@ -371,7 +384,7 @@ def cut_n_mix(
     for j in range(1, n + 1):  # loop over pastes, not samples
         lam = sample_beta(alpha, (nb,), generator)
         box = _to(draw_boxes(lam, h, w, generator), dev)
-        perm = _to(_partner(b, partner, generator), dev)
+        perm = _to(_distinct_partner(b, partner, generator, sources[1:]), dev)
         mask = box_mask(box, h, w)
         out = torch.where(mask, images[perm], out)
         owner = owner.masked_fill(mask, j)

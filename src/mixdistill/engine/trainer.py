@@ -27,6 +27,7 @@ from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
+from mixdistill.provenance import reconstruction_notes
 
 # config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
@@ -362,10 +363,12 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(_to_yaml(cfg.to_dict()))
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
                            quiet=self.quiet or not main, write=main)
-        logger.info(f"run {self.run_dir}: {cfg.method.name} student={cfg.model.student} "
+        logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
+        for note in reconstruction_notes(cfg.to_dict()):
+            logger.info(f"note: {note}")
         if self.teacher_report is not None:
             r = self.teacher_report
             logger.info(f"fast teacher: {r.folded_pairs} conv+bn pairs folded, channels_last={r.channels_last}, "
@@ -471,12 +474,19 @@ def compile_in_place(module: nn.Module, mode: str | None) -> None:
         module.forward_features = torch.compile(module.forward_features, mode=mode)
 
 
+def model_label(cfg: RunConfig) -> str:
+    """The trained network(s): the student, or an online method's peers when model.peers names them."""
+    online = getattr(DISTILLERS.get_or_raise(cfg.method.name), "online", False)
+    return ",".join(cfg.model.peers) if online and cfg.model.peers else cfg.model.student
+
+
 def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) -> dict:
     evaluated = [h for h in history if "test_acc" in h]
     last = evaluated[-1] if evaluated else {}
     best = max(evaluated, key=lambda h: h["test_acc"]) if evaluated else {}
     return {
-        "name": cfg.name, "method": cfg.method.name, "student": cfg.model.student,
+        "name": cfg.name, "method": cfg.method.name,
+        "student": model_label(cfg),
         "teacher": cfg.model.teacher_checkpoint, "seed": cfg.seed, "dataset": cfg.data.dataset,
         "epochs": cfg.optim.total_epochs,
         "last_acc": last.get("test_acc"), "best_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
@@ -484,6 +494,7 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
         "teacher_acc": teacher_eval["acc"] if teacher_eval else None,
         **{f"last_{k.removeprefix('test_')}": v for k, v in last.items() if k.startswith("test_acc_")},
         "train_time_s": sum(h["epoch_time_s"] for h in history),
+        "notes": reconstruction_notes(cfg.to_dict()),
     }
 
 

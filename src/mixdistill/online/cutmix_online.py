@@ -27,12 +27,9 @@ from pydantic import Field
 from torch import nn
 
 from mixdistill.distill.registry import DISTILLERS
+from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
-
-RECONSTRUCTION_NOTE = ("cutnmix is a reconstruction of shen2022 (Mixed Sample Augmentation for Online "
-                       "Distillation) from its abstract only")
-
 
 class OnlineCutMixParams(OnlineParams):
     temperature: float = Field(3.0, gt=0)
@@ -88,6 +85,12 @@ class CutNMix(OnlineDistiller):
 
     def __init__(self, peers, params):
         super().__init__(peers, params)
+        widths = [getattr(peer, "feature_dim", None) for peer in peers]
+        if params.feature_weight > 0 and len(set(widths)) > 1:
+            raise ConfigError(
+                "cutnmix: the feature-level mutual loss compares the peers' pooled features, so every peer needs "
+                f"the same feature width; got {', '.join(f'peer {i}: {w}' for i, w in enumerate(widths))}. "
+                "Use peers of one width or set method.feature_weight=0")
         if params.teacher == "ema":
             self.ema_peers = nn.ModuleList(copy.deepcopy(p) for p in peers)
             self.ema_peers.requires_grad_(False)
