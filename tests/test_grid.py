@@ -71,6 +71,40 @@ def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch)
     assert rows["kd/seed1"]["labels"] == {"seed": 1} and rows["kd/seed1"]["summary"]["last_acc"] is not None
 
 
+def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist_root, tmp_path, monkeypatch):
+    import copy
+
+    from mixdistill.errors import MixdistillError
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    run_grid(runs, study, log=lambda *_: None)
+    original, calls, logged = grid_module.execute, [], []
+
+    def counting(run, *args, **kwargs):
+        calls.append(run.key)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", counting)
+    changed = copy.deepcopy(runs)
+    changed[1].config["method"] = {"name": "kd", "temperature": 2.0}
+    rows = run_grid(changed, study, log=logged.append)
+    assert calls == ["kd/seed0"], "only the run whose config changed runs again"
+    assert rows["kd/seed0"]["config"]["method"]["temperature"] == 2.0
+    assert any("different config" in line for line in logged)
+    assert (study / "runs" / "kd__seed0.superseded1" / "summary.json").exists(), "the old run is kept aside"
+
+    calls.clear()
+    run_grid(changed, study, rerun=["teach*"], log=lambda *_: None)
+    assert calls == ["teacher", "kd/seed0"], "a re-run teacher's students run again"
+    assert (study / "runs" / "teacher.superseded1" / "last.pt").exists()
+    calls.clear()
+    run_grid(changed, study, log=lambda *_: None)
+    assert calls == []
+    with pytest.raises(MixdistillError, match="matches no run"):
+        run_grid(changed, study, rerun=["nothing/*"], log=lambda *_: None)
+
+
 def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
     from mixdistill.engine import trainer
 

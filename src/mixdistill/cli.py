@@ -175,12 +175,18 @@ def _add_study(sub):
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (seconds)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per student configuration")
-    p.add_argument("--executor", default="local", choices=["local", "ray"])
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one run after another in this process; ray: one Ray task per run (every node must "
+                        "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
+    p.add_argument("--address", default=None, help="Ray cluster address; unset: a local Ray instance")
     p.add_argument("--output-dir", default="runs/studies", help="the study lives in OUTPUT_DIR/NAME_SCALE")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--gpus-per-run", type=float, default=None, help="Ray GPU request per run (default: 1 at "
-                                                                    "--scale full, else 0)")
+    p.add_argument("--data-root", default=None, help="dataset directory; unset: $MIXDISTILL_DATA, the Debian "
+                                                     "path, then the download cache")
+    p.add_argument("--rerun", action="append", default=[], metavar="PATTERN",
+                   help="run again the runs whose key matches this fnmatch pattern, e.g. 'cutnmix/*' (repeatable); "
+                        "runs whose config changed are re-run without it")
+    p.add_argument("--gpus-per-run", type=float, default=None, help="Ray GPU request per run; unset: 1 at "
+                                                                    "--scale full, else 0")
     p.set_defaults(func=cmd_study)
 
 
@@ -189,7 +195,7 @@ def cmd_study(args) -> int:
 
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
                      executor=args.executor, address=args.address, data_root=args.data_root,
-                     gpus_per_run=args.gpus_per_run)
+                     gpus_per_run=args.gpus_per_run, rerun=args.rerun)
     print(path.read_text())
     return 0
 

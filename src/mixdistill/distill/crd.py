@@ -47,7 +47,7 @@ from torch import nn
 
 from mixdistill.distill.base import Distiller, MethodParams, TrainSet
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.losses import kd_loss, mixed_cross_entropy
+from mixdistill.losses import cross_entropy, kd_loss, mixed_cross_entropy
 
 NCE_EPS = 1e-7
 
@@ -216,3 +216,33 @@ class CRDKD(CRD):
         logits, teacher_logits, losses = self.ce_and_crd(images, labels, info)
         return logits, {"ce": losses["ce"], "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
                         "crd": losses["crd"]}
+
+
+@DISTILLERS.register("crd_kd_view")
+class CRDKDView(CRD):
+    """wang2022's "CRD + augmentation": its clean + augmented scheme (``kd_view``) with CRD added on the clean
+    batch. ``ce_weight * CE(z_s(x), y) + kd_weight * [KL_T(z_t(x) || z_s(x)) + KL_T(z_t(x') || z_s(x'))]
+    + crd_weight * CRD(x)``; the view ``x'`` gets the KL term only (teacher re-run on it, or CutMixPick's pool
+    logits), its mixed labels unused; the student forwards ``x`` and ``x'`` separately."""
+
+    Params = CRDKDParams
+    default_augment = "cutmix"
+
+    def forward_train(self, images, labels, info):
+        if info.indices is None:
+            raise ValueError("CRD needs the dataset indices of the batch (StepInfo.indices)")
+        p = self.params
+        view = self.mix(images, labels, info)
+        info.train_labels = None  # the returned logits are the clean batch's
+        with torch.inference_mode():
+            teacher_logits, teacher_feats = self.teacher.forward_features(images)
+            teacher_view = view.teacher_logits if view.teacher_logits is not None else self.teacher(view.images)
+        teacher_logits, f_t = teacher_logits.clone(), teacher_feats["pooled"].clone()
+        teacher_view = teacher_view.clone()
+        logits, feats = self.student.forward_features(images)
+        logits_view = self.student(view.images)
+        crd = self.crd(feats["pooled"], f_t, info.indices.to(logits.device))
+        return logits, {"ce": p.ce_weight * cross_entropy(logits, labels),
+                        "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
+                        "kd_view": p.kd_weight * kd_loss(logits_view, teacher_view, p.temperature),
+                        "crd": p.crd_weight * crd}

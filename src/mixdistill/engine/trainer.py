@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.provenance import reconstruction_notes
 
 # config keys that may differ between a run and its resumption (they do not change the result)
+PATH_KEYS = {"model.teacher_checkpoint"}
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
                     "data.num_workers", "output_dir"}
 
@@ -505,6 +507,8 @@ def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
         if path in RESUME_FREE_KEYS:
             continue
         va, vb = a.get(key), b.get(key)
+        if path in PATH_KEYS and va and vb and os.path.abspath(va) == os.path.abspath(vb):
+            continue  # the same file, named relative to this directory once and absolutely once
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs += config_difference(va, vb, path + ".")
         elif va != vb:
@@ -532,9 +536,39 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
     return Trainer(cfg, resume=resume, quiet=quiet).fit()
 
 
-def train_or_reuse(cfg: RunConfig, *, quiet: bool = False) -> dict:
+def saved_config_difference(cfg: RunConfig) -> list[str] | None:
+    """How ``cfg`` differs from the config saved in its run directory (``[]``: the same run; ``None``: nothing
+    saved there). A saved config that no longer validates counts as different."""
+    import yaml
+
+    path = cfg.run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        saved = build_config(yaml.safe_load(path.read_text())).to_dict()
+    except Exception as err:  # written by an older mixdistill whose schema differs
+        return [f"saved config no longer valid ({type(err).__name__})"]
+    return config_difference(saved, cfg.to_dict())
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename a run directory out of the way (never delete: nothing already written is lost)."""
+    n = 1
+    while (target := run_dir.with_name(f"{run_dir.name}.superseded{n}")).exists():
+        n += 1
+    run_dir.rename(target)
+    return target
+
+
+def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
     """Finished run → its summary; a run killed midway → resumed; otherwise a fresh run. Used by the
-    demo and the studies so that re-running them skips finished work and loses nothing."""
+    demo and the studies so that re-running them skips finished work and loses nothing. A run directory
+    whose saved config differs from ``cfg`` is set aside (renamed) and the run trained afresh."""
+    diff = saved_config_difference(cfg)
+    if diff:
+        old = set_aside(cfg.run_dir)
+        log(f"{cfg.run_dir.name}: config changed since it ran ({'; '.join(diff[:3])}"
+            f"{'; ...' if len(diff) > 3 else ''}); old run moved to {old}, training afresh")
     summary_path = cfg.run_dir / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())

@@ -1,14 +1,17 @@
 """Run a grid of training runs (seeds x methods x pairs) locally or as Ray tasks.
 
-Every finished run appends one row to ``results.jsonl`` in the study directory; the file is rewritten
-atomically (temp file + rename, under a lock), so it is never half-written. Re-running a grid skips
-runs whose key has a row, resumes a run killed midway from its last checkpoint, and retries a run that
-crashed. Runs are grouped in stages: stage k starts after stage k-1 finished (teachers before students).
+Every finished run appends one row (with its resolved config) to ``results.jsonl`` in the study directory;
+the file is rewritten atomically (temp file + rename, under a lock), so it is never half-written. Re-running
+a grid skips runs whose row was made with the same config, re-runs those whose config changed since (their
+old run directory is renamed aside, not deleted) and those named by ``rerun`` patterns, resumes a run killed
+midway from its last checkpoint, and retries a run that crashed. Runs are grouped in stages: stage k starts
+after stage k-1 finished (teachers before students).
 """
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 import tempfile
@@ -70,7 +73,7 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
         try:
             summary = train_or_reuse(cfg, quiet=quiet)
             return {"key": run.key, "labels": run.labels, "stage": run.stage, "summary": summary,
-                    "attempts": attempt + 1}
+                    "attempts": attempt + 1, "config": cfg.to_dict()}
         except MixdistillError:
             raise  # bad input: retrying cannot help
         except Exception:
@@ -78,19 +81,50 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
                 raise
 
 
+def _row_matches(row: dict, cfg) -> bool:
+    """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
+    checked against the config saved in the run's directory."""
+    from mixdistill.engine.trainer import config_difference, saved_config_difference
+
+    if "config" in row:
+        return not config_difference(row["config"], cfg.to_dict())
+    return saved_config_difference(cfg) == []
+
+
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
-             retries: int = 1, quiet: bool = True, log=print) -> dict[str, dict]:
+             retries: int = 1, quiet: bool = True, rerun: list[str] = (), log=print) -> dict[str, dict]:
+    """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``)."""
+    from mixdistill.engine.trainer import set_aside
+
     study_dir = Path(study_dir)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError("grid keys must be unique")
-    for run in runs:  # validate every config before any work starts
-        resolve(run, study_dir)
+    configs = {run.key: resolve(run, study_dir) for run in runs}  # validate every config before any work starts
+    unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
+    if unmatched:
+        raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
     results = ResultsFile(study_dir / "results.jsonl")
     done = results.read()
+    again: dict[str, str] = {}  # key -> why it runs again
+    for run in sorted(runs, key=lambda r: r.stage):
+        cfg = configs[run.key]
+        teacher_dir = Path(cfg.model.teacher_checkpoint).parent if cfg.model.teacher_checkpoint else None
+        if run.key not in done:
+            continue
+        if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
+            again[run.key] = "re-running as asked"
+        elif not _row_matches(done[run.key], cfg):
+            again[run.key] = "finished with a different config; re-running it"
+        elif teacher_dir is not None and any(configs[k].run_dir == teacher_dir for k in again):
+            again[run.key] = "its teacher runs again; re-running it"
+    for key, why in again.items():
+        del done[key]
+        moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
+        log(f"{key}: {why}{moved}")
     skipped = sum(r.key in done for r in runs)
     if skipped:
-        log(f"{skipped} of {len(runs)} runs already finished; skipping them")
+        log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
     for stage in sorted({r.stage for r in runs}):
         todo = [r for r in runs if r.stage == stage and r.key not in done]
         if not todo:
