@@ -19,6 +19,32 @@ def softmax(xs):
     return [v / sum(e) for v in e]
 
 
+# Closed forms written with torch primitives only (not mixdistill.losses), for the distiller-level checks.
+
+def log_softmax(z):
+    return z - z.logsumexp(1, keepdim=True)
+
+
+def kl_batchmean(t, s):
+    """KL(softmax(t) || softmax(s)), summed over classes, mean over samples."""
+    log_t, log_s = log_softmax(t), log_softmax(s)
+    return (log_t.exp() * (log_t - log_s)).sum(1).mean()
+
+
+def hard_ce(z, y):
+    return -log_softmax(z).gather(1, y[:, None]).mean()
+
+
+def mixed_targets(record, y, classes=5):
+    """Soft labels of a mixing record: sum_k weights[:, k] * onehot(y[sources[:, k]])."""
+    return sum(record.weights[:, k:k + 1] * nn.functional.one_hot(y[record.sources[:, k]], classes).float()
+               for k in range(record.sources.shape[1]))
+
+
+def unbiased_std(z):
+    return ((z - z.mean(1, keepdim=True)) ** 2).sum(1, keepdim=True).div(z.shape[1] - 1).sqrt()
+
+
 def test_mixstd_hand_computed():
     # student [1, 2, 3]: unbiased std 1; teacher [0, 0, 3]: mean 1, unbiased var (1 + 1 + 4) / 2 = 3
     s = torch.tensor([[1.0, 2.0, 3.0]])
@@ -29,6 +55,30 @@ def test_mixstd_hand_computed():
     p_t = softmax([0.0, 0.0, 3.0 / math.sqrt(3.0)])
     expected_ce = -(0.5 * math.log(p_s[0]) + 0.5 * math.log(p_s[1]))
     expected_kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))  # no T^2
+    assert ce.item() == pytest.approx(expected_ce, rel=1e-6)
+    assert kl.item() == pytest.approx(expected_kl, rel=1e-6)
+
+
+def test_mixstd_hand_computed_std_not_one():
+    # Rows whose unbiased std is not 1, so the soft-label CE on raw logits differs from the one on z / std:
+    # student [0, 2, 4]: mean 2, var (4 + 0 + 4) / 2 = 4, std 2   -> [0, 1, 2]
+    # student [3, 0, 0]: mean 1, var (4 + 1 + 1) / 2 = 3, std √3  -> [√3, 0, 0]
+    # teacher [1, 1, 4]: mean 2, var (1 + 1 + 4) / 2 = 3, std √3  -> [1, 1, 4] / √3
+    # teacher [0, 0, 1/2]: mean 1/6, var (1/36 + 1/36 + 4/36) / 2 = 1/12, std 1/(2√3) -> [0, 0, √3]
+    r3 = math.sqrt(3.0)
+    s = torch.tensor([[0.0, 2.0, 4.0], [3.0, 0.0, 0.0]])
+    t = torch.tensor([[1.0, 1.0, 4.0], [0.0, 0.0, 0.5]])
+    targets = [[0.25, 0.0, 0.75], [0.0, 0.6, 0.4]]
+    s_norm = [[0.0, 1.0, 2.0], [r3, 0.0, 0.0]]
+    t_norm = [[1 / r3, 1 / r3, 4 / r3], [0.0, 0.0, r3]]
+    expected_ce = sum(-sum(q * math.log(p) for q, p in zip(row, softmax(z)) if q)
+                      for row, z in zip(targets, s_norm)) / 2
+    raw_ce = sum(-sum(q * math.log(p) for q, p in zip(row, softmax(z.tolist())) if q)
+                 for row, z in zip(targets, s)) / 2
+    expected_kl = sum(sum(pt * math.log(pt / ps) for pt, ps in zip(softmax(zt), softmax(zs)))
+                      for zt, zs in zip(t_norm, s_norm)) / 2
+    assert abs(raw_ce - expected_ce) > 0.1  # the case tells the two apart
+    ce, kl = mixstd_terms(s, t, torch.tensor(targets), eps=0.0)
     assert ce.item() == pytest.approx(expected_ce, rel=1e-6)
     assert kl.item() == pytest.approx(expected_kl, rel=1e-6)
 
@@ -110,6 +160,52 @@ def test_kd_on_mixed_batch_uses_soft_labels_and_teacher_on_same_images():
         0.1 * soft_cross_entropy(logits, record.soft_targets(y, 5)).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("name, temperature", [("kd", None), ("kd", 2.0), ("mix_kd", None), ("mix_kd", 3.0)])
+def test_kd_distiller_terms_at_temperature(name, temperature):
+    # T^2 * batchmean KL(softmax(t/T) || softmax(s/T)) at T != 1 (default 4): a T ignored would give T = 1
+    x, y = batch()
+    d = make(name, **({} if temperature is None else {"temperature": temperature}))
+    T = 4.0 if temperature is None else temperature
+    logits, losses = d.forward_train(x, y, info(5))
+    if name == "mix_kd":
+        record = make_augment("mixup_two_perm")(x, y, generator=torch.Generator().manual_seed(5))
+        images, targets = record.images, mixed_targets(record, y)
+    else:
+        images, targets = x, nn.functional.one_hot(y, 5).float()
+    with torch.no_grad():
+        s, t = d.student(images), d.teacher(images)
+    assert torch.allclose(logits, s, atol=1e-6)
+    expected_kd = 0.9 * T**2 * kl_batchmean(t / T, s / T)
+    assert losses["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert abs(expected_kd.item() - 0.9 * kl_batchmean(t, s).item()) > 1e-3 * expected_kd.item()
+    expected_ce = 0.1 * -(targets * log_softmax(s)).sum(1).mean()
+    assert losses["ce"].item() == pytest.approx(expected_ce.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("weights", [{}, {"ce_weight": 0.3, "kd_weight": 2.0}])
+def test_mixstd_distiller_terms_on_the_mixed_batch(weights):
+    # Both networks on the two-permutation batch, logits divided by their own unbiased std (eps 1e-7),
+    # each term times its own weight (defaults 0.1 CE / 0.9 KL).
+    x, y = batch()
+    d = make("mixstd", **weights)
+    ce_w, kd_w = weights.get("ce_weight", 0.1), weights.get("kd_weight", 0.9)
+    logits, losses = d.forward_train(x, y, info(5))
+    record = make_augment("mixup_two_perm")(x, y, generator=torch.Generator().manual_seed(5))
+    assert (record.images - x).abs().max() > 0.1  # a real mix: the clean batch gives another teacher
+    with torch.no_grad():
+        s, t = d.student(record.images), d.teacher(record.images)
+    assert torch.allclose(logits, s, atol=1e-6)
+    std_s, std_t = unbiased_std(s), unbiased_std(t)
+    assert ((std_s - 1).abs() > 0.05).all()  # raw and std-normalised logits differ
+    s_n, t_n = s / (std_s + 1e-7), t / (std_t + 1e-7)
+    expected_ce = -(mixed_targets(record, y) * log_softmax(s_n)).sum(1).mean()
+    expected_kl = kl_batchmean(t_n, s_n)
+    assert losses["ce"].item() == pytest.approx(ce_w * expected_ce.item(), rel=1e-5)
+    assert losses["kd"].item() == pytest.approx(kd_w * expected_kl.item(), rel=1e-5)
+    # the terms are far enough apart that swapped weights cannot pass
+    assert abs(ce_w * expected_ce.item() - kd_w * expected_ce.item()) > 1e-3
+
+
 def test_kd_view_terms():
     x, y = batch()
     d = make("kd_view", make_augment("flip", p=1.0))  # a deterministic view: every image flipped
@@ -175,6 +271,84 @@ def test_das_kd_caches_teacher_logits_once():
     assert losses["kd"].item() == pytest.approx(uncached["kd"].item(), rel=1e-5)
     with pytest.raises(ConfigError, match="crop_padding=0"):
         make("das_kd").prepare(_trainset(x, y, augmented=True))
+
+
+@pytest.mark.parametrize("params", [{}, {"gamma": 0.3}, {"gamma": 0.3, "cache_teacher": False}])
+def test_das_kd_terms_hand_computed(params):
+    # g * T^2 * element-mean KL at T = 20 and (1 - g) * CE, on the cached and the uncached path
+    x, y = batch()
+    d = make("das_kd", **params)
+    g = params.get("gamma", 0.5)
+    if params.get("cache_teacher", True):
+        d.prepare(_trainset(x, y))
+    logits, losses = d.forward_train(x, y, info(indices=torch.arange(8)))
+    with torch.no_grad():
+        s, t = d.student(x), d.teacher(x)
+    assert losses["ce"].item() == pytest.approx((1 - g) * hard_ce(s, y).item(), rel=1e-5)
+    log_t, log_s = log_softmax(t / 20), log_softmax(s / 20)
+    elementwise = (log_t.exp() * (log_t - log_s)).mean()
+    assert losses["kd"].item() == pytest.approx(g * 400 * elementwise.item(), rel=1e-4)
+
+
+class RecordingTeacher(nn.Module):
+    """Wraps a teacher and records, at every forward, (inference mode on, grad enabled, self.training,
+    the wrapped net's training)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.feature_dim, self.num_classes = net.feature_dim, net.num_classes
+        self.calls = []
+
+    def _record(self):
+        self.calls.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled(), self.training,
+                           self.net.training))
+
+    def forward(self, x):
+        self._record()
+        return self.net(x)
+
+    def forward_features(self, x):
+        self._record()
+        return self.net.forward_features(x)
+
+
+@pytest.mark.parametrize("name, augment, params", [
+    ("kd", None, {}), ("mix_kd", None, {}), ("mixstd", None, {}), ("kd_view", None, {}),
+    ("kd_view", "cutmix_pick", {}), ("das_kd", None, {}), ("das_kd", None, {"cache_teacher": False}),
+    ("dkd", None, {}), ("crd", None, {"nce_k": 8}), ("crd_kd", None, {"nce_k": 8}),
+    ("crd_kd_view", None, {"nce_k": 8}), ("crd_kd_view", "cutmix_pick", {"nce_k": 8}),
+])
+def test_teacher_forward_in_inference_mode_and_eval_mode(name, augment, params):
+    # Spec: the teacher is frozen: eval() always, no autograd, its forward in torch.inference_mode().
+    x, y = batch(16)
+    cls = DISTILLERS[name]
+    teacher = RecordingTeacher(TinyNet(seed=2))
+    d = cls(TinyNet(seed=1), teacher, cls.Params(**params))
+    aug = augment or cls.default_augment
+    d.set_augment(make_augment(aug) if aug else None)
+    idx = torch.arange(16)
+    d.prepare(TrainSet(16, 5, lambda: iter([(x, y, idx)]), False))
+    d.train()  # the trainer's call: the student trains, the teacher must stay in eval mode
+    d.teacher.requires_grad_(True)  # even a teacher whose weights would take gradients records none
+    for step in range(2):
+        _, losses = d.forward_train(x, y, StepInfo(0, step, 1, torch.Generator().manual_seed(step), indices=idx))
+        sum(losses.values()).backward()
+    assert teacher.calls, "the teacher was never run"
+    for inference, grad, training, net_training in teacher.calls:
+        assert inference, "teacher forward outside torch.inference_mode"
+        assert not grad, "teacher forward with autograd enabled"
+        assert not training and not net_training, "teacher forward in train mode"
+    assert all(p.grad is None for p in d.teacher.parameters())
+
+
+def test_augment_that_needs_a_teacher_refused_for_a_method_without_one():
+    d = DISTILLERS["ce"](TinyNet(seed=1), None, DISTILLERS["ce"].Params())
+    with pytest.raises(ConfigError, match="cutmix_pick .*teacher.*method ce"):
+        d.set_augment(make_augment("cutmix_pick", criterion="student_entropy"))
+    assert d.augment is None
+    d.set_augment(make_augment("cutmix"))  # other augmentations are fine
+    d.forward_train(*batch(), info())
 
 
 ALL = ["ce", "kd", "mix_kd", "kd_view", "mixstd", "das_kd"]

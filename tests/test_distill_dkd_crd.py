@@ -123,6 +123,21 @@ def test_dkd_warmup(epoch, factor):
     assert set(losses) == {"ce", "dkd"}
 
 
+@pytest.mark.parametrize("params", [{}, {"ce_weight": 0.4}])
+def test_dkd_ce_term_hand_computed(params):
+    # ce_weight (default 1) * CE(z_s, y), with y the batch labels (no mixing)
+    images, labels, _ = train_set(8)
+    d = make("dkd", **params)
+    logits, losses = d.forward_train(images, labels, info(epoch=3))
+    with torch.no_grad():
+        s = d.student(images)
+    assert torch.allclose(logits, s, atol=1e-6)
+    log_p = s - s.logsumexp(1, keepdim=True)
+    expected = -log_p[torch.arange(8), labels].mean().item()
+    assert expected > 0.1
+    assert losses["ce"].item() == pytest.approx(params.get("ce_weight", 1.0) * expected, rel=1e-5)
+
+
 def test_dkd_with_mixup_uses_source_zero_as_target():
     images, labels, _ = train_set(8)
     d = make("dkd", augment="mixup_two_perm", warmup=0)
@@ -257,6 +272,47 @@ def test_crd_terms_and_gradients(name):
         with torch.no_grad():
             expected = kd_loss(d.student(images[:8]), d.teacher(images[:8]), 4.0)
         assert losses["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("params", [{}, {"crd_weight": 0.5, "ce_weight": 0.3}])
+def test_crd_terms_hand_computed(params, monkeypatch):
+    # crd = crd_weight (default 0.8) * (NCE(student embedding vs teacher bank) + NCE(teacher embedding vs
+    # student bank)), the NCE written out here from the banks before the step, the embedding heads' linear
+    # layers and Z set from this (first) batch; ce = ce_weight (default 1) * CE.
+    images, labels, _ = train_set()
+    k, n, nce_t, eps = 16, N_DATA, 0.07, 1e-7
+    d = make("crd", nce_k=k, **params)
+    rows, positives = torch.arange(8), torch.arange(8, 16)
+    g = torch.Generator().manual_seed(11)
+    idx = torch.cat([positives[:, None], torch.randint(n, (8, k), generator=g)], 1)
+    seen = []
+    monkeypatch.setattr(d.crd, "contrast_indices", lambda pos: seen.append(pos.clone()) or idx)
+    mem = d.crd.memory
+    teacher_bank, student_bank = mem.teacher_bank.clone(), mem.student_bank.clone()
+    assert mem.z_student.item() == -1 and mem.z_teacher.item() == -1
+    logits, losses = d.forward_train(images[rows], labels[rows], info(indices=positives))
+    assert torch.equal(seen[0], positives)
+    with torch.no_grad():
+        s, feats_s = d.student.forward_features(images[rows])
+        _, feats_t = d.teacher.forward_features(images[rows])
+
+        def embed(linear, f):
+            h = f @ linear.weight.T + linear.bias
+            return h / h.norm(dim=1, keepdim=True)
+
+        def nce(bank, v):
+            e = torch.exp((bank[idx] * v[:, None, :]).sum(2) / nce_t)  # [B, K + 1]
+            p = e / (e.mean() * n)  # Z from the first batch
+            pn = k / n
+            return -(torch.log(p[:, 0] / (p[:, 0] + pn + eps)).sum()
+                     + torch.log(pn / (p[:, 1:] + pn + eps)).sum()) / 8
+
+        v_s, v_t = embed(d.crd.embed_s.linear, feats_s["pooled"]), embed(d.crd.embed_t.linear, feats_t["pooled"])
+        expected_crd = nce(teacher_bank, v_s) + nce(student_bank, v_t)
+        ce = -(s - s.logsumexp(1, keepdim=True))[torch.arange(8), labels[rows]].mean()
+    assert torch.allclose(logits, s, atol=1e-6)
+    assert losses["crd"].item() == pytest.approx(params.get("crd_weight", 0.8) * expected_crd.item(), rel=1e-5)
+    assert losses["ce"].item() == pytest.approx(params.get("ce_weight", 1.0) * ce.item(), rel=1e-5)
 
 
 def test_crd_with_mixup_uses_source_zero_indices():

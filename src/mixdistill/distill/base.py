@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from mixdistill.augment import MixedBatch
+from mixdistill.errors import ConfigError
 
 
 @dataclass
@@ -69,9 +70,15 @@ class Distiller(nn.Module):
         return self
 
     def set_augment(self, augment: Callable | None) -> None:
-        self.augment = augment
         target = getattr(augment, "func", augment)
-        self._augment_wants_models = augment is not None and "teacher" in inspect.signature(target).parameters
+        wants_models = augment is not None and "teacher" in inspect.signature(target).parameters
+        if wants_models and self.teacher is None:  # fail at build time, not at the first step
+            name = getattr(target, "__name__", repr(target))
+            method = getattr(type(self), "registry_name", type(self).__name__)
+            raise ConfigError(f"augmentation {name} scores the pool with the teacher; method {method} has none "
+                              "— use a distillation method (e.g. kd_view) or another augmentation")
+        self.augment = augment
+        self._augment_wants_models = wants_models
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> MixedBatch:
         """The configured augmentation's record for this batch (the identity record when there is none)."""
