@@ -274,6 +274,31 @@ def test_crd_terms_and_gradients(name):
         assert losses["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("augment", ["cutmix", "cutmix_pick"])
+def test_crd_kd_view_is_crd_kd_on_the_clean_batch_plus_the_views_kl(augment):
+    """crd_kd_view = crd_kd's CE, KD and CRD on the clean batch x (same initial state, same negatives)
+    + KL_4(z_t(x') || z_s(x')) on the view, weighted like KD; the view's labels are unused."""
+    images, labels, _ = train_set()
+    x, y, idx = images[:8], labels[:8], torch.arange(8, 16)
+    view_d, base_d = make("crd_kd_view", augment, nce_k=16), make("crd_kd", nce_k=16)
+    base_d.load_state_dict(view_d.state_dict())
+    torch.manual_seed(5)
+    _, view_losses = view_d.forward_train(x, y, info(indices=idx, seed=7))
+    torch.manual_seed(5)
+    _, base_losses = base_d.forward_train(x, y, info(indices=idx))
+    assert list(view_losses) == ["ce", "kd", "kd_view", "crd"]
+    for term in ("ce", "kd", "crd"):
+        assert view_losses[term].item() == pytest.approx(base_losses[term].item(), rel=1e-5), term
+    generator = torch.Generator().manual_seed(7)
+    models = {"teacher": view_d.teacher, "student": view_d.student} if augment == "cutmix_pick" else {}
+    student_mode = view_d.student.training
+    x_view = make_augment(augment)(x, y, generator=generator, **models).images
+    view_d.student.train(student_mode)
+    with torch.no_grad():
+        expected = kd_loss(view_d.student(x_view), view_d.teacher(x_view), 4.0)
+    assert view_losses["kd_view"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("params", [{}, {"crd_weight": 0.5, "ce_weight": 0.3}])
 def test_crd_terms_hand_computed(params, monkeypatch):
     # crd = crd_weight (default 0.8) * (NCE(student embedding vs teacher bank) + NCE(teacher embedding vs
