@@ -18,6 +18,11 @@ from mixdistill.studies.grid import GridRun
 NAME = "choi2023"
 
 
+def first_pair(sc) -> tuple[str, str]:
+    """(teacher, student) of the KD / MIXSTD comparisons: the scale's ``first_pair``, else the first of each list."""
+    return tuple(sc.get("first_pair") or (sc["teachers"][0], sc["students"][0]))
+
+
 def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list[GridRun]:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
@@ -35,7 +40,7 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
     student_base = merge(base, sc["student"])
     jobs = [(name, "mixup", t, s, extra) for t in sc["teachers"] for s in sc["students"]
             for name, extra in spec["pair_methods"].items()]
-    t0, s0 = sc["teachers"][0], sc["students"][0]
+    t0, s0 = first_pair(sc)
     jobs += [(name, extra["teacher"], t0, s0, {k: v for k, v in extra.items() if k != "teacher"})
              for name, extra in spec["first_pair_methods"].items()]
     for name, condition, teacher, student, extra in jobs:
@@ -85,6 +90,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                 if all(r["labels"].get(k) == v for k, v in want.items())]
 
     teachers, students = sc["teachers"], sc["students"]
+    t0, s0 = first_pair(sc)
     first = next(iter(rows.values()))["summary"]
     lines = [f"# choi2023 study ({scale} scale)", "",
              f"Dataset: {first['dataset']}. Top-1 %, last epoch, mean ± std over seeds. Paper (CIFAR-100, read "
@@ -107,9 +113,9 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
             lines.append(f"| {t} → {s} | {mean_std(a4)} | {mean_std(a1)} | {d:+.2f} | {fmt_p(p)} |")
     _heatmap(diff, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
     lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "",
-              f"## First pair ({teachers[0]} → {students[0]})", "", "| student method | accuracy |", "|---|---|"]
+              f"## First pair ({t0} → {s0})", "", "| student method | accuracy |", "|---|---|"]
     for name in ["mix_kd_T4", "mix_kd_T1", *spec["first_pair_methods"]]:
-        lines.append(f"| {name} | {mean_std(acc(method=name, teacher=teachers[0], student=students[0]))} |")
+        lines.append(f"| {name} | {mean_std(acc(method=name, teacher=t0, student=s0))} |")
     realised = [r["summary"] for r in rows.values() if r["labels"].get("method", "").startswith("mixstd_pmu")]
     lines += ["", "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): "
               "about exp(-0.9) = 0.41 with `replacement`, exactly 0.10 with `exact`." if realised else "",
@@ -119,7 +125,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                  f"p < 0.05) on {significant} — 'T = 1 is better on most pairs' "
                  + ("reproduced" if significant > n / 2 else "same direction, not significant on most pairs"
                     if wins > n / 2 else "NOT reproduced") + ".")
-    fp = dict(teacher=teachers[0], student=students[0])
+    fp = dict(teacher=t0, student=s0)
     for other in ("mix_kd_T4", "mix_kd_T1"):
         d, p = welch(acc(method="mixstd_fmu", **fp), acc(method=other, **fp))
         lines.append(f"- MIXSTD (FMU) vs {other} on the first pair: {d:+.2f} points (Welch p = {fmt_p(p)}).")
