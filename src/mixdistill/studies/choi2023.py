@@ -12,7 +12,8 @@ import statistics
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import fmt_p, load_study_config, mean_std, reference, scale_config, welch
+from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference,
+                                       scale_config, welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "choi2023"
@@ -114,12 +115,16 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     _heatmap(diff, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
     lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "",
               f"## First pair ({t0} → {s0})", "", "| student method | accuracy |", "|---|---|"]
-    for name in ["mix_kd_T4", "mix_kd_T1", *spec["first_pair_methods"]]:
+    first_methods = ["mix_kd_T4", "mix_kd_T1", *spec["first_pair_methods"]]
+    for name in first_methods:
         lines.append(f"| {name} | {mean_std(acc(method=name, teacher=t0, student=s0))} |")
+    plot_accuracy_bars({name: acc(method=name, teacher=t0, student=s0) for name in first_methods},
+                       study_dir / "choi2023_first_pair.png", f"{t0} → {s0} students")
     realised = [r["summary"] for r in rows.values() if r["labels"].get("method", "").startswith("mixstd_pmu")]
-    lines += ["", "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): "
-              "about exp(-0.9) = 0.41 with `replacement`, exactly 0.10 with `exact`." if realised else "",
-              "", "## Findings", ""]
+    lines += ["", "![first pair](choi2023_first_pair.png)", "",
+              "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): "
+              "about exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact` (13/128 = 0.102 at batch "
+              "128)." if realised else "", "", "## Findings", ""]
     n = len(diff)
     lines.append(f"- T = 1 beats T = 4 on {wins} of {n} (mixup teacher, student) pairs, significantly (Welch "
                  f"p < 0.05) on {significant} — 'T = 1 is better on most pairs' "

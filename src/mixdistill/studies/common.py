@@ -97,3 +97,40 @@ def test_outputs(run_dir: str | Path, data_root: str | None = None):
             probs.append(torch.softmax(logits.float(), 1))
             feats.append(f["pooled"].float())
     return torch.cat(probs), torch.cat(feats), split.labels
+
+
+def plot_accuracy_bars(groups: dict[str, list[float]], path: str | Path, title: str,
+                       paper: dict[str, float] | None = None, ylabel: str = "test top-1 %") -> Path:
+    """One bar per group (mean over seeds), an error bar of one std, every seed as a dot, and the paper's
+    value as a black tick where ``paper`` gives one."""
+    import numpy as np
+
+    from mixdistill.analysis.plots import class_colors, new_figure, save_figure
+
+    names = list(groups)
+    fig = new_figure(max(4.5, 1.0 + 0.75 * len(names)), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = class_colors(len(names))
+    for i, name in enumerate(names):
+        values = np.asarray([v for v in groups[name] if v is not None], dtype=float)
+        if len(values) == 0:
+            continue
+        ax.bar(i, values.mean(), color=colors[i], alpha=0.75, yerr=values.std(ddof=1) if len(values) > 1 else None,
+               capsize=3)
+        ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, s=10, color="black",
+                   zorder=3)
+        if paper and name in paper:
+            ax.plot([i - 0.35, i + 0.35], [paper[name]] * 2, color="black", linewidth=2, zorder=4,
+                    label="paper" if i == min(j for j, n in enumerate(names) if n in paper) else None)
+    every = [v for name in names for v in groups[name] if v is not None] + list((paper or {}).values())
+    if every:
+        low, high = min(every), max(every)
+        pad = max(0.5, 0.15 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if paper:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -10,15 +10,17 @@ verdict with the numbers and a Welch t-test across seeds.
 from __future__ import annotations
 
 import copy
+import statistics
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, reference, scale_config, test_outputs,
-                                       verdict, welch)
+from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference, scale_config,
+                                       test_outputs, verdict, welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "das2020"
 ECE_BINS = 10
+NOISY_STD = 3.0  # points of seed std above which a student's verdicts get a caveat
 
 
 def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list[GridRun]:
@@ -48,10 +50,14 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
 
 
 def _metrics(study_dir: Path, key: str, data_root) -> dict:
-    from mixdistill.analysis import class_discrimination, expected_calibration_error
+    from mixdistill.analysis import class_discrimination, expected_calibration_error, plot_reliability_diagram
 
     probs, _, labels = test_outputs(study_dir / "runs" / key.replace("/", "__"), data_root)
     out = {"ece": float(expected_calibration_error(probs, labels, bins=ECE_BINS))}
+    if key.startswith("teacher/"):
+        condition = key.split("/", 1)[1]
+        plot_reliability_diagram(probs, labels, study_dir / f"das2020_reliability_teacher_{condition}.png", ECE_BINS,
+                                 title=f"Teacher trained with {condition}")
     for variant in ("correct", "as_published"):
         out[f"cd_{variant}"] = float(class_discrimination(probs, labels, variant=variant)["cd"])
     return out
@@ -121,4 +127,17 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     lines.append(f"- Class-discrimination order of the {students[0]} students vs the paper's order "
                  f"(baseline > mixup > cutout > crop+flip > cutmix): Spearman rho = {rho:.2f} "
                  f"({'reproduced' if rho > 0.7 else 'not reproduced'} at threshold 0.7).")
+    for s in students:  # students too noisy to carry a verdict
+        spread = statistics.mean(statistics.stdev(v) for c in conditions if len(v := student_values(c, s, "acc")) > 1)
+        if spread > NOISY_STD:
+            lines.append(f"- Caveat: the {s} students' seed std averages {spread:.1f} points, above {NOISY_STD}; "
+                         f"their verdicts above carry little weight at this scale.")
+    lines += ["", "## Figures", ""]
+    for i, s in enumerate(students):
+        name = f"das2020_students_{s}.png"
+        plot_accuracy_bars({c: student_values(c, s, "acc") for c in conditions}, study_dir / name,
+                           f"{s} students by their teacher's augmentation",
+                           paper={c: ref["rows"][c][1 + i] for c in conditions} if scale == "full" else None)
+        lines += [f"![{s} students]({name})", ""]
+    lines += [f"![teacher {c}](das2020_reliability_teacher_{c}.png)" for c in conditions]
     return "\n".join(lines) + "\n"

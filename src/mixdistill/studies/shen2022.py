@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import fmt_p, load_study_config, mean_std, reference, scale_config, verdict, welch
+from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference,
+                                       scale_config, verdict, welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "shen2022"
@@ -55,11 +56,12 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         lines += [f"Not in this grid: {sc['not_run']}", ""]
     for setting, entry in settings(sc).items():
         lines += _setting_section(spec, ref, setting, entry, {k: r for k, r in rows.items()
-                                                              if r["labels"].get("setting", setting) == setting})
+                                                              if r["labels"].get("setting", setting) == setting},
+                                  study_dir, scale)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _setting_section(spec, ref, setting, entry, rows) -> list[str]:
+def _setting_section(spec, ref, setting, entry, rows, study_dir, scale) -> list[str]:
     reference_row = ref["rows"].get(setting)
     paper_row = dict(zip(ref["columns"], reference_row)) if reference_row else {}
 
@@ -82,7 +84,11 @@ def _setting_section(spec, ref, setting, entry, rows) -> list[str]:
         lines.append(f"| {method} | {mean_std(values(method, 'last_acc_mean_peer'))} | "
                      f"{mean_std(values(method, 'last_acc_best_peer'))} | {mean_std(values(method, 'last_acc_ensemble'))} | "
                      f"{paper_row.get(method, '-')} |")
-    lines += ["", "### Findings", ""]
+    figure = f"shen2022_{setting}.png"
+    plot_accuracy_bars({m: values(m, "last_acc" if m == "ce" else "last_acc_mean_peer") for m in methods},
+                       study_dir / figure, f"{setting}: mean peer (ce: the network alone)",
+                       paper={m: v for m, v in paper_row.items() if m in methods} if scale == "full" else None)
+    lines += ["", f"![{setting}]({figure})", "", "### Findings", ""]
     alone = values("ce", "last_acc")
     online = [m for m in ("dml", "kdcl", "one", "online_cutmix", "cutnmix") if m in methods]
     for method in online:

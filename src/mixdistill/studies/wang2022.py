@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, reference, scale_config, verdict,
-                                       welch)
+from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference,
+                                       scale_config, verdict, welch)
 from mixdistill.studies.grid import GridRun
 
 NAME = "wang2022"
@@ -158,7 +158,12 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                 v = ref["rows"][paper_rows[method]][paper_col]
                 paper = f"{v[0]:.2f} ± {v[1]:.2f}" if isinstance(v, list) else f"{v:.2f}"
             lines.append(f"| {method} | {mean_std(values(pair, method))} | {paper} |")
-        lines.append("")
+        figure = f"wang2022_accuracy_{pair}.png"
+        paper_values = {m: (lambda v: v[0] if isinstance(v, list) else v)(ref["rows"][paper_rows[m]][paper_col])
+                        for m in spec["methods"] if m in paper_rows} if paper_col is not None else None
+        plot_accuracy_bars({m: values(pair, m) for m in spec["methods"]}, study_dir / figure, f"{pair} students",
+                           paper=paper_values if scale == "full" else None)
+        lines += ["", f"![{pair} students]({figure})", ""]
     lines += ["## Findings", ""]
     for pair in pairs:
         kd = values(pair, "kd")
