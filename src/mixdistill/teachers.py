@@ -61,18 +61,27 @@ class TeacherSpec(NamedTuple):
     published_acc: float | None  # CIFAR-100 top-1 (%) reported with the checkpoints (CRD paper, Table 1/2)
 
 
-def _spec(arch: str, acc: float | None) -> TeacherSpec:
-    return TeacherSpec(arch, f"{ARCHIVE_ROOT}/{arch}_vanilla/{_CKPT_FILE}", acc)
+def _published_teacher_acc(arch: str) -> float | None:
+    """The teacher column of the CRD benchmark table (resources/reference_results.yaml), kept there as data."""
+    from importlib import resources
+
+    import yaml
+
+    table = yaml.safe_load(resources.files("mixdistill").joinpath("resources/reference_results.yaml").read_text())
+    rows = table["crd_benchmark"]["rows"]
+    return next((row[0] for pair, row in rows.items() if pair.split("-")[0] == arch), None)
+
+
+def _spec(arch: str) -> TeacherSpec:
+    return TeacherSpec(arch, f"{ARCHIVE_ROOT}/{arch}_vanilla/{_CKPT_FILE}", _published_teacher_acc(arch))
 
 
 #: Benchmark teacher name -> (zoo architecture, path inside the archive, published top-1).
 TEACHERS: dict[str, TeacherSpec] = {
-    "resnet56": _spec("resnet56", 72.34),
-    "resnet110": _spec("resnet110", 74.31),
-    "resnet32x4": _spec("resnet32x4", 79.42),
-    "wrn_40_2": _spec("wrn_40_2", 75.61),
-    "vgg13": _spec("vgg13", 74.64),  # VGG-13 with batch norm (RepDistiller's vgg13_bn)
-    "ResNet50": _spec("ResNet50", 79.34),
+    name: _spec(name)
+    for name in ("resnet56", "resnet110", "resnet32x4", "wrn_40_2",
+                 "vgg13",  # VGG-13 with batch norm (RepDistiller's vgg13_bn)
+                 "ResNet50")
 }
 
 
