@@ -1,4 +1,4 @@
-"""One study per paper: its grid (configs/studies/NAME.yaml), run by the grid runner, and its report."""
+"""One study per paper: its grid (src/mixdistill/resources/studies/NAME.yaml), run by the grid runner, and its report."""
 
 from __future__ import annotations
 

@@ -11,13 +11,13 @@ import yaml
 
 from mixdistill.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "studies"
+CONFIG_DIR = resources.files("mixdistill").joinpath("resources/studies")  # shipped with the package
 
 
 def load_study_config(name: str) -> dict:
-    """configs/studies/NAME.yaml: the study's grid and scales, as data."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.exists():
+    """src/mixdistill/resources/studies/NAME.yaml: the study's grid and scales, as data."""
+    path = CONFIG_DIR.joinpath(f"{name}.yaml")
+    if not path.is_file():
         raise ConfigError(f"study config not found: {path}")
     return yaml.safe_load(path.read_text())
 

@@ -1,6 +1,6 @@
 """das2020 study: do mixed-sample teachers make worse (but better calibrated) students?
 
-Grid (configs/studies/das2020.yaml): one teacher per augmentation condition (stage 0), then each student
+Grid (src/mixdistill/resources/studies/das2020.yaml): one teacher per augmentation condition (stage 0), then each student
 architecture distilled from each teacher on un-augmented images with das2020's KD, for every seed
 (stage 1). Report: teacher and student accuracy and ECE (10 bins, as das2020) per condition, the
 students' class discrimination (both variants), paper values beside ours, and for each finding a

@@ -1,6 +1,6 @@
 """wang2022 study: KD thrives on data augmentation (CutMixPick), longer training, T. stddev.
 
-Grid (configs/studies/wang2022.yaml): for each teacher-student pair, CE, KD, KD+mixup/CutMix/CutMixPick
+Grid (src/mixdistill/resources/studies/wang2022.yaml): for each teacher-student pair, CE, KD, KD+mixup/CutMix/CutMixPick
 (three criteria), CE/KD/KD+CutMixPick with a longer schedule, CRD+KD and CRD+CutMixPick; on the first pair
 the nine-view study (KD + each view), whose student test loss is compared with the paper's order and
 with the teacher's T. stddev under each view.
