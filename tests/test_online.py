@@ -319,3 +319,11 @@ def test_compile_covers_forward_features(online_common):
         assert hasattr(peer.forward_features, "_torchdynamo_orig_callable")  # a torch.compile wrapper
         assert "forward_features" not in peer.state_dict()
     assert math.isfinite(summary["last_acc"])
+
+
+def test_reconstruction_notes_cover_the_method_and_the_augmentation():
+    from mixdistill.provenance import SHEN2022_NOTE, reconstruction_notes
+
+    assert reconstruction_notes({"method": {"name": "cutnmix"}, "augment": {"name": "cut_n_mix"}}) == [SHEN2022_NOTE]
+    assert reconstruction_notes({"method": {"name": "kd"}, "augment": {"name": "cut_n_mix"}}) == [SHEN2022_NOTE]
+    assert reconstruction_notes({"method": {"name": "kd"}, "augment": {"name": "cutmix"}}) == []

@@ -166,3 +166,18 @@ def test_fast_teacher_settings_are_checked(tiny_run_overrides):
     assert report.int8 and report.agreement["images"] > 0
     assert report.agreement["top1_agreement_pct"] >= 90.0  # measured on the training images it calibrated on
     assert math.isfinite(int8.fit()["last_test_loss"])
+
+
+def test_start_log_says_what_the_config_does_not(tiny_run_overrides, capsys):
+    """The method's default augmentation, an lr from lr_overrides and a reconstruction's label are printed."""
+    cfg = load_config(None, tiny_run_overrides + ["name=one_step", "method=online_cutmix", "augment=none",
+                                                  "optim.epochs=1", "data.train_subset=128", "train.progress=false",
+                                                  "model.student=cnn5_w8", "optim.lr_overrides={cnn5_w8: 0.02}"])
+    train(cfg)
+    err = capsys.readouterr().err
+    assert "online_cutmix's default cutmix is used" in err
+    assert "lr 0.02 for cnn5_w8 from optim.lr_overrides" in err
+    cfg = load_config(None, tiny_run_overrides + ["name=cnm", "method=cutnmix", "optim.epochs=1",
+                                                  "data.train_subset=128", "train.progress=false"])
+    summary = train(cfg)
+    assert "RECONSTRUCTION of shen2022" in capsys.readouterr().err and "RECONSTRUCTION" in summary["notes"][0]

@@ -369,6 +369,12 @@ class Trainer:
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
+        augment = getattr(self.distiller.augment, "func", self.distiller.augment)
+        if cfg.augment.name == "none" and augment is not None:
+            logger.info(f"augment: none in the config, so {cfg.method.name}'s default {augment.__name__} is used")
+        if base_lr(cfg) != cfg.optim.lr:
+            logger.info(f"lr {base_lr(cfg)} for {cfg.model.student} from optim.lr_overrides, not optim.lr "
+                        f"{cfg.optim.lr} (set optim.lr_overrides={{}} to use optim.lr)")
         for note in reconstruction_notes(cfg.to_dict()):
             logger.info(f"note: {note}")
         if self.teacher_report is not None:
