@@ -105,6 +105,22 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
         run_grid(changed, study, rerun=["nothing/*"], log=lambda *_: None)
 
 
+def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmnist_root, tmp_path):
+    import yaml
+
+    from mixdistill.studies.grid import _row_matches, resolve
+
+    cfg = resolve(tiny_grid(fmnist_root)[0], tmp_path)
+    row = {"key": "teacher", "summary": {"last_acc": 80.0}}  # an older results.jsonl row: no "config"
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert not _row_matches(row, cfg), "a newer run with the same config, not finished: the row is stale"
+    (cfg.run_dir / "summary.json").write_text(json.dumps({"last_acc": 79.0}))
+    assert not _row_matches(row, cfg), "a different run finished there"
+    (cfg.run_dir / "summary.json").write_text(json.dumps(row["summary"]))
+    assert _row_matches(row, cfg)
+
+
 def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
     from mixdistill.engine import trainer
 

@@ -83,12 +83,14 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
 
 def _row_matches(row: dict, cfg) -> bool:
     """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
-    checked against the config saved in the run's directory."""
+    checked against the run directory, which must still hold that very run (its summary) with ``cfg``."""
     from mixdistill.engine.trainer import config_difference, saved_config_difference
 
     if "config" in row:
         return not config_difference(row["config"], cfg.to_dict())
-    return saved_config_difference(cfg) == []
+    summary = cfg.run_dir / "summary.json"
+    return (saved_config_difference(cfg) == [] and summary.exists()
+            and json.loads(summary.read_text()) == row["summary"])
 
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
