@@ -200,7 +200,9 @@ def test_mixed_online_target_is_the_detached_peer_mean_on_the_mixed_batch(method
     target, T = torch.stack(z).mean(0), 3.0
     assert losses["kl"].item() == pytest.approx(float(sum(T**2 * kl_rows(target, zi, T) for zi in z)), rel=1e-5)
     losses["kl"].backward()
-    for p, zi in zip(peers, z):  # a live target would add the mean's gradient to every peer
+    # Each peer's gradient is T (p_i - p_mean) / B on its rows. (Detaching the mean changes nothing here: the
+    # gradient through the mean of sum_i KL(mean || z_i) vanishes because sum_i (mean - z_i) = 0.)
+    for p, zi in zip(peers, z):
         torch.testing.assert_close(p.weight.grad, seen.flatten(1).T @ kd_grad_wrt_student(zi, target, T))
 
 
@@ -245,7 +247,7 @@ def test_kdcl_loss_views_and_detached_mean_target():
     assert losses["kl"].item() == pytest.approx(expected_kl, rel=1e-5)
     assert losses["ce"].item() == pytest.approx(expected_ce, rel=1e-6)
     losses["kl"].backward()
-    for p, z in zip(peers, zs):  # per row T (p_i - p_mean) / B, summed over the B identical rows
+    for p, z in zip(peers, zs):  # per row T (p_i - p_mean) / B, summed over the B identical rows (see above)
         torch.testing.assert_close(p.logits.grad, 3 * (torch.softmax(z / 3, 0) - torch.softmax(mean / 3, 0)))
 
 
