@@ -74,6 +74,7 @@ def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch)
 def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist_root, tmp_path, monkeypatch):
     import copy
 
+    from mixdistill.engine.trainer import set_aside
     from mixdistill.errors import MixdistillError
 
     study = tmp_path / "study"
@@ -101,6 +102,13 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
     calls.clear()
     run_grid(changed, study, log=lambda *_: None)
     assert calls == []
+    # a teacher whose row and run are gone is trained anew, and its students follow
+    results_path = study / "results.jsonl"
+    results_path.write_text("".join(line + "\n" for line in results_path.read_text().splitlines()
+                                    if json.loads(line)["key"] != "teacher"))
+    set_aside(study / "runs" / "teacher")
+    run_grid(changed, study, log=lambda *_: None)
+    assert calls == ["teacher", "kd/seed0"]
     with pytest.raises(MixdistillError, match="matches no run"):
         run_grid(changed, study, rerun=["nothing/*"], log=lambda *_: None)
 

@@ -109,6 +109,10 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     results = ResultsFile(study_dir / "results.jsonl")
     done = results.read()
     again: dict[str, str] = {}  # key -> why it runs again
+
+    def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
+        return key in again or (key not in done and not (configs[key].run_dir / "summary.json").exists())
+
     for run in sorted(runs, key=lambda r: r.stage):
         cfg = configs[run.key]
         teacher_dir = Path(cfg.model.teacher_checkpoint).parent if cfg.model.teacher_checkpoint else None
@@ -118,8 +122,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             again[run.key] = "re-running as asked"
         elif not _row_matches(done[run.key], cfg):
             again[run.key] = "finished with a different config; re-running it"
-        elif teacher_dir is not None and any(configs[k].run_dir == teacher_dir for k in again):
-            again[run.key] = "its teacher runs again; re-running it"
+        elif teacher_dir is not None and any(configs[k].run_dir == teacher_dir and _trains_anew(k) for k in keys):
+            again[run.key] = "its teacher is trained anew; re-running it"
     for key, why in again.items():
         del done[key]
         moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
