@@ -18,6 +18,12 @@ from mixdistill.augment import MixedBatch
 from mixdistill.errors import ConfigError
 
 
+def clean_batch(images: torch.Tensor) -> MixedBatch:
+    """The identity record: every row its own single source, weight 1."""
+    rows = torch.arange(images.shape[0], device=images.device)[:, None]
+    return MixedBatch(images, rows, torch.ones(rows.shape, device=images.device))
+
+
 @dataclass
 class StepInfo:
     """Where the trainer is: methods with ramp-ups or random mixing read it."""
@@ -83,8 +89,7 @@ class Distiller(nn.Module):
     def mix(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> MixedBatch:
         """The configured augmentation's record for this batch (the identity record when there is none)."""
         if self.augment is None:
-            rows = torch.arange(images.shape[0], device=images.device)[:, None]
-            return MixedBatch(images, rows, torch.ones(rows.shape, device=images.device))
+            return clean_batch(images)
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
         batch = self.augment(images, labels, generator=info.generator, **models)
         # train accuracy of a mixed batch is scored against each sample's dominant source

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mixdistill.distill.base import Distiller, MethodParams, TrainSet
+from mixdistill.augment import MixedBatch
+from mixdistill.distill.base import Distiller, MethodParams, TrainSet, clean_batch
 from mixdistill.distill.registry import DISTILLERS
-from mixdistill.losses import cross_entropy, kd_loss, mixed_cross_entropy
+from mixdistill.losses import kd_loss, mixed_cross_entropy
 
 NCE_EPS = 1e-7
 
@@ -187,12 +188,13 @@ class CRD(Distiller):
         self.crd = CRDLoss(self.student.feature_dim, self.teacher.feature_dim, data.num_samples, p.feat_dim,
                            p.nce_k, p.nce_t, p.nce_m, labels).to(device)
 
-    def ce_and_crd(self, images, labels, info):
-        """(student logits, teacher logits, {"ce", "crd"}) on the (possibly mixed) batch."""
+    def ce_and_crd(self, images, labels, info, batch: MixedBatch | None = None):
+        """(student logits, teacher logits, {"ce", "crd"}) on ``batch``, by default the configured
+        augmentation's (possibly mixed) batch."""
         if info.indices is None:
             raise ValueError("CRD needs the dataset indices of the batch (StepInfo.indices)")
         p = self.params
-        batch = self.mix(images, labels, info)
+        batch = self.mix(images, labels, info) if batch is None else batch
         with torch.inference_mode():
             teacher_logits, teacher_feats = self.teacher.forward_features(batch.images)
         teacher_logits, f_t = teacher_logits.clone(), teacher_feats["pooled"].clone()
@@ -229,20 +231,17 @@ class CRDKDView(CRD):
     default_augment = "cutmix"
 
     def forward_train(self, images, labels, info):
-        if info.indices is None:
-            raise ValueError("CRD needs the dataset indices of the batch (StepInfo.indices)")
         p = self.params
         view = self.mix(images, labels, info)
         info.train_labels = None  # the returned logits are the clean batch's
-        with torch.inference_mode():
-            teacher_logits, teacher_feats = self.teacher.forward_features(images)
-            teacher_view = view.teacher_logits if view.teacher_logits is not None else self.teacher(view.images)
-        teacher_logits, f_t = teacher_logits.clone(), teacher_feats["pooled"].clone()
-        teacher_view = teacher_view.clone()
-        logits, feats = self.student.forward_features(images)
+        logits, teacher_logits, losses = self.ce_and_crd(images, labels, info, batch=clean_batch(images))
+        if view.teacher_logits is not None:
+            teacher_view = view.teacher_logits
+        else:
+            with torch.inference_mode():
+                teacher_view = self.teacher(view.images).clone()
         logits_view = self.student(view.images)
-        crd = self.crd(feats["pooled"], f_t, info.indices.to(logits.device))
-        return logits, {"ce": p.ce_weight * cross_entropy(logits, labels),
+        return logits, {"ce": losses["ce"],
                         "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
                         "kd_view": p.kd_weight * kd_loss(logits_view, teacher_view, p.temperature),
-                        "crd": p.crd_weight * crd}
+                        "crd": losses["crd"]}
