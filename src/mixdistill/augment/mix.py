@@ -12,6 +12,7 @@ Every function has the form ``fn(images, labels, *, generator, **params) -> Mixe
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -61,6 +62,20 @@ def _unmixed(images: torch.Tensor, out: torch.Tensor, boxes=None, info=None) -> 
 def seed_from(generator: torch.Generator) -> int:
     """A 62-bit seed drawn from ``generator`` (a CPU op), to seed numpy or torch's global RNG."""
     return int(torch.randint(2**62, (1,), generator=generator).item())
+
+
+@contextmanager
+def global_rng_seeded_from(generator: torch.Generator, device: torch.device | None = None):
+    """Run a block that draws from torch's global RNG (torchvision ops, dropout) deterministically under
+    ``generator``: the global CPU RNG (and ``device``'s, if CUDA) is seeded from it inside ``fork_rng``, so the
+    global state is left as it was."""
+    seed = seed_from(generator)
+    cuda = device is not None and device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 def sample_beta(alpha: float, size: int | tuple = (), generator: torch.Generator = None) -> torch.Tensor:
@@ -226,9 +241,7 @@ def autoaugment(images, labels, *, generator, mean, std) -> MixedBatch:
     s = _to(torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), dev)
     u8 = ((images.float() * s + m) * 255.0).round().clamp(0, 255).to(torch.uint8)
     policy = AutoAugment(AutoAugmentPolicy.CIFAR10)
-    seed = seed_from(generator)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+    with global_rng_seeded_from(generator):
         aug = torch.stack([policy(img) for img in u8])
     out = ((aug.float() / 255.0 - m) / s).to(images.dtype)
     return _unmixed(images, out)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from .mix import check_choice, cutmix, seed_from
+from .mix import check_choice, cutmix, global_rng_seeded_from
 from .record import MixedBatch
 
 PICK_CRITERIA = ("kl", "teacher_entropy", "student_entropy")
@@ -24,21 +24,6 @@ def _mode(model: torch.nn.Module, train: bool):
     finally:
         for m, was_training in before:
             m.training = was_training
-
-
-@contextmanager
-def _global_rng_from(generator: torch.Generator, active: bool, device: torch.device):
-    """Train-mode scoring draws dropout masks from torch's global RNG: seed it from ``generator`` inside
-    ``fork_rng`` so the pick stays deterministic under the generator and the global state is left as it was."""
-    if not active:
-        yield
-        return
-    seed = seed_from(generator)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(seed)
-        yield
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -101,8 +86,9 @@ def cutmix_pick(
         t_logits = teacher(pool)
     s_logits = None
     if criterion != "teacher_entropy":
-        with _mode(student, student_train_mode), torch.no_grad(), _global_rng_from(generator, student_train_mode,
-                                                                                      pool.device):
+        # train-mode scoring draws dropout masks from the global RNG: seeded from the generator
+        rng = global_rng_seeded_from(generator, pool.device) if student_train_mode else nullcontext()
+        with _mode(student, student_train_mode), torch.no_grad(), rng:
             s_logits = student(pool)
     with torch.inference_mode():
         scores = pick_scores(criterion, t_logits, s_logits)
