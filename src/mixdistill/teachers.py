@@ -61,28 +61,21 @@ class TeacherSpec(NamedTuple):
     published_acc: float | None  # CIFAR-100 top-1 (%) reported with the checkpoints (CRD paper, Table 1/2)
 
 
-def _published_teacher_acc(arch: str) -> float | None:
-    """The teacher column of the CRD benchmark table (resources/reference_results.yaml), kept there as data."""
-    from importlib import resources
+def _specs(names: Sequence[str]) -> dict[str, TeacherSpec]:
+    """Each teacher's archive path, with its published top-1: the teacher column of the CRD benchmark table
+    (resources/reference_results.yaml, read once)."""
+    from mixdistill.studies.common import reference
 
-    import yaml
-
-    table = yaml.safe_load(resources.files("mixdistill").joinpath("resources/reference_results.yaml").read_text())
-    rows = table["crd_benchmark"]["rows"]
-    return next((row[0] for pair, row in rows.items() if pair.split("-")[0] == arch), None)
-
-
-def _spec(arch: str) -> TeacherSpec:
-    return TeacherSpec(arch, f"{ARCHIVE_ROOT}/{arch}_vanilla/{_CKPT_FILE}", _published_teacher_acc(arch))
+    rows = reference("crd_benchmark")["rows"]
+    return {name: TeacherSpec(name, f"{ARCHIVE_ROOT}/{name}_vanilla/{_CKPT_FILE}",
+                              next((row[0] for pair, row in rows.items() if pair.split("-")[0] == name), None))
+            for name in names}
 
 
 #: Benchmark teacher name -> (zoo architecture, path inside the archive, published top-1).
-TEACHERS: dict[str, TeacherSpec] = {
-    name: _spec(name)
-    for name in ("resnet56", "resnet110", "resnet32x4", "wrn_40_2",
-                 "vgg13",  # VGG-13 with batch norm (RepDistiller's vgg13_bn)
-                 "ResNet50")
-}
+TEACHERS: dict[str, TeacherSpec] = _specs(("resnet56", "resnet110", "resnet32x4", "wrn_40_2",
+                                            "vgg13",  # VGG-13 with batch norm (RepDistiller's vgg13_bn)
+                                            "ResNet50"))
 
 
 # --------------------------------------------------------------------------------------------- paths

@@ -152,17 +152,17 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                    if r["labels"].get("pair") == pair and r["summary"]["teacher_acc"] is not None]
         lines.append(f"| teacher | {teacher[0]:.2f} | "
                      f"{ref['rows']['teacher'][paper_col] if paper_col is not None else '-'} |")
+        paper_means = {}
         for method in spec["methods"]:
             paper = "-"
             if paper_col is not None and method in paper_rows:
                 v = ref["rows"][paper_rows[method]][paper_col]
                 paper = f"{v[0]:.2f} ± {v[1]:.2f}" if isinstance(v, list) else f"{v:.2f}"
+                paper_means[method] = v[0] if isinstance(v, list) else v
             lines.append(f"| {method} | {mean_std(values(pair, method))} | {paper} |")
         figure = f"wang2022_accuracy_{pair}.png"
-        paper_values = {m: (lambda v: v[0] if isinstance(v, list) else v)(ref["rows"][paper_rows[m]][paper_col])
-                        for m in spec["methods"] if m in paper_rows} if paper_col is not None else None
         plot_accuracy_bars({m: values(pair, m) for m in spec["methods"]}, study_dir / figure, f"{pair} students",
-                           paper=paper_values if scale == "full" else None)
+                           paper=paper_means if scale == "full" and paper_means else None)
         lines += ["", f"![{pair} students]({figure})", ""]
     lines += ["## Findings", ""]
     for pair in pairs:
