@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mixdistill.bench import pick_cost  # noqa: E402
+from mixdistill.bench import pick_cost, pick_work, work_lines  # noqa: E402
 
 SKIP = ("bench_accuracy", "bench_profile", "bench_cpu_components")
 
@@ -34,6 +34,7 @@ def normalise(report: dict) -> dict:
             r["ratio_range"][k] = [min(per_round), max(per_round)]
             r["ratio_of_medians"][k] = v["images_per_s"] / r["loops"]["reference"]["images_per_s"]
     report["pick_cost"] = pick_cost(report["results"])
+    report["pick_work"] = pick_work(report["results"])
     return report
 
 
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
             continue
         m = rep["machine"]
         dev = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores, {m['cpu_capability']}, native bf16: {m['cpu_native_bf16']}"
-        variants = [v for v in ("project", "eager_teacher", "int8", "cuda_graphs", "cuda_graphs_all",
+        variants = [v for v in ("project", "eager_teacher", "int8", "compile", "int8_compile", "cuda_graphs",
+                                "cuda_graphs_all",
                                 "fast", "fast_int8", "fast_graphs", "fast_graphs_all")
                     if any(v in r["loops"] for r in rep["results"])]
         out += [f"## `{tag}`: {dev}", "",
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
         if rep.get("pick_cost"):
             out += ["", "KD+CutMixPick step time relative to: " + "; ".join(
                 f"{p}: " + ", ".join(f"{k} {v:.2f}x" for k, v in d.items()) for p, d in rep["pick_cost"].items())]
+        out += work_lines(rep, variants)
         if rep.get("sync_check"):
             out += ["", f"Host synchronisations in the project's hot loop (cuda sync debug mode, "
                         f"{rep['sync_check']['steps']} KD steps): {rep['sync_check']['synchronizations']}."]

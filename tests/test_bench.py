@@ -48,6 +48,34 @@ def test_quick_bench_writes_report(tmp_path):
     assert "teacher" not in kd["eager_teacher"]  # train.fast_teacher=false: the teacher is left as loaded
     assert "cnn5_w16-cnn5_w8 vs KD" in report["pick_cost"]
     assert "| reference |" in md and "x |" in md
+    _check_step_work(report)
+
+
+def _check_step_work(report):
+    """The FLOP count of each loop's step is the sum of its network passes, counted here pass by pass: KD is one
+    teacher forward and one student forward+backward per image; KD+CutMixPick is a teacher forward on the clean
+    batch and on the 2B pool, a no-grad student forward on the pool and a student forward+backward on the clean
+    and the picked batch, with the pool's teacher logits reused for the picked images (a fourth teacher pass
+    would add one teacher forward per image); DML is three peers' forward+backward."""
+    from mixdistill.bench import step_flops
+    from mixdistill.models import create_model
+
+    teacher, student = create_model("cnn5_w16", 100).eval(), create_model("cnn5_w8", 100).train()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        t_fwd = step_flops(lambda: teacher(x)) / 8
+        s_fwd = step_flops(lambda: student(x)) / 8
+    s_train = step_flops(lambda: student(x).sum().backward()) / 8
+    assert t_fwd > 0 and s_fwd < s_train < 3 * s_fwd + 1  # backward skips the input's gradient
+    expected = {"kd": t_fwd + s_train, "kd_cutmixpick": 3 * t_fwd + 2 * s_fwd + 2 * s_train, "dml": 3 * s_train}
+    for r in report["results"]:
+        assert set(r["flops_per_image"]) == set(r["loops"])  # all uncompiled fp32 loops were counted
+        for loop, flops in r["flops_per_image"].items():
+            assert flops == pytest.approx(expected[r["case"]], rel=1e-9), (r["case"], loop)
+        assert r["gflop_per_s"]["project"] == pytest.approx(
+            r["flops_per_image"]["project"] * r["loops"]["project"]["images_per_s"] / 1e9)
+    work = report["pick_work"]["cnn5_w16-cnn5_w8 vs KD"]["project"]
+    assert work == pytest.approx(expected["kd_cutmixpick"] / expected["kd"])
 
 
 def test_bench_rejects_unknown_names(tmp_path):

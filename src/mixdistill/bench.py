@@ -26,6 +26,11 @@ project's loader), in a rotating order, so background load hits all loops alike.
 images/s over rounds; the speed-up is the median over rounds of the per-round ratio (each round's loops ran
 back to back), with the per-round range and the ratio of the medians beside it. Teachers have random
 weights: speed does not depend on them (the accuracy check lives in ``benchmarks/accuracy_check.py``).
+
+Work: before warm-up, one step of the reference and of every project loop that runs uncompiled in fp32 is
+counted with ``torch.utils.flop_counter`` (forward and backward convolutions and matmuls). The report gives
+FLOPs per image, whether the project's loops do exactly the reference's work, the FLOP rate each loop
+reached, and KD+CutMixPick's work over KD's and KD+CutMix's: what a step-time ratio comes to at one rate.
 """
 
 from __future__ import annotations
@@ -486,6 +491,15 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
         except Exception as e:  # a variant that cannot be built is reported, not fatal
             results[v].error = f"{type(e).__name__}: {e}"
             loops.pop(v, None)
+    # the work of one step, before warm-up (compiled or int8 loops run ops the counter cannot see)
+    flops = {}
+    for name, loop in list(loops.items()):
+        if name != "reference" and (loop.runtime.compile or loop.trainer.cfg.train.int8_teacher):
+            continue
+        try:
+            flops[name] = step_flops(loop.step if name == "reference" else lambda: loop.warmup(1)) / args.batch_size
+        except Exception as e:
+            results[name].extra["flops_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     # warm-up (compiles happen here)
     for name, loop in list(loops.items()):
         t0 = time.perf_counter()
@@ -533,7 +547,9 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
             results[name].extra["teacher_compile_error"] = teacher.compile_error
     out = {"case": case, "label": CASES[case][0], "pair": pair, "teacher": None if case == "dml" else teacher_arch,
            "student": student_arch, "loops": {k: v.summary() for k, v in results.items()},
-           "load_average_1min": [load_before, _loadavg()]}
+           "load_average_1min": [load_before, _loadavg()], "flops_per_image": flops,
+           "gflop_per_s": {k: flops.get(k, flops.get("reference", 0.0)) * results[k].summary()["images_per_s"] / 1e9
+                           for k in results if results[k].images_per_s and flops.get("reference")}}
     ref = results["reference"]
     out["ratio"], out["ratio_range"] = {}, {}
     out["ratio_of_medians"], out["ratio_cpu_time"] = {}, {}
@@ -548,6 +564,16 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
         out["ratio_cpu_time"][k] = _median([a / b for a, b in zip(v.images_per_cpu_s, ref.images_per_cpu_s)])
     del loops
     return out
+
+
+def step_flops(step) -> float:
+    """Floating-point operations of one call of ``step`` (forward and backward convolutions and matmuls, as
+    ``torch.utils.flop_counter`` counts them; element-wise ops and the optimizer are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
 
 
 def sync_check(device, data_root, ckpt, run_root, args) -> dict:
@@ -619,6 +645,7 @@ def to_markdown(report: dict) -> str:
     if cost:
         lines += ["", "KD+CutMixPick step time relative to (same loop): " + "; ".join(
             f"{p}: " + ", ".join(f"{k} {v:.2f}x" for k, v in d.items()) for p, d in cost.items())]
+    lines += work_lines(report, variants)
     errors = [(r["label"], r["pair"], k, v["error"]) for r in report["results"] for k, v in r["loops"].items()
               if v.get("error")]
     if errors:
@@ -630,6 +657,35 @@ def to_markdown(report: dict) -> str:
     for note in report.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def work_lines(report: dict, variants: list[str]) -> list[str]:
+    """Markdown: each case's FLOPs per image, the rate each loop reached, and KD+CutMixPick's work ratio."""
+    lines: list[str] = []
+    work = [r for r in report["results"] if r.get("flops_per_image")]
+    if work:
+        rated = [k for k in ["reference", *variants] if any(k in r.get("gflop_per_s", {}) for r in work)]
+        lines += ["", "Work per image: forward + backward convolutions and matmuls of one step, counted by "
+                      "`torch.utils.flop_counter` (element-wise ops and SGD not counted), for the reference and for "
+                      "the project's loops that run uncompiled in fp32; and the rate each loop reached at that count "
+                      "(int8 and compiled loops at the reference's count).", "",
+                  "| case | pair | GFLOP/image (reference) | same in project's loops | "
+                  + " | ".join(f"{k} GFLOP/s" for k in rated) + " |",
+                  "|" + "---|" * (4 + len(rated))]
+        for r in work:
+            f = r["flops_per_image"]
+            ref = f.get("reference")
+            same = ref and all(abs(v - ref) <= 1e-6 * ref for v in f.values())
+            counted = "yes" if same else "no: " + ", ".join(f"{k} {v / 1e9:.3g}" for k, v in f.items())
+            rates = [f"{r['gflop_per_s'][k]:.0f}" if k in r.get("gflop_per_s", {}) else "-" for k in rated]
+            lines.append(f"| {r['label']} | {r['pair']} | {(ref or 0) / 1e9:.3g} | {counted} | "
+                         + " | ".join(rates) + " |")
+    pick = {k: d for k, d in report.get("pick_work", {}).items() if d}
+    if pick:
+        lines += ["", "KD+CutMixPick work per image relative to (same loop; the step-time ratio if both steps ran at "
+                      "one FLOP rate): " + "; ".join(f"{p}: " + ", ".join(f"{k} {v:.2f}x" for k, v in d.items())
+                                             for p, d in pick.items())]
+    return lines
 
 
 def _fmt_rate(loop) -> str:
@@ -722,6 +778,7 @@ def _bench(args) -> int:
                       + " | " + ", ".join(f"{k} {v:.2f}x" for k, v in res["ratio"].items()), flush=True)
                 save()
         report["pick_cost"] = pick_cost(report["results"])
+        report["pick_work"] = pick_work(report["results"])
         if cuda and not args.quick:
             try:
                 report["sync_check"] = sync_check(device, tmp / "data", tmp / f"{PAIRS[pairs[0]][0]}.pt",
@@ -751,6 +808,22 @@ def pick_cost(results: list[dict]) -> dict:
                 if k and v["rounds_images_per_s"] and k["rounds_images_per_s"]:
                     d[loop] = k["images_per_s"] / v["images_per_s"]
             out[f"{pair} vs {CASES[base][0]}"] = d
+    return out
+
+
+def pick_work(results: list[dict]) -> dict:
+    """Per pair and counted loop: KD+CutMixPick's FLOPs per image over KD's and over KD+CutMix's: the
+    step-time ratio if both steps ran at one FLOP rate (only less work or a higher rate can lower it)."""
+    out = {}
+    by = {(r["pair"], r["case"]): r for r in results}
+    for (pair, case), r in by.items():
+        if case != "kd_cutmixpick":
+            continue
+        for base in ("kd", "kd_cutmix"):
+            if (pair, base) in by:
+                other = by[(pair, base)].get("flops_per_image", {})
+                out[f"{pair} vs {CASES[base][0]}"] = {k: v / other[k] for k, v in r.get("flops_per_image", {}).items()
+                                                      if other.get(k)}
     return out
 
 
