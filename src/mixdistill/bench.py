@@ -790,41 +790,33 @@ def _bench(args) -> int:
     return 0
 
 
+def _pick_against_bases(results: list[dict], ratio) -> dict:
+    """``{"PAIR vs KD" | "PAIR vs KD+CutMix": ratio(pick_result, base_result)}`` for each pair with both cases."""
+    by = {(r["pair"], r["case"]): r for r in results}
+    return {f"{pair} vs {CASES[base][0]}": ratio(r, by[(pair, base)])
+            for (pair, case), r in by.items() if case == "kd_cutmixpick"
+            for base in ("kd", "kd_cutmix") if (pair, base) in by}
+
+
 def pick_cost(results: list[dict]) -> dict:
     """Per pair and loop: KD+CutMixPick step time over the KD step time and over the KD+CutMix step time
     (from the median images/s of each case; cases are timed at different moments, so this is noisier than
     the in-round ratios)."""
-    out = {}
-    by = {(r["pair"], r["case"]): r for r in results}
-    for (pair, case), r in by.items():
-        if case != "kd_cutmixpick":
-            continue
-        for base in ("kd", "kd_cutmix"):
-            if (pair, base) not in by:
-                continue
-            d = {}
-            for loop, v in r["loops"].items():
-                k = by[(pair, base)]["loops"].get(loop)
-                if k and v["rounds_images_per_s"] and k["rounds_images_per_s"]:
-                    d[loop] = k["images_per_s"] / v["images_per_s"]
-            out[f"{pair} vs {CASES[base][0]}"] = d
-    return out
+    def time_ratio(pick, base):
+        return {loop: base["loops"][loop]["images_per_s"] / v["images_per_s"] for loop, v in pick["loops"].items()
+                if loop in base["loops"] and v["rounds_images_per_s"] and base["loops"][loop]["rounds_images_per_s"]}
+
+    return _pick_against_bases(results, time_ratio)
 
 
 def pick_work(results: list[dict]) -> dict:
     """Per pair and counted loop: KD+CutMixPick's FLOPs per image over KD's and over KD+CutMix's: the
     step-time ratio if both steps ran at one FLOP rate (only less work or a higher rate can lower it)."""
-    out = {}
-    by = {(r["pair"], r["case"]): r for r in results}
-    for (pair, case), r in by.items():
-        if case != "kd_cutmixpick":
-            continue
-        for base in ("kd", "kd_cutmix"):
-            if (pair, base) in by:
-                other = by[(pair, base)].get("flops_per_image", {})
-                out[f"{pair} vs {CASES[base][0]}"] = {k: v / other[k] for k, v in r.get("flops_per_image", {}).items()
-                                                      if other.get(k)}
-    return out
+    def work_ratio(pick, base):
+        other = base.get("flops_per_image", {})
+        return {k: v / other[k] for k, v in pick.get("flops_per_image", {}).items() if other.get(k)}
+
+    return _pick_against_bases(results, work_ratio)
 
 
 def main(argv=None) -> int:  # python -m mixdistill.bench
