@@ -168,3 +168,19 @@ def test_quick_bench_compile_variants_run_compiled(tmp_path):
             assert math.isfinite(loop["last_loss"])
     assert kd["loops"]["compile"]["teacher"]["compiled"] and not kd["loops"]["compile"]["teacher"]["int8"]
     assert kd["loops"]["int8_compile"]["teacher"]["int8"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--quick", "--device", "cpu", "--cases", "kd", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["bench", "--quick", "--device", "cpu", "--cases", "kd", "--rounds", "-1"], "--rounds must be at least 1"),
+    (["demo", "--quick", "--seeds", "0"], "--seeds must be at least 1"),
+    (["study", "wang2022", "--scale", "smoke", "--seeds", "-1"], "--seeds must be at least 1"),
+])
+def test_counts_below_one_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    from mixdistill.cli import main
+
+    out_flag = ["--out", str(tmp_path)] if argv[0] == "bench" else ["--output-dir", str(tmp_path / "runs")]
+    assert main(argv + out_flag) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not list(tmp_path.iterdir())  # refused before anything was written

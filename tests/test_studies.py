@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pytest
 
 from mixdistill.cli import main
@@ -64,3 +65,14 @@ def test_das2020_smoke_study(fmnist_root, tmp_path):
                      log=lambda *_: None)
     report = path.read_text()
     assert "| mixup |" in report and "ECE" in report and "CD correct" in report and "Welch p" in report
+
+
+def test_verdict_with_one_seed_is_untested_either_way():
+    from mixdistill.studies.common import verdict, welch
+
+    d, p = welch([80.0], [81.0])  # one seed a side: no p-value
+    assert math.isnan(p)
+    assert verdict(d, p, sign=1) == "NOT reproduced, untested (fewer than 2 seeds)"
+    assert verdict(d, p, sign=-1) == "same direction, untested (fewer than 2 seeds)"
+    assert verdict(-1.0, 0.01, sign=1) == "NOT reproduced (significant opposite effect)"
+    assert verdict(-1.0, 0.5, sign=1) == "NOT reproduced"

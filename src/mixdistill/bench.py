@@ -715,6 +715,12 @@ def _bench(args) -> int:
         pairs = ["cnn5_w16-cnn5_w8"] if args.pairs == "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2" else args.pairs.split(",")
     else:
         pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    for option in ("batch_size", "steps", "rounds"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"bench: --{option.replace('_', '-')} must be at least 1 (got {value})")
+    if args.warmup is not None and args.warmup < 0:
+        raise ConfigError(f"bench: --warmup must be 0 or more (got {args.warmup})")
     for c in cases:
         if c not in CASES:
             raise ConfigError(f"bench: unknown case '{c}' (choose from {', '.join(CASES)})")

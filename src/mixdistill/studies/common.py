@@ -60,7 +60,9 @@ def verdict(diff: float, p: float, sign: int = 1, alpha: float = 0.05) -> str:
         if math.isnan(p):
             return "same direction, untested (fewer than 2 seeds)"
         return f"reproduced (p < {alpha})" if p < alpha else f"same direction, not significant (p ≥ {alpha})"
-    if not math.isnan(p) and p < alpha:
+    if math.isnan(p):
+        return "NOT reproduced, untested (fewer than 2 seeds)"
+    if p < alpha:
         return "NOT reproduced (significant opposite effect)"
     return "NOT reproduced"
 

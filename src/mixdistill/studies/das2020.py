@@ -134,7 +134,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                  f"(baseline > mixup > cutout > crop+flip > cutmix): Spearman rho = {rho:.2f} "
                  f"({'reproduced' if rho > 0.7 else 'not reproduced'} at threshold 0.7).")
     for s in students:  # students too noisy to carry a verdict
-        spread = statistics.mean(statistics.stdev(v) for c in conditions if len(v := student_values(c, s, "acc")) > 1)
+        stds = [statistics.stdev(v) for c in conditions if len(v := student_values(c, s, "acc")) > 1]
+        spread = statistics.mean(stds) if stds else 0.0  # one seed: no spread to judge
         if spread > NOISY_STD:
             lines.append(f"- Caveat: the {s} students' seed std averages {spread:.1f} points, above {NOISY_STD}; "
                          f"their verdicts above carry little weight at this scale.")
