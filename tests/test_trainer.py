@@ -122,8 +122,10 @@ def test_teacher_architecture_mismatch_is_one_clear_error(tiny_run_overrides):
 
 def test_non_finite_loss_stops_with_step_and_term(tiny_run_overrides):
     cfg = load_config(None, tiny_run_overrides + ["name=nan", "optim.lr=1e30", "train.log_every=1"])
-    with pytest.raises(NonFiniteLossError, match=r"step \d+ \(term: ce\)"):
+    with pytest.raises(NonFiniteLossError, match=r"step \d+ \(term: ce\)") as err:
         train(cfg, quiet=True)
+    assert not (cfg.run_dir / "last.pt").exists()  # it blew up in epoch 1: the message must not promise one
+    assert "No checkpoint was written yet" in str(err.value)
 
 
 def test_fast_teacher_computes_the_loaded_teachers_logits(tiny_run_overrides):

@@ -467,9 +467,10 @@ class Trainer:
     def _raise_if_nonfinite(self, bad_step, bad_terms):
         if bad_step.item() >= 0:
             terms = [name for name, s in bad_terms.items() if s.item() == bad_step.item()] or ["total"]
+            kept = (f"The last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path.exists()
+                    else "No checkpoint was written yet (it failed before the first epoch ended)")
             raise NonFiniteLossError(
-                f"non-finite loss at step {bad_step.item()} (term: {', '.join(terms)}); stopped. The last good "
-                f"checkpoint is kept at {self.checkpoint_path}")
+                f"non-finite loss at step {bad_step.item()} (term: {', '.join(terms)}); stopped. {kept}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
