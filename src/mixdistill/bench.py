@@ -545,10 +545,11 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
         teacher = getattr(getattr(getattr(loop, "trainer", None), "distiller", None), "teacher", None)
         if getattr(teacher, "compile_error", None):
             results[name].extra["teacher_compile_error"] = teacher.compile_error
+    summaries = {k: v.summary() for k, v in results.items()}
     out = {"case": case, "label": CASES[case][0], "pair": pair, "teacher": None if case == "dml" else teacher_arch,
-           "student": student_arch, "loops": {k: v.summary() for k, v in results.items()},
+           "student": student_arch, "loops": summaries,
            "load_average_1min": [load_before, _loadavg()], "flops_per_image": flops,
-           "gflop_per_s": {k: flops.get(k, flops.get("reference", 0.0)) * results[k].summary()["images_per_s"] / 1e9
+           "gflop_per_s": {k: flops.get(k, flops.get("reference", 0.0)) * summaries[k]["images_per_s"] / 1e9
                            for k in results if results[k].images_per_s and flops.get("reference")}}
     ref = results["reference"]
     out["ratio"], out["ratio_range"] = {}, {}
@@ -707,7 +708,7 @@ def bench_main(args) -> int:
 
 
 def _bench(args) -> int:
-    from mixdistill.errors import ConfigError
+    from mixdistill.errors import ConfigError, require_at_least
 
     device = resolve_device(args.device)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -715,12 +716,8 @@ def _bench(args) -> int:
         pairs = ["cnn5_w16-cnn5_w8"] if args.pairs == "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2" else args.pairs.split(",")
     else:
         pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
-    for option in ("batch_size", "steps", "rounds"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ConfigError(f"bench: --{option.replace('_', '-')} must be at least 1 (got {value})")
-    if args.warmup is not None and args.warmup < 0:
-        raise ConfigError(f"bench: --warmup must be 0 or more (got {args.warmup})")
+    for option, minimum in (("batch_size", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
+        require_at_least(f"bench: --{option.replace('_', '-')}", getattr(args, option), minimum)
     for c in cases:
         if c not in CASES:
             raise ConfigError(f"bench: unknown case '{c}' (choose from {', '.join(CASES)})")

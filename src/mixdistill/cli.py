@@ -163,17 +163,11 @@ def _add_demo(sub):
     p.set_defaults(func=cmd_demo)
 
 
-def _require_positive(option: str, value: int) -> None:
-    from mixdistill.errors import ConfigError
-
-    if value < 1:
-        raise ConfigError(f"{option} must be at least 1 (got {value})")
-
-
 def cmd_demo(args) -> int:
     from mixdistill.demo import run_demo
+    from mixdistill.errors import require_at_least
 
-    _require_positive("--seeds", args.seeds)
+    require_at_least("--seeds", args.seeds, 1)
     return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
 
 
@@ -199,9 +193,10 @@ def _add_study(sub):
 
 
 def cmd_study(args) -> int:
+    from mixdistill.errors import require_at_least
     from mixdistill.studies import run_study
 
-    _require_positive("--seeds", args.seeds)
+    require_at_least("--seeds", args.seeds, 1)
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
                      executor=args.executor, address=args.address, data_root=args.data_root,
                      gpus_per_run=args.gpus_per_run, rerun=args.rerun)

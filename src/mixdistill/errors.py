@@ -9,6 +9,12 @@ class ConfigError(MixdistillError):
     pass
 
 
+def require_at_least(option: str, value: int | None, minimum: int) -> None:
+    """A count given on the command line (``None``: left to its default) below ``minimum`` is a ConfigError."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{option} must be at least {minimum} (got {value})")
+
+
 class DataError(MixdistillError):
     pass
 
