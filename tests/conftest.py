@@ -1,4 +1,14 @@
-"""Shared fixtures: small datasets written in the real on-disk formats."""
+"""Shared fixtures: small datasets written in the real on-disk formats, and the precision a test runs in.
+
+Precision. ``train.precision=auto`` picks bf16 on a CPU with native bf16 (AVX512-BF16 / AMX) and fp32 on an
+AVX2-only one, so a test that compares numbers would pass on one CPU kind and fail on the other. Therefore:
+
+* every test runs with native-bf16 detection off (``auto`` means fp32 on every machine), unless it asks
+  for the ``precision`` fixture;
+* a test that takes ``precision`` runs once per precision in ``--precisions`` (default ``fp32,bf16``, so
+  the bf16 paths are tested on every machine, emulated where bf16 is not native: keep those tests small),
+  sets ``train.precision`` itself and compares with the ``tolerance`` fixture, which scales with it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,69 @@ from pathlib import Path
 import pytest
 
 from mixdistill.data.synthetic import write_fashion_like
+
+PRECISIONS = ("fp32", "bf16")
+# relative / absolute tolerance of a comparison between two computations that should agree up to rounding
+TOLERANCE = {"fp32": {"rel": 1e-4, "abs": 1e-5}, "bf16": {"rel": 2e-2, "abs": 1e-3}}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--precisions", default=",".join(PRECISIONS),
+                     help="precisions the precision-sensitive tests run in (comma-separated: fp32,bf16)")
+
+
+def pytest_generate_tests(metafunc):
+    if "precision" in metafunc.fixturenames:
+        chosen = [p.strip() for p in metafunc.config.getoption("precisions").split(",") if p.strip()]
+        unknown = set(chosen) - set(PRECISIONS)
+        if unknown:
+            raise pytest.UsageError(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16)")
+        metafunc.parametrize("precision", chosen)
+
+
+@pytest.fixture
+def tolerance(precision) -> dict:
+    """``pytest.approx`` keywords (rel, abs) for the test's precision."""
+    return TOLERANCE[precision]
+
+
+@pytest.fixture(autouse=True)
+def _auto_precision_is_fp32(request, monkeypatch):
+    """``precision=auto`` resolves to fp32 on every CPU kind for tests that do not choose a precision."""
+    if "precision" not in request.fixturenames:
+        import torch
+
+        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, check, lambda: False, raising=False)
+
+
+class Interrupted(Exception):
+    """What ``interrupt_at`` raises in place of an epoch: the run dies after the previous epoch's checkpoint."""
+
+
+@pytest.fixture
+def interrupt_at():
+    """``with interrupt_at(2): train(cfg)``: the run dies as epoch 2 (0-based) starts, as a killed process
+    would after epoch 1's checkpoint; the block expects that and the trainer is restored after it."""
+    import contextlib
+
+    from mixdistill.engine.trainer import Trainer
+
+    @contextlib.contextmanager
+    def interrupted(epoch: int):
+        original = Trainer._train_epoch
+
+        def dies(self, e, epochs, logger):
+            if e == epoch:
+                raise Interrupted
+            return original(self, e, epochs, logger)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Trainer, "_train_epoch", dies)
+            with pytest.raises(Interrupted):
+                yield
+
+    return interrupted
 
 
 def pytest_collection_modifyitems(config, items):

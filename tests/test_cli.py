@@ -63,8 +63,12 @@ def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("MIXDISTILL_DATA", raising=False)
     _one_line_error(capsys, ["eval", "x.pt"], "checkpoint not found")
+    (tmp_path / "empty").mkdir()
     _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", f"data.root={tmp_path / 'empty'}",
                              "data.download=false", f"output_dir={tmp_path}"], "MIXDISTILL_DATA")
+    _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "data.download=false",
+                             f"output_dir={tmp_path}"], "point data.root (--data-root for eval")
+    assert not (tmp_path / "fmnist_teacher_cnn5_w32").exists(), "a run that failed to start left a directory"
 
 
 def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):

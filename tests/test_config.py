@@ -13,9 +13,15 @@ def test_overrides_and_method_params(tmp_path):
     assert cfg.optim.milestones == [5, 8]
 
 
-def test_switching_method_resets_its_params():
-    cfg = load_config(None, ["method=kd", "method.temperature=1", "method=ce"])
-    assert cfg.method.name == "ce" and cfg.method.model_extra == {}
+def test_switching_method_resets_the_files_params_and_keeps_the_command_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: kd, temperature: 2, ce_weight: 0.5}\nmodel: {teacher_checkpoint: t.pt}\n")
+    switched = load_config(path, ["method=dkd"]).method
+    assert switched.name == "dkd" and switched.model_extra["temperature"] == 4.0  # the file's 2 is reset
+    for overrides in (["method.temperature=1", "method=kd"], ["method=kd", "method.temperature=1"]):
+        method = load_config(path, overrides).method
+        assert method.name == "kd" and method.model_extra["temperature"] == 1  # given beside the switch: kept
+        assert method.model_extra["ce_weight"] == 0.1  # the file's 0.5 is reset to kd's default
 
 
 @pytest.mark.parametrize("overrides, fragment", [

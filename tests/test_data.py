@@ -282,16 +282,21 @@ def test_root_order(no_default_roots, monkeypatch):
     n = lambda **kw: len(load_dataset("fashion_mnist", "train", download=False, **kw))
     assert n(root=tmp / "explicit") == 2
     assert n() == 3
-    assert n(root=tmp / "empty") == 3  # a root without the files does not count
+    # an explicit root is the only place looked: missing, or without the files, is an error (no fallback)
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        n(root=tmp / "missing")
+    (tmp / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="only place looked"):
+        n(root=tmp / "empty")
     monkeypatch.delenv(datasets.ENV_VAR)
     assert n() == 4
     assert load_dataset("fashion_mnist", "train", download=False).root == tmp / "debian"
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp / "nothing")
     with pytest.raises(DatasetNotFoundError) as e:
-        n(root=tmp / "empty")
+        n()
     msg = str(e.value)
     for part in ("--data-root", "data.root", "MIXDISTILL_DATA", "apt-get install dataset-fashion-mnist",
-                 str(tmp / "empty"), str(tmp / "nothing"), str(tmp / "cache")):
+                 str(tmp / "nothing"), str(tmp / "cache")):
         assert part in msg, part
     assert "\n" not in msg
 

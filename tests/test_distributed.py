@@ -13,7 +13,7 @@ from mixdistill.engine.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tmp_path):
+def test_two_process_ddp_matches_single_process(tmp_path, precision, tolerance):
     from mixdistill.data.synthetic import write_fashion_like
 
     root = write_fashion_like(tmp_path / "data", 512, 128)
@@ -22,7 +22,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     common = ["configs/fmnist_cpu_teacher.yaml", f"data.root={root}", f"output_dir={tmp_path / 'runs'}",
               "model.student=lenet5", "data.batch_size=64", "data.crop_padding=0", "data.flip=false",
               "optim.epochs=2", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-              "train.threads=1", "--quiet"]
+              "train.threads=1", f"train.precision={precision}", "--quiet"]
     single = subprocess.run([sys.executable, "-m", "mixdistill", "train", *common, "name=single"],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
@@ -35,12 +35,14 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     b = [json.loads(x) for x in (runs / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4, abs=1e-5)
-        assert rb["train_acc"] == pytest.approx(ra["train_acc"])
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], **tolerance)
+        # a rounding difference may flip the argmax of a near-tie: at most 2 of 512 images in bf16
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"], abs=0 if precision == "fp32" else 0.4)
     wa = load_checkpoint(runs / "single" / "last.pt")["model"]
     wb = load_checkpoint(runs / "ddp" / "last.pt")["model"]
     for key in wa:
-        assert torch.allclose(wa[key], wb[key], rtol=1e-4, atol=1e-5), key
+        assert torch.allclose(wa[key], wb[key], rtol=tolerance["rel"], atol=tolerance["abs"]), key
     # rank 0 alone wrote the run directory
-    assert sorted(p.name for p in (runs / "ddp").iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl",
+    # (and released its lock: the lock file stays, the holder note is gone)
+    assert sorted(p.name for p in (runs / "ddp").iterdir()) == [".lock", "config.yaml", "last.pt", "metrics.jsonl",
                                                                "summary.json"]

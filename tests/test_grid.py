@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mixdistill.errors import ConfigError
+from mixdistill.errors import ConfigError, WriteError
 from mixdistill.studies import grid as grid_module
 from mixdistill.studies.grid import GridRun, ResultsFile, run_grid
 
@@ -163,9 +163,11 @@ def test_results_append_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(grid_module.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="results.jsonl: disk full"):
         results.append({"key": "b", "summary": {}})
+    monkeypatch.undo()
     assert results.path.read_text() == before
+    assert not list(tmp_path.glob(".*.mdtmp")), "a temporary file was left behind"
     assert [json.loads(x)["key"] for x in before.splitlines()] == ["a"]
 
 

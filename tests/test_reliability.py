@@ -84,7 +84,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_equal(tmp_path):
     root = write_fashion_like(tmp_path / "data", 3000, 200)
     common = ["configs/fmnist_cpu_teacher.yaml", f"data.root={root}", f"output_dir={tmp_path / 'runs'}",
               "model.student=cnn5_w8", "optim.epochs=5", "train.progress=false", "train.tensorboard=false",
-              "train.device=cpu", "--quiet"]
+              "train.device=cpu", "train.precision=fp32", "--quiet"]
     cmd = [sys.executable, "-m", "mixdistill", "train", *common]
     assert subprocess.run(cmd + ["name=full"], capture_output=True, timeout=600).returncode == 0
 

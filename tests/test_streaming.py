@@ -351,7 +351,7 @@ def _streaming_wired() -> bool:
 
 
 @pytest.mark.skipif(not _streaming_wired(), reason="data.loader (memory|streaming) is not wired into the config yet")
-def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(tree, tmp_path, monkeypatch):
+def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(tree, tmp_path, interrupt_at):
     """`data.dataset=imagenet data.loader=streaming` trains from train/ and evaluates on val/; a run resumed
     with another data.num_workers ends bitwise equal to an uninterrupted one (crops do not depend on it)."""
     from mixdistill.config import load_config
@@ -372,22 +372,8 @@ def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(t
     full = load_config(None, kd + ["name=full", "data.num_workers=0"])
     train(full, quiet=True)
     first = load_config(None, kd + ["name=split", "data.num_workers=0"])
-    from mixdistill.engine.trainer import Trainer
-
-    original = Trainer._train_epoch
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_epoch_2(self, epoch, epochs, logger):
-        if epoch == 1:
-            raise Stop  # dies after epoch 1's checkpoint
-        return original(self, epoch, epochs, logger)
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_train_epoch", stop_at_epoch_2)
-        with pytest.raises(Stop):
-            train(first, quiet=True)
+    with interrupt_at(1):  # dies after epoch 1's checkpoint
+        train(first, quiet=True)
     resumed = load_config(None, kd + ["name=split", "data.num_workers=2"])
     train(resumed, resume=True, quiet=True)
     a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(resumed.run_dir / "last.pt")

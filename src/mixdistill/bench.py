@@ -51,6 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixdistill.files import make_dir, save_torch, write_json, write_text
+
 CASES = {  # name -> (label, config overrides)
     "kd": ("KD", ["method=kd"]),
     "kd_cutmix": ("KD+CutMix", ["method=kd_view", "augment=cutmix"]),
@@ -383,7 +385,7 @@ def make_teacher_checkpoint(arch: str, path: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = create_model(arch, NUM_CLASSES)
-    torch.save({"model": model.state_dict(), "arch": arch}, path)
+    save_torch({"model": model.state_dict(), "arch": arch}, path)
     return path
 
 
@@ -742,7 +744,7 @@ def _bench(args) -> int:
         torch.backends.cudnn.benchmark = True  # as RepDistiller's train_student.py (both loops)
     started = time.perf_counter()
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     tag = args.tag or ("quick_" if args.quick else "") + device.type
     report = {"settings": {"device": device.type, "batch_size": args.batch_size, "steps": steps, "rounds": rounds,
                            "warmup": warmup, "cases": cases, "pairs": pairs, "variants": variants,
@@ -752,8 +754,8 @@ def _bench(args) -> int:
 
     def save():
         report["elapsed_s"] = round(time.perf_counter() - started, 1)
-        (out_dir / f"bench_{tag}.json").write_text(json.dumps(report, indent=2))
-        (out_dir / f"bench_{tag}.md").write_text(to_markdown(report))
+        write_json(out_dir / f"bench_{tag}.json", report)
+        write_text(out_dir / f"bench_{tag}.md", to_markdown(report))
 
     with tempfile.TemporaryDirectory(prefix="mixdistill-bench-") as tmp:
         tmp = Path(tmp)

@@ -29,10 +29,11 @@ def cmd_train(args) -> int:
     import yaml
 
     from mixdistill.config import load_config
-    from mixdistill.engine.trainer import train
+    from mixdistill.engine.trainer import check_buildable, train
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
+        check_buildable(cfg)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     summary = train(cfg, resume=args.resume, quiet=args.quiet)
@@ -69,6 +70,8 @@ def _add_eval(sub):
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="unset: the precision the run was trained with (its train.precision)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -80,10 +83,11 @@ def cmd_eval(args) -> int:
     from mixdistill.engine.checkpoint import load_checkpoint
     from mixdistill.engine.runtime import resolve_runtime
     from mixdistill.engine.trainer import evaluate
-    from mixdistill.errors import ConfigError
+    from mixdistill.errors import ConfigError, require_at_least
     from mixdistill.models import create_model
     from mixdistill.models.checkpoint import load_weights
 
+    require_at_least("--batch-size", args.batch_size, 1)
     state = load_checkpoint(args.checkpoint)
     config = state.get("config", {})
     dataset = args.data or config.get("data", {}).get("dataset")
@@ -96,7 +100,7 @@ def cmd_eval(args) -> int:
         raise ConfigError("this checkpoint does not record its architecture: pass --arch")
     model = create_model(arch, num_classes=split.spec.num_classes, in_channels=split.images.shape[1])
     load_weights(model, state)
-    runtime = resolve_runtime(args.device)
+    runtime = resolve_runtime(args.device, args.precision or config.get("train", {}).get("precision", "auto"))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=__import__("torch").channels_last)

@@ -10,14 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixdistill.errors import ConfigError
+from mixdistill.errors import ConfigError, UnknownNameError
+from mixdistill.schema import Schema, load_yaml
+
+# torch's intra-op thread count when mixdistill was imported: what train.threads=null resolves to
+DEFAULT_THREADS = torch.get_num_threads()
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Section(Schema):
+    pass
 
 
 class DataConfig(Section):
@@ -25,7 +30,7 @@ class DataConfig(Section):
     root: str | None = Field(None, description="data directory (else MIXDISTILL_DATA, the Debian path, download)")
     train_subset: int | None = Field(None, gt=0, description="class-stratified subset of the training set")
     test_subset: int | None = Field(None, gt=0)
-    subset_seed: int = 0
+    subset_seed: int = Field(0, ge=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; null = the dataset's default")
@@ -60,7 +65,8 @@ class ModelConfig(Section):
 
 
 class MethodConfig(BaseModel):
-    """``name`` picks the distiller; every other key is that distiller's parameter."""
+    """``name`` picks the distiller; every other key is that distiller's parameter. After validation the
+    section holds every parameter, defaults included, so a run's config.yaml records what it used."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "ce"
@@ -70,7 +76,9 @@ class MethodConfig(BaseModel):
         from mixdistill.distill import DISTILLERS
 
         cls = DISTILLERS.get_or_raise(self.name)
-        cls.Params(**(self.model_extra or {}))
+        resolved = cls.Params(**(self.model_extra or {})).model_dump(mode="json")
+        self.model_extra.clear()
+        self.model_extra.update(resolved)
         return self
 
     def params(self):
@@ -81,7 +89,8 @@ class MethodConfig(BaseModel):
 
 class AugmentConfig(BaseModel):
     """Batched on-device augmentation applied by the method (``name`` from mixdistill.augment, or
-    ``none``); every other key is a parameter of that augmentation."""
+    ``none``); every other key is a parameter of that augmentation. After validation the section holds
+    every parameter, defaults included (``mean``/``std``: null = the dataset's, bound when training)."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "none"
@@ -89,20 +98,14 @@ class AugmentConfig(BaseModel):
     @model_validator(mode="after")
     def _validate_params(self):
         if self.name != "none":
-            from mixdistill.augment import make_augment
+            from mixdistill.augment import resolve_augment_params
 
-            make_augment(self.name, **(self.model_extra or {}))
+            resolved = resolve_augment_params(self.name, **(self.model_extra or {}))
+            self.model_extra.clear()
+            self.model_extra.update(resolved)
         elif self.model_extra:
             raise ValueError(f"augment 'none' takes no parameters, got {', '.join(self.model_extra)}")
         return self
-
-    def build(self):
-        """The bound augmentation function, or None for ``none``."""
-        if self.name == "none":
-            return None
-        from mixdistill.augment import make_augment
-
-        return make_augment(self.name, **(self.model_extra or {}))
 
 
 class OptimConfig(Section):
@@ -137,6 +140,16 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"'{value}' is not a device this trainer runs on (auto, cpu, cuda, cuda:N)")
+        return value
+
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on with CUDA or bf16)")
@@ -153,13 +166,20 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")
     tensorboard: bool = True
     progress: bool = True
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default for this process "
+                                                     "(recorded resolved: results depend on it)")
     sync_bn: bool = Field(False, description="synchronised BatchNorm across torchrun processes")
+
+    @model_validator(mode="after")
+    def _resolve_threads(self):
+        if self.threads is None:
+            self.threads = DEFAULT_THREADS
+        return self
 
 
 class RunConfig(Section):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -186,11 +206,31 @@ class RunConfig(Section):
         return tree
 
     @model_validator(mode="after")
-    def _check_teacher(self):
+    def _check_combination(self):
+        """What training would reject from the config alone, so that --print-config rejects it too."""
+        from mixdistill.augment import augment_uses_teacher
         from mixdistill.distill import DISTILLERS
+        from mixdistill.models import MODELS
 
-        if DISTILLERS[self.method.name].needs_teacher and not self.model.teacher_checkpoint:
+        from mixdistill.data.datasets import DATASETS
+
+        if self.data.dataset not in DATASETS:
+            raise UnknownNameError("dataset", self.data.dataset, DATASETS)
+        method_cls = DISTILLERS[self.method.name]
+        for key in ("student", "teacher"):
+            name = getattr(self.model, key)
+            if name is not None and name not in MODELS:
+                raise UnknownNameError(f"model (model.{key})", name, MODELS)
+        for name in self.model.peers or []:
+            if name not in MODELS:
+                raise UnknownNameError("model (model.peers)", name, MODELS)
+        if method_cls.needs_teacher and not self.model.teacher_checkpoint:
             raise ValueError(f"method '{self.method.name}' needs a teacher: set model.teacher_checkpoint")
+        if self.augment.name != "none" and augment_uses_teacher(self.augment.name) and not method_cls.needs_teacher:
+            raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
+                             f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
+                             "augmentation")
+        method_cls.check_config(self)
         return self
 
     @property
@@ -222,17 +262,30 @@ _NAMED_SECTIONS = {"method", "augment"}
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``key=value`` pairs, values parsed as YAML. A method or augmentation switch (``method=kd``) comes
+    first, whatever its place on the command line, so that ``method.temperature=1 method=kd`` keeps the
+    temperature (the switch resets the parameters the config file gave, not those given beside it)."""
     parsed = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))
-    return parsed
+    def is_switch(kv):
+        return kv[0] in _NAMED_SECTIONS and not isinstance(kv[1], dict)
+
+    return [kv for kv in parsed if is_switch(kv)] + [kv for kv in parsed if not is_switch(kv)]
+
+
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -270,9 +323,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
     for key, value in parse_overrides(list(overrides)):

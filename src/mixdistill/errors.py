@@ -42,3 +42,11 @@ class UnknownNameError(MixdistillError):
 
 class NonFiniteLossError(MixdistillError):
     pass
+
+
+class WriteError(MixdistillError):
+    """A file could not be written (full disk, read-only filesystem, permissions); nothing already there changed."""
+
+
+class LockedError(MixdistillError):
+    """Another process holds the lock of a run directory or a study."""

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from mixdistill.analysis.calibration import DEFAULT_BINS, calibration, plot_reliability_diagram
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination
 from mixdistill.analysis.smoothness import CLASS_NAMES, TSNE_SAMPLES, plot_tsne, smoothness, tsne_embedding
-from mixdistill.errors import CheckpointError, ConfigError, DataError
+from mixdistill.errors import CheckpointError, ConfigError, DataError, require_at_least
+from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.provenance import reconstruction_notes
 
 REPORT_NAME, METRICS_NAME = "report.md", "metrics.json"
@@ -86,9 +87,12 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def analyze_main(args: argparse.Namespace) -> int:
+    for option, value, minimum in (("--threads", args.threads, 1), ("--batch-size", args.batch_size, 1),
+                                   ("--bins", args.bins, 1), ("--pgd-steps", args.pgd_steps, 1),
+                                   ("--tsne-samples", args.tsne_samples, 2),
+                                   ("--teacher-stats-epochs", args.teacher_stats_epochs, 1)):
+        require_at_least(option, value, minimum)
     if args.threads:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     result = analyze(
         args.target, data=args.data, data_root=args.data_root, full_test_set=args.full_test_set, arch=args.arch,
@@ -258,7 +262,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         "accuracy": 100.0 * float((logits.argmax(1) == labels).double().mean()),
         "test_loss": float(F.cross_entropy(logits.double(), labels)),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     paths = {"report": out_dir / REPORT_NAME, "metrics": out_dir / METRICS_NAME}
 
     # calibration
@@ -333,8 +337,8 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     metrics["notes"] = notes
     metrics["paths"] = {k: str(v) for k, v in paths.items()}
-    paths["metrics"].write_text(json.dumps(_jsonable(metrics), indent=2))
-    paths["report"].write_text(render_report(metrics, out_dir))
+    write_json(paths["metrics"], _jsonable(metrics))
+    write_text(paths["report"], render_report(metrics, out_dir))
     return metrics
 
 

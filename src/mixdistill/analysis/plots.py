@@ -18,10 +18,9 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    return path
+    from mixdistill.files import save_figure_file
+
+    return save_figure_file(fig, path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
 
 
 def class_colors(n: int):

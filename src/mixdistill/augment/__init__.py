@@ -19,13 +19,16 @@ from .mix import (
 )
 from .pick import PICK_CRITERIA, cutmix_pick, pick_scores
 from .record import MixedBatch
-from .registry import AUGMENTATIONS, augment_params, make_augment
+from .registry import AUGMENTATIONS, LABEL_PRESERVING, augment_params, augment_uses_teacher, make_augment, resolve_augment_params
 
 __all__ = [
     "AUGMENTATIONS",
+    "LABEL_PRESERVING",
     "MixedBatch",
     "PICK_CRITERIA",
     "augment_params",
+    "augment_uses_teacher",
+    "resolve_augment_params",
     "autoaugment",
     "box_mask",
     "crop_flip",

@@ -2,7 +2,8 @@
 
 Where the files are looked for, first match wins:
 
-1. the ``root`` argument (the CLI's ``--data-root`` / config ``data.root``);
+1. the ``root`` argument (the CLI's ``--data-root`` / config ``data.root``): when given, the only place
+   looked (downloaded into when missing and downloading is allowed), never a fallback to the others;
 2. the environment variable ``MIXDISTILL_DATA``;
 3. for ``fashion_mnist``, the Debian package location ``/usr/share/datasets/fashion-mnist``
    (``apt-get install dataset-fashion-mnist``);
@@ -156,13 +157,15 @@ class Split:
 
 
 def find_root(name: str, root=None, download: bool = True) -> Path:
-    """The folder holding dataset ``name``'s files (see the module docstring for the search order)."""
+    """The folder holding dataset ``name``'s files. An explicit ``root`` is the only place looked (the
+    dataset is downloaded into it when it is not there and ``download`` allows); with no ``root`` the
+    search order of the module docstring applies."""
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, DATASETS)
     spec = DATASETS[name]
-    candidates = []
     if root is not None:
-        candidates.append(("root argument", Path(root).expanduser()))
+        return _find_in_explicit_root(spec, Path(root).expanduser(), download)
+    candidates = []
     if os.environ.get(ENV_VAR):
         candidates.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
     else:
@@ -171,34 +174,56 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
         candidates.append(("Debian package location", DEBIAN_FASHION_MNIST))
     candidates.append(("download cache", CACHE_DIR))
 
-    for i, (_, folder) in enumerate(candidates):
+    for _, folder in candidates:
         found = spec.find(folder) if folder is not None else None
         if found is not None:
-            if i > 0 and root is not None:
-                log.warning("dataset %s not found in %s; using %s", name, root, found)
             return found
 
-    download_note = ""
-    if download and spec.download is not None:
-        try:
-            log.info("downloading %s into %s", name, CACHE_DIR)
-            CACHE_DIR.mkdir(parents=True, exist_ok=True)
-            spec.download(CACHE_DIR)
-            found = spec.find(CACHE_DIR)
-            if found is not None:
-                return found
-            download_note = "; the download finished but the files are not there"
-        except Exception as e:  # no network, proxy, checksum mismatch, disk full ...
-            download_note = f"; downloading into {CACHE_DIR} failed: {type(e).__name__}: {e}"
-    elif spec.download is not None:
+    download_note = _download_into(spec, CACHE_DIR) if download else ""
+    if isinstance(download_note, Path):
+        return download_note
+    if not download and spec.download is not None:
         download_note = "; download disabled"
-
     looked = ", ".join(where if folder is None else f"{where} {folder}" for where, folder in candidates)
     raise DatasetNotFoundError(
         f"dataset '{name}' not found (looked in: {looked}{download_note}). "
-        f"To fix, either pass --data-root (config data.root) pointing at the folder holding it, "
+        f"To fix, point data.root (--data-root for eval, analyze, study and demo) at the folder holding it, "
         f"or set the environment variable {ENV_VAR} to that folder, or {spec.how_to_get}."
     )
+
+
+def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Path:
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            f"data root {root} does not exist (a data root given in the config or on the command line is the only "
+            f"place looked for {spec.name}; leave it unset to search ${ENV_VAR}, the usual locations and the "
+            "download cache)")
+    found = spec.find(root)
+    if found is not None:
+        return found
+    note = _download_into(spec, root) if download else ("; download disabled" if spec.download else "")
+    if isinstance(note, Path):
+        return note
+    raise DatasetNotFoundError(
+        f"dataset '{spec.name}' not found in data root {root}{note} (a given data root is the only place looked; "
+        f"leave it unset to search ${ENV_VAR}, the usual locations and the download cache, or {spec.how_to_get})")
+
+
+def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
+    """Download ``spec`` into ``folder``: the folder holding the files, or a note saying why not."""
+    if spec.download is None:
+        return ""
+    try:
+        log.info("downloading %s into %s", spec.name, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec.download(folder)
+        found = spec.find(folder)
+        if found is not None:
+            return found
+        return "; the download finished but the files are not there"
+    except Exception as e:  # no network, proxy, checksum mismatch, disk full ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"; downloading into {folder} failed: {type(e).__name__}: {first}"
 
 
 def load_dataset(name: str, split: str = "train", root=None, download: bool = True) -> Split:
@@ -221,4 +246,15 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
             std=spec.std * C if len(spec.std) == 1 else spec.std,
             crop_padding=max(1, min(H, W) // 8),
         )
+    _check_labels(labels, spec.num_classes, f"{name} {split} split in {folder}")
     return Split(images, labels, spec, folder)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Every label must name a class: one outside 0..num_classes-1 would crash training mid-run."""
+    if len(labels) == 0:
+        raise DataError(f"the {where} holds no images")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = int(((labels < 0) | (labels >= num_classes)).sum())
+        raise DataError(f"the {where} has {bad} label(s) outside 0..{num_classes - 1} (found {low}..{high})")

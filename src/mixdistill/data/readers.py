@@ -35,8 +35,8 @@ def _to_tensors(images: np.ndarray, labels) -> tuple[torch.Tensor, torch.Tensor]
 
 CIFAR_LAYOUT = {
     # num_classes: (torchvision folder name, train files, test files, label key)
-    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
-    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    100: ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }
 
 
@@ -49,15 +49,37 @@ def find_cifar(root, num_classes: int = 10) -> Path | None:
     return None
 
 
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, and nothing else: a crafted data file
+    cannot run code (the plain unpickler would call whatever global the file names)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("__builtin__", "object"),
+        ("builtins", "object"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file has no reason to hold "
+                                     f"(only arrays, lists and dicts are read)")
+
+
 def _load_pickle(path: Path) -> dict:
+    """A CIFAR batch: a pickled dict, written by Python 2 (bytes keys) or re-saved by Python 3 (str keys);
+    the keys are returned as str."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _DataOnlyUnpickler(f, encoding="bytes").load()
     except Exception as e:  # corrupt pickles raise almost anything
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise DataError(f"cannot read {path}: expected a pickled dict, got {type(obj).__name__}")
-    return obj
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def read_cifar(root, split: str, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +92,9 @@ def read_cifar(root, split: str, num_classes: int = 10) -> tuple[torch.Tensor, t
     for name in train_files if split == "train" else test_files:
         path = d / name
         batch = _load_pickle(path)
-        if b"data" not in batch or label_key not in batch:
-            raise DataError(f"cannot read {path}: missing key b'data' or {label_key!r}")
-        data = np.asarray(batch[b"data"])
+        if "data" not in batch or label_key not in batch:
+            raise DataError(f"cannot read {path}: missing key 'data' or {label_key!r}")
+        data = np.asarray(batch["data"])
         lab = np.asarray(batch[label_key])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
             raise DataError(
@@ -232,6 +254,9 @@ def read_image_folder(root, classes: list[str] | None = None) -> tuple[torch.Ten
         if not (root / cls).is_dir():
             continue
         files = sorted(p for p in (root / cls).iterdir() if _is_image(p))
+        if not files:
+            raise DataError(f"class folder {root / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
+                            "remove it or add its images (an empty class would silently change the class count)")
         paths += files
         labels += [label] * len(files)
     extra = set(folder_classes(root)) - set(classes)

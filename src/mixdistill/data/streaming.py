@@ -121,6 +121,9 @@ def scan_image_folder(folder, classes: Sequence[str]) -> tuple[list[str], np.nda
         if not (folder / cls).is_dir():
             continue
         files = _image_files(str(folder / cls))
+        if not files:
+            raise DataError(f"class folder {folder / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
+                            "remove it or add its images (an empty class would silently change the class count)")
         paths += [os.path.join(cls, f) for f in files]
         labels += [label] * len(files)
     if not paths:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from mixdistill.augment import MixedBatch
 from mixdistill.errors import ConfigError
+from mixdistill.schema import Schema
 
 
 def clean_batch(images: torch.Tensor) -> MixedBatch:
@@ -47,10 +47,8 @@ class TrainSet:
     augmented_by_loader: bool  # does the loader crop/flip? (then inputs are not fixed across epochs)
 
 
-class MethodParams(BaseModel):
+class MethodParams(Schema):
     """Base for each distiller's hyper-parameters (validated from the config's ``method`` section)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Distiller(nn.Module):
@@ -74,6 +72,11 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()  # the teacher is frozen: BatchNorm statistics never move
         return self
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ValueError for a RunConfig this method cannot train (checked when the config is
+        validated, so --print-config rejects it as training would). Most methods accept any."""
 
     def set_augment(self, augment: Callable | None) -> None:
         target = getattr(augment, "func", augment)

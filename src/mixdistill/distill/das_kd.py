@@ -18,6 +18,10 @@ from mixdistill.errors import ConfigError
 from mixdistill.losses import cross_entropy, kl_div, mixed_cross_entropy
 
 
+CACHE_NEEDS_FIXED_INPUTS = ("das_kd caches teacher logits, which needs fixed inputs: set data.crop_padding=0 "
+                            "data.flip=false augment=none, or method.cache_teacher=false")
+
+
 class DasKDParams(MethodParams):
     temperature: float = Field(20.0, gt=0)
     gamma: float = Field(0.5, ge=0, le=1, description="weight g of the KL term; CE gets 1 - g")
@@ -29,6 +33,17 @@ class DasKDParams(MethodParams):
 class DasKD(Distiller):
     Params = DasKDParams
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if not cfg.method.params().cache_teacher:
+            return
+        from mixdistill.data.datasets import DATASETS
+
+        spec = DATASETS.get(cfg.data.dataset)
+        padding = cfg.data.crop_padding if cfg.data.crop_padding is not None else (spec.crop_padding if spec else 1)
+        if padding or cfg.data.flip or cfg.augment.name != "none" or cfg.data.loader == "streaming":
+            raise ValueError(CACHE_NEEDS_FIXED_INPUTS)
+
     def __init__(self, student, teacher, params):
         super().__init__(student, teacher, params)
         self.register_buffer("cached_logits", None, persistent=False)  # recomputed, never checkpointed
@@ -37,8 +52,7 @@ class DasKD(Distiller):
         if not self.params.cache_teacher:
             return
         if data.augmented_by_loader or self.augment is not None:
-            raise ConfigError("das_kd caches teacher logits, which needs fixed inputs: set data.crop_padding=0 "
-                              "data.flip=false augment=none, or method.cache_teacher=false")
+            raise ConfigError(CACHE_NEEDS_FIXED_INPUTS)
         cache = None
         for images, _, indices in data.clean_batches():
             logits = self.teacher_logits(images).float()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from mixdistill.files import append_text, write_error, write_text
 
 
 class _Progress:
@@ -31,16 +32,20 @@ class RunLogger:
                  write: bool = True):
         self.run_dir = Path(run_dir)
         self.quiet = quiet
-        # rewritten from the checkpoint's history, so a resumed run never holds an epoch twice;
-        # write=False (torchrun ranks other than 0) writes no file at all
-        self.metrics = open(self.run_dir / "metrics.jsonl" if write else os.devnull, "w")
-        for record in history:
-            self.metrics.write(json.dumps(record) + "\n")
+        # metrics.jsonl is rewritten whole from the checkpoint's history (so a resumed run never holds an
+        # epoch twice, and a failed write leaves the old file as it was), then appended to, one line per
+        # epoch; write=False (torchrun ranks other than 0) writes no file at all
+        self.metrics = self.run_dir / "metrics.jsonl" if write else None
+        if self.metrics is not None:
+            write_text(self.metrics, "".join(json.dumps(record) + "\n" for record in history))
         self.writer = None
         if tensorboard and write:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            try:
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except OSError as err:
+                raise write_error(self.run_dir / "tensorboard", err) from None
 
     def info(self, message: str):
         if not self.quiet:
@@ -50,13 +55,16 @@ class RunLogger:
         return _Progress(total, desc, enabled and not self.quiet)
 
     def epoch(self, record: dict):
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        if self.metrics is not None:
+            append_text(self.metrics, json.dumps(record) + "\n")
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
-            self.writer.flush()
+            try:
+                for key, value in record.items():
+                    if key != "epoch" and isinstance(value, (int, float)):
+                        self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+                self.writer.flush()
+            except OSError as err:
+                raise write_error(self.run_dir / "tensorboard", err) from None
         parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.4f}",
                  f"train {record['train_acc']:.2f}%"]
         if "test_acc_ensemble" in record:
@@ -68,6 +76,9 @@ class RunLogger:
         self.info(" | ".join(parts))
 
     def close(self):
-        self.metrics.close()
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError as err:
+                raise write_error(self.run_dir / "tensorboard", err) from None

@@ -7,6 +7,7 @@ accumulated in device tensors and read once per ``log_every`` steps, no ``.item(
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,17 +22,19 @@ from torch import nn
 from mixdistill.config import RunConfig, build_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
-from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, save_atomic
+from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.distributed import init_distributed, local_batch_size, wrap_for_training
 from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
+from mixdistill.files import hold_lock, remove_orphans, write_json, write_yaml
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.provenance import reconstruction_notes
 
 # config keys that may differ between a run and its resumption (they do not change the result)
 PATH_KEYS = {"model.teacher_checkpoint"}
+LOCK_NAME = ".lock"  # the run directory's lock (and LOCK_NAME.holder: who holds it)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
                     "data.num_workers", "output_dir"}
 
@@ -114,6 +117,13 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
                    train.num_samples, True)
 
 
+def missing_teacher(source: str) -> str:
+    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name: train the teacher "
+            f"first (for the Fashion-MNIST configs: `mixdistill train configs/fmnist_cpu_teacher.yaml`), point "
+            f"model.teacher_checkpoint at an existing last.pt, or name a pretrained CIFAR-100 teacher "
+            f"(`mixdistill teachers` lists them)")
+
+
 def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
     source = cfg.model.teacher_checkpoint
     if source is None:
@@ -123,8 +133,7 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
 
         if source in TEACHERS:
             return load_teacher(source, num_classes=num_classes)
-        raise CheckpointError(f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name "
-                              f"(see `mixdistill teachers`)")
+        raise CheckpointError(missing_teacher(source))
     state = load_checkpoint(source)
     arch = cfg.model.teacher or state.get("arch")
     if arch is None:
@@ -138,21 +147,21 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
 
 def build_augment(cfg: RunConfig, method_cls, mean, std):
     """The configured augmentation (or the method's default), with the dataset's mean/std bound for
-    views that work in pixel space (AutoAugment, crop with black padding)."""
+    views that work in pixel space (AutoAugment, crop with black padding) when the config leaves them null."""
     from mixdistill.augment import augment_params, make_augment
 
     name, params = cfg.augment.name, dict(cfg.augment.model_extra or {})
     if name == "none":
         if method_cls.default_augment is None:
             return None
-        name = method_cls.default_augment
-    accepted = augment_params(name)
-    if "mean" in accepted and "mean" not in params:
+        name, params = method_cls.default_augment, {}
+    if "mean" in augment_params(name) and params.get("mean") is None:
         params.update(mean=tuple(mean), std=tuple(std))
     return make_augment(name, **params)
 
 
-def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,)):
+def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,),
+                    teacher_builder=build_teacher):
     method_cls = DISTILLERS.get_or_raise(cfg.method.name)
     params = cfg.method.params()
     if getattr(method_cls, "online", False):  # a group of peers trained together, no teacher
@@ -161,11 +170,29 @@ def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.
         distiller.student_arch = names[0]
     else:
         student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
-        teacher = build_teacher(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
+        teacher = teacher_builder(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
         distiller = method_cls(student, teacher, params)
         distiller.student_arch = cfg.model.student
     distiller.set_augment(build_augment(cfg, method_cls, mean, std))
     return distiller
+
+
+def check_buildable(cfg: RunConfig) -> None:
+    """Build the method as training would, without reading data or weights (models on the meta device,
+    the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
+    from mixdistill.data.datasets import DATASETS
+    from mixdistill.teachers import TEACHERS
+
+    source = cfg.model.teacher_checkpoint
+    if source is not None and not Path(source).exists() and source not in TEACHERS:
+        raise CheckpointError(missing_teacher(source))
+    spec = DATASETS[cfg.data.dataset]
+
+    def stand_in_teacher(cfg, num_classes, in_channels):
+        return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+
+    with torch.device("meta"):
+        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher)
 
 
 def base_lr(cfg: RunConfig) -> float:
@@ -228,7 +255,15 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.checkpoint_path = self.run_dir / "last.pt"
-        self._check_run_dir()
+        self._lock = contextlib.ExitStack()
+        try:
+            self._claim_run_dir()
+            self._build(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: RunConfig, resume: bool):
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.dist = init_distributed(cfg.train.device)
@@ -286,15 +321,32 @@ class Trainer:
                                   int8=train.int8_teacher, calibration=calibration)
 
     # -- run directory and resumption -------------------------------------------------------------
-    def _check_run_dir(self):
-        if int(__import__("os").environ.get("RANK", "0")) != 0:
-            return  # rank 0 alone owns the run directory
+    def _claim_run_dir(self):
+        """Lock the run directory for the life of the run (a second run into it stops, naming the holder),
+        then check that it holds no finished or resumable run unless resuming. Rank 0 alone owns it."""
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        created = not self.run_dir.exists()
+        lock_path = self.run_dir / LOCK_NAME
+        try:
+            self._lock.enter_context(hold_lock(lock_path, f"training {self.cfg.name}"))
+        except BaseException:
+            if created:
+                _remove_empty_run_dir(self.run_dir)
+            raise
+        if created:  # a run that fails before writing anything leaves no empty directory behind
+            self._lock.callback(_remove_empty_run_dir, self.run_dir)
+        remove_orphans(self.run_dir)
         has_run = self.checkpoint_path.exists() or (self.run_dir / "summary.json").exists()
         if self.resume and not self.checkpoint_path.exists():
             raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}")
         if not self.resume and has_run:
             raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
                                   f"another name= or output_dir= (nothing was overwritten)")
+
+    def close(self):
+        """Release the run directory (also done at the end of ``fit``)."""
+        self._lock.close()
 
     def _load_state(self):
         state = load_checkpoint(self.checkpoint_path)
@@ -328,6 +380,14 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "history": json.dumps(self.history),
         }
+        bad = non_finite_tensors({"model": state["model"], "distiller_extra": state["distiller_extra"],
+                                  "optimizer": state["optimizer"]["state"]})
+        if bad:
+            kept = (f"the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path.exists()
+                    else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"non-finite weights or buffers after epoch {epoch} "
+                                     f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); not saved, "
+                                     f"stopped; {kept}")
         save_atomic(state, self.checkpoint_path)
 
     # -- one step -------------------------------------------------------------------------------------
@@ -356,13 +416,18 @@ class Trainer:
 
     # -- epochs ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        from mixdistill.engine.logging import RunLogger
-
         cfg, main = self.cfg, self.dist.is_main
         epochs = cfg.optim.total_epochs
+        try:
+            return self._fit(cfg, main, epochs)
+        finally:
+            self.close()
+
+    def _fit(self, cfg: RunConfig, main: bool, epochs: int) -> dict:
+        from mixdistill.engine.logging import RunLogger
+
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(_to_yaml(cfg.to_dict()))
+            write_yaml(self.run_dir / "config.yaml", cfg.to_dict())
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
                            quiet=self.quiet or not main, write=main)
         logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
@@ -404,7 +469,7 @@ class Trainer:
         summary = summarize(self.history, cfg, teacher_eval)
         summary["train_images"] = self.train_images
         if main:
-            save_json_atomic(summary, self.run_dir / "summary.json")
+            write_json(self.run_dir / "summary.json", summary)
         if self.dist.enabled:
             torch.distributed.destroy_process_group()
         return summary
@@ -523,20 +588,15 @@ def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def save_json_atomic(obj, path: Path) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _to_yaml(tree: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(tree, sort_keys=False)
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    """Remove a run directory this run created if it holds nothing but its lock files."""
+    try:
+        if all(p.name.startswith(LOCK_NAME) for p in run_dir.iterdir()):
+            for p in run_dir.iterdir():
+                p.unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -29,40 +30,53 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _unpickler_detail(msg: str) -> str:
-    """The informative line of torch's long weights-only error message."""
-    boiler = ("weights only load failed", "please file an issue", "check the documentation")
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    """The informative line of torch's long weights-only error message (torch's advice to load with
+    weights_only=False, and terminal colour codes, left out)."""
+    boiler = ("weights only load failed", "please file an issue", "check the documentation", "in pytorch 2.6",
+              "re-running `torch.load`", "weightsunpickler error")
+    lines = [_ANSI.sub("", ln).strip() for ln in msg.splitlines()]
+    lines = [ln for ln in lines if ln]
     useful = [ln for ln in lines if not ln.lower().startswith(boiler)]
-    return (useful[0] if useful else (lines[0] if lines else "unpickling error")).rstrip(".")
+    return (useful[0] if useful else "unpickling error").rstrip(".")
 
 
 def read_checkpoint(path) -> object:
-    """``torch.load`` a file safely, turning every failure into a CheckpointError."""
+    """``torch.load`` a file safely (``weights_only=True``: it can never execute code), turning every
+    failure into one CheckpointError line. The one checkpoint reader of the project."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. pickle-protocol notices from the safe unpickler
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        detail = _unpickler_detail(msg)
-        if "weights only load failed" in msg.lower() and "global" in msg.lower():
+        msg = _ANSI.sub("", str(e))
+        if re.search(r"unsupported global|global .* is not an allowed global", msg, re.IGNORECASE):
             raise CheckpointError(
                 f"refused to load checkpoint {path}: unpickling it would execute code or import objects "
-                f"that safe (weights_only=True) loading does not allow ({detail}). Only use checkpoints "
+                f"that safe loading does not allow ({_unpickler_detail(msg)}). Only use checkpoints "
                 "from a trusted source, and re-save them as plain state dicts."
             ) from None
         raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint ({detail})"
+            f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+            f"({_unpickler_detail(msg)})"
         ) from None
-    except Exception as e:  # truncated zip, garbage bytes, empty file, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    except MemoryError:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint (out of memory "
+                              "reading it)") from None
+    except Exception as e:  # truncated zip, garbage bytes, plain text, ...
+        first = _ANSI.sub("", str(e)).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint ({reason})"
+            f"cannot read checkpoint {path}: the file is truncated or corrupt, or not a PyTorch checkpoint "
+            f"({reason})"
         ) from None
 
 

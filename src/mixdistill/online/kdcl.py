@@ -8,10 +8,15 @@ from pydantic import Field
 
 import torch
 
+from mixdistill.augment import LABEL_PRESERVING
 from mixdistill.distill.registry import DISTILLERS
 from mixdistill.errors import ConfigError
 from mixdistill.losses import cross_entropy, kd_loss
 from mixdistill.online.base import OnlineDistiller, OnlineParams
+
+
+NEEDS_LABEL_PRESERVING = (f"kdcl needs label-preserving views ({', '.join(LABEL_PRESERVING)}); use online_cutmix or "
+                          "cutnmix for mixed samples")
 
 
 class KDCLParams(OnlineParams):
@@ -23,14 +28,18 @@ class KDCL(OnlineDistiller):
     Params = KDCLParams
     default_augment = "flip"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.augment.name not in ("none", *LABEL_PRESERVING):
+            raise ValueError(NEEDS_LABEL_PRESERVING)
+
     def forward_train(self, images, labels, info):
         T = self.params.temperature
         logits = []
         for peer in self.peers:
             view = self.mix(images, labels, info)  # a fresh random view per peer
             if view.num_sources != 1:
-                raise ConfigError("kdcl needs label-preserving views (identity, flip, crop_flip, cutout, autoaugment); "
-                                  "use online_cutmix or cutnmix for mixed samples")
+                raise ConfigError(NEEDS_LABEL_PRESERVING)
             logits.append(peer(view.images))
         target = torch.stack(logits).mean(0).detach()
         ce = sum(cross_entropy(z, labels) for z in logits)

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from mixdistill.errors import UnknownNameError
+from mixdistill.files import write_text
 
 STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
            "shen2022": "mixdistill.studies.shen2022", "wang2022": "mixdistill.studies.wang2022"}
@@ -31,9 +32,6 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int = 3, output_dir: str 
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
     rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, log=log)
     text = study.report(rows, study_dir, scale, data_root)
-    path = study_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = write_text(study_dir / "report.md", text)
     log(f"report written to {path}")
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from mixdistill.analysis.plots import save_figure
 from mixdistill.demo import merge
 from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference,
                                        scale_config, welch)
@@ -77,7 +78,7 @@ def _heatmap(diff: dict, teachers, students, path: Path) -> None:
     ax.set_title("Mix-S accuracy: T=1 minus T=4 (points)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

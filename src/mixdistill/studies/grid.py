@@ -10,16 +10,16 @@ after stage k-1 finished (teachers before students).
 
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import fnmatch
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixdistill.config import build_config
 from mixdistill.errors import MixdistillError
+from mixdistill.files import hold_lock, write_text
 
 
 @dataclass
@@ -28,7 +28,6 @@ class GridRun:
     config: dict  # a config tree; output_dir and name are set by the grid
     stage: int = 0
     labels: dict = field(default_factory=dict)  # what the report groups by
-    num_cpus: float = 1
     num_gpus: float = 0
 
     def run_name(self) -> str:
@@ -47,16 +46,9 @@ class ResultsFile:
         return {row["key"]: row for row in rows}
 
     def append(self, row: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with hold_lock(self.lock_path, "adding a result", wait=True):
             text = self.path.read_text() if self.path.exists() else ""
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(text + json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_text(self.path, text + json.dumps(row) + "\n")
 
 
 def resolve(run: GridRun, study_dir: Path):
@@ -81,6 +73,28 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
                 raise
 
 
+def with_threads(runs: list[GridRun], threads: int | None) -> list[GridRun]:
+    """Every run's ``train.threads`` made explicit (a run's own value, else ``threads``, else torch's default
+    here), so that a run is the same computation whichever executor runs it and wherever its config is
+    resolved (a Ray worker's torch default is 1 thread)."""
+    from mixdistill.config import DEFAULT_THREADS
+    from mixdistill.demo import merge
+
+    out = []
+    for run in runs:
+        if (run.config.get("train") or {}).get("threads") is None:
+            run = dataclasses.replace(run, config=merge(run.config, {"train": {"threads": threads or DEFAULT_THREADS}}))
+        out.append(run)
+    return out
+
+
+def auto_jobs(runs: list[GridRun]) -> int:
+    """Runs side by side on this machine: as many as its cores hold at the runs' thread count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max((r.config.get("train") or {}).get("threads") or 1 for r in runs) if runs else 1
+    return max(1, cores // threads)
+
+
 def _row_matches(row: dict, cfg) -> bool:
     """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
     checked against the run directory, which must still hold that very run (its summary) with ``cfg``."""
@@ -94,10 +108,16 @@ def _row_matches(row: dict, cfg) -> bool:
 
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
-             retries: int = 1, quiet: bool = True, rerun: list[str] = (), log=print) -> dict[str, dict]:
-    """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``)."""
+             retries: int = 1, quiet: bool = True, rerun: list[str] = (), threads: int | None = None,
+             jobs: int | None = None, log=print) -> dict[str, dict]:
+    """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``).
+
+    ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
+    this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
+    at that thread count); a Ray task asks for as many CPUs as its run has threads."""
     from mixdistill.engine.trainer import set_aside
 
+    runs = with_threads(runs, threads)
     study_dir = Path(study_dir)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
@@ -136,11 +156,9 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         if not todo:
             continue
         if executor == "local":
-            for i, run in enumerate(todo):
-                log(f"[stage {stage}] {i + 1}/{len(todo)} {run.key}")
-                row = execute(run, str(study_dir), retries, quiet)
+            for row in _run_local(todo, study_dir, retries, quiet, jobs or auto_jobs(todo), stage, log):
                 results.append(row)
-                done[run.key] = row
+                done[row["key"]] = row
         elif executor == "ray":
             for row in _run_ray(todo, study_dir, address, retries, quiet, log):
                 results.append(row)
@@ -148,6 +166,28 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         else:
             raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
     return {k: done[k] for k in keys}
+
+
+def _run_local(todo, study_dir, retries, quiet, jobs, stage, log):
+    """One run after another in this process (jobs=1), or ``jobs`` worker processes side by side."""
+    jobs = min(jobs, len(todo))
+    if jobs <= 1:
+        for i, run in enumerate(todo):
+            log(f"[stage {stage}] {i + 1}/{len(todo)} {run.key}")
+            yield execute(run, str(study_dir), retries, quiet)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    log(f"[stage {stage}] {len(todo)} runs, {jobs} side by side")
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(execute, run, str(study_dir), retries, quiet): run for run in todo}
+        for n, future in enumerate(concurrent.futures.as_completed(pending), 1):
+            log(f"[stage {stage}] {n}/{len(todo)} finished {pending[future].key}")
+            yield future.result()  # a run's MixdistillError (bad input) stops the grid here, as in one process
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(todo, study_dir, address, retries, quiet, log):
@@ -160,7 +200,7 @@ def _run_ray(todo, study_dir, address, retries, quiet, log):
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     remote = ray.remote(execute)
-    pending = {remote.options(num_cpus=run.num_cpus, num_gpus=run.num_gpus, max_retries=0)
+    pending = {remote.options(num_cpus=run.config["train"]["threads"], num_gpus=run.num_gpus, max_retries=0)
                .remote(run, str(study_dir), retries, quiet): run for run in todo}
     try:
         while pending:

@@ -108,7 +108,7 @@ def _t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root, mi
 
 def _cached_t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_root, min_steps: int) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
-    from mixdistill.engine.trainer import save_json_atomic
+    from mixdistill.files import write_json
 
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
@@ -116,7 +116,7 @@ def _cached_t_stddev(study_dir: Path, rows: dict, pair: str, method: str, data_r
     key = f"{pair}/{method}/{min_steps}/{os.stat(ckpt).st_mtime_ns}"
     if key not in cache:
         cache[key] = _t_stddev(study_dir, rows, pair, method, data_root, min_steps)
-        save_json_atomic(cache, path)
+        write_json(path, cache)
     return cache[key]
 
 

@@ -1,0 +1,183 @@
+"""Every file mixdistill writes goes through here.
+
+A file is either written whole (a temporary file in the same directory, fsync, then renamed over the
+final name) or appended to; nothing is ever truncated in place, so a full disk, a read-only filesystem or
+a kill mid-write leaves the previous version intact. Any OS error becomes one :class:`WriteError` line
+naming the path and the errno. Files get the mode a plain ``open`` would give them (0644 under the usual
+umask), not ``mkstemp``'s 0600, so runs on a shared filesystem stay readable by the group.
+
+:func:`hold_lock` is the inter-process lock (a run directory, a study's results file): portable through
+``filelock``, with the holder's host and pid written beside the lock so that a second writer can be told
+who holds it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import filelock
+
+from mixdistill.errors import LockedError, WriteError
+
+TMP_SUFFIX = ".mdtmp"  # temporary files of interrupted writes end in this (removed by remove_orphans)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def write_error(path: str | Path, err: OSError) -> WriteError:
+    reason = f"[Errno {err.errno}] {err.strerror}" if err.errno else str(err)
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, fsync it and rename it over ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise write_error(path, err) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_yaml(path: str | Path, tree) -> Path:
+    import yaml
+
+    return write_text(path, yaml.safe_dump(tree, sort_keys=False))
+
+
+def save_torch(obj, path: str | Path) -> Path:
+    """``torch.save`` written whole (a checkpoint is never half-written under its final name)."""
+    import torch
+
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_figure_file(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """A matplotlib figure rendered in memory, then written whole."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    return write_bytes(path, buffer.getvalue())
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append to a file (created if missing); what is already there is never touched."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            os.write(fd, text.encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
+def make_dir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    return path
+
+
+def remove_orphans(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted writes left in ``directory`` (call it while holding the
+    directory's lock, so that no live writer's file is taken)."""
+    removed = []
+    for p in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ locks
+
+def _holder_path(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + ".holder")
+
+
+def describe_holder(lock_path: str | Path) -> str:
+    try:
+        info = json.loads(_holder_path(Path(lock_path)).read_text())
+        return f"pid {info['pid']} on {info['host']} ({info.get('what', '?')}, since {info.get('since', '?')})"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def hold_lock(lock_path: str | Path, what: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold the inter-process lock ``lock_path`` for the body. ``wait=False``: if another process holds it,
+    raise :class:`LockedError` naming the holder at once. ``what`` says what the holder is doing."""
+    import time
+
+    lock_path = Path(lock_path)
+    make_dir(lock_path.parent)
+    lock = filelock.FileLock(str(lock_path), mode=FILE_MODE)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except filelock.Timeout:
+        raise LockedError(f"{lock_path.parent} is in use by {describe_holder(lock_path)}: "
+                          f"wait for it to finish or stop it") from None
+    except OSError as err:
+        raise write_error(lock_path, err) from None
+    holder = _holder_path(lock_path)
+    try:
+        try:  # informational only (for the message a second writer gets), so a failure here stops nothing
+            holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                          "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        except OSError:
+            pass
+        yield
+    finally:
+        try:
+            holder.unlink()
+        except OSError:
+            pass
+        lock.release()

@@ -1,0 +1,402 @@
+"""Faults that must lose nothing: a second run into a busy run directory, non-finite weights, full and
+read-only disks, unreadable checkpoints and data files, and inputs that must be one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixdistill.cli import main
+from mixdistill.config import load_config
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.engine.trainer import Trainer, train
+from mixdistill.errors import CheckpointError, DataError, MixdistillError, NonFiniteLossError
+from mixdistill.files import TMP_SUFFIX, hold_lock
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixdistill: error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "\x1b[" not in err, "terminal colour codes in an error message"
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------- run-directory lock
+
+def test_second_run_into_a_busy_run_directory_stops_naming_the_holder(capsys, tiny_run_overrides, tmp_path):
+    run_dir = tmp_path / "runs" / "busy"
+    with hold_lock(run_dir / ".lock", "training busy"):  # as another process's run holds it
+        err = one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=busy"])
+    assert "in use by" in err and f"pid {os.getpid()}" in err and "training busy" in err
+    assert not (run_dir / "config.yaml").exists()
+    # released: the run now goes ahead
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=busy", "optim.epochs=1",
+                 "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_two_processes_into_one_run_directory_during_the_first_epoch(tmp_path):
+    """The old check looked for last.pt, which does not exist during the first epoch."""
+    from mixdistill.data.synthetic import write_fashion_like
+
+    root = write_fashion_like(tmp_path / "data", 3000, 100)
+    cmd = [sys.executable, "-m", "mixdistill", "train", "configs/fmnist_cpu_teacher.yaml", f"data.root={root}",
+           f"output_dir={tmp_path / 'runs'}", "name=r", "model.student=cnn5_w8", "data.batch_size=32",
+           "optim.epochs=50", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+           "train.precision=fp32", "train.threads=1", "--quiet"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        config = tmp_path / "runs" / "r" / "config.yaml"
+        deadline = time.time() + 120
+        while not config.exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None and config.exists() and not (config.parent / "last.pt").exists()
+        before = config.read_bytes()
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+        assert config.read_bytes() == before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+# ---------------------------------------------------------------------------------- finite checkpoints
+
+def test_non_finite_weights_are_never_checkpointed(tiny_run_overrides, monkeypatch):
+    """The last step of epoch 2 has a finite loss but leaves a NaN BatchNorm buffer: epoch 1's checkpoint stays."""
+    cfg = load_config(None, tiny_run_overrides + ["name=nan", "optim.epochs=3"])
+    original = Trainer._train_epoch
+
+    def poison_after_epoch_2(self, epoch, epochs, logger):
+        record = original(self, epoch, epochs, logger)
+        if epoch == 1:
+            bn = next(m for m in self.distiller.student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var[0] = float("nan")
+        return record
+
+    monkeypatch.setattr(Trainer, "_train_epoch", poison_after_epoch_2)
+    with pytest.raises(NonFiniteLossError, match=r"after epoch 2 .*running_var.*kept at"):
+        train(cfg, quiet=True)
+    state = load_checkpoint(cfg.run_dir / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------- full disks
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only); yields (mount point, fill(keep_bytes), make_read_only())."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+    def fill(keep: int = 0):
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        with open(mount / "filler", "wb") as f:
+            with contextlib.suppress(OSError):
+                f.write(b"\0" * max(0, free - keep))
+
+    def read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+    try:
+        yield mount, fill, read_only
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _disk_run(fmnist_root, disk, epochs=2):
+    return ["train", "configs/fmnist_cpu_teacher.yaml", f"data.root={fmnist_root}", f"output_dir={disk}",
+            "name=r", "model.student=cnn5_w8", "data.batch_size=64", "data.eval_batch_size=200",
+            "optim.schedule=onecycle", "optim.milestones=[]", f"optim.epochs={epochs}", "train.progress=false",
+            "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "--quiet"]
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_leaves_no_empty_config(capsys, fmnist_root, small_disk):
+    disk, fill, _ = small_disk
+    fill(keep=0)
+    err = one_line_error(capsys, _disk_run(fmnist_root, disk))
+    assert "No space left on device" in err and "Errno 28" in err and str(disk) in err
+    config = disk / "r" / "config.yaml"
+    assert not config.exists() or config.stat().st_size > 0
+    assert not list((disk / "r").glob(f".*{TMP_SUFFIX}")) if (disk / "r").exists() else True
+
+
+@pytest.mark.slow
+def test_resume_on_a_full_disk_keeps_every_file_whole(capsys, fmnist_root, small_disk, interrupt_at):
+    disk, fill, _ = small_disk
+    with interrupt_at(2):
+        main(_disk_run(fmnist_root, disk, epochs=3))
+    run = disk / "r"
+    before = snapshot(run)
+    assert len(before["metrics.jsonl"].splitlines()) == 2
+    fill(keep=0)
+    err = one_line_error(capsys, _disk_run(fmnist_root, disk, epochs=3) + ["--resume"])
+    assert "No space left on device" in err
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if not k.startswith(".lock")} == \
+        {k: v for k, v in before.items() if not k.startswith(".lock")}, "a file changed on a full disk"
+    # the resumed run's logger rewrites metrics.jsonl from the checkpoint's history: on a full disk that
+    # write fails and the file keeps every line (it used to be reopened with "w", truncating it first)
+    from mixdistill.engine.logging import RunLogger
+    from mixdistill.errors import WriteError
+
+    history = [json.loads(x) for x in before["metrics.jsonl"].splitlines()]
+    with pytest.raises(WriteError, match="No space left"):
+        RunLogger(run, history=history, tensorboard=False, quiet=True)
+    assert (run / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    # space again: an orphaned temporary file of an interrupted write is removed on the next start
+    (disk / "filler").unlink()
+    (run / f".last.pt.x{TMP_SUFFIX}").write_bytes(b"partial")
+    assert main(_disk_run(fmnist_root, disk, epochs=3) + ["--resume"]) == 0
+    assert not list(run.glob(f".*{TMP_SUFFIX}"))
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_read_only_disk_is_one_line_and_changes_nothing(capsys, fmnist_root, small_disk):
+    disk, _, read_only = small_disk
+    assert main(_disk_run(fmnist_root, disk, epochs=1)) == 0
+    before = snapshot(disk)
+    read_only()
+    err = one_line_error(capsys, _disk_run(fmnist_root, disk, epochs=1) + ["name=other"])
+    assert "Read-only file system" in err
+    assert snapshot(disk) == before
+
+
+def test_files_are_written_with_the_umasks_mode(tiny_run_overrides):
+    cfg = load_config(None, tiny_run_overrides + ["name=modes", "optim.epochs=1", "train.tensorboard=true"])
+    old = os.umask(0o022)
+    try:
+        train(cfg, quiet=True)
+    finally:
+        os.umask(old)
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "summary.json"):
+        assert stat.S_IMODE((cfg.run_dir / name).stat().st_mode) == 0o644, name
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "the file is empty"),
+    (b"epoch 3 of 240, all fine\nnot a checkpoint at all\n", "not a PyTorch checkpoint"),
+    (np.random.default_rng(0).bytes(5000), "not a PyTorch checkpoint"),
+])
+def test_unreadable_checkpoints_are_one_line_and_not_called_code(capsys, tmp_path, content, fragment):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    err = one_line_error(capsys, ["eval", str(path)])
+    assert fragment in err and "execute code" not in err and "weights_only" not in err
+
+
+def test_a_code_running_checkpoint_is_refused(capsys, tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, path)
+    err = one_line_error(capsys, ["eval", str(path)])
+    assert "would execute code" in err and "posix.system" in err and "weights_only=False" not in err
+    with pytest.raises(CheckpointError, match="would execute code"):
+        load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------- CIFAR files
+
+def test_cifar_resaved_by_python3_is_read_like_the_original(tmp_path):
+    from mixdistill.data.readers import read_cifar
+    from mixdistill.data.synthetic import write_cifar_like
+
+    original = write_cifar_like(tmp_path / "py2", 10, 50, 20)
+    resaved = tmp_path / "py3" / "cifar-10-batches-py"
+    resaved.mkdir(parents=True)
+    for f in (original / "cifar-10-batches-py").iterdir():
+        batch = pickle.loads(f.read_bytes(), encoding="bytes")
+        (resaved / f.name).write_bytes(pickle.dumps({k.decode(): v for k, v in batch.items()}, protocol=5))
+    for split in ("train", "test"):
+        a, b = read_cifar(original, split, 10), read_cifar(resaved.parent, split, 10)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_crafted_cifar_file_runs_no_code(tmp_path):
+    from mixdistill.data.readers import read_cifar
+    from mixdistill.data.synthetic import write_cifar_like
+
+    root = write_cifar_like(tmp_path, 10, 50, 20)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
+    with pytest.raises(DataError, match="system"):
+        read_cifar(root, "test", 10)
+    assert not marker.exists(), "unpickling the data file ran its code"
+
+
+# --------------------------------------------------------------------------------------- validation
+
+def test_labels_outside_the_classes_fail_at_load(tmp_path):
+    from mixdistill.data import load_dataset
+    from mixdistill.data.synthetic import write_fashion_like, write_idx
+
+    root = write_fashion_like(tmp_path, 50, 20)
+    labels = np.zeros(20, dtype=np.uint8)
+    labels[3] = 12
+    write_idx(root / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match=r"1 label\(s\) outside 0..9 \(found 0..12\)"):
+        load_dataset("fashion_mnist", "test", root=root)
+
+
+def test_an_empty_class_folder_is_an_error(tmp_path):
+    from PIL import Image
+
+    from mixdistill.data import load_dataset
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / split / cls / "0.png")
+    (tmp_path / "train" / "c").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*train/c holds no image files"):
+        load_dataset("imagefolder", "train", root=tmp_path)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["augment=mixup", "augment.alpha=abc"], "invalid value 'abc' for parameter 'alpha'"),
+    (["augment=mixup", "augment.alpha=-1"], "greater than 0"),
+    (["augment=cutout", "augment.size=2.5"], "parameter 'size'"),
+    (["augment=flip", "augment.p=1.5"], "less than or equal to 1"),
+    (["augment=cutmix", "augment.per_sample_boxes=1"], "per_sample_boxes"),
+    (["optim.epochs=true"], "optim.epochs: expected a number, got true"),
+    (["method=kd", "model.teacher_checkpoint=t.pt", "method.temperature=true"], "expected a number"),
+    (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    (["train.device=meta"], "train.device: 'meta' is not a device"),
+    (["model.student=resnet99"], "unknown model (model.student) 'resnet99'"),
+    (["augment=cutmix_pick"], "scores the pool with the teacher; method ce has none"),
+    (["data.dataset=fmnist"], "unknown dataset 'fmnist'"),
+])
+def test_bad_values_are_config_errors(overrides, fragment):
+    with pytest.raises(MixdistillError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        load_config("configs/fmnist_cpu_teacher.yaml", overrides)
+
+
+def test_print_config_validates_as_training_does(capsys):
+    assert "unknown model (model.student)" in one_line_error(
+        capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "model.student=resnet99", "--print-config"])
+    assert "scores the pool with the teacher" in one_line_error(
+        capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "augment=cutmix_pick", "--print-config"])
+    # built as training builds it (models on the meta device): ONE's branch form
+    assert "ONE has a branch form" in one_line_error(
+        capsys, ["train", "configs/online_fmnist_cpu.yaml", "method=one", "model.student=vgg8", "--print-config"])
+
+
+def test_config_files_duplicate_keys_non_utf8_and_yaml12_floats(capsys, tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    assert "duplicate key 'lr' (line 3" in one_line_error(capsys, ["train", str(dup), "--print-config"])
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8" in one_line_error(capsys, ["train", str(latin), "--print-config"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("optim: {lr: 1e-3, weight_decay: 5E-4}\n")
+    cfg = load_config(exp, ["optim.momentum=9e-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (1e-3, 5e-4, 0.9)
+
+
+def test_eval_counts_below_one(capsys, tmp_path):
+    assert "--batch-size must be at least 1" in one_line_error(capsys, ["eval", "x.pt", "--batch-size", "-1"])
+
+
+# ---------------------------------------------------------------------- the resolved config is complete
+
+def test_resolved_config_records_every_default(capsys, tiny_run_overrides):
+    assert main(["train", "configs/fmnist_cpu.yaml", "method=dkd", "model.teacher_checkpoint=resnet32x4",
+                 "--print-config"]) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["method"] == {"name": "dkd", "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
+                                 "warmup": 20}
+    assert printed["augment"] == {"name": "none"} and printed["train"]["threads"] >= 1
+    mixed = load_config(None, ["augment=cutmix"]).augment.model_extra
+    assert mixed == {"alpha": 1.0, "partner": "derangement", "per_sample_boxes": False}
+    kept = load_config(None, ["method.temperature=1", "method=kd", "model.teacher_checkpoint=t.pt"])
+    assert kept.method.model_extra["temperature"] == 1
+    # and the run's config.yaml holds them, so a changed default is a changed config
+    cfg = load_config(None, tiny_run_overrides + ["name=defaults", "optim.epochs=1", "augment=mixup"])
+    train(cfg, quiet=True)
+    saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())
+    assert saved["augment"] == {"name": "mixup", "alpha": 1.0, "per_sample": False}
+    assert saved["train"]["threads"] == torch.get_num_threads()
+
+
+def test_a_changed_default_makes_the_grid_run_again(tmp_path, fmnist_root):
+    from mixdistill.studies.grid import GridRun, ResultsFile, run_grid
+
+    base = {"data": {"root": str(fmnist_root), "batch_size": 64, "eval_batch_size": 200},
+            "model": {"student": "cnn5_w8"}, "augment": {"name": "mixup"},
+            "optim": {"epochs": 1, "schedule": "onecycle", "milestones": [], "lr": 0.05},
+            "train": {"progress": False, "tensorboard": False, "device": "cpu", "precision": "fp32"}}
+    runs = [GridRun("a", base)]
+    run_grid(runs, tmp_path, log=lambda *_: None)
+    results = ResultsFile(tmp_path / "results.jsonl")
+    row = results.read()["a"]
+    assert row["config"]["augment"]["alpha"] == 1.0
+    row["config"]["augment"]["alpha"] = 0.4  # as written when mixup's default alpha was 0.4
+    results.path.write_text(json.dumps(row) + "\n")
+    said = []
+    run_grid(runs, tmp_path, log=said.append)
+    assert any("different config" in s for s in said) and (tmp_path / "runs" / "a.superseded1").is_dir()
+
+
+# --------------------------------------------------------------------------------- executors agree
+
+@pytest.mark.slow
+def test_every_executor_makes_the_same_runs(tmp_path, fmnist_root):
+    pytest.importorskip("ray")
+    from mixdistill.studies.grid import GridRun, run_grid
+
+    def grid(study):
+        base = {"data": {"root": str(fmnist_root), "batch_size": 64, "eval_batch_size": 200},
+                "model": {"student": "cnn5_w8"}, "method": {"name": "ce"}, "augment": {"name": "cutmix"},
+                "optim": {"epochs": 1, "schedule": "onecycle", "milestones": [], "lr": 0.05},
+                "train": {"progress": False, "tensorboard": False, "device": "cpu", "precision": "fp32"}}
+        return [GridRun(f"s{seed}", {**base, "seed": seed}) for seed in range(2)]
+
+    outcomes = {}
+    for name, kwargs in {"local": dict(jobs=1), "local_side_by_side": dict(jobs=2),
+                         "ray": dict(executor="ray")}.items():
+        study = tmp_path / name
+        rows = run_grid(grid(study), study, threads=1, log=lambda *_: None, **kwargs)
+        outcomes[name] = {k: (r["summary"]["last_acc"], r["summary"]["last_test_loss"], r["config"]["train"]["threads"])
+                          for k, r in rows.items()}
+    assert outcomes["local"] == outcomes["local_side_by_side"] == outcomes["ray"]
+    assert all(threads == 1 for *_, threads in outcomes["ray"].values())
