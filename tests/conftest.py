@@ -43,6 +43,14 @@ def tolerance(precision) -> dict:
     return TOLERANCE[precision]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """mixdistill's own cache (compile probes) in a temporary folder, never the user's (subprocesses inherit it)."""
+    import os
+
+    os.environ["MIXDISTILL_CACHE"] = str(tmp_path_factory.mktemp("mixdistill_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _auto_precision_is_fp32(request, monkeypatch):
     """``precision=auto`` resolves to fp32 on every CPU kind for tests that do not choose a precision."""

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
 from mixdistill.errors import MixdistillError, UnknownNameError
+from mixdistill.files import FILE_MODE
 
 __all__ = [
     "TEACHER_ARCHIVE_URL",
@@ -174,6 +175,7 @@ def _fetch(url: str, dest: Path, timeout: float, cache_dir, progress: bool) -> N
                 raise _download_failed(url, f"incomplete transfer: {written} of {total} bytes", cache_dir)
             if written == 0:
                 raise _download_failed(url, "the server sent an empty file", cache_dir)
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would hide the teacher from the group on a shared filesystem
         os.replace(tmp, dest)
     except MixdistillError:
         raise

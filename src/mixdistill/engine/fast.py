@@ -104,6 +104,13 @@ class InferenceTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
+    def compile_net(self) -> bool:
+        """Compile the (folded) net for inference, weights frozen; an int8 net stays as it is. True if compiled."""
+        if self.float_input or self._compiled is not None:
+            return self._compiled is not None
+        self._compiled = torch.compile(self.net, dynamic=False, options={"freezing": True})
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.float_input:
             x = x.float()

@@ -33,7 +33,7 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None = fp32
     channels_last: bool
-    compile: bool
+    compile: bool | None  # None: train.compile=auto on a CPU, decided by the trainer (engine/compile.py)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -47,7 +47,7 @@ class Runtime:
     def describe(self) -> str:
         cap = torch.backends.cpu.get_cpu_capability() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
         return (f"device={self.device} ({cap}), precision={self.precision}, "
-                f"channels_last={self.channels_last}, compile={self.compile}")
+                f"channels_last={self.channels_last}, compile={'auto' if self.compile is None else self.compile}")
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
@@ -73,8 +73,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         use_bf16 = False
     # channels_last pays with bf16 (oneDNN / tensor cores); on fp32 CPU it measured no gain
     cl = (dev.type == "cuda" or use_bf16) if channels_last == "auto" else bool(channels_last)
-    # CPU: off unless asked (measured 0-22% faster steps on a 2-core AVX2 CPU, for 15-30 s of compile time)
-    comp = (dev.type == "cuda") if compile == "auto" else bool(compile)
+    # CPU auto: decided per run by measurement (engine/compile.py: it pays for long runs of large networks)
+    comp = (True if dev.type == "cuda" else None) if compile == "auto" else bool(compile)
     if comp and dev.type == "cpu":
         missing = cpu_compiler_missing()
         if missing:

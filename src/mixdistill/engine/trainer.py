@@ -8,6 +8,7 @@ accumulated in device tensors and read once per ``log_every`` steps, no ``.item(
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -22,6 +23,8 @@ from torch import nn
 from mixdistill.config import RunConfig, build_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
+from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
+                                       record_warm_compile)
 from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.distributed import init_distributed, local_batch_size, wrap_for_training
 from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
@@ -249,8 +252,12 @@ def eval_record(results: dict[str, dict]) -> dict:
 # ----------------------------------------------------------------------------------------- the loop
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False,
+                 compile_steps: int | None = None):
+        """``compile_steps``: the schedule length a CPU ``train.compile=auto`` decision assumes (default: this
+        run's; the benchmark passes the length of the protocol it stands for)."""
         self.cfg = cfg
+        self.compile_steps = compile_steps
         self.run_dir = cfg.run_dir
         self.resume = resume
         self.quiet = quiet
@@ -293,8 +300,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
         self.start_epoch, self.step = 0, 0
         self.history: list[dict] = []
+        self._resumed_compile = None
         if resume:
             self._load_state()
+        self.compile_decision = self._decide_compile()
         self.train_module = wrap_for_training(self.distiller, self.dist, cfg.train.sync_bn)
         self.train_step = self._make_train_step()
 
@@ -319,6 +328,28 @@ class Trainer:
             calibration = [x for x, _, _ in itertools.islice(data.clean(), 4)]
         return accelerate_teacher(distiller, self.runtime, compile=self.runtime.compile,
                                   int8=train.int8_teacher, calibration=calibration)
+
+    def _decide_compile(self) -> CompileDecision:
+        """Settle train.compile=auto on a CPU (engine/compile.py); compile the fast teacher if it says so."""
+        runtime, cfg = self.runtime, self.cfg
+        self._probe_key = None
+        if runtime.compile is not None:
+            return CompileDecision(runtime.compile, f"train.compile={cfg.train.compile}")
+        if self._resumed_compile is not None:
+            decision = CompileDecision(self._resumed_compile, "as the run was started (from its checkpoint)")
+        else:
+            images, labels, indices = next(iter(self.train_loader))
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            total = self.compile_steps or cfg.optim.total_epochs * len(self.train_loader)
+            self._probe_key = probe_key(cfg, self.distiller, tuple(images.shape), runtime)
+            decision = decide_cpu_compile(self._probe_key, total,
+                                          lambda: probe(self.distiller, (images, labels, indices), runtime))
+        self.runtime = dataclasses.replace(runtime, compile=decision.compile)
+        teacher = self.distiller.teacher
+        if decision.compile and hasattr(teacher, "compile_net") and teacher.compile_net() and self.teacher_report:
+            self.teacher_report.compiled = True
+        return decision
 
     # -- run directory and resumption -------------------------------------------------------------
     def _claim_run_dir(self):
@@ -362,6 +393,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.history = json.loads(state["history"])
+        self._resumed_compile = state.get("compile")
         torch.set_rng_state(state["rng"]["torch"])
 
     def _save_state(self, epoch: int):
@@ -379,6 +411,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "config": self.cfg.to_dict(),
             "history": json.dumps(self.history),
+            "compile": self.runtime.compile,
         }
         bad = non_finite_tensors({"model": state["model"], "distiller_extra": state["distiller_extra"],
                                   "optimizer": state["optimizer"]["state"]})
@@ -442,6 +475,11 @@ class Trainer:
                         f"{cfg.optim.lr} (set optim.lr_overrides={{}} to use optim.lr)")
         for note in reconstruction_notes(cfg.to_dict()):
             logger.info(f"note: {note}")
+        decision = self.compile_decision
+        what = ("every peer's" if getattr(self.distiller, "online", False) else "the student's") + \
+            " forward and forward_features" + (", the fast teacher" if getattr(self.teacher_report, "compiled", False)
+                                               else "")
+        logger.info(f"compile: {'yes, ' + what if decision.compile else 'no'} ({decision.reason})")
         if self.teacher_report is not None:
             r = self.teacher_report
             logger.info(f"fast teacher: {r.folded_pairs} conv+bn pairs folded, channels_last={r.channels_last}, "
@@ -461,6 +499,9 @@ class Trainer:
                                                             self.test_loader, self.runtime)))
                 self.history.append(record)
                 logger.epoch(record)
+                if self._probe_key and self.compile_decision.compile and epoch == self.start_epoch + 1:
+                    first, second = self.history[-2]["epoch_time_s"], record["epoch_time_s"]
+                    record_warm_compile(self._probe_key, max(0.0, first - second))
                 if main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs):
                     self._save_state(epoch + 1)
                 self.dist.barrier()
@@ -468,6 +509,7 @@ class Trainer:
             logger.close()
         summary = summarize(self.history, cfg, teacher_eval)
         summary["train_images"] = self.train_images
+        summary["compiled"] = self.runtime.compile
         if main:
             write_json(self.run_dir / "summary.json", summary)
         if self.dist.enabled:
@@ -539,14 +581,6 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def compile_in_place(module: nn.Module, mode: str | None) -> None:
-    """``torch.compile`` a module's ``forward`` in place (state-dict keys unchanged), and its
-    ``forward_features`` as well where it has one: CRD and Cut^nMix train through that entry point."""
-    module.compile(mode=mode)
-    if callable(getattr(module, "forward_features", None)):
-        module.forward_features = torch.compile(module.forward_features, mode=mode)
-
 
 def model_label(cfg: RunConfig) -> str:
     """The trained network(s): the student, or an online method's peers when model.peers names them."""

@@ -1,0 +1,171 @@
+"""``train.compile=auto`` on a CPU: compile when it pays, measured rather than guessed.
+
+On a CUDA device ``auto`` compiles. On a CPU what ``torch.compile`` buys depends on the machine and the
+networks: a few per cent on small CNNs with AVX2 or AVX512-BF16 (sometimes nothing), ~45% per step for the
+CRD ResNets on a CPU with AMX; against 10-30 s of compile time per run. So the first run of a kind (CPU,
+torch, threads, method, networks, batch, precision, layout) that is long enough to be worth it
+(:data:`MIN_PROBE_STEPS`) measures it on copies of its models: a few eager training steps, then a compile
+and a few compiled steps (``probe``). The measurement is kept in ``~/.cache/mixdistill/compile_probes.json``
+(``MIXDISTILL_CACHE`` moves it), so the rest of a grid decides at once. A run compiles when the time saved
+over its whole schedule exceeds the compile time it would pay (``decide``); inductor's own caches
+(FX graph and AOT autograd, on by default in ``/tmp/torchinductor_$USER``) make every later compile of the
+same networks a cache hit, so a grid pays the full compile once per architecture.
+
+The probe never touches the run's own models (copies), the global RNG is reseeded at every epoch, and the
+loaders are functions of (seed, epoch): probing does not change what the run computes. A resumed run takes
+its decision from its checkpoint, so it computes exactly what the interrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
+PROBE_STEPS = 4  # timed steps of each kind (after one warm-up step)
+
+
+@dataclass
+class CompileDecision:
+    compile: bool
+    reason: str
+    probe: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compile_in_place(module: nn.Module, mode: str | None) -> None:
+    """``torch.compile`` a module's ``forward`` in place (state-dict keys unchanged), and its
+    ``forward_features`` as well where it has one: CRD and Cut^nMix train through that entry point."""
+    module.compile(mode=mode)
+    if callable(getattr(module, "forward_features", None)):
+        module.forward_features = torch.compile(module.forward_features, mode=mode)
+
+
+def cache_path() -> Path:
+    root = os.environ.get("MIXDISTILL_CACHE") or Path.home() / ".cache" / "mixdistill"
+    return Path(root) / "compile_probes.json"
+
+
+def _signature(module: nn.Module | None) -> str:
+    """A network by its class and size (a teacher is the same network whichever file its weights came from)."""
+    if module is None:
+        return "-"
+    module = getattr(module, "net", module)  # the fast teacher's folded / int8 net
+    return f"{type(module).__name__}:{sum(p.numel() for p in module.parameters())}"
+
+
+def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) -> str:
+    """What a step's eager and compiled speeds depend on."""
+    from mixdistill.engine.trainer import model_label
+
+    return "|".join(str(x) for x in (
+        _cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
+        cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
+        tuple(batch_shape), runtime.precision, runtime.channels_last, cfg.train.int8_teacher))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def decide(probe: dict, total_steps: int) -> CompileDecision:
+    """Compile when the time a run saves over ``total_steps`` exceeds the compile time it pays."""
+    saving = probe["eager_step_s"] - probe["compiled_step_s"]
+    cost = probe.get("warm_compile_s", probe["compile_s"])
+    numbers = (f"eager {1e3 * probe['eager_step_s']:.1f} ms/step, compiled {1e3 * probe['compiled_step_s']:.1f} "
+               f"ms/step, compile {cost:.1f} s")
+    if saving <= 0:
+        return CompileDecision(False, f"compiling does not pay here ({numbers})", probe)
+    repaid_after = cost / saving
+    if repaid_after >= total_steps:
+        return CompileDecision(False, f"a {total_steps}-step run would not repay the compile ({numbers}: repaid "
+                                      f"after {repaid_after:.0f} steps)", probe)
+    return CompileDecision(True, f"{numbers}: repaid after {repaid_after:.0f} of {total_steps} steps", probe)
+
+
+def _timed_steps(distiller, batch, runtime, n: int) -> list[float]:
+    from mixdistill.distill import StepInfo
+
+    images, labels, indices = batch
+    times = []
+    for step in range(n):
+        info = StepInfo(epoch=0, step=step, epochs=1, generator=torch.Generator().manual_seed(step), indices=indices)
+        started = time.perf_counter()
+        with runtime.autocast():
+            _, losses = distiller.forward_train(images, labels, info)
+        sum(losses.values()).backward()
+        for p in distiller.parameters():
+            p.grad = None
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def probe(distiller: nn.Module, batch, runtime) -> dict:
+    """Seconds per training step (forward + backward, median of PROBE_STEPS) of copies of ``distiller``
+    eager and compiled, and the compile time (the compiled copy's first step minus an eager step)."""
+    eager = copy.deepcopy(distiller).train()
+    eager_s = statistics.median(_timed_steps(eager, batch, runtime, PROBE_STEPS + 1)[1:])
+    del eager
+    compiled = copy.deepcopy(distiller).train()
+    for module in compiled.compile_targets():
+        compile_in_place(module, None)
+    teacher = getattr(compiled, "teacher", None)
+    if hasattr(teacher, "compile_net"):
+        teacher.compile_net()
+    first, *rest = _timed_steps(compiled, batch, runtime, PROBE_STEPS + 1)
+    compiled_s = statistics.median(rest)
+    return {"eager_step_s": eager_s, "compiled_step_s": compiled_s, "compile_s": max(0.0, first - eager_s),
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
+    """The decision for a CPU run with ``train.compile=auto``: from the kept probe of ``key``, or from a new
+    one (``measure()``) when the run is long enough to be worth probing."""
+    import json
+
+    from mixdistill.engine.runtime import cpu_compiler_missing
+    from mixdistill.files import hold_lock, write_json
+
+    missing = cpu_compiler_missing()
+    if missing:
+        return CompileDecision(False, f"no C++ compiler for torch.compile ({missing})")
+    path = cache_path()
+    with hold_lock(path.with_name(path.name + ".lock"), "measuring torch.compile", wait=True):
+        probes = json.loads(path.read_text()) if path.exists() else {}
+        if key not in probes:
+            if total_steps < MIN_PROBE_STEPS:
+                return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
+                                              f"(measured from {MIN_PROBE_STEPS} steps on)")
+            probes[key] = measure()
+            write_json(path, probes)
+    return decide(probes[key], total_steps)
+
+
+def record_warm_compile(key: str, seconds: float) -> None:
+    """Keep the compile time a run actually paid (inductor's cache warm), which later decisions use."""
+    import json
+
+    from mixdistill.files import hold_lock, write_json
+
+    path = cache_path()
+    with hold_lock(path.with_name(path.name + ".lock"), "measuring torch.compile", wait=True):
+        probes = json.loads(path.read_text()) if path.exists() else {}
+        if key in probes and "warm_compile_s" not in probes[key]:
+            probes[key]["warm_compile_s"] = seconds
+            write_json(path, probes)

@@ -1,0 +1,79 @@
+"""``train.compile=auto`` on a CPU: measured once per kind of run, decided per run by its length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mixdistill.config import load_config
+from mixdistill.engine import compile as compile_mod
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.engine.trainer import Trainer, train
+
+
+def test_decide_compiles_only_when_the_run_repays_the_compile():
+    probe = {"eager_step_s": 0.030, "compiled_step_s": 0.020, "compile_s": 20.0}
+    assert compile_mod.decide(probe, 3000).compile  # saves 30 s for 20 s
+    no = compile_mod.decide(probe, 1000)  # saves 10 s for 20 s
+    assert not no.compile and "repaid after 2000 steps" in no.reason
+    assert compile_mod.decide({**probe, "warm_compile_s": 2.0}, 1000).compile  # a cache hit costs less
+    slower = compile_mod.decide({**probe, "compiled_step_s": 0.031}, 10**6)
+    assert not slower.compile and "does not pay" in slower.reason
+
+
+def test_short_runs_are_not_probed_and_probes_are_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXDISTILL_CACHE", str(tmp_path))
+    monkeypatch.setattr("mixdistill.engine.runtime.cpu_compiler_missing", lambda: None)
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"eager_step_s": 0.03, "compiled_step_s": 0.02, "compile_s": 5.0}
+
+    short = compile_mod.decide_cpu_compile("k", compile_mod.MIN_PROBE_STEPS - 1, measure)
+    assert not short.compile and "too short" in short.reason and not calls
+    assert compile_mod.decide_cpu_compile("k", 10_000, measure).compile and len(calls) == 1
+    kept = compile_mod.decide_cpu_compile("k", 100, measure)  # the kept probe decides for a shorter run
+    assert not kept.compile and "repaid after 500 steps" in kept.reason
+    assert len(calls) == 1, "a kept probe was measured again"
+    assert "k" in json.loads((tmp_path / "compile_probes.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.needs_cxx
+def test_probing_does_not_change_the_run_and_resume_keeps_the_decision(tiny_run_overrides, monkeypatch, tmp_path,
+                                                                       interrupt_at, capsys):
+    monkeypatch.setenv("MIXDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(compile_mod, "MIN_PROBE_STEPS", 1)
+    teacher = load_config(None, tiny_run_overrides + ["name=t", "optim.epochs=1"])
+    train(teacher, quiet=True)
+    base = tiny_run_overrides + ["method=kd", f"model.teacher_checkpoint={teacher.run_dir / 'last.pt'}"]
+    measured = []
+    real_probe = compile_mod.probe
+    monkeypatch.setattr("mixdistill.engine.trainer.probe", lambda *a: measured.append(1) or real_probe(*a))
+    # the probe runs on copies: a run that probed and chose eager computes exactly what compile=false does
+    monkeypatch.setattr("mixdistill.engine.trainer.decide_cpu_compile",
+                        lambda key, total, measure: compile_mod.CompileDecision(False, f"measured {measure()}"))
+    auto = load_config(None, base + ["name=auto", "train.compile=auto"])
+    train(auto)
+    assert measured == [1] and "compile: no (measured {'eager_step_s'" in capsys.readouterr().err
+    eager = load_config(None, base + ["name=eager", "train.compile=false"])
+    train(eager, quiet=True)
+    a, b = load_checkpoint(auto.run_dir / "last.pt"), load_checkpoint(eager.run_dir / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["compile"] is False
+    # a run that compiled resumes compiled without probing again
+    monkeypatch.undo()
+    monkeypatch.setenv("MIXDISTILL_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setattr("mixdistill.engine.trainer.decide_cpu_compile",
+                        lambda key, total, measure: compile_mod.CompileDecision(True, "told to"))
+    killed = load_config(None, base + ["name=killed", "train.compile=auto"])
+    with interrupt_at(1):
+        train(killed, quiet=True)
+    assert load_checkpoint(killed.run_dir / "last.pt")["compile"] is True
+    monkeypatch.setattr("mixdistill.engine.trainer.decide_cpu_compile", lambda *a: pytest.fail("decided again"))
+    resumed = Trainer(killed, resume=True, quiet=True)
+    assert resumed.runtime.compile is True and "from its checkpoint" in resumed.compile_decision.reason
+    assert resumed.fit()["compiled"] is True
