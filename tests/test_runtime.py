@@ -21,10 +21,10 @@ def cpu_bf16(monkeypatch):
 def test_auto_precision_is_bf16_only_where_native(cpu_bf16):
     cpu_bf16(False)
     r = rt.resolve_runtime("cpu", "auto", "auto", "auto")
-    assert r.autocast_dtype is None and r.precision == "fp32" and not r.channels_last and not r.compile
+    assert r.autocast_dtype is None and r.precision == "fp32" and r.channels_last and r.compile is None
     cpu_bf16(True)
     r = rt.resolve_runtime("cpu", "auto", "auto", "auto")
-    assert r.autocast_dtype is torch.bfloat16 and r.channels_last  # channels_last pays with bf16
+    assert r.autocast_dtype is torch.bfloat16 and r.channels_last
     assert rt.resolve_runtime("cpu", "fp32", "auto", "auto").autocast_dtype is None  # the user's word wins
     cpu_bf16(False)
     with pytest.warns(UserWarning, match="emulated"):  # the user's word wins, with a warning

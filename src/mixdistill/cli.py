@@ -193,6 +193,11 @@ def _add_study(sub):
                         "runs whose config changed are re-run without it")
     p.add_argument("--gpus-per-run", type=float, default=None, help="Ray GPU request per run; unset: 1 at "
                                                                     "--scale full, else 0")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (recorded in each run's config: results depend on it); unset: the "
+                        "scale's threads_per_run (1 at the CPU and smoke scales), else torch's default")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
     p.set_defaults(func=cmd_study)
 
 
@@ -201,9 +206,11 @@ def cmd_study(args) -> int:
     from mixdistill.studies import run_study
 
     require_at_least("--seeds", args.seeds, 1)
+    require_at_least("--threads", args.threads, 1)
+    require_at_least("--jobs", args.jobs, 1)
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
                      executor=args.executor, address=args.address, data_root=args.data_root,
-                     gpus_per_run=args.gpus_per_run, rerun=args.rerun)
+                     gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs)
     print(path.read_text())
     return 0
 

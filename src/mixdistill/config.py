@@ -152,7 +152,7 @@ class TrainConfig(Section):
 
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
-    channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on with CUDA or bf16)")
+    channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student: true | false | auto (CUDA)")
     cuda_graphs: bool = Field(False, description="compile the student with mode=reduce-overhead (CUDA graphs; "
                                                  "needs compile on CUDA)")

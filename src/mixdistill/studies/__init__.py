@@ -20,17 +20,23 @@ def get_study(name: str):
 
 def run_study(name: str, *, scale: str = "cpu", seeds: int = 3, output_dir: str = "runs/studies",
               executor: str = "local", address: str | None = None, data_root: str | None = None,
-              gpus_per_run: float | None = None, rerun: list[str] = (), log=print) -> Path:
+              gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
+              jobs: int | None = None, log=print) -> Path:
+    """``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
+    ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
+    from mixdistill.studies.common import load_study_config, scale_config
     from mixdistill.studies.grid import run_grid
 
     study = get_study(name)
+    threads = threads or scale_config(load_study_config(name), scale).get("threads_per_run")
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     if executor == "ray":  # workers run in other directories (or on other nodes sharing the filesystem)
         study_dir = study_dir.resolve()
     runs = study.grid(scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
-    rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, log=log)
+    rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
+                    log=log)
     text = study.report(rows, study_dir, scale, data_root)
     path = write_text(study_dir / "report.md", text)
     log(f"report written to {path}")
