@@ -184,3 +184,15 @@ def test_counts_below_one_are_one_line_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_grid_case_times_both_ways_of_running_a_grid(tmp_path):
+    out = tmp_path / "results"
+    assert bench_main(_args(["--quick", "--device", "cpu", "--cases", "grid", "--grid-runs", "2", "--grid-epochs", "1",
+                             "--grid-rounds", "1", "--precision", "fp32", "--out", str(out)])) == 0
+    grid = json.loads((out / "bench_quick_cpu.json").read_text())["grid"]
+    assert grid["runs"] == 2 and grid["steps_per_run"] == 23 and grid["precision"] == "fp32"
+    assert all(len(s) == 1 and s[0] > 0 for s in grid["seconds"].values())
+    assert grid["ratio"] == pytest.approx(grid["seconds"]["one_at_a_time"][0] / grid["seconds"]["grid"][0])
+    assert "runs per hour" in (out / "bench_quick_cpu.md").read_text()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -66,22 +65,13 @@ def _signature(module: nn.Module | None) -> str:
 
 def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) -> str:
     """What a step's eager and compiled speeds depend on."""
+    from mixdistill.engine.runtime import cpu_name
     from mixdistill.engine.trainer import model_label
 
     return "|".join(str(x) for x in (
-        _cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
+        cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
         cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
         tuple(batch_shape), runtime.precision, runtime.channels_last, cfg.train.int8_teacher))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def decide(probe: dict, total_steps: int) -> CompileDecision:
@@ -90,6 +80,8 @@ def decide(probe: dict, total_steps: int) -> CompileDecision:
     cost = probe.get("warm_compile_s", probe["compile_s"])
     numbers = (f"eager {1e3 * probe['eager_step_s']:.1f} ms/step, compiled {1e3 * probe['compiled_step_s']:.1f} "
                f"ms/step, compile {cost:.1f} s")
+    if "error" in probe:
+        return CompileDecision(False, f"compiling failed when measured ({probe['error']})", probe)
     if saving <= 0:
         return CompileDecision(False, f"compiling does not pay here ({numbers})", probe)
     repaid_after = cost / saving
@@ -128,10 +120,14 @@ def probe(distiller: nn.Module, batch, runtime) -> dict:
     teacher = getattr(compiled, "teacher", None)
     if hasattr(teacher, "compile_net"):
         teacher.compile_net()
-    first, *rest = _timed_steps(compiled, batch, runtime, PROBE_STEPS + 1)
-    compiled_s = statistics.median(rest)
-    return {"eager_step_s": eager_s, "compiled_step_s": compiled_s, "compile_s": max(0.0, first - eager_s),
-            "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    measured = {"eager_step_s": eager_s, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        first, *rest = _timed_steps(compiled, batch, runtime, PROBE_STEPS + 1)
+    except Exception as e:  # a backend that cannot compile these networks here: never compile them
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return {**measured, "compiled_step_s": float("inf"), "compile_s": 0.0,
+                "error": f"{type(e).__name__}: {detail}"}
+    return {**measured, "compiled_step_s": statistics.median(rest), "compile_s": max(0.0, first - eager_s)}
 
 
 def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixdistill.bench.grid import grid_case, grid_markdown
 from mixdistill.files import make_dir, save_torch, write_json, write_text
 
 CASES = {  # name -> (label, config overrides)
@@ -80,7 +81,12 @@ NUM_CLASSES = 100
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated, from {', '.join(CASES)}, and grid (runs per hour of a study-scale grid: "
+                        "the grid runner's defaults against one run at a time; minutes, so not in the default)")
+    p.add_argument("--grid-runs", type=int, default=4, help="grid case: runs in the grid")
+    p.add_argument("--grid-epochs", type=int, default=45, help="grid case: epochs of each run (23 steps each)")
+    p.add_argument("--grid-rounds", type=int, default=2, help="grid case: rounds, in alternating order")
     p.add_argument("--pairs", default="resnet32x4-resnet8x4,wrn_40_2-wrn_16_2",
                    help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)}")
     p.add_argument("--variants", default="auto",
@@ -419,11 +425,11 @@ def available_cpus() -> int:
 
 
 def machine_info(device: torch.device, num_workers: int) -> dict:
-    from mixdistill.engine.runtime import cpu_has_native_bf16
+    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
 
     info = {
         "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-        "cpu": _cpu_name(), "cpu_count": available_cpus(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_name(), "cpu_count": available_cpus(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
         "reference_num_workers": num_workers,
     }
@@ -432,16 +438,6 @@ def machine_info(device: torch.device, num_workers: int) -> dict:
         info["cuda"] = torch.version.cuda
         info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _loadavg() -> float | None:
@@ -660,6 +656,8 @@ def to_markdown(report: dict) -> str:
         s = report["sync_check"]
         lines += ["", f"Host synchronisations in the project's hot loop (KD, {s['steps']} steps, "
                       f"cuda sync debug mode): {s['synchronizations']}"]
+    if report.get("grid"):
+        lines += grid_markdown(report["grid"])
     for note in report.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -717,11 +715,14 @@ def _bench(args) -> int:
 
     device = resolve_device(args.device)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    grid = "grid" in cases
+    cases = [c for c in cases if c != "grid"]
     if args.quick:
         pairs = ["cnn5_w16-cnn5_w8"] if args.pairs == "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2" else args.pairs.split(",")
     else:
         pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
-    for option, minimum in (("batch_size", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
+    for option, minimum in (("batch_size", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("grid_runs", 1),
+                            ("grid_epochs", 1), ("grid_rounds", 1)):
         require_at_least(f"bench: --{option.replace('_', '-')}", getattr(args, option), minimum)
     for c in cases:
         if c not in CASES:
@@ -787,6 +788,13 @@ def _bench(args) -> int:
                 save()
         report["pick_cost"] = pick_cost(report["results"])
         report["pick_work"] = pick_work(report["results"])
+        if grid:
+            if device.type != "cpu":
+                report["not_measured"].append({"case": "grid", "why": "the grid case is a CPU case"})
+            else:
+                print("[bench] grid ...", flush=True)
+                report["grid"] = grid_case(args, tmp)
+            save()
         if cuda and not args.quick:
             try:
                 report["sync_check"] = sync_check(device, tmp / "data", tmp / f"{PAIRS[pairs[0]][0]}.pt",
@@ -834,5 +842,3 @@ def main(argv=None) -> int:  # python -m mixdistill.bench
     return bench_main(p.parse_args(argv))
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from mixdistill.bench.steps import main
+
+raise SystemExit(main())

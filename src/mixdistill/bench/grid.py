@@ -1,0 +1,96 @@
+"""``mixdistill bench --cases grid``: runs per hour of a study-scale grid, the project's grid runner with its
+defaults against the same grid one run at a time with the defaults this project had before it ran runs
+side by side.
+
+The grid: ``--grid-runs`` KD runs (cnn5_w16 teacher -> cnn5_w8 student, the CPU-scale studies' pair; one per
+seed) on a 3,000-image class-stratified subset of synthetic 28x28 Fashion-MNIST-shaped data in the real IDX
+format, batch 128, ``--grid-epochs`` epochs (45: 1,035 SGD steps, the CPU studies' minimum), evaluated at the
+end. The teacher has random weights (speed does not depend on them).
+
+* **one_at_a_time**: ``run_grid`` with ``jobs=1`` (in this process), ``train.threads`` = torch's default here
+  (all cores), ``train.compile=false``, ``train.channels_last`` on only with bf16: the earlier defaults.
+* **grid**: ``run_grid`` with the defaults: 1 thread per run (the CPU-scale studies' ``threads_per_run``), as
+  many runs side by side as the cores hold, ``train.compile=auto``, ``train.channels_last=auto``.
+
+Each round runs both in a fresh folder, in alternating order (load drift hits both alike); the ratio is the
+median over rounds of the per-round ratio of runs per hour. Before the rounds one short run of each warms the
+caches both would have in a real grid (the dataset files' page cache; for ``grid`` the compile decision of
+this kind of run and inductor's cache, measured once per machine, as a study pays it once).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mixdistill.config import DEFAULT_THREADS
+from mixdistill.studies.grid import GridRun, run_grid
+
+TEACHER, STUDENT = "cnn5_w16", "cnn5_w8"
+
+
+def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str, precision: str) -> list[GridRun]:
+    train = {"progress": False, "tensorboard": False, "device": "cpu", "eval_every": epochs, "precision": precision}
+    if variant == "one_at_a_time":
+        from mixdistill.engine.runtime import resolve_runtime
+
+        bf16 = resolve_runtime("cpu", precision, False, False).precision == "bf16"
+        train.update(threads=DEFAULT_THREADS, compile=False, channels_last=bf16)  # the earlier rule
+    tree = {"data": {"dataset": "fashion_mnist", "root": str(data_root), "train_subset": 3000, "batch_size": 128,
+                     "eval_batch_size": 1000, "download": False},
+            "model": {"student": STUDENT, "teacher_checkpoint": str(teacher_ckpt)},
+            "method": {"name": "kd"},
+            "optim": {"lr": 0.1, "epochs": epochs, "schedule": "onecycle", "milestones": []},
+            "train": train}
+    return [GridRun(f"kd/seed{seed}", {**tree, "seed": seed}) for seed in range(n)]
+
+
+def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, folder: Path, precision: str) -> float:
+    threads = 1 if variant == "grid" else None
+    jobs = 1 if variant == "one_at_a_time" else None
+    started = time.perf_counter()
+    rows = run_grid(_runs(data_root, ckpt, n, epochs, variant, precision), folder, threads=threads, jobs=jobs,
+                    log=lambda *_: None)
+    elapsed = time.perf_counter() - started
+    assert len(rows) == n and all(r["summary"]["last_acc"] is not None for r in rows.values())
+    return elapsed
+
+
+def grid_case(args, tmp: Path) -> dict:
+    """Time both ways of running the grid; returns the report's ``grid`` entry."""
+    from mixdistill.data.synthetic import write_fashion_like
+    from mixdistill.files import save_torch
+    from mixdistill.models import create_model
+
+    n, epochs, rounds = args.grid_runs, args.grid_epochs, args.grid_rounds
+    data_root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=args.seed)
+    torch.manual_seed(args.seed)
+    ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
+    for variant in ("one_at_a_time", "grid"):  # warm-up: one short run each (and the compile decision)
+        _time_grid(variant, data_root, ckpt, 1, epochs, tmp / f"warmup_{variant}", args.precision)
+    seconds: dict[str, list[float]] = {"one_at_a_time": [], "grid": []}
+    for r in range(rounds):
+        order = ("one_at_a_time", "grid") if r % 2 == 0 else ("grid", "one_at_a_time")
+        for variant in order:
+            with tempfile.TemporaryDirectory(dir=tmp) as folder:
+                seconds[variant].append(_time_grid(variant, data_root, ckpt, n, epochs, Path(folder), args.precision))
+        print(f"[bench] grid round {r + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.1f} s" for v in seconds), flush=True)
+    ratios = [a / b for a, b in zip(seconds["one_at_a_time"], seconds["grid"])]
+    per_hour = {v: 3600 * n / statistics.median(s) for v, s in seconds.items()}
+    return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * (3000 // 128), "rounds": rounds,
+            "pair": f"{TEACHER} -> {STUDENT}", "seconds": seconds, "runs_per_hour": per_hour,
+            "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+
+
+def grid_markdown(g: dict) -> list[str]:
+    return ["", f"### Grid: runs per hour ({g['runs']} KD runs {g['pair']}, {g['steps_per_run']} steps each, "
+                f"{g['rounds']} rounds)", "",
+            "| way | seconds per grid (per round) | runs / hour |", "|---|---|---|",
+            *[f"| {v} | {' / '.join(f'{s:.1f}' for s in g['seconds'][v])} | {g['runs_per_hour'][v]:.0f} |"
+              for v in ("one_at_a_time", "grid")], "",
+            f"grid / one_at_a_time: **{g['ratio']:.2f}x** runs per hour (median of the per-round ratios; range "
+            f"{g['ratio_range'][0]:.2f}-{g['ratio_range'][1]:.2f}x)."]
