@@ -25,38 +25,58 @@ def test_every_scale_resolves_to_valid_configs(name, tmp_path):
 
     study = get_study(name)
     for scale in ("smoke", "cpu", "full"):
-        for run in study.grid(scale, 3, tmp_path, None):
+        for run in study.grid(scale, [0, 1, 2], tmp_path, None):
             resolve(run, tmp_path)
+
+
+def _report_checks(report: str, dataset: str = "fashion_mnist"):
+    """What every report has: the gates first, a findings table with CIs, Holm p and verdicts, no CIFAR name
+    presented as the run's own setting."""
+    assert report.index("## Gates") < report.index("## Findings")
+    assert "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |" in report
+    assert f"{dataset}" in report.splitlines()[0] and "Wall time:" in report
+    assert "resnet32-cifar100" not in report.splitlines()[0]
 
 
 @pytest.mark.slow
 def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
-    assert main(["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path),
-                 "--data-root", str(fmnist_root)]) == 0
+    args = ["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path),
+            "--data-root", str(fmnist_root)]
+    assert main(args) == 0
     report = (tmp_path / "shen2022_smoke" / "report.md").read_text()
-    assert "reconstruction of shen2022" in report and "| cutnmix |" in report and "Welch p" in report
+    _report_checks(report)
+    assert "reconstruction of shen2022" in report and "| cutnmix |" in report and "paired t, 2 seeds" in report
+    assert "online KD beats a network alone" in report
     assert len(ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()) == 12
     capsys.readouterr()
-    assert main(["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path),
-                 "--data-root", str(fmnist_root)]) == 0
+    assert main(args) == 0
     assert "12 of 12 runs already finished" in capsys.readouterr().out
+    # other seeds: a range adds runs, it does not redo the first ones
+    assert main(args[:4] + ["--seeds", "2-3"] + args[6:]) == 0
+    assert "6 of 12 runs already finished" in capsys.readouterr().out
+    rows = ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()
+    assert {r["labels"]["seed"] for r in rows.values()} == {0, 1, 2, 3}
 
 
 @pytest.mark.slow
 def test_choi2023_smoke_study(fmnist_root, tmp_path):
-    path = run_study("choi2023", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
+    path = run_study("choi2023", scale="smoke", seeds="3,7", output_dir=str(tmp_path), data_root=str(fmnist_root),
                      log=lambda *_: None)
     report = path.read_text()
-    assert "T = 1 beats T = 4 on" in report and "mixstd_pmu_exact" in report
+    _report_checks(report)
+    assert "T = 1 beats T = 4" in report and "mixstd_pmu_exact" in report and "mixup teachers are smoother" in report
+    assert "replicates each (seeds 3, 7)" in report
     assert (path.parent / "choi2023_t1_minus_t4.png").stat().st_size > 5000
 
 
 @pytest.mark.slow
 def test_wang2022_smoke_study(fmnist_root, tmp_path):
-    path = run_study("wang2022", scale="smoke", seeds=1, output_dir=str(tmp_path), data_root=str(fmnist_root),
+    path = run_study("wang2022", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
                      log=lambda *_: None)
     report = path.read_text()
-    assert "| kd_cutmixpick |" in report and "longer training" in report and "T. stddev vs student test loss" in report
+    _report_checks(report)
+    assert "KD beats CE" in report and "longer training" in report and "T. stddev correlates" in report
+    assert "Every view ran the same 2 seeds" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
 
 
@@ -65,15 +85,18 @@ def test_das2020_smoke_study(fmnist_root, tmp_path):
     path = run_study("das2020", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
                      log=lambda *_: None)
     report = path.read_text()
-    assert "| mixup |" in report and "ECE" in report and "CD correct" in report and "Welch p" in report
+    _report_checks(report)
+    assert "| mixup |" in report and "unaugmented teacher over-confident" in report and "as_published" in report
+    assert "paired t over" in report or "paired t, 2 seeds" in report
 
 
-def test_verdict_with_one_seed_is_untested_either_way():
-    from mixdistill.studies.common import verdict, welch
+def test_gates_withhold_verdicts(tmp_path):
+    """A failed gate turns every finding resting on it into 'proxy invalid: <gate>, measured X'."""
+    from mixdistill.studies.stats import Effect, Finding, Gate, findings_markdown, gates_markdown
 
-    d, p = welch([80.0], [81.0])  # one seed a side: no p-value
-    assert math.isnan(p)
-    assert verdict(d, p, sign=1) == "NOT reproduced, untested (fewer than 2 seeds)"
-    assert verdict(d, p, sign=-1) == "same direction, untested (fewer than 2 seeds)"
-    assert verdict(-1.0, 0.01, sign=1) == "NOT reproduced (significant opposite effect)"
-    assert verdict(-1.0, 0.5, sign=1) == "NOT reproduced"
+    gate = Gate("KD beats CE", "KD − CE > 0, paired p < 0.05", "-0.40 [-1.0, +0.2], p = 0.180", False)
+    finding = Finding("KD + CutMix beats KD", Effect(0.5, 0.1, 0.9, 0.01, "paired t, 5 seeds", 5, 0.02), +1,
+                      "+1.58 (CIFAR-100)", gates=[gate])
+    text = "\n".join(gates_markdown([gate]) + findings_markdown([finding]))
+    assert "**Proxy invalid: KD beats CE, measured -0.40" in text
+    assert "| proxy invalid: KD beats CE, measured -0.40 [-1.0, +0.2], p = 0.180 |" in text

@@ -180,7 +180,8 @@ def _add_study(sub):
     p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (seconds)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per student configuration")
+    p.add_argument("--seeds", default="5", help="seeds per configuration: a count (5 = seeds 0-4), a range (10-14) "
+                                                "or a list (3,7,9), e.g. to check a report on seeds it was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: one run after another in this process; ray: one Ray task per run (every node must "
                         "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
@@ -205,7 +206,6 @@ def cmd_study(args) -> int:
     from mixdistill.errors import require_at_least
     from mixdistill.studies import run_study
 
-    require_at_least("--seeds", args.seeds, 1)
     require_at_least("--threads", args.threads, 1)
     require_at_least("--jobs", args.jobs, 1)
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,

@@ -610,6 +610,10 @@ def sync_check(device, data_root, ckpt, run_root, args) -> dict:
 # -------------------------------------------------------------------------------------------- report
 
 def to_markdown(report: dict) -> str:
+    if not report["results"] and report.get("grid"):  # the grid case alone
+        m = report["machine"]
+        return "\n".join([f"### {m['cpu']} ({m['cpu_count']} cores, {m['cpu_capability']}, native bf16: "
+                          f"{m['cpu_native_bf16']}), torch {m['torch']}"] + grid_markdown(report["grid"])) + "\n"
     m = report["machine"]
     dev = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores, {m['cpu_capability']}, native bf16: {m['cpu_native_bf16']})"
     variants = [v for v in VARIANTS if any(v in r["loops"] for r in report["results"])]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
-PROBE_STEPS = 4  # timed steps of each kind (after one warm-up step)
+PROBE_STEPS = 8  # timed steps of each kind (after one warm-up step); the median is kept
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 
 from mixdistill.errors import UnknownNameError
@@ -18,15 +19,19 @@ def get_study(name: str):
     return importlib.import_module(STUDIES[name])
 
 
-def run_study(name: str, *, scale: str = "cpu", seeds: int = 3, output_dir: str = "runs/studies",
+def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5, output_dir: str = "runs/studies",
               executor: str = "local", address: str | None = None, data_root: str | None = None,
               gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
               jobs: int | None = None, log=print) -> Path:
-    """``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
+    """``seeds``: a count (5: seeds 0..4), a range ("10-14"), a list ("3,7,9" or [3, 7, 9]).
+    ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
-    from mixdistill.studies.common import load_study_config, scale_config
+    from mixdistill.studies.common import load_study_config, record_timing, scale_config
     from mixdistill.studies.grid import run_grid
 
+    from mixdistill.studies.stats import parse_seeds
+
+    seeds = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)
     study = get_study(name)
     threads = threads or scale_config(load_study_config(name), scale).get("threads_per_run")
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
@@ -35,8 +40,15 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int = 3, output_dir: str 
     runs = study.grid(scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
+    results = study_dir / "results.jsonl"
+    lines_before = len(results.read_text().splitlines()) if results.exists() else 0
+    started = time.perf_counter()
     rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
                     log=log)
+    trained = len(results.read_text().splitlines()) - lines_before
+    record_timing(study_dir, trained, time.perf_counter() - started,
+                  f"{executor}, {threads or 'default'} thread(s) per run"
+                  + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
     text = study.report(rows, study_dir, scale, data_root)
     path = write_text(study_dir / "report.md", text)
     log(f"report written to {path}")

@@ -1,9 +1,13 @@
-"""choi2023 study (MIX-KD): with mixup-trained teachers, does T = 1 beat T = 4? And MIXSTD, FMU vs PMU.
+"""choi2023 study (MIX-KD): with mixup-trained teachers, does T = 1 beat T = 4? MIXSTD, and FMU vs PMU.
 
-Report: per (mixup teacher, student) pair the Mix-S accuracy at T = 4 and T = 1 (mean ± std) and a heat
-map of the difference, a sign count and Welch tests; on the first pair plain KD from a vanilla teacher,
-MIXSTD with FMU and PMU (both sampling modes). The paper gives no table (read off a figure): with T = 4
-its accuracies span about 68-76 %, with T = 1 about 69-77 %.
+Grid (resources/studies/choi2023.yaml): for every seed r a replicate of each teacher (vanilla and mixup-trained,
+seed r); students of seed r learn from replicate r. The teacher's training is the factor, so every test pairs
+replicates (students nested in them). On every (mixup teacher, student) pair: Mix-S at T = 4 and T = 1; on the
+first pair also CE alone, plain KD and MIXSTD from the vanilla teacher (as the released code runs MIXSTD), and
+MIXSTD with FMU and with PMU (both sampling modes) from the mixup teacher.
+
+Gates: KD from a vanilla teacher beats CE (there is distillation to improve), and mixup-trained teachers are
+measurably smoother than vanilla ones (higher output entropy, smaller logit std: choi2023's mechanism).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from mixdistill.analysis.plots import save_figure
+from mixdistill.analysis.plots import new_figure, save_figure
 from mixdistill.demo import merge
-from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference,
-                                       scale_config, welch)
+from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
+                                       reference, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun
+from mixdistill.studies.stats import (ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
+                                      holm, paired)
 
 NAME = "choi2023"
 
@@ -25,118 +31,173 @@ def first_pair(sc) -> tuple[str, str]:
     return tuple(sc.get("first_pair") or (sc["teachers"][0], sc["students"][0]))
 
 
-def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list[GridRun]:
+def _ckpt(study_dir: Path, condition: str, teacher: str, r: int) -> str:
+    return str(study_dir / "runs" / f"teacher__{condition}__{teacher}__r{r}" / "last.pt")
+
+
+def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -> list[GridRun]:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
     base = merge(sc["base"], {"data": {"root": data_root}, "train": {"progress": False}})
     runs = []
     for teacher in sc["teachers"]:
         for condition, extra in spec["teacher_conditions"].items():
-            runs.append(GridRun(f"teacher/{condition}/{teacher}", merge(merge(merge(base, sc.get("teacher", {})), extra), {
-                "model": {"student": teacher}, "seed": 0}), stage=0,
-                labels={"role": "teacher", "condition": condition, "teacher": teacher}))
-
-    def ckpt(condition, teacher):
-        return str(study_dir / "runs" / f"teacher__{condition}__{teacher}" / "last.pt")
-
+            for r in seeds:
+                runs.append(GridRun(f"teacher/{condition}/{teacher}/r{r}",
+                                    merge(merge(merge(base, sc.get("teacher", {})), extra),
+                                          {"model": {"student": teacher}, "seed": r}), stage=0,
+                                    labels={"role": "teacher", "condition": condition, "teacher": teacher, "seed": r}))
     student_base = merge(base, sc["student"])
     jobs = [(name, "mixup", t, s, extra) for t in sc["teachers"] for s in sc["students"]
             for name, extra in spec["pair_methods"].items()]
     t0, s0 = first_pair(sc)
-    jobs += [(name, extra["teacher"], t0, s0, {k: v for k, v in extra.items() if k != "teacher"})
+    jobs += [(name, extra.get("teacher"), t0, s0, {k: v for k, v in extra.items() if k != "teacher"})
              for name, extra in spec["first_pair_methods"].items()]
     for name, condition, teacher, student, extra in jobs:
-        for seed in range(seeds):
-            tree = merge(merge(student_base, extra), {"seed": seed, "model": {
-                "student": student, "teacher_checkpoint": ckpt(condition, teacher)}})
-            runs.append(GridRun(f"student/{name}/{teacher}/{student}/seed{seed}", tree, stage=1,
-                                labels={"role": "student", "method": name, "teacher": teacher,
-                                        "student": student, "seed": seed}))
+        for r in seeds:
+            model = {"student": student}
+            if condition is not None:
+                model["teacher_checkpoint"] = _ckpt(study_dir, condition, teacher, r)
+            runs.append(GridRun(f"student/{name}/{teacher}/{student}/r{r}", merge(merge(student_base, extra),
+                                                                               {"seed": r, "model": model}),
+                                stage=1, labels={"role": "student", "method": name, "teacher": teacher,
+                                                 "student": student, "seed": r}))
     return runs
 
 
-def _heatmap(diff: dict, teachers, students, path: Path) -> None:
-    import matplotlib
+def _smoothness(study_dir: Path, key: str, data_root) -> dict:
+    from mixdistill.analysis.smoothness import logit_std, output_entropy
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    logits, _, _ = test_logits(study_dir / "runs" / key.replace("/", "__"), data_root)
+    return {"entropy": float(output_entropy(logits).mean()), "logit_std": float(logit_std(logits).mean())}
+
+
+def _heatmap(effects: dict, teachers, students, path: Path) -> None:
+    """T = 1 minus T = 4 per (mixup teacher, student): the paired mean difference, its 95% CI and a star where
+    the Holm-adjusted p < ALPHA."""
     import numpy as np
 
-    grid = np.array([[diff[(t, s)] for s in students] for t in teachers])
-    bound = max(0.5, float(np.abs(grid).max()))
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.6 + 1.3 * len(students)), max(3.2, 1.6 + 0.9 * len(teachers))))
+    grid = np.array([[effects[(t, s)].estimate for s in students] for t in teachers])
+    bound = max(0.5, float(np.nanmax(np.abs(grid))))
+    fig = new_figure(max(5.0, 2.6 + 1.6 * len(students)), max(3.2, 1.6 + 1.0 * len(teachers)))
+    ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
     ax.set_xticks(range(len(students)), students)
     ax.set_yticks(range(len(teachers)), [f"{t} (mixup)" for t in teachers])
     ax.set_xlabel("student")
     ax.set_ylabel("teacher")
-    for i in range(len(teachers)):
-        for j in range(len(students)):
-            dark = abs(grid[i, j]) > 0.6 * bound
-            ax.text(j, i, f"{grid[i, j]:+.2f}", ha="center", va="center", fontsize=9,
-                    color="white" if dark else "black")
-    ax.set_title("Mix-S accuracy: T=1 minus T=4 (points)", fontsize=10)
+    for i, t in enumerate(teachers):
+        for j, s in enumerate(students):
+            e = effects[(t, s)]
+            star = "*" if e.p_holm < ALPHA else ""
+            ax.text(j, i, f"{e.estimate:+.2f}{star}\n{e.interval()}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(e.estimate) > 0.6 * bound else "black")
+    ax.set_title("Mix-S top-1: T = 1 minus T = 4 (points; 95% CI; * Holm p < 0.05)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None) -> str:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
     ref = reference(NAME)
-
-    def acc(**want):
-        return [r["summary"]["last_acc"] for r in rows.values()
-                if all(r["labels"].get(k) == v for k, v in want.items())]
-
     teachers, students = sc["teachers"], sc["students"]
     t0, s0 = first_pair(sc)
-    first = next(iter(rows.values()))["summary"]
-    lines = [f"# choi2023 study ({scale} scale)", "",
-             f"Dataset: {first['dataset']}. Top-1 %, last epoch, mean ± std over seeds. Paper (CIFAR-100, read "
-             f"off a figure): T = 4 spans about {ref['t4_range'][0]}-{ref['t4_range'][1]} %, T = 1 about "
-             f"{ref['t1_range'][0]}-{ref['t1_range'][1]} %, and T = 1 beats T = 4 for most pairs.", "",
-             "## Teachers", "", "| teacher | vanilla | mixup-trained |", "|---|---|---|"]
+    dataset = next(iter(rows.values()))["summary"]["dataset"]
+    paper_ds = ref["dataset"].upper().replace("CIFAR", "CIFAR-")
+
+    def acc(**labels) -> dict[int, float]:
+        return by_seed(rows, "last_acc", **labels)
+
+    smooth = {r["key"]: _smoothness(study_dir, r["key"], data_root) for r in rows.values()
+              if r["labels"]["role"] == "teacher"}
+
+    def teacher_stat(field, condition, teacher) -> dict[int, float]:
+        return {r["labels"]["seed"]: smooth[r["key"]][field] for r in rows.values()
+                if r["labels"]["role"] == "teacher" and r["labels"]["condition"] == condition
+                and r["labels"]["teacher"] == teacher}
+
+    replicates = sorted(acc(role="teacher", condition="vanilla", teacher=t0))
+    lines = [f"# choi2023 study ({scale} scale, {dataset})", "",
+             f"Teachers {', '.join(teachers)} trained plainly (vanilla) and with choi2023's two-permutation mixup, "
+             f"{len(replicates)} replicates each (seeds {', '.join(map(str, replicates))}); students "
+             f"{', '.join(students)} of seed r learn from replicate r. Top-1 % on the {dataset} test set, last epoch. "
+             f"The paper's results are {paper_ds} (read off a figure) and appear only as the direction of each claim.",
+             ""]
+    lines += timing_markdown(study_dir)
+
+    # ---- gates
+    kd_vs_ce = paired(acc(method="kd_vanilla", teacher=t0, student=s0), acc(method="ce", teacher=t0, student=s0))
+    gate_kd = Gate("KD from a vanilla teacher beats CE", f"{t0} → {s0}: KD − CE > 0, paired p < 0.05",
+                   f"{kd_vs_ce.estimate:+.2f} {kd_vs_ce.interval()}, p = {fmt_p(kd_vs_ce.p)}",
+                   kd_vs_ce.estimate > 0 and kd_vs_ce.p < 0.05)
+    smoother = {t: (paired(teacher_stat("entropy", "mixup", t), teacher_stat("entropy", "vanilla", t)),
+                    paired(teacher_stat("logit_std", "mixup", t), teacher_stat("logit_std", "vanilla", t)))
+                for t in teachers}
+    gate_smooth = Gate("mixup teachers are smoother",
+                       "for every teacher: test-set output entropy higher and logit std lower for the mixup-trained "
+                       "replicates, paired p < 0.05 each",
+                       "; ".join(f"{t}: entropy {h.estimate:+.3f} nats (p = {fmt_p(h.p)}), logit std "
+                                 f"{s.estimate:+.2f} (p = {fmt_p(s.p)})" for t, (h, s) in smoother.items()),
+                       all(h.estimate > 0 and h.p < 0.05 and s.estimate < 0 and s.p < 0.05
+                           for h, s in smoother.values()))
+    gate_conv = convergence_gate(rows, study_dir, role="student")
+    lines += gates_markdown([gate_kd, gate_smooth, gate_conv])
+
+    # ---- teachers
+    lines += ["## Teachers", "", "Mean [95% CI] over replicates; entropy and logit std on the test set.", "",
+              "| teacher | condition | top-1 | output entropy (nats) | logit std |", "|---|---|---|---|---|"]
     for t in teachers:
-        lines.append(f"| {t} | {mean_std(acc(role='teacher', condition='vanilla', teacher=t))} | "
-                     f"{mean_std(acc(role='teacher', condition='mixup', teacher=t))} |")
-    lines += ["", "## Mix-S students of mixup-trained teachers: T = 4 vs T = 1", "",
-              "| teacher → student | T = 4 | T = 1 | T1 − T4 | Welch p |", "|---|---|---|---|---|"]
-    diff, wins, significant = {}, 0, 0
-    for t in teachers:
-        for s in students:
-            a4, a1 = acc(method="mix_kd_T4", teacher=t, student=s), acc(method="mix_kd_T1", teacher=t, student=s)
-            d, p = welch(a1, a4)
-            diff[(t, s)] = d
-            wins += d > 0
-            significant += d > 0 and p < 0.05
-            lines.append(f"| {t} → {s} | {mean_std(a4)} | {mean_std(a1)} | {d:+.2f} | {fmt_p(p)} |")
-    _heatmap(diff, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
-    lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "",
-              f"## First pair ({t0} → {s0})", "", "| student method | accuracy |", "|---|---|"]
-    first_methods = ["mix_kd_T4", "mix_kd_T1", *spec["first_pair_methods"]]
-    for name in first_methods:
-        lines.append(f"| {name} | {mean_std(acc(method=name, teacher=t0, student=s0))} |")
-    plot_accuracy_bars({name: acc(method=name, teacher=t0, student=s0) for name in first_methods},
-                       study_dir / "choi2023_first_pair.png", f"{t0} → {s0} students")
-    realised = [r["summary"] for r in rows.values() if r["labels"].get("method", "").startswith("mixstd_pmu")]
+        for c in spec["teacher_conditions"]:
+            lines.append(f"| {t} | {c} | {fmt_mean_ci(list(acc(role='teacher', condition=c, teacher=t).values()))} | "
+                         f"{fmt_mean_ci(list(teacher_stat('entropy', c, t).values()), 3)} | "
+                         f"{fmt_mean_ci(list(teacher_stat('logit_std', c, t).values()))} |")
+
+    # ---- findings
+    pair_effects = {(t, s): paired(acc(method="mix_kd_T1", teacher=t, student=s),
+                                   acc(method="mix_kd_T4", teacher=t, student=s))
+                    for t in teachers for s in students}
+    gates = [gate_kd, gate_smooth, gate_conv]
+    findings = [Finding(f"Mix-S from the mixup {t} → {s}: T = 1 beats T = 4", e, +1,
+                        f"T = 1 better on most pairs ({paper_ds}, figure)", gates=gates)
+                for (t, s), e in pair_effects.items()]
+    fp = {"teacher": t0, "student": s0}
+    comparisons = [
+        ("mixstd_fmu", "mix_kd_T4", "MIXSTD (FMU) beats Mix-S at T = 4", "MIXSTD improves on fixed-T KD"),
+        ("mixstd_vanilla", "kd_vanilla", "MIXSTD beats KD from the vanilla teacher",
+         "MIXSTD improves KD (released code, vanilla teachers)"),
+        ("mixstd_pmu_replacement", "mixstd_fmu", "PMU (p = 0.9, as released) beats FMU with MIXSTD",
+         "partial mixup is better than full"),
+    ]
+    for a, b, claim, paper in comparisons:
+        if acc(method=a, **fp) and acc(method=b, **fp):
+            findings.append(Finding(f"{t0} → {s0}: {claim}", paired(acc(method=a, **fp), acc(method=b, **fp)), +1,
+                                    f"{paper} ({paper_ds})", gates=gates))
+    holm([f.effect for f in findings])
+    lines += ["", "## Mix-S students of mixup-trained teachers: T = 1 vs T = 4", "",
+              "| mixup teacher → student | T = 4 | T = 1 | T1 − T4 [95% CI] | p | Holm p |", "|---|---|---|---|---|---|"]
+    for (t, s), e in pair_effects.items():
+        lines.append(f"| {t} → {s} | {fmt_mean_ci(list(acc(method='mix_kd_T4', teacher=t, student=s).values()))} | "
+                     f"{fmt_mean_ci(list(acc(method='mix_kd_T1', teacher=t, student=s).values()))} | "
+                     f"{e.estimate:+.2f} {e.interval()} | {fmt_p(e.p)} | {fmt_p(e.p_holm)} |")
+    _heatmap(pair_effects, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
+    lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "", f"## First pair ({t0} → {s0})", "",
+              "| student method | teacher | top-1 |", "|---|---|---|"]
+    first_methods = ["ce", "kd_vanilla", "mixstd_vanilla", "mix_kd_T4", "mix_kd_T1", "mixstd_fmu",
+                     "mixstd_pmu_replacement", "mixstd_pmu_exact"]
+    first_methods = [m for m in first_methods if acc(method=m, **fp)]
+    teacher_of = {**{m: "mixup" for m in spec["pair_methods"]},
+                  **{m: e.get("teacher") or "-" for m, e in spec["first_pair_methods"].items()}}
+    for m in first_methods:
+        lines.append(f"| {m} | {teacher_of.get(m, '-')} | {fmt_mean_ci(list(acc(method=m, **fp).values()))} |")
+    plot_intervals({m: list(acc(method=m, **fp).values()) for m in first_methods}, study_dir / "choi2023_first_pair.png",
+                   f"{t0} → {s0} students ({dataset})")
     lines += ["", "![first pair](choi2023_first_pair.png)", "",
-              "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): "
-              "about exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact` (13/128 = 0.102 at batch "
-              "128)." if realised else "", "", "## Findings", ""]
-    n = len(diff)
-    lines.append(f"- T = 1 beats T = 4 on {wins} of {n} (mixup teacher, student) pairs, significantly (Welch "
-                 f"p < 0.05) on {significant} — 'T = 1 is better on most pairs' "
-                 + ("reproduced" if significant > n / 2 else "same direction, not significant on most pairs"
-                    if wins > n / 2 else "NOT reproduced") + ".")
-    fp = dict(teacher=t0, student=s0)
-    for other in ("mix_kd_T4", "mix_kd_T1"):
-        d, p = welch(acc(method="mixstd_fmu", **fp), acc(method=other, **fp))
-        lines.append(f"- MIXSTD (FMU) vs {other} on the first pair: {d:+.2f} points (Welch p = {fmt_p(p)}).")
-    d, p = welch(acc(method="mixstd_pmu_replacement", **fp), acc(method="mixstd_fmu", **fp))
-    lines.append(f"- PMU (replacement, as released) vs FMU with MIXSTD: {d:+.2f} points (p = {fmt_p(p)}).")
-    if diff:
-        lines.append(f"- Mean T1 − T4 over pairs: {statistics.mean(diff.values()):+.2f} points.")
+              "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): about "
+              "exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact`.", ""]
+    lines += findings_markdown(findings)
+    plot_effects(findings, study_dir / "choi2023_effects.png", f"choi2023 findings ({dataset})")
+    lines += ["![effects](choi2023_effects.png)", "",
+              f"Mean T1 − T4 over the {len(pair_effects)} pairs: "
+              f"{statistics.fmean(e.estimate for e in pair_effects.values()):+.2f} points."]
     return "\n".join(lines) + "\n"

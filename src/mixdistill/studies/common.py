@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -42,39 +43,63 @@ def mean_std(values, digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def welch(a, b) -> tuple[float, float]:
-    """(mean(a) - mean(b), two-sided Welch t-test p-value); p is nan with fewer than 2 values a side."""
-    diff = statistics.mean(a) - statistics.mean(b)
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan
-    from scipy.stats import ttest_ind
-
-    p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return diff, p
+def select(rows: dict, **labels) -> list[dict]:
+    """The result rows whose labels match every ``labels`` item."""
+    return [r for r in rows.values() if all(r["labels"].get(k) == v for k, v in labels.items())]
 
 
-def verdict(diff: float, p: float, sign: int = 1, alpha: float = 0.05) -> str:
-    """Whether an effect the paper claims (its direction: ``sign``) shows in ours: only a significant
-    effect in the claimed direction counts as reproduced."""
-    if diff * sign > 0:
-        if math.isnan(p):
-            return "same direction, untested (fewer than 2 seeds)"
-        return f"reproduced (p < {alpha})" if p < alpha else f"same direction, not significant (p ≥ {alpha})"
-    if math.isnan(p):
-        return "NOT reproduced, untested (fewer than 2 seeds)"
-    if p < alpha:
-        return "NOT reproduced (significant opposite effect)"
-    return "NOT reproduced"
+def by_seed(rows: dict, field: str = "last_acc", **labels) -> dict[int, float]:
+    """seed -> ``summary[field]`` of the matching rows."""
+    return {r["labels"]["seed"]: r["summary"][field] for r in select(rows, **labels)}
 
 
-def fmt_p(p: float) -> str:
-    """n/a: fewer than two seeds a side, or no variance at all."""
-    return "n/a" if math.isnan(p) else f"{p:.3g}"
+def plateau(run_dir: str | Path) -> dict | None:
+    """How much a finished run still moved over the last quarter of its schedule: the change of train
+    accuracy (points) and the relative change of test loss between the evaluation nearest 3/4 of the epochs and
+    the last. None when the run has no evaluation in the last quarter's start region."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    history = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if not history:
+        return None
+    last = history[-1]
+    quarter = max(1, round(0.75 * last["epoch"]))
+    at = min(history, key=lambda h: abs(h["epoch"] - quarter))
+    evaluated = [h for h in history if "test_loss" in h and h["epoch"] <= quarter + 1]
+    if not evaluated or "test_loss" not in last:
+        return None
+    mark = max(evaluated, key=lambda h: h["epoch"])
+    return {"train_acc_change": last["train_acc"] - at["train_acc"],
+            "test_loss_change": (last["test_loss"] - mark["test_loss"]) / mark["test_loss"],
+            "steps": last["step"], "from_epoch": mark["epoch"], "to_epoch": last["epoch"]}
 
 
-def test_outputs(run_dir: str | Path, data_root: str | None = None):
-    """(softmax probabilities [N, C], penultimate features [N, D], labels [N]) of a finished run's
-    final model on its test set (CPU, fp32)."""
+def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss: float = 0.02,
+                     min_steps: int = 1000, **labels):
+    """Gate: the matching runs had at least ``min_steps`` SGD steps, and over the last quarter of their
+    schedule their train accuracy moved less than ``max_acc`` points and their test loss less than
+    ``max_loss`` (relative), median over runs."""
+    from mixdistill.studies.stats import Gate
+
+    moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__")) for r in select(rows, **labels)]
+    moves = [m for m in moves if m is not None]
+    what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
+    condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy moves < {max_acc} "
+                 f"point and test loss < {100 * max_loss:.0f}% (median over runs)")
+    if not moves:
+        return Gate(f"converged ({what})", condition, "no evaluation in the last quarter", False)
+    acc = statistics.median(abs(m["train_acc_change"]) for m in moves)
+    loss = statistics.median(abs(m["test_loss_change"]) for m in moves)
+    steps = min(m["steps"] for m in moves)
+    measured = f"{steps} steps; train acc {acc:.2f} points, test loss {100 * loss:.1f}% over epochs " \
+               f"{moves[0]['from_epoch']}-{moves[0]['to_epoch']}"
+    return Gate(f"converged ({what})", condition, measured, steps >= min_steps and acc < max_acc and loss < max_loss)
+
+
+def test_logits(run_dir: str | Path, data_root: str | None = None):
+    """(logits [N, C], penultimate features [N, D], labels [N]) of a finished run's final model on its test set
+    (CPU, fp32)."""
     import torch
 
     from mixdistill.data import DeviceLoader, load_dataset
@@ -92,47 +117,115 @@ def test_outputs(run_dir: str | Path, data_root: str | None = None):
     model.eval()
     loader = DeviceLoader(split.images, split.labels, batch_size=1000, mean=split.spec.mean, std=split.spec.std,
                           shuffle=False, drop_last=False)
-    probs, feats = [], []
+    logits, feats = [], []
     with torch.inference_mode():
         for images, _ in loader:
-            logits, f = model.forward_features(images)
-            probs.append(torch.softmax(logits.float(), 1))
+            z, f = model.forward_features(images)
+            logits.append(z.float())
             feats.append(f["pooled"].float())
-    return torch.cat(probs), torch.cat(feats), split.labels
+    return torch.cat(logits), torch.cat(feats), split.labels
 
 
-def plot_accuracy_bars(groups: dict[str, list[float]], path: str | Path, title: str,
-                       paper: dict[str, float] | None = None, ylabel: str = "test top-1 %") -> Path:
-    """One bar per group (mean over seeds), an error bar of one std, every seed as a dot, and the paper's
-    value as a black tick where ``paper`` gives one."""
+def test_outputs(run_dir: str | Path, data_root: str | None = None):
+    """(softmax probabilities [N, C], penultimate features [N, D], labels [N]) of a finished run's final model
+    on its test set (CPU, fp32)."""
+    import torch
+
+    logits, feats, labels = test_logits(run_dir, data_root)
+    return torch.softmax(logits, 1), feats, labels
+
+
+def plot_intervals(groups: dict[str, list[float]], path: str | Path, title: str,
+                   ylabel: str = "test top-1 %", reference: tuple[str, float] | None = None) -> Path:
+    """Mean and 95% t-interval per group, every seed as a faint dot; the axis spans the data (points and
+    intervals need no zero baseline). ``reference``: (label, value) drawn as a dashed line."""
     import numpy as np
 
-    from mixdistill.analysis.plots import class_colors, new_figure, save_figure
+    from mixdistill.analysis.plots import new_figure, save_figure
+    from mixdistill.studies.stats import mean_ci
 
     names = list(groups)
-    fig = new_figure(max(4.5, 1.0 + 0.75 * len(names)), 4.0)
+    fig = new_figure(max(4.5, 1.0 + 0.7 * len(names)), 3.8)
     ax = fig.add_subplot(1, 1, 1)
-    colors = class_colors(len(names))
     for i, name in enumerate(names):
         values = np.asarray([v for v in groups[name] if v is not None], dtype=float)
         if len(values) == 0:
             continue
-        ax.bar(i, values.mean(), color=colors[i], alpha=0.75, yerr=values.std(ddof=1) if len(values) > 1 else None,
-               capsize=3)
-        ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, s=10, color="black",
-                   zorder=3)
-        if paper and name in paper:
-            ax.plot([i - 0.35, i + 0.35], [paper[name]] * 2, color="black", linewidth=2, zorder=4,
-                    label="paper" if i == min(j for j, n in enumerate(names) if n in paper) else None)
-    every = [v for name in names for v in groups[name] if v is not None] + list((paper or {}).values())
-    if every:
-        low, high = min(every), max(every)
-        pad = max(0.5, 0.15 * (high - low))
-        ax.set_ylim(low - pad, high + pad)
+        ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=9, color="0.6",
+                   zorder=2)
+        mean, low, high = mean_ci(list(values))
+        if np.isfinite(low):
+            ax.errorbar(i, mean, yerr=[[mean - low], [high - mean]], fmt="o", color="C0", capsize=4, zorder=3)
+        else:
+            ax.plot(i, mean, "o", color="C0", zorder=3)
+    if reference:
+        ax.axhline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
+        ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + "\n(mean and 95% CI over seeds; grey: each seed)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    if paper:
-        ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_effects(findings, path: str | Path, title: str) -> Path:
+    """Forest plot: each finding's effect and 95% CI in its unit, a zero line, the paper's direction marked
+    (an arrow towards the side the paper claims); one panel per unit."""
+    from mixdistill.analysis.plots import new_figure, save_figure
+
+    units = list(dict.fromkeys(f.unit for f in findings))
+    fig = new_figure(7.0, 0.9 + 0.42 * len(findings) + 0.4 * len(units))
+    heights = [sum(f.unit == u for f in findings) for u in units]
+    grid = fig.add_gridspec(len(units), 1, height_ratios=heights, hspace=0.6)
+    for k, unit in enumerate(units):
+        ax = fig.add_subplot(grid[k])
+        rows = [f for f in findings if f.unit == unit]
+        for i, f in enumerate(reversed(rows)):
+            e = f.effect
+            color = "C2" if f.verdict == "reproduced" else ("0.5" if f.failed_gates else "C3")
+            if e.low == e.low:  # not NaN
+                ax.plot([e.low, e.high], [i, i], color=color, linewidth=2)
+            ax.plot(e.estimate, i, "o", color=color)
+            ax.annotate("paper →" if f.sign > 0 else "← paper", (0, i), xytext=(6 if f.sign > 0 else -6, 0),
+                        textcoords="offset points", ha="left" if f.sign > 0 else "right", va="center",
+                        fontsize=6, color="0.4")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [f.claim if len(f.claim) < 60 else f.claim[:57] + "..." for f in reversed(rows)],
+                      fontsize=7)
+        ax.set_xlabel({"points": "effect (points of top-1 %)", "ECE": "effect (ECE)", "r": "Pearson r"}.get(unit, unit),
+                      fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title + " (95% CI; green: reproduced, red: not, grey: no verdict)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def record_timing(study_dir: Path, trained: int, wall_s: float, jobs_note: str) -> None:
+    """Add this invocation's wall time and machine to STUDY/timing.jsonl (the report sums them)."""
+    import json
+    import time as _time
+
+    import torch
+
+    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
+    from mixdistill.files import append_text
+
+    append_text(study_dir / "timing.jsonl", json.dumps({
+        "finished": _time.strftime("%Y-%m-%d %H:%M:%S"), "runs_trained": trained, "wall_s": round(wall_s, 1),
+        "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__, "executor": jobs_note}) + "\n")
+
+
+def timing_markdown(study_dir: Path) -> list[str]:
+    import json
+
+    path = study_dir / "timing.jsonl"
+    entries = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    entries = [e for e in entries if e["runs_trained"]]
+    if not entries:
+        return ["Wall time: not recorded (every run was reused).", ""]
+    total = sum(e["wall_s"] for e in entries)
+    machines = sorted({f"{e['cpu']} ({e['cores']} cores, {e['capability']}, "
+                       f"{'native bf16' if e['native_bf16'] else 'no native bf16'}), torch {e['torch']}" for e in entries})
+    return [f"Wall time: {total / 60:.1f} min to train {sum(e['runs_trained'] for e in entries)} runs in "
+            f"{len(entries)} invocation(s) ({'; '.join(e['executor'] for e in entries)}), on {'; '.join(machines)}.", ""]

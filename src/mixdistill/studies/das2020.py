@@ -1,10 +1,13 @@
 """das2020 study: do mixed-sample teachers make worse (but better calibrated) students?
 
-Grid (src/mixdistill/resources/studies/das2020.yaml): one teacher per augmentation condition (stage 0), then each student
-architecture distilled from each teacher on un-augmented images with das2020's KD, for every seed
-(stage 1). Report: teacher and student accuracy and ECE (10 bins, as das2020) per condition, the
-students' class discrimination (both variants), paper values beside ours, and for each finding a
-verdict with the numbers and a Welch t-test across seeds.
+Grid (resources/studies/das2020.yaml): for every seed r a *replicate* of every teacher condition (seed r),
+then each student architecture distilled from replicate r on un-augmented images with das2020's KD (seed r).
+The factor is how the teacher was trained, so the unit of every test is the teacher replicate (students are
+nested in replicates; here one student per replicate and architecture): paired t-tests across replicates.
+
+Gates (the paper's premise, measured before any finding is judged): the unaugmented teacher is over-confident
+(its ECE clearly above the mixup teacher's), the teachers compared are within about a point of accuracy (so a
+student difference is not a teacher-accuracy difference), and the students reached a plateau.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import statistics
 from pathlib import Path
 
 from mixdistill.demo import merge
-from mixdistill.studies.common import (fmt_p, load_study_config, mean_std, plot_accuracy_bars, reference, scale_config,
-                                       test_outputs, verdict, welch)
+from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
+                                       reference, scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun
+from mixdistill.studies.stats import (Finding, Gate, fmt_mean_ci, fmt_p, findings_markdown, gates_markdown, holm,
+                                      paired, rank_correlation)
 
 NAME = "das2020"
 ECE_BINS = 10
-NOISY_STD = 3.0  # points of seed std above which a student's verdicts get a caveat
+MIXED = ("mixup", "cutmix")  # the mixed-sample teachers of the paper's claim
 
 
-def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list[GridRun]:
+def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -> list[GridRun]:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
     base = merge({"data": sc["data"], "train": sc.get("train", {})},
@@ -33,19 +38,21 @@ def grid(scale: str, seeds: int, study_dir: Path, data_root: str | None) -> list
         extra = copy.deepcopy(extra)
         if extra["augment"]["name"] == "cutout":
             extra["augment"]["size"] = sc["cutout_size"]
-        tree = merge(merge(merge(base, sc["teacher"]), extra), {"method": {"name": "ce"}, "seed": 0})
-        runs.append(GridRun(f"teacher/{condition}", tree, stage=0, labels={"role": "teacher", "condition": condition}))
+        for r in seeds:
+            tree = merge(merge(merge(base, sc["teacher"]), extra), {"method": {"name": "ce"}, "seed": r})
+            runs.append(GridRun(f"teacher/{condition}/r{r}", tree, stage=0,
+                                labels={"role": "teacher", "condition": condition, "seed": r}))
     for condition in spec["conditions"]:
-        ckpt = str(study_dir / "runs" / f"teacher__{condition}" / "last.pt")
         for student in sc.get("students", spec["students"]):
-            for seed in range(seeds):
+            for r in seeds:
+                ckpt = str(study_dir / "runs" / f"teacher__{condition}__r{r}" / "last.pt")
                 tree = merge(merge(base, sc["student"]), {
-                    "seed": seed, "method": spec["student_method"], "augment": {"name": "none"},
+                    "seed": r, "method": spec["student_method"], "augment": {"name": "none"},
                     "data": {"crop_padding": 0, "flip": False},  # students see un-augmented images
                     "model": {"student": student, "teacher_checkpoint": ckpt}})
-                runs.append(GridRun(f"student/{condition}/{student}/seed{seed}", tree, stage=1,
+                runs.append(GridRun(f"student/{condition}/{student}/r{r}", tree, stage=1,
                                     labels={"role": "student", "condition": condition, "student": student,
-                                            "seed": seed}))
+                                            "seed": r}))
     return runs
 
 
@@ -54,98 +61,127 @@ def _metrics(study_dir: Path, key: str, data_root) -> dict:
 
     probs, _, labels = test_outputs(study_dir / "runs" / key.replace("/", "__"), data_root)
     out = {"ece": float(expected_calibration_error(probs, labels, bins=ECE_BINS))}
-    if key.startswith("teacher/"):
-        condition = key.split("/", 1)[1]
+    if key.startswith("teacher/") and key.endswith("/r0"):
+        condition = key.split("/")[1]
         plot_reliability_diagram(probs, labels, study_dir / f"das2020_reliability_teacher_{condition}.png", ECE_BINS,
-                                 title=f"Teacher trained with {condition}")
+                                 title=f"Teacher trained with {condition} (replicate 0)")
     for variant in ("correct", "as_published"):
         out[f"cd_{variant}"] = float(class_discrimination(probs, labels, variant=variant)["cd"])
     return out
 
 
-def _num(v) -> str:
-    return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
-
-
 def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None) -> str:
     spec = load_study_config(NAME)
+    sc = scale_config(spec, scale)
     ref = reference(NAME)
+    gates_cfg = sc.get("gates", {"ece_margin": 0.01, "accuracy_within": 1.0})
     conditions = list(spec["conditions"])
-    students = scale_config(spec, scale).get("students", spec["students"])
+    students = sc.get("students", spec["students"])
     metrics = {key: _metrics(study_dir, key, data_root) for key in rows}
 
-    def student_values(condition, student, field):
-        out = []
-        for key, row in rows.items():
-            lab = row["labels"]
-            if lab["role"] == "student" and lab["condition"] == condition and lab["student"] == student:
-                out.append(row["summary"]["last_acc"] if field == "acc" else metrics[key][field])
-        return out
+    def values(field: str, **labels) -> dict[int, float]:
+        """replicate -> the value of the matching runs (accuracy from the summary, the rest measured)."""
+        if field == "acc":
+            return by_seed(rows, "last_acc", **labels)
+        return {r["labels"]["seed"]: metrics[r["key"]][field] for r in rows.values()
+                if all(r["labels"].get(k) == v for k, v in labels.items())}
 
-    lines = [f"# das2020 study ({scale} scale)", "",
-             f"Dataset: {rows['teacher/none']['summary']['dataset']}; paper: CIFAR-10, ResNet-18 teacher, "
-             f"LeNet-5 and AlexNet students. Seeds per student: "
-             f"{len(student_values(conditions[0], students[0], 'acc'))}. Accuracies are last-epoch top-1 %; "
-             f"ECE uses {ECE_BINS} bins as das2020.", "",
-             "## Accuracy and calibration per teacher condition", "",
-             "| teacher trained with | teacher acc (ours / paper) | teacher ECE (ours / paper) | "
-             + " | ".join(f"{s} acc (ours / paper) | {s} ECE (ours / paper)" for s in students) + " |",
-             "|---|---|---|" + "---|---|" * len(students)]
+    dataset = next(iter(rows.values()))["summary"]["dataset"]
+    replicates = sorted(values("acc", role="teacher", condition="none"))
+    paper_ds = ref["dataset"].upper().replace("CIFAR", "CIFAR-")
+    lines = [f"# das2020 study ({scale} scale, {dataset})", "",
+             f"Teachers ({sc['teacher']['model']['student']}) trained under each condition, {len(replicates)} "
+             f"replicates each (seeds {', '.join(map(str, replicates))}); students {', '.join(students)} distilled "
+             f"from each replicate on un-augmented images with das2020's KD (T = 20, g = 0.5). Top-1 % and ECE "
+             f"({ECE_BINS} bins, as das2020) on the {dataset} test set, last epoch. The paper's numbers are "
+             f"{paper_ds} (ResNet-18 teacher, LeNet-5 and AlexNet students) and appear only as the direction and "
+             f"size of each claim.", ""]
+    lines += timing_markdown(study_dir)
+
+    # ---- gates
+    teacher_ece = {c: values("ece", role="teacher", condition=c) for c in conditions}
+    teacher_acc = {c: values("acc", role="teacher", condition=c) for c in conditions}
+    over = paired(teacher_ece["none"], teacher_ece["mixup"])
+    gate_over = Gate("unaugmented teacher over-confident",
+                     f"teacher ECE(none) − ECE(mixup) ≥ {gates_cfg['ece_margin']} and p < 0.05 (paired over replicates)",
+                     f"{over.estimate:+.4f} {over.interval(4)}, p = {fmt_p(over.p)}",
+                     over.estimate >= gates_cfg["ece_margin"] and over.p < 0.05)
+    gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}
+    gate_acc = Gate("teachers comparable in accuracy",
+                    f"|acc(mixed) − acc(none)| ≤ {gates_cfg['accuracy_within']} point for mixup and cutmix teachers",
+                    ", ".join(f"{m} {d:+.2f}" for m, d in gaps.items()),
+                    all(abs(d) <= gates_cfg["accuracy_within"] for d in gaps.values()))
+    gate_conv = {s: convergence_gate(rows, study_dir, role="student", student=s) for s in students}
+    gates = [gate_over, gate_acc, *gate_conv.values()]
+    lines += gates_markdown(gates)
+
+    # ---- tables
+    lines += ["## Teachers and students per teacher condition", "",
+              "Mean [95% CI] over replicates.", "",
+              "| teacher trained with | teacher acc | teacher ECE | "
+              + " | ".join(f"{s} acc | {s} ECE" for s in students) + " |", "|---|---|---|" + "---|---|" * len(students)]
     for c in conditions:
-        paper = ref["rows"].get(c, ["-"] * 6)  # choi2023's mixup_fmu teacher is not in das2020's table
-        t = rows[f"teacher/{c}"]
-        cells = [c, f"{t['summary']['last_acc']:.2f} / {_num(paper[0])}",
-                 f"{metrics[f'teacher/{c}']['ece']:.4f} / {paper[3]}"]
-        for i, s in enumerate(students):
-            cells += [f"{mean_std(student_values(c, s, 'acc'))} / {_num(paper[1 + i])}",
-                      f"{mean_std(student_values(c, s, 'ece'), digits=4)} / {paper[4 + i]}"]
+        cells = [c, fmt_mean_ci(list(teacher_acc[c].values())), fmt_mean_ci(list(teacher_ece[c].values()), 4)]
+        for s in students:
+            cells += [fmt_mean_ci(list(values("acc", role="student", condition=c, student=s).values())),
+                      fmt_mean_ci(list(values("ece", role="student", condition=c, student=s).values()), 4)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "The paper's student columns are LeNet and AlexNet in that order.", "",
-              "## Class discrimination of the students (softmax outputs)", "",
-              "| teacher | " + " | ".join(f"{s} CD correct | {s} CD as_published" for s in students)
-              + " | paper CD (LeNet) |", "|---|" + "---|---|" * len(students) + "---|"]
+    lines += ["", "## Class discrimination of the students (softmax outputs, ×100)", "",
+              "| teacher | " + " | ".join(f"{s} correct | {s} as_published" for s in students) + " |",
+              "|---|" + "---|---|" * len(students)]
     for c in conditions:
         cells = [c]
         for s in students:
-            cells += [mean_std([100 * v for v in student_values(c, s, "cd_correct")]),
-                      mean_std([100 * v for v in student_values(c, s, "cd_as_published")])]
-        paper_cd = ref["class_discrimination"].get(c)
-        cells.append(f"{100 * paper_cd['cd']:.2f}" if paper_cd else "-")
+            for variant in ("correct", "as_published"):
+                cells.append(fmt_mean_ci([100 * v for v in values(f"cd_{variant}", role="student", condition=c,
+                                                                   student=s).values()]))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "CD values are multiplied by 100 for readability.", "", "## Findings", ""]
-    for s in students:
-        base_acc = student_values("none", s, "acc")
-        base_ece = student_values("none", s, "ece")
-        for mixed in [c for c in ("mixup", "cutmix", "mixup_fmu") if c in conditions]:
-            d_acc, p_acc = welch(student_values(mixed, s, "acc"), base_acc)
-            d_ece, p_ece = welch(student_values(mixed, s, "ece"), base_ece)
-            worse, calibrated = verdict(d_acc, p_acc, sign=-1), verdict(d_ece, p_ece, sign=-1)
-            lines.append(f"- {s} students of the {mixed} teacher vs the unaugmented teacher: accuracy "
-                         f"{d_acc:+.2f} points (Welch p = {fmt_p(p_acc)}) — 'worse students' {worse}; "
-                         f"ECE {d_ece:+.4f} (p = {fmt_p(p_ece)}) — 'better calibrated' {calibrated}.")
-    from scipy.stats import spearmanr
+    lines.append("")
 
+    # ---- findings
+    paper_students = {s: ("AlexNet" if "alexnet" in s else "LeNet") for s in students}
+    column = {"LeNet": 1, "AlexNet": 2}
+    findings = []
+    for s in students:
+        col = column[paper_students[s]]
+        base_acc = values("acc", role="student", condition="none", student=s)
+        base_ece = values("ece", role="student", condition="none", student=s)
+        for m in MIXED:
+            p_acc = ref["rows"][m][col] - ref["rows"]["none"][col]
+            p_ece = ref["rows"][m][col + 3] - ref["rows"]["none"][col + 3]
+            findings.append(Finding(
+                f"{s} students of the {m} teacher are worse", paired(values("acc", role="student", condition=m,
+                                                                            student=s), base_acc),
+                -1, f"{p_acc:+.2f} ({paper_ds}, {paper_students[s]})", gates=[gate_over, gate_acc, gate_conv[s]]))
+            findings.append(Finding(
+                f"{s} students of the {m} teacher are better calibrated",
+                paired(values("ece", role="student", condition=m, student=s), base_ece),
+                -1, f"{p_ece:+.3f} ECE ({paper_ds}, {paper_students[s]})", unit="ECE",
+                gates=[gate_over, gate_acc, gate_conv[s]]))
     ranked = [c for c in conditions if c in ref["class_discrimination"]]
-    paper_order = [ref["class_discrimination"][c]["cd"] for c in ranked]
-    ours = [sum(student_values(c, students[0], "cd_correct")) / max(1, len(student_values(c, students[0], "cd_correct")))
-            for c in ranked]
-    rho = spearmanr(paper_order, ours).statistic
-    lines.append(f"- Class-discrimination order of the {students[0]} students vs the paper's order "
-                 f"(baseline > mixup > cutout > crop+flip > cutmix): Spearman rho = {rho:.2f} "
-                 f"({'reproduced' if rho > 0.7 else 'not reproduced'} at threshold 0.7).")
-    for s in students:  # students too noisy to carry a verdict
-        stds = [statistics.stdev(v) for c in conditions if len(v := student_values(c, s, "acc")) > 1]
-        spread = statistics.mean(stds) if stds else 0.0  # one seed: no spread to judge
-        if spread > NOISY_STD:
-            lines.append(f"- Caveat: the {s} students' seed std averages {spread:.1f} points, above {NOISY_STD}; "
-                         f"their verdicts above carry little weight at this scale.")
-    lines += ["", "## Figures", ""]
-    for i, s in enumerate(students):
+    first = students[0]
+    ours_cd = [statistics.fmean(values("cd_as_published", role="student", condition=c, student=first).values())
+               for c in ranked]
+    findings.append(Finding(
+        f"{first} students' class discrimination follows the paper's order of teachers "
+        f"({' > '.join(sorted(ranked, key=lambda c: -ref['class_discrimination'][c]['cd']))})",
+        rank_correlation([ref["class_discrimination"][c]["cd"] for c in ranked], ours_cd,
+                         "mean CD per teacher condition, as_published variant, as the paper's notebook"),
+        +1, f"order of 5 CD values ({paper_ds}, LeNet)", unit="r", gates=[gate_conv[first]]))
+    holm([f.effect for f in findings])
+    lines += findings_markdown(findings)
+
+    # ---- figures
+    lines += ["## Figures", ""]
+    plot_effects(findings, study_dir / "das2020_effects.png", f"das2020 findings ({dataset})")
+    lines += ["![effects](das2020_effects.png)", ""]
+    plot_intervals({c: list(teacher_ece[c].values()) for c in conditions}, study_dir / "das2020_teacher_ece.png",
+                   f"Teacher ECE by training condition ({dataset})", ylabel="ECE (10 bins)")
+    lines += ["![teacher ECE](das2020_teacher_ece.png)", ""]
+    for s in students:
         name = f"das2020_students_{s}.png"
-        plot_accuracy_bars({c: student_values(c, s, "acc") for c in conditions}, study_dir / name,
-                           f"{s} students by their teacher's augmentation",
-                           paper={c: ref["rows"][c][1 + i] for c in conditions if c in ref["rows"]}
-                           if scale == "full" else None)
+        plot_intervals({c: list(values("acc", role="student", condition=c, student=s).values()) for c in conditions},
+                       study_dir / name, f"{s} students by their teacher's training condition ({dataset})")
         lines += [f"![{s} students]({name})", ""]
     lines += [f"![teacher {c}](das2020_reliability_teacher_{c}.png)" for c in conditions]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,269 @@
+"""The statistics of the study reports: effects with 95% confidence intervals and the test that fits the
+design, Holm's correction across a study's findings, gates (the paper's preconditions) and verdicts.
+
+Designs:
+
+* **paired** (:func:`paired`): both conditions ran the same seeds, and a seed fixes the initialisation and the
+  data order, so the per-seed differences are what varies: paired t-test, t-interval of the mean difference.
+* **unpaired** (:func:`welch`): Welch's t-test and the Welch-Satterthwaite interval.
+* **nested** (:func:`nested`): the factor is how the *teacher* was trained; students are nested in teacher
+  replicates, so the unit is the replicate: each replicate's student mean, then a paired t-test across
+  replicates (replicate r of both conditions shares its seed) or Welch where they do not pair.
+* **correlation** (:func:`correlation`): Pearson r with its Fisher-z interval and p.
+
+Tests come from scipy; Holm's step-down adjustment from statsmodels.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+ALPHA = 0.05
+
+
+@dataclass
+class Effect:
+    estimate: float  # a mean difference (a - b), or r
+    low: float  # 95% confidence interval
+    high: float
+    p: float  # two-sided
+    test: str  # what was tested, with its n
+    n: int  # the number of units the test counts (pairs, replicates, points)
+    p_holm: float = math.nan  # set by holm()
+
+    def interval(self, digits: int = 2) -> str:
+        if math.isnan(self.low):
+            return "n/a"
+        return f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+
+def _nan_effect(estimate: float, test: str, n: int) -> Effect:
+    return Effect(estimate, math.nan, math.nan, math.nan, test, n)
+
+
+def paired(a: dict, b: dict) -> Effect:
+    """``a - b`` over the seeds both have (dicts seed -> value): paired t-test and t-interval."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    test = f"paired t, {len(seeds)} seeds"
+    if not diffs:
+        return _nan_effect(math.nan, test, 0)
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return _nan_effect(mean, test, len(diffs))
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return Effect(mean, mean, mean, 0.0 if mean else 1.0, test, len(diffs))
+    half = stats.t.ppf(1 - ALPHA / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    return Effect(mean, mean - half, mean + half, p, test, len(diffs))
+
+
+def welch(a: list[float], b: list[float]) -> Effect:
+    """``mean(a) - mean(b)`` for unpaired samples: Welch's t-test and the Welch-Satterthwaite interval."""
+    from scipy import stats
+
+    test = f"Welch t, {len(a)} vs {len(b)}"
+    if not a or not b:
+        return _nan_effect(math.nan, test, 0)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return _nan_effect(diff, test, min(len(a), len(b)))
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return Effect(diff, diff, diff, 0.0 if diff else 1.0, test, min(len(a), len(b)))
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(1 - ALPHA / 2, dof) * math.sqrt(va + vb)
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return Effect(diff, diff - half, diff + half, p, test, min(len(a), len(b)))
+
+
+def nested(a: dict, b: dict) -> Effect:
+    """Teacher condition as the factor (dicts replicate -> list of its students' values): each replicate's
+    student mean is one unit; replicates that share their id (seed) across conditions are paired."""
+    ma = {r: statistics.fmean(v) for r, v in a.items() if v}
+    mb = {r: statistics.fmean(v) for r, v in b.items() if v}
+    students = sum(len(v) for v in a.values()) + sum(len(v) for v in b.values())
+    if set(ma) == set(mb):
+        effect = paired(ma, mb)
+        effect.test = f"paired t over {len(ma)} teacher replicates ({students} students)"
+    else:
+        effect = welch(list(ma.values()), list(mb.values()))
+        effect.test = f"Welch t over teacher replicates, {len(ma)} vs {len(mb)} ({students} students)"
+    return effect
+
+
+def correlation(x: list[float], y: list[float], what: str = "") -> Effect:
+    """Pearson r of ``x`` and ``y`` with its 95% Fisher-z interval and p."""
+    from scipy import stats
+
+    test = f"Pearson, {len(x)} points" + (f" ({what})" if what else "")
+    if len(x) < 3:
+        return _nan_effect(math.nan, test, len(x))
+    result = stats.pearsonr(x, y)
+    ci = result.confidence_interval(0.95) if len(x) > 3 else (math.nan, math.nan)
+    return Effect(float(result.statistic), float(ci[0]), float(ci[1]), float(result.pvalue), test, len(x))
+
+
+def rank_correlation(x: list[float], y: list[float], what: str = "") -> Effect:
+    """Spearman rho of ``x`` and ``y``; p exact (every permutation) up to 8 points, else scipy's; no interval."""
+    import itertools
+
+    from scipy import stats
+
+    test = f"Spearman, {len(x)} points" + (f" ({what})" if what else "")
+    if len(x) < 3:
+        return _nan_effect(math.nan, test, len(x))
+    rho = float(stats.spearmanr(x, y).statistic)
+    if len(x) <= 8:
+        ry = stats.rankdata(y)
+        rhos = [float(stats.spearmanr(x, [ry[i] for i in perm]).statistic)
+                for perm in itertools.permutations(range(len(y)))]
+        p = sum(abs(r) >= abs(rho) - 1e-12 for r in rhos) / len(rhos)
+        test += ", exact p"
+    else:
+        p = float(stats.spearmanr(x, y).pvalue)
+    return Effect(rho, math.nan, math.nan, p, test, len(x))
+
+
+def holm(effects: list[Effect]) -> None:
+    """Holm's step-down adjustment across one study's findings (effects without a p keep NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    tested = [e for e in effects if not math.isnan(e.p)]
+    if not tested:
+        return
+    adjusted = multipletests([e.p for e in tested], alpha=ALPHA, method="holm")[1]
+    for e, p in zip(tested, adjusted):
+        e.p_holm = float(p)
+
+
+# ----------------------------------------------------------------------------------------- gates, findings
+
+@dataclass
+class Gate:
+    """A precondition of a paper's finding, measured at this scale."""
+
+    name: str
+    condition: str  # what must hold
+    measured: str  # what we measured
+    passed: bool
+
+
+@dataclass
+class Finding:
+    """A paper's claim, our effect for it, and the verdict (given only where every gate it needs holds)."""
+
+    claim: str
+    effect: Effect
+    sign: int  # the paper's direction: +1 (a > b) or -1
+    paper: str  # the paper's number, labelled with its dataset
+    unit: str = "points"
+    gates: list[Gate] = field(default_factory=list)
+    no_effect_claim: bool = False  # the paper claims there is no effect (CE does not gain from longer training)
+
+    @property
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+    @property
+    def verdict(self) -> str:
+        if self.failed_gates:
+            return "; ".join(f"proxy invalid: {g.name}, measured {g.measured}" for g in self.failed_gates)
+        e = self.effect
+        p = e.p_holm if not math.isnan(e.p_holm) else e.p
+        if math.isnan(p):
+            return "untested (fewer than 2 units)"
+        if self.no_effect_claim:
+            if p < ALPHA and e.estimate * self.sign > 0:
+                return "NOT reproduced (a significant effect where the paper claims none)"
+            return "not contradicted (no significant effect; that does not show there is none)"
+        if e.estimate * self.sign > 0:
+            return "reproduced" if p < ALPHA else "same direction, not significant"
+        return "NOT reproduced: significant opposite effect" if p < ALPHA else "NOT reproduced"
+
+
+def fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def gates_markdown(gates: list[Gate]) -> list[str]:
+    lines = ["## Gates: the papers' preconditions at this scale", "",
+             "A finding gets a verdict only where every gate it rests on holds.", "",
+             "| gate | must hold | measured | holds |", "|---|---|---|---|"]
+    lines += [f"| {g.name} | {g.condition} | {g.measured} | {'yes' if g.passed else '**no**'} |" for g in gates]
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        lines += [""] + [f"**Proxy invalid: {g.name}, measured {g.measured}.** The findings resting on it get no "
+                         f"verdict." for g in failed]
+    return lines + [""]
+
+
+def findings_markdown(findings: list[Finding]) -> list[str]:
+    lines = ["## Findings", "",
+             f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across the {len(findings)} "
+             f"findings of this study; verdict at α = {ALPHA} on the Holm-adjusted p.", "",
+             "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for f in findings:
+        digits = 3 if f.unit in ("ECE", "r") else 2
+        unit = "" if f.unit == "r" else f" {f.unit}"
+        lines.append(f"| {f.claim} | {f.paper} | {f.effect.estimate:+.{digits}f}{unit} {f.effect.interval(digits)} | "
+                     f"{f.effect.test} | {fmt_p(f.effect.p)} | {fmt_p(f.effect.p_holm)} | {f.verdict} |")
+    return lines + [""]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its 95% t-interval (NaN bounds with fewer than 2 values)."""
+    from scipy import stats
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(1 - ALPHA / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def fmt_mean_ci(values: list[float], digits: int = 2) -> str:
+    mean, low, high = mean_ci(values)
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------------------------- seeds
+
+def parse_seeds(text: str | int) -> list[int]:
+    """``5`` -> seeds 0..4; ``10-14`` -> 10..14; ``3,7,9`` -> those. One clear error for anything else."""
+    from mixdistill.errors import ConfigError
+
+    if isinstance(text, int):
+        text = str(text)
+    text = text.strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.lstrip("-"):
+            first, last = (int(s) for s in text.split("-", 1))
+            if last < first:
+                raise ValueError
+            seeds = list(range(first, last + 1))
+        else:
+            count = int(text)
+            if count < 1:
+                raise ConfigError(f"--seeds must be at least 1 (got {count})")
+            seeds = list(range(count))
+    except ValueError:
+        raise ConfigError(f"--seeds '{text}': give a count (5), a range (10-14) or a list (3,7,9)") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds '{text}': seeds must be distinct and non-negative")
+    return seeds

@@ -1,0 +1,88 @@
+"""The study statistics: paired and Welch intervals, teacher-level tests, Holm, correlations, verdicts, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mixdistill.errors import ConfigError
+from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, holm, mean_ci, nested, paired, parse_seeds,
+                                      welch)
+
+
+def test_paired_matches_the_hand_computed_t_interval():
+    a = {0: 86.0, 1: 87.0, 2: 85.5, 3: 86.5, 4: 87.5}
+    b = {0: 85.0, 1: 86.5, 2: 85.0, 3: 85.0, 4: 86.0, 9: 50.0}  # seed 9 has no partner: left out
+    e = paired(a, b)
+    diffs = [1.0, 0.5, 0.5, 1.5, 1.5]
+    mean, sd = 1.0, math.sqrt(sum((d - 1.0) ** 2 for d in diffs) / 4)  # 0.5
+    t = mean / (sd / math.sqrt(5))  # 4.472
+    assert e.n == 5 and e.estimate == pytest.approx(mean)
+    assert e.high - e.estimate == pytest.approx(2.7764451 * sd / math.sqrt(5), rel=1e-6)  # t(0.975, 4)
+    assert e.p == pytest.approx(0.011056, rel=1e-3)  # 2 * (1 - T4(4.472))
+    assert t == pytest.approx(4.4721, rel=1e-4)
+    # unpaired, the same numbers are not significant: pairing is what the design buys
+    assert welch(list(a.values()), list(b.values())[:5]).p > 0.05
+
+
+def test_welch_interval_uses_the_satterthwaite_degrees_of_freedom():
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 10.0]
+    e = welch(a, b)
+    va, vb = (5 / 3) / 4, 10 / 5  # sample variances / n
+    dof = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 4)
+    from scipy import stats
+
+    assert e.estimate == pytest.approx(2.5 - 6.0)
+    assert e.high - e.estimate == pytest.approx(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
+    assert e.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_nested_tests_at_the_teacher_level():
+    a = {0: [80.0, 81.0, 82.0], 1: [83.0, 83.0], 2: [79.0]}
+    b = {0: [79.0, 79.0], 1: [82.0, 82.0, 83.0], 2: [78.5]}
+    e = nested(a, b)
+    assert e.n == 3 and "teacher replicates" in e.test
+    expected = paired({0: 81.0, 1: 83.0, 2: 79.0}, {0: 79.0, 1: 82.33333333333333, 2: 78.5})
+    assert e.estimate == pytest.approx(expected.estimate) and e.p == pytest.approx(expected.p)
+
+
+def test_holm_matches_the_step_down_by_hand():
+    effects = [Effect(1, 0, 2, p, "t", 5) for p in (0.01, 0.04, 0.03, 0.20)]
+    holm(effects)
+    # sorted 0.01, 0.03, 0.04, 0.20 -> x4, x3, x2, x1 with running max: 0.04, 0.09, 0.09, 0.20
+    assert [e.p_holm for e in effects] == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    untested = Effect(1, math.nan, math.nan, math.nan, "t", 1)
+    holm([untested])
+    assert math.isnan(untested.p_holm)
+
+
+def test_correlation_interval_and_mean_ci():
+    e = correlation([1, 2, 3, 4, 5, 6], [1.1, 1.9, 3.2, 3.9, 5.1, 5.8])
+    assert e.estimate > 0.99 and e.low < e.estimate < e.high <= 1 and e.p < 0.001
+    m, low, high = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and high - m == pytest.approx(4.302653 * 1 / math.sqrt(3), rel=1e-6)
+
+
+def test_verdicts_follow_gates_direction_and_holm():
+    good = Effect(1.0, 0.5, 1.5, 0.001, "t", 5, p_holm=0.004)
+    gate_ok, gate_bad = Gate("KD beats CE", "> 0", "+0.9", True), Gate("KD beats CE", "> 0", "-0.4", False)
+    assert Finding("x", good, +1, "paper", gates=[gate_ok]).verdict == "reproduced"
+    assert Finding("x", good, +1, "paper", gates=[gate_bad]).verdict == "proxy invalid: KD beats CE, measured -0.4"
+    assert Finding("x", good, -1, "paper").verdict == "NOT reproduced: significant opposite effect"
+    weak = Effect(1.0, -0.5, 2.5, 0.02, "t", 5, p_holm=0.08)  # significant alone, not after Holm
+    assert Finding("x", weak, +1, "paper").verdict == "same direction, not significant"
+    assert Finding("x", weak, +1, "paper", no_effect_claim=True).verdict.startswith("not contradicted")
+    assert Finding("x", good, +1, "paper", no_effect_claim=True).verdict.startswith("NOT reproduced")
+
+
+@pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), ("10-14", [10, 11, 12, 13, 14]),
+                                         ("3,7,9", [3, 7, 9]), (" 2 ", [0, 1]), ("4-4", [4])])
+def test_seed_syntax(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "5-3", "a", "1,1", "3,-2", "1-2-3"])
+def test_bad_seed_syntax_is_one_clear_error(text):
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds(text)
