@@ -68,7 +68,7 @@ def test_verdicts_follow_gates_direction_and_holm():
     good = Effect(1.0, 0.5, 1.5, 0.001, "t", 5, p_holm=0.004)
     gate_ok, gate_bad = Gate("KD beats CE", "> 0", "+0.9", True), Gate("KD beats CE", "> 0", "-0.4", False)
     assert Finding("x", good, +1, "paper", gates=[gate_ok]).verdict == "reproduced"
-    assert Finding("x", good, +1, "paper", gates=[gate_bad]).verdict == "proxy invalid: KD beats CE, measured -0.4"
+    assert Finding("x", good, +1, "paper", gates=[gate_bad]).verdict == "no verdict: proxy invalid (KD beats CE)"
     assert Finding("x", good, -1, "paper").verdict == "NOT reproduced: significant opposite effect"
     weak = Effect(1.0, -0.5, 2.5, 0.02, "t", 5, p_holm=0.08)  # significant alone, not after Holm
     assert Finding("x", weak, +1, "paper").verdict == "same direction, not significant"

@@ -42,11 +42,14 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
             tree = merge(merge(merge(base, sc["teacher"]), extra), {"method": {"name": "ce"}, "seed": r})
             runs.append(GridRun(f"teacher/{condition}/r{r}", tree, stage=0,
                                 labels={"role": "teacher", "condition": condition, "seed": r}))
+    only = sc.get("student_conditions", {})  # student -> the teacher conditions it learns from (default: all)
     for condition in spec["conditions"]:
         for student in sc.get("students", spec["students"]):
+            if condition not in only.get(student, spec["conditions"]):
+                continue
             for r in seeds:
                 ckpt = str(study_dir / "runs" / f"teacher__{condition}__r{r}" / "last.pt")
-                tree = merge(merge(base, sc["student"]), {
+                tree = merge(merge(merge(base, sc["student"]), sc.get("student_overrides", {}).get(student, {})), {
                     "seed": r, "method": spec["student_method"], "augment": {"name": "none"},
                     "data": {"crop_padding": 0, "flip": False},  # students see un-augmented images
                     "model": {"student": student, "teacher_checkpoint": ckpt}})
@@ -107,10 +110,12 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                      f"{over.estimate:+.4f} {over.interval(4)}, p = {fmt_p(over.p)}",
                      over.estimate >= gates_cfg["ece_margin"] and over.p < 0.05)
     gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}
-    gate_acc = Gate("teachers comparable in accuracy",
-                    f"|acc(mixed) − acc(none)| ≤ {gates_cfg['accuracy_within']} point for mixup and cutmix teachers",
-                    ", ".join(f"{m} {d:+.2f}" for m, d in gaps.items()),
-                    all(abs(d) <= gates_cfg["accuracy_within"] for d in gaps.values()))
+    # one-sided: a mixed teacher that is *worse* would explain worse students by itself; a better one (the
+    # paper's CutMix teacher is 10 points better) only makes "worse students" the stronger claim
+    gate_acc = Gate("mixed teachers not less accurate",
+                    f"acc(mixed) − acc(none) ≥ −{gates_cfg['accuracy_within']} point for the mixup and cutmix teachers "
+                    f"(mean over replicates)", ", ".join(f"{m} {d:+.2f}" for m, d in gaps.items()),
+                    all(d >= -gates_cfg["accuracy_within"] for d in gaps.values()))
     gate_conv = {s: convergence_gate(rows, study_dir, role="student", student=s) for s in students}
     gates = [gate_over, gate_acc, *gate_conv.values()]
     lines += gates_markdown(gates)

@@ -39,6 +39,8 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
             if method in entry["skip"]:
                 continue
             tree = merge(merge(base, entry["config"]), extra)
+            if sc.get("peers") and method != "ce":
+                tree = merge(tree, {"method": {"peers": sc["peers"]}})
             if method in sc:
                 tree = merge(tree, sc[method])
             for seed in seeds:
@@ -51,7 +53,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
     ref = reference("online_benchmark")
-    lines = [f"# shen2022 study ({scale} scale)", "",
+    dataset = next(iter(rows.values()))["summary"]["dataset"]
+    lines = [f"# shen2022 study ({scale} scale, {dataset})", "",
              "**cutnmix is a reconstruction of shen2022 (Mixed Sample Augmentation for Online Distillation) from "
              "its abstract only**; its loss and every choice are documented in `mixdistill/online/cutmix_online.py`. "
              "shen2022's own numbers were not available: the paper column is the PCL paper's table of the baselines "

@@ -172,8 +172,8 @@ class Finding:
 
     @property
     def verdict(self) -> str:
-        if self.failed_gates:
-            return "; ".join(f"proxy invalid: {g.name}, measured {g.measured}" for g in self.failed_gates)
+        if self.failed_gates:  # the gates table says what was measured
+            return "no verdict: proxy invalid (" + "; ".join(g.name for g in self.failed_gates) + ")"
         e = self.effect
         p = e.p_holm if not math.isnan(e.p_holm) else e.p
         if math.isnan(p):

@@ -46,6 +46,11 @@ def _student_tree(base, sc, entry, pair, teacher_ckpt, seed):
     return tree
 
 
+def methods(spec, sc) -> dict:
+    """The study's methods at this scale (a scale may leave some out: ``skip_methods``)."""
+    return {k: v for k, v in spec["methods"].items() if k not in sc.get("skip_methods", [])}
+
+
 def _view_entries(spec) -> dict[str, tuple[str, dict | None]]:
     """view -> (method key of its run, entry when the view needs runs of its own)."""
     out = {}
@@ -69,7 +74,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                     "model": {"student": pair[0]}, "method": {"name": "ce"}, "augment": {"name": "none"},
                     "seed": 0}), stage=0, labels={"role": "teacher", "teacher": pair[0]}))
             ckpt = str(study_dir / "runs" / f"teacher__{pair[0]}" / "last.pt")
-        entries = dict(spec["methods"])
+        entries = methods(spec, sc)
         if i == 0:  # the nine-view study's own runs, every seed
             entries.update({key: entry for key, entry in _view_entries(spec).values() if entry is not None})
         for method, entry in entries.items():
@@ -156,7 +161,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         gate_kd = Gate(f"{pair}: KD beats CE", "KD − CE > 0, paired p < 0.05",
                        f"{kd_ce.estimate:+.2f} {kd_ce.interval()}, p = {fmt_p(kd_ce.p)}",
                        kd_ce.estimate > 0 and kd_ce.p < 0.05)
-        short = [m for m in spec["methods"] if not spec["methods"][m].get("long")]
+        short = [m for m in methods(spec, sc) if not spec["methods"][m].get("long")]
         gate_conv = convergence_gate(rows, study_dir, pair=pair, method="kd")
         gate_conv_ce = convergence_gate(rows, study_dir, pair=pair, method="ce")
         gates += [gate_kd, gate_conv, gate_conv_ce]
@@ -185,7 +190,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         teacher = [r["summary"]["teacher_acc"] for r in rows.values()
                    if r["labels"].get("pair") == pair and r["summary"]["teacher_acc"] is not None]
         tables.append(f"| teacher | {teacher[0]:.2f} | - |")
-        for m in spec["methods"]:
+        for m in methods(spec, sc):
             e = paired(acc(pair, m), acc(pair, "kd"))
             tables.append(f"| {m} | {fmt_mean_ci(list(acc(pair, m).values()))} | "
                           + ("-" if m == "kd" else f"{e.estimate:+.2f} {e.interval()}") + " |")
