@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -67,8 +66,9 @@ VARIANT_OVERRIDES = {"project": [], "eager_teacher": ["train.fast_teacher=false"
 
 def run_project(args, tmp, teacher, seed, variant) -> dict:
     from mixdistill.config import load_config
+    from mixdistill.engine.build import build_teacher
     from mixdistill.engine.fast import teacher_agreement
-    from mixdistill.engine.trainer import Trainer, build_teacher
+    from mixdistill.engine.trainer import Trainer
 
     overrides = student_overrides(args, tmp, teacher, seed, f"{variant}_{seed}") + VARIANT_OVERRIDES[variant]
     cfg = load_config(None, overrides)
@@ -81,7 +81,7 @@ def run_project(args, tmp, teacher, seed, variant) -> dict:
     started = time.perf_counter()
     summary = trainer.fit()
     return {"acc": summary["last_acc"], "teacher_acc": summary["teacher_acc"], "time_s": time.perf_counter() - started,
-            "steps": trainer.step, **extra}
+            "steps": trainer.step_count, **extra}
 
 
 def run_reference(args, tmp, teacher_path, seed) -> dict:
@@ -91,7 +91,7 @@ def run_reference(args, tmp, teacher_path, seed) -> dict:
     from torchvision import transforms
 
     from mixdistill.config import load_config
-    from mixdistill.engine.trainer import load_data
+    from mixdistill.engine.build import load_data
     from mixdistill.models import create_model
     from mixdistill.models.checkpoint import load_weights
 

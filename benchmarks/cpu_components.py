@@ -42,13 +42,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    import tempfile
+
     from mixdistill.bench import MEAN, STD, reference_dataset, write_bench_data
     from mixdistill.data import DeviceLoader
     from mixdistill.data.readers import read_cifar100
     from mixdistill.engine.fast import fold_conv_bn, quantize_int8
     from mixdistill.models import create_model
-
-    import tempfile
 
     B = args.batch_size
     torch.manual_seed(0)

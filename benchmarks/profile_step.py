@@ -6,7 +6,7 @@ kernel launches), not by the GPU.
     PYTHONPATH=src python benchmarks/profile_step.py --device cuda --variants project,eager_teacher,cuda_graphs,cuda_graphs_all
 
 Writes ``profile_<device>.json`` (and prints a table) into ``--out``. The profiled project steps are the
-trainer's ``train_step`` fed by its ``DeviceLoader`` (the per-step metric bookkeeping of ``_train_epoch`` is
+trainer's public ``Trainer.step`` fed by its ``DeviceLoader`` (the per-step metric bookkeeping of ``train_epoch`` is
 left out); the reference steps are ``ReferenceLoop.step`` (DataLoader included).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -109,12 +108,8 @@ def main(argv=None) -> int:
 
 
 def _project_step(loop):
-    from mixdistill.distill import StepInfo
-    from mixdistill.engine.runtime import seed_epoch
-
     tr = loop.trainer
-    g = seed_epoch(0, 0)
-    state = {"it": iter(tr.train_loader), "i": 0}
+    state = {"it": iter(tr.train_loader)}
 
     def step():
         try:
@@ -122,10 +117,7 @@ def _project_step(loop):
         except StopIteration:
             state["it"] = iter(tr.train_loader)
             x, y, idx = next(state["it"])
-        if loop.runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        tr.train_step(x, y, StepInfo(epoch=0, step=state["i"], epochs=1, generator=g, indices=idx))
-        state["i"] += 1
+        tr.step(x, y, idx)
 
     return step
 

@@ -12,29 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from mixdistill.analysis import (
-    TStddev,
-    adversarial_accuracy,
-    agreement,
-    calibration,
-    class_discrimination,
-    correlations,
-    expected_calibration_error,
-    fgsm,
-    human_label_kl,
-    load_eval_set,
-    load_human_labels,
-    logit_std,
-    maximum_calibration_error,
-    negative_log_likelihood,
-    output_entropy,
-    pgd,
-    read_cifar10_1,
-    reliability_bins,
-    t_stddev,
-    teacher_statistics,
-)
-from mixdistill.analysis import discrimination
+from mixdistill.analysis import (TStddev, adversarial_accuracy, agreement, calibration, class_discrimination,
+                                 correlations, discrimination, expected_calibration_error, fgsm, human_label_kl,
+                                 load_eval_set, load_human_labels, logit_std, maximum_calibration_error,
+                                 negative_log_likelihood, output_entropy, pgd, read_cifar10_1, reliability_bins,
+                                 t_stddev, teacher_statistics)
 from mixdistill.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 
 

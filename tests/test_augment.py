@@ -10,21 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixdistill.augment import (
-    AUGMENTATIONS,
-    MixedBatch,
-    cut_n_mix,
-    cutmix,
-    cutmix_pick,
-    cutout,
-    derangement,
-    draw_boxes,
-    make_augment,
-    mixup,
-    mixup_two_perm,
-    pmu,
-    sample_beta,
-)
+from mixdistill.augment import (AUGMENTATIONS, MixedBatch, cut_n_mix, cutmix, cutmix_pick, cutout, derangement,
+                                draw_boxes, make_augment, mixup, mixup_two_perm, pmu, sample_beta)
 from mixdistill.errors import ConfigError, UnknownNameError
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -51,14 +38,6 @@ def tiny_net(bn=False, seed=0):
     return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 7))
 
 
-def _has_crop_flip():
-    try:
-        from mixdistill.data.transforms import random_crop_flip  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def call(name, images, labels, generator, teacher=None, student=None):
     """Call augmentation ``name`` with the parameters it needs."""
     if name == "autoaugment":
@@ -68,7 +47,7 @@ def call(name, images, labels, generator, teacher=None, student=None):
     return make_augment(name)(images, labels, generator=generator)
 
 
-NAMES = sorted(n for n in AUGMENTATIONS if n != "crop_flip" or _has_crop_flip())
+NAMES = sorted(AUGMENTATIONS)
 # A few variants beyond the defaults.
 VARIANTS = [
     (mixup, dict(per_sample=True)),
@@ -437,7 +416,6 @@ def test_flip_per_sample():
         assert torch.equal(rec.images[i], images[i].flip(-1) if flipped[i] else images[i])
 
 
-@pytest.mark.skipif(not _has_crop_flip(), reason="mixdistill.data.transforms.random_crop_flip not available yet")
 def test_crop_flip_pads_with_zero_or_black():
     images = torch.full((8, 3, 12, 12), 0.25)
     out = AUGMENTATIONS["crop_flip"](images, None, generator=gen(1), padding=4).images

@@ -109,13 +109,13 @@ def test_fold_conv_bn_and_int8_teacher_match_fp32():
 
 
 def test_accelerate_teacher_swaps_teacher_only():
-    from mixdistill.distill import DISTILLERS
     from mixdistill.engine.fast import InferenceTeacher, accelerate_teacher
     from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.methods import METHODS
     from mixdistill.models import create_model
 
     torch.manual_seed(0)
-    cls = DISTILLERS["kd"]
+    cls = METHODS["kd"]
     d = cls(create_model("cnn5_w8", 10, 1), create_model("cnn5_w16", 10, 1), cls.Params())
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from mixdistill.augment import make_augment
-from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
+from mixdistill.distill import StepInfo, TrainSet
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixstd_terms, soft_cross_entropy, std_normalized
+from mixdistill.methods import METHODS
 
 
 def softmax(xs):
@@ -121,7 +122,7 @@ class TinyNet(nn.Module):
 
 
 def make(name, augment=None, **params):
-    cls = DISTILLERS[name]
+    cls = METHODS[name]
     d = cls(TinyNet(seed=1), TinyNet(seed=2) if cls.needs_teacher else None, cls.Params(**params))
     aug = augment if augment is not None else cls.default_augment
     d.set_augment(make_augment(aug) if isinstance(aug, str) else aug)
@@ -140,7 +141,7 @@ def batch(n=8, seed=0):
 def test_ce_with_mixup_equals_lambda_weighted_ce():
     x, y = batch()
     d = make("ce", "mixup")
-    logits, losses = d.forward_train(x, y, info(3))
+    logits, losses, *_ = d.forward_train(x, y, info(3))
     record = make_augment("mixup")(x, y, generator=torch.Generator().manual_seed(3))
     a, b, lam = record.hard_pairs()
     ce = nn.functional.cross_entropy
@@ -151,7 +152,7 @@ def test_ce_with_mixup_equals_lambda_weighted_ce():
 def test_kd_on_mixed_batch_uses_soft_labels_and_teacher_on_same_images():
     x, y = batch()
     d = make("mix_kd", temperature=1.0)
-    logits, losses = d.forward_train(x, y, info(5))
+    logits, losses, *_ = d.forward_train(x, y, info(5))
     record = make_augment("mixup_two_perm")(x, y, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         t = d.teacher(record.images)
@@ -166,7 +167,7 @@ def test_kd_distiller_terms_at_temperature(name, temperature):
     x, y = batch()
     d = make(name, **({} if temperature is None else {"temperature": temperature}))
     T = 4.0 if temperature is None else temperature
-    logits, losses = d.forward_train(x, y, info(5))
+    logits, losses, *_ = d.forward_train(x, y, info(5))
     if name == "mix_kd":
         record = make_augment("mixup_two_perm")(x, y, generator=torch.Generator().manual_seed(5))
         images, targets = record.images, mixed_targets(record, y)
@@ -189,7 +190,7 @@ def test_mixstd_distiller_terms_on_the_mixed_batch(weights):
     x, y = batch()
     d = make("mixstd", **weights)
     ce_w, kd_w = weights.get("ce_weight", 0.1), weights.get("kd_weight", 0.9)
-    logits, losses = d.forward_train(x, y, info(5))
+    logits, losses, *_ = d.forward_train(x, y, info(5))
     record = make_augment("mixup_two_perm")(x, y, generator=torch.Generator().manual_seed(5))
     assert (record.images - x).abs().max() > 0.1  # a real mix: the clean batch gives another teacher
     with torch.no_grad():
@@ -210,7 +211,7 @@ def test_kd_view_terms():
     x, y = batch()
     d = make("kd_view", make_augment("flip", p=1.0))  # a deterministic view: every image flipped
     d.train()
-    logits, losses = d.forward_train(x, y, info())
+    logits, losses, *_ = d.forward_train(x, y, info())
     assert set(losses) == {"ce", "kd", "kd_view"}
     with torch.no_grad():
         t_clean, t_view = d.teacher(x), d.teacher(x.flip(3))
@@ -220,7 +221,7 @@ def test_kd_view_terms():
     assert losses["kd_view"].item() == pytest.approx(0.9 * kd_loss(s_view, t_view, 4.0).item(), rel=1e-5)
     assert torch.allclose(logits, s_clean, atol=1e-6)
     # the optional mixed-label CE on the view (ablation) appears only when asked for
-    _, losses = make("kd_view", "cutmix", aug_ce_weight=0.5).forward_train(x, y, info())
+    _, losses, *_ = make("kd_view", "cutmix", aug_ce_weight=0.5).forward_train(x, y, info())
     assert "ce_view" in losses
 
 
@@ -242,7 +243,7 @@ def test_das_kd_element_mean_is_one_over_c_of_batchmean():
     assert bm.item() == pytest.approx(5 * mean.item(), rel=1e-5)
     # and the published formula: g * T^2 * mean KL, (1 - g) * CE
     d = make("das_kd", **kw)
-    logits, losses = d.forward_train(x, y, info())
+    logits, losses, *_ = d.forward_train(x, y, info())
     with torch.no_grad():
         t = d.teacher(x)
     p_t, logp_s = torch.softmax(t / 20, 1), torch.log_softmax(logits / 20, 1)
@@ -265,9 +266,9 @@ def test_das_kd_caches_teacher_logits_once():
         assert torch.allclose(d.cached_logits, d.teacher(x), atol=1e-6)
     d.teacher.fc.weight.data.zero_()  # a later teacher change must not matter: the cache is used
     order = torch.tensor([3, 0, 7, 1])
-    logits, losses = d.forward_train(x[order], y[order], info(indices=order))
+    logits, losses, *_ = d.forward_train(x[order], y[order], info(indices=order))
     # a fresh distiller's teacher has the original weights: equal loss proves the cache was used
-    _, uncached = make("das_kd", cache_teacher=False).forward_train(x[order], y[order], info())
+    _, uncached, *_ = make("das_kd", cache_teacher=False).forward_train(x[order], y[order], info())
     assert losses["kd"].item() == pytest.approx(uncached["kd"].item(), rel=1e-5)
     with pytest.raises(ConfigError, match="crop_padding=0"):
         make("das_kd").prepare(_trainset(x, y, augmented=True))
@@ -281,7 +282,7 @@ def test_das_kd_terms_hand_computed(params):
     g = params.get("gamma", 0.5)
     if params.get("cache_teacher", True):
         d.prepare(_trainset(x, y))
-    logits, losses = d.forward_train(x, y, info(indices=torch.arange(8)))
+    logits, losses, *_ = d.forward_train(x, y, info(indices=torch.arange(8)))
     with torch.no_grad():
         s, t = d.student(x), d.teacher(x)
     assert losses["ce"].item() == pytest.approx((1 - g) * hard_ce(s, y).item(), rel=1e-5)
@@ -322,7 +323,7 @@ class RecordingTeacher(nn.Module):
 def test_teacher_forward_in_inference_mode_and_eval_mode(name, augment, params):
     # Spec: the teacher is frozen: eval() always, no autograd, its forward in torch.inference_mode().
     x, y = batch(16)
-    cls = DISTILLERS[name]
+    cls = METHODS[name]
     teacher = RecordingTeacher(TinyNet(seed=2))
     d = cls(TinyNet(seed=1), teacher, cls.Params(**params))
     aug = augment or cls.default_augment
@@ -332,7 +333,7 @@ def test_teacher_forward_in_inference_mode_and_eval_mode(name, augment, params):
     d.train()  # the trainer's call: the student trains, the teacher must stay in eval mode
     d.teacher.requires_grad_(True)  # even a teacher whose weights would take gradients records none
     for step in range(2):
-        _, losses = d.forward_train(x, y, StepInfo(0, step, 1, torch.Generator().manual_seed(step), indices=idx))
+        _, losses, *_ = d.forward_train(x, y, StepInfo(0, step, 1, torch.Generator().manual_seed(step), indices=idx))
         sum(losses.values()).backward()
     assert teacher.calls, "the teacher was never run"
     for inference, grad, training, net_training in teacher.calls:
@@ -343,7 +344,7 @@ def test_teacher_forward_in_inference_mode_and_eval_mode(name, augment, params):
 
 
 def test_augment_that_needs_a_teacher_refused_for_a_method_without_one():
-    d = DISTILLERS["ce"](TinyNet(seed=1), None, DISTILLERS["ce"].Params())
+    d = METHODS["ce"](TinyNet(seed=1), None, METHODS["ce"].Params())
     with pytest.raises(ConfigError, match="cutmix_pick .*teacher.*method ce"):
         d.set_augment(make_augment("cutmix_pick", criterion="student_entropy"))
     assert d.augment is None
@@ -354,7 +355,7 @@ def test_augment_that_needs_a_teacher_refused_for_a_method_without_one():
 ALL = ["ce", "kd", "mix_kd", "kd_view", "mixstd", "das_kd"]
 
 
-@pytest.mark.parametrize("name", ALL + [n for n in ("dkd", "crd", "crd_kd") if n in DISTILLERS])
+@pytest.mark.parametrize("name", ALL + [n for n in ("dkd", "crd", "crd_kd") if n in METHODS])
 def test_teacher_frozen_and_student_learns(name):
     x, y = batch(16)
     d = make(name, **({"cache_teacher": False} if name == "das_kd" else {}))
@@ -367,7 +368,7 @@ def test_teacher_frozen_and_student_learns(name):
     student_before = {k: v.clone() for k, v in d.student.state_dict().items()}
     opt = torch.optim.SGD(d.learnable_parameters(), lr=0.1)
     for step in range(3):
-        _, losses = d.forward_train(x, y, StepInfo(0, step, 1, torch.Generator().manual_seed(step),
+        _, losses, *_ = d.forward_train(x, y, StepInfo(0, step, 1, torch.Generator().manual_seed(step),
                                                    indices=torch.arange(16)))
         opt.zero_grad()
         sum(losses.values()).backward()
@@ -385,9 +386,8 @@ def test_teacher_frozen_and_student_learns(name):
 def test_pmu_reports_mixed_fraction():
     x, y = batch(64)
     d = make("mixstd", make_augment("pmu", p=0.5, sampling="exact"))
-    i = info()
-    d.forward_train(x, y, i)
-    assert i.stats["mixed_fraction"] == pytest.approx(32 / 64)
+    out = d.forward_train(x, y, info())
+    assert out.stats["mixed_fraction"] == pytest.approx(32 / 64)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from mixdistill.augment import make_augment
-from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
+from mixdistill.distill import StepInfo, TrainSet
 from mixdistill.distill.crd import ContrastMemory, CRDLoss, nce_loss
 from mixdistill.distill.dkd import dkd_loss, dkd_terms, warmup_factor
 from mixdistill.losses import kd_loss, kl_div
+from mixdistill.methods import METHODS
 
 N_DATA = 40  # training-set size of the unit tests
 
@@ -48,7 +49,7 @@ def train_set(n=N_DATA, classes=5, seed=0):
 
 
 def make(name, augment=None, data=None, **params):
-    cls = DISTILLERS[name]
+    cls = METHODS[name]
     d = cls(TinyNet(seed=1), TinyNet(width=6, seed=2), cls.Params(**params))
     d.set_augment(make_augment(augment) if augment else None)
     torch.manual_seed(3)
@@ -116,7 +117,7 @@ def test_dkd_warmup(epoch, factor):
     assert warmup_factor(epoch, 20) == pytest.approx(factor)
     images, labels, _ = train_set(8)
     d = make("dkd", warmup=20)
-    _, losses = d.forward_train(images, labels, info(epoch))
+    _, losses, *_ = d.forward_train(images, labels, info(epoch))
     with torch.no_grad():
         full = dkd_loss(d.student(images), d.teacher(images), labels, 1.0, 8.0, 4.0)
     assert losses["dkd"].item() == pytest.approx(factor * full.item(), rel=1e-5)
@@ -128,7 +129,7 @@ def test_dkd_ce_term_hand_computed(params):
     # ce_weight (default 1) * CE(z_s, y), with y the batch labels (no mixing)
     images, labels, _ = train_set(8)
     d = make("dkd", **params)
-    logits, losses = d.forward_train(images, labels, info(epoch=3))
+    logits, losses, *_ = d.forward_train(images, labels, info(epoch=3))
     with torch.no_grad():
         s = d.student(images)
     assert torch.allclose(logits, s, atol=1e-6)
@@ -142,7 +143,7 @@ def test_dkd_with_mixup_uses_source_zero_as_target():
     images, labels, _ = train_set(8)
     d = make("dkd", augment="mixup_two_perm", warmup=0)
     i = info(seed=5)
-    _, losses = d.forward_train(images, labels, i)
+    _, losses, *_ = d.forward_train(images, labels, i)
     batch = make_augment("mixup_two_perm")(images, labels, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         s, t = d.student(batch.images), d.teacher(batch.images)
@@ -249,7 +250,7 @@ def test_crd_other_class_prepare_reads_labels():
     images, labels, data = train_set()
     d = make("crd", data=data, negatives="other_class", nce_k=64)
     assert torch.equal(d.crd.labels, labels)
-    _, losses = d.forward_train(images[:8], labels[:8], info(indices=torch.arange(8)))
+    _, losses, *_ = d.forward_train(images[:8], labels[:8], info(indices=torch.arange(8)))
     assert torch.isfinite(losses["crd"])
 
 
@@ -257,7 +258,7 @@ def test_crd_other_class_prepare_reads_labels():
 def test_crd_terms_and_gradients(name):
     images, labels, _ = train_set()
     d = make(name, nce_k=16)
-    logits, losses = d.forward_train(images[:8], labels[:8], info(indices=torch.arange(8, 16)))
+    logits, losses, *_ = d.forward_train(images[:8], labels[:8], info(indices=torch.arange(8, 16)))
     assert list(losses) == (["ce", "crd"] if name == "crd" else ["ce", "kd", "crd"])
     assert logits.shape == (8, 5)
     sum(losses.values()).backward()
@@ -283,9 +284,9 @@ def test_crd_kd_view_is_crd_kd_on_the_clean_batch_plus_the_views_kl(augment):
     view_d, base_d = make("crd_kd_view", augment, nce_k=16), make("crd_kd", nce_k=16)
     base_d.load_state_dict(view_d.state_dict())
     torch.manual_seed(5)
-    _, view_losses = view_d.forward_train(x, y, info(indices=idx, seed=7))
+    _, view_losses, *_ = view_d.forward_train(x, y, info(indices=idx, seed=7))
     torch.manual_seed(5)
-    _, base_losses = base_d.forward_train(x, y, info(indices=idx))
+    _, base_losses, *_ = base_d.forward_train(x, y, info(indices=idx))
     assert list(view_losses) == ["ce", "kd", "kd_view", "crd"]
     for term in ("ce", "kd", "crd"):
         assert view_losses[term].item() == pytest.approx(base_losses[term].item(), rel=1e-5), term
@@ -315,7 +316,7 @@ def test_crd_terms_hand_computed(params, monkeypatch):
     mem = d.crd.memory
     teacher_bank, student_bank = mem.teacher_bank.clone(), mem.student_bank.clone()
     assert mem.z_student.item() == -1 and mem.z_teacher.item() == -1
-    logits, losses = d.forward_train(images[rows], labels[rows], info(indices=positives))
+    logits, losses, *_ = d.forward_train(images[rows], labels[rows], info(indices=positives))
     assert torch.equal(seen[0], positives)
     with torch.no_grad():
         s, feats_s = d.student.forward_features(images[rows])
@@ -376,7 +377,7 @@ def test_teacher_frozen_while_training(name, params):
     opt = torch.optim.SGD(d.learnable_parameters(), lr=0.1, momentum=0.9)
     for step in range(3):
         rows = torch.arange(step * 8, step * 8 + 8)
-        _, losses = d.forward_train(images[rows], labels[rows], info(epoch=25, indices=rows))
+        _, losses, *_ = d.forward_train(images[rows], labels[rows], info(epoch=25, indices=rows))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()

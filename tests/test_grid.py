@@ -74,7 +74,7 @@ def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch)
 def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist_root, tmp_path, monkeypatch):
     import copy
 
-    from mixdistill.engine.trainer import set_aside
+    from mixdistill.engine.run import set_aside
     from mixdistill.errors import MixdistillError
 
     study = tmp_path / "study"
@@ -130,9 +130,7 @@ def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmn
 
 
 def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
-    from mixdistill.engine import trainer
-
-    original = trainer.train_or_reuse
+    original = grid_module.train_or_reuse
     attempts = []
 
     def flaky(cfg, **kwargs):
@@ -141,7 +139,7 @@ def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
             raise RuntimeError("simulated crash (e.g. a lost worker)")
         return original(cfg, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_or_reuse", flaky)
+    monkeypatch.setattr(grid_module, "train_or_reuse", flaky)
     rows = run_grid(tiny_grid(fmnist_root)[:1], tmp_path / "s", log=lambda *_: None)
     assert attempts == ["teacher", "teacher"] and rows["teacher"]["attempts"] == 2
 

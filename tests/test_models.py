@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from mixdistill.errors import CheckpointError, MixdistillError, UnknownNameError
-from mixdistill.models import (
-    MODELS,
-    count_macs,
-    count_parameters,
-    create_model,
-    list_models,
-    load_weights,
-    model_summary,
-)
+from mixdistill.models import (MODELS, count_macs, count_parameters, create_model, list_models, load_weights,
+                               model_summary)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPDISTILLER_KEYS = json.loads((FIXTURES / "repdistiller_keys.json").read_text())

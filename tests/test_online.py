@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mixdistill.augment import make_augment
-from mixdistill.distill import DISTILLERS, StepInfo
+from mixdistill.distill import StepInfo
+from mixdistill.methods import METHODS
 from mixdistill.online.cutmix_online import feature_mutual_loss, sigmoid_rampup
 
 
@@ -47,8 +48,8 @@ X, Y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])
 
 def test_dml_hand_computed_and_targets_detached():
     a, b = [2.0, 0.0], [0.0, 1.0]
-    d = DISTILLERS["dml"]([FixedPeer(a), FixedPeer(b)], DISTILLERS["dml"].Params())
-    _, losses = d.forward_train(X, Y, info())
+    d = METHODS["dml"]([FixedPeer(a), FixedPeer(b)], METHODS["dml"].Params())
+    _, losses, *_ = d.forward_train(X, Y, info())
     pa, pb = softmax(a), softmax(b)
     expected_kl = kl(pb, pa) + kl(pa, pb)  # (1/(m-1)) * sum over i of KL(z_j || z_i), m = 2
     expected_ce = sum(-math.log(p[y]) for p in (pa, pb) for y in (0, 1, 0, 1)) / 4
@@ -62,10 +63,10 @@ def test_dml_hand_computed_and_targets_detached():
 
 def test_online_cutmix_target_is_detached_mean_on_the_same_batch():
     peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 0.0]), FixedPeer([0.0, 2.0])]
-    cls = DISTILLERS["online_cutmix"]
+    cls = METHODS["online_cutmix"]
     d = cls(peers, cls.Params())
     d.set_augment(make_augment("cutmix"))
-    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    _, losses, *_ = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
     mean = [1 / 3, 2 / 3]
     expected = sum(kl(softmax(mean, 3), softmax(p.logits.tolist(), 3)) for p in peers) * 9
     assert losses["kl"].item() == pytest.approx(expected, rel=1e-5)
@@ -73,7 +74,7 @@ def test_online_cutmix_target_is_detached_mean_on_the_same_batch():
 
 def test_evaluation_ensemble_is_mean_of_peer_logits():
     peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 3.0])]
-    d = DISTILLERS["dml"](peers, DISTILLERS["dml"].Params())
+    d = METHODS["dml"](peers, METHODS["dml"].Params())
     out = d.evaluation_logits(X)
     assert torch.allclose(out["ensemble"], torch.tensor([[0.5, 1.5]]).expand(4, -1))
     assert set(out) == {"peer0", "peer1", "ensemble"}
@@ -96,7 +97,7 @@ def test_feature_mutual_loss_hand_computed_and_detached():
 
 
 def test_ema_update_rule_and_ema_teacher():
-    cls = DISTILLERS["cutnmix"]
+    cls = METHODS["cutnmix"]
     peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])]
     d = cls(peers, cls.Params(teacher="ema", ema_decay=0.9))
     before = d.ema_peers[0].logits.detach().clone()
@@ -109,12 +110,13 @@ def test_ema_update_rule_and_ema_teacher():
 
 
 def test_cutnmix_terms_and_ramp():
-    cls = DISTILLERS["cutnmix"]
+    cls = METHODS["cutnmix"]
     d = cls([FixedPeer([1.0, 0.0], [1.0, 0.0]), FixedPeer([0.0, 1.0], [0.0, 1.0])], cls.Params(ramp_epochs=80))
     d.set_augment(make_augment("cut_n_mix"))
     step = info(epoch=40)
-    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, step)
-    assert set(losses) == {"ce", "kl", "feat"} and step.stats["ramp"] == pytest.approx(math.exp(-1.25))
+    out = d.forward_train(torch.randn(4, 1, 8, 8), Y, step)
+    losses = out.losses
+    assert set(losses) == {"ce", "kl", "feat"} and out.stats["ramp"] == pytest.approx(math.exp(-1.25))
     assert losses["feat"].item() == pytest.approx(4.0)
     target = [0.5, 0.5]
     expected_kl = 9 * (kl(softmax(target, 3), softmax([1.0, 0.0], 3)) + kl(softmax(target, 3), softmax([0.0, 1.0], 3)))
@@ -122,7 +124,7 @@ def test_cutnmix_terms_and_ramp():
 
 
 def test_one_gated_ensemble():
-    cls = DISTILLERS["one"]
+    cls = METHODS["one"]
     d = cls.from_names(["resnet8"] * 3, cls.Params(), num_classes=10, in_channels=1)
     d.eval()
     x = torch.randn(2, 1, 28, 28)
@@ -131,7 +133,7 @@ def test_one_gated_ensemble():
     assert torch.allclose(gate.sum(1), torch.ones(2))
     assert torch.allclose(ensemble, sum(gate[:, i:i + 1] * z for i, z in enumerate(logits)), atol=1e-5)
     d.train()
-    _, losses = d.forward_train(x, torch.tensor([1, 2]), info())
+    _, losses, *_ = d.forward_train(x, torch.tensor([1, 2]), info())
     losses["kl"].backward()
     assert d.gate[0].weight.grad is None or d.gate[0].weight.grad.abs().sum() == 0, "KL target must be detached"
     # three distinct branches, one shared trunk
@@ -177,9 +179,9 @@ def kl_rows(t, s, T):
 def test_dml_three_peers_divides_by_m_minus_1_and_applies_t2_once():
     logits = [[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [-1.0, 0.0, 3.0]]
     for T in (1.0, 2.0):
-        cls = DISTILLERS["dml"]
+        cls = METHODS["dml"]
         d = cls([FixedPeer(z) for z in logits], cls.Params(temperature=T))
-        _, losses = d.forward_train(X, Y, info())
+        _, losses, *_ = d.forward_train(X, Y, info())
         p = [softmax(z, T) for z in logits]
         expected = T**2 * sum(kl(p[j], p[i]) for i in range(3) for j in range(3) if j != i) / 2
         assert losses["kl"].item() == pytest.approx(expected, rel=1e-6)
@@ -187,13 +189,13 @@ def test_dml_three_peers_divides_by_m_minus_1_and_applies_t2_once():
 
 @pytest.mark.parametrize("method", ["online_cutmix", "cutnmix"])
 def test_mixed_online_target_is_the_detached_peer_mean_on_the_mixed_batch(method):
-    cls = DISTILLERS[method]
+    cls = METHODS[method]
     params = cls.Params(feature_weight=0.0, ramp_epochs=0) if method == "cutnmix" else cls.Params()
     peers = [LinearPeer(seed) for seed in range(3)]
     d = cls(peers, params)
     d.set_augment(make_augment("cutmix" if method == "online_cutmix" else "cut_n_mix"))
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 0]), info())
+    _, losses, *_ = d.forward_train(x, torch.tensor([0, 1, 2, 0]), info())
     seen = peers[0].seen
     assert all(torch.equal(p.seen, seen) for p in peers) and not torch.equal(seen, x)  # one mixed batch for all
     z = [seen.flatten(1) @ p.weight.detach() for p in peers]
@@ -207,13 +209,13 @@ def test_mixed_online_target_is_the_detached_peer_mean_on_the_mixed_batch(method
 
 
 def test_cutnmix_ema_teacher_is_the_mean_of_the_ema_copies():
-    cls = DISTILLERS["cutnmix"]
+    cls = METHODS["cutnmix"]
     d = cls([FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])], cls.Params(teacher="ema", ramp_epochs=0, feature_weight=0))
     d.set_augment(make_augment("cut_n_mix"))
     with torch.no_grad():  # the EMA copies differ from the live peers, so the target tells which was used
         d.ema_peers[0].logits.copy_(torch.tensor([3.0, 0.0]))
         d.ema_peers[1].logits.copy_(torch.tensor([1.0, 0.0]))
-    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    _, losses, *_ = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
     target = softmax([2.0, 0.0], 3)
     expected = 9 * (kl(target, softmax([1.0, 0.0], 3)) + kl(target, softmax([0.0, 1.0], 3)))
     assert losses["kl"].item() == pytest.approx(expected, rel=1e-5)
@@ -222,7 +224,7 @@ def test_cutnmix_ema_teacher_is_the_mean_of_the_ema_copies():
 def test_cutnmix_refuses_peers_of_different_feature_widths():
     from mixdistill.errors import ConfigError
 
-    cls = DISTILLERS["cutnmix"]
+    cls = METHODS["cutnmix"]
     with pytest.raises(ConfigError, match="feature width.*peer 0: 64, peer 1: 128"):
         cls.from_names(["resnet8", "wrn_16_2"], cls.Params(), num_classes=10, in_channels=1)
     cls.from_names(["resnet8", "wrn_16_2"], cls.Params(feature_weight=0), num_classes=10, in_channels=1)
@@ -235,11 +237,11 @@ def test_feature_mutual_loss_three_peers_uses_the_mean_of_the_others():
 
 
 def test_kdcl_loss_views_and_detached_mean_target():
-    cls = DISTILLERS["kdcl"]
+    cls = METHODS["kdcl"]
     peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 2.0]), FixedPeer([0.5, 0.5])]
     d = cls(peers, cls.Params())
     d.set_augment(make_augment("flip"))
-    _, losses = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
+    _, losses, *_ = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
     zs = [p.logits.detach() for p in peers]
     mean = torch.stack(zs).mean(0)
     expected_kl = sum(9 * kl(softmax(mean.tolist(), 3), softmax(z.tolist(), 3)) for z in zs)
@@ -254,7 +256,7 @@ def test_kdcl_loss_views_and_detached_mean_target():
 def test_one_loss_and_gate_by_hand():
     import torch.nn.functional as F
 
-    cls = DISTILLERS["one"]
+    cls = METHODS["one"]
     torch.manual_seed(0)
     d = cls.from_names(["resnet8"] * 3, cls.Params(), num_classes=10, in_channels=1)
     x, y = torch.randn(6, 1, 28, 28), torch.tensor([1, 2, 3, 4, 5, 6])
@@ -268,7 +270,7 @@ def test_one_loss_and_gate_by_hand():
         h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
         gate = torch.softmax(h.clamp(min=0), 1)
         torch.testing.assert_close(ensemble, sum(gate[:, i:i + 1] * z for i, z in enumerate(logits)))
-        _, losses = d.forward_train(x, y, info())
+        _, losses, *_ = d.forward_train(x, y, info())
     ce = sum(F.cross_entropy(z, y) for z in logits) + F.cross_entropy(ensemble, y)
     kl_total = sum(9 * kl_rows(ensemble, z, 3.0) for z in logits)
     assert losses["ce"].item() == pytest.approx(ce.item(), rel=1e-5)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mixdistill.config import load_config
+from mixdistill.engine.build import base_lr
 from mixdistill.engine.schedule import build_scheduler
-from mixdistill.engine.trainer import base_lr
 
 
 def lrs_per_epoch(cfg, steps_per_epoch=3):

@@ -11,13 +11,8 @@ import torch
 from PIL import Image
 
 from mixdistill.data.datasets import DATASETS, Split
-from mixdistill.data.streaming import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    StreamingImageFolder,
-    random_resized_crop_box,
-    stratified_subset,
-)
+from mixdistill.data.streaming import (IMAGENET_MEAN, IMAGENET_STD, StreamingImageFolder, random_resized_crop_box,
+                                       stratified_subset)
 from mixdistill.errors import CheckpointError, DataError, DatasetNotFoundError
 from mixdistill.models import MODELS, create_model, load_weights
 
@@ -341,16 +336,9 @@ def test_training_step_on_a_streamed_batch(tree):
     assert not torch.equal(before, model.fc.weight)
 
 
-# ------------------------------------------------------------------ the trainer (needs the config wiring)
+# ----------------------------------------------------------------------------------------------- the trainer
 
 
-def _streaming_wired() -> bool:
-    from mixdistill.config import DataConfig
-
-    return "loader" in DataConfig.model_fields
-
-
-@pytest.mark.skipif(not _streaming_wired(), reason="data.loader (memory|streaming) is not wired into the config yet")
 def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(tree, tmp_path, interrupt_at):
     """`data.dataset=imagenet data.loader=streaming` trains from train/ and evaluates on val/; a run resumed
     with another data.num_workers ends bitwise equal to an uninterrupted one (crops do not depend on it)."""

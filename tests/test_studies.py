@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from mixdistill.cli import main
@@ -27,6 +25,15 @@ def test_every_scale_resolves_to_valid_configs(name, tmp_path):
     for scale in ("smoke", "cpu", "full"):
         for run in study.grid(scale, [0, 1, 2], tmp_path, None):
             resolve(run, tmp_path)
+
+
+def _smoke_report(name: str, seeds, fmnist_root, tmp_path):
+    """(report path, its text) of study ``name`` at smoke scale, after the checks every report passes."""
+    path = run_study(name, scale="smoke", seeds=seeds, output_dir=str(tmp_path), data_root=str(fmnist_root),
+                     log=lambda *_: None)
+    report = path.read_text()
+    _report_checks(report)
+    return path, report
 
 
 def _report_checks(report: str, dataset: str = "fashion_mnist"):
@@ -61,10 +68,7 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_choi2023_smoke_study(fmnist_root, tmp_path):
-    path = run_study("choi2023", scale="smoke", seeds="3,7", output_dir=str(tmp_path), data_root=str(fmnist_root),
-                     log=lambda *_: None)
-    report = path.read_text()
-    _report_checks(report)
+    path, report = _smoke_report("choi2023", "3,7", fmnist_root, tmp_path)
     assert "T = 1 beats T = 4" in report and "mixstd_pmu_exact" in report and "mixup teachers are smoother" in report
     assert "replicates each (seeds 3, 7)" in report
     assert (path.parent / "choi2023_t1_minus_t4.png").stat().st_size > 5000
@@ -72,10 +76,7 @@ def test_choi2023_smoke_study(fmnist_root, tmp_path):
 
 @pytest.mark.slow
 def test_wang2022_smoke_study(fmnist_root, tmp_path):
-    path = run_study("wang2022", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
-                     log=lambda *_: None)
-    report = path.read_text()
-    _report_checks(report)
+    path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path)
     assert "KD beats CE" in report and "longer training" in report and "T. stddev correlates" in report
     assert "Every view ran the same 2 seeds" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
@@ -83,10 +84,7 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
 
 @pytest.mark.slow
 def test_das2020_smoke_study(fmnist_root, tmp_path):
-    path = run_study("das2020", scale="smoke", seeds=2, output_dir=str(tmp_path), data_root=str(fmnist_root),
-                     log=lambda *_: None)
-    report = path.read_text()
-    _report_checks(report)
+    path, report = _smoke_report("das2020", 2, fmnist_root, tmp_path)
     assert "| mixup |" in report and "unaugmented teacher over-confident" in report and "as_published" in report
     assert "paired t over" in report or "paired t, 2 seeds" in report
 

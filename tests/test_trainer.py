@@ -108,8 +108,8 @@ def test_non_finite_loss_stops_with_step_and_term(tiny_run_overrides):
 
 
 def test_fast_teacher_computes_the_loaded_teachers_logits(tiny_run_overrides, precision, tolerance):
+    from mixdistill.engine.build import build_teacher
     from mixdistill.engine.fast import InferenceTeacher
-    from mixdistill.engine.trainer import build_teacher
 
     teacher_cfg = load_config(None, tiny_run_overrides + ["name=ft", "optim.epochs=1", "model.student=cnn5_w16"])
     train(teacher_cfg, quiet=True)
@@ -154,14 +154,17 @@ def test_fast_teacher_settings_are_checked(tiny_run_overrides):
 
 
 def test_start_log_says_what_the_config_does_not(tiny_run_overrides, capsys):
-    """The method's default augmentation, an lr from lr_overrides and a reconstruction's label are printed."""
-    cfg = load_config(None, tiny_run_overrides + ["name=one_step", "method=online_cutmix", "augment=none",
-                                                  "optim.epochs=1", "data.train_subset=128", "train.progress=false",
+    """An lr from lr_overrides, the compile decision and a reconstruction's label are printed; a method defined with
+    an augmentation refuses augment=none at validation, naming its default, and an unset augment gets it."""
+    with pytest.raises(ConfigError, match="online_cutmix' trains on an augmented batch: set augment .* cutmix"):
+        load_config(None, tiny_run_overrides + ["method=online_cutmix", "augment=none"])
+    assert load_config(None, ["method=online_cutmix"]).augment.name == "cutmix"
+    cfg = load_config(None, tiny_run_overrides + ["name=one_step", "method=online_cutmix", "optim.epochs=1",
+                                                  "data.train_subset=128", "train.progress=false",
                                                   "model.student=cnn5_w8", "optim.lr_overrides={cnn5_w8: 0.02}"])
     train(cfg)
     err = capsys.readouterr().err
-    assert "online_cutmix's default cutmix is used" in err
-    assert "lr 0.02 for cnn5_w8 from optim.lr_overrides" in err
+    assert "lr 0.02 for cnn5_w8 from optim.lr_overrides" in err and "compile: no (" in err
     cfg = load_config(None, tiny_run_overrides + ["name=cnm", "method=cutnmix", "optim.epochs=1",
                                                   "data.train_subset=128", "train.progress=false"])
     summary = train(cfg)

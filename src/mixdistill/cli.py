@@ -29,7 +29,8 @@ def cmd_train(args) -> int:
     import yaml
 
     from mixdistill.config import load_config
-    from mixdistill.engine.trainer import check_buildable, train
+    from mixdistill.engine.build import check_buildable
+    from mixdistill.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -76,34 +77,32 @@ def _add_eval(sub):
 
 
 def cmd_eval(args) -> int:
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from mixdistill.data import DeviceLoader, load_dataset
-    from mixdistill.engine.checkpoint import load_checkpoint
+    from mixdistill.engine.evaluate import evaluate
+    from mixdistill.engine.run import open_run
     from mixdistill.engine.runtime import resolve_runtime
-    from mixdistill.engine.trainer import evaluate
     from mixdistill.errors import ConfigError, require_at_least
-    from mixdistill.models import create_model
-    from mixdistill.models.checkpoint import load_weights
 
     require_at_least("--batch-size", args.batch_size, 1)
-    state = load_checkpoint(args.checkpoint)
-    config = state.get("config", {})
-    dataset = args.data or config.get("data", {}).get("dataset")
+    opened = open_run(args.checkpoint)
+    cfg = opened.cfg
+    dataset = args.data or (cfg.data.dataset if cfg else None)
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --data")
-    root = args.data_root or config.get("data", {}).get("root")
-    split = load_dataset(dataset, args.split, root=root)
-    arch = args.arch or state.get("arch")
-    if arch is None:
-        raise ConfigError("this checkpoint does not record its architecture: pass --arch")
-    model = create_model(arch, num_classes=split.spec.num_classes, in_channels=split.images.shape[1])
-    load_weights(model, state)
-    runtime = resolve_runtime(args.device, args.precision or config.get("train", {}).get("precision", "auto"))
+    if cfg is not None and dataset == cfg.data.dataset:
+        split = opened.split(args.split, root=args.data_root, use_subset=False)
+    else:
+        split = load_dataset(dataset, args.split, root=args.data_root)
+    arch = args.arch or opened.arch
+    model = opened.model(arch, split.spec.num_classes, split.images.shape[1])
+    runtime = resolve_runtime(args.device, args.precision or (cfg.train.precision if cfg else "auto"))
     model.to(runtime.device)
     if runtime.channels_last:
-        model.to(memory_format=__import__("torch").channels_last)
+        model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(split.images, split.labels, batch_size=args.batch_size, mean=split.spec.mean,
                           std=split.spec.std, shuffle=False, drop_last=False, device=runtime.device)
     result = evaluate(model, loader, runtime)

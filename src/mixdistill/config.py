@@ -7,6 +7,8 @@ parameters, so a typo fails with a message naming the key before a single tensor
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +16,11 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixdistill.errors import ConfigError, UnknownNameError
+from mixdistill.augment import augment_uses_teacher, resolve_augment_params
+from mixdistill.data.datasets import DATASETS
+from mixdistill.errors import ConfigError, MixdistillError, UnknownNameError
+from mixdistill.methods import METHODS
+from mixdistill.models import MODELS
 from mixdistill.schema import Schema, load_yaml
 
 # torch's intra-op thread count when mixdistill was imported: what train.threads=null resolves to
@@ -73,18 +79,14 @@ class MethodConfig(BaseModel):
 
     @model_validator(mode="after")
     def _validate_params(self):
-        from mixdistill.distill import DISTILLERS
-
-        cls = DISTILLERS.get_or_raise(self.name)
+        cls = METHODS.get_or_raise(self.name)
         resolved = cls.Params(**(self.model_extra or {})).model_dump(mode="json")
         self.model_extra.clear()
         self.model_extra.update(resolved)
         return self
 
     def params(self):
-        from mixdistill.distill import DISTILLERS
-
-        return DISTILLERS[self.name].Params(**(self.model_extra or {}))
+        return METHODS[self.name].Params(**(self.model_extra or {}))
 
 
 class AugmentConfig(BaseModel):
@@ -98,8 +100,6 @@ class AugmentConfig(BaseModel):
     @model_validator(mode="after")
     def _validate_params(self):
         if self.name != "none":
-            from mixdistill.augment import resolve_augment_params
-
             resolved = resolve_augment_params(self.name, **(self.model_extra or {}))
             self.model_extra.clear()
             self.model_extra.update(resolved)
@@ -144,8 +144,6 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        import re
-
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise ValueError(f"'{value}' is not a device this trainer runs on (auto, cpu, cuda, cuda:N)")
         return value
@@ -198,9 +196,7 @@ class RunConfig(Section):
         augment = tree.get("augment") or {}
         method = tree.get("method") or {}
         if isinstance(augment, dict) and "name" not in augment and isinstance(method, dict):
-            from mixdistill.distill import DISTILLERS
-
-            method_cls = DISTILLERS.get(method.get("name", "ce"))
+            method_cls = METHODS.get(method.get("name", "ce"))
             default = getattr(method_cls, "default_augment", None)
             tree = {**tree, "augment": {"name": default or "none", **augment}}
         return tree
@@ -208,15 +204,9 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _check_combination(self):
         """What training would reject from the config alone, so that --print-config rejects it too."""
-        from mixdistill.augment import augment_uses_teacher
-        from mixdistill.distill import DISTILLERS
-        from mixdistill.models import MODELS
-
-        from mixdistill.data.datasets import DATASETS
-
         if self.data.dataset not in DATASETS:
             raise UnknownNameError("dataset", self.data.dataset, DATASETS)
-        method_cls = DISTILLERS[self.method.name]
+        method_cls = METHODS[self.method.name]
         for key in ("student", "teacher"):
             name = getattr(self.model, key)
             if name is not None and name not in MODELS:
@@ -230,6 +220,9 @@ class RunConfig(Section):
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
                              "augmentation")
+        if method_cls.default_augment and self.augment.name == "none":
+            raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
+                             f"{method_cls.default_augment}), or leave augment unset to get that default")
         method_cls.check_config(self)
         return self
 
@@ -239,6 +232,17 @@ class RunConfig(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """A copy of config tree ``base`` with ``extra`` merged in, section by section (``extra`` wins)."""
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
@@ -300,8 +304,6 @@ def _format_validation_error(err: ValidationError) -> str:
 
 
 def build_config(tree: dict) -> RunConfig:
-    from mixdistill.errors import MixdistillError
-
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:

@@ -6,28 +6,16 @@ re-running it skips finished runs and resumes an interrupted one.
 
 from __future__ import annotations
 
-import copy
 import statistics
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from mixdistill.config import merge
+from mixdistill.resources import demo_config
 from mixdistill.studies.grid import GridRun, run_grid
 
 
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (extra or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def demo_grid(output_dir: str, seeds: int, data_root: str | None, quick: bool) -> list[GridRun]:
-    spec = yaml.safe_load(resources.files("mixdistill").joinpath("resources/demo.yaml").read_text())
+    spec = demo_config()
     common = merge(spec["common"], {"data": {"root": data_root}})
     teacher = merge(common, spec["teacher"])
     students = {k: v for k, v in spec["students"].items() if k != "methods"}

@@ -1,6 +1,6 @@
 """Functional losses. Every function computes in fp32 whatever the autocast dtype of its inputs.
 
-Notation follows specs/methods.md: ``kd_loss`` is RepDistiller's ``DistillKL``
+Notation follows the README's "Methods" section: ``kd_loss`` is RepDistiller's ``DistillKL``
 (batch-mean KL(softmax(t/T) || softmax(s/T)) times T^2).
 """
 

@@ -1,5 +1,5 @@
 """Parts of mixdistill that are reconstructions rather than reproductions, and the label every output
-that used one must carry (methods.md: "must be labelled so in the code, the docs and every report")."""
+that used one must carry (a reconstruction is labelled so in the code, the docs and every report: README, "Online distillation")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""A tiny name -> object registry; one instance per kind of thing (distillers, ...)."""
+"""A tiny name -> object registry, and the one registry of training methods (``METHODS``) that the offline
+distillers (``distill/``) and the online methods (``online/``) register into; ``mixdistill.methods`` imports
+them all so that the registry is complete."""
 
 from __future__ import annotations
 
@@ -24,3 +26,6 @@ class Registry(dict):
         if name not in self:
             raise UnknownNameError(self.kind, name, self.keys())
         return self[name]
+
+
+METHODS = Registry("method")

@@ -26,8 +26,12 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
+from mixdistill import __version__
 from mixdistill.errors import MixdistillError, UnknownNameError
 from mixdistill.files import FILE_MODE
+from mixdistill.models import create_model
+from mixdistill.models.checkpoint import load_weights
+from mixdistill.resources import reference
 
 __all__ = [
     "TEACHER_ARCHIVE_URL",
@@ -65,8 +69,6 @@ class TeacherSpec(NamedTuple):
 def _specs(names: Sequence[str]) -> dict[str, TeacherSpec]:
     """Each teacher's archive path, with its published top-1: the teacher column of the CRD benchmark table
     (resources/reference_results.yaml, read once)."""
-    from mixdistill.studies.common import reference
-
     rows = reference("crd_benchmark")["rows"]
     return {name: TeacherSpec(name, f"{ARCHIVE_ROOT}/{name}_vanilla/{_CKPT_FILE}",
                               next((row[0] for pair, row in rows.items() if pair.split("-")[0] == name), None))
@@ -148,8 +150,6 @@ def _download_failed(url: str, reason: object, cache_dir) -> MixdistillError:
 
 def _fetch(url: str, dest: Path, timeout: float, cache_dir, progress: bool) -> None:
     """Download ``url`` to ``dest`` through a temporary file in the same folder, renamed at the end."""
-    from mixdistill import __version__
-
     request = urllib.request.Request(url, headers={"User-Agent": f"mixdistill/{__version__}"})
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -359,8 +359,6 @@ def load_teacher(
             raise MixdistillError(
                 f"loading a teacher from the file {path} needs its architecture (arch=..., e.g. 'resnet32x4')"
             )
-    from mixdistill.models import create_model
-    from mixdistill.models.checkpoint import load_weights
 
     model = create_model(arch, num_classes=num_classes)
     load_weights(model, path, strict=True)

@@ -1,41 +1,16 @@
-"""Analysis of trained models (methods.md section 5): das2020's class discrimination, calibration,
+"""Analysis of trained models (README "Analysis"): das2020's class discrimination, calibration,
 wang2022's teacher statistics, choi2023's smoothness measures and t-SNE, FGSM / PGD robustness, agreement
 with human soft labels, shifted test sets, and the ``mixdistill analyze`` command (``command.py``)."""
 
-from mixdistill.analysis.calibration import (
-    DEFAULT_BINS,
-    calibration,
-    expected_calibration_error,
-    maximum_calibration_error,
-    negative_log_likelihood,
-    plot_reliability_diagram,
-    reliability_bins,
-)
-from mixdistill.analysis.data import (
-    EvalSet,
-    human_label_kl,
-    load_eval_set,
-    load_human_labels,
-    read_cifar10_1,
-)
+from mixdistill.analysis.calibration import (DEFAULT_BINS, calibration, expected_calibration_error,
+                                             maximum_calibration_error, negative_log_likelihood,
+                                             plot_reliability_diagram, reliability_bins)
+from mixdistill.analysis.data import EvalSet, human_label_kl, load_eval_set, load_human_labels, read_cifar10_1
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination, zscore_unit
 from mixdistill.analysis.robustness import adversarial_accuracy, fgsm, pgd
-from mixdistill.analysis.smoothness import (
-    agreement,
-    logit_std,
-    output_entropy,
-    plot_tsne,
-    smoothness,
-    tsne_embedding,
-)
-from mixdistill.analysis.teacher_stats import (
-    TStddev,
-    correlations,
-    entropy,
-    plot_tstddev_vs_loss,
-    t_stddev,
-    teacher_statistics,
-)
+from mixdistill.analysis.smoothness import agreement, logit_std, output_entropy, plot_tsne, smoothness, tsne_embedding
+from mixdistill.analysis.teacher_stats import (TStddev, correlations, entropy, plot_tstddev_vs_loss, t_stddev,
+                                               teacher_statistics)
 
 __all__ = [
     "DEFAULT_BINS",

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixdistill.analysis.plots import new_figure, save_figure
+
 DEFAULT_BINS = 15
 
 
@@ -77,8 +79,6 @@ def plot_reliability_diagram(probs, labels, path: str | Path, bins: int = DEFAUL
                              title: str = "Reliability diagram") -> Path:
     """Accuracy per confidence bin (bars) against the diagonal of perfect calibration, the gap to it
     shaded, ECE/MCE in the legend, and the share of samples per bin underneath."""
-    from mixdistill.analysis.plots import new_figure, save_figure
-
     r = reliability_bins(probs, labels, bins)
     stats = calibration(probs, labels, bins)
     edges = r["edges"].numpy()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 
@@ -19,10 +18,19 @@ import torch.nn.functional as F
 
 from mixdistill.analysis.calibration import DEFAULT_BINS, calibration, plot_reliability_diagram
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination
+from mixdistill.analysis.robustness import adversarial_accuracy
 from mixdistill.analysis.smoothness import CLASS_NAMES, TSNE_SAMPLES, plot_tsne, smoothness, tsne_embedding
+from mixdistill.analysis.teacher_stats import teacher_statistics
+from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
+from mixdistill.data import DATASETS, DeviceLoader, load_dataset
+from mixdistill.engine.run import FinishedRun, open_run
+from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError, DataError, require_at_least
 from mixdistill.files import make_dir, write_json, write_text
+from mixdistill.models import create_model
+from mixdistill.models.checkpoint import load_weights
 from mixdistill.provenance import reconstruction_notes
+from mixdistill.resources import reference
 
 REPORT_NAME, METRICS_NAME = "report.md", "metrics.json"
 FIGURES = {"reliability": "reliability_diagram.png", "tsne": "tsne.png"}
@@ -111,23 +119,16 @@ def analyze_main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- loading
 
-def _resolve_target(target: str | Path) -> tuple[Path, Path]:
-    """(checkpoint file, run directory)."""
+def _resolve_target(target: str | Path) -> tuple[FinishedRun, Path]:
+    """(the opened run or checkpoint, its run directory)."""
     p = Path(target).expanduser()
-    if p.is_dir():
-        ckpt = p / "last.pt"
-        if not ckpt.is_file():
-            raise CheckpointError(f"{p} is a directory without last.pt: pass a run directory or a checkpoint file")
-        return ckpt, p
-    if p.is_file():
-        return p, p.parent
-    raise CheckpointError(f"no such run directory or checkpoint file: {p}")
+    if not p.exists():
+        raise CheckpointError(f"no such run directory or checkpoint file: {p}")
+    opened = open_run(p)
+    return opened, opened.checkpoint.parent
 
 
 def _build_model(arch: str, state, num_classes: int, in_channels: int, what: str):
-    from mixdistill.models import create_model
-    from mixdistill.models.checkpoint import load_weights
-
     try:
         model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
     except TypeError as e:
@@ -162,11 +163,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
             seed=0) -> dict:
     """Run the analysis and write the report; returns the metrics dict (with ``paths``). The arguments are
     the command's options (see :func:`add_analyze_arguments`)."""
-    from mixdistill.analysis.data import (EvalSet, check_compatible, human_label_kl, load_eval_set,
-                                          load_human_labels)
-    from mixdistill.data import DATASETS, DeviceLoader, load_dataset
-    from mixdistill.engine.checkpoint import load_checkpoint
-    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.analysis.data import EvalSet, check_compatible, human_label_kl, load_eval_set, load_human_labels
 
     # options first: a mistake should not cost a whole evaluation
     if batch_size < 1 or bins < 1:
@@ -180,13 +177,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     if tsne and tsne_samples < 2:
         raise ConfigError(f"--tsne-samples must be >= 2, got {tsne_samples}")
     if teacher_stats and teacher_stats != "run":
-        from mixdistill.augment import make_augment
-
         make_augment(teacher_stats)  # an unknown name raises UnknownNameError listing the valid ones
-    ckpt_path, run_dir = _resolve_target(target)
+    opened, run_dir = _resolve_target(target)
+    ckpt_path, state = opened.checkpoint, opened.state
     out_dir = Path(out).expanduser() if out else run_dir / "analysis"
-    state = load_checkpoint(ckpt_path)
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    config = opened.cfg.to_dict() if opened.cfg else {}  # validated; {} for a foreign checkpoint
     data_cfg = config.get("data", {}) or {}
     model_cfg = config.get("model", {}) or {}
     notes: list[str] = reconstruction_notes(config)
@@ -304,8 +299,6 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     robust = []
     for attack, eps_list in (("fgsm", fgsm), ("pgd", pgd)):
         for eps in eps_list or []:
-            from mixdistill.analysis.robustness import adversarial_accuracy
-
             robust.append(adversarial_accuracy(model, loader, attack=attack, eps=eps, mean=mean, std=std,
                                                steps=pgd_steps, step_size=pgd_step_size,
                                                random_start=pgd_random_start, seed=seed))
@@ -344,8 +337,6 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
 def _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels):
     """(teacher model or None, note or None)."""
-    from mixdistill.engine.checkpoint import load_checkpoint
-
     source = teacher or model_cfg.get("teacher_checkpoint")
     if source is None:
         return None, None
@@ -355,7 +346,7 @@ def _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels):
             raise CheckpointError(f"teacher checkpoint not found: {path}")
         return None, (f"The run's teacher checkpoint {source} was not found from here: teacher-student "
                       "agreement skipped (pass --teacher PATH).")
-    tstate = load_checkpoint(path)
+    tstate = open_run(path).state
     tarch = teacher_arch or model_cfg.get("teacher") or tstate.get("arch")
     if tarch is None:
         return None, f"The teacher checkpoint {path} does not record its architecture: pass --teacher-arch."
@@ -363,10 +354,6 @@ def _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels):
 
 
 def _teacher_stats(view, teacher, student, config, train_name, root, spec, dev, epochs, seed) -> dict:
-    from mixdistill.analysis.teacher_stats import teacher_statistics
-    from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
-    from mixdistill.data import DeviceLoader, load_dataset
-
     data_cfg = config.get("data", {}) or {}
     if view == "run":
         aug_cfg = dict(config.get("augment") or {"name": "none"})
@@ -415,8 +402,6 @@ def _f(x, digits=4) -> str:
 
 
 def _das2020_baseline_cd() -> str:
-    from mixdistill.studies.common import reference
-
     r = reference("das2020")["class_discrimination"]["none"]
     return f"CD {r['cd']:.6f}, intra {r['intra']:.6f}, inter {r['inter']:.6f}"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixdistill.data import DATASETS, load_dataset, readers
 from mixdistill.errors import DataError
 
 DATA_SUFFIX, LABELS_SUFFIX = "_data.npy", "_labels.npy"
@@ -89,9 +90,6 @@ def read_cifar10_1(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_eval_set(data: str, root: str | None = None) -> EvalSet:
     """The evaluation set named by ``--data`` (see the module docstring)."""
-    from mixdistill.data import DATASETS, load_dataset
-    from mixdistill.data import readers
-
     if data in DATASETS:
         split = load_dataset(data, "test", root=root)
         return EvalSet(split.images, split.labels, f"{data} (test)")

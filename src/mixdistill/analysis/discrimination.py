@@ -1,6 +1,6 @@
 """Class discrimination (das2020), computed in O(N * D) from sums of unit vectors.
 
-Definition (methods.md section 5), for vectors ``v_n`` (softmax outputs or penultimate features) with true
+Definition (README "Analysis"), for vectors ``v_n`` (softmax outputs or penultimate features) with true
 labels ``y_n``:
 
 1. z-score every dimension over all N samples with the population std and multiply by 0.5:

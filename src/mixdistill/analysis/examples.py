@@ -22,6 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mixdistill.analysis.command import analyze
+from mixdistill.analysis.teacher_stats import plot_tstddev_vs_loss, teacher_statistics
+from mixdistill.augment import augment_params, make_augment
+from mixdistill.config import load_config
+from mixdistill.data import DeviceLoader, load_dataset
+from mixdistill.data.synthetic import write_fashion_like
+from mixdistill.engine.run import open_run
+from mixdistill.engine.trainer import train
+
 VIEWS = ["identity", "flip", "crop_flip", "cutout", "mixup", "cutmix", "cutmix_pick"]
 VIEW_PARAMS = {"cutout": {"size": 8}, "cutmix_pick": {"criterion": "teacher_entropy"}}
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -55,23 +64,11 @@ def _config(name: str, work: Path) -> str:
 
 
 def _train(config: str, overrides: list[str]) -> None:
-    from mixdistill.cli import main as cli_main
-
-    rc = cli_main(["train", config, *overrides, "--quiet"])
-    if rc:
-        raise SystemExit(f"training failed ({rc}): {' '.join(overrides)}")
+    train(load_config(config, overrides), quiet=True)
 
 
 def make_examples(out_dir: str | Path, work_dir: str | Path, epochs: int = 2, seed: int = 0) -> dict[str, Path]:
-    import torch
 
-    from mixdistill.analysis.command import analyze
-    from mixdistill.analysis.teacher_stats import plot_tstddev_vs_loss, teacher_statistics
-    from mixdistill.augment import augment_params, make_augment
-    from mixdistill.data import DeviceLoader, load_dataset
-    from mixdistill.data.synthetic import write_fashion_like
-    from mixdistill.engine.checkpoint import load_checkpoint
-    from mixdistill.models import create_model, load_weights
 
     out_dir, work = Path(out_dir), Path(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,9 +85,7 @@ def make_examples(out_dir: str | Path, work_dir: str | Path, epochs: int = 2, se
     teacher_ckpt = teacher_dir / "last.pt"
 
     def build(ckpt: Path):
-        state = load_checkpoint(ckpt)
-        model = create_model(state["arch"], num_classes=state["num_classes"], in_channels=state["in_channels"])
-        return load_weights(model, state).eval()
+        return open_run(ckpt).model()
 
     teacher = build(teacher_ckpt)
     train = load_dataset("fashion_mnist", "train", root=data_root)

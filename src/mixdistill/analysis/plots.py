@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixdistill.files import save_figure_file
+
 DPI = 110
 
 
@@ -18,8 +20,6 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    from mixdistill.files import save_figure_file
-
     return save_figure_file(fig, path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
 
 

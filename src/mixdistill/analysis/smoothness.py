@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixdistill.analysis.plots import class_colors, new_figure, save_figure
 from mixdistill.analysis.teacher_stats import entropy
 
 TSNE_SAMPLES = 2000
@@ -101,8 +102,6 @@ def tsne_embedding(features, labels, n: int = TSNE_SAMPLES, seed: int = 0, perpl
 def plot_tsne(embedding, labels, path: str | Path, class_names: Sequence[str] | None = None,
               title: str = "t-SNE of penultimate features") -> Path:
     """Scatter of a 2-D embedding coloured by class, with a legend (up to 20 classes; a colour bar beyond)."""
-    from mixdistill.analysis.plots import class_colors, new_figure, save_figure
-
     emb, y = np.asarray(embedding), np.asarray(labels)
     classes = np.unique(y)
     fig = new_figure(6.4, 5.4)

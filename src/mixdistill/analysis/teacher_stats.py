@@ -1,6 +1,6 @@
 """wang2022's teacher statistics: teacher entropy under each view, and T. stddev.
 
-T. stddev (methods.md section 5, following the released code's ``check_ce_var``): with the student frozen,
+T. stddev (README "Analysis"; following the released code's ``check_ce_var``): with the student frozen,
 at every step collect the teacher's softmax (T = 1) on the original batch and on the augmented batch; every
 ``steps_per_group = 5`` steps concatenate all the probability vectors collected in those steps and average
 them into one mean vector ``m_g`` [C]; then
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mixdistill.analysis.plots import class_colors, new_figure, save_figure
 
 STEPS_PER_GROUP = 5
 
@@ -171,8 +173,6 @@ def plot_tstddev_vs_loss(t_stddevs: Sequence[float], test_losses: Sequence[float
                          path: str | Path, title: str = "Teacher T. stddev vs student test loss") -> Path:
     """Scatter of T. stddev (x) against student test loss (y), one labelled point per augmentation, a
     least-squares line, and the Pearson / Spearman / Kendall coefficients in the legend."""
-    from mixdistill.analysis.plots import class_colors, new_figure, save_figure
-
     x, y = np.asarray(t_stddevs, dtype=float), np.asarray(test_losses, dtype=float)
     c = correlations(x, y)
     fig = new_figure(6.0, 4.6)

@@ -1,25 +1,12 @@
 """Mixed-sample augmentation: batched, device-side views and mixes that return a ``MixedBatch`` record
-(methods.md section 2)."""
+(README: "Mixed-sample augmentation")."""
 
-from .mix import (
-    autoaugment,
-    box_mask,
-    crop_flip,
-    cut_n_mix,
-    cutmix,
-    cutout,
-    derangement,
-    draw_boxes,
-    flip,
-    identity,
-    mixup,
-    mixup_two_perm,
-    pmu,
-    sample_beta,
-)
+from .mix import (autoaugment, box_mask, crop_flip, cut_n_mix, cutmix, cutout, derangement, draw_boxes, flip, identity,
+                  mixup, mixup_two_perm, pmu, sample_beta)
 from .pick import PICK_CRITERIA, cutmix_pick, pick_scores
 from .record import MixedBatch
-from .registry import AUGMENTATIONS, LABEL_PRESERVING, augment_params, augment_uses_teacher, make_augment, resolve_augment_params
+from .registry import (AUGMENTATIONS, LABEL_PRESERVING, augment_params, augment_uses_teacher, make_augment,
+                       resolve_augment_params)
 
 __all__ = [
     "AUGMENTATIONS",

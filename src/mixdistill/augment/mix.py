@@ -1,4 +1,4 @@
-"""Batched augmentation views and mixed-sample augmentations (methods.md section 2).
+"""Batched augmentation views and mixed-sample augmentations (README: "Mixed-sample augmentation").
 
 Every function has the form ``fn(images, labels, *, generator, **params) -> MixedBatch``:
 
@@ -379,7 +379,7 @@ def cut_n_mix(
     area after all pastes (later boxes cover earlier ones); the base keeps the rest. K = n + 1,
     sources = [arange, p_1, ..., p_n], boxes [B, n, 4] in paste order. With n = 1 this is ``cutmix`` and,
     under the same generator state, gives the same record. Each sample's n boxes come from n different
-    images (methods.md): paste j's derangement is redrawn until no sample gets a partner it already has.
+    images (the project's spec of Cut^nMix): paste j's derangement is redrawn until no sample gets a partner it already has.
     """
     check_choice("partner", partner, ("derangement", "permutation"))
     if n < 1:

@@ -47,6 +47,12 @@ class MixedBatch:
         """[B, K] labels of the sources (``labels`` is the ORIGINAL batch's label vector)."""
         return labels.to(self.sources.device)[self.sources]
 
+    def dominant_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B]: the label of each sample's largest-weight source (what train accuracy on a mixed batch is scored
+        against)."""
+        dominant = self.weights.argmax(1, keepdim=True)
+        return labels[self.sources.gather(1, dominant).squeeze(1)]
+
     def soft_targets(self, labels: torch.Tensor, num_classes: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """[B, num_classes]: sum_k weights[:, k] * onehot(labels[sources[:, k]]).
 

@@ -28,6 +28,10 @@ from pathlib import Path
 import torch
 
 from mixdistill.config import DEFAULT_THREADS
+from mixdistill.data.synthetic import write_fashion_like
+from mixdistill.engine.runtime import resolve_runtime
+from mixdistill.files import save_torch
+from mixdistill.models import create_model
 from mixdistill.studies.grid import GridRun, run_grid
 
 TEACHER, STUDENT = "cnn5_w16", "cnn5_w8"
@@ -36,8 +40,6 @@ TEACHER, STUDENT = "cnn5_w16", "cnn5_w8"
 def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str, precision: str) -> list[GridRun]:
     train = {"progress": False, "tensorboard": False, "device": "cpu", "eval_every": epochs, "precision": precision}
     if variant == "one_at_a_time":
-        from mixdistill.engine.runtime import resolve_runtime
-
         bf16 = resolve_runtime("cpu", precision, False, False).precision == "bf16"
         train.update(threads=DEFAULT_THREADS, compile=False, channels_last=bf16)  # the earlier rule
     tree = {"data": {"dataset": "fashion_mnist", "root": str(data_root), "train_subset": 3000, "batch_size": 128,
@@ -62,10 +64,6 @@ def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, f
 
 def grid_case(args, tmp: Path) -> dict:
     """Time both ways of running the grid; returns the report's ``grid`` entry."""
-    from mixdistill.data.synthetic import write_fashion_like
-    from mixdistill.files import save_torch
-    from mixdistill.models import create_model
-
     n, epochs, rounds = args.grid_runs, args.grid_epochs, args.grid_rounds
     data_root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=args.seed)
     torch.manual_seed(args.seed)

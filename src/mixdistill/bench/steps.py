@@ -10,7 +10,7 @@ Both loops train on the same synthetic CIFAR-100-shaped data (``write_cifar_like
   ``loss.item()`` per step, SGD. The mixing methods are done the plain way on top of it (see ``_ref_*``).
   On CUDA ``cudnn.benchmark`` is on for both loops, as RepDistiller sets it.
 * **project**: a real :class:`~mixdistill.engine.trainer.Trainer` built from a config (the CRD protocol with
-  overrides) and timed through ``Trainer._train_epoch``: device-resident uint8 data, batched on-device
+  overrides) and timed through ``Trainer.train_epoch``: device-resident uint8 data, batched on-device
   crop/flip/normalise, the trainer's own precision / layout / compile choices (``resolve_runtime``).
 * **project** is the trainer as configured by default, which includes the fast teacher
   (``train.fast_teacher``: Conv+BN folded, channels_last teacher, compiled with the student when compile is
@@ -36,7 +36,6 @@ reached, and KD+CutMixPick's work over KD's and KD+CutMix's: what a step-time ra
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -52,7 +51,15 @@ import torch
 import torch.nn.functional as F
 
 from mixdistill.bench.grid import grid_case, grid_markdown
+from mixdistill.config import load_config
+from mixdistill.data.readers import read_cifar100
+from mixdistill.data.synthetic import write_cifar_like
+from mixdistill.engine.fast import accelerate_teacher
+from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name, seed_epoch
+from mixdistill.engine.trainer import Trainer
+from mixdistill.errors import ConfigError, require_at_least
 from mixdistill.files import make_dir, save_torch, write_json, write_text
+from mixdistill.models import create_model
 
 CASES = {  # name -> (label, config overrides)
     "kd": ("KD", ["method=kd"]),
@@ -118,8 +125,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def write_bench_data(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """Synthetic CIFAR-100 in the real pickle layout (train, test)."""
-    from mixdistill.data.synthetic import write_cifar_like
-
     return write_cifar_like(root, 100, n_train=n_train, n_test=n_test, seed=seed)
 
 
@@ -131,7 +136,6 @@ def reference_dataset(root: Path, train: bool = True):
     import torchvision
     from torchvision import transforms
 
-    from mixdistill.data.readers import read_cifar100
 
     class SyntheticCIFAR100(torchvision.datasets.CIFAR100):
         def __init__(self, root, train, transform):
@@ -180,8 +184,6 @@ class ReferenceLoop:
     """The standard way (RepDistiller ``train_distill`` and the methods' released code), one step at a time."""
 
     def __init__(self, case: str, teacher_arch: str, student_arch: str, loader, device: torch.device, seed: int):
-        from mixdistill.models import create_model
-
         self.case, self.device, self.loader = case, device, loader
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -280,27 +282,11 @@ class ReferenceLoop:
 
 # -------------------------------------------------------------------------------------- project loop
 
-class _NoProgress:
-    def update(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
-
-
-class _QuietLogger:
-    def progress(self, *a, **k):
-        return _NoProgress()
-
-
 class ProjectLoop:
     """A real Trainer from a config (CRD protocol + overrides), timed one epoch (= ``steps`` steps) at a time."""
 
     def __init__(self, case: str, variant: str, teacher_arch: str, student_arch: str, *, data_root: Path,
                  teacher_ckpt: Path | None, run_root: Path, batch_size: int, device: str, args, seed: int):
-        from mixdistill.config import load_config
-        from mixdistill.engine.trainer import Trainer
-
         overrides = [
             f"name=bench_{case}_{variant}", f"output_dir={run_root}", f"seed={seed}",
             "data.dataset=cifar100", f"data.root={data_root}", f"data.batch_size={batch_size}",
@@ -338,8 +324,6 @@ class ProjectLoop:
 
     def _graphs_all(self):
         """Bench-only: the teacher replayed as a CUDA graph and SGD's fused kernel (not in the trainer)."""
-        from mixdistill.engine.fast import accelerate_teacher
-
         tr = self.trainer
         if tr.distiller.teacher is not None:
             self.teacher_report = accelerate_teacher(tr.distiller, self.runtime, cuda_graphs=True).to_dict()
@@ -347,23 +331,18 @@ class ProjectLoop:
             group["foreach"], group["fused"] = False, True
 
     def warmup(self, steps: int):
-        from mixdistill.distill import StepInfo
-        from mixdistill.engine.runtime import seed_epoch
-
         tr = self.trainer
-        g = seed_epoch(self.cfg.seed, 10_000)
         tr.distiller.train()
-        for i, (x, y, idx) in enumerate(_take(tr.train_loader, steps)):
-            if self.runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits, losses, total = tr.train_step(x, y, StepInfo(epoch=0, step=i, epochs=1, generator=g, indices=idx))
+        g = seed_epoch(self.cfg.seed, 10_000)  # warm-up draws of its own, not the timed epochs'
+        for x, y, idx in _take(tr.train_loader, steps):
+            tr.step(x, y, idx, generator=g)
         _sync(self.runtime.device)
 
     def run_round(self) -> tuple[int, float]:
         """One epoch through the trainer's own loop; returns (images, seconds)."""
         _sync(self.runtime.device)
         started = time.perf_counter()
-        record = self.trainer._train_epoch(self.epoch, self.cfg.optim.total_epochs, _QuietLogger())
+        record = self.trainer.train_epoch(self.epoch)
         _sync(self.runtime.device)
         elapsed = time.perf_counter() - started
         self.epoch += 1
@@ -390,8 +369,6 @@ def _sync(device: torch.device):
 # ------------------------------------------------------------------------------------------- helpers
 
 def make_teacher_checkpoint(arch: str, path: Path, seed: int) -> Path:
-    from mixdistill.models import create_model
-
     torch.manual_seed(seed)
     model = create_model(arch, NUM_CLASSES)
     save_torch({"model": model.state_dict(), "arch": arch}, path)
@@ -403,8 +380,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from mixdistill.errors import ConfigError
-
         raise ConfigError("bench --device cuda: no CUDA device is available")
     return dev
 
@@ -425,8 +400,6 @@ def available_cpus() -> int:
 
 
 def machine_info(device: torch.device, num_workers: int) -> dict:
-    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
-
     info = {
         "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
         "cpu": cpu_name(), "cpu_count": available_cpus(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -581,26 +554,20 @@ def step_flops(step) -> float:
 def sync_check(device, data_root, ckpt, run_root, args) -> dict:
     """CUDA only: count the host-device synchronisations of the project's hot loop (loader + train_step, KD)
     with ``torch.cuda.set_sync_debug_mode('warn')`` over a few steps after warm-up."""
-    from mixdistill.distill import StepInfo
-    from mixdistill.engine.runtime import seed_epoch
-
     pair = args.pairs.split(",")[0]
     loop = ProjectLoop("kd", "project", *PAIRS[pair], data_root=data_root, teacher_ckpt=ckpt, run_root=run_root,
                        batch_size=args.batch_size, device=str(device), args=args, seed=args.seed)
     loop.warmup(3)
     tr = loop.trainer
-    g = seed_epoch(0, 0)
     it = iter(tr.train_loader)
     next(it)  # the iterator's one-off index copy
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for i in range(3):
+            for _ in range(3):
                 x, y, idx = next(it)
-                if loop.runtime.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                tr.train_step(x, y, StepInfo(epoch=0, step=i, epochs=1, generator=g, indices=idx))
+                tr.step(x, y, idx)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     msgs = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message).lower()]
@@ -715,8 +682,6 @@ def bench_main(args) -> int:
 
 
 def _bench(args) -> int:
-    from mixdistill.errors import ConfigError, require_at_least
-
     device = resolve_device(args.device)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     grid = "grid" in cases

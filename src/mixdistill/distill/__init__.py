@@ -1,9 +1,6 @@
-"""Offline distillers, one small class each; ``DISTILLERS`` maps config names to classes."""
+"""Offline distillers, one small class each, registered into ``mixdistill.registry.METHODS``."""
 
-from mixdistill.distill.base import Distiller, MethodParams, StepInfo, TrainSet
-from mixdistill.distill.registry import DISTILLERS
 from mixdistill.distill import ce, crd, das_kd, dkd, kd, kd_view, mixstd  # noqa: F401  (registration)
+from mixdistill.distill.base import Distiller, MethodParams, StepInfo, StepOutput, TrainSet, step_output
 
-from mixdistill.online import cutmix_online, dml, kdcl, one  # noqa: F401,E402  (online methods)
-
-__all__ = ["DISTILLERS", "Distiller", "MethodParams", "StepInfo", "TrainSet"]
+__all__ = ["Distiller", "MethodParams", "StepInfo", "StepOutput", "TrainSet", "step_output"]

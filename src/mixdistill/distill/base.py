@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -24,17 +24,38 @@ def clean_batch(images: torch.Tensor) -> MixedBatch:
     return MixedBatch(images, rows, torch.ones(rows.shape, device=images.device))
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepInfo:
-    """Where the trainer is: methods with ramp-ups or random mixing read it."""
+    """Where the trainer is (an input: methods read it, never write it); ramp-ups and random mixing need it."""
 
     epoch: int  # 0-based
     step: int  # global optimiser step, 0-based
     epochs: int  # total epochs of the run
     generator: torch.Generator  # CPU generator for this step's random parameters, reseeded every epoch
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
-    stats: dict = field(default_factory=dict)  # scalars a method reports (averaged per epoch and logged)
-    train_labels: torch.Tensor | None = None  # labels the returned logits are scored against (mixed batches)
+
+
+class StepOutput(NamedTuple):
+    """What ``forward_train`` returns: the logits train accuracy is scored on, the named loss terms the trainer
+    sums, the labels those logits are scored against (None: the batch's own) and scalars the trainer averages
+    per epoch and logs as ``stat_*``. Build it with :func:`step_output`."""
+
+    logits: torch.Tensor
+    losses: dict
+    labels: torch.Tensor | None = None
+    stats: dict | None = None
+
+
+def step_output(logits: torch.Tensor, losses: dict, labels: torch.Tensor, batch: MixedBatch | None = None, *,
+                logits_of_batch: bool = True, stats: dict | None = None) -> StepOutput:
+    """``batch``: the (possibly mixed) batch of the step. With ``logits_of_batch`` the logits were computed on it,
+    and accuracy is scored against each sample's dominant source; otherwise they are the clean batch's. The
+    batch's own scalars (PMU's realised mixed fraction) join ``stats``."""
+    stats = dict(stats or {})
+    if batch is not None and "mixed_fraction" in batch.info:
+        stats["mixed_fraction"] = batch.info["mixed_fraction"]
+    scored = batch.dominant_labels(labels) if batch is not None and logits_of_batch else None
+    return StepOutput(logits, losses, scored, stats)
 
 
 @dataclass
@@ -55,7 +76,9 @@ class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
     reads_teacher_features: ClassVar[bool] = False  # True: the teacher must keep forward_features (no folding)
-    default_augment: ClassVar[str | None] = None  # used when the config's augment is ``none``
+    # the augmentation the method is defined with: a config that leaves ``augment`` unset gets it, and
+    # ``augment: none`` is refused for such a method (config validation says which it needs)
+    default_augment: ClassVar[str | None] = None
     augment: Callable | None = None  # a bound mixdistill.augment function, set by the trainer
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: MethodParams):
@@ -94,13 +117,7 @@ class Distiller(nn.Module):
         if self.augment is None:
             return clean_batch(images)
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
-        batch = self.augment(images, labels, generator=info.generator, **models)
-        # train accuracy of a mixed batch is scored against each sample's dominant source
-        dominant = batch.weights.argmax(1, keepdim=True)
-        info.train_labels = labels[batch.sources.gather(1, dominant).squeeze(1)]
-        if "mixed_fraction" in batch.info:
-            info.stats["mixed_fraction"] = batch.info["mixed_fraction"]
-        return batch
+        return self.augment(images, labels, generator=info.generator, **models)
 
     def evaluation_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named logits the trainer evaluates every epoch (online methods: every peer and the ensemble)."""
@@ -127,8 +144,8 @@ class Distiller(nn.Module):
             logits = self.teacher(images)
         return logits.clone()
 
-    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo):
-        """Return (student_logits, {term_name: scalar loss})."""
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> StepOutput:
+        """The step's :class:`StepOutput` (student logits and named loss terms; see :func:`step_output`)."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

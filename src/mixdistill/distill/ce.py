@@ -5,16 +5,16 @@ two sources is exactly ``lam * CE(y_a) + (1 - lam) * CE(y_b)`` (das2020's mixup/
 per-sample two-permutation mixup gives choi2023's mixup-trained teachers.
 """
 
-from mixdistill.distill.base import Distiller, MethodParams
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import mixed_cross_entropy
+from mixdistill.registry import METHODS
 
 
 class CEParams(MethodParams):
     pass
 
 
-@DISTILLERS.register("ce")
+@METHODS.register("ce")
 class CE(Distiller):
     Params = CEParams
     needs_teacher = False
@@ -22,4 +22,4 @@ class CE(Distiller):
     def forward_train(self, images, labels, info):
         batch = self.mix(images, labels, info)
         logits = self.student(batch.images)
-        return logits, {"ce": mixed_cross_entropy(logits, labels, batch)}
+        return step_output(logits, {"ce": mixed_cross_entropy(logits, labels, batch)}, labels, batch)

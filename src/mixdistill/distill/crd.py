@@ -46,9 +46,9 @@ from pydantic import Field
 from torch import nn
 
 from mixdistill.augment import MixedBatch
-from mixdistill.distill.base import Distiller, MethodParams, TrainSet, clean_batch
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, TrainSet, clean_batch, step_output
 from mixdistill.losses import kd_loss, mixed_cross_entropy
+from mixdistill.registry import METHODS
 
 NCE_EPS = 1e-7
 
@@ -172,7 +172,7 @@ class CRDKDParams(CRDParams):
     temperature: float = Field(4.0, gt=0)
 
 
-@DISTILLERS.register("crd")
+@METHODS.register("crd")
 class CRD(Distiller):
     Params = CRDParams
     reads_teacher_features = True
@@ -189,7 +189,7 @@ class CRD(Distiller):
                            p.nce_k, p.nce_t, p.nce_m, labels).to(device)
 
     def ce_and_crd(self, images, labels, info, batch: MixedBatch | None = None):
-        """(student logits, teacher logits, {"ce", "crd"}) on ``batch``, by default the configured
+        """(student logits, teacher logits, the batch, {"ce", "crd"}) on ``batch``, by default the configured
         augmentation's (possibly mixed) batch."""
         if info.indices is None:
             raise ValueError("CRD needs the dataset indices of the batch (StepInfo.indices)")
@@ -201,26 +201,27 @@ class CRD(Distiller):
         logits, feats = self.student.forward_features(batch.images)
         positives = info.indices.to(logits.device)[batch.sources[:, 0]]  # source 0 of mixed samples
         crd = self.crd(feats["pooled"], f_t, positives)
-        return logits, teacher_logits, {"ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
+        return logits, teacher_logits, batch, {"ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
                                         "crd": p.crd_weight * crd}
 
     def forward_train(self, images, labels, info):
-        logits, _, losses = self.ce_and_crd(images, labels, info)
-        return logits, losses
+        logits, _, batch, losses = self.ce_and_crd(images, labels, info)
+        return step_output(logits, losses, labels, batch)
 
 
-@DISTILLERS.register("crd_kd")
+@METHODS.register("crd_kd")
 class CRDKD(CRD):
     Params = CRDKDParams
 
     def forward_train(self, images, labels, info):
         p = self.params
-        logits, teacher_logits, losses = self.ce_and_crd(images, labels, info)
-        return logits, {"ce": losses["ce"], "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
-                        "crd": losses["crd"]}
+        logits, teacher_logits, batch, losses = self.ce_and_crd(images, labels, info)
+        return step_output(logits, {"ce": losses["ce"],
+                                    "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
+                                    "crd": losses["crd"]}, labels, batch)
 
 
-@DISTILLERS.register("crd_kd_view")
+@METHODS.register("crd_kd_view")
 class CRDKDView(CRD):
     """wang2022's "CRD + augmentation": its clean + augmented scheme (``kd_view``) with CRD added on the clean
     batch. ``ce_weight * CE(z_s(x), y) + kd_weight * [KL_T(z_t(x) || z_s(x)) + KL_T(z_t(x') || z_s(x'))]
@@ -233,15 +234,14 @@ class CRDKDView(CRD):
     def forward_train(self, images, labels, info):
         p = self.params
         view = self.mix(images, labels, info)
-        info.train_labels = None  # the returned logits are the clean batch's
-        logits, teacher_logits, losses = self.ce_and_crd(images, labels, info, batch=clean_batch(images))
+        logits, teacher_logits, _, losses = self.ce_and_crd(images, labels, info, batch=clean_batch(images))
         if view.teacher_logits is not None:
             teacher_view = view.teacher_logits
         else:
             with torch.inference_mode():
                 teacher_view = self.teacher(view.images).clone()
         logits_view = self.student(view.images)
-        return logits, {"ce": losses["ce"],
-                        "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
-                        "kd_view": p.kd_weight * kd_loss(logits_view, teacher_view, p.temperature),
-                        "crd": losses["crd"]}
+        return step_output(logits, {"ce": losses["ce"],
+                                    "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
+                                    "kd_view": p.kd_weight * kd_loss(logits_view, teacher_view, p.temperature),
+                                    "crd": losses["crd"]}, labels, view, logits_of_batch=False)

@@ -12,11 +12,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mixdistill.distill.base import Distiller, MethodParams, TrainSet
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.data.datasets import DATASETS
+from mixdistill.distill.base import Distiller, MethodParams, TrainSet, step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import cross_entropy, kl_div, mixed_cross_entropy
-
+from mixdistill.registry import METHODS
 
 CACHE_NEEDS_FIXED_INPUTS = ("das_kd caches teacher logits, which needs fixed inputs: set data.crop_padding=0 "
                             "data.flip=false augment=none, or method.cache_teacher=false")
@@ -29,7 +29,7 @@ class DasKDParams(MethodParams):
     cache_teacher: bool = True
 
 
-@DISTILLERS.register("das_kd")
+@METHODS.register("das_kd")
 class DasKD(Distiller):
     Params = DasKDParams
 
@@ -37,7 +37,6 @@ class DasKD(Distiller):
     def check_config(cls, cfg) -> None:
         if not cfg.method.params().cache_teacher:
             return
-        from mixdistill.data.datasets import DATASETS
 
         spec = DATASETS.get(cfg.data.dataset)
         padding = cfg.data.crop_padding if cfg.data.crop_padding is not None else (spec.crop_padding if spec else 1)
@@ -63,6 +62,7 @@ class DasKD(Distiller):
 
     def forward_train(self, images, labels, info):
         p = self.params
+        batch = None
         if self.cached_logits is not None:
             teacher_logits = self.cached_logits[info.indices]
             logits = self.student(images)
@@ -73,4 +73,4 @@ class DasKD(Distiller):
             logits = self.student(batch.images)
             ce = mixed_cross_entropy(logits, labels, batch)
         kl = kl_div(logits, teacher_logits, p.temperature, reduction=p.kl_reduction)
-        return logits, {"kd": p.gamma * p.temperature**2 * kl, "ce": (1 - p.gamma) * ce}
+        return step_output(logits, {"kd": p.gamma * p.temperature**2 * kl, "ce": (1 - p.gamma) * ce}, labels, batch)

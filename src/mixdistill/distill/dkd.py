@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mixdistill.distill.base import Distiller, MethodParams
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import mixed_cross_entropy
+from mixdistill.registry import METHODS
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -73,7 +73,7 @@ class DKDParams(MethodParams):
     warmup: int = Field(20, ge=0, description="epochs over which the DKD term ramps up linearly (0: none)")
 
 
-@DISTILLERS.register("dkd")
+@METHODS.register("dkd")
 class DKD(Distiller):
     Params = DKDParams
 
@@ -84,9 +84,7 @@ class DKD(Distiller):
         logits = self.student(batch.images)
         target = labels[batch.sources[:, 0]]  # the label of source 0 for mixed samples (see module docstring)
         tckd, nckd = dkd_terms(logits, teacher_logits, target, p.temperature)
-        info.stats["tckd"] = tckd.detach()
-        info.stats["nckd"] = nckd.detach()
-        return logits, {
+        return step_output(logits, {
             "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
             "dkd": warmup_factor(info.epoch, p.warmup) * (p.alpha * tckd + p.beta * nckd),
-        }
+        }, labels, batch, stats={"tckd": tckd.detach(), "nckd": nckd.detach()})

@@ -7,9 +7,9 @@ two-permutation mixup as its default augmentation (their Mix-S grid at T = 4 vs 
 
 from pydantic import Field
 
-from mixdistill.distill.base import Distiller, MethodParams
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import kd_loss, mixed_cross_entropy
+from mixdistill.registry import METHODS
 
 
 class KDParams(MethodParams):
@@ -18,7 +18,7 @@ class KDParams(MethodParams):
     kd_weight: float = Field(0.9, ge=0)
 
 
-@DISTILLERS.register("kd")
+@METHODS.register("kd")
 class KD(Distiller):
     Params = KDParams
 
@@ -27,12 +27,12 @@ class KD(Distiller):
         batch = self.mix(images, labels, info)
         teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
         logits = self.student(batch.images)
-        return logits, {
+        return step_output(logits, {
             "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
             "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
-        }
+        }, labels, batch)
 
 
-@DISTILLERS.register("mix_kd")
+@METHODS.register("mix_kd")
 class MixKD(KD):
     default_augment = "mixup_two_perm"

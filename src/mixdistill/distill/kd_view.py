@@ -11,9 +11,9 @@ BatchNorm sees each batch on its own, as in the released code.
 import torch
 from pydantic import Field
 
-from mixdistill.distill.base import Distiller, MethodParams
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import cross_entropy, kd_loss, mixed_cross_entropy
+from mixdistill.registry import METHODS
 
 
 class KDViewParams(MethodParams):
@@ -23,7 +23,7 @@ class KDViewParams(MethodParams):
     aug_ce_weight: float = Field(0.0, ge=0, description="mixed-label CE on the augmented batch (ablation)")
 
 
-@DISTILLERS.register("kd_view")
+@METHODS.register("kd_view")
 class KDView(Distiller):
     Params = KDViewParams
     default_augment = "cutmix"
@@ -31,7 +31,6 @@ class KDView(Distiller):
     def forward_train(self, images, labels, info):
         p = self.params
         view = self.mix(images, labels, info)
-        info.train_labels = None  # the returned logits are the clean batch's
         if view.teacher_logits is not None:
             teacher_clean, teacher_view = self.teacher_logits(images), view.teacher_logits
         else:  # one teacher pass over both batches (eval mode: no batch statistics involved)
@@ -45,4 +44,4 @@ class KDView(Distiller):
         }
         if p.aug_ce_weight > 0:
             losses["ce_view"] = p.aug_ce_weight * mixed_cross_entropy(logits_view, labels, view)
-        return logits, losses
+        return step_output(logits, losses, labels, view, logits_of_batch=False)  # the clean batch's logits

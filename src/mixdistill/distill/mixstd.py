@@ -9,9 +9,9 @@ KL(softmax(z_t/std_t) || softmax(z_s/std_s))``, batch-mean, no T^2 and no fixed 
 
 from pydantic import Field
 
-from mixdistill.distill.base import Distiller, MethodParams
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import mixstd_terms
+from mixdistill.registry import METHODS
 
 
 class MixSTDParams(MethodParams):
@@ -20,7 +20,7 @@ class MixSTDParams(MethodParams):
     eps: float = Field(1e-7, ge=0, description="added to the per-sample std (released code: 0)")
 
 
-@DISTILLERS.register("mixstd")
+@METHODS.register("mixstd")
 class MixSTD(Distiller):
     Params = MixSTDParams
     default_augment = "mixup_two_perm"
@@ -31,4 +31,4 @@ class MixSTD(Distiller):
         teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
         logits = self.student(batch.images)
         ce, kl = mixstd_terms(logits, teacher_logits, batch.soft_targets(labels, logits.shape[1]), p.eps)
-        return logits, {"ce": p.ce_weight * ce, "kd": p.kd_weight * kl}
+        return step_output(logits, {"ce": p.ce_weight * ce, "kd": p.kd_weight * kl}, labels, batch)

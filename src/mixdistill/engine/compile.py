@@ -19,6 +19,7 @@ its decision from its checkpoint, so it computes exactly what the interrupted ru
 from __future__ import annotations
 
 import copy
+import json
 import os
 import statistics
 import time
@@ -27,6 +28,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from mixdistill.distill import StepInfo
+from mixdistill.engine.build import model_label
+from mixdistill.engine.runtime import cpu_compiler_missing, cpu_name
+from mixdistill.files import hold_lock, write_json
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
 PROBE_STEPS = 8  # timed steps of each kind (after one warm-up step); the median is kept
@@ -65,9 +71,6 @@ def _signature(module: nn.Module | None) -> str:
 
 def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) -> str:
     """What a step's eager and compiled speeds depend on."""
-    from mixdistill.engine.runtime import cpu_name
-    from mixdistill.engine.trainer import model_label
-
     return "|".join(str(x) for x in (
         cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
         cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
@@ -92,15 +95,13 @@ def decide(probe: dict, total_steps: int) -> CompileDecision:
 
 
 def _timed_steps(distiller, batch, runtime, n: int) -> list[float]:
-    from mixdistill.distill import StepInfo
-
     images, labels, indices = batch
     times = []
     for step in range(n):
         info = StepInfo(epoch=0, step=step, epochs=1, generator=torch.Generator().manual_seed(step), indices=indices)
         started = time.perf_counter()
         with runtime.autocast():
-            _, losses = distiller.forward_train(images, labels, info)
+            losses = distiller.forward_train(images, labels, info).losses
         sum(losses.values()).backward()
         for p in distiller.parameters():
             p.grad = None
@@ -133,11 +134,6 @@ def probe(distiller: nn.Module, batch, runtime) -> dict:
 def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
     """The decision for a CPU run with ``train.compile=auto``: from the kept probe of ``key``, or from a new
     one (``measure()``) when the run is long enough to be worth probing."""
-    import json
-
-    from mixdistill.engine.runtime import cpu_compiler_missing
-    from mixdistill.files import hold_lock, write_json
-
     missing = cpu_compiler_missing()
     if missing:
         return CompileDecision(False, f"no C++ compiler for torch.compile ({missing})")
@@ -155,10 +151,6 @@ def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
 
 def record_warm_compile(key: str, seconds: float) -> None:
     """Keep the compile time a run actually paid (inductor's cache warm), which later decisions use."""
-    import json
-
-    from mixdistill.files import hold_lock, write_json
-
     path = cache_path()
     with hold_lock(path.with_name(path.name + ".lock"), "measuring torch.compile", wait=True):
         probes = json.loads(path.read_text()) if path.exists() else {}

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-
 # --------------------------------------------------------------------------------------------- folding
 
 def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
@@ -42,7 +41,6 @@ def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     Returns ``(module, number_of_folded_pairs)``. If ``model`` cannot be traced by ``torch.fx``, returns an
     eval-mode deep copy unchanged and 0. The input model is never modified.
     """
-    import torch.fx
     import torch.fx.experimental.optimization as fx_opt
 
     model = copy.deepcopy(model).eval()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mixdistill.data.loader import epoch_seed
 from mixdistill.errors import ConfigError
 
 
@@ -103,8 +104,6 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Reseed the global torch RNG (dropout, init) for this epoch and return the CPU generator for
     the epoch's random parameters (mixing). Seeding per epoch makes a resumed run bitwise equal to
     an uninterrupted one without saving generator states."""
-    from mixdistill.data.loader import epoch_seed
-
     # streams 0 .. world_size belong to the loader; these two sit far above them
     torch.manual_seed(epoch_seed(seed, epoch, 1_000_001))
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, 1_000_002))

@@ -13,241 +13,25 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from mixdistill.config import RunConfig, build_config
-from mixdistill.data import DeviceLoader, load_dataset
-from mixdistill.distill import DISTILLERS, StepInfo, TrainSet
+from mixdistill.distill import StepInfo, StepOutput, TrainSet
+from mixdistill.engine import run
+from mixdistill.engine.build import base_lr, build_distiller, build_loaders, model_label
+from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
-from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, non_finite_tensors, save_atomic
-from mixdistill.engine.distributed import init_distributed, local_batch_size, wrap_for_training
-from mixdistill.engine.runtime import Runtime, resolve_runtime, seed_epoch
+from mixdistill.engine.distributed import init_distributed, wrap_for_training
+from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
+from mixdistill.engine.fast import accelerate_teacher
+from mixdistill.engine.logging import RunLogger
+from mixdistill.engine.runtime import resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
-from mixdistill.files import hold_lock, remove_orphans, write_json, write_yaml
-from mixdistill.models import create_model
-from mixdistill.models.checkpoint import load_weights
+from mixdistill.files import write_json, write_yaml
 from mixdistill.provenance import reconstruction_notes
-
-# config keys that may differ between a run and its resumption (they do not change the result)
-PATH_KEYS = {"model.teacher_checkpoint"}
-LOCK_NAME = ".lock"  # the run directory's lock (and LOCK_NAME.holder: who holds it)
-RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.threads", "data.root",
-                    "data.num_workers", "output_dir"}
-
-
-# --------------------------------------------------------------------------------------------- build
-
-def load_data(cfg: RunConfig):
-    d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root, download=d.download)
-    test = load_dataset(d.dataset, "test", root=d.root, download=d.download)
-    for key, split in (("train_subset", train), ("test_subset", test)):
-        n = getattr(d, key)
-        if n and n > len(split):
-            raise ConfigError(f"data.{key}={n} exceeds the {len(split)} images of {d.dataset}")
-    if d.train_subset:
-        train = train.subset(d.train_subset, seed=d.subset_seed)
-    if d.test_subset:
-        test = test.subset(d.test_subset, seed=d.subset_seed)
-    return train, test
-
-
-@dataclass
-class Loaders:
-    """The training, test and (on demand) clean training loaders, and what the models need to know."""
-
-    train: object  # DeviceLoader | StreamingImageFolder, yielding (images, labels, indices)
-    test: object  # yielding (images, labels)
-    clean: Callable[[], object]  # un-augmented training batches in order, with indices (built when called)
-    num_classes: int
-    in_channels: int
-    mean: tuple
-    std: tuple
-    num_train: int
-    augmented_by_loader: bool
-
-
-def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
-    d, device = cfg.data, runtime.device
-    batch_size = local_batch_size(d.batch_size, dist)
-    if d.loader == "streaming":
-        return _streaming_loaders(cfg, runtime, dist, batch_size)
-    train, test = load_data(cfg)
-    padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
-    common = dict(mean=train.spec.mean, std=train.spec.std, device=device)
-    train_loader = DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True, drop_last=True,
-                                crop_padding=padding, flip=d.flip, seed=cfg.seed, with_indices=True,
-                                rank=dist.rank, world_size=dist.world_size, **common)
-    test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size, shuffle=False,
-                               drop_last=False, **common)
-    clean = lambda: DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, shuffle=False,  # noqa: E731
-                                 drop_last=False, with_indices=True, **common)
-    return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
-                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip)
-
-
-def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
-    """Image-folder trees read by worker processes (data.loader: streaming): ImageNet-scale data."""
-    from mixdistill.data.datasets import DATASETS, find_root
-    from mixdistill.data.streaming import StreamingImageFolder
-
-    d = cfg.data
-    spec = DATASETS[d.dataset]
-    root = find_root(d.dataset, d.root, download=False)
-    size = d.image_size or spec.image_size
-    if not isinstance(size, int):
-        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
-    common = dict(image_size=size, mean=spec.mean, std=spec.std, num_workers=d.num_workers, device=runtime.device,
-                  channels_last=runtime.channels_last, subset_seed=d.subset_seed)
-    try:
-        train = StreamingImageFolder(root, "train", batch_size=batch_size, flip=d.flip, seed=cfg.seed,
-                                     with_indices=True, rank=dist.rank, world_size=dist.world_size,
-                                     subset=d.train_subset, **common)
-        test = StreamingImageFolder(root, "val" if d.dataset == "imagenet" else "test", augment=False,
-                                    batch_size=d.eval_batch_size, subset=d.test_subset, **common)
-    except ValueError as e:  # e.g. a subset larger than the split
-        raise ConfigError(f"data: {e}") from None
-    clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
-                                         with_indices=True, subset=d.train_subset, **common)
-    return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
-                   train.num_samples, True)
-
-
-def missing_teacher(source: str) -> str:
-    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name: train the teacher "
-            f"first (for the Fashion-MNIST configs: `mixdistill train configs/fmnist_cpu_teacher.yaml`), point "
-            f"model.teacher_checkpoint at an existing last.pt, or name a pretrained CIFAR-100 teacher "
-            f"(`mixdistill teachers` lists them)")
-
-
-def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
-    source = cfg.model.teacher_checkpoint
-    if source is None:
-        return None
-    if not Path(source).exists():
-        from mixdistill.teachers import TEACHERS, load_teacher
-
-        if source in TEACHERS:
-            return load_teacher(source, num_classes=num_classes)
-        raise CheckpointError(missing_teacher(source))
-    state = load_checkpoint(source)
-    arch = cfg.model.teacher or state.get("arch")
-    if arch is None:
-        raise ConfigError(f"{source} does not record its architecture: set model.teacher to its model name")
-    if cfg.model.teacher and state.get("arch") and state["arch"] != cfg.model.teacher:
-        raise ConfigError(f"model.teacher is '{cfg.model.teacher}' but {source} holds a '{state['arch']}'")
-    teacher = create_model(arch, num_classes=num_classes, in_channels=in_channels)
-    load_weights(teacher, state)
-    return teacher.eval()
-
-
-def build_augment(cfg: RunConfig, method_cls, mean, std):
-    """The configured augmentation (or the method's default), with the dataset's mean/std bound for
-    views that work in pixel space (AutoAugment, crop with black padding) when the config leaves them null."""
-    from mixdistill.augment import augment_params, make_augment
-
-    name, params = cfg.augment.name, dict(cfg.augment.model_extra or {})
-    if name == "none":
-        if method_cls.default_augment is None:
-            return None
-        name, params = method_cls.default_augment, {}
-    if "mean" in augment_params(name) and params.get("mean") is None:
-        params.update(mean=tuple(mean), std=tuple(std))
-    return make_augment(name, **params)
-
-
-def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,),
-                    teacher_builder=build_teacher):
-    method_cls = DISTILLERS.get_or_raise(cfg.method.name)
-    params = cfg.method.params()
-    if getattr(method_cls, "online", False):  # a group of peers trained together, no teacher
-        names = cfg.model.peers or [cfg.model.student] * params.peers
-        distiller = method_cls.from_names(names, params, num_classes=num_classes, in_channels=in_channels)
-        distiller.student_arch = names[0]
-    else:
-        student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
-        teacher = teacher_builder(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
-        distiller = method_cls(student, teacher, params)
-        distiller.student_arch = cfg.model.student
-    distiller.set_augment(build_augment(cfg, method_cls, mean, std))
-    return distiller
-
-
-def check_buildable(cfg: RunConfig) -> None:
-    """Build the method as training would, without reading data or weights (models on the meta device,
-    the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
-    from mixdistill.data.datasets import DATASETS
-    from mixdistill.teachers import TEACHERS
-
-    source = cfg.model.teacher_checkpoint
-    if source is not None and not Path(source).exists() and source not in TEACHERS:
-        raise CheckpointError(missing_teacher(source))
-    spec = DATASETS[cfg.data.dataset]
-
-    def stand_in_teacher(cfg, num_classes, in_channels):
-        return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
-
-    with torch.device("meta"):
-        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher)
-
-
-def base_lr(cfg: RunConfig) -> float:
-    return cfg.optim.lr_overrides.get(cfg.model.student, cfg.optim.lr)
-
-
-# ------------------------------------------------------------------------------------------ evaluate
-
-@torch.no_grad()
-def evaluate_many(module: nn.Module, forward, loader: DeviceLoader, runtime: Runtime) -> dict[str, dict]:
-    """Top-1 and mean CE of every named output of ``forward(images) -> {name: logits}`` in one pass."""
-    was_training = module.training
-    module.eval()
-    correct: dict[str, torch.Tensor] = {}
-    loss_sum: dict[str, torch.Tensor] = {}
-    count = 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            if runtime.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                outputs = forward(images)
-            for name, logits in outputs.items():
-                logits = logits.float()
-                loss_sum[name] = loss_sum.get(name, 0) + nn.functional.cross_entropy(logits, labels, reduction="sum")
-                correct[name] = correct.get(name, 0) + (logits.argmax(1) == labels).sum()
-            count += labels.numel()
-    module.train(was_training)
-    return {name: {"acc": 100.0 * correct[name].item() / count, "loss": loss_sum[name].item() / count}
-            for name in correct}
-
-
-def evaluate(model: nn.Module, loader: DeviceLoader, runtime: Runtime) -> dict:
-    return evaluate_many(model, lambda x: {"model": model(x)}, loader, runtime)["model"]
-
-
-def eval_record(results: dict[str, dict]) -> dict:
-    """Per-epoch test metrics. One output: test_acc/test_loss. Peers (online methods): every peer, the
-    ensemble, best and mean peer; test_acc is then the mean peer accuracy."""
-    if set(results) == {"student"}:
-        return {"test_acc": results["student"]["acc"], "test_loss": results["student"]["loss"]}
-    record = {}
-    for name, r in results.items():
-        record[f"test_acc_{name}"], record[f"test_loss_{name}"] = r["acc"], r["loss"]
-    peers = [r for name, r in results.items() if name.startswith("peer")]
-    if peers:
-        record["test_acc_best_peer"] = max(r["acc"] for r in peers)
-        record["test_acc_mean_peer"] = sum(r["acc"] for r in peers) / len(peers)
-        record["test_acc"] = record["test_acc_mean_peer"]
-        record["test_loss"] = sum(r["loss"] for r in peers) / len(peers)
-    return record
-
 
 # ----------------------------------------------------------------------------------------- the loop
 
@@ -261,7 +45,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.resume = resume
         self.quiet = quiet
-        self.checkpoint_path = self.run_dir / "last.pt"
+        self.checkpoint_path = self.run_dir / run.CHECKPOINT
         self._lock = contextlib.ExitStack()
         try:
             self._claim_run_dir()
@@ -298,7 +82,7 @@ class Trainer:
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                          nesterov=cfg.optim.nesterov, foreach=True)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
-        self.start_epoch, self.step = 0, 0
+        self.start_epoch, self.step_count = 0, 0
         self.history: list[dict] = []
         self._resumed_compile = None
         if resume:
@@ -321,8 +105,6 @@ class Trainer:
                               f"int8 teacher does not expose: set train.fast_teacher=false train.int8_teacher=false")
         if not (wanted or train.int8_teacher):
             return None
-        from mixdistill.engine.fast import accelerate_teacher
-
         calibration = None
         if train.int8_teacher:
             calibration = [x for x, _, _ in itertools.islice(data.clean(), 4)]
@@ -353,22 +135,12 @@ class Trainer:
 
     # -- run directory and resumption -------------------------------------------------------------
     def _claim_run_dir(self):
-        """Lock the run directory for the life of the run (a second run into it stops, naming the holder),
-        then check that it holds no finished or resumable run unless resuming. Rank 0 alone owns it."""
+        """Lock the run directory for the life of the run (engine/run.py), then check that it holds no finished or
+        resumable run unless resuming. Rank 0 alone owns it."""
         if int(os.environ.get("RANK", "0")) != 0:
             return
-        created = not self.run_dir.exists()
-        lock_path = self.run_dir / LOCK_NAME
-        try:
-            self._lock.enter_context(hold_lock(lock_path, f"training {self.cfg.name}"))
-        except BaseException:
-            if created:
-                _remove_empty_run_dir(self.run_dir)
-            raise
-        if created:  # a run that fails before writing anything leaves no empty directory behind
-            self._lock.callback(_remove_empty_run_dir, self.run_dir)
-        remove_orphans(self.run_dir)
-        has_run = self.checkpoint_path.exists() or (self.run_dir / "summary.json").exists()
+        self._lock.enter_context(run.claim(self.run_dir, f"training {self.cfg.name}"))
+        has_run = self.checkpoint_path.exists() or (self.run_dir / run.SUMMARY).exists()
         if self.resume and not self.checkpoint_path.exists():
             raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}")
         if not self.resume and has_run:
@@ -383,7 +155,7 @@ class Trainer:
         state = load_checkpoint(self.checkpoint_path)
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not a mixdistill training checkpoint")
-        diff = config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
+        diff = run.config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
             raise ConfigError(f"--resume: the config differs from the one {self.run_dir} was started with: "
                               + "; ".join(diff))
@@ -391,7 +163,7 @@ class Trainer:
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch, self.step = state["epoch"], state["step"]
+        self.start_epoch, self.step_count = state["epoch"], state["step"]
         self.history = json.loads(state["history"])
         self._resumed_compile = state.get("compile")
         torch.set_rng_state(state["rng"]["torch"])
@@ -407,7 +179,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
-            "step": self.step,
+            "step": self.step_count,
             "rng": {"torch": torch.get_rng_state()},
             "config": self.cfg.to_dict(),
             "history": json.dumps(self.history),
@@ -434,18 +206,37 @@ class Trainer:
         elif self.cfg.train.cuda_graphs:
             raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
-        def train_step(images, labels, info):
+        def train_step(images, labels, info) -> tuple[StepOutput, torch.Tensor]:
             with runtime.autocast():
-                logits, losses = train_module(images, labels, info)
-            total = sum(losses.values())
+                out = train_module(images, labels, info)
+            total = sum(out.losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             scheduler.step()
             distiller.after_step()
-            return logits, losses, total
+            return out, total
 
         return train_step
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None, *,
+             epoch: int = 0, generator: torch.Generator | None = None) -> StepOutput:
+        """One optimiser step on a batch the caller gives (the benchmark and the profiler time this): the method's
+        forward, backward, SGD, the schedule; nothing is logged or checked. ``generator``: the step's random
+        parameters (default: the epoch's, as training would draw them)."""
+        if self.runtime.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        generator = generator if generator is not None else seed_epoch(self.cfg.seed, epoch)
+        info = StepInfo(epoch=epoch, step=self.step_count, epochs=self.cfg.optim.total_epochs, generator=generator,
+                        indices=indices)
+        out, _ = self.train_step(images, labels, info)
+        self.step_count += 1
+        return out
+
+    def train_epoch(self, epoch: int, logger=None) -> dict:
+        """Train one epoch (0-based) and return its record (losses per term, train accuracy, images/s): what
+        ``fit`` does per epoch, without evaluating, logging to files or checkpointing."""
+        return self._train_epoch(epoch, self.cfg.optim.total_epochs, logger or _SilentLogger())
 
     # -- epochs ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -457,19 +248,14 @@ class Trainer:
             self.close()
 
     def _fit(self, cfg: RunConfig, main: bool, epochs: int) -> dict:
-        from mixdistill.engine.logging import RunLogger
-
         if main:
-            write_yaml(self.run_dir / "config.yaml", cfg.to_dict())
+            write_yaml(self.run_dir / run.CONFIG, cfg.to_dict())
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
                            quiet=self.quiet or not main, write=main)
         logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
-        augment = getattr(self.distiller.augment, "func", self.distiller.augment)
-        if cfg.augment.name == "none" and augment is not None:
-            logger.info(f"augment: none in the config, so {cfg.method.name}'s default {augment.__name__} is used")
         if base_lr(cfg) != cfg.optim.lr:
             logger.info(f"lr {base_lr(cfg)} for {cfg.model.student} from optim.lr_overrides, not optim.lr "
                         f"{cfg.optim.lr} (set optim.lr_overrides={{}} to use optim.lr)")
@@ -511,7 +297,7 @@ class Trainer:
         summary["train_images"] = self.train_images
         summary["compiled"] = self.runtime.compile
         if main:
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / run.SUMMARY, summary)
         if self.dist.enabled:
             torch.distributed.destroy_process_group()
         return summary
@@ -533,25 +319,23 @@ class Trainer:
         for i, (images, labels, indices) in enumerate(self.train_loader):
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            info = StepInfo(epoch=epoch, step=self.step, epochs=epochs, generator=generator, indices=indices)
-            logits, losses, total = self.train_step(images, labels, info)
+            info = StepInfo(epoch=epoch, step=self.step_count, epochs=epochs, generator=generator, indices=indices)
+            out, total = self.train_step(images, labels, info)
             with torch.no_grad():
-                for name, value in losses.items():
+                for name, value in out.losses.items():
                     value = value.detach().float()
                     sums[name] = sums.get(name, 0) + value
                     finite = torch.isfinite(value)
                     first = bad_terms.get(name, torch.full_like(bad_step, -1))
-                    bad_terms[name] = torch.where(~finite & (first < 0), self.step, first)
+                    bad_terms[name] = torch.where(~finite & (first < 0), self.step_count, first)
                 total = total.detach().float()
                 sums["loss"] = sums.get("loss", 0) + total
-                bad_step = torch.where(~torch.isfinite(total) & (bad_step < 0), self.step, bad_step)
-                targets = labels if info.train_labels is None else info.train_labels
-                if logits.shape[0] == targets.shape[0]:
-                    correct += (logits.argmax(1) == targets).sum()
-                for name, value in info.stats.items():
+                bad_step = torch.where(~torch.isfinite(total) & (bad_step < 0), self.step_count, bad_step)
+                correct += (out.logits.argmax(1) == (labels if out.labels is None else out.labels)).sum()
+                for name, value in (out.stats or {}).items():
                     stats[name] = stats.get(name, 0) + (value.detach().float() if torch.is_tensor(value) else value)
             seen += labels.numel()
-            self.step += 1
+            self.step_count += 1
             if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(self.train_loader):
                 self._raise_if_nonfinite(bad_step, bad_terms)
                 rate = seen / (time.perf_counter() - started)
@@ -564,7 +348,7 @@ class Trainer:
             correct = self.dist.sum_(correct.clone())
             seen = int(self.dist.sum_(torch.tensor(seen, device=runtime.device)).item())
         elapsed = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "step": self.step, "lr": lr,
+        record = {"epoch": epoch + 1, "step": self.step_count, "lr": lr,
                   "train_acc": 100.0 * correct.item() / seen, "images_per_s": seen / elapsed,
                   "epoch_time_s": elapsed}
         record.update({f"train_{k}": (v / n).item() for k, v in sums.items()})
@@ -581,12 +365,6 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def model_label(cfg: RunConfig) -> str:
-    """The trained network(s): the student, or an online method's peers when model.peers names them."""
-    online = getattr(DISTILLERS.get_or_raise(cfg.method.name), "online", False)
-    return ",".join(cfg.model.peers) if online and cfg.model.peers else cfg.model.student
-
 
 def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) -> dict:
     evaluated = [h for h in history if "test_acc" in h]
@@ -606,71 +384,33 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
     }
 
 
-def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        path = f"{prefix}{key}"
-        if path in RESUME_FREE_KEYS:
-            continue
-        va, vb = a.get(key), b.get(key)
-        if path in PATH_KEYS and va and vb and os.path.abspath(va) == os.path.abspath(vb):
-            continue  # the same file, named relative to this directory once and absolutely once
-        if isinstance(va, dict) and isinstance(vb, dict):
-            diffs += config_difference(va, vb, path + ".")
-        elif va != vb:
-            diffs.append(f"{path}: {va!r} -> {vb!r}")
-    return diffs
-
-
-def _remove_empty_run_dir(run_dir: Path) -> None:
-    """Remove a run directory this run created if it holds nothing but its lock files."""
-    try:
-        if all(p.name.startswith(LOCK_NAME) for p in run_dir.iterdir()):
-            for p in run_dir.iterdir():
-                p.unlink()
-            run_dir.rmdir()
-    except OSError:
-        pass
-
-
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
     return Trainer(cfg, resume=resume, quiet=quiet).fit()
-
-
-def saved_config_difference(cfg: RunConfig) -> list[str] | None:
-    """How ``cfg`` differs from the config saved in its run directory (``[]``: the same run; ``None``: nothing
-    saved there). A saved config that no longer validates counts as different."""
-    import yaml
-
-    path = cfg.run_dir / "config.yaml"
-    if not path.exists():
-        return None
-    try:
-        saved = build_config(yaml.safe_load(path.read_text())).to_dict()
-    except Exception as err:  # written by an older mixdistill whose schema differs
-        return [f"saved config no longer valid ({type(err).__name__})"]
-    return config_difference(saved, cfg.to_dict())
-
-
-def set_aside(run_dir: Path) -> Path:
-    """Rename a run directory out of the way (never delete: nothing already written is lost)."""
-    n = 1
-    while (target := run_dir.with_name(f"{run_dir.name}.superseded{n}")).exists():
-        n += 1
-    run_dir.rename(target)
-    return target
 
 
 def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
     """Finished run → its summary; a run killed midway → resumed; otherwise a fresh run. Used by the
     demo and the studies so that re-running them skips finished work and loses nothing. A run directory
     whose saved config differs from ``cfg`` is set aside (renamed) and the run trained afresh."""
-    diff = saved_config_difference(cfg)
+    diff = run.saved_config_difference(cfg)
     if diff:
-        old = set_aside(cfg.run_dir)
+        old = run.set_aside(cfg.run_dir)
         log(f"{cfg.run_dir.name}: config changed since it ran ({'; '.join(diff[:3])}"
             f"{'; ...' if len(diff) > 3 else ''}); old run moved to {old}, training afresh")
-    summary_path = cfg.run_dir / "summary.json"
+    summary_path = cfg.run_dir / run.SUMMARY
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    return train(cfg, resume=(cfg.run_dir / "last.pt").exists(), quiet=quiet)
+    return train(cfg, resume=(cfg.run_dir / run.CHECKPOINT).exists(), quiet=quiet)
+
+
+class _SilentLogger:
+    """A logger for ``train_epoch`` outside ``fit``: no progress bar."""
+
+    def progress(self, *args, **kwargs):
+        return self
+
+    def update(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass

@@ -20,6 +20,12 @@ class OnlineParams(MethodParams):
     peers: int = Field(3, ge=2, description="number of peers when model.peers is not given")
 
 
+class MutualParams(OnlineParams):
+    """Peers distilling from their ensemble at a temperature (KDCL, online CutMix)."""
+
+    temperature: float = Field(3.0, gt=0)
+
+
 class OnlineDistiller(Distiller):
     online: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = False

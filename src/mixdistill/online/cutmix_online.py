@@ -26,18 +26,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
-from mixdistill.online.base import OnlineDistiller, OnlineParams
-
-class OnlineCutMixParams(OnlineParams):
-    temperature: float = Field(3.0, gt=0)
+from mixdistill.online.base import MutualParams, OnlineDistiller
+from mixdistill.registry import METHODS
 
 
-@DISTILLERS.register("online_cutmix")
+@METHODS.register("online_cutmix")
 class OnlineCutMix(OnlineDistiller):
-    Params = OnlineCutMixParams
+    Params = MutualParams
     default_augment = "cutmix"
 
     def forward_train(self, images, labels, info):
@@ -47,7 +45,7 @@ class OnlineCutMix(OnlineDistiller):
         target = torch.stack(logits).mean(0).detach()
         ce = sum(mixed_cross_entropy(z, labels, batch) for z in logits)
         kl = sum(kd_loss(z, target, T) for z in logits)
-        return logits[0], {"ce": ce, "kl": kl}
+        return step_output(logits[0], {"ce": ce, "kl": kl}, labels, batch)
 
 
 def sigmoid_rampup(epoch: float, ramp_epochs: float) -> float:
@@ -68,15 +66,14 @@ def feature_mutual_loss(features: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-class CutNMixParams(OnlineParams):
-    temperature: float = Field(3.0, gt=0)
+class CutNMixParams(MutualParams):
     teacher: Literal["mean", "ema"] = "mean"
     ema_decay: float = Field(0.999, ge=0, lt=1)
     feature_weight: float = Field(1.0, ge=0, description="mu, weight of the feature-level mutual loss")
     ramp_epochs: float = Field(80, ge=0)
 
 
-@DISTILLERS.register("cutnmix")
+@METHODS.register("cutnmix")
 class CutNMix(OnlineDistiller):
     """Cut^nMix online distillation — RECONSTRUCTED from the abstract of shen2022 (see module docstring)."""
 
@@ -128,11 +125,10 @@ class CutNMix(OnlineDistiller):
         else:
             target = torch.stack(logits).mean(0).detach()
         ramp = sigmoid_rampup(info.epoch, p.ramp_epochs)
-        info.stats["ramp"] = ramp
         losses = {
             "ce": sum(mixed_cross_entropy(z, labels, batch) for z in logits),
             "kl": ramp * sum(kd_loss(z, target, p.temperature) for z in logits),
         }
         if p.feature_weight > 0:
             losses["feat"] = p.feature_weight * feature_mutual_loss([f["pooled"] for _, f in outputs])
-        return logits[0], losses
+        return step_output(logits[0], losses, labels, batch, stats={"ramp": ramp})

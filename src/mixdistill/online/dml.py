@@ -4,16 +4,17 @@ same (possibly augmented) batch; with a mixing augmentation CE is soft-label CE 
 
 from pydantic import Field
 
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import step_output
 from mixdistill.losses import kl_div, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
+from mixdistill.registry import METHODS
 
 
 class DMLParams(OnlineParams):
     temperature: float = Field(1.0, gt=0)
 
 
-@DISTILLERS.register("dml")
+@METHODS.register("dml")
 class DML(OnlineDistiller):
     Params = DMLParams
 
@@ -25,4 +26,4 @@ class DML(OnlineDistiller):
         ce = sum(mixed_cross_entropy(z, labels, batch) for z in logits)
         kl = sum(kl_div(z_i, z_j.detach(), T) * T**2 for i, z_i in enumerate(logits)
                  for j, z_j in enumerate(logits) if j != i) / (m - 1)
-        return logits[0], {"ce": ce, "kl": kl}
+        return step_output(logits[0], {"ce": ce, "kl": kl}, labels, batch)

@@ -4,28 +4,22 @@ crop/flip; set ``data.crop_padding=0 data.flip=false augment=crop_flip`` for ful
 crop+flip views). Target = mean of the peers' logits, detached:
 ``L_i = CE(y, z_i) + T^2 * KL_T(mean || z_i)``."""
 
-from pydantic import Field
-
 import torch
 
 from mixdistill.augment import LABEL_PRESERVING
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import cross_entropy, kd_loss
-from mixdistill.online.base import OnlineDistiller, OnlineParams
-
+from mixdistill.online.base import MutualParams, OnlineDistiller
+from mixdistill.registry import METHODS
 
 NEEDS_LABEL_PRESERVING = (f"kdcl needs label-preserving views ({', '.join(LABEL_PRESERVING)}); use online_cutmix or "
                           "cutnmix for mixed samples")
 
 
-class KDCLParams(OnlineParams):
-    temperature: float = Field(3.0, gt=0)
-
-
-@DISTILLERS.register("kdcl")
+@METHODS.register("kdcl")
 class KDCL(OnlineDistiller):
-    Params = KDCLParams
+    Params = MutualParams
     default_augment = "flip"
 
     @classmethod
@@ -44,5 +38,4 @@ class KDCL(OnlineDistiller):
         target = torch.stack(logits).mean(0).detach()
         ce = sum(cross_entropy(z, labels) for z in logits)
         kl = sum(kd_loss(z, target, T) for z in logits)
-        info.train_labels = None
-        return logits[0], {"ce": ce, "kl": kl}
+        return step_output(logits[0], {"ce": ce, "kl": kl}, labels)  # label-preserving views

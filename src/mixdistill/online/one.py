@@ -13,13 +13,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mixdistill.distill.registry import DISTILLERS
+from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.models import create_model
 from mixdistill.models.cnn import CNN5
 from mixdistill.models.resnet import CifarResNet
 from mixdistill.online.base import OnlineDistiller, OnlineParams
+from mixdistill.registry import METHODS
 
 
 def split_trunk_branch(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
@@ -57,7 +58,7 @@ class ONEParams(OnlineParams):
     detach_ensemble: bool = True
 
 
-@DISTILLERS.register("one")
+@METHODS.register("one")
 class ONE(OnlineDistiller):
     Params = ONEParams
 
@@ -95,7 +96,7 @@ class ONE(OnlineDistiller):
         target = ensemble.detach() if self.params.detach_ensemble else ensemble
         ce = sum(mixed_cross_entropy(z, labels, batch) for z in logits) + mixed_cross_entropy(ensemble, labels, batch)
         kl = sum(kd_loss(z, target, T) for z in logits)
-        return ensemble, {"ce": ce, "kl": kl}
+        return step_output(ensemble, {"ce": ce, "kl": kl}, labels, batch)
 
     def evaluation_logits(self, images):
         logits, ensemble = self._branches(images)

@@ -28,7 +28,6 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
     from mixdistill.studies.grid import run_grid
-
     from mixdistill.studies.stats import parse_seeds
 
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)

@@ -16,12 +16,14 @@ import statistics
 from pathlib import Path
 
 from mixdistill.analysis.plots import new_figure, save_figure
-from mixdistill.demo import merge
+from mixdistill.analysis.smoothness import logit_std, output_entropy
+from mixdistill.config import merge
+from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       reference, scale_config, test_logits, timing_markdown)
+                                       scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
-                                      holm, paired)
+from mixdistill.studies.stats import (ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm,
+                                      paired)
 
 NAME = "choi2023"
 
@@ -66,8 +68,6 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
 
 
 def _smoothness(study_dir: Path, key: str, data_root) -> dict:
-    from mixdistill.analysis.smoothness import logit_std, output_entropy
-
     logits, _, _ = test_logits(study_dir / "runs" / key.replace("/", "__"), data_root)
     return {"entropy": float(output_entropy(logits).mean()), "logit_std": float(logit_std(logits).mean())}
 

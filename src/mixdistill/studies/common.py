@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import math
+import copy
 import os
 import statistics
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from mixdistill.analysis.plots import new_figure, save_figure
+from mixdistill.data import DeviceLoader
+from mixdistill.engine.run import open_run
+from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
 from mixdistill.errors import ConfigError
-
-CONFIG_DIR = resources.files("mixdistill").joinpath("resources/studies")  # shipped with the package
+from mixdistill.files import append_text
+from mixdistill.resources import study_config
+from mixdistill.studies.stats import Gate, mean_ci
 
 
 def load_study_config(name: str) -> dict:
-    """src/mixdistill/resources/studies/NAME.yaml: the study's grid and scales, as data."""
-    path = CONFIG_DIR.joinpath(f"{name}.yaml")
-    if not path.is_file():
-        raise ConfigError(f"study config not found: {path}")
-    return yaml.safe_load(path.read_text())
+    """resources/studies/NAME.yaml: the study's grid and scales, as data (a copy: callers may change it)."""
+    return copy.deepcopy(study_config(name))
 
 
 def scale_config(spec: dict, scale: str) -> dict:
     if scale not in spec["scales"]:
         raise ConfigError(f"unknown scale '{scale}'; this study has: {', '.join(spec['scales'])}")
     return spec["scales"][scale]
-
-
-def reference(name: str) -> dict:
-    text = resources.files("mixdistill").joinpath("resources/reference_results.yaml").read_text()
-    return yaml.safe_load(text)[name]
 
 
 def mean_std(values, digits: int = 2) -> str:
@@ -80,8 +74,6 @@ def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss
     """Gate: the matching runs had at least ``min_steps`` SGD steps, and over the last quarter of their
     schedule their train accuracy moved less than ``max_acc`` points and their test loss less than
     ``max_loss`` (relative), median over runs."""
-    from mixdistill.studies.stats import Gate
-
     moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__")) for r in select(rows, **labels)]
     moves = [m for m in moves if m is not None]
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
@@ -102,19 +94,10 @@ def test_logits(run_dir: str | Path, data_root: str | None = None):
     (CPU, fp32)."""
     import torch
 
-    from mixdistill.data import DeviceLoader, load_dataset
-    from mixdistill.engine.checkpoint import load_checkpoint
-    from mixdistill.models import create_model
-    from mixdistill.models.checkpoint import load_weights
 
-    state = load_checkpoint(Path(run_dir) / "last.pt")
-    data = state["config"]["data"]
-    split = load_dataset(data["dataset"], "test", root=data_root or data.get("root"))
-    if data.get("test_subset"):
-        split = split.subset(data["test_subset"], seed=data.get("subset_seed", 0))
-    model = create_model(state["arch"], num_classes=state["num_classes"], in_channels=state["in_channels"])
-    load_weights(model, state)
-    model.eval()
+    opened = open_run(run_dir)
+    model = opened.model()
+    split = opened.split("test", data_root)
     loader = DeviceLoader(split.images, split.labels, batch_size=1000, mean=split.spec.mean, std=split.spec.std,
                           shuffle=False, drop_last=False)
     logits, feats = [], []
@@ -141,8 +124,6 @@ def plot_intervals(groups: dict[str, list[float]], path: str | Path, title: str,
     intervals need no zero baseline). ``reference``: (label, value) drawn as a dashed line."""
     import numpy as np
 
-    from mixdistill.analysis.plots import new_figure, save_figure
-    from mixdistill.studies.stats import mean_ci
 
     names = list(groups)
     fig = new_figure(max(4.5, 1.0 + 0.7 * len(names)), 3.8)
@@ -171,8 +152,6 @@ def plot_intervals(groups: dict[str, list[float]], path: str | Path, title: str,
 def plot_effects(findings, path: str | Path, title: str) -> Path:
     """Forest plot: each finding's effect and 95% CI in its unit, a zero line, the paper's direction marked
     (an arrow towards the side the paper claims); one panel per unit."""
-    from mixdistill.analysis.plots import new_figure, save_figure
-
     units = list(dict.fromkeys(f.unit for f in findings))
     fig = new_figure(7.0, 0.9 + 0.42 * len(findings) + 0.4 * len(units))
     heights = [sum(f.unit == u for f in findings) for u in units]
@@ -206,8 +185,6 @@ def record_timing(study_dir: Path, trained: int, wall_s: float, jobs_note: str) 
 
     import torch
 
-    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
-    from mixdistill.files import append_text
 
     append_text(study_dir / "timing.jsonl", json.dumps({
         "finished": _time.strftime("%Y-%m-%d %H:%M:%S"), "runs_trained": trained, "wall_s": round(wall_s, 1),

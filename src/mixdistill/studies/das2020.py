@@ -16,11 +16,13 @@ import copy
 import statistics
 from pathlib import Path
 
-from mixdistill.demo import merge
+from mixdistill.analysis import class_discrimination, expected_calibration_error, plot_reliability_diagram
+from mixdistill.config import merge
+from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       reference, scale_config, test_outputs, timing_markdown)
+                                       scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (Finding, Gate, fmt_mean_ci, fmt_p, findings_markdown, gates_markdown, holm,
+from mixdistill.studies.stats import (Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm,
                                       paired, rank_correlation)
 
 NAME = "das2020"
@@ -60,8 +62,6 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
 
 
 def _metrics(study_dir: Path, key: str, data_root) -> dict:
-    from mixdistill.analysis import class_discrimination, expected_calibration_error, plot_reliability_diagram
-
     probs, _, labels = test_outputs(study_dir / "runs" / key.replace("/", "__"), data_root)
     out = {"ece": float(expected_calibration_error(probs, labels, bins=ECE_BINS))}
     if key.startswith("teacher/") and key.endswith("/r0"):

@@ -17,7 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixdistill.config import build_config
+from mixdistill.config import DEFAULT_THREADS, build_config, merge
+from mixdistill.engine.run import config_difference, saved_config_difference, set_aside
+from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
 from mixdistill.files import hold_lock, write_text
 
@@ -58,8 +60,6 @@ def resolve(run: GridRun, study_dir: Path):
 
 def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) -> dict:
     """Train (or reuse / resume) one run; a crash is retried from its last checkpoint."""
-    from mixdistill.engine.trainer import train_or_reuse
-
     cfg = resolve(run, Path(study_dir))
     for attempt in range(retries + 1):
         try:
@@ -77,9 +77,6 @@ def with_threads(runs: list[GridRun], threads: int | None) -> list[GridRun]:
     """Every run's ``train.threads`` made explicit (a run's own value, else ``threads``, else torch's default
     here), so that a run is the same computation whichever executor runs it and wherever its config is
     resolved (a Ray worker's torch default is 1 thread)."""
-    from mixdistill.config import DEFAULT_THREADS
-    from mixdistill.demo import merge
-
     out = []
     for run in runs:
         if (run.config.get("train") or {}).get("threads") is None:
@@ -98,8 +95,6 @@ def auto_jobs(runs: list[GridRun]) -> int:
 def _row_matches(row: dict, cfg) -> bool:
     """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
     checked against the run directory, which must still hold that very run (its summary) with ``cfg``."""
-    from mixdistill.engine.trainer import config_difference, saved_config_difference
-
     if "config" in row:
         return not config_difference(row["config"], cfg.to_dict())
     summary = cfg.run_dir / "summary.json"
@@ -115,8 +110,6 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
     at that thread count); a Ray task asks for as many CPUs as its run has threads."""
-    from mixdistill.engine.trainer import set_aside
-
     runs = with_threads(runs, threads)
     study_dir = Path(study_dir)
     keys = [r.key for r in runs]

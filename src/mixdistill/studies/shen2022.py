@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixdistill.demo import merge
+from mixdistill.config import merge
+from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       reference, scale_config, timing_markdown)
+                                       scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
 from mixdistill.studies.stats import Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm, paired
 

@@ -20,6 +20,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from mixdistill.errors import ConfigError
+
 ALPHA = 0.05
 
 
@@ -244,8 +246,6 @@ def fmt_mean_ci(values: list[float], digits: int = 2) -> str:
 
 def parse_seeds(text: str | int) -> list[int]:
     """``5`` -> seeds 0..4; ``10-14`` -> 10..14; ``3,7,9`` -> those. One clear error for anything else."""
-    from mixdistill.errors import ConfigError
-
     if isinstance(text, int):
         text = str(text)
     text = text.strip()

@@ -18,12 +18,19 @@ import os
 import statistics
 from pathlib import Path
 
-from mixdistill.demo import merge
+from mixdistill.analysis import plot_tstddev_vs_loss, teacher_statistics
+from mixdistill.config import merge
+from mixdistill.data import DeviceLoader
+from mixdistill.engine.build import build_distiller
+from mixdistill.engine.run import open_run
+from mixdistill.files import write_json
+from mixdistill.models.checkpoint import load_weights
+from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       reference, scale_config, timing_markdown)
+                                       scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (Finding, Gate, correlation, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, holm, paired, rank_correlation)
+from mixdistill.studies.stats import (Finding, Gate, correlation, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
+                                      holm, paired, rank_correlation)
 
 NAME = "wang2022"
 
@@ -90,20 +97,12 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float
     """T. stddev of the pair's teacher under the view of the run ``run_key`` (its student frozen, as the
     released scripts freeze it with lr 0), over at least ``min_steps`` steps of the run's own training data,
     seeded by the run's seed."""
-    from mixdistill.analysis import teacher_statistics
-    from mixdistill.config import build_config
-    from mixdistill.data import DeviceLoader
-    from mixdistill.engine.checkpoint import load_checkpoint
-    from mixdistill.engine.trainer import build_distiller, load_data
-    from mixdistill.models.checkpoint import load_weights
-
-    state = load_checkpoint(study_dir / "runs" / run_key.replace("/", "__") / "last.pt")
-    cfg = build_config({**state["config"], "data": {**state["config"]["data"],
-                                                    "root": data_root or state["config"]["data"]["root"]}})
-    train, _ = load_data(cfg)
+    opened = open_run(study_dir / "runs" / run_key.replace("/", "__"))
+    cfg = opened.cfg
+    train = opened.split("train", data_root)
     d = cfg.data
     distiller = build_distiller(cfg, train.spec.num_classes, train.images.shape[1], train.spec.mean, train.spec.std)
-    load_weights(distiller.student, state)
+    load_weights(distiller.student, opened.state)
     padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
     loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size, mean=train.spec.mean,
                           std=train.spec.std, crop_padding=padding, flip=d.flip, seed=cfg.seed)
@@ -115,8 +114,6 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float
 
 def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
-    from mixdistill.files import write_json
-
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
     ckpt = study_dir / "runs" / run_key.replace("/", "__") / "last.pt"
@@ -210,8 +207,6 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
 
 
 def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv) -> tuple[list[Finding], list[str]]:
-    from mixdistill.analysis import plot_tstddev_vs_loss
-
     views = _view_entries(spec)
     order = spec["paper_view_order"]  # worst (highest student test loss) first
     losses, stds, seeds = [], [], set()

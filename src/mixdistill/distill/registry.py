@@ -1,3 +1,0 @@
-from mixdistill.registry import Registry
-
-DISTILLERS = Registry("method")

@@ -1,0 +1,179 @@
+"""Everything a run is built from, by its config: the data and its loaders, the teacher, the augmentation and
+the method (a distiller with its student). The trainer, ``eval``, ``analyze``, the studies and the benchmark
+build through here, so a run is put together one way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixdistill.augment import augment_params, make_augment
+from mixdistill.config import RunConfig
+from mixdistill.data import DeviceLoader, load_dataset
+from mixdistill.data.datasets import DATASETS, find_root
+from mixdistill.data.streaming import StreamingImageFolder
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.engine.distributed import local_batch_size
+from mixdistill.engine.runtime import Runtime
+from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.methods import METHODS
+from mixdistill.models import create_model
+from mixdistill.models.checkpoint import load_weights
+from mixdistill.teachers import TEACHERS, load_teacher
+
+
+def load_data(cfg: RunConfig):
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", root=d.root, download=d.download)
+    test = load_dataset(d.dataset, "test", root=d.root, download=d.download)
+    for key, split in (("train_subset", train), ("test_subset", test)):
+        n = getattr(d, key)
+        if n and n > len(split):
+            raise ConfigError(f"data.{key}={n} exceeds the {len(split)} images of {d.dataset}")
+    if d.train_subset:
+        train = train.subset(d.train_subset, seed=d.subset_seed)
+    if d.test_subset:
+        test = test.subset(d.test_subset, seed=d.subset_seed)
+    return train, test
+
+
+@dataclass
+class Loaders:
+    """The training, test and (on demand) clean training loaders, and what the models need to know."""
+
+    train: object  # DeviceLoader | StreamingImageFolder, yielding (images, labels, indices)
+    test: object  # yielding (images, labels)
+    clean: Callable[[], object]  # un-augmented training batches in order, with indices (built when called)
+    num_classes: int
+    in_channels: int
+    mean: tuple
+    std: tuple
+    num_train: int
+    augmented_by_loader: bool
+
+
+def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
+    d, device = cfg.data, runtime.device
+    batch_size = local_batch_size(d.batch_size, dist)
+    if d.loader == "streaming":
+        return _streaming_loaders(cfg, runtime, dist, batch_size)
+    train, test = load_data(cfg)
+    padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
+    common = dict(mean=train.spec.mean, std=train.spec.std, device=device)
+    train_loader = DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True, drop_last=True,
+                                crop_padding=padding, flip=d.flip, seed=cfg.seed, with_indices=True,
+                                rank=dist.rank, world_size=dist.world_size, **common)
+    test_loader = DeviceLoader(test.images, test.labels, batch_size=d.eval_batch_size, shuffle=False,
+                               drop_last=False, **common)
+    clean = lambda: DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, shuffle=False,  # noqa: E731
+                                 drop_last=False, with_indices=True, **common)
+    return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
+                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip)
+
+
+def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
+    """Image-folder trees read by worker processes (data.loader: streaming): ImageNet-scale data."""
+    d = cfg.data
+    spec = DATASETS[d.dataset]
+    root = find_root(d.dataset, d.root, download=False)
+    size = d.image_size or spec.image_size
+    if not isinstance(size, int):
+        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
+    common = dict(image_size=size, mean=spec.mean, std=spec.std, num_workers=d.num_workers, device=runtime.device,
+                  channels_last=runtime.channels_last, subset_seed=d.subset_seed)
+    try:
+        train = StreamingImageFolder(root, "train", batch_size=batch_size, flip=d.flip, seed=cfg.seed,
+                                     with_indices=True, rank=dist.rank, world_size=dist.world_size,
+                                     subset=d.train_subset, **common)
+        test = StreamingImageFolder(root, "val" if d.dataset == "imagenet" else "test", augment=False,
+                                    batch_size=d.eval_batch_size, subset=d.test_subset, **common)
+    except ValueError as e:  # e.g. a subset larger than the split
+        raise ConfigError(f"data: {e}") from None
+    clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
+                                         with_indices=True, subset=d.train_subset, **common)
+    return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
+                   train.num_samples, True)
+
+
+def missing_teacher(source: str) -> str:
+    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name: train the teacher "
+            f"first (for the Fashion-MNIST configs: `mixdistill train configs/fmnist_cpu_teacher.yaml`), point "
+            f"model.teacher_checkpoint at an existing last.pt, or name a pretrained CIFAR-100 teacher "
+            f"(`mixdistill teachers` lists them)")
+
+
+def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
+    source = cfg.model.teacher_checkpoint
+    if source is None:
+        return None
+    if not Path(source).exists():
+        if source in TEACHERS:
+            return load_teacher(source, num_classes=num_classes)
+        raise CheckpointError(missing_teacher(source))
+    state = load_checkpoint(source)
+    arch = cfg.model.teacher or state.get("arch")
+    if arch is None:
+        raise ConfigError(f"{source} does not record its architecture: set model.teacher to its model name")
+    if cfg.model.teacher and state.get("arch") and state["arch"] != cfg.model.teacher:
+        raise ConfigError(f"model.teacher is '{cfg.model.teacher}' but {source} holds a '{state['arch']}'")
+    teacher = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    load_weights(teacher, state)
+    return teacher.eval()
+
+
+def build_augment(cfg: RunConfig, mean, std):
+    """The configured augmentation (None for ``none``), with the dataset's mean/std bound for views that work in
+    pixel space (AutoAugment, crop with black padding) when the config leaves them null. The config decided
+    which: a method's default augmentation was filled in when the config was validated."""
+    name, params = cfg.augment.name, dict(cfg.augment.model_extra or {})
+    if name == "none":  # the config decided (a method's default augmentation is filled in there)
+        return None
+    if "mean" in augment_params(name) and params.get("mean") is None:
+        params.update(mean=tuple(mean), std=tuple(std))
+    return make_augment(name, **params)
+
+
+def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,),
+                    teacher_builder=build_teacher):
+    method_cls = METHODS.get_or_raise(cfg.method.name)
+    params = cfg.method.params()
+    if getattr(method_cls, "online", False):  # a group of peers trained together, no teacher
+        names = cfg.model.peers or [cfg.model.student] * params.peers
+        distiller = method_cls.from_names(names, params, num_classes=num_classes, in_channels=in_channels)
+        distiller.student_arch = names[0]
+    else:
+        student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+        teacher = teacher_builder(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
+        distiller = method_cls(student, teacher, params)
+        distiller.student_arch = cfg.model.student
+    distiller.set_augment(build_augment(cfg, mean, std))
+    return distiller
+
+
+def check_buildable(cfg: RunConfig) -> None:
+    """Build the method as training would, without reading data or weights (models on the meta device,
+    the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
+    source = cfg.model.teacher_checkpoint
+    if source is not None and not Path(source).exists() and source not in TEACHERS:
+        raise CheckpointError(missing_teacher(source))
+    spec = DATASETS[cfg.data.dataset]
+
+    def stand_in_teacher(cfg, num_classes, in_channels):
+        return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+
+    with torch.device("meta"):
+        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher)
+
+
+def base_lr(cfg: RunConfig) -> float:
+    return cfg.optim.lr_overrides.get(cfg.model.student, cfg.optim.lr)
+
+
+def model_label(cfg: RunConfig) -> str:
+    """The trained network(s): the student, or an online method's peers when model.peers names them."""
+    online = getattr(METHODS.get_or_raise(cfg.method.name), "online", False)
+    return ",".join(cfg.model.peers) if online and cfg.model.peers else cfg.model.student

@@ -1,0 +1,171 @@
+"""The run directory as one place: its layout, its lock, its saved config (what changed since, setting an old
+run aside), and a finished run opened by path (:func:`open_run`) with its validated config, its model, its
+teacher and its data. Every command that reads a run (eval, analyze, the studies, the teachers) goes through
+here; every file a run writes goes through :mod:`mixdistill.files`.
+
+Layout of ``OUTPUT_DIR/NAME``: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch),
+``last.pt`` (the checkpoint), ``summary.json`` (written when the run finishes), ``tensorboard/``, and ``.lock``
+(``.lock.holder`` names the process holding it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixdistill.config import RunConfig, build_config
+from mixdistill.data import DeviceLoader, load_dataset
+from mixdistill.data.datasets import Split
+from mixdistill.engine.build import build_teacher
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.files import hold_lock, remove_orphans
+from mixdistill.models import create_model
+from mixdistill.models.checkpoint import load_weights
+from mixdistill.schema import load_yaml
+
+CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
+# config keys that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "data.root", "data.num_workers",
+                    "output_dir"}
+PATH_KEYS = {"model.teacher_checkpoint"}  # the same file, named relatively once and absolutely once, is the same
+
+
+def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every key of two config trees that differs (resume-free keys left out)."""
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path in RESUME_FREE_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if path in PATH_KEYS and va and vb and os.path.abspath(va) == os.path.abspath(vb):
+            continue
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_difference(va, vb, path + ".")
+        elif va != vb:
+            diffs.append(f"{path}: {va!r} -> {vb!r}")
+    return diffs
+
+
+def saved_config_difference(cfg: RunConfig) -> list[str] | None:
+    """How ``cfg`` differs from the config saved in its run directory (``[]``: the same run; ``None``: nothing
+    saved there). A saved config that no longer validates counts as different."""
+    path = cfg.run_dir / CONFIG
+    if not path.exists():
+        return None
+    try:
+        saved = build_config(load_yaml(path.read_text())).to_dict()
+    except Exception as err:  # written by an older mixdistill whose schema differs
+        return [f"saved config no longer valid ({type(err).__name__})"]
+    return config_difference(saved, cfg.to_dict())
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename a run directory out of the way (never delete: nothing already written is lost)."""
+    n = 1
+    while (target := run_dir.with_name(f"{run_dir.name}.superseded{n}")).exists():
+        n += 1
+    run_dir.rename(target)
+    return target
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path, what: str) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the body (a second run into it stops with one line naming the holder), after
+    removing the temporary files an interrupted write left there. A directory this call created and the body
+    left empty is removed again, so a run that fails before writing anything leaves nothing behind."""
+    created = not run_dir.exists()
+    try:
+        with hold_lock(run_dir / LOCK, what):
+            remove_orphans(run_dir)
+            yield
+    finally:
+        if created:
+            _remove_if_only_lock(run_dir)
+
+
+def _remove_if_only_lock(run_dir: Path) -> None:
+    try:
+        if all(p.name.startswith(LOCK) for p in run_dir.iterdir()):
+            for p in run_dir.iterdir():
+                p.unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- open a run
+
+@dataclass
+class FinishedRun:
+    """A checkpoint and, where it was written by mixdistill, the validated config of its run."""
+
+    checkpoint: Path
+    state: dict
+    cfg: RunConfig | None  # None: a foreign checkpoint ({'model': state_dict}, e.g. RepDistiller's)
+    config_error: str | None = None  # why a saved config did not validate (an older mixdistill's schema)
+
+    @property
+    def arch(self) -> str | None:
+        return self.state.get("arch") or (self.cfg.model.student if self.cfg else None)
+
+    def split(self, name: str = "test", root: str | None = None, use_subset: bool = True) -> Split:
+        """The run's dataset split (its ``data.test_subset`` / ``train_subset`` applied), read from ``root`` or the
+        run's own ``data.root``."""
+        if self.cfg is None:
+            why = f" (its saved config does not validate: {self.config_error})" if self.config_error else ""
+            raise ConfigError(f"{self.checkpoint} does not record its dataset{why}: pass one (--data)")
+        d = self.cfg.data
+        split = load_dataset(d.dataset, name, root=root or d.root)
+        subset = d.test_subset if name == "test" else d.train_subset
+        return split.subset(subset, seed=d.subset_seed) if subset and use_subset else split
+
+    def model(self, arch: str | None = None, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+        """The run's final network, weights loaded, in eval mode (``arch`` etc. for a checkpoint that does not
+        record them)."""
+        arch = arch or self.arch
+        if arch is None:
+            raise ConfigError(f"{self.checkpoint} does not record its architecture: pass it (--arch)")
+        num_classes = num_classes or self.state.get("num_classes")
+        in_channels = in_channels or self.state.get("in_channels")
+        if num_classes is None or in_channels is None:
+            raise ConfigError(f"{self.checkpoint} does not record its classes and channels")
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        load_weights(model, self.state)
+        return model.eval()
+
+    def teacher(self) -> nn.Module | None:
+        """The run's teacher as its config names it (a checkpoint file or a benchmark teacher), or None."""
+        if self.cfg is None:
+            return None
+        return build_teacher(self.cfg, self.state["num_classes"], self.state["in_channels"])
+
+    def test_loader(self, root: str | None = None, batch_size: int = 1000, device: str | torch.device = "cpu"):
+        """The run's test split (its ``data.test_subset`` applied) as an in-order loader with its normalisation."""
+        split = self.split("test", root)
+        return DeviceLoader(split.images, split.labels, batch_size=batch_size, mean=split.spec.mean,
+                            std=split.spec.std, shuffle=False, drop_last=False, device=device)
+
+
+def open_run(path: str | Path) -> FinishedRun:
+    """A run directory (its ``last.pt``) or a checkpoint file, opened: the one way every command reads a run."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise CheckpointError(f"{path} is a directory without {CHECKPOINT}: pass a run directory or a checkpoint")
+        path = path / CHECKPOINT
+    state = load_checkpoint(path)
+    cfg, error = None, None
+    if isinstance(state.get("config"), dict):
+        try:
+            cfg = build_config(state["config"])
+        except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
+            error = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return FinishedRun(path, state, cfg, error)
