@@ -182,7 +182,7 @@ def _add_study(sub):
     p.add_argument("--seeds", default="5", help="seeds per configuration: a count (5 = seeds 0-4), a range (10-14) "
                                                 "or a list (3,7,9), e.g. to check a report on seeds it was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="local: one run after another in this process; ray: one Ray task per run (every node must "
+                   help="local: runs side by side on this machine (--jobs); ray: one Ray task per run (every node must "
                         "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
     p.add_argument("--address", default=None, help="Ray cluster address; unset: a local Ray instance")
     p.add_argument("--output-dir", default="runs/studies", help="the study lives in OUTPUT_DIR/NAME_SCALE")
