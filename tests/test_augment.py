@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mixdistill.augment import (AUGMENTATIONS, MixedBatch, cut_n_mix, cutmix, cutmix_pick, cutout, derangement,
                                 draw_boxes, make_augment, mixup, mixup_two_perm, pmu, sample_beta)
+from mixdistill.augment.mix import BOX_ROUNDINGS, box_area_fraction
 from mixdistill.errors import ConfigError, UnknownNameError
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -554,6 +555,43 @@ def test_cutmix_box_centre_is_uniform_and_clipped():
     assert float((y1 == 0).double().mean()) == pytest.approx(6 / 20, abs=0.015)  # cy <= 5
     assert float((y2 == 20).double().mean()) == pytest.approx(5 / 20, abs=0.015)  # cy >= 15
     assert set((y2 - y1).tolist()) == set(range(5, 11))  # clipped sides 5..9, whole side 10
+
+
+def _released_rand_bbox(h, w, lam, cy, cx):
+    """The released rand_bbox (CutMix, Good-DA-in-KD utils.py, Distilling-with-VRM), given its centre draw."""
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut_rat), int(w * cut_rat)
+    return (np.clip(cy - cut_h // 2, 0, h), np.clip(cx - cut_w // 2, 0, w),
+            np.clip(cy + cut_h // 2, 0, h), np.clip(cx + cut_w // 2, 0, w))
+
+
+def test_released_box_rounding_is_the_released_rand_bbox():
+    lam = sample_beta(1.0, (500,), gen(3)).double()
+    boxes = draw_boxes(lam, 32, 28, gen(4), rounding="released")
+    g = gen(4)  # the same centre draws: cy then cx
+    cy, cx = torch.randint(32, (500,), generator=g), torch.randint(28, (500,), generator=g)
+    expected = [_released_rand_bbox(32, 28, float(lam[i]), int(cy[i]), int(cx[i])) for i in range(500)]
+    assert boxes.tolist() == [list(map(int, e)) for e in expected]
+
+
+def test_released_rounding_keeps_more_of_the_base_image_than_exact():
+    lam = sample_beta(1.0, (20_000,), gen(0))
+    weight = {r: 1 - box_area_fraction(draw_boxes(lam, 32, 32, gen(1), rounding=r), 32, 32) for r in BOX_ROUNDINGS}
+    assert bool((weight["released"] >= weight["exact"]).all())
+    assert 0.005 < float((weight["released"] - weight["exact"]).mean()) < 0.02  # about 0.699 vs 0.688
+
+
+@pytest.mark.parametrize("name", ["cutmix", "cut_n_mix"])
+def test_box_rounding_reaches_the_augmentation_and_weights_stay_the_visible_fraction(name):
+    images, labels = batch(8, h=15, w=15)
+    fn = make_augment(name, box_rounding="released")
+    rec = fn(images, labels, generator=gen(2))
+    owner_area = rec.weights[:, 1:].sum(1)
+    assert bool((rec.weights.sum(1) - 1).abs().lt(1e-6).all())
+    if name == "cutmix":  # one box: its clipped area is the partner's weight
+        assert torch.allclose(owner_area.double(), box_area_fraction(rec.boxes[:, 0], 15, 15))
+    with pytest.raises(ConfigError, match="box_rounding"):
+        make_augment(name, box_rounding="floor")
 
 
 def test_cutmix_pick_restores_each_submodule_mode():

@@ -116,13 +116,19 @@ def _distinct_partner(n: int, kind: str, generator: torch.Generator, taken: list
             return perm
 
 
-def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+BOX_ROUNDINGS = ("exact", "released")
+
+
+def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Generator,
+               rounding: str = "exact") -> torch.Tensor:
     """CutMix boxes, one per entry of ``lam`` (CPU float tensor [N]) -> CPU int64 [N, 4] (y1, x1, y2, x2).
 
     Side ratio sqrt(1 - lam): box height floor(H * sqrt(1 - lam)), width floor(W * sqrt(1 - lam)); centre
-    uniform over the pixels of the image; the box is then clipped to the image. (The CutMix reference code
-    uses corners centre -/+ side//2, i.e. side - 1 for odd sides; here the side is exact before clipping.)
+    uniform over the pixels of the image; the box is then clipped to the image. ``rounding``: ``exact`` spans
+    the side exactly (corners c - s//2 and c - s//2 + s); ``released`` spans c - s//2 .. c + s//2 as the
+    released ``rand_bbox`` of CutMix, Good-DA-in-KD and Distilling-with-VRM does, one pixel short for odd s.
     """
+    check_choice("box_rounding", rounding, BOX_ROUNDINGS)
     ratio = torch.sqrt(1.0 - lam.double())
     cut_h = torch.floor(height * ratio).long()
     cut_w = torch.floor(width * ratio).long()
@@ -131,8 +137,12 @@ def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Gene
     cx = torch.randint(width, (n,), generator=generator)
     y1 = cy - cut_h // 2
     x1 = cx - cut_w // 2
+    if rounding == "released":
+        y2, x2 = cy + cut_h // 2, cx + cut_w // 2
+    else:
+        y2, x2 = y1 + cut_h, x1 + cut_w
     return torch.stack(
-        [y1.clamp(0, height), x1.clamp(0, width), (y1 + cut_h).clamp(0, height), (x1 + cut_w).clamp(0, width)], dim=1
+        [y1.clamp(0, height), x1.clamp(0, width), y2.clamp(0, height), x2.clamp(0, width)], dim=1
     )
 
 
@@ -333,7 +343,8 @@ def pmu(images, labels, *, generator, p: float = 0.9, alpha: float = 1.0, sampli
 
 
 def cutmix(
-    images, labels, *, generator, alpha: float = 1.0, partner: str = "derangement", per_sample_boxes: bool = False
+    images, labels, *, generator, alpha: float = 1.0, partner: str = "derangement", per_sample_boxes: bool = False,
+    box_rounding: str = "exact",
 ) -> MixedBatch:
     """CutMix: paste a box of the partner image into each image.
 
@@ -341,15 +352,15 @@ def cutmix(
     then recomputed from the clipped box as the exact fraction of pixels left to the base image.
     Default: one box and one lam for the whole batch (wang2022, das2020; ``info['lam']`` a float);
     ``per_sample_boxes=True``: one lam and one box per sample. ``partner``: ``derangement`` (no sample is
-    paired with itself, wang2022) or ``permutation`` (das2020). Draw order: lam, box, partner.
-    sources = [arange, partner], weights = [lam, 1 - lam], boxes [B, 1, 4].
+    paired with itself, wang2022) or ``permutation`` (das2020). ``box_rounding``: see ``draw_boxes``.
+    Draw order: lam, box, partner. sources = [arange, partner], weights = [lam, 1 - lam], boxes [B, 1, 4].
     """
     check_choice("partner", partner, ("derangement", "permutation"))
     _check_generator(generator)
     b, _, h, w = images.shape
     dev = images.device
     lam = sample_beta(alpha, (b if per_sample_boxes else 1,), generator)
-    boxes = draw_boxes(lam, h, w, generator)
+    boxes = draw_boxes(lam, h, w, generator, box_rounding)
     perm = _to(_partner(b, partner, generator), dev)
     lam = 1.0 - box_area_fraction(boxes, h, w)  # exact unmasked-pixel fraction
     boxes_d = _to(boxes, dev)
@@ -369,6 +380,8 @@ def cut_n_mix(
     alpha: float = 1.0,
     partner: str = "derangement",
     per_sample_boxes: bool = False,
+    box_rounding: str = "exact",
+    prob: float = 1.0,
 ) -> MixedBatch:
     """Cut^nMix (shen2022) -- a RECONSTRUCTION from the paper's abstract, no code is public.
 
@@ -380,6 +393,8 @@ def cut_n_mix(
     sources = [arange, p_1, ..., p_n], boxes [B, n, 4] in paste order. With n = 1 this is ``cutmix`` and,
     under the same generator state, gives the same record. Each sample's n boxes come from n different
     images (the project's spec of Cut^nMix): paste j's derangement is redrawn until no sample gets a partner it already has.
+    ``prob`` < 1: the batch is mixed with that probability (one uniform draw first, as the released CutMix's
+    ``cutmix_prob``), else returned unmixed (one source, weight 1); with ``prob`` = 1 nothing extra is drawn.
     """
     check_choice("partner", partner, ("derangement", "permutation"))
     if n < 1:
@@ -389,6 +404,8 @@ def cut_n_mix(
     if b - (partner == "derangement") < n:
         raise ConfigError(f"cut_n_mix: {n} different partner images per sample need a batch of at least "
                           f"{n + (partner == 'derangement')}, got {b}")
+    if prob < 1.0 and float(torch.rand((), generator=generator)) >= prob:
+        return _unmixed(images, images)
     dev = images.device
     nb = b if per_sample_boxes else 1
     out = images
@@ -396,7 +413,7 @@ def cut_n_mix(
     sources, boxes = [torch.arange(b, device=dev)], []
     for j in range(1, n + 1):  # loop over pastes, not samples
         lam = sample_beta(alpha, (nb,), generator)
-        box = _to(draw_boxes(lam, h, w, generator), dev)
+        box = _to(draw_boxes(lam, h, w, generator, box_rounding), dev)
         perm = _to(_distinct_partner(b, partner, generator, sources[1:]), dev)
         mask = box_mask(box, h, w)
         out = torch.where(mask, images[perm], out)

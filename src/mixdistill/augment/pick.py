@@ -57,6 +57,7 @@ def cutmix_pick(
     n_runs: int = 2,
     alpha: float = 1.0,
     student_train_mode: bool = False,
+    box_rounding: str = "exact",
 ) -> MixedBatch:
     """CutMixPick (wang2022).
 
@@ -79,7 +80,8 @@ def cutmix_pick(
     if n_runs < 1:
         raise ValueError(f"cutmix_pick: n_runs must be >= 1, got {n_runs}")
     b = images.shape[0]
-    runs = [cutmix(images, labels, generator=generator, alpha=alpha, partner="derangement") for _ in range(n_runs)]
+    runs = [cutmix(images, labels, generator=generator, alpha=alpha, partner="derangement", box_rounding=box_rounding)
+            for _ in range(n_runs)]
     pool = torch.cat([r.images for r in runs])
 
     with _mode(teacher, False), torch.inference_mode():

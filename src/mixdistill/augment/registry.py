@@ -10,7 +10,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, StrictBool, ValidationE
 
 from ..errors import ConfigError, UnknownNameError
 from ..schema import Schema
-from .mix import autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity, mixup, mixup_two_perm, pmu
+from .mix import BOX_ROUNDINGS, autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity, mixup, mixup_two_perm, pmu
 from .pick import PICK_CRITERIA, cutmix_pick
 
 AUGMENTATIONS = {
@@ -42,6 +42,7 @@ _Channels = Optional[tuple[float, ...]]
 # alpha > 0: Beta(0, 0) is not a distribution; augment=none is how mixing is turned off.
 PARAM_TYPES = {
     "p": _Probability,
+    "prob": _Probability,
     "alpha": _Positive,
     "padding": NonNegativeInt,
     "flip": StrictBool,
@@ -55,6 +56,7 @@ PARAM_TYPES = {
     "sampling": Literal["replacement", "exact"],
     "partner": Literal["derangement", "permutation"],
     "criterion": Literal[PICK_CRITERIA],
+    "box_rounding": Literal[BOX_ROUNDINGS],
     "mean": _Channels,
     "std": _Channels,
 }
