@@ -655,3 +655,14 @@ def test_cuda_matches_cpu_without_host_sync(name):
     assert torch.equal(dev.sources.cpu(), cpu.sources)
     torch.testing.assert_close(dev.weights.cpu(), cpu.weights)
     torch.testing.assert_close(dev.soft_targets(y, 5).cpu(), cpu.soft_targets(labels, 5))
+
+
+def test_cut_n_mix_mixing_probability():
+    images, labels = batch(8, h=12, w=12)
+    never = cut_n_mix(images, labels, generator=gen(0), prob=0.0)
+    assert never.sources.shape == (8, 1) and torch.equal(never.images, images)
+    always = cut_n_mix(images, labels, generator=gen(0), prob=1.0)
+    assert torch.equal(always.images, cut_n_mix(images, labels, generator=gen(0)).images)  # no extra draw at 1
+    g = gen(1)
+    mixed = [cut_n_mix(images, labels, generator=g, prob=0.5).sources.shape[1] > 1 for _ in range(400)]
+    assert 0.42 < sum(mixed) / 400 < 0.58
