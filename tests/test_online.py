@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixdistill.augment import make_augment
+from mixdistill.augment import AUGMENTATIONS, make_augment
 from mixdistill.distill import StepInfo
 from mixdistill.methods import METHODS
 from mixdistill.online.cutmix_online import feature_mutual_loss, sigmoid_rampup
@@ -292,6 +292,8 @@ def online_common(tmp_path_factory):
     ["method=dml"], ["method=kdcl"], ["method=one"], ["method=online_cutmix"],
     ["method=cutnmix", "method.teacher=ema", "augment.n=3"],
     ["method=dml", "model.peers=[cnn5_w8,cnn5_w16]"],
+    pytest.param(["method=okddip"], id="okddip"), pytest.param(["method=pcl"], id="pcl"),
+    pytest.param(["method=pcl", "method.views=per_peer", "augment=crop_flip"], id="pcl_per_peer"),
 ])
 def test_online_method_runs_through_the_cli(online_common, overrides):
     import json
@@ -302,8 +304,11 @@ def test_online_method_runs_through_the_cli(online_common, overrides):
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *online_common, f"name={name}", *overrides,
                  "--quiet"]) == 0
     out = online_common[1].split("=", 1)[1]
-    summary = json.loads(open(f"{out}/{name}/summary.json").read())
+    with open(f"{out}/{name}/summary.json") as f:
+        summary = json.load(f)
     assert {"last_acc_ensemble", "last_acc_best_peer", "last_acc_mean_peer"} <= set(summary)
+    deployed = {"method=okddip": "last_acc_leader", "method=pcl": "last_acc_temporal_mean0"}.get(overrides[0])
+    assert deployed is None or deployed in summary  # the network the method deploys is reported too
 
 
 @pytest.mark.slow
@@ -331,3 +336,248 @@ def test_reconstruction_notes_cover_the_method_and_the_augmentation():
     assert reconstruction_notes({"method": {"name": "cutnmix"}, "augment": {"name": "cut_n_mix"}}) == [SHEN2022_NOTE]
     assert reconstruction_notes({"method": {"name": "kd"}, "augment": {"name": "cut_n_mix"}}) == [SHEN2022_NOTE]
     assert reconstruction_notes({"method": {"name": "kd"}, "augment": {"name": "cutmix"}}) == []
+
+
+# ------------------------------------------------------------------------------------------------- OKDDip, PCL
+
+
+class FeaturePeer(nn.Module):
+    """A tiny zoo-like model: ``pooled = flatten(x) @ V + shift``, ``logits = fc(pooled)``, with the zoo's
+    ``feature_dim`` / ``num_classes``, a float buffer (``shift``) an EMA must average, and the last input it saw."""
+
+    def __init__(self, seed, d_in=16, width=8, classes=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.feature_dim, self.num_classes = width, classes
+        self.v = nn.Parameter(torch.randn(d_in, width, generator=g) / math.sqrt(d_in))
+        self.fc = nn.Linear(width, classes)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(classes, width, generator=g))
+            self.fc.bias.copy_(torch.randn(classes, generator=g))
+        self.register_buffer("shift", torch.randn(width, generator=g) / 10)
+        self.seen = None
+
+    def forward_features(self, x):
+        self.seen = x.detach().clone()
+        f = x.flatten(1) @ self.v + self.shift
+        return self.fc(f), {"pooled": f, "maps": []}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def by_hand(peer, x):
+    """(pooled, logits) of a FeaturePeer from its current weights, with plain torch ops."""
+    f = x.flatten(1) @ peer.v + peer.shift
+    return f, f @ peer.fc.weight.T + peer.fc.bias
+
+
+XS = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+YS = torch.tensor([0, 2, 1, 1, 0])
+
+
+def okddip_by_hand(d, x, y, weight, T=3.0):
+    """(ce, kl_peers, kl_leader) of OKDDip (released train_GL.py / resnet_GL.py), nothing detached."""
+    import torch.nn.functional as F
+
+    *aux, leader = d.peers
+    feats, zs = zip(*(by_hand(p, x) for p in aux))
+    _, z_leader = by_hand(leader, x)
+    q = [f @ d.query.weight.T for f in feats]
+    k = [f @ d.key.weight.T for f in feats]
+    targets = []
+    for a in range(len(aux)):
+        attention = torch.softmax(torch.stack([(q[a] * k[b]).sum(1) for b in range(len(aux))], 1), 1)  # [B, A]
+        assert torch.allclose(attention.sum(1), torch.ones(len(y)))
+        targets.append(sum(attention[:, b:b + 1] * zs[b] for b in range(len(aux))))
+    ce = sum(F.cross_entropy(z, y) for z in (*zs, z_leader))
+    kl_peers = weight * sum(T**2 * kl_rows(t, z, T) for t, z in zip(targets, zs))
+    kl_leader = weight * T**2 * kl_rows(torch.stack(zs).mean(0), z_leader, T)
+    return ce, kl_peers, kl_leader
+
+
+def test_okddip_loss_by_hand():
+    cls = METHODS["okddip"]
+    assert cls.Params().peers == 4 and cls.Params().temperature == 3.0  # released --num_branches 4, T = 3
+    d = cls([FeaturePeer(s) for s in range(4)], cls.Params(alpha=0.5, projection_factor=2))  # 3 auxiliary + leader
+    assert d.student is d.peers[0] and d.query.weight.shape == (4, 8) and d.query.bias is None
+    out = d.forward_train(XS, YS, info(epoch=40))  # w = alpha * exp(-5 (1 - 40/80)^2)
+    assert set(out.losses) == {"ce", "kl_peers", "kl_leader"} and out.stats["ramp"] == pytest.approx(math.exp(-1.25))
+    with torch.no_grad():
+        expected = okddip_by_hand(d, XS, YS, 0.5 * math.exp(-1.25))
+    for name, value in zip(("ce", "kl_peers", "kl_leader"), expected):
+        assert out.losses[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    assert out.losses["kl_peers"].item() > 0 and out.losses["kl_leader"].item() > 0
+
+
+def test_okddip_targets_carry_gradient_as_released():
+    """The released code detaches neither target: the KL terms train the query/key maps (nothing else does), and
+    the leader's term pulls the auxiliary peers too."""
+    cls = METHODS["okddip"]
+    d = cls([FeaturePeer(s) for s in range(4)], cls.Params(ramp_epochs=0, projection_factor=2))
+    params = [d.query.weight, d.key.weight, d.peers[0].v, d.peers[3].v]
+    out = d.forward_train(XS, YS, info())
+    got = torch.autograd.grad(out.losses["kl_peers"] + out.losses["kl_leader"], params)
+    _, kl_peers, kl_leader = okddip_by_hand(d, XS, YS, 1.0)
+    for g, e in zip(got, torch.autograd.grad(kl_peers + kl_leader, params)):
+        torch.testing.assert_close(g, e)
+    assert got[0].abs().sum() > 0 and got[1].abs().sum() > 0
+    (from_leader,) = torch.autograd.grad(d.forward_train(XS, YS, info()).losses["kl_leader"], d.peers[0].v)
+    assert from_leader.abs().sum() > 0
+    assert any(q is d.query.weight for q in d.learnable_parameters()) and {"query", "key"} <= set(d.state_dict_extra())
+
+
+def test_okddip_auxiliary_peers_share_one_feature_width_and_leader_is_evaluated():
+    from mixdistill.errors import ConfigError
+
+    cls = METHODS["okddip"]
+    with pytest.raises(ConfigError, match="peer 0: 8, peer 1: 6"):
+        cls([FeaturePeer(0), FeaturePeer(1, width=6), FeaturePeer(2)], cls.Params())
+    d = cls([FeaturePeer(0), FeaturePeer(1), FeaturePeer(2, width=6)], cls.Params())  # the leader may differ
+    out = d.evaluation_logits(XS)
+    assert set(out) == {"peer0", "peer1", "peer2", "ensemble", "leader"}
+    assert torch.equal(out["leader"], out["peer2"])
+
+
+def pcl_by_hand(d, x, y, weight, T=3.0):
+    """(ce, kl_ensemble, kl_mean) of PCL with plain torch ops; the targets are constants (detached)."""
+    import torch.nn.functional as F
+
+    feats, zs = zip(*(by_hand(p, x) for p in d.peers))
+    z_e = torch.cat(feats, 1) @ d.ensemble_head.weight.T + d.ensemble_head.bias
+    with torch.no_grad():
+        means = [by_hand(tm.module, x)[1] for tm in d.temporal_means]
+    m = len(zs)
+    ce = sum(F.cross_entropy(z, y) for z in (*zs, z_e))
+    kl_e = weight * sum(T**2 * kl_rows(z_e.detach(), z, T) for z in zs)
+    kl_m = weight * sum(T**2 * kl_rows(means[j], zs[i], T) for i in range(m) for j in range(m) if j != i) / (m - 1)
+    return ce, kl_e, kl_m
+
+
+def pcl_with_distinct_means(**params):
+    cls = METHODS["pcl"]
+    d = cls([FeaturePeer(s) for s in range(3)], cls.Params(**params))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # temporal means unlike their peers, so a target tells which network made it
+        for tm in d.temporal_means:
+            for q in tm.module.parameters():
+                q.add_(torch.randn(q.shape, generator=g) / 2)
+    return d
+
+
+def test_pcl_loss_by_hand():
+    d = pcl_with_distinct_means()
+    assert d.ensemble_head.in_features == 24 and d.ensemble_head.out_features == 3  # concatenated features
+    out = d.forward_train(XS, YS, info(epoch=40))  # w = exp(-5 (1 - 40/80)^2)
+    assert set(out.losses) == {"ce", "kl_ensemble", "kl_mean"} and out.stats["ramp"] == pytest.approx(math.exp(-1.25))
+    with torch.no_grad():
+        expected = pcl_by_hand(d, XS, YS, math.exp(-1.25))
+    for name, value in zip(("ce", "kl_ensemble", "kl_mean"), expected):
+        assert out.losses[name].item() == pytest.approx(value.item(), rel=1e-5), name
+
+
+def test_pcl_targets_detached_and_temporal_means_not_learned():
+    d = pcl_with_distinct_means(ramp_epochs=0)
+    out = d.forward_train(XS, YS, info())
+    (out.losses["kl_ensemble"] + out.losses["kl_mean"]).backward()
+    assert d.ensemble_head.weight.grad is None, "the ensemble teacher must be detached in the KL"
+    assert all(q.grad is None for q in d.temporal_means.parameters())
+    _, kl_e, kl_m = pcl_by_hand(d, XS, YS, 1.0)
+    for peer, expected in zip(d.peers, torch.autograd.grad(kl_e + kl_m, [p.v for p in d.peers])):
+        torch.testing.assert_close(peer.v.grad, expected)
+    d.zero_grad()
+    d.forward_train(XS, YS, info()).losses["ce"].backward()  # the ensemble classifier learns through its CE
+    assert d.ensemble_head.weight.grad.abs().sum() > 0
+    learnable = {id(q) for q in d.learnable_parameters()}
+    assert id(d.ensemble_head.weight) in learnable
+    assert not any(id(q) in learnable for q in d.temporal_means.parameters())
+    assert {"ensemble_head", "temporal_means"} <= set(d.state_dict_extra())
+
+
+def test_pcl_temporal_mean_update_with_mean_teacher_warmup():
+    from mixdistill.online.pcl import mean_teacher_ema
+
+    cls = METHODS["pcl"]
+    d = cls([FeaturePeer(0), FeaturePeer(1)], cls.Params(ema_decay=0.7))
+    d.train()
+    assert d.peers.training and not any(m.training for m in d.temporal_means.modules())
+    peer, mean = d.peers[0], d.temporal_means[0].module
+    v, shift = peer.v.detach().clone(), peer.shift.clone()
+    assert torch.equal(mean.v, v)
+    for a in (0.0, 0.5, 2 / 3, 0.7):  # the first update copies, then a = min(1 - 1/(n + 1), 0.7)
+        with torch.no_grad():
+            peer.v.add_(1.0)
+            peer.shift.mul_(2.0)
+        d.after_step()
+        v, shift = a * v + (1 - a) * peer.v.detach(), a * shift + (1 - a) * peer.shift
+        torch.testing.assert_close(mean.v, v)
+        torch.testing.assert_close(mean.shift, shift)  # buffers (BatchNorm statistics) are averaged too
+    counts = [torch.tensor(3)]
+    mean_teacher_ema(0.7)(counts, [torch.tensor(9)], torch.tensor(5))  # integer buffers are copied
+    assert counts[0].item() == 9
+
+
+def test_pcl_evaluates_peers_ensemble_teacher_and_temporal_means():
+    from mixdistill.engine.evaluate import eval_record
+
+    d = pcl_with_distinct_means()
+    d.eval()
+    with torch.no_grad():
+        out = d.evaluation_logits(XS)
+        assert set(out) == {"peer0", "peer1", "peer2", "ensemble", "temporal_mean0", "temporal_mean1",
+                            "temporal_mean2"}
+        torch.testing.assert_close(out["ensemble"], pcl_ensemble := d.ensemble([by_hand(p, XS)[0] for p in d.peers]))
+        assert pcl_ensemble.shape == (5, 3)
+        torch.testing.assert_close(out["temporal_mean1"], by_hand(d.temporal_means[1].module, XS)[1])
+    record = eval_record({name: {"acc": 50.0 if name.startswith("peer") else 90.0, "loss": 1.0} for name in out})
+    assert record["test_acc_mean_peer"] == 50.0 and record["test_acc_temporal_mean0"] == 90.0
+
+
+def test_pcl_per_peer_views():
+    from mixdistill.config import load_config
+    from mixdistill.errors import ConfigError
+
+    cls = METHODS["pcl"]
+    peers = [FeaturePeer(s, d_in=64) for s in range(3)]
+    d = cls(peers, cls.Params(views="per_peer"))
+    d.set_augment(make_augment("cutout", size=3))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    d.forward_train(x, Y, info())
+    assert not torch.equal(peers[0].seen, peers[1].seen) and not torch.equal(peers[1].seen, peers[2].seen)
+    assert all(torch.equal(tm.module.seen, p.seen) for tm, p in zip(d.temporal_means, peers))  # its peer's view
+    d.set_augment(make_augment("mixup"))
+    with pytest.raises(ConfigError, match="label-preserving"):
+        d.forward_train(x, Y, info())
+    with pytest.raises((ConfigError, ValueError), match="label-preserving"):
+        load_config("configs/fmnist_cpu_teacher.yaml", ["method=pcl", "method.views=per_peer", "augment=mixup"])
+    load_config("configs/fmnist_cpu_teacher.yaml", ["method=pcl", "method.views=per_peer", "augment=crop_flip"])
+
+
+@pytest.mark.parametrize("method", ["okddip", "pcl"])
+@pytest.mark.parametrize("augment", sorted(AUGMENTATIONS))
+def test_okddip_pcl_train_step_under_every_augmentation(method, augment):
+    from mixdistill.augment import augment_params, augment_uses_teacher
+    from mixdistill.errors import ConfigError
+
+    cls = METHODS[method]
+    torch.manual_seed(0)  # the query/key maps, the ensemble classifier
+    d = cls([FeaturePeer(s, d_in=3 * 8 * 8) for s in range(3)], cls.Params())
+    params = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)} if "mean" in augment_params(augment) else {}
+    fn = make_augment(augment, **params)
+    if augment_uses_teacher(augment):  # cutmix_pick scores its pool with a teacher, and online methods have none
+        with pytest.raises(ConfigError, match="teacher"):
+            d.set_augment(fn)
+        return
+    d.set_augment(fn)
+    d.train()
+    opt = torch.optim.SGD(d.learnable_parameters(), lr=0.1)
+    before = [q.detach().clone() for q in d.learnable_parameters()]
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = d.forward_train(x, torch.tensor([0, 1, 2, 0, 1, 2]), info(epoch=100))
+    total = sum(out.losses.values())
+    assert torch.isfinite(total) and out.labels.shape == (6,)
+    opt.zero_grad()
+    total.backward()
+    opt.step()
+    d.after_step()
+    assert all(not torch.equal(b, q) for b, q in zip(before, d.learnable_parameters()))
