@@ -151,6 +151,49 @@ def test_dkd_with_mixup_uses_source_zero_as_target():
     assert losses["dkd"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+# DKD's beta per pair, as read in github megvii-research/mdistiller @ a08d46f10d6102bd6e3f258ca5ac880b020ea259:
+# configs/cifar100/dkd/res32x4_res8x4.yaml has no DKD section (-> mdistiller/engine/cfg.py:165, BETA 8.0);
+# configs/cifar100/dkd/res56_res20.yaml:19 and res110_res32.yaml:19 "BETA: 2.0"; vgg13_vgg8.yaml:19,
+# vgg13_mv2.yaml:19, wrn40_2_wrn_16_2.yaml:19 and wrn40_2_wrn_40_1.yaml:19 "BETA: 6.0". No CIFAR config sets
+# CE_WEIGHT, ALPHA, T or WARMUP (cfg.py:163-167 defaults 1.0, 1.0, 4.0, 20).
+MDISTILLER_CIFAR100_BETA = {
+    ("resnet32x4", "resnet8x4"): 8.0, ("resnet32x4", "ShuffleV1"): 8.0, ("resnet32x4", "ShuffleV2"): 8.0,
+    ("ResNet50", "MobileNetV2"): 8.0, ("wrn_40_2", "ShuffleV1"): 8.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0,
+    ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0,
+}
+
+
+def test_dkd_beta_per_pair_as_mdistiller():
+    from mixdistill.distill.dkd import DKD
+
+    for (teacher, student), beta in MDISTILLER_CIFAR100_BETA.items():
+        assert DKD.pair_params(teacher, student) == {"beta": beta}, (teacher, student)
+    assert DKD.pair_params("resnet110", "resnet20") == {}  # a CRD pair without an mdistiller DKD config: default
+    assert DKD.pair_params("vgg13", "mobile_half") == {"beta": 6.0}  # mdistiller's MobileNetV2 is mobile_half
+
+
+@pytest.mark.parametrize("overrides, beta", [
+    (["model.teacher=resnet32x4", "model.student=resnet8x4"], 8.0),
+    (["model.teacher=resnet56", "model.student=resnet20"], 2.0),
+    (["model.teacher=null", "model.teacher_checkpoint=resnet56", "model.student=resnet20"], 2.0),  # benchmark name
+    (["model.teacher=vgg13", "model.teacher_checkpoint=x.pt", "model.student=vgg8"], 6.0),
+    (["model.teacher=resnet56", "model.student=resnet20", "method.beta=8"], 8.0),  # given: wins over the pair's
+    (["model.teacher=null", "model.teacher_checkpoint=t.pt", "model.student=resnet20"], 8.0),  # pair unknown
+    (["model.teacher=resnet110", "model.student=resnet20"], 8.0),  # no mdistiller config: the default
+])
+def test_dkd_run_config_takes_the_pairs_beta(overrides, beta):
+    from mixdistill.config import build_config, load_config
+
+    cfg = load_config("configs/cifar100_crd.yaml", ["method=dkd", *overrides])
+    assert cfg.method.model_extra == {"ce_weight": 1.0, "alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20}
+    assert cfg.method.params().beta == beta
+    again = build_config(cfg.to_dict())  # a run's saved config.yaml reads back to the same parameters
+    assert again.method.model_extra == cfg.method.model_extra
+    other = load_config("configs/cifar100_crd.yaml", overrides[:-1] if "method.beta=8" in overrides else overrides)
+    assert "beta" not in other.method.model_extra  # kd, the file's method: no pair lookup
+
+
 # ------------------------------------------------------------------------------------------------ CRD
 
 def test_nce_loss_hand_computed():

@@ -346,7 +346,8 @@ def test_resolved_config_records_every_default(capsys, tiny_run_overrides):
                                  "warmup": 20}
     assert printed["augment"] == {"name": "none"} and printed["train"]["threads"] >= 1
     mixed = load_config(None, ["augment=cutmix"]).augment.model_extra
-    assert mixed == {"alpha": 1.0, "partner": "derangement", "per_sample_boxes": False}
+    assert mixed == {"alpha": 1.0, "partner": "derangement", "per_sample_boxes": False,
+                     "box_rounding": "exact"}
     kept = load_config(None, ["method.temperature=1", "method=kd", "model.teacher_checkpoint=t.pt"])
     assert kept.method.model_extra["temperature"] == 1
     # and the run's config.yaml holds them, so a changed default is a changed config

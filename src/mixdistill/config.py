@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixdistill.augment import augment_uses_teacher, resolve_augment_params
 from mixdistill.data.datasets import DATASETS
@@ -76,10 +76,13 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = "ce"
+    # the parameters the config gave (the rest are defaults): a per-pair value (DKD's beta) replaces only defaults
+    _given: frozenset = PrivateAttr(default_factory=frozenset)
 
     @model_validator(mode="after")
     def _validate_params(self):
         cls = METHODS.get_or_raise(self.name)
+        self._given = frozenset(self.model_extra or {})
         resolved = cls.Params(**(self.model_extra or {})).model_dump(mode="json")
         self.model_extra.clear()
         self.model_extra.update(resolved)
@@ -200,6 +203,21 @@ class RunConfig(Section):
             default = getattr(method_cls, "default_augment", None)
             tree = {**tree, "augment": {"name": default or "none", **augment}}
         return tree
+
+    @model_validator(mode="after")
+    def _pair_params(self):
+        """A method whose released configs set parameters per teacher-student pair (DKD: mdistiller's beta) takes
+        the pair's values for the parameters this config leaves unset. The teacher is ``model.teacher``, else a
+        benchmark teacher named by ``model.teacher_checkpoint`` (a checkpoint file matches no pair: set
+        ``model.teacher`` to look its pair up)."""
+        lookup = getattr(METHODS.get(self.method.name), "pair_params", None)
+        if lookup is not None:
+            teacher = self.model.teacher or self.model.teacher_checkpoint
+            for key, value in lookup(teacher, self.model.student).items():
+                if key not in self.method._given:
+                    self.method.model_extra[key] = value
+            self.method.params()  # the pair's values pass the method's own validation
+        return self
 
     @model_validator(mode="after")
     def _check_combination(self):

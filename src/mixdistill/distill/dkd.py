@@ -14,6 +14,11 @@ with mdistiller's 1-based epoch, i.e. ``(info.epoch + 1) / warmup`` here. At tem
 The binary log-probabilities are computed as ``log_softmax`` / ``logsumexp`` differences instead of
 mdistiller's ``log(sum of probabilities)``: the same value, without ``log(0)`` when p_gt rounds to 1.
 
+Per pair: mdistiller's CIFAR-100 configs set ``beta`` per teacher-student pair (8, 6 or 2; nothing else under
+DKD). ``DKD.pair_params`` reads them from ``resources/pair_params.yaml``, and a run config on a listed pair takes
+the pair's value for every parameter it leaves unset (``RunConfig``); the class default (8) is mdistiller's
+``cfg.py`` default, which the pairs without a DKD section of their own use.
+
 Augmentation: like ``kd``, teacher and student both see ``self.mix(...)``'s images. With a mixing
 record (K > 1 sources) the CE term is soft-label CE on the mixed labels, and the target class of DKD
 (which decides the binary split and which class is removed for NCKD) is the label of **source 0** (the
@@ -28,6 +33,7 @@ from pydantic import Field
 from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.losses import mixed_cross_entropy
 from mixdistill.registry import METHODS
+from mixdistill.resources import pair_params
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -68,14 +74,24 @@ def warmup_factor(epoch: int, warmup: int) -> float:
 class DKDParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0)
     alpha: float = Field(1.0, ge=0, description="weight of TCKD (target-class KD)")
-    beta: float = Field(8.0, ge=0, description="weight of NCKD (non-target-class KD)")
+    beta: float = Field(8.0, ge=0, description="weight of NCKD (non-target-class KD); unset, a pair listed in "
+                                               "resources/pair_params.yaml takes mdistiller's beta for it (6 or 2)")
     temperature: float = Field(4.0, gt=0)
     warmup: int = Field(20, ge=0, description="epochs over which the DKD term ramps up linearly (0: none)")
+
+
+# names mdistiller's configs use for a network this package also registers under another name
+_PAIR_NAMES = {"mobile_half": "MobileNetV2"}
 
 
 @METHODS.register("dkd")
 class DKD(Distiller):
     Params = DKDParams
+
+    @classmethod
+    def pair_params(cls, teacher: str | None, student: str | None) -> dict:
+        """The parameters mdistiller's config for this pair sets (``{"beta": ...}``), {} for a pair it has none for."""
+        return pair_params("dkd", _PAIR_NAMES.get(teacher, teacher), _PAIR_NAMES.get(student, student))
 
     def forward_train(self, images, labels, info):
         p = self.params

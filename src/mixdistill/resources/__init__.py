@@ -1,5 +1,6 @@
 """The data the package ships as files, read here and nowhere else: published numbers
-(``reference_results.yaml``), the study grids (``studies/NAME.yaml``) and the demo's sizes (``demo.yaml``).
+(``reference_results.yaml``), the study grids (``studies/NAME.yaml``), the parameters released configs set per
+teacher-student pair (``pair_params.yaml``: DKD's beta) and the demo's sizes (``demo.yaml``).
 It sits at the bottom of the package (it imports only the YAML reader and the errors), so that the teacher zoo,
 the analysis and the studies all read published numbers without importing one another."""
 
@@ -29,6 +30,12 @@ def study_config(name: str) -> dict:
     if not _ROOT.joinpath("studies", f"{name}.yaml").is_file():
         raise ConfigError(f"study config not found: resources/studies/{name}.yaml")
     return _read(f"studies/{name}.yaml")
+
+
+def pair_params(method: str, teacher: str | None, student: str | None) -> dict:
+    """pair_params.yaml: the parameters ``method``'s released configs set for the pair ``teacher-student`` (model
+    names), e.g. DKD's beta from mdistiller's CIFAR-100 configs; {} for a pair (or method) not listed."""
+    return dict(_read("pair_params.yaml").get(method, {}).get(f"{teacher}-{student}", {}))
 
 
 def demo_config() -> dict:
