@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mixdistill.cli import main
 from mixdistill.errors import ConfigError, UnknownNameError
 from mixdistill.studies import get_study, run_study
-from mixdistill.studies.grid import ResultsFile
+from mixdistill.studies.common import load_study_config
+from mixdistill.studies.grid import ResultsFile, with_augment_params
 
 
 def test_unknown_study_and_scale(tmp_path):
@@ -22,14 +25,42 @@ def test_every_scale_resolves_to_valid_configs(name, tmp_path):
     from mixdistill.studies.grid import resolve
 
     study = get_study(name)
-    for scale in ("smoke", "cpu", "full"):
-        for run in study.grid(scale, [0, 1, 2], tmp_path, None):
+    spec = load_study_config(name)
+    for scale in spec["scales"]:
+        runs = with_augment_params(study.grid(scale, [0, 1, 2], tmp_path, None),
+                                   spec["scales"][scale].get("augment_params", {}))
+        for run in runs:
             resolve(run, tmp_path)
 
 
-def _smoke_report(name: str, seeds, fmnist_root, tmp_path):
-    """(report path, its text) of study ``name`` at smoke scale, after the checks every report passes."""
-    path = run_study(name, scale="smoke", seeds=seeds, output_dir=str(tmp_path), data_root=str(fmnist_root),
+def test_wang2022_full_grids_follow_the_released_scripts(tmp_path):
+    """The nine views on the nine pairs of S_test_loss_different_DA_*.sh, T. stddev over 10 frozen epochs, the
+    released rand_bbox, Tiny ImageNet views only."""
+    spec = load_study_config("wang2022")
+    released = {("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "vgg8"), ("resnet56", "resnet20"), ("resnet56", "ShuffleV2"),
+                ("resnet32x4", "resnet8x4"), ("resnet32x4", "ShuffleV2"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"),
+                ("ResNet50", "vgg8")}
+    for scale in ("full", "full_tinyimagenet"):
+        sc = spec["scales"][scale]
+        assert {tuple(p) for p in sc["view_pairs"]} == released and sc["tstddev_epochs"] == 10
+        runs = with_augment_params(get_study("wang2022").grid(scale, [0], tmp_path, None), sc["augment_params"])
+        views = {r.labels["pair"] for r in runs if r.labels.get("method") == "view_identity"}
+        assert views == {f"{t}-{s}" for t, s in released}
+        for run in runs:
+            augment = run.config.get("augment") or {}
+            if augment.get("name") in ("cutmix", "cutmix_pick"):
+                assert augment["box_rounding"] == "released", run.key
+        tiny = {r.labels.get("method") for r in runs if r.labels["role"] == "student"}
+        if scale == "full_tinyimagenet":
+            assert all(m.startswith("view_") or m in spec["views"].values() for m in tiny)
+            assert {r.config["data"]["dataset"] for r in runs} == {"tiny_imagenet"}
+        else:
+            assert {"ce", "kd", "kd_long", "crd_cutmixpick_long"} <= tiny
+
+
+def _smoke_report(name: str, seeds, fmnist_root, tmp_path, scale: str = "smoke"):
+    """(report path, its text) of study ``name`` at a smoke scale, after the checks every report passes."""
+    path = run_study(name, scale=scale, seeds=seeds, output_dir=str(tmp_path), data_root=str(fmnist_root),
                      log=lambda *_: None)
     report = path.read_text()
     _report_checks(report)
@@ -83,10 +114,27 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path):
+    path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path, scale="smoke_views")
+    for pair in ("cnn5_w8-cnn5_w8", "cnn5_w8-lenet5"):
+        assert f"## The nine views on {pair}" in report
+        assert (path.parent / f"wang2022_tstddev_vs_loss_{pair}.png").stat().st_size > 5000
+        assert f"{pair}: teacher T. stddev correlates with student test loss" in report
+    assert "CutMixPick, 3 epochs)" in report and "## cnn5_w8" not in report  # no CE/KD tables: views only
+    rows = ResultsFile(path.parent / "results.jsonl").read()
+    cutmix = [r for r in rows.values() if r["config"]["augment"]["name"] in ("cutmix", "cutmix_pick")]
+    assert cutmix and all(r["config"]["augment"]["box_rounding"] == "released" for r in cutmix)
+    cached = json.loads((path.parent / "tstddev.json").read_text())
+    assert len(cached) == 2 * 9 * 2 and all("/3ep/" in key for key in cached)  # pairs x views x seeds, by epochs
+
+
+@pytest.mark.slow
 def test_das2020_smoke_study(fmnist_root, tmp_path):
     path, report = _smoke_report("das2020", 2, fmnist_root, tmp_path)
     assert "| mixup |" in report and "unaugmented teacher over-confident" in report and "as_published" in report
     assert "paired t over" in report or "paired t, 2 seeds" in report
+    # the class-discrimination finding ranks the as_published values (the paper's notebook), correct beside them
+    assert "as_published variant as the paper's notebook; correct variant, for information: rho =" in report
 
 
 def test_gates_withhold_verdicts(tmp_path):
@@ -99,3 +147,154 @@ def test_gates_withhold_verdicts(tmp_path):
     text = "\n".join(gates_markdown([gate]) + findings_markdown([finding]))
     assert "**Proxy invalid: KD beats CE, measured -0.40" in text
     assert "| no verdict: proxy invalid (KD beats CE) |" in text
+
+
+def test_wall_time_counts_only_the_invocations_that_trained_the_current_runs(tmp_path):
+    import os
+    import time
+
+    from mixdistill.studies.common import timing_markdown
+
+    def entry(finished, n, wall):
+        return json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(finished)),
+                           "runs_trained": n, "wall_s": wall, "cpu": "X", "cores": 2, "capability": "AVX2",
+                           "native_bf16": False, "torch": "t", "executor": "local"})
+
+    now = time.time()
+    (tmp_path / "timing.jsonl").write_text(entry(now - 1000, 2, 600.0) + "\n" + entry(now - 10, 2, 120.0) + "\n")
+    for key, written in (("a/seed0", now - 1500), ("b/seed0", now - 60), ("c/seed0", now - 30)):
+        run = tmp_path / "runs" / key.replace("/", "__")
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+        os.utime(run / "summary.json", (written, written))
+    both = timing_markdown(tmp_path, {"a/seed0": {}, "b/seed0": {}})[0]
+    assert "12.0 min to train 2 runs in 2 invocation(s)" in both
+    # a/seed0's run was set aside and trained again by the second invocation: only that one counts
+    (tmp_path / "runs" / "a__seed0" / "summary.json").touch()
+    os.utime(tmp_path / "runs" / "a__seed0" / "summary.json", (now - 20, now - 20))
+    assert "2.0 min to train 3 runs in 1 invocation(s)" in timing_markdown(
+        tmp_path, {"a/seed0": {}, "b/seed0": {}, "c/seed0": {}})[0]
+    assert "12.0 min to train 4 runs" in timing_markdown(tmp_path)[0]
+
+
+@pytest.mark.slow
+def test_shen2022_extra_methods_and_ablations(fmnist_root, tmp_path):
+    path, report = _smoke_report("shen2022", 2, fmnist_root, tmp_path, scale="smoke_extra")
+    for m in ("okddip", "pcl"):
+        assert f"| {m} |" in report and f"{m} beats a network alone" in report
+        assert f"Cut^nMix (reconstructed) mean peer beats {m}" in report
+    for m in ("cutnmix_n1", "cutnmix_n3", "cutnmix_no_feature", "cutnmix_ema", "cutnmix_half_mixed"):
+        assert f"| {m} | " in report
+    rows = ResultsFile(path.parent / "results.jsonl").read()
+    cfg = {r["labels"]["method"]: r["config"] for r in rows.values()}
+    assert cfg["cutnmix_n3"]["augment"]["n"] == 3 and cfg["cutnmix_half_mixed"]["augment"]["prob"] == 0.5
+    assert cfg["cutnmix_ema"]["method"]["teacher"] == "ema" and cfg["cutnmix_no_feature"]["method"]["feature_weight"] == 0
+    assert all(c["method"]["ramp_epochs"] == 1 for m, c in cfg.items() if m.startswith("cutnmix"))
+
+
+def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
+    from mixdistill.models import count_macs, create_model
+
+    args = ["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--plan", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "12 runs (plan only, nothing trained)" in out and not (tmp_path / "shen2022_smoke").exists()
+    # ce: one cnn5_w8 on 300 images for 1 epoch (3 forwards' worth) and one evaluation of 200 test images
+    macs = count_macs(create_model("cnn5_w8", num_classes=10, in_channels=1), (1, 1, 28, 28))
+    row = next(line for line in out.splitlines() if line.startswith("| ce/seed0 |"))
+    assert row.split("|")[10].strip() == f"{2 * (300 * 3 * macs + 200 * macs) / 1e15:.3g}"
+    # dml: two peers; kd-style methods add their frozen teacher's passes
+    assert "| dml/seed0 | 0 | fashion_mnist | cnn5_w8+cnn5_w8+cnn5_w8 | - |" in out
+    assert main(["study", "wang2022", "--scale", "full", "--seeds", "1", "--plan", "--plan-tflops", "40",
+                 "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| student/wrn_40_2-vgg8/view_identity/seed0 | 1 | cifar100 | vgg8 | wrn_40_2 | kd_view | identity | 240 |" in out
+    assert "GPU-hours at 40 TFLOP/s" in out
+    assert main(["study", "wang2022", "--scale", "full", "--plan", "--plan-tflops", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_choi2023_two_by_two_sweeps_and_benchmark_pairs(fmnist_root, tmp_path):
+    path, report = _smoke_report("choi2023", 2, fmnist_root, tmp_path, scale="smoke_extra")
+    assert "## Teacher × student on the first pair (cnn5_w8 → cnn5_w8)" in report
+    assert "| mixstd_pmu_p050 | pmu (p 0.5, sampling replacement) |" in report
+    assert "| mixstd_alpha020 | mixup_two_perm (alpha 0.2) |" in report
+    assert "## The benchmark's vanilla teachers (the released code's setting)" in report
+    rows = ResultsFile(path.parent / "results.jsonl").read()
+    pmu = rows["student/benchmark_mixstd_pmu/cnn5_w8/cnn5_w8/r1"]["config"]
+    assert pmu["augment"] == {**pmu["augment"], "name": "pmu", "p": 0.9, "sampling": "replacement"}
+    assert pmu["model"]["teacher_checkpoint"].endswith("teacher__vanilla__cnn5_w8__r1/last.pt")
+    full = get_study("choi2023").grid("full", [0], tmp_path, None)
+    bench = {r.key: r.config["model"]["teacher_checkpoint"] for r in full if "benchmark_" in r.key}
+    assert bench["student/benchmark_mixstd_pmu/resnet110/resnet32/r0"] == "resnet110" and len(bench) == 7 * 3
+
+
+@pytest.mark.slow
+def test_das2020_shifted_sets_and_human_labels(fmnist_root, tmp_path):
+    """smoke_shifted: a CIFAR-10.1 style pair and human soft labels written into the data root are evaluated for
+    every teacher and student (numbers recomputed here from a checkpoint), a missing CINIC-10 gets its "Not
+    evaluated" line, and the per-run results are cached in STUDY/shifted.json for the next rendering."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from mixdistill.analysis.data import human_label_kl
+    from mixdistill.data import DeviceLoader, load_dataset
+    from mixdistill.engine.run import open_run
+    from mixdistill.studies.stats import fmt_mean_ci
+
+    root = tmp_path / "data"  # a data root of its own: the Fashion-MNIST files plus the shifted sets
+    shutil.copytree(fmnist_root, root)
+    (root / "shifted").mkdir()
+    test = load_dataset("fashion_mnist", "test", root=root)
+    rng = np.random.default_rng(0)
+    images = test.images[:150, 0].numpy().astype(np.int16) + rng.integers(-40, 41, (150, 28, 28))  # shifted: noise
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    labels = test.labels[:150].numpy()
+    np.save(root / "shifted" / "fake10.1_data.npy", images)
+    np.save(root / "shifted" / "fake10.1_labels.npy", labels)
+    run_test = test.subset(200, seed=0)  # the runs' test set: data.test_subset 200, subset_seed 0
+    human = np.full((200, 10), 0.3 / 9)
+    human[np.arange(200), run_test.labels.numpy()] = 0.7
+    np.save(root / "shifted" / "human-probs.npy", human)
+
+    path, report = _smoke_report("das2020", 2, root, tmp_path, scale="smoke_shifted")
+    section = report[report.index("## Shifted test sets and human labels"):report.index("## Findings")]
+    assert f"Not evaluated: cinic10 not found at {root / 'CINIC-10'} (download CINIC-10.tar.gz" in section
+    assert "### CIFAR-10.1 (`cifar10_1`: fake10.1_data.npy), top-1 %" in section
+    assert "### CIFAR-10H (`human_labels`: human-probs.npy), mean KL(human ‖ model)" in section
+
+    def recomputed(key: str) -> tuple[float, float]:
+        """(top-1 % on the fake CIFAR-10.1 pair, KL(human || model) on the run's test set) of one run."""
+        opened = open_run(path.parent / "runs" / key.replace("/", "__"))
+        model = opened.model()
+        out = []
+        for x, y in ((torch.from_numpy(images)[:, None], torch.from_numpy(labels)), (run_test.images, run_test.labels)):
+            loader = DeviceLoader(x, y, batch_size=64, mean=(0.2860,), std=(0.3530,), shuffle=False, drop_last=False)
+            with torch.inference_mode():
+                out.append(torch.cat([model(b) for b, _ in loader]).double())
+        acc = 100.0 * float((out[0].argmax(1) == torch.from_numpy(labels)).double().mean())
+        return acc, human_label_kl(torch.softmax(out[1], 1), torch.from_numpy(human))
+
+    tables = section.split("### ")
+    accs, kls = zip(*(recomputed(f"teacher/mixup/r{r}") for r in (0, 1)))
+    students = [recomputed(f"student/none/lenet5/r{r}")[0] for r in (0, 1)]
+    row = next(line for line in tables[1].splitlines() if line.startswith("| mixup |")).split(" | ")
+    assert row[1] == fmt_mean_ci(list(accs))
+    none_row = next(line for line in tables[1].splitlines() if line.startswith("| none |")).split(" | ")
+    assert none_row[2] == fmt_mean_ci(students)
+    kl_row = next(line for line in tables[2].splitlines() if line.startswith("| mixup |")).split(" | ")
+    assert kl_row[1] == fmt_mean_ci(list(kls), 4)
+
+    # cached: a re-rendered report reads shifted.json (a planted value shows), evaluating nothing again
+    cache = json.loads((path.parent / "shifted.json").read_text())
+    assert len(cache) == 6 * 2 + 6 * 2 * 2  # every teacher and student, keyed by run and checkpoint time
+    for key, entry in cache.items():
+        assert set(entry) == {"cifar10_1", "human_labels"}, key
+        if key.startswith("teacher/mixup/"):
+            entry["cifar10_1"]["acc"] = 12.345
+    (path.parent / "shifted.json").write_text(json.dumps(cache))
+    rows = ResultsFile(path.parent / "results.jsonl").read()
+    again = get_study("das2020").report(rows, path.parent, "smoke_shifted", str(root))
+    assert f"| mixup | {fmt_mean_ci([12.345, 12.345])} |" in again

@@ -178,7 +178,8 @@ def _add_study(sub):
     p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT)
     p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
-                                                "smoke (seconds)")
+                                                "smoke (seconds), or another scale the study's grid file defines "
+                                                "(wang2022: full_tinyimagenet; smoke_* scales for the tests)")
     p.add_argument("--seeds", default="5", help="seeds per configuration: a count (5 = seeds 0-4), a range (10-14) "
                                                 "or a list (3,7,9), e.g. to check a report on seeds it was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
@@ -198,15 +199,30 @@ def _add_study(sub):
                         "scale's threads_per_run (1 at the CPU and smoke scales), else torch's default")
     p.add_argument("--jobs", type=int, default=None,
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
+    p.add_argument("--plan", action="store_true",
+                   help="list every run of the grid with its key, epochs and estimated compute (FLOPs from the model "
+                        "zoo, GPU-hours at --plan-tflops); trains nothing")
+    p.add_argument("--plan-tflops", type=float, default=None,
+                   help="effective TFLOP/s for --plan's GPU-hours (default: 20, a data-centre GPU on CIFAR-size nets)")
     p.set_defaults(func=cmd_study)
 
 
 def cmd_study(args) -> int:
-    from mixdistill.errors import require_at_least
+    from mixdistill.errors import ConfigError, require_at_least
     from mixdistill.studies import run_study
 
     require_at_least("--threads", args.threads, 1)
     require_at_least("--jobs", args.jobs, 1)
+    if args.plan or args.plan_tflops is not None:
+        from mixdistill.studies.plan import DEFAULT_TFLOPS, plan_study
+        from mixdistill.studies.stats import parse_seeds
+
+        tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
+        if not tflops > 0:
+            raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
+        print(plan_study(args.name, scale=args.scale, seeds=parse_seeds(args.seeds), output_dir=args.output_dir,
+                         data_root=args.data_root, tflops=tflops), end="")
+        return 0
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
                      executor=args.executor, address=args.address, data_root=args.data_root,
                      gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs)

@@ -27,16 +27,17 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import run_grid
+    from mixdistill.studies.grid import run_grid, with_augment_params
     from mixdistill.studies.stats import parse_seeds
 
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)
     study = get_study(name)
-    threads = threads or scale_config(load_study_config(name), scale).get("threads_per_run")
+    sc = scale_config(load_study_config(name), scale)
+    threads = threads or sc.get("threads_per_run")
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     if executor == "ray":  # workers run in other directories (or on other nodes sharing the filesystem)
         study_dir = study_dir.resolve()
-    runs = study.grid(scale, seeds, study_dir, data_root)
+    runs = with_augment_params(study.grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
     results = study_dir / "results.jsonl"

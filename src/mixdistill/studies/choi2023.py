@@ -53,12 +53,19 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
     jobs = [(name, "mixup", t, s, extra) for t in sc["teachers"] for s in sc["students"]
             for name, extra in spec["pair_methods"].items()]
     t0, s0 = first_pair(sc)
+    first = {**spec["first_pair_methods"],
+             **{m: spec["first_pair_extra_methods"][m] for m in sc.get("first_pair_extra", [])}}
     jobs += [(name, extra.get("teacher"), t0, s0, {k: v for k, v in extra.items() if k != "teacher"})
-             for name, extra in spec["first_pair_methods"].items()]
+             for name, extra in first.items()]
+    jobs += [(f"benchmark_{name}", "benchmark", t, s, extra) for t, s in sc.get("benchmark_pairs", [])
+             for name, extra in spec["benchmark_methods"].items()]
     for name, condition, teacher, student, extra in jobs:
         for r in seeds:
             model = {"student": student}
-            if condition is not None:
+            if condition == "benchmark":  # the benchmark's published teacher (tests: the grid's vanilla replicate)
+                grid_teacher = sc.get("benchmark_teachers") == "grid"
+                model["teacher_checkpoint"] = _ckpt(study_dir, "vanilla", teacher, r) if grid_teacher else teacher
+            elif condition is not None:
                 model["teacher_checkpoint"] = _ckpt(study_dir, condition, teacher, r)
             runs.append(GridRun(f"student/{name}/{teacher}/{student}/r{r}", merge(merge(student_base, extra),
                                                                                {"seed": r, "model": model}),
@@ -97,6 +104,53 @@ def _heatmap(effects: dict, teachers, students, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _versus(acc, a: dict, b: dict) -> str:
+    """``mean [CI]`` of ``a`` and its paired difference to ``b``."""
+    e = paired(acc(**a), acc(**b))
+    return f"{fmt_mean_ci(list(acc(**a).values()))} | {e.estimate:+.2f} {e.interval()}"
+
+
+def _extra_tables(spec, sc, acc, t0, s0) -> list[str]:
+    """The scale's 2x2, sweeps and benchmark pairs: descriptive tables (paired differences with CIs), outside
+    the findings and their Holm correction."""
+    lines = []
+    fp = {"teacher": t0, "student": s0}
+    extra = sc.get("first_pair_extra", [])
+    if "kd_mixup_teacher" in extra:
+        cell = {(c, s): m for m, c, s in (("kd_vanilla", "vanilla", "plain"), ("mixstd_vanilla", "vanilla", "mixup"),
+                                          ("kd_mixup_teacher", "mixup", "plain"), ("mixstd_fmu", "mixup", "mixup"))}
+        lines += ["", f"## Teacher × student on the first pair ({t0} → {s0})", "",
+                  "Rows: how the teacher was trained; columns: the student learns by plain KD or with mixup (MIXSTD, "
+                  "FMU). Top-1 mean [95% CI]; the last column is mixup − plain for the student, paired by seed.", "",
+                  "| teacher | student plain KD | student with mixup (MIXSTD) | mixup − plain [95% CI] |",
+                  "|---|---|---|---|"]
+        for c in ("vanilla", "mixup"):
+            plain, mixed = cell[(c, "plain")], cell[(c, "mixup")]
+            e = paired(acc(method=mixed, **fp), acc(method=plain, **fp))
+            lines.append(f"| {c} | {fmt_mean_ci(list(acc(method=plain, **fp).values()))} | "
+                         f"{fmt_mean_ci(list(acc(method=mixed, **fp).values()))} | {e.estimate:+.2f} {e.interval()} |")
+    sweeps = [m for m in extra if m.startswith("mixstd_")]
+    if sweeps:
+        lines += ["", f"## MIXSTD sweeps from the vanilla teacher ({t0} → {s0})", "",
+                  "| run | augmentation | top-1 | paired vs KD from the vanilla teacher [95% CI] |", "|---|---|---|---|"]
+        for m in sweeps:
+            aug = spec["first_pair_extra_methods"][m]["augment"]
+            what = ", ".join(f"{k} {v}" for k, v in aug.items() if k != "name")
+            lines.append(f"| {m} | {aug['name']} ({what}) | "
+                         f"{_versus(acc, {'method': m, **fp}, {'method': 'kd_vanilla', **fp})} |")
+    pairs = sc.get("benchmark_pairs", [])
+    if pairs:
+        lines += ["", "## The benchmark's vanilla teachers (the released code's setting)", "",
+                  "| teacher → student | KD | MIXSTD (PMU, p = 0.9) | − KD [95% CI] | MIXSTD (FMU) | − KD [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for t, s in pairs:
+            kd = {"method": "benchmark_kd", "teacher": t, "student": s}
+            lines.append(f"| {t} → {s} | {fmt_mean_ci(list(acc(**kd).values()))} | "
+                         f"{_versus(acc, {**kd, 'method': 'benchmark_mixstd_pmu'}, kd)} | "
+                         f"{_versus(acc, {**kd, 'method': 'benchmark_mixstd_fmu'}, kd)} |")
+    return lines + ([""] if lines else [])
+
+
 def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None) -> str:
     spec = load_study_config(NAME)
     sc = scale_config(spec, scale)
@@ -124,7 +178,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              f"{', '.join(students)} of seed r learn from replicate r. Top-1 % on the {dataset} test set, last epoch. "
              f"The paper's results are {paper_ds} (read off a figure) and appear only as the direction of each claim.",
              ""]
-    lines += timing_markdown(study_dir)
+    lines += timing_markdown(study_dir, rows)
 
     # ---- gates
     kd_vs_ce = paired(acc(method="kd_vanilla", teacher=t0, student=s0), acc(method="ce", teacher=t0, student=s0))
@@ -195,6 +249,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     lines += ["", "![first pair](choi2023_first_pair.png)", "",
               "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): about "
               "exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact`.", ""]
+    lines += _extra_tables(spec, sc, acc, t0, s0)
     lines += findings_markdown(findings)
     plot_effects(findings, study_dir / "choi2023_effects.png", f"choi2023 findings ({dataset})")
     lines += ["![effects](choi2023_effects.png)", "",

@@ -193,16 +193,39 @@ def record_timing(study_dir: Path, trained: int, wall_s: float, jobs_note: str) 
         "torch": torch.__version__, "executor": jobs_note}) + "\n")
 
 
-def timing_markdown(study_dir: Path) -> list[str]:
+def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> dict[int, int]:
+    """entry index -> how many of ``rows`` it trained: a run belongs to the first invocation that finished
+    after its summary.json was written (runs superseded since, set aside, no longer count)."""
+    import time as _time
+
+    ends = [_time.mktime(_time.strptime(e["finished"], "%Y-%m-%d %H:%M:%S")) + 1 for e in entries]
+    counts: dict[int, int] = {}
+    for key in rows:
+        summary = study_dir / "runs" / key.replace("/", "__") / "summary.json"
+        if not summary.exists():
+            continue
+        written = summary.stat().st_mtime
+        i = next((i for i, end in enumerate(ends) if end >= written), None)
+        if i is not None:
+            counts[i] = counts.get(i, 0) + 1
+    return counts
+
+
+def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
+    """The wall time and machine of the invocations that trained the runs in ``rows`` (all that trained any
+    run when ``rows`` is None)."""
     import json
 
     path = study_dir / "timing.jsonl"
     entries = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     entries = [e for e in entries if e["runs_trained"]]
+    counts = ({i: e["runs_trained"] for i, e in enumerate(entries)} if rows is None
+              else _current_invocations(entries, study_dir, rows))
+    entries = [e for i, e in enumerate(entries) if i in counts]
     if not entries:
         return ["Wall time: not recorded (every run was reused).", ""]
     total = sum(e["wall_s"] for e in entries)
     machines = sorted({f"{e['cpu']} ({e['cores']} cores, {e['capability']}, "
                        f"{'native bf16' if e['native_bf16'] else 'no native bf16'}), torch {e['torch']}" for e in entries})
-    return [f"Wall time: {total / 60:.1f} min to train {sum(e['runs_trained'] for e in entries)} runs in "
+    return [f"Wall time: {total / 60:.1f} min to train {sum(counts.values())} runs in "
             f"{len(entries)} invocation(s) ({'; '.join(e['executor'] for e in entries)}), on {'; '.join(machines)}.", ""]

@@ -13,11 +13,15 @@ student difference is not a teacher-accuracy difference), and the students reach
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
 from pathlib import Path
 
 from mixdistill.analysis import class_discrimination, expected_calibration_error, plot_reliability_diagram
 from mixdistill.config import merge
+from mixdistill.errors import MixdistillError
+from mixdistill.files import write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, test_outputs, timing_markdown)
@@ -87,6 +91,179 @@ def class_discrimination_order(paper_cd: dict[str, float], ours_cd: dict[str, di
     return rank_correlation(paper, [ours_cd[CD_ORDER_VARIANT][c] for c in conditions],
                             f"mean CD per teacher condition, {CD_ORDER_VARIANT} variant as the paper's notebook; "
                             f"correct variant, for information: rho = {correct:+.3f}")
+
+
+# ------------------------------------------------------------------------------------ shifted test sets
+
+HUMAN_LABELS = "human_labels"  # the name of the CIFAR-10H entry among the shifted sets
+SHIFTED_TITLES = {"cifar10_1": "CIFAR-10.1", "cinic10": "CINIC-10", HUMAN_LABELS: "CIFAR-10H"}
+SHIFTED_HOW_TO = {
+    "cifar10_1": "download datasets/cifar10.1_v6_data.npy and datasets/cifar10.1_v6_labels.npy from "
+                 "github.com/modestyachts/CIFAR-10.1 into that folder",
+    "cinic10": "download CINIC-10.tar.gz from the Edinburgh DataShare (https://datashare.ed.ac.uk/handle/10283/3192) "
+               "and unpack it there: train/, valid/ and test/ class folders",
+    HUMAN_LABELS: "download data/cifar10h-probs.npy from github.com/jcpeterson/cifar-10h to that path",
+}
+
+
+def shifted_root(data_root: str | None) -> Path:
+    """The folder the scale's ``shifted_sets`` / ``human_labels`` paths are relative to: the study's
+    ``--data-root``, else ``$MIXDISTILL_DATA``, else the download cache ``~/.cache/mixdistill/data`` (where the
+    project looks for CIFAR-10 itself). An absolute path in the grid file is used as it is."""
+    from mixdistill.data.datasets import CACHE_DIR, ENV_VAR
+
+    if data_root:
+        return Path(data_root).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    return CACHE_DIR
+
+
+def shifted_paths(sc: dict, data_root: str | None) -> dict[str, Path]:
+    """name -> path of every shifted test set the scale lists, then its human labels (under ``human_labels``)."""
+    base = shifted_root(data_root)
+    listed = dict(sc.get("shifted_sets") or {})
+    if sc.get(HUMAN_LABELS):
+        listed[HUMAN_LABELS] = sc[HUMAN_LABELS]
+    return {name: base / Path(str(path)).expanduser() for name, path in listed.items()}
+
+
+def _run_outputs(opened, images, labels, mean, std, device):
+    """float64 logits of the run's model on uint8 ``images``, normalised with the training set's mean / std."""
+    import torch
+
+    from mixdistill.data import DeviceLoader
+
+    model = opened.model().to(device)
+    loader = DeviceLoader(images, labels, batch_size=1000, mean=mean, std=std, shuffle=False, drop_last=False,
+                          device=device)
+    with torch.inference_mode():
+        return torch.cat([model(x).double().cpu() for x, _ in loader])
+
+
+def _shifted_metrics(run_dir: Path, todo: dict[str, Path], eval_sets: dict, data_root, device) -> dict:
+    """set name -> {"path", "acc" (top-1 %) or "kl" (mean KL(human || model) on the run's test set)} of one
+    finished run; a set the run cannot take -> {"path", "error"}. ``eval_sets``: name -> loaded EvalSet (shared
+    over runs), or the DataError message of a set that did not load."""
+    import torch
+
+    from mixdistill.analysis.data import (
+        check_compatible,
+        human_label_kl,
+        load_human_labels,
+    )
+    from mixdistill.engine.run import open_run
+
+    opened = open_run(run_dir)
+    split = opened.split("test", data_root)  # the run's own test set (its test_subset applied), and its spec
+    spec = split.spec
+    num_classes, in_channels = opened.state.get("num_classes"), opened.state.get("in_channels")
+    out = {}
+    for name, path in todo.items():
+        try:
+            if name == HUMAN_LABELS:
+                human = load_human_labels(path, len(split.labels), num_classes)
+                logits = _run_outputs(opened, split.images, split.labels, spec.mean, spec.std, device)
+                out[name] = {"path": str(path), "kl": human_label_kl(torch.softmax(logits, 1), human)}
+                continue
+            eval_set = eval_sets[name]
+            if isinstance(eval_set, str):
+                raise MixdistillError(eval_set)
+            check_compatible(eval_set, in_channels, num_classes, spec.image_size)
+            logits = _run_outputs(opened, eval_set.images, eval_set.labels, spec.mean, spec.std, device)
+            acc = 100.0 * float((logits.argmax(1) == eval_set.labels).double().mean())
+            out[name] = {"path": str(path), "acc": acc}
+        except MixdistillError as e:
+            out[name] = {"path": str(path), "error": str(e)}
+    return out
+
+
+def _stamp(path: Path) -> str:
+    """A set's path and modification time: a set replaced at the same path is evaluated again."""
+    return f"{path}@{path.stat().st_mtime_ns}"
+
+
+def cached_shifted(study_dir: Path, keys: list[str], paths: dict[str, Path], data_root) -> dict[str, dict]:
+    """run key -> set name -> its entry (see :func:`_shifted_metrics`), kept in STUDY/shifted.json keyed by the run
+    key and its checkpoint's mtime (and, inside, by each set's path and mtime) so a re-rendered report evaluates nothing new.
+    Errors are not kept: a set fixed since is evaluated at the next rendering. Each set is read once."""
+    import torch
+
+    from mixdistill.analysis.data import load_eval_set
+
+    cache_path = study_dir / "shifted.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    eval_sets: dict = {}
+    out = {}
+    for key in keys:
+        run_dir = study_dir / "runs" / key.replace("/", "__")
+        entry_key = f"{key}/{os.stat(run_dir / 'last.pt').st_mtime_ns}"
+        entry = cache.get(entry_key, {})
+        todo = {n: p for n, p in paths.items() if entry.get(n, {}).get("stamp") != _stamp(p)}
+        for name, path in todo.items():
+            if name != HUMAN_LABELS and name not in eval_sets:
+                try:
+                    eval_sets[name] = load_eval_set(str(path))
+                except MixdistillError as e:
+                    eval_sets[name] = str(e)
+        if todo:
+            new = {n: {**v, "stamp": _stamp(todo[n])}
+                   for n, v in _shifted_metrics(run_dir, todo, eval_sets, data_root, device).items()}
+            entry = {**entry, **new}
+            kept = {n: v for n, v in entry.items() if "error" not in v}
+            if kept != cache.get(entry_key):
+                cache[entry_key] = kept
+                write_json(cache_path, cache)
+        out[key] = entry
+    return out
+
+
+def shifted_markdown(rows: dict, study_dir: Path, sc: dict, data_root, conditions: list[str],
+                     students: list[str]) -> list[str]:
+    """The report's "Shifted test sets and human labels" section (empty when the scale lists none): per shifted
+    set, the top-1 % of every teacher condition's teachers and of their students per student network; for the
+    human labels, the mean KL(human || model) on the run's own test set; a "Not evaluated" line per listed set
+    that is missing or that the models cannot take. Descriptive: no finding, no Holm."""
+    paths = shifted_paths(sc, data_root)
+    if not paths:
+        return []
+    intro = ("Descriptive (no findings, no Holm). Every teacher and student, last epoch, on each listed set, inputs "
+             "normalised with the training set's mean / std (das2020 normalised CINIC-10 with its own); top-1 %, "
+             "and for the human soft labels (CIFAR-10H) the mean KL(human ‖ model) on the run's test set "
+             "(lower: closer to the people's uncertainty). Mean [95% CI] over replicates. Paths relative to "
+             f"{shifted_root(data_root)}.")
+    lines = ["## Shifted test sets and human labels", "", intro, ""]
+    missing = [n for n, p in paths.items() if not p.exists()]
+    for name in missing:
+        how = SHIFTED_HOW_TO.get(name, "see the grid file's comment")
+        lines.append(f"Not evaluated: {name} not found at {paths[name]} ({how}).")
+        lines.append("")
+    present = {n: p for n, p in paths.items() if n not in missing}
+    if not present:
+        return lines
+    results = cached_shifted(study_dir, list(rows), present, data_root)
+    for name, path in present.items():
+        errors = sorted({r[name]["error"] for r in results.values() if "error" in r.get(name, {})})
+        if errors:
+            lines += [f"Not evaluated: {name} at {path}: {'; '.join(errors)}", ""]
+            continue
+        field, digits = ("kl", 4) if name == HUMAN_LABELS else ("acc", 2)
+
+        def cell(name=name, field=field, digits=digits, **labels) -> str:
+            return fmt_mean_ci([results[r["key"]][name][field] for r in rows.values()
+                                if all(r["labels"].get(k) == v for k, v in labels.items())], digits)
+
+        what = "mean KL(human ‖ model) on the run's test set" if field == "kl" else "top-1 %"
+        header = "| teacher trained with | teacher | " + " | ".join(f"{s} students" for s in students) + " |"
+        lines += [f"### {SHIFTED_TITLES.get(name, name)} (`{name}`: {path.name}), {what}", "", header,
+                  "|---|---|" + "---|" * len(students)]
+        for c in conditions:
+            cells = [c, cell(role="teacher", condition=c)] + [cell(role="student", condition=c, student=s)
+                                                            for s in students]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None) -> str:
@@ -160,6 +337,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     lines += ["", (f"The paper's CD values were computed by its notebook, i.e. in the `{CD_ORDER_VARIANT}` variant: "
                    f"the class-discrimination finding ranks our `{CD_ORDER_VARIANT}` values against them; `correct` "
                    "is shown for information."), ""]
+    lines += shifted_markdown(rows, study_dir, sc, data_root, conditions, students)
 
     # ---- findings
     paper_students = {s: ("AlexNet" if "alexnet" in s else "LeNet") for s in students}

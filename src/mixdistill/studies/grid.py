@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
 from mixdistill.engine.run import config_difference, saved_config_difference, set_aside
 from mixdistill.engine.trainer import train_or_reuse
@@ -81,6 +83,23 @@ def with_threads(runs: list[GridRun], threads: int | None) -> list[GridRun]:
     for run in runs:
         if (run.config.get("train") or {}).get("threads") is None:
             run = dataclasses.replace(run, config=merge(run.config, {"train": {"threads": threads or DEFAULT_THREADS}}))
+        out.append(run)
+    return out
+
+
+def with_augment_params(runs: list[GridRun], params: dict) -> list[GridRun]:
+    """A scale's ``augment_params`` (e.g. ``box_rounding: released``) given to every run whose augmentation
+    (its own, or its method's default) takes them and does not set them itself."""
+    if not params:
+        return runs
+    out = []
+    for run in runs:
+        own = run.config.get("augment") or {}
+        name = build_config(run.config).augment.name
+        takes = inspect.signature(AUGMENTATIONS[name]).parameters if name in AUGMENTATIONS else {}
+        extra = {k: v for k, v in params.items() if k in takes and k not in own}
+        if extra:
+            run = dataclasses.replace(run, config=merge(run.config, {"augment": {"name": name, **extra}}))
         out.append(run)
     return out
 

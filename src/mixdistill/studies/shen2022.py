@@ -18,7 +18,13 @@ from mixdistill.studies.grid import GridRun
 from mixdistill.studies.stats import Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm, paired
 
 NAME = "shen2022"
-ONLINE_BASELINES = ("dml", "kdcl", "one")  # the online-KD methods whose gain over a network alone is the premise
+# the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
+ONLINE_BASELINES = ("dml", "kdcl", "one", "okddip", "pcl")
+
+
+def scale_methods(spec, sc) -> dict[str, dict]:
+    """method key -> its grid entry: the study's methods and the scale's ``extra_methods``."""
+    return {**spec["methods"], **{m: spec["extra_methods"][m] for m in sc.get("extra_methods", [])}}
 
 
 def settings(sc) -> dict[str, dict]:
@@ -36,14 +42,15 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
     base = merge(sc["base"], {"data": {"root": data_root}, "train": {"progress": False}})
     runs = []
     for setting, entry in settings(sc).items():
-        for method, extra in spec["methods"].items():
+        for method, extra in scale_methods(spec, sc).items():
             if method in entry["skip"]:
                 continue
+            extra = {k: v for k, v in extra.items() if k != "ablation"}
             tree = merge(merge(base, entry["config"]), extra)
             if sc.get("peers") and method != "ce":
                 tree = merge(tree, {"method": {"peers": sc["peers"]}})
-            if method in sc:
-                tree = merge(tree, sc[method])
+            if extra["method"]["name"] in sc:  # the scale's settings of that method (its ablations' too)
+                tree = merge(tree, sc[extra["method"]["name"]])
             for seed in seeds:
                 runs.append(GridRun(f"{entry['prefix']}{method}/seed{seed}", merge(tree, {"seed": seed}),
                                     labels={"method": method, "seed": seed, "setting": setting}))
@@ -60,7 +67,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              "its abstract only**; its loss and every choice are documented in `mixdistill/online/cutmix_online.py`. "
              "shen2022's own numbers were not available: the paper column is the PCL paper's table of the baselines "
              "(CIFAR), shown only at full scale.", ""]
-    lines += timing_markdown(study_dir)
+    lines += timing_markdown(study_dir, rows)
     if sc.get("not_run"):
         lines += [f"Not in this grid: {sc['not_run']}", ""]
     findings, gates, sections = [], [], []
@@ -79,7 +86,9 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
 
 def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     """(gates, findings, report lines) of one setting."""
-    methods = [m for m in spec["methods"] if m not in entry["skip"]]
+    all_methods = scale_methods(spec, scale_config(spec, scale))
+    ablations = {m: e["ablation"] for m, e in all_methods.items() if "ablation" in e and m not in entry["skip"]}
+    methods = [m for m in all_methods if m not in entry["skip"] and m not in ablations]
 
     def peer(method) -> dict[int, float]:  # seed -> mean peer accuracy (ce: the network alone)
         return by_seed(rows, "last_acc" if method == "ce" else "last_acc_mean_peer", method=method)
@@ -120,6 +129,13 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_best_peer', method=m).values()))} | "
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_ensemble', method=m).values()))} | "
                      f"{e.estimate:+.2f} {e.interval()} |" + (f" {paper_row.get(m, '-')} |" if paper_row else ""))
+    if ablations and "cutnmix" in methods:
+        lines += ["", "Ablations of the reconstruction (one choice changed each; descriptive, not among the findings):",
+                  "", "| variant | changed | mean peer | paired vs cutnmix [95% CI] |", "|---|---|---|---|"]
+        for m, what in ablations.items():
+            e = paired(peer(m), peer("cutnmix"))
+            lines.append(f"| {m} | {what} | {fmt_mean_ci(list(peer(m).values()))} | "
+                         f"{e.estimate:+.2f} {e.interval()} |")
     figure = f"shen2022_{setting}.png"
     plot_intervals({m: list(peer(m).values()) for m in methods}, study_dir / figure,
                    f"{setting}: mean peer accuracy (ce: the network alone)")

@@ -84,6 +84,16 @@ def welch(a: list[float], b: list[float]) -> Effect:
     return Effect(diff, diff - half, diff + half, p, test, min(len(a), len(b)))
 
 
+def published_difference(a: tuple[float, float], b: tuple[float, float], runs: int = 3) -> str:
+    """A paper's own significance for ``a - b`` from its published (mean, std) of ``runs`` runs each: Welch's
+    t-test from the summary statistics, e.g. "+0.42, p 0.11 (Welch, 3 runs each)"."""
+    from scipy import stats
+
+    (ma, sa), (mb, sb) = a, b
+    p = float(stats.ttest_ind_from_stats(ma, sa, runs, mb, sb, runs, equal_var=False).pvalue)
+    return f"{ma - mb:+.2f}, p {fmt_p(p)} (Welch, {runs} runs each)"
+
+
 def nested(a: dict, b: dict) -> Effect:
     """Teacher condition as the factor (dicts replicate -> list of its students' values): each replicate's
     student mean is one unit; replicates that share their id (seed) across conditions are paired."""

@@ -19,10 +19,12 @@ import statistics
 from pathlib import Path
 
 from mixdistill.analysis import plot_tstddev_vs_loss, teacher_statistics
+from mixdistill.analysis.teacher_stats import STEPS_PER_GROUP
 from mixdistill.config import merge
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.build import build_distiller
 from mixdistill.engine.run import open_run
+from mixdistill.errors import ConfigError
 from mixdistill.files import write_json
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
@@ -30,7 +32,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
 from mixdistill.studies.stats import (Finding, Gate, correlation, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
-                                      holm, paired, rank_correlation)
+                                      holm, paired, published_difference, rank_correlation)
 
 NAME = "wang2022"
 
@@ -71,7 +73,8 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
     sc = scale_config(spec, scale)
     base = merge(sc["base"], {"data": {"root": data_root}, "train": {"progress": False}})
     runs = []
-    for i, pair in enumerate(sc["pairs"]):
+    pairs, view_pairs = sc["pairs"], _view_pairs(sc)
+    for pair in pairs + [p for p in view_pairs if p not in pairs]:
         if sc["pretrained_teachers"]:
             ckpt = pair[0]  # a benchmark teacher name (mixdistill teachers)
         else:
@@ -81,9 +84,10 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                     "model": {"student": pair[0]}, "method": {"name": "ce"}, "augment": {"name": "none"},
                     "seed": 0}), stage=0, labels={"role": "teacher", "teacher": pair[0]}))
             ckpt = str(study_dir / "runs" / f"teacher__{pair[0]}" / "last.pt")
-        entries = methods(spec, sc)
-        if i == 0:  # the nine-view study's own runs, every seed
-            entries.update({key: entry for key, entry in _view_entries(spec).values() if entry is not None})
+        entries = methods(spec, sc) if pair in pairs else {}
+        if pair in view_pairs:  # the nine-view study: each view's run, every seed
+            for key, entry in _view_entries(spec).values():
+                entries.setdefault(key, entry if entry is not None else spec["methods"][key])
         for method, entry in entries.items():
             for seed in seeds:
                 runs.append(GridRun(f"student/{_pair_key(pair)}/{method}/seed{seed}",
@@ -93,10 +97,16 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
     return runs
 
 
-def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float:
+def _view_pairs(sc) -> list:
+    """The pairs of the nine-view study: the scale's ``view_pairs`` (the released scripts' pairs at full
+    scale), else its first pair."""
+    return sc.get("view_pairs") or sc["pairs"][:1]
+
+
+def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """T. stddev of the pair's teacher under the view of the run ``run_key`` (its student frozen, as the
-    released scripts freeze it with lr 0), over at least ``min_steps`` steps of the run's own training data,
-    seeded by the run's seed."""
+    released scripts freeze it with lr 0), over ``epochs`` epochs (the released scripts: 10) or else at least
+    ``min_steps`` steps of the run's own training data, seeded by the run's seed."""
     opened = open_run(study_dir / "runs" / run_key.replace("/", "__"))
     cfg = opened.cfg
     train = opened.split("train", data_root)
@@ -106,20 +116,24 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float
     padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
     loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size, mean=train.spec.mean,
                           std=train.spec.std, crop_padding=padding, flip=d.flip, seed=cfg.seed)
-    epochs = max(1, -(-min_steps // len(loader)))
+    epochs = epochs or max(1, -(-min_steps // len(loader)))
+    if epochs * len(loader) < 2 * STEPS_PER_GROUP:  # the std of a single group is undefined
+        raise ConfigError(f"T. stddev needs at least {2 * STEPS_PER_GROUP} steps (two groups of {STEPS_PER_GROUP}); "
+                          f"{epochs} epoch(s) of {len(loader)} steps give {epochs * len(loader)}")
     stats = teacher_statistics(distiller.teacher, loader, distiller.augment, student=distiller.student,
                                epochs=epochs, seed=cfg.seed)
     return stats["t_stddev"]
 
 
-def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int) -> float:
+def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
     ckpt = study_dir / "runs" / run_key.replace("/", "__") / "last.pt"
-    key = f"{run_key}/{min_steps}/{os.stat(ckpt).st_mtime_ns}"
+    length = f"{epochs}ep" if epochs else min_steps
+    key = f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
     if key not in cache:
-        cache[key] = _t_stddev(study_dir, run_key, data_root, min_steps)
+        cache[key] = _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
         write_json(path, cache)
     return cache[key]
 
@@ -141,8 +155,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              f"test set, last epoch, mean [95% CI] over seeds; every method ran the same seeds, so differences are "
              f"paired by seed. The paper's numbers are {paper_ds} (240 epochs, long = 960) and appear only as the "
              f"direction and size of each claim.", ""]
-    lines += timing_markdown(study_dir)
-    gates, findings, tables = [], [], []
+    lines += timing_markdown(study_dir, rows)
+    gates, findings, tables, kd_converged = [], [], [], {}
     paper_rows = {"kd": "kd", "kd_cutmix": "kd_cutmix", "kd_cutmixpick": "kd_cutmixpick", "ce": "student_ce",
                   "kd_cutmixpick_long": "kd_cutmixpick_960", "kd_long": "kd_960", "crd_kd": "crd_kd",
                   "crd_cutmixpick": "crd_cutmixpick", "crd_cutmixpick_long": "crd_cutmixpick_960"}
@@ -150,6 +164,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     def paper_gain(pair, a, b) -> str:
         col = ref["pairs"].index(pair) if pair in ref["pairs"] else 0  # a CPU pair: the paper's first pair
         va, vb = (ref["rows"][paper_rows[m]][col] for m in (a, b))
+        if isinstance(va, list) and isinstance(vb, list):  # mean and std of 3 runs: the paper's own test too
+            return f"{published_difference(va, vb)} ({paper_ds}, {ref['pairs'][col]})"
         va, vb = (v[0] if isinstance(v, list) else v for v in (va, vb))
         return f"{va - vb:+.2f} ({paper_ds}, {ref['pairs'][col]})"
 
@@ -162,6 +178,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         gate_conv = convergence_gate(rows, study_dir, pair=pair, method="kd")
         gate_conv_ce = convergence_gate(rows, study_dir, pair=pair, method="ce")
         gates += [gate_kd, gate_conv, gate_conv_ce]
+        kd_converged[pair] = gate_conv
         g = [gate_kd, gate_conv]
         for m in ("kd_cutmix", "kd_cutmixpick", "kd_cutmixpick_tent"):  # the paper's tables; the rest are views
             paper = paper_gain(pair, m, "kd") if m in paper_rows else "gains (paper, CIFAR-100 figures)"
@@ -196,9 +213,19 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                        f"{pair} students, {dataset}")
         tables += ["", f"![{pair} students]({figure})", ""]
         del short
-    view_findings, view_lines = _views(spec, rows, study_dir, pairs[0], data_root, sc.get("tstddev_steps", 100),
-                                       gates[1])
-    findings += view_findings
+    view_lines, view_pairs = [], [_pair_key(p) for p in _view_pairs(sc)]
+    for pair in view_pairs:
+        # a pair of the main grid is judged under its KD students' convergence gate, another by its identity view's
+        gate = kd_converged.get(pair) or convergence_gate(rows, study_dir, pair=pair,
+                                                          method=_view_entries(spec)["identity"][0])
+        if pair not in kd_converged:
+            gates.append(gate)
+        figure = ("wang2022_tstddev_vs_loss.png" if len(view_pairs) == 1
+                  else f"wang2022_tstddev_vs_loss_{pair}.png")
+        view_findings, lines_ = _views(spec, rows, study_dir, pair, data_root, sc.get("tstddev_steps", 100), gate,
+                                       sc.get("tstddev_epochs"), figure)
+        findings += view_findings
+        view_lines += lines_
     holm([f.effect for f in findings])
     lines += gates_markdown(gates) + findings_markdown(findings)
     plot_effects(findings, study_dir / "wang2022_effects.png", f"wang2022 findings ({dataset})")
@@ -206,7 +233,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     return "\n".join(lines) + "\n"
 
 
-def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv) -> tuple[list[Finding], list[str]]:
+def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=None,
+           figure="wang2022_tstddev_vs_loss.png") -> tuple[list[Finding], list[str]]:
     views = _view_entries(spec)
     order = spec["paper_view_order"]  # worst (highest student test loss) first
     losses, stds, seeds = [], [], set()
@@ -216,9 +244,9 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv) -> tupl
         seeds.add(tuple(sorted(per_seed)))
         losses.append(statistics.fmean(per_seed.values()))
         stds.append(statistics.fmean(_cached_t_stddev(study_dir, f"student/{pair}/{method}/seed{s}", data_root,
-                                                      min_steps) for s in per_seed))
+                                                      min_steps, epochs) for s in per_seed))
     n_seeds = len(next(iter(seeds))) if len(seeds) == 1 else "unequal"
-    plot_tstddev_vs_loss(stds, losses, order, study_dir / "wang2022_tstddev_vs_loss.png",
+    plot_tstddev_vs_loss(stds, losses, order, study_dir / figure,
                          title=f"{pair}: teacher T. stddev vs student test loss")
     findings = [
         Finding(f"{pair}: student test loss follows the paper's order of the nine views",
@@ -231,8 +259,9 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv) -> tupl
     ]
     lines = ["", f"## The nine views on {pair}", "",
              f"Every view ran the same {n_seeds} seeds; student test loss and T. stddev (the teacher's, each seed's "
-             f"frozen student scoring CutMixPick, at least {min_steps} steps) are means over them.", "",
+             f"frozen student scoring CutMixPick, {f'{epochs} epochs' if epochs else f'at least {min_steps} steps'}) "
+             f"are means over them.", "",
              "| view (paper order, worst first) | student test loss | teacher T. stddev |", "|---|---|---|"]
     lines += [f"| {n} | {loss:.4f} | {s:.5f} |" for n, loss, s in zip(order, losses, stds)]
-    lines += ["", "![T. stddev vs student test loss](wang2022_tstddev_vs_loss.png)", ""]
+    lines += ["", f"![T. stddev vs student test loss]({figure})", ""]
     return findings, lines
