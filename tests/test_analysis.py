@@ -446,7 +446,7 @@ def tiny_runs(tmp_path_factory):
 
 def test_analyze_arguments_defaults():
     args = _parse("runs/x")
-    assert (args.target, args.device, args.bins, args.pgd_steps, args.tsne_samples) == ("runs/x", "cpu", 15, 10, 2000)
+    assert (args.target, args.device, args.bins, args.pgd_steps, args.tsne_samples) == ("runs/x", "auto", 15, 10, 2000)
     assert args.fgsm is None and args.pgd is None and args.normalize == "train" and not args.tsne
     args = _parse("r", "--fgsm", "0", "0.03", "--pgd", "0.03", "--pgd-steps", "20")
     assert args.fgsm == [0.0, 0.03] and args.pgd == [0.03] and args.pgd_steps == 20

@@ -11,13 +11,42 @@ import pytest
 from mixdistill.cli import main
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "analyze", "models", "teachers", "demo", "study"])
-def test_every_command_has_help(command, capsys):
+@pytest.mark.parametrize("command", ["train", "eval", "analyze", "models", "methods", "augments", "teachers", "demo",
+                                     "study", "bench"])
+def test_every_command_has_help(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one option per line
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "usage: mixdistill " + command in out
+    # a default is said once, and "(default: None)" never (the help says what unset means)
+    assert "(default: None)" not in out and "(default: False)" not in out
+    for line in out.splitlines():
+        assert line.count("default:") <= 1, line
+
+
+def test_help_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    for argv, expected in ((["eval", "--help"], "--data DATA           dataset name (default: the one the checkpoint "
+                                                "was trained on)\n"),
+                           (["teachers", "--help"], "network timeout in seconds (default: 30)\n"),
+                           (["analyze", "--help"], "(CUDA when available, as train), cpu, cuda or cuda:N "
+                                                   "(default: auto)\n"),
+                           (["demo", "--help"], "student seeds (CE and KD each) (default: 3)\n")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert expected in capsys.readouterr().out, argv
+
+
+def test_analyze_defaults_to_device_auto_like_train():
+    from mixdistill.analysis.command import analyze
+    from mixdistill.cli import build_parser
+    from mixdistill.config import RunConfig
+
+    args = build_parser().parse_args(["analyze", "runs/x"])
+    assert args.device == "auto" == RunConfig().train.device
+    assert analyze.__kwdefaults__["device"] == "auto"
 
 
 def test_train_help_lists_config_defaults(capsys):
@@ -25,14 +54,106 @@ def test_train_help_lists_config_defaults(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "optim.lr=0.05" in out and "data.batch_size=64" in out
+    assert "see README" not in out
+    assert ("method.<param>=...  (the chosen method's parameters: `mixdistill methods` lists them with their "
+            "defaults)") in out
+    assert ("augment.<param>=...  (the chosen augmentation's parameters: `mixdistill augments` lists them with "
+            "their defaults)") in out
+    assert "output_dir='runs'  (the run lives in output_dir/name (relative: from the current directory, not the " \
+           "config file's))" in out
 
 
-def test_models_table(capsys):
+def _table_rows(out: str) -> dict[str, str]:
+    """A rich table drawn with a line between rows: each row's text (its cells' lines joined) by its first cell."""
+    rows, block = {}, []
+    for line in out.splitlines():
+        if line.startswith(("├", "└")) and block:
+            rows[block[0].split("│")[1].strip()] = "\n".join(block)
+            block = []
+        elif line.startswith("│"):
+            block.append(line)
+    return rows
+
+
+def test_methods_table(capsys, monkeypatch):
+    from mixdistill.methods import METHODS
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "methods (method=NAME method.PARAM=VALUE)" in out
+    rows = _table_rows(out)
+    assert set(rows) == set(METHODS)
+    for name, cls in METHODS.items():
+        row = rows[name]
+        cells = [c.strip() for c in row.splitlines()[0].split("│")[1:-1]]
+        kind = "online" if getattr(cls, "online", False) else "offline" if cls.needs_teacher else "offline, no teacher"
+        assert cells[1] == kind and cells[3] == (cls.default_augment or "none"), cells
+        if cls.__module__.startswith("mixdistill."):  # every built-in method names its paper (a plugin may not)
+            assert cls.source and cells[4] == cls.source, cells
+        for key in cls.Params.model_fields:
+            assert f" {key}=" in row, (name, key)
+    # the text of a few rows, as a user reads them
+    assert "│ kd " in rows["kd"] and "temperature=4.0" in rows["kd"] and "ce_weight=0.1" in rows["kd"]
+    assert "kd_weight=0.9" in rows["kd"] and '"Distilling the Knowledge in a Neural Network"' in rows["kd"]
+    assert "offline, no teacher" in rows["ce"] and "│ -  " in rows["ce"]
+    assert "cache_teacher=true" in rows["das_kd"] and "kl_reduction=mean (mean|batchmean)" in rows["das_kd"]
+    assert "temperature=20.0" in rows["das_kd"] and "das2020:" in rows["das_kd"]
+    assert "mixup_two_perm" in rows["mix_kd"] and "choi2023 (Mix-S)" in rows["mix_kd"]
+    assert "teacher=mean (mean|ema)" in rows["cutnmix"] and "cut_n_mix" in rows["cutnmix"]
+    assert "RECONSTRUCTED from its abstract" in rows["cutnmix"] and "│ online " in rows["cutnmix"]
+    assert "peers=4" in rows["okddip"] and "views=shared (shared|per_peer)" in rows["pcl"]
+    assert "eps=1e-07" in rows["mixstd"] and "│ flip " in rows["kdcl"]
+
+
+def test_augments_table(capsys, monkeypatch):
+    from mixdistill.augment.registry import AUGMENTATIONS, augment_params
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["augments"]) == 0
+    out = capsys.readouterr().out
+    assert "augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)" in out
+    rows = _table_rows(out)
+    assert set(rows) == set(AUGMENTATIONS)
+    for name in AUGMENTATIONS:
+        for key in augment_params(name):
+            assert (f" {key}=" if key not in ("mean", "std") else "mean, std: the dataset's") in rows[name], (name, key)
+    assert "p=0.5" in rows["flip"] and "Horizontal flip of each sample with probability `p` (one coin per sample)." \
+        in rows["flip"]
+    assert "criterion=kl (kl|teacher_entropy|student_entropy)" in rows["cutmix_pick"]
+    assert "CutMixPick (wang2022). Needs a method with a teacher." in rows["cutmix_pick"]
+    assert "partner=derangement (derangement|permutation)" in rows["cutmix"]
+    assert "box_rounding=exact (exact|released)" in rows["cutmix"] and "per_sample_boxes=false" in rows["cutmix"]
+    assert "CutMix: paste a box of the partner image into each image." in rows["cutmix"]
+    assert "padding=4" in rows["crop_flip"] and "flip=true" in rows["crop_flip"]
+    assert "mean, std: the dataset's" in rows["autoaugment"] and "(required)" not in out
+    assert "sampling=replacement (replacement|exact)" in rows["pmu"] and "│ -  " in rows["identity"]
+
+
+def _row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if f"│ {name} " in line)
+    return [c.strip() for c in line.split("│")[1:-1]]
+
+
+def test_models_table(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name, params in (("resnet32x4", "7.43"), ("resnet8x4", "1.23"), ("wrn_40_2", "2.26")):
-        row = next(line for line in out.splitlines() if f" {name} " in line)
-        assert params in row, row
+    assert "models (--macs adds multiply-accumulates per image)" in out and "MACs" not in out.split("\n", 1)[1]
+    # each model at its own input: CIFAR-100 for the CRD benchmark, Fashion-MNIST for cnn5, ImageNet for torchvision
+    for name, row in (("resnet32x4", ["100", "3x32x32", "7.43"]), ("resnet8x4", ["100", "3x32x32", "1.23"]),
+                      ("wrn_40_2", ["100", "3x32x32", "2.26"]), ("cnn5_w8", ["10", "1x28x28", "0.03"]),
+                      ("lenet5", ["10", "3x32x32", "0.06"]), ("tv_resnet18", ["1000", "3x224x224", "11.69"]),
+                      ("tv_resnet50", ["1000", "3x224x224", "25.56"])):
+        assert _row(out, name) == [name, *row]
+    assert main(["models", "--macs", "--num-classes", "100", "--in-channels", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs / image (M)" in out
+    assert _row(out, "resnet8x4") == ["resnet8x4", "100", "3x32x32", "1.23", "177.1"]
+    assert _row(out, "tv_resnet18") == ["tv_resnet18", "100", "3x224x224", "11.23", "1813.6"]
+    assert _row(out, "cnn5_w8")[2] == "3x28x28"
+    assert main(["models", "--image-size", "0"]) == 2
+    assert "--image-size must be at least 1" in capsys.readouterr().err
 
 
 def _one_line_error(capsys, argv, fragment):
@@ -57,18 +178,82 @@ def test_missing_config_file(capsys):
 
 
 def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
+    import torch
+
     import mixdistill.data.datasets as datasets
+    from mixdistill.models import create_model
 
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(datasets, "_download_into", lambda spec, folder: "")  # offline
     monkeypatch.delenv("MIXDISTILL_DATA", raising=False)
     _one_line_error(capsys, ["eval", "x.pt"], "checkpoint not found")
     (tmp_path / "empty").mkdir()
     _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", f"data.root={tmp_path / 'empty'}",
                              "data.download=false", f"output_dir={tmp_path}"], "MIXDISTILL_DATA")
+    # each command names the way it takes a data directory, and only that one
+    looked = f"$MIXDISTILL_DATA (not set), Debian package location {tmp_path / 'none'}, download cache {tmp_path / 'cache'}"
     _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "data.download=false",
-                             f"output_dir={tmp_path}"], "point data.root (--data-root for eval")
+                             f"output_dir={tmp_path}"],
+                    f"dataset 'fashion_mnist' not found (looked in: {looked}; download disabled). To fix, add the "
+                    "override data.root=PATH naming the folder holding it (or set data.root in the config), or set "
+                    "the environment variable MIXDISTILL_DATA to that folder, or on Debian/Ubuntu run `apt-get "
+                    "install dataset-fashion-mnist`")
     assert not (tmp_path / "fmnist_teacher_cnn5_w32").exists(), "a run that failed to start left a directory"
+    torch.save({"model": create_model("cnn5_w8", num_classes=10, in_channels=1).state_dict()}, tmp_path / "m.pt")
+    for argv in (["eval", str(tmp_path / "m.pt"), "--arch", "cnn5_w8", "--data", "fashion_mnist", "--device", "cpu"],
+                 ["analyze", str(tmp_path / "m.pt"), "--arch", "cnn5_w8", "--dataset", "fashion_mnist",
+                  "--device", "cpu", "--out", str(tmp_path / "analysis")]):
+        _one_line_error(capsys, argv, f"(looked in: {looked}). To fix, pass --data-root PATH naming the folder "
+                                      "holding it, or set the environment variable MIXDISTILL_DATA to that folder")
+    # outside a command (the library, a study's worker) every command's way is named
+    with pytest.raises(datasets.DatasetNotFoundError) as err:
+        datasets.load_dataset("fashion_mnist", "test", download=False)
+    assert ("To fix, give the folder holding it as the data root (train: the override data.root=PATH or data.root in "
+            "the config; eval, analyze, study and demo: --data-root PATH), or set the environment variable "
+            "MIXDISTILL_DATA") in str(err.value)
+
+
+def test_relative_teacher_path_is_read_from_the_current_directory(capsys, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "fmnist_cpu.yaml"
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(capsys, ["train", str(config), "--print-config"],
+                    "teacher checkpoint 'runs/fmnist_teacher_cnn5_w32/last.pt' is neither a file nor a benchmark "
+                    f"teacher name (a relative path is read from the current directory, {tmp_path}, as a relative "
+                    "output_dir is written: run the student from where you ran the teacher, or give an absolute path)")
+    _one_line_error(capsys, ["train", str(config), f"model.teacher_checkpoint={tmp_path / 'no.pt'}", "--print-config"],
+                    f"teacher checkpoint '{tmp_path / 'no.pt'}' is neither a file nor a benchmark teacher name: train")
+    # a teacher trained from this directory is found from it (a stand-in checkpoint: no training here)
+    import torch
+
+    from mixdistill.models import create_model
+
+    (tmp_path / "runs" / "fmnist_teacher_cnn5_w32").mkdir(parents=True)
+    torch.save({"model": create_model("cnn5_w32", num_classes=10, in_channels=1).state_dict(), "arch": "cnn5_w32"},
+               tmp_path / "runs" / "fmnist_teacher_cnn5_w32" / "last.pt")
+    assert main(["train", str(config), "--print-config"]) == 0
+    assert "teacher_checkpoint: runs/fmnist_teacher_cnn5_w32/last.pt" in capsys.readouterr().out
+
+
+def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
+    import mixdistill.demo as demo
+
+    def fake_grid(runs, output_dir, **kw):  # the finished runs' summaries, no training
+        acc = {"teacher": 90.0, "ce": 84.0, "kd": 85.5}
+        return {r.key: {"summary": {"last_acc": acc[r.key.split("/")[0]] + r.labels.get("seed", 0),
+                                    "train_images": 3000}} for r in runs}
+
+    monkeypatch.setattr(demo, "run_grid", fake_grid)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert demo.run_demo(output_dir=str(tmp_path), seeds=1) == 0
+    out = capsys.readouterr().out
+    assert "±" not in out and "accuracy" in out and "mean ± std" not in out
+    assert _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50", "85.50"]
+    assert demo.run_demo(output_dir=str(tmp_path), seeds=2) == 0
+    out = capsys.readouterr().out
+    assert "mean ± std" in out and _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50 86.50", "86.00 ± 0.71"]
 
 
 def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):

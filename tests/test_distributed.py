@@ -44,5 +44,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, precision, tolerance):
         assert torch.allclose(wa[key], wb[key], rtol=tolerance["rel"], atol=tolerance["abs"]), key
     # rank 0 alone wrote the run directory
     # (and released its lock: the lock file stays, the holder note is gone)
-    assert sorted(p.name for p in (runs / "ddp").iterdir()) == [".lock", "config.yaml", "last.pt", "metrics.jsonl",
-                                                               "summary.json"]
+    assert sorted(p.name for p in (runs / "ddp").iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt",
+                                                               "metrics.jsonl", "summary.json"]
+    summary = json.loads((runs / "ddp" / "summary.json").read_text())
+    assert summary["environment"]["processes"] == 2 and summary["best_checkpoint"]["epoch"] in (1, 2)

@@ -194,7 +194,7 @@ def test_files_are_written_with_the_umasks_mode(tiny_run_overrides):
         train(cfg, quiet=True)
     finally:
         os.umask(old)
-    for name in ("config.yaml", "last.pt", "metrics.jsonl", "summary.json"):
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "summary.json"):
         assert stat.S_IMODE((cfg.run_dir / name).stat().st_mode) == 0o644, name
 
 

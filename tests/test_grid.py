@@ -51,7 +51,7 @@ def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch)
 
     monkeypatch.setattr(grid_module, "execute", dies_on_second_student)
     try:
-        run_grid(runs, study, log=lambda *_: None)
+        run_grid(runs, study, jobs=1, log=lambda *_: None)
         raise AssertionError("the grid should have been killed")
     except Killed:
         pass
@@ -65,7 +65,7 @@ def test_stages_skip_and_resume_after_a_kill(fmnist_root, tmp_path, monkeypatch)
         return original(run, *args, **kwargs)
 
     monkeypatch.setattr(grid_module, "execute", counting)
-    rows = run_grid(runs, study, log=lambda *_: None)
+    rows = run_grid(runs, study, jobs=1, log=lambda *_: None)
     assert calls == ["kd/seed1"], "finished runs must be skipped"
     assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"}
     assert rows["kd/seed1"]["labels"] == {"seed": 1} and rows["kd/seed1"]["summary"]["last_acc"] is not None
@@ -79,7 +79,7 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
 
     study = tmp_path / "study"
     runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
-    run_grid(runs, study, log=lambda *_: None)
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
     original, calls, logged = grid_module.execute, [], []
 
     def counting(run, *args, **kwargs):
@@ -89,28 +89,28 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
     monkeypatch.setattr(grid_module, "execute", counting)
     changed = copy.deepcopy(runs)
     changed[1].config["method"] = {"name": "kd", "temperature": 2.0}
-    rows = run_grid(changed, study, log=logged.append)
+    rows = run_grid(changed, study, jobs=1, log=logged.append)
     assert calls == ["kd/seed0"], "only the run whose config changed runs again"
     assert rows["kd/seed0"]["config"]["method"]["temperature"] == 2.0
     assert any("different config" in line for line in logged)
     assert (study / "runs" / "kd__seed0.superseded1" / "summary.json").exists(), "the old run is kept aside"
 
     calls.clear()
-    run_grid(changed, study, rerun=["teach*"], log=lambda *_: None)
+    run_grid(changed, study, rerun=["teach*"], jobs=1, log=lambda *_: None)
     assert calls == ["teacher", "kd/seed0"], "a re-run teacher's students run again"
     assert (study / "runs" / "teacher.superseded1" / "last.pt").exists()
     calls.clear()
-    run_grid(changed, study, log=lambda *_: None)
+    run_grid(changed, study, jobs=1, log=lambda *_: None)
     assert calls == []
     # a teacher whose row and run are gone is trained anew, and its students follow
     results_path = study / "results.jsonl"
     results_path.write_text("".join(line + "\n" for line in results_path.read_text().splitlines()
                                     if json.loads(line)["key"] != "teacher"))
     set_aside(study / "runs" / "teacher")
-    run_grid(changed, study, log=lambda *_: None)
+    run_grid(changed, study, jobs=1, log=lambda *_: None)
     assert calls == ["teacher", "kd/seed0"]
     with pytest.raises(MixdistillError, match="matches no run"):
-        run_grid(changed, study, rerun=["nothing/*"], log=lambda *_: None)
+        run_grid(changed, study, rerun=["nothing/*"], jobs=1, log=lambda *_: None)
 
 
 def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmnist_root, tmp_path):

@@ -72,6 +72,24 @@ def test_macs(name):
     assert summary["macs"] / 1e9 == pytest.approx(SPEC_MACS_G[name], rel=0.02)
 
 
+@pytest.mark.parametrize("name", ["resnet8x4", "wrn_16_2", "vgg8", "mobile_half", "ShuffleV2", "cnn5_w8", "lenet5",
+                                  "tv_resnet18"])
+def test_meta_model_counts_as_the_real_one(name):
+    """model_summary builds on the meta device (no weights, initialisers skipped): the same counts as a real model."""
+    from mixdistill.models import create_meta_model, native_input
+
+    classes, channels, size = native_input(name)
+    meta = create_meta_model(name, num_classes=classes, in_channels=channels)
+    real = create_model(name, num_classes=classes, in_channels=channels)
+    assert all(p.is_meta for p in meta.parameters()) and not any(p.is_meta for p in real.parameters())
+    assert count_parameters(meta) == count_parameters(real)
+    shape = (1, channels, min(size, 64), min(size, 64))
+    assert count_macs(meta, shape) == count_macs(real, shape)
+    summary = model_summary(name)
+    assert (summary["num_classes"], summary["in_channels"], summary["image_size"]) == (classes, channels, size)
+    assert summary["params"] == count_parameters(real)
+
+
 def test_macs_are_per_image():
     model = create_model("resnet8")
     assert count_macs(model, (4, 3, 32, 32)) == count_macs(model, (1, 3, 32, 32))

@@ -7,7 +7,17 @@ import sys
 
 from mixdistill.errors import MixdistillError
 
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+class HELP_FORMAT(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, except where that says nothing or says it twice: a default
+    of None (the help says what unset means), a flag's False, or a help that already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False or isinstance(action, argparse._StoreTrueAction)
+                or "default:" in text or "(default " in text):
+            return text
+        return super()._get_help_string(action)
 
 
 def _add_train(sub):
@@ -115,10 +125,21 @@ def cmd_eval(args) -> int:
 
 
 def _add_models(sub):
-    p = sub.add_parser("models", help="list every model with its size and cost", formatter_class=HELP_FORMAT)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=32)
+    p = sub.add_parser("models", help="list every model with its size (and with --macs its cost)",
+                       formatter_class=HELP_FORMAT,
+                       description="Every model of the zoo with its parameter count at the input it is usually "
+                                   "trained on (CRD benchmark nets: CIFAR-100, 100 classes, 3x32x32; das2020's: "
+                                   "CIFAR-10; cnn5_*: Fashion-MNIST, 1x28x28; tv_*: ImageNet, 1000 classes, "
+                                   "3x224x224), or at the one the options give. Models are built on PyTorch's meta "
+                                   "device: no weights are allocated.")
+    p.add_argument("--macs", action="store_true", help="also count multiply-accumulates per image (one forward "
+                                                       "pass at each model's input size)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes for every model (default: each model's own)")
+    p.add_argument("--in-channels", type=int, default=None,
+                   help="input channels for every model (default: each model's own)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input height and width for every model: changes --macs, not the parameter count "
+                        "(default: each model's own)")
     p.set_defaults(func=cmd_models)
 
 
@@ -126,15 +147,141 @@ def cmd_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from mixdistill.errors import require_at_least
     from mixdistill.models import list_models, model_summary
 
-    table = Table(title=f"models at {args.num_classes} classes, {args.in_channels}x{args.image_size}x{args.image_size}")
-    for col in ("model", "params (M)", "MACs / image (M)"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+    for option, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels),
+                          ("--image-size", args.image_size)):
+        require_at_least(option, value, 1)
+    table = Table(title="models" + ("" if args.macs else " (--macs adds multiply-accumulates per image)"))
+    columns = ["model", "classes", "input", "params (M)"] + (["MACs / image (M)"] if args.macs else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "input") else "right")
     for name in list_models():
-        s = model_summary(name, args.num_classes, args.in_channels, args.image_size)
-        table.add_row(name, f"{s['params'] / 1e6:.2f}", f"{s['macs'] / 1e6:.1f}")
+        s = model_summary(name, args.num_classes, args.in_channels, args.image_size, macs=args.macs)
+        row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
+               f"{s['params'] / 1e6:.2f}"]
+        table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}"] if args.macs else []))
     Console().print(table)
+    return 0
+
+
+def _override_value(value) -> str:
+    """A default as a key=value override writes it (YAML: true, null, [1, 2])."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _choices(annotation) -> tuple:
+    """The values a Literal-typed parameter takes (looking through Optional / Annotated), else ()."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    return tuple(c for a in typing.get_args(annotation) for c in _choices(a))
+
+
+def _first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence on one line (reST ``literals`` as `literals`)."""
+    import inspect
+
+    text = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split()).replace("``", "`")
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]
+
+
+def _with_default(key: str, default, annotation) -> str:
+    """``key=default``, and for a parameter with a fixed set of values ``(a|b)``."""
+    import inspect
+
+    if default is inspect.Parameter.empty:
+        return f"{key} (required)"
+    choices = _choices(annotation)
+    return f"{key}={_override_value(default)}" + (f" ({'|'.join(map(str, choices))})" if choices else "")
+
+
+def method_rows() -> list[tuple[str, str, str, str, str]]:
+    """Every registered method (plugins included): name, kind, parameters with defaults, default augmentation,
+    source paper (its ``source``, else the first line of its module's docstring)."""
+    import sys
+
+    from mixdistill.methods import METHODS
+
+    rows = []
+    for name, cls in sorted(METHODS.items()):
+        kind = ("online" if getattr(cls, "online", False) else
+                "offline" if cls.needs_teacher else "offline, no teacher")
+        params = [_with_default(key, field.get_default(call_default_factory=True), field.annotation)
+                  for key, field in cls.Params.model_fields.items()]
+        source = getattr(cls, "source", "") or _first_sentence(sys.modules[cls.__module__].__doc__)
+        rows.append((name, kind, "\n".join(params) or "-", cls.default_augment or "none", source or "-"))
+    return rows
+
+
+def _add_methods(sub):
+    p = sub.add_parser("methods", help="list every training method: parameters, default augmentation, source",
+                       formatter_class=HELP_FORMAT,
+                       description="Every value method.name can take, with its parameters (method.PARAM=VALUE "
+                                   "overrides; defaults shown), the augmentation it gets when the config's augment "
+                                   "section names none, and the paper it comes from.")
+    p.set_defaults(func=cmd_methods)
+
+
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="methods (method=NAME method.PARAM=VALUE)", show_lines=True)
+    for col in ("method", "kind", "parameters (defaults)", "default augment", "source"):
+        table.add_column(col, overflow="fold")  # a narrow terminal folds a long value, never cuts it
+    for row in method_rows():
+        table.add_row(*row)
+    Console().print(table, markup=False)
+    return 0
+
+
+def augment_rows() -> list[tuple[str, str, str]]:
+    """Every registered augmentation (plugins included): name, parameters with defaults, one-line description."""
+    import mixdistill.methods  # noqa: F401  (plugins register their augmentations too)
+    from mixdistill.augment.registry import AUGMENTATIONS, _params_model, augment_params, augment_uses_teacher
+
+    rows = []
+    for name in sorted(AUGMENTATIONS):
+        defaults, fields = augment_params(name), _params_model(name).model_fields
+        params = [_with_default(k, v, fields[k].annotation) for k, v in defaults.items() if k not in ("mean", "std")]
+        if "mean" in defaults:
+            params.append("mean, std: the dataset's")
+        fn = getattr(AUGMENTATIONS[name], "func", AUGMENTATIONS[name])
+        text = _first_sentence(fn.__doc__) or "-"
+        if augment_uses_teacher(name):
+            text += " Needs a method with a teacher."
+        rows.append((name, "\n".join(params) or "-", text))
+    return rows
+
+
+def _add_augments(sub):
+    p = sub.add_parser("augments", help="list every augmentation with its parameters", formatter_class=HELP_FORMAT,
+                       description="Every value augment.name can take (or augment=NAME), with its parameters "
+                                   "(augment.PARAM=VALUE overrides; defaults shown). `mixdistill methods` shows "
+                                   "which augmentation each method gets by default.")
+    p.set_defaults(func=cmd_augments)
+
+
+def cmd_augments(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)", show_lines=True)
+    for col in ("augment", "parameters (defaults)", "what it does"):
+        table.add_column(col, overflow="fold")
+    for row in augment_rows():
+        table.add_row(*row)
+    Console().print(table, markup=False)
     return 0
 
 
@@ -246,9 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "data augmentation (offline and online).")
     parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_teachers, _add_demo, _add_study, _add_bench):
+    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_methods, _add_augments, _add_teachers,
+                _add_demo, _add_study, _add_bench):
         add(sub)
     return parser
+
+
+# How each command takes a data directory: the dataset-not-found message names this one way.
+DATA_ROOT_HINTS = {
+    "train": "add the override data.root=PATH naming the folder holding it (or set data.root in the config)",
+    **{command: "pass --data-root PATH naming the folder holding it" for command in ("eval", "analyze", "demo", "study")},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides += extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    hint = None
+    if args.command in DATA_ROOT_HINTS:
+        from mixdistill.data.datasets import ROOT_HINT
+
+        hint = ROOT_HINT.set(DATA_ROOT_HINTS[args.command])
     try:
         return int(args.func(args) or 0)
     except MixdistillError as err:
@@ -267,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mixdistill: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if hint is not None:
+            ROOT_HINT.reset(hint)
 
 
 if __name__ == "__main__":

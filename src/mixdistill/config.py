@@ -8,6 +8,7 @@ parameters, so a typo fails with a message naming the key before a single tensor
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,8 @@ class Section(Schema):
 
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
-    root: str | None = Field(None, description="data directory (else MIXDISTILL_DATA, the Debian path, download)")
+    root: str | None = Field(None, description="data directory (relative: from the current directory; unset: "
+                                               "MIXDISTILL_DATA, the Debian path, download)")
     train_subset: int | None = Field(None, gt=0, description="class-stratified subset of the training set")
     test_subset: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)
@@ -65,7 +67,8 @@ class ModelConfig(Section):
     student: str = "resnet8x4"
     teacher: str | None = None
     teacher_checkpoint: str | None = Field(
-        None, description="path to a checkpoint ({'model': state_dict}) or a benchmark teacher name")
+        None, description="a checkpoint file ({'model': state_dict}; relative: from the current directory) or a "
+                          "benchmark teacher name")
     peers: list[str] | None = Field(
         None, description="online methods: one model name per peer (default: method.peers copies of student)")
 
@@ -141,6 +144,15 @@ class OptimConfig(Section):
         return [m * self.epoch_factor for m in self.milestones]
 
 
+# what train.best_metric may name: a per-epoch test metric (metrics.jsonl); a suffix names one output of an
+# online method (test_acc_ensemble, test_acc_peer0, test_acc_best_peer, ...)
+BEST_METRIC = re.compile(r"test_(acc|top5|loss)(_[A-Za-z0-9_]+)?")
+
+
+def metric_lower_is_better(metric: str) -> bool:
+    return "loss" in metric
+
+
 class TrainConfig(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
@@ -170,6 +182,18 @@ class TrainConfig(Section):
     threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default for this process "
                                                      "(recorded resolved: results depend on it)")
     sync_bn: bool = Field(False, description="synchronised BatchNorm across torchrun processes")
+    best_metric: str | None = Field(
+        "test_acc", description="the evaluated metric whose best epoch best.pt keeps (test_acc, test_top5, "
+        "test_loss; online: also test_acc_ensemble, test_acc_best_peer, ...; *loss*: lower is better); "
+        "null: no best.pt")
+
+    @field_validator("best_metric")
+    @classmethod
+    def _check_best_metric(cls, value: str | None) -> str | None:
+        if value is not None and not BEST_METRIC.fullmatch(value):
+            raise ValueError(f"'{value}' is not an evaluated metric (test_acc, test_top5, test_loss, or for an "
+                             f"online method test_acc_NAME / test_top5_NAME / test_loss_NAME)")
+        return value
 
     @model_validator(mode="after")
     def _resolve_threads(self):
@@ -181,7 +205,8 @@ class TrainConfig(Section):
 class RunConfig(Section):
     name: str = "run"
     seed: int = Field(0, ge=0)
-    output_dir: str = "runs"
+    output_dir: str = Field("runs", description="the run lives in output_dir/name (relative: from the current "
+                                                "directory, not the config file's)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -241,6 +266,10 @@ class RunConfig(Section):
         if method_cls.default_augment and self.augment.name == "none":
             raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
                              f"{method_cls.default_augment}), or leave augment unset to get that default")
+        best = self.train.best_metric
+        if best is not None and BEST_METRIC.fullmatch(best).group(2) and not getattr(method_cls, "online", False):
+            raise ValueError(f"train.best_metric {best} names one output of an online method; method "
+                             f"{self.method.name} has one (test_acc, test_top5 or test_loss)")
         method_cls.check_config(self)
         return self
 
@@ -297,10 +326,15 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))
+    return switches_first(parsed)
+
+
+def switches_first(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Overrides in the order they apply: method and augmentation switches first, the rest as given."""
     def is_switch(kv):
         return kv[0] in _NAMED_SECTIONS and not isinstance(kv[1], dict)
 
-    return [kv for kv in parsed if is_switch(kv)] + [kv for kv in parsed if not is_switch(kv)]
+    return [kv for kv in pairs if is_switch(kv)] + [kv for kv in pairs if not is_switch(kv)]
 
 
 def yaml_error_line(err: yaml.YAMLError) -> str:
@@ -336,24 +370,50 @@ def build_config(tree: dict) -> RunConfig:
         raise ConfigError(_format_validation_error(err)) from None
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config file's tree (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return tree
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = load_yaml(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-        except OSError as err:
-            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
+    tree: dict = read_config_file(path) if path is not None else {}
     for key, value in parse_overrides(list(overrides)):
         set_dotted(tree, key, value)
+    return build_config(tree)
+
+
+def resolve_config(config: str | Path | dict | RunConfig | None = None,
+                   overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The Python API's config: ``config`` is a YAML file's path, a config tree (dict), a RunConfig or None (the
+    defaults); ``overrides`` maps dotted keys to Python values (``{"optim.epochs": 2, "method": "kd"}``), applied
+    as ``key=value`` overrides are (a method or augmentation switch first)."""
+    if isinstance(config, RunConfig):
+        tree = config.to_dict()
+    elif isinstance(config, dict):
+        tree = copy.deepcopy(config)
+    elif isinstance(config, (str, os.PathLike)):
+        tree = read_config_file(config)
+    elif config is None:
+        tree = {}
+    else:
+        raise ConfigError(f"config: expected a YAML file's path, a dict or None, got {type(config).__name__}")
+    for key, value in switches_first(list((overrides or {}).items())):
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"override key {key!r}: expected a dotted config key such as 'optim.epochs'")
+        set_dotted(tree, key, copy.deepcopy(value))
     return build_config(tree)
 
 
@@ -372,6 +432,8 @@ def describe_options() -> str:
             lines.append(f"  {prefix}{name}={default!r}{desc}")
 
     walk(RunConfig, "")
-    lines.append("  method.<param>=...  (the chosen method's parameters; see README)")
-    lines.append("  augment.<param>=...  (the chosen augmentation's parameters; see README)")
+    lines.append("  method.<param>=...  (the chosen method's parameters: `mixdistill methods` lists them with "
+                 "their defaults)")
+    lines.append("  augment.<param>=...  (the chosen augmentation's parameters: `mixdistill augments` lists them "
+                 "with their defaults)")
     return "\n".join(lines)

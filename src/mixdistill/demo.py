@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mixdistill.config import merge
 from mixdistill.resources import demo_config
+from mixdistill.studies.common import mean_std
 from mixdistill.studies.grid import GridRun, run_grid
 
 
@@ -56,13 +57,12 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     table.add_column("model")
     table.add_column("train images", justify="right")
     table.add_column("per seed", justify="right")
-    table.add_column("mean ± std", justify="right")
+    table.add_column("mean ± std" if seeds > 1 else "accuracy", justify="right")
     table.add_row(f"teacher {teacher_model} (CE)", str(teacher["train_images"]),
                   f"{teacher['last_acc']:.2f}", f"{teacher['last_acc']:.2f}")
     for method_name, accs in results.items():
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         table.add_row(f"student {student_model} ({method_name.upper()})", str(student_images),
-                      " ".join(f"{a:.2f}" for a in accs), f"{statistics.mean(accs):.2f} ± {std:.2f}")
+                      " ".join(f"{a:.2f}" for a in accs), mean_std(accs))  # one seed: no ±, it has no spread
     console.print(table)
     gain = statistics.mean(results["kd"]) - statistics.mean(results["ce"])
     wins = sum(k > c for k, c in zip(results["kd"], results["ce"]))

@@ -1,8 +1,86 @@
 """Every training method by its config name (``method.name``): importing this module imports the offline
-distillers and the online methods, which register themselves into ``METHODS``."""
+distillers and the online methods, which register themselves into ``METHODS``, then the plugins: the modules
+named in ``$MIXDISTILL_PLUGINS`` (comma-separated) and the ``mixdistill.plugins`` entry points of installed
+packages, which register their own methods and augmentations (``register_method``, ``register_augment``), so
+that the command line and configs know them too."""
+
+from __future__ import annotations
+
+import importlib
+import os
 
 import mixdistill.distill  # noqa: F401  (registration)
 import mixdistill.online  # noqa: F401  (registration)
+from mixdistill.augment.registry import AUGMENTATIONS, NAME_PATTERN
+from mixdistill.errors import MixdistillError
 from mixdistill.registry import METHODS
 
-__all__ = ["METHODS"]
+__all__ = ["METHODS", "load_plugins", "register_method", "unregister_method"]
+
+BUILT_IN = frozenset(METHODS)
+PLUGINS_ENV = "MIXDISTILL_PLUGINS"
+ENTRY_POINT_GROUP = "mixdistill.plugins"
+
+
+def register_method(name: str, cls=None, *, replace: bool = False):
+    """Register a :class:`~mixdistill.distill.Distiller` subclass as training method ``name`` (usable as
+    ``method=name`` in a config or override; its ``Params`` fields become the ``method`` section's keys). Use as
+    ``@register_method("name")`` or ``register_method("name", cls)``. A built-in name cannot be taken;
+    registering a name again needs ``replace=True``."""
+    from mixdistill.distill.base import Distiller, MethodParams
+
+    def register(cls):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"method name {name!r}: use letters, digits, '_' and '-'")
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"method '{name}': {cls!r} is not a subclass of mixdistill.distill.Distiller")
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, MethodParams)):
+            raise TypeError(f"method '{name}': {cls.__name__}.Params must subclass mixdistill.distill.MethodParams")
+        if cls.forward_train is Distiller.forward_train:
+            raise TypeError(f"method '{name}': {cls.__name__} does not define forward_train")
+        if cls.default_augment is not None and cls.default_augment not in AUGMENTATIONS:
+            raise ValueError(f"method '{name}': default_augment '{cls.default_augment}' is not a registered "
+                             "augmentation")
+        if name in BUILT_IN:
+            raise ValueError(f"method '{name}' is built in; choose another name")
+        if name in METHODS:
+            if not replace:
+                raise ValueError(f"method '{name}' is registered already (pass replace=True to replace it)")
+            del METHODS[name]
+        return METHODS.register(name)(cls)
+
+    return register if cls is None else register(cls)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method registered with :func:`register_method` (built-in ones stay)."""
+    if name in BUILT_IN:
+        raise ValueError(f"method '{name}' is built in")
+    METHODS.pop(name, None)
+
+
+def load_plugins() -> list[str]:
+    """Import the plugins: every ``mixdistill.plugins`` entry point, then every module named in
+    ``$MIXDISTILL_PLUGINS``. A plugin that fails to import is a MixdistillError naming it (its own error chained)."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as err:
+            raise MixdistillError(f"plugin {point.value} (entry point '{point.name}' of group {ENTRY_POINT_GROUP}) "
+                                  f"failed to import: {type(err).__name__}: {err}") from err
+        loaded.append(point.value)
+    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+        if module:
+            try:
+                importlib.import_module(module)
+            except Exception as err:
+                raise MixdistillError(f"plugin {module} (from ${PLUGINS_ENV}) failed to import: "
+                                      f"{type(err).__name__}: {err}") from err
+            loaded.append(module)
+    return loaded
+
+
+PLUGINS = load_plugins()

@@ -62,7 +62,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="the dataset the model was trained on, for checkpoints that do not record it "
                              "(sets the input normalisation and the default evaluation set)")
     parser.add_argument("--out", default=None, help="output folder (unset: RUN_DIR/analysis)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, as train), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="confidence bins of ECE / MCE (das2020 used 10)")
@@ -157,7 +157,7 @@ def collect_outputs(model: torch.nn.Module, loader) -> dict:
 # ------------------------------------------------------------------------------------------- analysis
 
 def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize="train", arch=None, dataset=None,
-            out=None, device="cpu", batch_size=500, bins=DEFAULT_BINS, teacher=None, teacher_arch=None,
+            out=None, device="auto", batch_size=500, bins=DEFAULT_BINS, teacher=None, teacher_arch=None,
             no_teacher=False, fgsm=None, pgd=None, pgd_steps=10, pgd_step_size=None, pgd_random_start=True,
             human_labels=None, tsne=False, tsne_samples=TSNE_SAMPLES, teacher_stats=None, teacher_stats_epochs=1,
             seed=0) -> dict:

@@ -6,7 +6,7 @@ from .mix import (autoaugment, box_mask, crop_flip, cut_n_mix, cutmix, cutout, d
 from .pick import PICK_CRITERIA, cutmix_pick, pick_scores
 from .record import MixedBatch
 from .registry import (AUGMENTATIONS, LABEL_PRESERVING, augment_params, augment_uses_teacher, make_augment,
-                       resolve_augment_params)
+                       register_augment, resolve_augment_params, unregister_augment)
 
 __all__ = [
     "AUGMENTATIONS",
@@ -32,5 +32,7 @@ __all__ = [
     "mixup_two_perm",
     "pick_scores",
     "pmu",
+    "register_augment",
     "sample_beta",
+    "unregister_augment",
 ]

@@ -1,12 +1,16 @@
-"""Augmentations by name, and ``make_augment`` to bind a config's parameters to one."""
+"""Augmentations by name, ``make_augment`` to bind a config's parameters to one, and ``register_augment`` to add
+one from outside the package (its parameters typed from its annotations and defaults)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Annotated, Literal, Optional
+import re
+import typing
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, NonNegativeInt, PositiveInt, StrictBool, ValidationError, create_model
+from pydantic import (Field, NonNegativeInt, PositiveInt, StrictBool, TypeAdapter, ValidationError,
+                      create_model)
 
 from ..errors import ConfigError, UnknownNameError
 from ..schema import Schema
@@ -62,6 +66,13 @@ PARAM_TYPES = {
 }
 
 
+BUILT_IN = frozenset(AUGMENTATIONS)
+# The parameter types of augmentations registered from outside the package (``register_augment``), by
+# augmentation: their parameter names need not be in PARAM_TYPES, and a name there may mean something else.
+_OWN_PARAM_TYPES: dict[str, dict[str, Any]] = {}
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 class _Params(Schema):
     pass
 
@@ -69,8 +80,10 @@ class _Params(Schema):
 @functools.cache
 def _params_model(name: str) -> type[_Params]:
     fields = {}
+    own = _OWN_PARAM_TYPES.get(name, {})
     for key, default in augment_params(name).items():
-        fields[key] = (PARAM_TYPES[key], ... if default is inspect.Parameter.empty else default)
+        fields[key] = (own[key] if key in own else PARAM_TYPES[key],
+                       ... if default is inspect.Parameter.empty else default)
     return create_model(f"{name}_params", __base__=_Params, **fields)
 
 
@@ -126,3 +139,109 @@ def make_augment(name: str, **params):
     resolved = resolve_augment_params(name, **params)
     bound = {k: v for k, v in resolved.items() if not (k in ("mean", "std") and v is None)}
     return functools.partial(AUGMENTATIONS[name], **bound)
+
+
+# -------------------------------------------------------------------------------- augmentations from outside
+
+def _type_of_default(value) -> Any:
+    if isinstance(value, bool):
+        return StrictBool
+    if isinstance(value, (int, float, str)):
+        return type(value)
+    if isinstance(value, (tuple, list)):
+        kinds = {_type_of_default(v) for v in value}
+        return tuple[kinds.pop() if len(kinds) == 1 else Any, ...]
+    return None
+
+
+def _own_param_types(name: str, fn) -> dict[str, Any]:
+    """Each configurable parameter's type: its annotation, else PARAM_TYPES' type for a name listed there, else
+    the type of its default (bool, int, float, str, a tuple of those). ``mean``/``std`` are always the dataset's
+    normalisation (PARAM_TYPES)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise TypeError(f"augmentation '{name}': cannot read the signature of {fn!r}") from None
+    params = signature.parameters
+    missing = [a for a in _CALL_ARGS if a not in params]
+    if missing:
+        raise TypeError(f"augmentation '{name}' must take (images, labels, *, generator, ...): "
+                        f"{', '.join(missing)} missing")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - an annotation naming something not importable: read them one by one
+        hints = {k: p.annotation for k, p in params.items()
+                 if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str)}
+    types = {}
+    for key, p in params.items():
+        if key in _CALL_ARGS or key in _RUNTIME_ARGS:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"augmentation '{name}': *{key} cannot be configured; name every parameter")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(f"augmentation '{name}': parameter '{key}' is positional-only; it is passed by name")
+        if key in ("mean", "std"):
+            kind = PARAM_TYPES[key]
+        elif key in hints:
+            kind = hints[key]
+        elif key in PARAM_TYPES:
+            kind = PARAM_TYPES[key]
+        else:
+            kind = None if p.default is inspect.Parameter.empty else _type_of_default(p.default)
+        if kind is None:
+            raise TypeError(f"parameter '{key}' of augmentation '{name}' needs a type annotation (or a default of "
+                            f"type bool, int, float, str or a tuple of them to take its type from)")
+        types[key] = kind
+    return types
+
+
+def register_augment(name: str, fn=None, *, replace: bool = False):
+    """Register ``fn(images, labels, *, generator, **params) -> MixedBatch`` as augmentation ``name`` (usable as
+    ``augment=name`` in a config or override). Use as ``@register_augment("name")`` or
+    ``register_augment("name", fn)``. Its parameters become the ``augment`` section's keys, validated like the
+    built-in ones: each is typed by its annotation (``Annotated[float, Field(ge=0, le=1)]`` adds a range), else
+    by PARAM_TYPES for a name the built-ins use (``p``, ``alpha``, ...), else by its default's type; a parameter
+    named ``teacher`` (and ``student``) receives the models at call time, as cutmix_pick's does. A built-in name
+    cannot be taken; registering a name again needs ``replace=True``."""
+
+    def register(fn):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == "none":
+            raise ValueError(f"augmentation name {name!r}: use letters, digits, '_' and '-' (and not 'none')")
+        if not callable(fn):
+            raise TypeError(f"augmentation '{name}': {fn!r} is not callable")
+        if name in BUILT_IN:
+            raise ValueError(f"augmentation '{name}' is built in; choose another name")
+        if name in AUGMENTATIONS and not replace:
+            raise ValueError(f"augmentation '{name}' is registered already (pass replace=True to replace it)")
+        types = _own_param_types(name, fn)
+        previous = AUGMENTATIONS.get(name), _OWN_PARAM_TYPES.get(name)
+        AUGMENTATIONS[name], _OWN_PARAM_TYPES[name] = fn, types
+        _params_model.cache_clear()
+        try:
+            _params_model(name)  # every type is one pydantic can validate
+            for key, default in augment_params(name).items():
+                if default is not inspect.Parameter.empty and key not in ("mean", "std"):
+                    try:
+                        TypeAdapter(types[key]).validate_python(default)
+                    except ValidationError as err:
+                        raise TypeError(f"the default {default!r} of '{key}' fails its own type: "
+                                        f"{err.errors()[0]['msg']}") from None
+        except Exception as err:  # noqa: BLE001 - leave no trace of a registration that failed
+            if previous[0] is None:
+                del AUGMENTATIONS[name], _OWN_PARAM_TYPES[name]
+            else:
+                AUGMENTATIONS[name], _OWN_PARAM_TYPES[name] = previous
+            _params_model.cache_clear()
+            raise TypeError(f"augmentation '{name}': {str(err).splitlines()[0]}") from None
+        return fn
+
+    return register if fn is None else register(fn)
+
+
+def unregister_augment(name: str) -> None:
+    """Remove an augmentation registered with :func:`register_augment` (built-in ones stay)."""
+    if name in BUILT_IN:
+        raise ValueError(f"augmentation '{name}' is built in")
+    AUGMENTATIONS.pop(name, None)
+    _OWN_PARAM_TYPES.pop(name, None)
+    _params_model.cache_clear()

@@ -2,7 +2,8 @@
 
 Where the files are looked for, first match wins:
 
-1. the ``root`` argument (the CLI's ``--data-root`` / config ``data.root``): when given, the only place
+1. the ``root`` argument (config ``data.root``, e.g. ``train CONFIG data.root=PATH``; ``--data-root`` of eval,
+   analyze, study and demo): when given, the only place
    looked (downloaded into when missing and downloading is allowed), never a fallback to the others;
 2. the environment variable ``MIXDISTILL_DATA``;
 3. for ``fashion_mnist``, the Debian package location ``/usr/share/datasets/fashion-mnist``
@@ -21,6 +22,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,11 @@ ENV_VAR = "MIXDISTILL_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "mixdistill" / "data"
 SPLITS = ("train", "test")
+# How to give a data root, as the dataset-not-found message says it: the CLI sets the way its command takes
+# one (cli.DATA_ROOT_HINTS); elsewhere (the library, a study's worker process) every command's way is named.
+ROOT_HINT: ContextVar[str] = ContextVar(
+    "ROOT_HINT", default="give the folder holding it as the data root (train: the override data.root=PATH or "
+                         "data.root in the config; eval, analyze, study and demo: --data-root PATH)")
 
 
 @dataclass(frozen=True)
@@ -93,13 +100,13 @@ DATASETS: dict[str, DatasetSpec] = {
         name="cifar10", num_classes=10, in_channels=3, image_size=32,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4,
         reader=readers.read_cifar10, find=lambda d: readers.find_cifar(d, 10), download=_download_cifar10,
-        how_to_get="let it download from the internet (download=True)",
+        how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     "cifar100": DatasetSpec(
         name="cifar100", num_classes=100, in_channels=3, image_size=32,
         mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
         reader=readers.read_cifar100, find=lambda d: readers.find_cifar(d, 100), download=_download_cifar100,
-        how_to_get="let it download from the internet (download=True)",
+        how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     # 2 pixels of crop padding at 28x28: the usual 4 (from CIFAR's 32x32) cuts into the centred garments
     "fashion_mnist": DatasetSpec(
@@ -108,7 +115,7 @@ DATASETS: dict[str, DatasetSpec] = {
         reader=readers.read_mnist_like, find=readers.find_idx, download=_download_fashion_mnist,
         how_to_get=(
             f"on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs {DEBIAN_FASHION_MNIST}), "
-            "or let it download from the internet (download=True)"
+            "or let it download from the internet (data.download=true, the default)"
         ),
     ),
     # sizes, channels and classes come from the files; 0.5 mean/std for every channel
@@ -187,8 +194,8 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
     looked = ", ".join(where if folder is None else f"{where} {folder}" for where, folder in candidates)
     raise DatasetNotFoundError(
         f"dataset '{name}' not found (looked in: {looked}{download_note}). "
-        f"To fix, point data.root (--data-root for eval, analyze, study and demo) at the folder holding it, "
-        f"or set the environment variable {ENV_VAR} to that folder, or {spec.how_to_get}."
+        f"To fix, {ROOT_HINT.get()}, or set the environment variable {ENV_VAR} to that folder, "
+        f"or {spec.how_to_get}."
     )
 
 

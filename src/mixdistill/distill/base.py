@@ -79,6 +79,7 @@ class Distiller(nn.Module):
     # the augmentation the method is defined with: a config that leaves ``augment`` unset gets it, and
     # ``augment: none`` is refused for such a method (config validation says which it needs)
     default_augment: ClassVar[str | None] = None
+    source: ClassVar[str] = ""  # the paper the method comes from, one line (``mixdistill methods`` lists it)
     augment: Callable | None = None  # a bound mixdistill.augment function, set by the trainer
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: MethodParams):

@@ -16,6 +16,7 @@ class CEParams(MethodParams):
 
 @METHODS.register("ce")
 class CE(Distiller):
+    source = "cross-entropy on the labels, no distillation (teachers and baselines)"
     Params = CEParams
     needs_teacher = False
 

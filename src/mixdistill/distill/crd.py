@@ -174,6 +174,7 @@ class CRDKDParams(CRDParams):
 
 @METHODS.register("crd")
 class CRD(Distiller):
+    source = 'Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020 (arXiv 1910.10699)'
     Params = CRDParams
     reads_teacher_features = True
 
@@ -211,6 +212,7 @@ class CRD(Distiller):
 
 @METHODS.register("crd_kd")
 class CRDKD(CRD):
+    source = 'CRD (Tian et al., ICLR 2020) + KD: what wang2022 (arXiv 2012.02909) reports as "CRD"'
     Params = CRDKDParams
 
     def forward_train(self, images, labels, info):
@@ -228,6 +230,7 @@ class CRDKDView(CRD):
     + crd_weight * CRD(x)``; the view ``x'`` gets the KL term only (teacher re-run on it, or CutMixPick's pool
     logits), its mixed labels unused; the student forwards ``x`` and ``x'`` separately."""
 
+    source = 'wang2022 (arXiv 2012.02909): its "CRD + CutMixPick"'
     Params = CRDKDParams
     default_augment = "cutmix"
 

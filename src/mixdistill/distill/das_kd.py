@@ -31,6 +31,8 @@ class DasKDParams(MethodParams):
 
 @METHODS.register("das_kd")
 class DasKD(Distiller):
+    source = ('das2020: Das, Massa, Kulkarni, Rekatsinas, "An Empirical Analysis of the Impact of Data '
+              'Augmentation on Knowledge Distillation", 2020 (arXiv 2006.03810)')
     Params = DasKDParams
 
     @classmethod

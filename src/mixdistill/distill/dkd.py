@@ -86,6 +86,7 @@ _PAIR_NAMES = {"mobile_half": "MobileNetV2"}
 
 @METHODS.register("dkd")
 class DKD(Distiller):
+    source = 'Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation", CVPR 2022 (arXiv 2203.08679)'
     Params = DKDParams
 
     @classmethod

@@ -20,6 +20,7 @@ class KDParams(MethodParams):
 
 @METHODS.register("kd")
 class KD(Distiller):
+    source = 'Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531)'
     Params = KDParams
 
     def forward_train(self, images, labels, info):
@@ -35,4 +36,6 @@ class KD(Distiller):
 
 @METHODS.register("mix_kd")
 class MixKD(KD):
+    source = ('choi2023 (Mix-S): Choi, Jeon, Shukla, Turaga, "Understanding the Role of Mixup in Knowledge '
+              'Distillation", WACV 2023 (arXiv 2211.03946)')
     default_augment = "mixup_two_perm"

@@ -25,6 +25,8 @@ class KDViewParams(MethodParams):
 
 @METHODS.register("kd_view")
 class KDView(Distiller):
+    source = ('wang2022: Wang, Lohit, Jones, Fu, "What Makes a \'Good\' Data Augmentation in Knowledge '
+              'Distillation", NeurIPS 2022 (arXiv 2012.02909)')
     Params = KDViewParams
     default_augment = "cutmix"
 

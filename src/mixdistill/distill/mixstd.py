@@ -22,6 +22,8 @@ class MixSTDParams(MethodParams):
 
 @METHODS.register("mixstd")
 class MixSTD(Distiller):
+    source = ('choi2023 (MIXSTD): Choi, Jeon, Shukla, Turaga, "Understanding the Role of Mixup in Knowledge '
+              'Distillation", WACV 2023 (arXiv 2211.03946)')
     Params = MixSTDParams
     default_augment = "mixup_two_perm"
 

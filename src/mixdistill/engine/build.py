@@ -100,7 +100,10 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
 
 
 def missing_teacher(source: str) -> str:
-    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name: train the teacher "
+    where = "" if Path(source).is_absolute() else (
+        f" (a relative path is read from the current directory, {Path.cwd()}, as a relative output_dir is written: "
+        "run the student from where you ran the teacher, or give an absolute path)")
+    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name{where}: train the teacher "
             f"first (for the Fashion-MNIST configs: `mixdistill train configs/fmnist_cpu_teacher.yaml`), point "
             f"model.teacher_checkpoint at an existing last.pt, or name a pretrained CIFAR-100 teacher "
             f"(`mixdistill teachers` lists them)")

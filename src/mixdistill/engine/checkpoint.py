@@ -2,7 +2,8 @@
 
 A checkpoint is ``{'model': student state_dict, ...}`` so that it doubles as a teacher checkpoint in
 the RepDistiller/CRD format. It also holds the optimiser, scheduler, epoch, step, RNG state, the
-method's own modules, the resolved config and the metrics so far. It is written whole
+method's own modules, the resolved config and the metrics so far (``last.pt``); ``best.pt`` holds the same
+without the optimiser, scheduler and RNG state, at the best evaluated epoch. It is written whole
 (``mixdistill.files``) and read by the project's one safe reader (``models.checkpoint.read_checkpoint``,
 ``weights_only=True``: a checkpoint can never execute code).
 """
@@ -18,6 +19,9 @@ from mixdistill.files import save_torch
 from mixdistill.models.checkpoint import read_checkpoint
 
 FORMAT = "mixdistill-checkpoint-v1"
+# best.pt: a training checkpoint's weights, config and history at its best epoch, with ``best`` (metric, value,
+# epoch) and without optimiser, scheduler and RNG state, so it cannot be resumed from
+BEST_FORMAT = "mixdistill-best-v1"
 
 
 def save_atomic(obj, path: str | Path) -> None:

@@ -4,8 +4,8 @@ teacher and its data. Every command that reads a run (eval, analyze, the studies
 here; every file a run writes goes through :mod:`mixdistill.files`.
 
 Layout of ``OUTPUT_DIR/NAME``: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch),
-``last.pt`` (the checkpoint), ``summary.json`` (written when the run finishes), ``tensorboard/``, and ``.lock``
-(``.lock.holder`` names the process holding it).
+``last.pt`` (the checkpoint), ``best.pt`` (the best evaluated epoch's weights), ``summary.json`` (written when the
+run finishes), ``tensorboard/``, and ``.lock`` (``.lock.holder`` names the process holding it).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.schema import load_yaml
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
+BEST = "best.pt"  # the best evaluated epoch by train.best_metric (not resumable)
 # config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "data.root", "data.num_workers",
-                    "output_dir"}
+                    "output_dir", "train.best_metric"}
 PATH_KEYS = {"model.teacher_checkpoint"}  # the same file, named relatively once and absolutely once, is the same
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -30,6 +31,56 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of mixdistill's source when it runs from a git checkout (an editable install), else None."""
+    from pathlib import Path
+
+    return git_commit_of(Path(__file__).resolve().parent.parent)
+
+
+def git_commit_of(package) -> str | None:
+    """``git rev-parse HEAD`` in directory ``package`` when git tracks its ``__init__.py`` there, else None. Never
+    fails: no git, no repository, a directory git does not track (a copy installed inside someone else's
+    repository) are all None."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # ask about this directory only
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=package, env=env, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", "__init__.py") is None:  # not tracked here: not our checkout
+        return None
+    commit = git("rev-parse", "HEAD")
+    return commit if commit and len(commit) >= 40 and all(c in "0123456789abcdef" for c in commit) else None
+
+
+def environment(runtime: Runtime, world_size: int = 1) -> dict:
+    """What a run computed on (its ``summary.json``): torch, the CPU kind, the device and the precision actually
+    used, and the source commit."""
+    import platform
+
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "device": str(runtime.device),
+        "device_name": (torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else cpu_name()),
+        "precision": runtime.precision,
+        "threads": torch.get_num_threads(),
+        "processes": world_size,
+        "git_commit": source_commit(),
+    }
 
 
 def cpu_compiler_missing() -> str | None:

@@ -16,18 +16,18 @@ import time
 
 import torch
 
-from mixdistill.config import RunConfig, build_config
+from mixdistill.config import RunConfig, build_config, metric_lower_is_better
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run
 from mixdistill.engine.build import base_lr, build_distiller, build_loaders, model_label
-from mixdistill.engine.checkpoint import FORMAT, load_checkpoint, non_finite_tensors, save_atomic
+from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
 from mixdistill.engine.distributed import init_distributed, wrap_for_training
 from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
 from mixdistill.engine.fast import accelerate_teacher
 from mixdistill.engine.logging import RunLogger
-from mixdistill.engine.runtime import resolve_runtime, seed_epoch
+from mixdistill.engine.runtime import environment, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
 from mixdistill.files import write_json, write_yaml
@@ -46,6 +46,7 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.checkpoint_path = self.run_dir / run.CHECKPOINT
+        self.best_path = self.run_dir / run.BEST
         self._lock = contextlib.ExitStack()
         try:
             self._claim_run_dir()
@@ -85,8 +86,15 @@ class Trainer:
         self.start_epoch, self.step_count = 0, 0
         self.history: list[dict] = []
         self._resumed_compile = None
+        self.best_saved = None  # what best.pt holds ({"metric", "value", "epoch"}), as of the last checkpoint
         if resume:
             self._load_state()
+        # the best evaluated epoch so far, from the checkpoint's history: a resumed run replaces best.pt only with a
+        # better epoch (by the current train.best_metric, which may differ from the one the run started with)
+        self.best = best_so_far(self.history, cfg.train.best_metric)
+        if cfg.train.best_metric and "top5" in cfg.train.best_metric and self.num_classes < 5:
+            raise ConfigError(f"train.best_metric {cfg.train.best_metric}: top-5 accuracy needs at least 5 classes "
+                              f"(this dataset has {self.num_classes})")
         self.compile_decision = self._decide_compile()
         self.train_module = wrap_for_training(self.distiller, self.dist, cfg.train.sync_bn)
         self.train_step = self._make_train_step()
@@ -166,9 +174,11 @@ class Trainer:
         self.start_epoch, self.step_count = state["epoch"], state["step"]
         self.history = json.loads(state["history"])
         self._resumed_compile = state.get("compile")
+        self.best_saved = state.get("best")
         torch.set_rng_state(state["rng"]["torch"])
 
-    def _save_state(self, epoch: int):
+    def _state(self, epoch: int) -> dict:
+        """The checkpoint after ``epoch`` epochs, its weights, buffers and optimiser state checked finite."""
         state = {
             "format": FORMAT,
             "arch": self.distiller.student_arch,
@@ -184,6 +194,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "history": json.dumps(self.history),
             "compile": self.runtime.compile,
+            "best": self.best_saved,
         }
         bad = non_finite_tensors({"model": state["model"], "distiller_extra": state["distiller_extra"],
                                   "optimizer": state["optimizer"]["state"]})
@@ -193,7 +204,16 @@ class Trainer:
             raise NonFiniteLossError(f"non-finite weights or buffers after epoch {epoch} "
                                      f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); not saved, "
                                      f"stopped; {kept}")
-        save_atomic(state, self.checkpoint_path)
+        return state
+
+    def _save_state(self, epoch: int, state: dict | None = None):
+        save_atomic(state if state is not None else self._state(epoch), self.checkpoint_path)
+
+    def _save_best(self, state: dict):
+        """best.pt: the checkpoint of the best epoch so far by ``train.best_metric``, without the optimiser,
+        scheduler and RNG state (it is for evaluating and distilling from, not for resuming)."""
+        kept = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}
+        save_atomic({**kept, "format": BEST_FORMAT}, self.best_path)
 
     # -- one step -------------------------------------------------------------------------------------
     def _make_train_step(self):
@@ -285,17 +305,29 @@ class Trainer:
                                                             self.test_loader, self.runtime)))
                 self.history.append(record)
                 logger.epoch(record)
+                improved = main and self._improves_best(record)
+                if improved:
+                    self.best_saved = dict(self.best)  # recorded in this epoch's checkpoints (best.pt and last.pt)
                 if self._probe_key and self.compile_decision.compile and epoch == self.start_epoch + 1:
                     first, second = self.history[-2]["epoch_time_s"], record["epoch_time_s"]
                     record_warm_compile(self._probe_key, max(0.0, first - second))
-                if main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs):
-                    self._save_state(epoch + 1)
+                due = main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs)
+                state = self._state(epoch + 1) if improved or due else None
+                if improved:  # before last.pt: a run killed between the two re-runs this epoch on --resume
+                    self._save_best(state)
+                if due:
+                    self._save_state(epoch + 1, state)
                 self.dist.barrier()
         finally:
             logger.close()
         summary = summarize(self.history, cfg, teacher_eval)
         summary["train_images"] = self.train_images
         summary["compiled"] = self.runtime.compile
+        # what best.pt holds; None without one (train.best_metric null; a run resumed from a checkpoint older than
+        # best.pt whose best epoch was never beaten since)
+        summary["best_checkpoint"] = ({"file": run.BEST, **self.best_saved}
+                                      if self.best_saved and main and self.best_path.exists() else None)
+        summary["environment"] = environment(self.runtime, world_size=self.dist.world_size)
         if main:
             write_json(self.run_dir / run.SUMMARY, summary)
         if self.dist.enabled:
@@ -355,6 +387,19 @@ class Trainer:
         record.update({f"stat_{k}": float(v / n) for k, v in stats.items()})
         return record
 
+    def _improves_best(self, record: dict) -> bool:
+        """Does this epoch's evaluation beat the best so far by ``train.best_metric``? (Updates it if so.)"""
+        metric = self.cfg.train.best_metric
+        if metric is None or not any(k.startswith("test_") for k in record):
+            return False
+        if metric not in record:
+            evaluated = ", ".join(k for k in record if k.startswith("test_"))
+            raise ConfigError(f"train.best_metric {metric} is not among this run's evaluated metrics ({evaluated})")
+        if not _better(record[metric], self.best and self.best["value"], metric):
+            return False
+        self.best = {"metric": metric, "value": record[metric], "epoch": record["epoch"]}
+        return True
+
     def _raise_if_nonfinite(self, bad_step, bad_terms):
         if bad_step.item() >= 0:
             terms = [name for name, s in bad_terms.items() if s.item() == bad_step.item()] or ["total"]
@@ -366,6 +411,25 @@ class Trainer:
 
 # ------------------------------------------------------------------------------------------ helpers
 
+def _better(value: float, best: float | None, metric: str) -> bool:
+    """Strictly better (ties keep the earlier epoch); NaN never is."""
+    if value != value:
+        return False
+    if best is None:
+        return True
+    return value < best if metric_lower_is_better(metric) else value > best
+
+
+def best_so_far(history: list[dict], metric: str | None) -> dict | None:
+    """The best evaluated epoch of ``history`` by ``metric`` (``{"metric", "value", "epoch"}``), or None: what a
+    resumed run compares its next evaluations with, so best.pt is never replaced by a worse epoch."""
+    best = None
+    for record in history:
+        if metric is not None and metric in record and _better(record[metric], best and best["value"], metric):
+            best = {"metric": metric, "value": record[metric], "epoch": record["epoch"]}
+    return best
+
+
 def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) -> dict:
     evaluated = [h for h in history if "test_acc" in h]
     last = evaluated[-1] if evaluated else {}
@@ -376,7 +440,7 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
         "teacher": cfg.model.teacher_checkpoint, "seed": cfg.seed, "dataset": cfg.data.dataset,
         "epochs": cfg.optim.total_epochs,
         "last_acc": last.get("test_acc"), "best_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
-        "last_test_loss": last.get("test_loss"),
+        "last_top5": last.get("test_top5"), "last_test_loss": last.get("test_loss"),
         "teacher_acc": teacher_eval["acc"] if teacher_eval else None,
         **{f"last_{k.removeprefix('test_')}": v for k, v in last.items() if k.startswith("test_acc_")},
         "train_time_s": sum(h["epoch_time_s"] for h in history),

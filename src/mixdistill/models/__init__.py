@@ -89,13 +89,62 @@ def count_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> int:
     return counter.get_total_flops() // 2 // input_shape[0]
 
 
-def model_summary(name: str, num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> dict:
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels)
-    return {
-        "name": name,
-        "params": count_parameters(model),
-        "macs": count_macs(model, (1, in_channels, image_size, image_size)),
-    }
+# The input each model is usually trained on, (num_classes, in_channels, image_size): what ``mixdistill models``
+# reports it at unless told otherwise. The CRD benchmark's nets: CIFAR-100; das2020's: CIFAR-10; the small CNNs:
+# Fashion-MNIST; torchvision's ResNets: ImageNet at 224x224.
+CIFAR100_INPUT = (100, 3, 32)
+NATIVE_INPUT: dict[str, tuple[int, int, int]] = {
+    **{name: (10, 3, 32) for name in ("resnet18_cifar", "lenet5", "alexnet_cifar", "alexnet_cifar_w025")},
+    **{name: (10, 1, 28) for name in ("cnn5_w8", "cnn5_w16", "cnn5_w32")},
+    **{name: (1000, 3, 224) for name in ("tv_resnet18", "tv_resnet34", "tv_resnet50")},
+}
+
+
+def native_input(name: str) -> tuple[int, int, int]:
+    """``(num_classes, in_channels, image_size)`` of the data model ``name`` is usually trained on."""
+    if name not in MODELS:
+        raise UnknownNameError("model", name, MODELS)
+    return NATIVE_INPUT.get(name, CIFAR100_INPUT)
+
+
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    """In-place initialisers (``torch.nn.init.*_``, ``Tensor.normal_``) on a meta tensor return it unchanged:
+    PyTorch has no meta kernel for ``normal_``, and its Python fallback imports ``torch._dynamo`` on first use
+    (seconds), for a result that holds no values anyway."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "normal_" or (name.endswith("_") and getattr(func, "__module__", None) == "torch.nn.init"):
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+def create_meta_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
+    """Model ``name`` on PyTorch's meta device: shapes only, no weights allocated or initialised. Enough to
+    count parameters and (``count_macs``) multiply-accumulates."""
+    with torch.device("meta"), _SkipMetaInit():
+        return create_model(name, num_classes=num_classes, in_channels=in_channels)
+
+
+def model_summary(name: str, num_classes: int | None = None, in_channels: int | None = None,
+                  image_size: int | None = None, macs: bool = True) -> dict:
+    """Parameters (and with ``macs``, multiply-accumulates per image) of model ``name``; each of
+    ``num_classes``, ``in_channels``, ``image_size`` left None is the model's :func:`native_input`. The model
+    is built on PyTorch's meta device: no weights are allocated and nothing is computed, so this is cheap at
+    any size."""
+    native = native_input(name)
+    num_classes = native[0] if num_classes is None else num_classes
+    in_channels = native[1] if in_channels is None else in_channels
+    image_size = native[2] if image_size is None else image_size
+    model = create_meta_model(name, num_classes=num_classes, in_channels=in_channels)
+    out = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+           "params": count_parameters(model)}
+    if macs:
+        out["macs"] = count_macs(model, (1, in_channels, image_size, image_size))
+    return out
 
 
 __all__ = [
@@ -103,8 +152,10 @@ __all__ = [
     "ZooModel",
     "count_macs",
     "count_parameters",
+    "create_meta_model",
     "create_model",
     "list_models",
     "load_weights",
     "model_summary",
+    "native_input",
 ]

@@ -35,6 +35,7 @@ from mixdistill.registry import METHODS
 
 @METHODS.register("online_cutmix")
 class OnlineCutMix(OnlineDistiller):
+    source = "shen2022 (arXiv 2206.12370): online distillation on CutMix batches, its first step"
     Params = MutualParams
     default_augment = "cutmix"
 
@@ -77,6 +78,7 @@ class CutNMixParams(MutualParams):
 class CutNMix(OnlineDistiller):
     """Cut^nMix online distillation — RECONSTRUCTED from the abstract of shen2022 (see module docstring)."""
 
+    source = "shen2022 (arXiv 2206.12370): Cut^nMix, RECONSTRUCTED from its abstract"
     Params = CutNMixParams
     default_augment = "cut_n_mix"
 

@@ -16,6 +16,7 @@ class DMLParams(OnlineParams):
 
 @METHODS.register("dml")
 class DML(OnlineDistiller):
+    source = 'Zhang, Xiang, Hospedales, Lu, "Deep Mutual Learning", CVPR 2018'
     Params = DMLParams
 
     def forward_train(self, images, labels, info):

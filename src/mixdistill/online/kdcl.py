@@ -19,6 +19,7 @@ NEEDS_LABEL_PRESERVING = (f"kdcl needs label-preserving views ({', '.join(LABEL_
 
 @METHODS.register("kdcl")
 class KDCL(OnlineDistiller):
+    source = 'Guo et al., "Online Knowledge Distillation via Collaborative Learning", CVPR 2020'
     Params = MutualParams
     default_augment = "flip"
 

@@ -44,6 +44,7 @@ class OKDDipParams(OnlineParams):
 
 @METHODS.register("okddip")
 class OKDDip(OnlineDistiller):
+    source = 'Chen, Mei, Wang, Feng, Chen, "Online Knowledge Distillation with Diverse Peers", AAAI 2020'
     Params = OKDDipParams
 
     def __init__(self, peers, params):

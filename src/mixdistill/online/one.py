@@ -60,6 +60,7 @@ class ONEParams(OnlineParams):
 
 @METHODS.register("one")
 class ONE(OnlineDistiller):
+    source = 'Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018'
     Params = ONEParams
 
     def __init__(self, trunk, peers, trunk_channels, params, standalone: nn.Module | None = None):

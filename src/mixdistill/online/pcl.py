@@ -78,6 +78,7 @@ class PCLParams(OnlineParams):
 
 @METHODS.register("pcl")
 class PCL(OnlineDistiller):
+    source = 'Wu, Gong, "Peer Collaborative Learning for Online Knowledge Distillation", AAAI 2021'
     Params = PCLParams
 
     def __init__(self, peers, params):

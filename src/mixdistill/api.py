@@ -1,0 +1,82 @@
+"""The Python API, exported lazily by ``mixdistill`` itself: ``train``, ``evaluate``, ``open_run``,
+``register_method``, ``register_augment`` (README: "Python API"). Each does what the command of the same name
+does; errors are :class:`~mixdistill.errors.MixdistillError` exceptions carrying the message the command line
+would print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mixdistill.augment.registry import register_augment, unregister_augment
+from mixdistill.config import RunConfig, resolve_config
+from mixdistill.engine.run import FinishedRun, open_run
+from mixdistill.errors import ConfigError
+from mixdistill.methods import register_method, unregister_method
+
+__all__ = ["evaluate", "open_run", "register_augment", "register_method", "train", "unregister_augment",
+           "unregister_method"]
+
+
+def train(config: str | Path | dict | RunConfig | None = None, overrides: dict[str, Any] | None = None, /, *,
+          resume: bool = False, quiet: bool = False, **more: Any) -> dict:
+    """Train one run, as ``mixdistill train`` does, and return its summary (what ``summary.json`` holds) with
+    ``run_dir``, the run directory, added.
+
+    ``config``: a YAML config file's path, a config tree (dict, as the YAML would hold it) or None (the
+    defaults). Overrides are dotted config keys with Python values, given as a dict, as keyword arguments, or
+    both (the keywords win): ``train("configs/fmnist_cpu.yaml", {"optim.epochs": 2}, seed=1)``; a switch of
+    ``method`` or ``augment`` applies first, as on the command line. ``resume``: continue the run in the
+    config's run directory (``--resume``); ``quiet``: no log lines or progress bar.
+    """
+    from mixdistill.engine.trainer import train as train_run
+
+    cfg = resolve_config(config, {**(overrides or {}), **more})
+    summary = train_run(cfg, resume=resume, quiet=quiet)
+    return {**summary, "run_dir": str(cfg.run_dir.resolve())}
+
+
+def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, root: str | Path | None = None,
+             split: str = "test", device: str = "auto", precision: str | None = None, batch_size: int = 512,
+             arch: str | None = None) -> dict:
+    """Top-1 (``acc``), top-5 (``top5``: None below 5 classes) and mean cross-entropy (``loss``) of a run's
+    network on a dataset split, as ``mixdistill eval`` computes them: ``{"acc", "top5", "loss", "images"}``.
+
+    ``run``: a run directory (its ``last.pt``), a checkpoint file (``best.pt``, a ``{'model': state_dict}``
+    file), a summary :func:`train` returned, or an opened run. ``data``: a dataset name (default: the one the run
+    trained on; a foreign checkpoint needs it, and ``arch``); ``root``: its directory (default: the run's
+    ``data.root``, else where data is looked for). The whole split is evaluated (not the run's
+    ``data.test_subset``), in the precision the run trained in unless ``precision`` says otherwise.
+    """
+    import torch
+
+    from mixdistill.data import DeviceLoader, load_dataset
+    from mixdistill.engine.evaluate import evaluate as evaluate_model
+    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.errors import require_at_least
+
+    require_at_least("batch_size", batch_size, 1)
+    if split not in ("train", "test"):
+        raise ConfigError(f"split: 'train' or 'test', got {split!r}")
+    if isinstance(run, dict):
+        if "run_dir" not in run:
+            raise ConfigError("evaluate: a dict run must be the summary mixdistill.train returned (with run_dir)")
+        run = run["run_dir"]
+    opened = run if isinstance(run, FinishedRun) else open_run(run)
+    cfg = opened.cfg
+    dataset = data or (cfg.data.dataset if cfg else None)
+    if dataset is None:
+        raise ConfigError(f"{opened.checkpoint} does not record its dataset: pass data=NAME")
+    root = str(root) if root is not None else None
+    if cfg is not None and dataset == cfg.data.dataset:
+        images = opened.split(split, root=root, use_subset=False)
+    else:
+        images = load_dataset(dataset, split, root=root)
+    model = opened.model(arch, images.spec.num_classes, images.images.shape[1])
+    runtime = resolve_runtime(device, precision or (cfg.train.precision if cfg else "auto"))
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = DeviceLoader(images.images, images.labels, batch_size=batch_size, mean=images.spec.mean,
+                          std=images.spec.std, shuffle=False, drop_last=False, device=runtime.device)
+    return {**evaluate_model(model, loader, runtime), "images": len(images.labels)}

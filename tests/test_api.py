@@ -1,0 +1,313 @@
+"""The Python API (README "Python API"): the README's example executed as written, the override convention,
+registering methods and augmentations (and their parameters' types), plugins for the command line, and a
+light ``import mixdistill``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+import torch
+from pydantic import Field
+
+import mixdistill
+from mixdistill.augment import AUGMENTATIONS, MixedBatch, resolve_augment_params
+from mixdistill.config import load_config, resolve_config
+from mixdistill.distill import Distiller, MethodParams, step_output
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.errors import ConfigError, MixdistillError
+from mixdistill.losses import mixed_cross_entropy
+from mixdistill.methods import METHODS, load_plugins
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture
+def registries():
+    """Whatever a test registers is gone after it (other tests iterate over the registries)."""
+    methods, augments = set(METHODS), set(AUGMENTATIONS)
+    yield
+    for name in set(METHODS) - methods:
+        mixdistill.unregister_method(name)
+    for name in set(AUGMENTATIONS) - augments:
+        mixdistill.unregister_augment(name)
+
+
+def readme_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- python-api-example -->\n```python\n(.*?)\n```", text, re.S)
+    assert found, "README.md has no <!-- python-api-example --> python block"
+    return found.group(1)
+
+
+class CE(Distiller):
+    needs_teacher = False
+
+    def forward_train(self, images, labels, info):
+        batch = self.mix(images, labels, info)
+        logits = self.student(batch.images)
+        return step_output(logits, {"ce": mixed_cross_entropy(logits, labels, batch)}, labels, batch)
+
+
+def noise(images, labels, *, generator, sigma: float = 0.1):
+    rows = torch.arange(images.shape[0])[:, None]
+    return MixedBatch(images + sigma * torch.randn(images.shape, generator=generator), rows, torch.ones(rows.shape))
+
+
+# ------------------------------------------------------------------------------------------- the README
+
+def test_readme_example_runs_as_written(fmnist_root, tmp_path, monkeypatch, registries, capsys):
+    monkeypatch.setenv("MIXDISTILL_DATA", str(fmnist_root))  # "data found as in Set-up"
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_example"}
+    exec(compile(readme_example(), f"{README}:python-api-example", "exec"), namespace)  # noqa: S102
+
+    summary, best, model = namespace["summary"], namespace["best"], namespace["model"]
+    run = tmp_path / "runs" / "smoothing_demo"
+    assert summary["run_dir"] == str(run.resolve())
+    assert summary == {**json.loads((run / "summary.json").read_text()), "run_dir": str(run.resolve())}
+    assert summary["method"] == "label_smoothing" and summary["epochs"] == 1 and summary["train_images"] == 600
+    assert 0 <= summary["last_acc"] <= summary["last_top5"] <= 100
+    assert "top-1" in capsys.readouterr().out
+    config = load_checkpoint(run / "last.pt")["config"]
+    assert config["method"] == {"name": "label_smoothing", "smoothing": 0.1}
+    assert config["augment"] == {"name": "gaussian_noise", "sigma": 0.2}
+    # best.pt of a one-epoch run is that epoch; evaluate reads it on the whole 200-image test split
+    assert summary["best_checkpoint"] == {"file": "best.pt", "metric": "test_acc", "value": summary["last_acc"],
+                                          "epoch": 1}
+    assert best["images"] == 200 and best["acc"] == pytest.approx(summary["last_acc"])
+    assert best["loss"] == pytest.approx(summary["last_test_loss"], rel=1e-5)
+    assert not model.training and sum(p.numel() for p in model.parameters()) > 0
+
+
+# ------------------------------------------------------------------------------------- train's overrides
+
+def test_overrides_are_dotted_keys_with_python_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nmethod: {name: ce}\noptim: {epochs: 7, milestones: [2, 4]}\n")
+    cfg = resolve_config(path, {"optim.milestones": [3, 5], "method.temperature": 2, "method": "kd",
+                                "model.teacher_checkpoint": "t.pt"})
+    assert cfg.name == "a" and cfg.optim.epochs == 7 and cfg.optim.milestones == [3, 5]
+    # the switch applies first, so the temperature given beside it is kept, as on the command line
+    assert cfg.method.name == "kd" and cfg.method.model_extra["temperature"] == 2
+    assert cfg.to_dict() == load_config(path, ["method.temperature=2", "method=kd", "optim.milestones=[3,5]",
+                                               "model.teacher_checkpoint=t.pt"]).to_dict()
+    tree = {"optim": {"epochs": 5, "milestones": [1]}}
+    assert resolve_config(tree, {"optim.epochs": 6}).optim.epochs == 6
+    assert tree == {"optim": {"epochs": 5, "milestones": [1]}}, "the caller's dict was changed"
+    assert resolve_config(resolve_config(tree), {"seed": 3}).seed == 3  # a RunConfig is a config too
+    assert resolve_config(None).to_dict() == load_config(None).to_dict()
+    with pytest.raises(ConfigError, match="optim.epochs"):
+        resolve_config(None, {"optim.epochs": True})
+    with pytest.raises(ConfigError, match="expected a YAML file's path"):
+        resolve_config(3)
+
+
+def test_train_takes_a_dict_and_keywords_keywords_winning(monkeypatch):
+    seen = {}
+
+    def fake_train(cfg, *, resume, quiet):
+        seen.update(cfg=cfg, resume=resume, quiet=quiet)
+        return {"name": cfg.name}
+
+    monkeypatch.setattr("mixdistill.engine.trainer.train", fake_train)
+    out = mixdistill.train(None, {"seed": 1, "name": "x", "optim.epochs": 3, "optim.milestones": [1]},
+                           seed=2, **{"optim.lr": 0.2}, quiet=True)
+    assert seen["cfg"].seed == 2 and seen["cfg"].optim.lr == 0.2 and seen["cfg"].optim.epochs == 3
+    assert seen["quiet"] is True and seen["resume"] is False
+    assert out == {"name": "x", "run_dir": str(Path("runs/x").resolve())}
+
+
+def test_evaluate_errors_are_one_line(tmp_path):
+    with pytest.raises(MixdistillError, match="without last.pt"):
+        mixdistill.evaluate(tmp_path)
+    with pytest.raises(ConfigError, match="summary mixdistill.train returned"):
+        mixdistill.evaluate({"name": "x"})
+
+
+# ------------------------------------------------------------------------------------------- methods
+
+def test_register_method_makes_configs_accept_it(registries):
+    class WeightParams(MethodParams):
+        weight: float = Field(1.0, gt=0)
+
+    @mixdistill.register_method("my_ce")
+    class MyCE(CE):
+        Params = WeightParams
+
+    assert METHODS["my_ce"] is MyCE and MyCE.registry_name == "my_ce"
+    cfg = load_config(None, ["method=my_ce", "method.weight=2"])
+    assert cfg.to_dict()["method"] == {"name": "my_ce", "weight": 2.0}
+    assert load_config(None, ["method=my_ce"]).to_dict()["method"] == {"name": "my_ce", "weight": 1.0}
+    with pytest.raises(ConfigError, match="weight"):
+        load_config(None, ["method=my_ce", "method.weight=-1"])
+    with pytest.raises(ConfigError, match="method"):
+        load_config(None, ["method=my_ce", "method.wieght=1"])
+
+
+def test_register_method_refuses_what_training_could_not_use(registries):
+    with pytest.raises(TypeError, match="not a subclass"):
+        mixdistill.register_method("x", object)
+    with pytest.raises(TypeError, match="forward_train"):
+        mixdistill.register_method("x", type("NoStep", (Distiller,), {}))
+    with pytest.raises(TypeError, match="Params"):
+        mixdistill.register_method("x", type("BadParams", (CE,), {"Params": dict}))
+    with pytest.raises(ValueError, match="default_augment"):
+        mixdistill.register_method("x", type("BadAug", (CE,), {"default_augment": "nope"}))
+    with pytest.raises(ValueError, match="built in"):
+        mixdistill.register_method("kd", CE)
+    with pytest.raises(ValueError, match="method name"):
+        mixdistill.register_method("a=b", CE)
+    mixdistill.register_method("x", CE)
+    with pytest.raises(ValueError, match="registered already"):
+        mixdistill.register_method("x", CE)
+    other = type("Other", (CE,), {})
+    mixdistill.register_method("x", other, replace=True)
+    assert METHODS["x"] is other
+    with pytest.raises(ValueError, match="built in"):
+        mixdistill.unregister_method("ce")
+
+
+# ------------------------------------------------------------------------------------------ augmentations
+
+def test_register_augment_types_parameters_from_annotations_and_defaults(registries):
+    @mixdistill.register_augment("mine")
+    def mine(images, labels, *, generator, strength: Annotated[float, Field(ge=0, le=1)] = 0.5, steps=3,
+             grey=False, mode="a", p=0.5, sizes=(1, 2), mean=None, std=None, teacher=None):
+        return noise(images, labels, generator=generator)
+
+    assert resolve_augment_params("mine") == {"strength": 0.5, "steps": 3, "grey": False, "mode": "a", "p": 0.5,
+                                              "sizes": [1, 2], "mean": None, "std": None}
+    assert resolve_augment_params("mine", steps=4, sizes=[3], grey=True)["sizes"] == [3]
+    bad = [({"strength": 1.5}, "strength"), ({"steps": 1.5}, "steps"), ({"steps": True}, "steps"),
+           ({"grey": 1}, "grey"), ({"p": 2}, "'p'"), ({"sizes": ["x"]}, "sizes"), ({"other": 1}, "unknown parameter")]
+    for params, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            resolve_augment_params("mine", **params)
+    # a teacher-scoring augmentation needs a method with a teacher, as cutmix_pick does
+    with pytest.raises(ConfigError, match="scores the pool with the teacher"):
+        load_config(None, ["augment=mine"])
+
+    mixdistill.register_augment("noise", noise)
+    cfg = load_config(None, ["augment=noise", "augment.sigma=0.3"])
+    assert cfg.to_dict()["augment"] == {"name": "noise", "sigma": 0.3}
+    with pytest.raises(ConfigError, match="sigma"):
+        load_config(None, ["augment=noise", "augment.sigma=[1]"])
+
+
+def test_register_augment_refuses_untyped_or_misfit_parameters(registries):
+    def untyped(images, labels, *, generator, amount):
+        return noise(images, labels, generator=generator)
+
+    def wrong_default(images, labels, *, generator, p=3.0):  # p is a probability wherever it occurs
+        return noise(images, labels, generator=generator)
+
+    def no_generator(images, labels, amount: int = 1):
+        return noise(images, labels, generator=None)
+
+    def star(images, labels, *, generator, **kw):
+        return noise(images, labels, generator=generator)
+
+    for fn, message in ((untyped, "needs a type annotation"), (wrong_default, "default 3.0 of 'p'"),
+                        (no_generator, "generator missing"), (star, "name every parameter")):
+        with pytest.raises(TypeError, match=message):
+            mixdistill.register_augment("bad", fn)
+        assert "bad" not in AUGMENTATIONS
+    with pytest.raises(ValueError, match="built in"):
+        mixdistill.register_augment("mixup", noise)
+    with pytest.raises(ValueError, match="not 'none'"):
+        mixdistill.register_augment("none", noise)
+    mixdistill.register_augment("noise", noise)
+    with pytest.raises(ValueError, match="registered already"):
+        mixdistill.register_augment("noise", noise)
+
+    def noise2(images, labels, *, generator, level: int = 2):
+        return noise(images, labels, generator=generator)
+
+    mixdistill.register_augment("noise", noise2, replace=True)
+    assert resolve_augment_params("noise") == {"level": 2}
+
+
+# ------------------------------------------------------------------------------------------- plugins
+
+PLUGIN = textwrap.dedent('''
+    import torch
+    import mixdistill
+    from mixdistill.distill import Distiller, step_output
+    from mixdistill.losses import mixed_cross_entropy
+
+
+    @mixdistill.register_augment("plugin_noise")
+    def plugin_noise(images, labels, *, generator, sigma: float = 0.1):
+        return mixdistill.augment.identity(images, labels, generator=generator)
+
+
+    @mixdistill.register_method("plugin_ce")
+    class PluginCE(Distiller):
+        needs_teacher = False
+
+        def forward_train(self, images, labels, info):
+            batch = self.mix(images, labels, info)
+            logits = self.student(batch.images)
+            return step_output(logits, {"ce": mixed_cross_entropy(logits, labels, batch)}, labels, batch)
+''')
+
+
+def test_plugins_named_in_the_environment_reach_the_command_line(tmp_path):
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('plugin bug')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(SRC)]),
+           "MIXDISTILL_PLUGINS": "my_plugin", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mixdistill", "train", "--print-config", "-",
+           "method=plugin_ce", "augment=plugin_noise", "augment.sigma=0.5", "model.student=cnn5_w8"]
+    (tmp_path / "c.yaml").write_text("name: p\n")
+    cmd[cmd.index("-")] = str(tmp_path / "c.yaml")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "name: plugin_ce" in done.stdout and "name: plugin_noise" in done.stdout and "sigma: 0.5" in done.stdout
+    broken = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**env, "MIXDISTILL_PLUGINS": "my_plugin, broken_plugin"})
+    assert broken.returncode != 0 and "plugin broken_plugin (from $MIXDISTILL_PLUGINS) failed to import" in \
+        broken.stderr and "plugin bug" in broken.stderr
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    loaded = []
+
+    class Point:
+        name, value = "mine", "my_package.plugin"
+
+        def load(self):
+            loaded.append(self.value)
+
+    def entry_points(group):
+        return [Point()] if group == "mixdistill.plugins" else []
+
+    monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
+    monkeypatch.delenv("MIXDISTILL_PLUGINS", raising=False)
+    assert load_plugins() == ["my_package.plugin"] and loaded == ["my_package.plugin"]
+
+    def failing(self):
+        raise ImportError("no module named my_package")
+
+    monkeypatch.setattr(Point, "load", failing)
+    with pytest.raises(MixdistillError, match="plugin my_package.plugin .*mixdistill.plugins.*no module named"):
+        load_plugins()
+
+
+# ------------------------------------------------------------------------------------------ import cost
+
+def test_import_mixdistill_does_not_import_torch():
+    code = ("import sys, mixdistill; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert {'train', 'evaluate', 'open_run', 'register_method', 'register_augment'} <= set(dir(mixdistill))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr
