@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixdistill.augment import make_augment
+from mixdistill.augment import MixedBatch, make_augment
 from mixdistill.distill import StepInfo, TrainSet
 from mixdistill.distill.crd import ContrastMemory, CRDLoss, nce_loss
 from mixdistill.distill.dkd import dkd_loss, dkd_terms, warmup_factor
@@ -90,6 +90,9 @@ def test_dkd_hand_computed():
     assert got_n.item() == pytest.approx(nckd, rel=1e-5)
     assert dkd_loss(*args, alpha=alpha, beta=beta, temperature=T).item() == pytest.approx(
         alpha * tckd + beta * nckd, rel=1e-5)
+    # per-sample weights (the weighted mixed target, one call per source): weight 1 is the plain form
+    ones_t, ones_n = dkd_terms(*args, temperature=T, sample_weights=torch.ones(2))
+    assert torch.equal(ones_t, got_t) and torch.equal(ones_n, got_n)
 
 
 def test_dkd_decomposes_kd():
@@ -112,11 +115,13 @@ def test_dkd_is_finite_when_the_target_probability_rounds_to_one():
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
 
 
+@pytest.mark.parametrize("mixed_target", ["first", "weighted"])
 @pytest.mark.parametrize("epoch, factor", [(0, 1 / 20), (9, 10 / 20), (19, 1.0), (30, 1.0)])
-def test_dkd_warmup(epoch, factor):
+def test_dkd_warmup(epoch, factor, mixed_target):
+    # on an unmixed batch both mixed-target forms are mdistiller's DKD
     assert warmup_factor(epoch, 20) == pytest.approx(factor)
     images, labels, _ = train_set(8)
-    d = make("dkd", warmup=20)
+    d = make("dkd", warmup=20, mixed_target=mixed_target)
     _, losses, *_ = d.forward_train(images, labels, info(epoch))
     with torch.no_grad():
         full = dkd_loss(d.student(images), d.teacher(images), labels, 1.0, 8.0, 4.0)
@@ -149,6 +154,53 @@ def test_dkd_with_mixup_uses_source_zero_as_target():
         s, t = d.student(batch.images), d.teacher(batch.images)
     expected = dkd_loss(s, t, labels[batch.sources[:, 0]], 1.0, 8.0, 4.0)
     assert losses["dkd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def dkd_on_record(record, **params):
+    """A DKD distiller whose augmentation returns ``record`` (a hand-built MixedBatch), and its losses on it."""
+    images, labels, _ = train_set(8)
+    d = make("dkd", warmup=0, **params)
+    d.set_augment(lambda images, labels, generator: record)
+    with torch.no_grad():
+        out = d.forward_train(images, labels, info())
+        s, t = d.student(record.images), d.teacher(record.images)
+    return out.losses, out.stats, s, t, labels
+
+
+def two_source_record(weights0):
+    images, _, _ = train_set(8)
+    g = torch.Generator().manual_seed(7)
+    partner = torch.randperm(8, generator=g)
+    w0 = torch.as_tensor(weights0, dtype=torch.float32).expand(8)
+    mixed = w0[:, None, None, None] * images + (1 - w0)[:, None, None, None] * images[partner]
+    return MixedBatch(mixed, torch.stack([torch.arange(8), partner], 1), torch.stack([w0, 1 - w0], 1))
+
+
+def test_dkd_weighted_with_weights_one_zero_is_first():
+    record = two_source_record(1.0)
+    with torch.no_grad():  # fp32 CPU tensors throughout: the two forms agree bit for bit
+        first, first_stats, *_ = dkd_on_record(record, mixed_target="first")
+        weighted, weighted_stats, *_ = dkd_on_record(record, mixed_target="weighted")
+    assert torch.equal(first["dkd"], weighted["dkd"]) and torch.equal(first["ce"], weighted["ce"])
+    assert torch.equal(first_stats["tckd"], weighted_stats["tckd"])
+    assert torch.equal(first_stats["nckd"], weighted_stats["nckd"])
+
+
+def test_dkd_weighted_is_the_weighted_sum_of_single_label_dkd():
+    # per-sample weights: L = mean_n sum_k w_nk (alpha TCKD_k(n) + beta NCKD_k(n)), each from the single-label DKD
+    w0 = [0.7, 0.2, 0.5, 0.9, 0.35, 0.6, 0.05, 0.8]
+    record = two_source_record(w0)
+    alpha, beta, T = 0.5, 3.0, 2.0
+    losses, _, s, t, labels = dkd_on_record(record, mixed_target="weighted", alpha=alpha, beta=beta, temperature=T)
+    y = labels[record.sources]  # [B, 2]
+    assert (y[:, 0] != y[:, 1]).any()
+    expected = sum(record.weights[n, k].item() * dkd_loss(s[n:n + 1], t[n:n + 1], y[n:n + 1, k], alpha, beta,
+                                                          T).item()
+                   for n in range(8) for k in range(2)) / 8
+    first, *_ = dkd_on_record(record, mixed_target="first", alpha=alpha, beta=beta, temperature=T)
+    assert losses["dkd"].item() == pytest.approx(expected, rel=1e-5)
+    assert abs(first["dkd"].item() - expected) > 1e-3  # the two forms differ on a mixed batch
+    assert torch.equal(losses["ce"], first["ce"])  # the CE term is the same soft-label CE
 
 
 # DKD's beta per pair, as read in github megvii-research/mdistiller @ a08d46f10d6102bd6e3f258ca5ac880b020ea259:
@@ -186,7 +238,8 @@ def test_dkd_run_config_takes_the_pairs_beta(overrides, beta):
     from mixdistill.config import build_config, load_config
 
     cfg = load_config("configs/cifar100_crd.yaml", ["method=dkd", *overrides])
-    assert cfg.method.model_extra == {"ce_weight": 1.0, "alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20}
+    assert cfg.method.model_extra == {"ce_weight": 1.0, "alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20,
+                                      "mixed_target": "first"}
     assert cfg.method.params().beta == beta
     again = build_config(cfg.to_dict())  # a run's saved config.yaml reads back to the same parameters
     assert again.method.model_extra == cfg.method.model_extra

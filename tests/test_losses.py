@@ -1,5 +1,6 @@
 """KD maths against hand-computed values (closed forms, not the implementation re-run)."""
 
+import contextlib
 import math
 
 import pytest
@@ -75,3 +76,72 @@ def test_cross_entropy_and_soft_cross_entropy_agree_on_one_hot():
     half = soft_cross_entropy(logits, torch.tensor([[0.5, 0.5, 0.0]])).item()
     ce0 = cross_entropy(logits, torch.tensor([0])).item()
     assert half == pytest.approx(0.5 * (ce0 + expected), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ label smoothing
+
+def _record(sources, weights):
+    from mixdistill.augment import MixedBatch
+
+    sources = torch.tensor(sources)
+    return MixedBatch(torch.zeros(len(sources), 1, 2, 2), sources, torch.tensor(weights))
+
+
+def test_label_smoothing_hand_computed():
+    from mixdistill.losses import label_smoothing, mixed_cross_entropy
+
+    # one sample, 3 classes, label 1, eps 0.3: targets (0.1, 0.8, 0.1)
+    logits = torch.tensor([[1.0, 2.0, 0.5]])
+    log_z = math.log(math.e**1.0 + math.e**2.0 + math.e**0.5)
+    log_p = [1.0 - log_z, 2.0 - log_z, 0.5 - log_z]
+    expected = -(0.1 * log_p[0] + 0.8 * log_p[1] + 0.1 * log_p[2])
+    labels = torch.tensor([1])
+    assert cross_entropy(logits, labels, 0.3).item() == pytest.approx(expected, rel=1e-6)
+    with label_smoothing(0.3):  # what the trainer enters around every training forward
+        assert cross_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+        assert mixed_cross_entropy(logits, labels, _record([[0]], [[1.0]])).item() == pytest.approx(expected,
+                                                                                                    rel=1e-6)
+    assert cross_entropy(logits, labels).item() == pytest.approx(-log_p[1], rel=1e-6)  # outside: none
+    # a mixed sample: sources' labels 1 and 0 with weights 0.75 / 0.25, eps 0.3 on C = 3 classes:
+    # soft (0.25, 0.75, 0) -> 0.7 * soft + 0.1 = (0.275, 0.625, 0.1)
+    mixed = _record([[0, 1]], [[0.75, 0.25]])
+    two_labels = torch.tensor([1, 0])
+    expected_mixed = -(0.275 * log_p[0] + 0.625 * log_p[1] + 0.1 * log_p[2])
+    with label_smoothing(0.3):
+        assert mixed_cross_entropy(logits, two_labels, mixed).item() == pytest.approx(expected_mixed, rel=1e-6)
+    assert mixed_cross_entropy(logits, two_labels, mixed, smoothing=0.3).item() == pytest.approx(expected_mixed,
+                                                                                                 rel=1e-6)
+    with pytest.raises(ValueError, match="label smoothing"), label_smoothing(1.0):
+        pass
+
+
+def test_label_smoothing_zero_leaves_every_label_loss_bit_identical():
+    import torch.nn.functional as F
+
+    from mixdistill.losses import label_smoothing, mixed_cross_entropy, mixstd_terms, std_normalized
+
+    torch.manual_seed(0)  # fp32 CPU tensors: the references are the formulas before label smoothing existed
+    logits, teacher = torch.randn(6, 5), torch.randn(6, 5)
+    labels = torch.randint(5, (6,))
+    one = _record([[i] for i in range(6)], [[1.0]] * 6)
+    two = _record([[i, (i + 1) % 6] for i in range(6)], [[0.6, 0.4]] * 6)
+    soft = two.soft_targets(labels, 5)
+
+    def soft_ce(z, targets):
+        return -(targets * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+
+    reference = {
+        "ce": F.cross_entropy(logits, labels),
+        "mixed_one": F.cross_entropy(logits, labels[one.sources[:, 0]]),
+        "mixed_two": soft_ce(logits, soft),
+        "mixstd": soft_ce(std_normalized(logits), soft),
+    }
+    for context in (contextlib.nullcontext, lambda: label_smoothing(0.0)):  # the default, and eps 0 set explicitly
+        with context():
+            got = {"ce": cross_entropy(logits, labels), "mixed_one": mixed_cross_entropy(logits, labels, one),
+                   "mixed_two": mixed_cross_entropy(logits, labels, two),
+                   "mixstd": mixstd_terms(logits, teacher, soft)[0]}
+        for name, value in reference.items():
+            assert torch.equal(got[name], value), name
+    assert not torch.equal(cross_entropy(logits, labels, 0.1), reference["ce"])
+    assert not torch.equal(mixed_cross_entropy(logits, labels, two, 0.1), reference["mixed_two"])

@@ -75,6 +75,59 @@ def test_resume_with_a_different_config_is_refused(tiny_run_overrides, interrupt
         train(other, resume=True, quiet=True)
 
 
+def test_student_ema_is_evaluated_checkpointed_and_resumed_bitwise(tiny_run_overrides, interrupt_at):
+    # fp32 (tiny_run_overrides pins it): a killed and resumed run ends with bitwise the same EMA weights
+    common = tiny_run_overrides + ["train.ema_decay=0.9", "train.label_smoothing=0.1", "train.compile=false",
+                                   "train.best_metric=test_acc_ema"]
+    full = load_config(None, common + ["name=full"])
+    summary = train(full, quiet=True)
+    killed = load_config(None, common + ["name=killed"])
+    with interrupt_at(2):
+        train(killed, quiet=True)
+    mid = load_checkpoint(killed.run_dir / "last.pt")
+    assert mid["ema"]["n_averaged"].item() == mid["step"] > 0  # one update per optimiser step
+    resumed = train(killed, resume=True, quiet=True)
+
+    a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(killed.run_dir / "last.pt")
+    assert a["ema"]["n_averaged"].item() == a["step"] == 3 * mid["step"] // 2
+    assert set(a["ema"]) == {"n_averaged", *(f"module.{k}" for k in a["model"])}
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert any(not torch.equal(a["ema"][f"module.{k}"], v) for k, v in a["model"].items() if v.is_floating_point())
+    lines = [json.loads(x) for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all({"test_acc_ema", "test_loss_ema", "test_top5_ema", "test_acc"} <= set(r) for r in lines)
+    assert summary["last_acc_ema"] == lines[-1]["test_acc_ema"] == resumed["last_acc_ema"]
+    assert summary["best_checkpoint"]["metric"] == "test_acc_ema"
+    assert "ema" in load_checkpoint(full.run_dir / "best.pt")
+
+
+def test_ema_and_label_smoothing_options_are_checked(tiny_run_overrides):
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config(None, tiny_run_overrides + ["train.best_metric=test_acc_ema"])
+    for bad in ("train.ema_decay=1.0", "train.ema_decay=0", "train.label_smoothing=1.0", "train.label_smoothing=-0.1"):
+        with pytest.raises(ConfigError):
+            load_config(None, tiny_run_overrides + [bad])
+    cfg = load_config(None, tiny_run_overrides)
+    assert cfg.train.ema_decay is None and cfg.train.label_smoothing == 0.0
+
+
+def test_trainer_applies_label_smoothing_to_the_ce_terms(tiny_run_overrides, fmnist_root):
+    import torch.nn.functional as F
+
+    cfg = load_config(None, tiny_run_overrides + ["name=smooth", "train.label_smoothing=0.2", "train.compile=false",
+                                                  "optim.epochs=1"])
+    trainer = Trainer(cfg, quiet=True)
+    try:
+        images, labels, indices = next(iter(trainer.train_loader))
+        out = trainer.step(images, labels, indices)  # the logits are the forward's, before the SGD step
+        logits = out.logits.detach()
+        assert out.losses["ce"].item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.2).item(),
+                                                        rel=1e-6)
+        assert out.losses["ce"].item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-3)
+    finally:
+        trainer.close()
+
+
 def test_teacher_is_frozen_during_kd(tiny_run_overrides):
     teacher_cfg = load_config(None, tiny_run_overrides + ["name=t", "optim.epochs=1"])
     train(teacher_cfg, quiet=True)

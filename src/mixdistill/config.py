@@ -177,15 +177,28 @@ class TrainConfig(Section):
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")
-    tensorboard: bool = True
-    progress: bool = True
+    tensorboard: bool = Field(True, description="TensorBoard scalars in tensorboard/; false = tensorboard left out "
+                                                "of train.loggers")
+    progress: bool = Field(True, description="a progress bar while an epoch runs, where stderr is an interactive "
+                                             "terminal (elsewhere: one line per epoch only)")
+    loggers: list[Literal["jsonl", "tensorboard", "csv", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl", "tensorboard"],
+        description="where the per-epoch metrics go: jsonl (metrics.jsonl, always written), tensorboard, csv "
+                    "(metrics.csv, one row per evaluation), wandb (Weights & Biases: pip install wandb)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default for this process "
                                                      "(recorded resolved: results depend on it)")
     sync_bn: bool = Field(False, description="synchronised BatchNorm across torchrun processes")
     best_metric: str | None = Field(
         "test_acc", description="the evaluated metric whose best epoch best.pt keeps (test_acc, test_top5, "
-        "test_loss; online: also test_acc_ensemble, test_acc_best_peer, ...; *loss*: lower is better); "
-        "null: no best.pt")
+        "test_loss; online: also test_acc_ensemble, test_acc_best_peer, ...; with ema_decay: test_acc_ema, ...; "
+        "*loss*: lower is better); null: no best.pt")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the student (weights and BatchNorm "
+        "buffers), updated after every optimiser step with this decay (e.g. 0.999), evaluated each epoch as "
+        "test_acc_ema and saved in last.pt; null: off")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="eps of the CE terms against the labels: targets (1 - eps) * y + eps / C, y the "
+        "one-hot or mixed labels; 0: none")
 
     @field_validator("best_metric")
     @classmethod
@@ -199,6 +212,16 @@ class TrainConfig(Section):
     def _resolve_threads(self):
         if self.threads is None:
             self.threads = DEFAULT_THREADS
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_loggers(self):
+        """metrics.jsonl is always written (the run's record); tensorboard=false and a loggers list without
+        tensorboard mean the same, and the resolved config says so in both keys."""
+        loggers = list(dict.fromkeys(["jsonl", *self.loggers]))
+        if not self.tensorboard and "tensorboard" in loggers:
+            loggers.remove("tensorboard")
+        self.loggers, self.tensorboard = loggers, "tensorboard" in loggers
         return self
 
 
@@ -267,9 +290,14 @@ class RunConfig(Section):
             raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
                              f"{method_cls.default_augment}), or leave augment unset to get that default")
         best = self.train.best_metric
-        if best is not None and BEST_METRIC.fullmatch(best).group(2) and not getattr(method_cls, "online", False):
+        suffix = BEST_METRIC.fullmatch(best).group(2) if best is not None else None
+        if suffix == "_ema":
+            if self.train.ema_decay is None:
+                raise ValueError(f"train.best_metric {best} names the student EMA, which is off: set train.ema_decay")
+        elif suffix and not getattr(method_cls, "online", False):
             raise ValueError(f"train.best_metric {best} names one output of an online method; method "
-                             f"{self.method.name} has one (test_acc, test_top5 or test_loss)")
+                             f"{self.method.name} has one (test_acc, test_top5 or test_loss"
+                             "; with train.ema_decay also test_acc_ema, test_top5_ema, test_loss_ema)")
         method_cls.check_config(self)
         return self
 

@@ -2,17 +2,57 @@
 
 Notation follows the README's "Methods" section: ``kd_loss`` is RepDistiller's ``DistillKL``
 (batch-mean KL(softmax(t/T) || softmax(s/T)) times T^2).
+
+Label smoothing (``train.label_smoothing``): the CE terms against the labels (``cross_entropy``,
+``mixed_cross_entropy``, the soft-label CE of ``mixstd_terms``) use the targets ``(1 - eps) * y + eps / C``, where
+``y`` is the one-hot label or a MixedBatch's soft targets. ``eps`` is the ``smoothing`` argument, else the one
+set by the ``label_smoothing(eps)`` context (the trainer enters it around every training forward), else 0. At 0
+every function computes exactly what it computed before the option existed.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 
+_LABEL_SMOOTHING: ContextVar[float] = ContextVar("mixdistill_label_smoothing", default=0.0)
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy with integer labels."""
-    return F.cross_entropy(logits.float(), labels)
+
+@contextlib.contextmanager
+def label_smoothing(eps: float) -> Iterator[None]:
+    """Within the block, the label CE terms smooth their targets by ``eps`` (0 <= eps < 1)."""
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"label smoothing {eps} must lie in [0, 1)")
+    token = _LABEL_SMOOTHING.set(float(eps))
+    try:
+        yield
+    finally:
+        _LABEL_SMOOTHING.reset(token)
+
+
+def current_label_smoothing(smoothing: float | None = None) -> float:
+    """``smoothing`` if given, else the enclosing ``label_smoothing`` context's eps (0 outside one)."""
+    return _LABEL_SMOOTHING.get() if smoothing is None else float(smoothing)
+
+
+def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(1 - eps) * targets + eps / C`` for rows of probabilities [B, C] (unchanged at eps = 0)."""
+    if eps == 0:
+        return targets
+    return (1.0 - eps) * targets + eps / targets.shape[1]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy with integer labels; label smoothing as the module docstring says (PyTorch's
+    ``label_smoothing``, whose targets are ``(1 - eps) * onehot + eps / C``)."""
+    eps = current_label_smoothing(smoothing)
+    if eps == 0:
+        return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=eps)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,17 +95,22 @@ def std_normalized(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
 
 def mixstd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, soft_targets: torch.Tensor,
-                 eps: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+                 eps: float = 1e-7, smoothing: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft-label CE on std-normalised student logits, batch-mean KL between the std-normalised
-    softmaxes), without any T^2 factor. Weights are applied by the caller."""
+    softmaxes), without any T^2 factor. Weights are applied by the caller. ``soft_targets`` (the labels) are
+    label-smoothed as the module docstring says."""
     s = std_normalized(student_logits, eps)
     t = std_normalized(teacher_logits, eps)
-    return soft_cross_entropy(s, soft_targets), kl_div(s, t, temperature=1.0, reduction="batchmean")
+    targets = smooth_targets(soft_targets, current_label_smoothing(smoothing))
+    return soft_cross_entropy(s, targets), kl_div(s, t, temperature=1.0, reduction="batchmean")
 
 
-def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
+def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, batch,
+                        smoothing: float | None = None) -> torch.Tensor:
     """CE against a MixedBatch's targets: plain CE for one-source views, soft-label CE otherwise.
-    For two sources this equals lam * CE(y_a) + (1 - lam) * CE(y_b) exactly."""
+    For two sources this equals lam * CE(y_a) + (1 - lam) * CE(y_b) exactly. With label smoothing eps the
+    targets are ``(1 - eps) * soft_targets + eps / C`` (for one source: PyTorch's label-smoothed CE, the same)."""
+    eps = current_label_smoothing(smoothing)
     if batch.num_sources == 1:
-        return cross_entropy(logits, labels[batch.sources[:, 0]])
-    return soft_cross_entropy(logits, batch.soft_targets(labels, logits.shape[1]))
+        return cross_entropy(logits, labels[batch.sources[:, 0]], eps)
+    return soft_cross_entropy(logits, smooth_targets(batch.soft_targets(labels, logits.shape[1]), eps))

@@ -20,11 +20,22 @@ the pair's value for every parameter it leaves unset (``RunConfig``); the class 
 ``cfg.py`` default, which the pairs without a DKD section of their own use.
 
 Augmentation: like ``kd``, teacher and student both see ``self.mix(...)``'s images. With a mixing
-record (K > 1 sources) the CE term is soft-label CE on the mixed labels, and the target class of DKD
-(which decides the binary split and which class is removed for NCKD) is the label of **source 0** (the
-base / first image of the mix). DKD has no soft-target form; source 0 is the record's base image, and
-for two-source mixes ``weights[:, 0]`` is its share.
+record (K > 1 sources) the CE term is soft-label CE on the mixed labels. DKD has no soft-target form: its
+target class decides the binary split and which class is removed for NCKD. ``mixed_target`` says which:
+
+- ``first`` (default): the label of **source 0** (the base / first image of the mix; for two-source mixes
+  ``weights[:, 0]`` is its share). On an unmixed batch this is mdistiller's DKD, and it is what this package
+  did before the option existed, so existing runs keep their results.
+- ``weighted``: the two-label (K-label) form. TCKD and NCKD are computed once per source k = 1..K with that
+  source's label y_k as the target class, and combined per sample with the record's weights w_k:
+
+      L_DKD = mean_n sum_k w_{n,k} * (alpha * TCKD_k(n) + beta * NCKD_k(n))
+
+  (both terms times T^2, as above). A one-source record (no mixing) gives exactly the ``first`` form, and so does
+  a mixed sample whose weights are (1, 0).
 """
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +48,11 @@ from mixdistill.resources import pair_params
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TCKD, NCKD), each already times T^2 and batch-summed / B (weights are applied by the caller)."""
+              temperature: float, sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD), each already times T^2 and batch-summed / B (alpha and beta are applied by the caller).
+
+    ``sample_weights``: optional [B]; each sample's TCKD and NCKD are multiplied by its weight before the batch sum
+    (the ``weighted`` mixed target: one call per source, weights = that source's column of the record)."""
     s = student_logits.float() / temperature
     t = teacher_logits.float() / temperature
     batch_size = s.shape[0]
@@ -51,11 +65,15 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
         return torch.stack([log_gt, log_other], dim=1)
 
     log_bs, log_bt = binary_log_probs(s), binary_log_probs(t)
-    tckd = (log_bt.exp() * (log_bt - log_bs)).sum() / batch_size
-
     log_ns = F.log_softmax(s - 1000.0 * gt_mask, dim=1)
     p_nt = F.softmax(t - 1000.0 * gt_mask, dim=1)
-    nckd = F.kl_div(log_ns, p_nt, reduction="sum") / batch_size
+    if sample_weights is None:
+        tckd = (log_bt.exp() * (log_bt - log_bs)).sum() / batch_size
+        nckd = F.kl_div(log_ns, p_nt, reduction="sum") / batch_size
+    else:
+        w = sample_weights.to(s.dtype)[:, None]
+        tckd = (w * (log_bt.exp() * (log_bt - log_bs))).sum() / batch_size
+        nckd = (w * F.kl_div(log_ns, p_nt, reduction="none")).sum() / batch_size
     return tckd * temperature**2, nckd * temperature**2
 
 
@@ -78,6 +96,10 @@ class DKDParams(MethodParams):
                                                "resources/pair_params.yaml takes mdistiller's beta for it (6 or 2)")
     temperature: float = Field(4.0, gt=0)
     warmup: int = Field(20, ge=0, description="epochs over which the DKD term ramps up linearly (0: none)")
+    mixed_target: Literal["first", "weighted"] = Field(
+        "first", description="target class of TCKD/NCKD on a mixed batch: first = source 0's label (mdistiller's "
+                             "DKD on unmixed batches, the behaviour before this option); weighted = "
+                             "sum_k w_k (alpha TCKD_k + beta NCKD_k) over the record's sources")
 
 
 # names mdistiller's configs use for a network this package also registers under another name
@@ -99,8 +121,15 @@ class DKD(Distiller):
         batch = self.mix(images, labels, info)
         teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
         logits = self.student(batch.images)
-        target = labels[batch.sources[:, 0]]  # the label of source 0 for mixed samples (see module docstring)
-        tckd, nckd = dkd_terms(logits, teacher_logits, target, p.temperature)
+        if p.mixed_target == "weighted" and batch.num_sources > 1:
+            tckd = nckd = 0
+            for k in range(batch.num_sources):  # sum_k w_k * (TCKD, NCKD) with source k's label as target class
+                t_k, n_k = dkd_terms(logits, teacher_logits, labels[batch.sources[:, k]], p.temperature,
+                                     sample_weights=batch.weights[:, k])
+                tckd, nckd = tckd + t_k, nckd + n_k
+        else:
+            target = labels[batch.sources[:, 0]]  # the label of source 0 for mixed samples (see module docstring)
+            tckd, nckd = dkd_terms(logits, teacher_logits, target, p.temperature)
         return step_output(logits, {
             "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
             "dkd": warmup_factor(info.epoch, p.warmup) * (p.alpha * tckd + p.beta * nckd),

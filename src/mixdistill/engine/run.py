@@ -5,7 +5,8 @@ here; every file a run writes goes through :mod:`mixdistill.files`.
 
 Layout of ``OUTPUT_DIR/NAME``: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch),
 ``last.pt`` (the checkpoint), ``best.pt`` (the best evaluated epoch's weights), ``summary.json`` (written when the
-run finishes), ``tensorboard/``, and ``.lock`` (``.lock.holder`` names the process holding it).
+run finishes), ``tensorboard/`` (and, as ``train.loggers`` asks, ``metrics.csv``, ``wandb/``), and ``.lock``
+(``.lock.holder`` names the process holding it).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from mixdistill.schema import load_yaml
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
 BEST = "best.pt"  # the best evaluated epoch by train.best_metric (not resumable)
 # config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "data.root", "data.num_workers",
-                    "output_dir", "train.best_metric"}
+RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.loggers", "data.root",
+                    "data.num_workers", "output_dir", "train.best_metric"}
 PATH_KEYS = {"model.teacher_checkpoint"}  # the same file, named relatively once and absolutely once, is the same
 
 

@@ -15,6 +15,7 @@ import os
 import time
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mixdistill.config import RunConfig, build_config, metric_lower_is_better
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
@@ -31,6 +32,7 @@ from mixdistill.engine.runtime import environment, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
 from mixdistill.files import write_json, write_yaml
+from mixdistill.losses import label_smoothing
 from mixdistill.provenance import reconstruction_notes
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -83,6 +85,7 @@ class Trainer:
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                          nesterov=cfg.optim.nesterov, foreach=True)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
+        self.ema = self._make_ema()
         self.start_epoch, self.step_count = 0, 0
         self.history: list[dict] = []
         self._resumed_compile = None
@@ -98,6 +101,17 @@ class Trainer:
         self.compile_decision = self._decide_compile()
         self.train_module = wrap_for_training(self.distiller, self.dist, cfg.train.sync_bn)
         self.train_step = self._make_train_step()
+
+    def _make_ema(self) -> AveragedModel | None:
+        """``train.ema_decay``: an exponential moving average of the student, weights and BatchNorm buffers
+        (``use_buffers``), updated after every optimiser step; the first update copies the student. It is
+        evaluated beside the student (``test_acc_ema``) and saved in the checkpoints (``ema``)."""
+        decay = self.cfg.train.ema_decay
+        if decay is None:
+            return None
+        ema = AveragedModel(self.distiller.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        ema.requires_grad_(False)
+        return ema.eval()
 
     def _accelerate_teacher(self, data):
         """Swap the frozen teacher for a folded / channels_last / compiled (or int8) copy computing the same
@@ -169,6 +183,8 @@ class Trainer:
                               + "; ".join(diff))
         self.distiller.student.load_state_dict(state["model"])
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
+        if self.ema is not None:  # train.ema_decay is part of the config --resume compares, so the state is there
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.step_count = state["epoch"], state["step"]
@@ -196,8 +212,10 @@ class Trainer:
             "compile": self.runtime.compile,
             "best": self.best_saved,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()  # the averaged student ("module.*") and its update count
         bad = non_finite_tensors({"model": state["model"], "distiller_extra": state["distiller_extra"],
-                                  "optimizer": state["optimizer"]["state"]})
+                                  "optimizer": state["optimizer"]["state"], "ema": state.get("ema", {})})
         if bad:
             kept = (f"the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path.exists()
                     else "no checkpoint was written yet")
@@ -218,7 +236,7 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------
     def _make_train_step(self):
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
-        train_module = self.train_module
+        train_module, ema, smoothing = self.train_module, self.ema, self.cfg.train.label_smoothing
         if runtime.compile:
             mode = "reduce-overhead" if self.cfg.train.cuda_graphs and runtime.device.type == "cuda" else None
             for module in distiller.compile_targets():
@@ -227,7 +245,7 @@ class Trainer:
             raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
         def train_step(images, labels, info) -> tuple[StepOutput, torch.Tensor]:
-            with runtime.autocast():
+            with runtime.autocast(), label_smoothing(smoothing):
                 out = train_module(images, labels, info)
             total = sum(out.losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -235,6 +253,8 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             distiller.after_step()
+            if ema is not None:
+                ema.update_parameters(distiller.student)
             return out, total
 
         return train_step
@@ -271,7 +291,8 @@ class Trainer:
         if main:
             write_yaml(self.run_dir / run.CONFIG, cfg.to_dict())
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
-                           quiet=self.quiet or not main, write=main)
+                           quiet=self.quiet or not main, write=main, loggers=cfg.train.loggers,
+                           config=cfg.to_dict())
         logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
                     f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
@@ -303,6 +324,8 @@ class Trainer:
                 if main and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
                     record.update(eval_record(evaluate_many(self.distiller, self.distiller.evaluation_logits,
                                                             self.test_loader, self.runtime)))
+                    if self.ema is not None:
+                        record.update(ema_record(evaluate(self.ema, self.test_loader, self.runtime)))
                 self.history.append(record)
                 logger.epoch(record)
                 improved = main and self._improves_best(record)
@@ -428,6 +451,14 @@ def best_so_far(history: list[dict], metric: str | None) -> dict | None:
         if metric is not None and metric in record and _better(record[metric], best and best["value"], metric):
             best = {"metric": metric, "value": record[metric], "epoch": record["epoch"]}
     return best
+
+
+def ema_record(result: dict) -> dict:
+    """The student EMA's test metrics (``evaluate``'s result) under the ``_ema`` suffix."""
+    record = {"test_acc_ema": result["acc"], "test_loss_ema": result["loss"]}
+    if result.get("top5") is not None:
+        record["test_top5_ema"] = result["top5"]
+    return record
 
 
 def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) -> dict:
