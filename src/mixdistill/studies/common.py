@@ -161,7 +161,8 @@ def plot_effects(findings, path: str | Path, title: str) -> Path:
         rows = [f for f in findings if f.unit == unit]
         for i, f in enumerate(reversed(rows)):
             e = f.effect
-            color = "C2" if f.verdict == "reproduced" else ("0.5" if f.failed_gates else "C3")
+            color = ("0.5" if f.failed_gates else "C2" if f.verdict == "reproduced"
+                     else "C1" if f.verdict.startswith(("same direction", "not contradicted", "untested")) else "C3")
             if e.low == e.low:  # not NaN
                 ax.plot([e.low, e.high], [i, i], color=color, linewidth=2)
             ax.plot(e.estimate, i, "o", color=color)
@@ -171,10 +172,12 @@ def plot_effects(findings, path: str | Path, title: str) -> Path:
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(rows)), [f.claim if len(f.claim) < 60 else f.claim[:57] + "..." for f in reversed(rows)],
                       fontsize=7)
-        ax.set_xlabel({"points": "effect (points of top-1 %)", "ECE": "effect (ECE)", "r": "Pearson r"}.get(unit, unit),
+        ax.set_xlabel({"points": "effect (points of top-1 %)", "ECE": "effect (ECE)",
+                       "r": "correlation (Pearson r or Spearman ρ, as the finding's test says)"}.get(unit, unit),
                       fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title + " (95% CI; green: reproduced, red: not, grey: no verdict)", fontsize=9)
+    fig.suptitle(title + " (95% CI; green: reproduced, orange: same direction or not contradicted, red: not reproduced, "
+                         "grey: no verdict)", fontsize=9)
     return save_figure(fig, path)
 
 
