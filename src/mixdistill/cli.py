@@ -232,17 +232,22 @@ def _add_methods(sub):
     p.set_defaults(func=cmd_methods)
 
 
-def cmd_methods(args) -> int:
+def _print_table(title: str, columns, rows) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="methods (method=NAME method.PARAM=VALUE)", show_lines=True)
-    for col in ("method", "kind", "parameters (defaults)", "default augment", "source"):
+    table = Table(title=title, show_lines=True)
+    for col in columns:
         table.add_column(col, overflow="fold")  # a narrow terminal folds a long value, never cuts it
-    for row in method_rows():
+    for row in rows:
         table.add_row(*row)
     Console().print(table, markup=False)
     return 0
+
+
+def cmd_methods(args) -> int:
+    return _print_table("methods (method=NAME method.PARAM=VALUE)",
+                        ("method", "kind", "parameters (defaults)", "default augment", "source"), method_rows())
 
 
 def augment_rows() -> list[tuple[str, str, str]]:
@@ -273,16 +278,8 @@ def _add_augments(sub):
 
 
 def cmd_augments(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)", show_lines=True)
-    for col in ("augment", "parameters (defaults)", "what it does"):
-        table.add_column(col, overflow="fold")
-    for row in augment_rows():
-        table.add_row(*row)
-    Console().print(table, markup=False)
-    return 0
+    return _print_table("augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)",
+                        ("augment", "parameters (defaults)", "what it does"), augment_rows())
 
 
 def _add_teachers(sub):
