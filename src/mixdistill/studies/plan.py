@@ -15,23 +15,22 @@ import functools
 from pathlib import Path
 
 from mixdistill.config import build_config
-from mixdistill.models import count_macs, create_model
+from mixdistill.data.datasets import DATASETS
+from mixdistill.models import count_macs, create_meta_model
 from mixdistill.registry import METHODS
 from mixdistill.teachers import TEACHERS
 
 DEFAULT_TFLOPS = 20.0  # effective (not peak) bf16 TFLOP/s of one data-centre GPU on CIFAR-size networks
-# Images per split of the datasets a study grid names (the published sizes).
+# Images per split of the datasets a study grid names (the published sizes); classes, channels and image size
+# come from the dataset's spec.
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
-                 "mnist": (60_000, 10_000), "tiny_imagenet": (100_000, 10_000), "cinic10": (90_000, 90_000)}
-IMAGE_SHAPES = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28), "mnist": (1, 28),
-                "tiny_imagenet": (3, 64), "cinic10": (3, 32)}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "mnist": 10, "tiny_imagenet": 200,
-               "cinic10": 10}
+                 "tiny_imagenet": (100_000, 10_000)}
 
 
 @functools.lru_cache(maxsize=None)
 def forward_macs(arch: str, num_classes: int, channels: int, size: int) -> int:
-    return count_macs(create_model(arch, num_classes=num_classes, in_channels=channels), (1, channels, size, size))
+    model = create_meta_model(arch, num_classes=num_classes, in_channels=channels)
+    return count_macs(model, (1, channels, size, size))
 
 
 def _teacher_arch(cfg, arch_of_run: dict[str, str]) -> str | None:
@@ -66,8 +65,8 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
             raise ValueError(f"--plan: no image count for dataset '{d.dataset}'")
         train_n = min(train_n, d.train_subset or train_n)
         test_n = min(test_n, d.test_subset or test_n)
-        channels, size = IMAGE_SHAPES[d.dataset]
-        classes = NUM_CLASSES[d.dataset]
+        spec = DATASETS[d.dataset]
+        channels, size, classes = spec.in_channels, spec.image_size, spec.num_classes
         method = METHODS.get_or_raise(cfg.method.name)
         if getattr(method, "online", False):
             learners = cfg.model.peers or [cfg.model.student] * cfg.method.params().peers
