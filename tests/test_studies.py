@@ -8,9 +8,9 @@ import pytest
 
 from mixdistill.cli import main
 from mixdistill.errors import ConfigError, UnknownNameError
-from mixdistill.studies import get_study, run_study
+from mixdistill.studies import get_study, run_study, study_runs
 from mixdistill.studies.common import load_study_config
-from mixdistill.studies.grid import ResultsFile, with_augment_params
+from mixdistill.studies.grid import ResultsFile
 
 
 def test_unknown_study_and_scale(tmp_path):
@@ -24,12 +24,8 @@ def test_unknown_study_and_scale(tmp_path):
 def test_every_scale_resolves_to_valid_configs(name, tmp_path):
     from mixdistill.studies.grid import resolve
 
-    study = get_study(name)
-    spec = load_study_config(name)
-    for scale in spec["scales"]:
-        runs = with_augment_params(study.grid(scale, [0, 1, 2], tmp_path, None),
-                                   spec["scales"][scale].get("augment_params", {}))
-        for run in runs:
+    for scale in load_study_config(name)["scales"]:
+        for run in study_runs(name, scale, [0, 1, 2], tmp_path):
             resolve(run, tmp_path)
 
 
@@ -43,7 +39,7 @@ def test_wang2022_full_grids_follow_the_released_scripts(tmp_path):
     for scale in ("full", "full_tinyimagenet"):
         sc = spec["scales"][scale]
         assert {tuple(p) for p in sc["view_pairs"]} == released and sc["tstddev_epochs"] == 10
-        runs = with_augment_params(get_study("wang2022").grid(scale, [0], tmp_path, None), sc["augment_params"])
+        runs = study_runs("wang2022", scale, [0], tmp_path)
         views = {r.labels["pair"] for r in runs if r.labels.get("method") == "view_identity"}
         assert views == {f"{t}-{s}" for t, s in released}
         for run in runs:

@@ -19,6 +19,16 @@ def get_study(name: str):
     return importlib.import_module(STUDIES[name])
 
 
+def study_runs(name: str, scale: str, seeds: list[int], study_dir: Path, data_root: str | None = None):
+    """The runs of study ``name`` at ``scale``, with the scale's ``augment_params`` given to every run that takes
+    them: what ``run_study`` trains and ``--plan`` lists."""
+    from mixdistill.studies.common import load_study_config, scale_config
+    from mixdistill.studies.grid import with_augment_params
+
+    sc = scale_config(load_study_config(name), scale)
+    return with_augment_params(get_study(name).grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
+
+
 def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5, output_dir: str = "runs/studies",
               executor: str = "local", address: str | None = None, data_root: str | None = None,
               gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
@@ -27,7 +37,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import run_grid, with_augment_params
+    from mixdistill.studies.grid import run_grid
     from mixdistill.studies.stats import parse_seeds
 
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)
@@ -37,7 +47,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     if executor == "ray":  # workers run in other directories (or on other nodes sharing the filesystem)
         study_dir = study_dir.resolve()
-    runs = with_augment_params(study.grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
+    runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
     results = study_dir / "results.jsonl"

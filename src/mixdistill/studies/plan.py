@@ -102,12 +102,8 @@ def plan_markdown(name: str, scale: str, rows: list[dict], tflops: float = DEFAU
 
 def plan_study(name: str, *, scale: str, seeds, output_dir: str = "runs/studies", data_root=None,
                tflops: float = DEFAULT_TFLOPS) -> str:
-    from mixdistill.studies import get_study
-    from mixdistill.studies.common import load_study_config, scale_config
-    from mixdistill.studies.grid import with_augment_params
+    from mixdistill.studies import study_runs
 
-    study = get_study(name)
-    sc = scale_config(load_study_config(name), scale)
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
-    runs = with_augment_params(study.grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
+    runs = study_runs(name, scale, seeds, study_dir, data_root)
     return plan_markdown(name, scale, plan_rows(runs, study_dir), tflops)
