@@ -48,7 +48,7 @@ def test_das2020_cpu_and_smoke_recipes_unchanged():
     assert scales["cpu"]["teacher"]["optim"] == {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4, "epochs": 80,
                                                  "schedule": "step", "milestones": [40, 60]}
     assert scales["cpu"]["student"]["optim"] == {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4, "epochs": 70,
-                                                 "schedule": "step", "milestones": [35, 52]}
+                                                 "schedule": "step", "milestones": [35, 50]}
     assert scales["smoke"]["teacher"]["optim"] == {"lr": 0.05, "epochs": 1, "schedule": "onecycle", "milestones": []}
     assert scales["smoke"]["student"]["optim"] == {"lr": 0.05, "epochs": 1, "schedule": "onecycle", "milestones": []}
 

@@ -107,3 +107,43 @@ def test_every_published_number_has_a_source():
 
     for name in ("wang2022", "crd_benchmark", "das2020", "choi2023", "online_benchmark"):
         assert len(reference(name)["source"]) > 60, name
+
+
+def _history(run_dir, epochs, train_acc, test_loss_at):
+    import json
+    run_dir.mkdir(parents=True)
+    rows = []
+    for e in range(1, epochs + 1):
+        row = {"epoch": e, "step": 10 * e, "train_acc": train_acc(e)}
+        if e in test_loss_at:
+            row["test_loss"] = test_loss_at[e]
+        rows.append(json.dumps(row))
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_plateau_compares_five_epoch_means_of_train_accuracy_and_the_quarter_evaluation(tmp_path):
+    from mixdistill.studies.common import plateau
+    # 40 epochs: the quarter mark is epoch 30; train accuracy alternates +-1 around a level that rises by
+    # 0.1 a epoch, so single epochs 30 and 40 differ by 1 + 2 = 3 while the 5-epoch means differ by exactly 1.0
+    _history(tmp_path / "run", 40, lambda e: 80 + 0.1 * e + (1 if e % 2 else -1),
+             {10: 0.60, 20: 0.50, 31: 0.40, 40: 0.38})
+    p = plateau(tmp_path / "run")
+    # mean of epochs 26..30 vs 36..40: the alternation leaves +0.2 in each (three odd, two even), so 1.0 apart
+    assert p["train_acc_change"] == pytest.approx(1.0)
+    assert p["from_epoch"] == 31 and p["to_epoch"] == 40  # the evaluation one epoch after the mark counts
+    assert p["test_loss_change"] == pytest.approx((0.38 - 0.40) / 0.40)
+    assert p["steps"] == 400
+    _history(tmp_path / "late", 40, lambda e: 80.0, {33: 0.4, 40: 0.4})
+    assert plateau(tmp_path / "late") is None  # no evaluation at the mark: nothing to compare
+
+
+def test_convergence_gate_is_the_median_over_runs(tmp_path):
+    from mixdistill.studies.common import convergence_gate
+    rows = {}
+    for i, loss_end in enumerate([0.41, 0.45, 0.409]):  # relative moves 2.5%, 12.5%, 2.25%: median 2.5%
+        _history(tmp_path / "runs" / f"s__r{i}", 100, lambda e: 90.0, {75: 0.40, 100: loss_end})
+        rows[f"s/r{i}"] = {"key": f"s/r{i}", "labels": {"role": "student"}}
+    gate = convergence_gate(rows, tmp_path, role="student")
+    assert not gate.passed and "test loss 2.5%" in gate.measured and "1000 steps" in gate.measured
+    assert convergence_gate(rows, tmp_path, max_loss=0.03, role="student").passed
+    assert not convergence_gate(rows, tmp_path, max_loss=0.03, min_steps=1001, role="student").passed

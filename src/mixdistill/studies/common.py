@@ -47,10 +47,13 @@ def by_seed(rows: dict, field: str = "last_acc", **labels) -> dict[int, float]:
     return {r["labels"]["seed"]: r["summary"][field] for r in select(rows, **labels)}
 
 
-def plateau(run_dir: str | Path) -> dict | None:
+def plateau(run_dir: str | Path, window: int = 5) -> dict | None:
     """How much a finished run still moved over the last quarter of its schedule: the change of train
-    accuracy (points) and the relative change of test loss between the evaluation nearest 3/4 of the epochs and
-    the last. None when the run has no evaluation in the last quarter's start region."""
+    accuracy (points) between the mean of the ``window`` epochs ending at 3/4 of the epochs and the mean of the
+    last ``window`` epochs (one epoch's train accuracy on a small subset moves about a point from epoch to epoch at
+    a constant learning rate, so single epochs would measure that noise), and the relative change of test loss
+    (10k test images: no such noise) between the last evaluation at or before the 3/4 mark (one epoch of slack)
+    and the last. None when the run has no evaluation there or at its end."""
     import json
 
     path = Path(run_dir) / "metrics.jsonl"
@@ -59,14 +62,18 @@ def plateau(run_dir: str | Path) -> dict | None:
         return None
     last = history[-1]
     quarter = max(1, round(0.75 * last["epoch"]))
-    at = min(history, key=lambda h: abs(h["epoch"] - quarter))
     evaluated = [h for h in history if "test_loss" in h and h["epoch"] <= quarter + 1]
     if not evaluated or "test_loss" not in last:
         return None
     mark = max(evaluated, key=lambda h: h["epoch"])
-    return {"train_acc_change": last["train_acc"] - at["train_acc"],
+
+    def train_acc(upto: int) -> float:
+        epochs = [h["train_acc"] for h in history if upto - window < h["epoch"] <= upto]
+        return sum(epochs) / len(epochs)
+
+    return {"train_acc_change": train_acc(last["epoch"]) - train_acc(quarter),
             "test_loss_change": (last["test_loss"] - mark["test_loss"]) / mark["test_loss"],
-            "steps": last["step"], "from_epoch": mark["epoch"], "to_epoch": last["epoch"]}
+            "steps": last["step"], "from_epoch": mark["epoch"], "to_epoch": last["epoch"], "window": window}
 
 
 def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss: float = 0.02,
@@ -77,8 +84,8 @@ def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss
     moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__")) for r in select(rows, **labels)]
     moves = [m for m in moves if m is not None]
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
-    condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy moves < {max_acc} "
-                 f"point and test loss < {100 * max_loss:.0f}% (median over runs)")
+    condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy (mean of 5 epochs) "
+                 f"moves < {max_acc} point and test loss < {100 * max_loss:.0f}% (median over runs)")
     if not moves:
         return Gate(f"converged ({what})", condition, "no evaluation in the last quarter", False)
     acc = statistics.median(abs(m["train_acc_change"]) for m in moves)
