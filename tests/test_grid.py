@@ -178,3 +178,16 @@ def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
     assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"}
     assert all(r["summary"]["last_acc"] is not None for r in rows.values())
     assert len(ResultsFile(study / "results.jsonl").read()) == 3
+
+
+def test_a_row_from_before_an_option_existed_matches_at_that_options_default(fmnist_root, tmp_path):
+    from mixdistill.studies.grid import _row_matches, resolve
+
+    cfg = resolve(tiny_grid(fmnist_root)[0], tmp_path)
+    then = cfg.to_dict()
+    del then["train"]["label_smoothing"]  # a row written before train.label_smoothing existed
+    assert _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+    then["train"]["label_smoothing"] = 0.1
+    assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+    then["train"]["no_such_option"] = 1
+    assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)

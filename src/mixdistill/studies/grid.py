@@ -113,9 +113,15 @@ def auto_jobs(runs: list[GridRun]) -> int:
 
 def _row_matches(row: dict, cfg) -> bool:
     """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
-    checked against the run directory, which must still hold that very run (its summary) with ``cfg``."""
+    checked against the run directory, which must still hold that very run (its summary) with ``cfg``. The row's
+    config is read through today's schema first, so an option added since, at a default that keeps the old
+    behaviour, is no difference."""
     if "config" in row:
-        return not config_difference(row["config"], cfg.to_dict())
+        try:
+            then = build_config(row["config"]).to_dict()
+        except Exception:  # written by an older mixdistill whose schema no longer validates it
+            return False
+        return not config_difference(then, cfg.to_dict())
     summary = cfg.run_dir / "summary.json"
     return (saved_config_difference(cfg) == [] and summary.exists()
             and json.loads(summary.read_text()) == row["summary"])
