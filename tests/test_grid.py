@@ -191,3 +191,42 @@ def test_a_row_from_before_an_option_existed_matches_at_that_options_default(fmn
     assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
     then["train"]["no_such_option"] = 1
     assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+
+
+def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):
+    """``kill -9`` of a study must not leave its workers training into run directories."""
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import concurrent.futures, multiprocessing, os, sys, time\n"
+        "from mixdistill.studies.grid import exit_with_parent\n"
+        "def work(_):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "        initializer=exit_with_parent, initargs=(os.getpid(), 0.1))\n"
+        "    pool.submit(work, 0)\n"
+        "    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    stat = pathlib.Path(f"/proc/{worker}/stat")
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return  # exited; its new parent has not reaped it yet
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed study process")

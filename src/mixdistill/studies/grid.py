@@ -186,6 +186,21 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     return {k: done[k] for k in keys}
 
 
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Worker initialiser: end this worker when the study process that started it is gone. A study killed by a
+    signal it cannot clean up after (``kill``, SIGKILL) would otherwise leave its workers training on, writing
+    into run directories a later invocation owns; a run stopped this way resumes from its last checkpoint."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _run_local(todo, study_dir, retries, quiet, jobs, stage, log):
     """One run after another in this process (jobs=1), or ``jobs`` worker processes side by side."""
     jobs = min(jobs, len(todo))
@@ -198,7 +213,8 @@ def _run_local(todo, study_dir, retries, quiet, jobs, stage, log):
     import multiprocessing
 
     log(f"[stage {stage}] {len(todo)} runs, {jobs} side by side")
-    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
     try:
         pending = {pool.submit(execute, run, str(study_dir), retries, quiet): run for run in todo}
         for n, future in enumerate(concurrent.futures.as_completed(pending), 1):
