@@ -17,7 +17,7 @@ PACKAGE = ROOT / "src" / "mixdistill"
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow"}
 # imported only where a config asks for them: declared as an extra, never required
-OPTIONAL = {"ray": "ray", "wandb": "wandb"}
+OPTIONAL = {"ray": "ray", "wandb": "wandb", "timm": "timm"}
 # used through another package's module (torch.utils.tensorboard), so never imported by name
 INDIRECT = {"tensorboard"}
 

@@ -52,7 +52,7 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
 
     from mixdistill.data import DeviceLoader, load_dataset
     from mixdistill.engine.evaluate import evaluate as evaluate_model
-    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
     from mixdistill.errors import require_at_least
 
     require_at_least("batch_size", batch_size, 1)
@@ -73,7 +73,8 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     else:
         images = load_dataset(dataset, split, root=root)
     model = opened.model(arch, images.spec.num_classes, images.images.shape[1])
-    runtime = resolve_runtime(device, precision or (cfg.train.precision if cfg else "auto"))
+    runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
+                                                    if cfg else "auto"))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -81,8 +81,8 @@ def _add_eval(sub):
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
-                   help="unset: the precision the run was trained with (its train.precision)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="unset: the precision the run was trained with (its train.precision; fp16 off a GPU: fp32)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -94,7 +94,7 @@ def cmd_eval(args) -> int:
     from mixdistill.data import DeviceLoader, load_dataset
     from mixdistill.engine.evaluate import evaluate
     from mixdistill.engine.run import open_run
-    from mixdistill.engine.runtime import resolve_runtime
+    from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
     from mixdistill.errors import ConfigError, require_at_least
 
     require_at_least("--batch-size", args.batch_size, 1)
@@ -109,7 +109,8 @@ def cmd_eval(args) -> int:
         split = load_dataset(dataset, args.split, root=args.data_root)
     arch = args.arch or opened.arch
     model = opened.model(arch, split.spec.num_classes, split.images.shape[1])
-    runtime = resolve_runtime(args.device, args.precision or (cfg.train.precision if cfg else "auto"))
+    runtime = resolve_runtime(args.device, args.precision or (evaluation_precision(cfg.train.precision, args.device)
+                                                              if cfg else "auto"))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -162,7 +163,11 @@ def cmd_models(args) -> int:
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
         table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}"] if args.macs else []))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("Also accepted wherever a model is named: timm:NAME (any timm.list_models() name; pip install "
+                  "'mixdistill[timm]') and tv:NAME (any torchvision.models.list_models() classification model), "
+                  "built without downloading weights unless model.pretrained=true.", markup=False)
     return 0
 
 

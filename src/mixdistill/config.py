@@ -21,7 +21,7 @@ from mixdistill.augment import augment_uses_teacher, resolve_augment_params
 from mixdistill.data.datasets import DATASETS
 from mixdistill.errors import ConfigError, MixdistillError, UnknownNameError
 from mixdistill.methods import METHODS
-from mixdistill.models import MODELS
+from mixdistill.models import check_model_name, is_external
 from mixdistill.schema import Schema, load_yaml
 
 # torch's intra-op thread count when mixdistill was imported: what train.threads=null resolves to
@@ -71,6 +71,10 @@ class ModelConfig(Section):
                           "benchmark teacher name")
     peers: list[str] | None = Field(
         None, description="online methods: one model name per peer (default: method.peers copies of student)")
+    pretrained: bool = Field(
+        False, description="timm:NAME / tv:NAME students and peers start from the library's pretrained weights "
+                           "(downloaded where the network allows); false: fresh weights, nothing downloaded. The "
+                           "teacher's weights always come from model.teacher_checkpoint")
 
 
 class MethodConfig(BaseModel):
@@ -163,8 +167,10 @@ class TrainConfig(Section):
             raise ValueError(f"'{value}' is not a device this trainer runs on (auto, cpu, cuda, cuda:N)")
         return value
 
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto = bf16 autocast only where the hardware does bf16 natively")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast where the hardware does bf16 natively, fp16 autocast with a "
+                            "gradient scaler on a CUDA GPU without it (compute capability 7.x), fp32 otherwise; "
+                            "fp16: CUDA only")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student: true | false | auto (CUDA)")
     cuda_graphs: bool = Field(False, description="compile the student with mode=reduce-overhead (CUDA graphs; "
@@ -207,6 +213,13 @@ class TrainConfig(Section):
             raise ValueError(f"'{value}' is not an evaluated metric (test_acc, test_top5, test_loss, or for an "
                              f"online method test_acc_NAME / test_top5_NAME / test_loss_NAME)")
         return value
+
+    @model_validator(mode="after")
+    def _check_fp16_device(self):
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("train.precision=fp16 is for CUDA GPUs (fp16 autocast with a gradient scaler); on a cpu "
+                             "use auto, fp32 or bf16")
+        return self
 
     @model_validator(mode="after")
     def _resolve_threads(self):
@@ -275,11 +288,17 @@ class RunConfig(Section):
         method_cls = METHODS[self.method.name]
         for key in ("student", "teacher"):
             name = getattr(self.model, key)
-            if name is not None and name not in MODELS:
-                raise UnknownNameError(f"model (model.{key})", name, MODELS)
+            if name is not None:
+                check_model_name(name, f"model (model.{key})")
         for name in self.model.peers or []:
-            if name not in MODELS:
-                raise UnknownNameError("model (model.peers)", name, MODELS)
+            check_model_name(name, "model (model.peers)")
+        if self.model.pretrained:
+            trained = (self.model.peers or [self.model.student]) if getattr(method_cls, "online", False) \
+                else [self.model.student]
+            zoo = [name for name in trained if not is_external(name)]
+            if zoo:
+                raise ValueError(f"model.pretrained=true loads timm or torchvision weights; {', '.join(zoo)} is the "
+                                 "zoo's own model (use timm:NAME or tv:NAME, or set model.pretrained=false)")
         if method_cls.needs_teacher and not self.model.teacher_checkpoint:
             raise ValueError(f"method '{self.method.name}' needs a teacher: set model.teacher_checkpoint")
         if self.augment.name != "none" and augment_uses_teacher(self.augment.name) and not method_cls.needs_teacher:

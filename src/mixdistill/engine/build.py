@@ -141,20 +141,44 @@ def build_augment(cfg: RunConfig, mean, std):
 
 
 def build_distiller(cfg: RunConfig, num_classes: int, in_channels: int, mean=(0.5,), std=(0.5,),
-                    teacher_builder=build_teacher):
+                    teacher_builder=build_teacher, pretrained: bool | None = None):
+    """``pretrained``: start a timm:/tv: student (peers) from the library's weights; None: ``model.pretrained``."""
     method_cls = METHODS.get_or_raise(cfg.method.name)
     params = cfg.method.params()
+    pretrained = cfg.model.pretrained if pretrained is None else pretrained
     if getattr(method_cls, "online", False):  # a group of peers trained together, no teacher
         names = cfg.model.peers or [cfg.model.student] * params.peers
-        distiller = method_cls.from_names(names, params, num_classes=num_classes, in_channels=in_channels)
+        distiller = method_cls.from_names(names, params, num_classes=num_classes, in_channels=in_channels,
+                                          **({"pretrained": True} if pretrained else {}))
         distiller.student_arch = names[0]
     else:
-        student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+        student = create_model(cfg.model.student, num_classes=num_classes, in_channels=in_channels,
+                               pretrained=pretrained)
         teacher = teacher_builder(cfg, num_classes, in_channels) if method_cls.needs_teacher else None
         distiller = method_cls(student, teacher, params)
         distiller.student_arch = cfg.model.student
     distiller.set_augment(build_augment(cfg, mean, std))
+    check_stage_maps(distiller, cfg)
     return distiller
+
+
+def check_stage_maps(distiller, cfg: RunConfig) -> None:
+    """A feature method that compares stage maps, given a timm:/tv: network that has none (a torchvision model
+    outside the ResNet family gives pooled features only): one clear error before any data is read."""
+    select = getattr(distiller, "select", None)
+    without = [m for m in (distiller.student, getattr(distiller, "teacher", None))
+               if m is not None and getattr(m, "has_maps", True) is False]
+    if not callable(select) or not without:
+        return
+    try:
+        picked = select({"pooled": torch.zeros(2, 1), "maps": []})
+    except (IndexError, ConfigError):
+        picked = []
+    if not picked:
+        names = ", ".join(getattr(m, "external_name", type(m).__name__) for m in without)
+        raise ConfigError(f"method {cfg.method.name} compares stage maps, which {names} does not give (torchvision "
+                          "models outside the ResNet family give pooled features only): use a method that reads "
+                          "pooled features (crd, pkt, rkd, cc), a timm: model or a tv: ResNet")
 
 
 def check_buildable(cfg: RunConfig) -> None:
@@ -169,7 +193,8 @@ def check_buildable(cfg: RunConfig) -> None:
         return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
 
     with torch.device("meta"):
-        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher)
+        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher,
+                        pretrained=False)  # nothing downloaded to check a config
 
 
 def base_lr(cfg: RunConfig) -> float:

@@ -94,6 +94,52 @@ def cpu_compiler_missing() -> str | None:
     return None
 
 
+AUTOCAST_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 autocast pays on tensor cores (Volta, compute capability 7.0, and later); bf16 is native from Ampere (8.0)
+FP16_MIN_CAPABILITY = (7, 0)
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
+    """Does an NVIDIA GPU of this compute capability do bf16 natively (Ampere and later)? Earlier GPUs emulate
+    it, and ``torch.cuda.is_bf16_supported()`` says True for them too (``including_emulation``)."""
+    return tuple(capability) >= BF16_MIN_CAPABILITY
+
+
+def choose_precision(requested: str, device_type: str, *, native_bf16: bool,
+                     cuda_capability: tuple[int, int] | None = None) -> str:
+    """``train.precision`` resolved: ``fp32``, ``bf16`` or ``fp16`` (a pure function of what the device does).
+
+    ``auto``: bf16 where the device does it natively (a CPU with AVX512-BF16 or AMX, an Ampere or later GPU);
+    fp16 autocast with a gradient scaler on a CUDA GPU without native bf16 that has tensor cores (compute
+    capability 7.0 to 7.x: Volta, Turing); fp32 otherwise (older GPUs, CPUs without native bf16). ``fp32`` and
+    ``bf16`` are taken as given (the caller warns about an emulated bf16). ``fp16`` is for CUDA devices only: on a
+    CPU fp16 autocast is emulated on nearly every CPU, slower than fp32 and no more accurate, so it is refused."""
+    if requested in ("fp32", "bf16"):
+        return requested
+    if requested == "fp16":
+        if device_type != "cuda":
+            raise ConfigError(f"train.precision=fp16 is for CUDA GPUs (fp16 autocast with a gradient scaler); on a "
+                              f"{device_type} use auto, fp32 or bf16")
+        return "fp16"
+    if requested != "auto":
+        raise ConfigError(f"train.precision: '{requested}' is not a precision (auto, fp32, bf16, fp16)")
+    if native_bf16:
+        return "bf16"
+    if device_type == "cuda" and cuda_capability is not None and tuple(cuda_capability) >= FP16_MIN_CAPABILITY:
+        return "fp16"
+    return "fp32"
+
+
+def evaluation_precision(trained: str, device: str) -> str:
+    """The precision to evaluate a run in, given the ``train.precision`` it was trained with: the same, except
+    that a run trained in fp16 on a GPU is evaluated in fp32 where fp16 is not on offer (a CPU)."""
+    device = str(device)
+    if trained == "fp16" and not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        return "fp32"
+    return trained
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -108,7 +154,13 @@ class Runtime:
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.autocast_dtype is None else "bf16"
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The loss scaler fp16 training needs (fp16 gradients underflow without it); None in fp32 and bf16."""
+        if self.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
 
     def describe(self) -> str:
         cap = torch.backends.cpu.get_cpu_capability() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
@@ -127,16 +179,18 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
             raise ConfigError(f"train.device: '{device}' is not a device (auto, cpu, cuda, cuda:N)") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    native_bf16 = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_native_bf16()
-    if precision == "auto":
-        use_bf16 = native_bf16
-    elif precision == "bf16":
-        use_bf16 = True
-        if not native_bf16:
-            warnings.warn(f"train.precision=bf16 on a {dev.type} without native bf16: it is emulated there (on an "
-                          "AVX2-only CPU about 9x slower than fp32); precision=auto would choose fp32", stacklevel=2)
+    capability = None
+    if dev.type == "cuda":
+        capability = torch.cuda.get_device_capability(dev)
+        native_bf16 = (torch.cuda.is_bf16_supported(including_emulation=False) if torch.version.hip
+                       else cuda_has_native_bf16(capability))
     else:
-        use_bf16 = False
+        native_bf16 = cpu_has_native_bf16()
+    chosen = choose_precision(precision, dev.type, native_bf16=native_bf16, cuda_capability=capability)
+    if precision == "bf16" and not native_bf16:
+        auto = choose_precision("auto", dev.type, native_bf16=False, cuda_capability=capability)
+        warnings.warn(f"train.precision=bf16 on a {dev.type} without native bf16: it is emulated there (on an "
+                      f"AVX2-only CPU about 9x slower than fp32); precision=auto would choose {auto}", stacklevel=2)
     # channels_last everywhere: oneDNN / tensor cores, and on a CPU PyTorch's NCHW max-pooling is several times
     # slower than NHWC (the small CNNs of the CPU-scale studies ran 1.26-1.42x faster per step in fp32 with
     # AVX2 kernels, the CIFAR ResNets no slower)
@@ -148,7 +202,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         if missing:
             raise ConfigError("train.compile=true on the CPU needs a C++ compiler for torch.compile (apt-get install "
                               f"g++, or set CXX), or set train.compile=false ({missing})")
-    return Runtime(dev, torch.bfloat16 if use_bf16 else None, cl, comp)
+    return Runtime(dev, AUTOCAST_DTYPE[chosen], cl, comp)
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:

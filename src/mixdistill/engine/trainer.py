@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -65,6 +66,8 @@ class Trainer:
         if self.dist.enabled and torch.cuda.is_available() and device in ("auto", "cuda"):
             device = f"cuda:{self.dist.local_rank}"
         self.runtime = resolve_runtime(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
+        self.scaler = self.runtime.grad_scaler()  # fp16 only: loss scaling (its state is in the checkpoints)
+        self.amp_skipped = 0  # optimiser steps the scaler skipped (inf/nan gradients), this process
         data = build_loaders(cfg, self.runtime, self.dist)
         self.num_classes, self.in_channels = data.num_classes, data.in_channels
         self.train_images = data.num_train
@@ -187,6 +190,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):  # absent: the run started where auto chose no fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.step_count = state["epoch"], state["step"]
         self.history = json.loads(state["history"])
         self._resumed_compile = state.get("compile")
@@ -214,6 +219,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()  # the averaged student ("module.*") and its update count
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()  # loss scale and growth tracker: plain numbers
         bad = non_finite_tensors({"model": state["model"], "distiller_extra": state["distiller_extra"],
                                   "optimizer": state["optimizer"]["state"], "ema": state.get("ema", {})})
         if bad:
@@ -230,7 +237,7 @@ class Trainer:
     def _save_best(self, state: dict):
         """best.pt: the checkpoint of the best epoch so far by ``train.best_metric``, without the optimiser,
         scheduler and RNG state (it is for evaluating and distilling from, not for resuming)."""
-        kept = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}
+        kept = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng", "scaler")}
         save_atomic({**kept, "format": BEST_FORMAT}, self.best_path)
 
     # -- one step -------------------------------------------------------------------------------------
@@ -244,17 +251,25 @@ class Trainer:
         elif self.cfg.train.cuda_graphs:
             raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
+        scaler, trainer = self.scaler, self
+
         def train_step(images, labels, info) -> tuple[StepOutput, torch.Tensor]:
             with runtime.autocast(), label_smoothing(smoothing):
                 out = train_module(images, labels, info)
             total = sum(out.losses.values())
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
-            distiller.after_step()
-            if ema is not None:
-                ema.update_parameters(distiller.student)
+            if scaler is None:
+                total.backward()
+                optimizer.step()
+                stepped = True
+            else:
+                stepped = scaled_step(scaler, optimizer, total)
+                trainer.amp_skipped += not stepped
+            advance_schedule(scheduler, stepped)
+            if stepped:  # EMAs average optimiser steps: a skipped step leaves them as they are
+                distiller.after_step()
+                if ema is not None:
+                    ema.update_parameters(distiller.student)
             return out, total
 
         return train_step
@@ -371,6 +386,7 @@ class Trainer:
         progress = logger.progress(len(self.train_loader), f"epoch {epoch + 1}/{epochs}",
                                    enabled=cfg.train.progress)
         stats: dict[str, torch.Tensor | float] = {}
+        skipped_before = self.amp_skipped
         for i, (images, labels, indices) in enumerate(self.train_loader):
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -408,6 +424,8 @@ class Trainer:
                   "epoch_time_s": elapsed}
         record.update({f"train_{k}": (v / n).item() for k, v in sums.items()})
         record.update({f"stat_{k}": float(v / n) for k, v in stats.items()})
+        if self.scaler is not None:  # fp16: the loss scale at the epoch's end, and the steps skipped in it
+            record.update(amp_scale=self.scaler.get_scale(), amp_skipped_steps=self.amp_skipped - skipped_before)
         return record
 
     def _improves_best(self, record: dict) -> bool:
@@ -433,6 +451,38 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """fp16's backward and optimiser step through a ``GradScaler``: backward of the scaled loss, ``scaler.step``
+    (which unscales the gradients and skips the step when any is inf or NaN), ``scaler.update`` (the scale halves
+    after a skipped step, grows after ``growth_interval`` clean ones). Returns whether the optimiser stepped.
+
+    Known without another host sync: an optimiser step post-hook tells (the scaler reads its inf check on the host
+    anyway for an unfused optimiser, as the trainer's SGD is). The trainer clips no gradients; a clip would go
+    between ``scaler.unscale_(optimizer)`` and ``scaler.step``."""
+    stepped = []
+    handle = optimizer.register_step_post_hook(lambda *args: stepped.append(True))
+    try:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+    finally:
+        handle.remove()
+    scaler.update()
+    return bool(stepped)
+
+
+def advance_schedule(scheduler, stepped: bool) -> None:
+    """Step the LR schedule once per batch, stepped or skipped: the schedule is a function of the batch index
+    (epoch milestones, a cosine over the run's steps), so a batch whose update the fp16 scaler skipped is a lost
+    update, not a shift of the schedule. (PyTorch's warning about a schedule stepped before the optimiser,
+    which a skipped first step raises, is silenced for that case.)"""
+    if stepped:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
+
 
 def _better(value: float, best: float | None, metric: str) -> bool:
     """Strictly better (ties keep the earlier epoch); NaN never is."""

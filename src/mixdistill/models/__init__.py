@@ -4,6 +4,9 @@ Every model takes ``(num_classes=100, in_channels=3)``, returns logits from
 ``forward(x)``, and ``(logits, {"pooled", "maps"})`` from ``forward_features(x)``;
 it has ``feature_dim`` and ``num_classes`` attributes.  RepDistiller models keep
 that code's state_dict keys, so its checkpoints load with ``load_weights``.
+
+Besides the names in ``MODELS``, ``timm:NAME`` and ``tv:NAME`` build any timm or torchvision classification
+model behind the same interface, with the library's own state-dict keys (``models/external.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import torch
 from torch import nn
 
 from ..errors import UnknownNameError
-from . import cnn, das2020, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
+from . import cnn, das2020, external, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
 from ._base import ZooModel
 from .checkpoint import load_weights
+from .external import is_external
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     # RepDistiller / CRD benchmark (names as in its model_dict)
@@ -63,9 +67,27 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
+def check_model_name(name: str, kind: str = "model") -> None:
+    """Raise unless ``name`` is a zoo model or a ``timm:NAME`` / ``tv:NAME`` the library has (builds nothing)."""
+    if is_external(name):
+        external.check_name(name)
+    elif name not in MODELS:
+        raise UnknownNameError(kind, name, MODELS)
+
+
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+    """Model ``name`` (a zoo name, ``timm:NAME`` or ``tv:NAME``). ``pretrained``: the library's pretrained
+    weights for a ``timm:`` / ``tv:`` model (a download); the zoo's own models have none to offer."""
+    if is_external(name):
+        return external.create_external(name, num_classes=num_classes, in_channels=in_channels,
+                                        pretrained=pretrained)
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
+    if pretrained:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"pretrained weights come from timm or torchvision: model '{name}' is the zoo's own "
+                          "(use timm:NAME or tv:NAME, or load a checkpoint)")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels)
 
 
@@ -102,6 +124,9 @@ NATIVE_INPUT: dict[str, tuple[int, int, int]] = {
 
 def native_input(name: str) -> tuple[int, int, int]:
     """``(num_classes, in_channels, image_size)`` of the data model ``name`` is usually trained on."""
+    if is_external(name):
+        external.check_name(name)
+        return external.NATIVE_INPUT
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
     return NATIVE_INPUT.get(name, CIFAR100_INPUT)
@@ -150,10 +175,12 @@ def model_summary(name: str, num_classes: int | None = None, in_channels: int | 
 __all__ = [
     "MODELS",
     "ZooModel",
+    "check_model_name",
     "count_macs",
     "count_parameters",
     "create_meta_model",
     "create_model",
+    "is_external",
     "list_models",
     "load_weights",
     "model_summary",

@@ -36,8 +36,9 @@ class OnlineDistiller(Distiller):
         self.peers = nn.ModuleList(peers)
 
     @classmethod
-    def from_names(cls, names: list[str], params, *, num_classes: int, in_channels: int):
-        return cls([create_model(n, num_classes=num_classes, in_channels=in_channels) for n in names], params)
+    def from_names(cls, names: list[str], params, *, num_classes: int, in_channels: int, pretrained: bool = False):
+        return cls([create_model(n, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+                    for n in names], params)
 
     def evaluation_logits(self, images):
         logits = [peer(images) for peer in self.peers]

@@ -72,10 +72,11 @@ class ONE(OnlineDistiller):
         self.gate = nn.Sequential(nn.Linear(trunk_channels, m), nn.BatchNorm1d(m), nn.ReLU())
 
     @classmethod
-    def from_names(cls, names, params, *, num_classes, in_channels):
+    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
         if len(set(names)) != 1:
             raise ConfigError(f"ONE branches share one architecture, got peers {names}")
-        models = [create_model(names[0], num_classes=num_classes, in_channels=in_channels) for _ in names]
+        models = [create_model(names[0], num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+                  for _ in names]
         trunk, _, channels = split_trunk_branch(models[0])
         peers = []
         for model in models:
