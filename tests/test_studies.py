@@ -165,6 +165,8 @@ def test_wall_time_counts_only_the_invocations_that_trained_the_current_runs(tmp
         os.utime(run / "summary.json", (written, written))
     both = timing_markdown(tmp_path, {"a/seed0": {}, "b/seed0": {}})[0]
     assert "12.0 min to train 2 runs in 2 invocation(s)" in both
+    assert "10.0 min, trained 2 runs, 1 of them in this report" in both  # the other was replaced since
+    assert "2.0 min, trained 2 runs, 1 of them in this report" in both
     # a/seed0's run was set aside and trained again by the second invocation: only that one counts
     (tmp_path / "runs" / "a__seed0" / "summary.json").touch()
     os.utime(tmp_path / "runs" / "a__seed0" / "summary.json", (now - 20, now - 20))

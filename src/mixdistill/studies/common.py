@@ -237,5 +237,11 @@ def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
     total = sum(e["wall_s"] for e in entries)
     machines = sorted({f"{e['cpu']} ({e['cores']} cores, {e['capability']}, "
                        f"{'native bf16' if e['native_bf16'] else 'no native bf16'}), torch {e['torch']}" for e in entries})
-    return [f"Wall time: {total / 60:.1f} min to train {sum(counts.values())} runs in "
-            f"{len(entries)} invocation(s) ({'; '.join(e['executor'] for e in entries)}), on {'; '.join(machines)}.", ""]
+    line = (f"Wall time: {total / 60:.1f} min to train {sum(counts.values())} runs in "
+            f"{len(entries)} invocation(s) ({'; '.join(e['executor'] for e in entries)}), on {'; '.join(machines)}.")
+    if len(entries) > 1:  # an invocation's wall time also paid for runs replaced since: say what each trained
+        used = [n for i, n in sorted(counts.items())]
+        line += " By invocation: " + "; ".join(
+            f"{e['finished']}, {e['wall_s'] / 60:.1f} min, trained {e['runs_trained']} runs, {n} of them in this report"
+            for e, n in zip(entries, used)) + "."
+    return [line, ""]
