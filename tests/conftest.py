@@ -90,8 +90,28 @@ def interrupt_at():
     return interrupted
 
 
+# The source checkout the tests come from: `checkout` tests read its files (the example configs, named
+# configs/NAME.yaml from the repository root where pytest runs; README.md, pyproject.toml, constraints.txt,
+# src/ and docs/results). Outside one (tests/ copied next to an installed wheel) they are skipped.
+ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT_FILES = ("configs", "README.md", "pyproject.toml", "constraints.txt", "src/mixdistill", "docs/results")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "checkout: reads files of the source checkout (" + ", ".join(CHECKOUT_FILES)
+                            + "); skipped where the tests run outside one, e.g. against an installed wheel")
+
+
 def pytest_collection_modifyitems(config, items):
-    """``needs_cxx`` tests compile for the CPU, which needs a C++ compiler (a bare Debian has none)."""
+    """``checkout`` tests need the source checkout's files; ``needs_cxx`` tests compile for the CPU, which
+    needs a C++ compiler (a bare Debian has none)."""
+    missing_files = [f for f in CHECKOUT_FILES if not (ROOT / f).exists()]
+    if missing_files:
+        reason = (f"needs the source checkout's {', '.join(missing_files)}: these tests run from {ROOT}, "
+                  "not a checkout (e.g. a copy of tests/ against an installed wheel)")
+        for item in items:
+            if item.get_closest_marker("checkout"):
+                item.add_marker(pytest.mark.skip(reason=reason))
     marked = [item for item in items if item.get_closest_marker("needs_cxx")]
     if not marked:
         return

@@ -458,6 +458,7 @@ def _parse(*argv):
     return add_analyze_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
 
 
+@pytest.mark.checkout
 def test_analyze_end_to_end(tiny_runs, tmp_path, capsys):
     from mixdistill.analysis.command import analyze_main
 
@@ -486,6 +487,7 @@ def test_analyze_end_to_end(tiny_runs, tmp_path, capsys):
     assert str(out / "report.md") in capsys.readouterr().out
 
 
+@pytest.mark.checkout
 def test_analyze_human_labels_shape_error(tiny_runs, tmp_path):
     from mixdistill.analysis.command import analyze_main
 
@@ -495,6 +497,7 @@ def test_analyze_human_labels_shape_error(tiny_runs, tmp_path):
                             "--quiet"))
 
 
+@pytest.mark.checkout
 def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
     """--data with a CIFAR-10.1 style pair made from the test set gives the test-set numbers; a checkpoint
     file works as well as a run directory; a missing teacher is a note, not an error."""
@@ -529,6 +532,7 @@ def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
         analyze(ckpt, out=tmp_path / "x", fgsm=[2.0])
 
 
+@pytest.mark.checkout
 def test_analyze_teacher_stats(tiny_runs, tmp_path):
     from mixdistill.analysis.command import analyze
 

@@ -64,6 +64,7 @@ def noise(images, labels, *, generator, sigma: float = 0.1):
 
 # ------------------------------------------------------------------------------------------- the README
 
+@pytest.mark.checkout
 def test_readme_example_runs_as_written(fmnist_root, tmp_path, monkeypatch, registries, capsys):
     monkeypatch.setenv("MIXDISTILL_DATA", str(fmnist_root))  # "data found as in Set-up"
     monkeypatch.chdir(tmp_path)

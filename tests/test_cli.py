@@ -163,11 +163,13 @@ def _one_line_error(capsys, argv, fragment):
     assert len(err.splitlines()) == 1, err
 
 
+@pytest.mark.checkout
 def test_unknown_model_lists_close_names(capsys, tiny_run_overrides):
     _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "model.student=resnet8x5"],
                     "Did you mean: resnet8x4")
 
 
+@pytest.mark.checkout
 def test_bad_config_key_is_named(capsys):
     _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "optim.learning_rate=3"],
                     "optim.learning_rate: unknown key")
@@ -177,6 +179,7 @@ def test_missing_config_file(capsys):
     _one_line_error(capsys, ["train", "nope.yaml"], "config file not found")
 
 
+@pytest.mark.checkout
 def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
     import torch
 
@@ -214,6 +217,7 @@ def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
             "MIXDISTILL_DATA") in str(err.value)
 
 
+@pytest.mark.checkout
 def test_relative_teacher_path_is_read_from_the_current_directory(capsys, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -256,6 +260,7 @@ def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
     assert "mean ± std" in out and _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50 86.50", "86.00 ± 0.71"]
 
 
+@pytest.mark.checkout
 def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=cli", "optim.epochs=1",
                  "--quiet"]) == 0
@@ -269,6 +274,7 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert f"{summary['last_acc']:.2f}" in out
 
 
+@pytest.mark.checkout
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "mixdistill", "train", "configs/fmnist_cpu.yaml", "method=nope"],
                           capture_output=True, text=True)

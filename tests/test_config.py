@@ -47,6 +47,7 @@ def test_epoch_factor_scales_schedule():
     assert cfg.optim.total_epochs == 480 and cfg.optim.scaled_milestones == [300, 360, 420]
 
 
+@pytest.mark.checkout
 def test_shipped_configs_validate():
     from pathlib import Path
 

@@ -403,6 +403,7 @@ def cli_teacher(tmp_path_factory):
     return common, base / "runs" / "teacher" / "last.pt"
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["method=ce", "augment=cutmix", "augment.partner=permutation"],   # das2020 CutMix teacher

@@ -225,6 +225,7 @@ def test_dkd_beta_per_pair_as_mdistiller():
     assert DKD.pair_params("vgg13", "mobile_half") == {"beta": 6.0}  # mdistiller's MobileNetV2 is mobile_half
 
 
+@pytest.mark.checkout
 @pytest.mark.parametrize("overrides, beta", [
     (["model.teacher=resnet32x4", "model.student=resnet8x4"], 8.0),
     (["model.teacher=resnet56", "model.student=resnet20"], 2.0),
@@ -485,6 +486,7 @@ def test_teacher_frozen_while_training(name, params):
 
 # --------------------------------------------------------------------------------------------- CLI
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_dkd_crd_run_through_the_cli(tmp_path):
     from mixdistill.cli import main

@@ -12,6 +12,7 @@ import torch
 from mixdistill.engine.checkpoint import load_checkpoint
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path, precision, tolerance):
     from mixdistill.data.synthetic import write_fashion_like

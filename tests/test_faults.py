@@ -40,6 +40,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------------------- run-directory lock
 
+@pytest.mark.checkout
 def test_second_run_into_a_busy_run_directory_stops_naming_the_holder(capsys, tiny_run_overrides, tmp_path):
     run_dir = tmp_path / "runs" / "busy"
     with hold_lock(run_dir / ".lock", "training busy"):  # as another process's run holds it
@@ -51,6 +52,7 @@ def test_second_run_into_a_busy_run_directory_stops_naming_the_holder(capsys, ti
                  "--quiet"]) == 0
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_two_processes_into_one_run_directory_during_the_first_epoch(tmp_path):
     """The old check looked for last.pt, which does not exist during the first epoch."""
@@ -134,6 +136,7 @@ def _disk_run(fmnist_root, disk, epochs=2):
             "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "--quiet"]
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_full_disk_is_one_line_and_leaves_no_empty_config(capsys, fmnist_root, small_disk):
     disk, fill, _ = small_disk
@@ -145,6 +148,7 @@ def test_full_disk_is_one_line_and_leaves_no_empty_config(capsys, fmnist_root, s
     assert not list((disk / "r").glob(f".*{TMP_SUFFIX}")) if (disk / "r").exists() else True
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_resume_on_a_full_disk_keeps_every_file_whole(capsys, fmnist_root, small_disk, interrupt_at):
     disk, fill, _ = small_disk
@@ -176,6 +180,7 @@ def test_resume_on_a_full_disk_keeps_every_file_whole(capsys, fmnist_root, small
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_read_only_disk_is_one_line_and_changes_nothing(capsys, fmnist_root, small_disk):
     disk, _, read_only = small_disk
@@ -288,6 +293,7 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
         load_dataset("imagefolder", "train", root=tmp_path)
 
 
+@pytest.mark.checkout
 @pytest.mark.parametrize("overrides, fragment", [
     (["augment=mixup", "augment.alpha=abc"], "invalid value 'abc' for parameter 'alpha'"),
     (["augment=mixup", "augment.alpha=-1"], "greater than 0"),
@@ -307,6 +313,7 @@ def test_bad_values_are_config_errors(overrides, fragment):
         load_config("configs/fmnist_cpu_teacher.yaml", overrides)
 
 
+@pytest.mark.checkout
 def test_print_config_validates_as_training_does(capsys):
     assert "unknown model (model.student)" in one_line_error(
         capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "model.student=resnet99", "--print-config"])
@@ -336,6 +343,7 @@ def test_eval_counts_below_one(capsys, tmp_path):
 
 # ---------------------------------------------------------------------- the resolved config is complete
 
+@pytest.mark.checkout
 def test_resolved_config_records_every_default(capsys, tiny_run_overrides):
     assert main(["train", "configs/fmnist_cpu.yaml", "method=dkd", "model.teacher_checkpoint=resnet32x4",
                  "--print-config"]) == 0

@@ -473,6 +473,7 @@ def test_fitnet_hint_stage_trains_up_to_the_guided_layer_only():
 
 # ------------------------------------------------------------------------------ 3. through the command line
 
+@pytest.mark.checkout
 def test_at_with_cutmix_pick_through_the_cli(fmnist_root, tmp_path):
     from mixdistill.cli import main
 

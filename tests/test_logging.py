@@ -30,6 +30,7 @@ def _record(epoch: int, evaluated: bool = True) -> dict:
 
 # ----------------------------------------------------------------------------------------- console
 
+@pytest.mark.checkout
 def test_captured_output_has_one_line_per_epoch_and_no_progress_bar(capfd, tiny_run_overrides):
     """stdout/stderr not a terminal (a CI log): no bar, no carriage return, one line per epoch with its loss,
     test accuracy and time."""
@@ -120,6 +121,7 @@ def test_csv_is_rewritten_from_the_history_then_appended(tmp_path):
 
 # ----------------------------------------------------------------------------------------- wandb
 
+@pytest.mark.checkout
 def test_wandb_missing_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_run_overrides):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as when not installed
     with pytest.raises(ConfigError, match=r"pip install wandb"):

@@ -287,6 +287,7 @@ def online_common(tmp_path_factory):
             "train.progress=false", "train.tensorboard=false", "train.device=cpu", "data.eval_batch_size=200"]
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["method=dml"], ["method=kdcl"], ["method=one"], ["method=online_cutmix"],
@@ -311,6 +312,7 @@ def test_online_method_runs_through_the_cli(online_common, overrides):
     assert deployed is None or deployed in summary  # the network the method deploys is reported too
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 @pytest.mark.needs_cxx
 def test_compile_covers_forward_features(online_common):
@@ -533,6 +535,7 @@ def test_pcl_evaluates_peers_ensemble_teacher_and_temporal_means():
     assert record["test_acc_mean_peer"] == 50.0 and record["test_acc_temporal_mean0"] == 90.0
 
 
+@pytest.mark.checkout
 def test_pcl_per_peer_views():
     from mixdistill.config import load_config
     from mixdistill.errors import ConfigError

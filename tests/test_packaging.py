@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+pytestmark = pytest.mark.checkout  # reads pyproject.toml, constraints.txt and src/
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "mixdistill"

@@ -48,6 +48,7 @@ def _cli_error(capsys, argv):
     return err
 
 
+@pytest.mark.checkout
 def test_bad_input_one_line_and_nothing_overwritten(capsys, tiny_run_overrides, tmp_path):
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=t", "optim.epochs=1",
                  "--quiet"]) == 0
@@ -77,6 +78,7 @@ def test_bad_input_one_line_and_nothing_overwritten(capsys, tiny_run_overrides, 
     assert after == before, "an earlier result was modified"
 
 
+@pytest.mark.checkout
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bitwise_equal(tmp_path):
     from mixdistill.data.synthetic import write_fashion_like

@@ -29,6 +29,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.checkout
 def test_summary_records_the_environment_and_top5(tiny_run_overrides):
     cfg = load_config(None, tiny_run_overrides + ["name=env", "optim.epochs=2", "train.precision=auto"])
     summary = train(cfg, quiet=True)

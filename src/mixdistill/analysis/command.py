@@ -160,9 +160,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
             out=None, device="auto", batch_size=500, bins=DEFAULT_BINS, teacher=None, teacher_arch=None,
             no_teacher=False, fgsm=None, pgd=None, pgd_steps=10, pgd_step_size=None, pgd_random_start=True,
             human_labels=None, tsne=False, tsne_samples=TSNE_SAMPLES, teacher_stats=None, teacher_stats_epochs=1,
-            seed=0) -> dict:
+            seed=0, titles=None) -> dict:
     """Run the analysis and write the report; returns the metrics dict (with ``paths``). The arguments are
-    the command's options (see :func:`add_analyze_arguments`)."""
+    the command's options (see :func:`add_analyze_arguments`), and ``titles``: figure titles in place of the
+    defaults, keyed like ``FIGURES`` (``reliability``, ``tsne``); each is a ``str.format`` template given
+    ``accuracy`` and ``ece`` / ``mce`` (all in %), ``test_loss``, ``samples``, ``arch`` and ``eval_set``."""
     from mixdistill.analysis.data import EvalSet, check_compatible, human_label_kl, load_eval_set, load_human_labels
 
     # options first: a mistake should not cost a whole evaluation
@@ -262,9 +264,17 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     # calibration
     metrics["calibration"] = calibration(probs, labels, bins)
+    fields = {"accuracy": metrics["accuracy"], "test_loss": metrics["test_loss"], "arch": arch,
+              "eval_set": eval_set.name, "samples": len(labels), "ece": 100 * metrics["calibration"]["ece"],
+              "mce": 100 * metrics["calibration"]["mce"]}
+
+    def title(figure: str, default: str) -> str:
+        template = (titles or {}).get(figure)
+        return default if template is None else template.format(**fields)
+
     paths["reliability"] = plot_reliability_diagram(
         probs, labels, out_dir / FIGURES["reliability"], bins,
-        title=f"Reliability diagram: {arch} on {eval_set.name}")
+        title=title("reliability", f"Reliability diagram: {arch} on {eval_set.name}"))
 
     # class discrimination
     cd = {}
@@ -321,7 +331,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
             emb, sub_labels, _ = tsne_embedding(features, labels, n=tsne_samples, seed=seed)
             names = CLASS_NAMES.get(train_name) if len(CLASS_NAMES.get(train_name, [])) == num_classes else None
             paths["tsne"] = plot_tsne(emb, sub_labels, out_dir / FIGURES["tsne"], class_names=names,
-                                      title=f"t-SNE of {arch} penultimate features, {eval_set.name}")
+                                      title=title("tsne", f"t-SNE of {arch} penultimate features, {eval_set.name}"))
 
     # wang2022 teacher statistics
     if teacher_stats:

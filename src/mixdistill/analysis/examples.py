@@ -1,17 +1,22 @@
-"""Example figures of the analysis module from tiny real runs (CPU, a few minutes on 2 cores).
+"""The README's analysis figures, from real Fashion-MNIST runs (CPU).
 
-    python -m mixdistill.analysis.examples OUTDIR [--workdir DIR] [--epochs 2]
+    python -m mixdistill.analysis.examples OUTDIR [--workdir DIR] [--study DIR] [--data-root DIR]
 
-1. Writes a synthetic Fashion-MNIST lookalike (2,000 train / 500 test images).
-2. Trains a teacher (cnn5_w8, CE) and, for each of several views, a student with wang2022's KD + view
-   (``kd_view``) from that teacher.
-3. For each view measures the teacher's T. stddev on the training set under that view (the student
-   frozen) and plots it against the student's test loss: ``OUTDIR/tstddev_vs_student_loss.png``.
-4. Runs the ``analyze`` command on the CutMix student (with its teacher and a t-SNE):
-   ``OUTDIR/reliability_diagram.png``, ``OUTDIR/tsne.png`` (its full report stays in the work folder).
+1. Trains, or reuses, two runs of ``mixdistill demo`` (the same configs, from ``resources/demo.yaml``): the
+   teacher (cnn5_w16, CE on the 60,000 training images, 3 epochs) and the seed-0 KD student (cnn5_w8, KD
+   T = 4 on a 3,000-image subset, 15 epochs). ``--workdir`` is a demo output folder: given the folder of an
+   earlier ``mixdistill demo --output-dir DIR``, its finished runs are reused when their configs match
+   (as the demo reuses them; the teacher's thread count is part of its config, see ``--threads``).
+2. Runs the ``analyze`` command (with ``--tsne``) on the teacher and on the KD student (with its teacher),
+   on the full Fashion-MNIST test set: reports in ``WORKDIR/analysis/{teacher,kd_student}``. The student's
+   reliability diagram and t-SNE go to ``OUTDIR/reliability_diagram.png`` and ``OUTDIR/tsne.png``.
+3. Re-plots wang2022's teacher T. stddev against student test loss, one point per view (means over
+   seeds), from a finished wang2022 study folder (``tstddev.json`` + ``results.jsonl``; default: the
+   checkout's ``docs/results/studies/wang2022_cpu``): ``OUTDIR/tstddev_vs_student_loss.png``. Without such
+   a folder (an installed copy) this figure is skipped.
 
-The numbers mean little at this scale (two epochs, synthetic data); the figures show what the module
-draws. ``docs/figures/`` holds the output of this script.
+Every title says what its figure shows: data, models, training sizes, and the measured numbers.
+``--quick`` uses the demo's smoke-test sizes (for tests, not for figures worth showing).
 """
 
 from __future__ import annotations
@@ -19,113 +24,152 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
+import statistics
 from pathlib import Path
 
 from mixdistill.analysis.command import analyze
-from mixdistill.analysis.teacher_stats import plot_tstddev_vs_loss, teacher_statistics
-from mixdistill.augment import augment_params, make_augment
-from mixdistill.config import load_config
-from mixdistill.data import DeviceLoader, load_dataset
-from mixdistill.data.synthetic import write_fashion_like
-from mixdistill.engine.run import open_run
-from mixdistill.engine.trainer import train
+from mixdistill.analysis.teacher_stats import correlations, plot_tstddev_vs_loss
 
-VIEWS = ["identity", "flip", "crop_flip", "cutout", "mixup", "cutmix", "cutmix_pick"]
-VIEW_PARAMS = {"cutout": {"size": 8}, "cutmix_pick": {"criterion": "teacher_entropy"}}
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-
-# the two configs this script starts from, for when it runs outside a source checkout
-_FALLBACK = {
-    "fmnist_cpu_teacher.yaml": """name: fmnist_teacher_cnn5_w32
-seed: 0
-data: {dataset: fashion_mnist, batch_size: 128, eval_batch_size: 1000, crop_padding: 2, flip: true}
-model: {student: cnn5_w32}
-method: {name: ce}
-optim: {lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, epochs: 4, schedule: onecycle, milestones: []}
-""",
-    "fmnist_cpu.yaml": """name: fmnist_kd_cnn5_w8
-seed: 0
-data: {dataset: fashion_mnist, train_subset: 10000, batch_size: 128, eval_batch_size: 1000, crop_padding: 2, flip: true}
-model: {student: cnn5_w8, teacher_checkpoint: runs/fmnist_teacher_cnn5_w32/last.pt}
-method: {name: kd, temperature: 4.0, ce_weight: 0.1, kd_weight: 0.9}
-optim: {lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, epochs: 10, schedule: onecycle, milestones: []}
-""",
-}
+CHECKOUT_STUDY = Path(__file__).resolve().parents[3] / "docs" / "results" / "studies" / "wang2022_cpu"
 
 
-def _config(name: str, work: Path) -> str:
-    path = CONFIGS / name
-    if path.is_file():
-        return str(path)
-    path = work / name
-    path.write_text(_FALLBACK[name])
-    return str(path)
+def _sizes(summary: dict) -> str:
+    return f"{summary['train_images']:,} train images, {summary['epochs']} epochs"
 
 
-def _train(config: str, overrides: list[str]) -> None:
-    train(load_config(config, overrides), quiet=True)
+def demo_runs(work_dir: str | Path, data_root: str | None = None, quick: bool = False,
+              threads: int | None = None) -> dict[str, dict]:
+    """Train (or reuse) the demo's teacher and its seed-0 KD student in ``work_dir``; their grid rows by role."""
+    from mixdistill.demo import demo_grid
+    from mixdistill.studies.grid import run_grid
+
+    runs = demo_grid(str(work_dir), 1, data_root, quick)
+    teacher = runs[0]
+    student = next(r for r in runs if r.labels.get("method") == "kd" and r.labels.get("seed") == 0)
+    rows = run_grid([teacher, student], work_dir, quiet=True, threads=threads, log=print)
+    out = {}
+    for role, run in (("teacher", teacher), ("kd_student", student)):
+        row = rows[run.key]
+        out[role] = {**row, "run_dir": str(Path(work_dir) / "runs" / run.run_name())}
+    return out
 
 
-def make_examples(out_dir: str | Path, work_dir: str | Path, epochs: int = 2, seed: int = 0) -> dict[str, Path]:
+def analyse_demo_runs(out_dir: Path, work_dir: Path, runs: dict[str, dict], seed: int = 0) -> dict:
+    """``analyze --tsne`` on the teacher and the KD student; the student's figures copied to ``out_dir``."""
+    teacher, student = runs["teacher"]["summary"], runs["kd_student"]["summary"]
+    data = "Fashion-MNIST test set ({samples:,} images)"
+    teacher_desc = f"teacher {teacher['student']} (CE, {_sizes(teacher)})"
+    student_desc = f"KD student {student['student']} ({_sizes(student)}, seed {student['seed']})"
+    metrics = {
+        "teacher": analyze(runs["teacher"]["run_dir"], out=work_dir / "analysis" / "teacher", tsne=True, seed=seed,
+                           titles={"reliability": f"{data}:\n{teacher_desc}\naccuracy {{accuracy:.2f}}%, "
+                                                  f"ECE {{ece:.2f}}%",
+                                   "tsne": f"{data}: penultimate features of the\n{teacher_desc},"
+                                           f"\naccuracy {{accuracy:.2f}}%; a random subset"}),
+        "kd_student": analyze(runs["kd_student"]["run_dir"], out=work_dir / "analysis" / "kd_student", tsne=True,
+                              seed=seed,
+                              titles={"reliability": f"{data}:\n{student_desc},\n{teacher_desc}\n"
+                                                     f"accuracy {{accuracy:.2f}}%, ECE {{ece:.2f}}%",
+                                      "tsne": f"{data}: penultimate features of the\n{student_desc},\n"
+                                              f"teacher {teacher['student']}; accuracy {{accuracy:.2f}}%; a random subset"}),
+    }
+    figures = {}
+    for key in ("reliability", "tsne"):
+        src = Path(metrics["kd_student"]["paths"][key])
+        figures[key] = Path(shutil.copyfile(src, out_dir / src.name))
+    return {"metrics": metrics, "figures": figures}
 
 
+def study_views(study_dir: str | Path) -> dict:
+    """Per view of a finished wang2022 study: mean student test loss and mean teacher T. stddev over seeds.
+
+    The runs are those with a T. stddev in ``tstddev.json`` (keys ``RUN_KEY/LENGTH/CHECKPOINT_MTIME``, one
+    per view run; the newest entry wins if a run has several), matched to their rows in ``results.jsonl``;
+    a view's name is its method's without the ``view_`` / ``kd_`` prefix."""
+    study_dir = Path(study_dir)
+    cache = json.loads((study_dir / "tstddev.json").read_text())
+    rows = {}
+    for line in (study_dir / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["key"]] = row
+    stddev, lengths = {}, set()
+    for key, value in cache.items():  # insertion order: the newest entry of a run comes last
+        run_key, length, _mtime = key.rsplit("/", 2)
+        stddev[run_key] = value
+        lengths.add(length)
+    views: dict[str, dict] = {}
+    pairs, students, teachers = set(), set(), {}
+    for run_key, value in stddev.items():
+        row = rows.get(run_key)
+        if row is None:
+            continue  # a run no longer in the study
+        labels, summary = row["labels"], row["summary"]
+        name = labels["method"].removeprefix("view_").removeprefix("kd_")
+        view = views.setdefault(name, {"t_stddev": [], "test_loss": [], "seeds": []})
+        view["t_stddev"].append(value)
+        view["test_loss"].append(summary["last_test_loss"])
+        view["seeds"].append(labels.get("seed"))
+        pairs.add(labels.get("pair"))
+        students.add((summary["student"], summary["train_images"], summary["epochs"]))
+    for row in rows.values():
+        if row["labels"].get("role") == "teacher":
+            teachers[row["summary"]["student"]] = row["summary"]
+    if not views:
+        raise ValueError(f"{study_dir}: no run of tstddev.json is in results.jsonl")
+    return {
+        "views": list(views),
+        "t_stddev": [statistics.fmean(v["t_stddev"]) for v in views.values()],
+        "test_loss": [statistics.fmean(v["test_loss"]) for v in views.values()],
+        "seeds": sorted({len(v["seeds"]) for v in views.values()}),
+        "pairs": sorted(p for p in pairs if p), "students": sorted(students), "teachers": teachers,
+        "lengths": sorted(lengths), "study": study_dir.name,
+    }
+
+
+def plot_study_views(study_dir: str | Path, path: str | Path) -> tuple[Path, dict]:
+    v = study_views(study_dir)
+    seeds = "/".join(str(n) for n in v["seeds"])
+    pair = ", ".join(p.split("-")[1] + " of " + p.split("-")[0] if p.count("-") == 1 else p for p in v["pairs"])
+    students = "; ".join(f"{n:,} images, {e} epochs" for _, n, e in v["students"])
+    teacher = "; ".join(f"{name} CE, {s['train_images']:,} images, {s['epochs']} epochs"
+                        for name, s in v["teachers"].items())
+    length = ", ".join(f"{x[:-2]} epochs" if x.endswith("ep") else f"≥ {x} steps" for x in v["lengths"])
+    r = correlations(v["t_stddev"], v["test_loss"])["pearson"][0]
+    title = (f"Fashion-MNIST, {v['study']} study, {len(v['views'])} views; test loss on the full test set\n"
+             f"KD students {pair} ({students})\n"
+             f"teacher {teacher}\n"
+             f"means over {seeds} seeds; T. stddev over {length}; Pearson r = {r:.2f}")
+    return plot_tstddev_vs_loss(v["t_stddev"], v["test_loss"], v["views"], path, title=title), v
+
+
+def make_examples(out_dir: str | Path, work_dir: str | Path, *, study_dir: str | Path | None = None,
+                  data_root: str | None = None, quick: bool = False, threads: int | None = None,
+                  seed: int = 0) -> dict[str, Path]:
     out_dir, work = Path(out_dir), Path(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    data_root = write_fashion_like(work / "data", 2000, 500, seed=seed)
-    runs = work / "runs"
-    common = [f"data.root={data_root}", f"output_dir={runs}", "model.student=cnn5_w8", f"optim.epochs={epochs}",
-              "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
-              "data.batch_size=64", "data.eval_batch_size=500", f"seed={seed}"]
-
-    teacher_dir = runs / "teacher"
-    if not (teacher_dir / "summary.json").exists():
-        _train(_config("fmnist_cpu_teacher.yaml", work), [*common, "name=teacher"])
-    teacher_ckpt = teacher_dir / "last.pt"
-
-    def build(ckpt: Path):
-        return open_run(ckpt).model()
-
-    teacher = build(teacher_ckpt)
-    train = load_dataset("fashion_mnist", "train", root=data_root)
-    spec = train.spec
-    names, stds, losses = [], [], []
-    for view in VIEWS:
-        run = runs / f"student_{view}"
-        if not (run / "summary.json").exists():
-            _train(_config("fmnist_cpu.yaml", work),
-                   [*common, f"name=student_{view}", "method.name=kd_view", f"augment.name={view}",
-                    f"model.teacher_checkpoint={teacher_ckpt}", "data.train_subset=null",
-                    *(f"augment.{k}={v}" for k, v in VIEW_PARAMS.get(view, {}).items())])
-        summary = json.loads((run / "summary.json").read_text())
-        params = dict(VIEW_PARAMS.get(view, {}))
-        if "mean" in augment_params(view):
-            params.update(mean=spec.mean, std=spec.std)
-        augment = None if view == "identity" else make_augment(view, **params)
-        loader = DeviceLoader(train.images, train.labels, batch_size=64, mean=spec.mean, std=spec.std,
-                              shuffle=True, drop_last=True, crop_padding=spec.crop_padding, flip=True, seed=seed)
-        stats = teacher_statistics(teacher, loader, augment, student=build(run / "last.pt"), epochs=epochs, seed=seed)
-        names.append(view)
-        stds.append(stats["t_stddev"])
-        losses.append(summary["last_test_loss"])
-        aug_entropy = stats["entropy_augmented"] or float("nan")
-        print(f"{view:12s} T. stddev {stats['t_stddev']:.6f}  teacher entropy orig {stats['entropy_original']:.4f} "
-              f"aug {aug_entropy:.4f}  student test loss {summary['last_test_loss']:.4f}  "
-              f"acc {summary['last_acc']:.2f}")
-
-    figures = {
-        "tstddev": plot_tstddev_vs_loss(
-            stds, losses, names, out_dir / "tstddev_vs_student_loss.png",
-            title=f"T. stddev vs student test loss (cnn5_w8 -> cnn5_w8, {epochs} epochs, synthetic data)"),
-    }
-    result = analyze(runs / "student_cutmix", out=work / "analysis", tsne=True, seed=seed, fgsm=[0.0, 0.02],
-                     pgd=[0.02], pgd_steps=5)
-    for key in ("reliability", "tsne"):
-        src = Path(result["paths"][key])
-        figures[key] = Path(shutil.copyfile(src, out_dir / src.name))
-    (work / "tstddev_points.json").write_text(json.dumps(
-        {"views": names, "t_stddev": stds, "student_test_loss": losses}, indent=2))
+    runs = demo_runs(work, data_root, quick, threads)
+    analysed = analyse_demo_runs(out_dir, work, runs, seed)
+    figures = dict(analysed["figures"])
+    record = {role: {"run_dir": row["run_dir"], "summary": row["summary"],
+                     "accuracy": analysed["metrics"][role]["accuracy"],
+                     "test_loss": analysed["metrics"][role]["test_loss"],
+                     "calibration": analysed["metrics"][role]["calibration"]}
+              for role, row in runs.items()}
+    study = Path(study_dir) if study_dir else CHECKOUT_STUDY
+    if (study / "tstddev.json").is_file():
+        figures["tstddev"], record["tstddev_views"] = plot_study_views(study, out_dir / "tstddev_vs_student_loss.png")
+    elif study_dir:
+        raise FileNotFoundError(f"{study}: no tstddev.json (a finished wang2022 study folder has one)")
+    else:
+        print(f"no wang2022 study at {study} (not a source checkout?): tstddev_vs_student_loss.png skipped; "
+              "pass --study DIR")
+    (work / "examples.json").write_text(json.dumps(record, indent=2, default=str))
+    for role, r in record.items():
+        if role in runs:
+            print(f"{role:10s} accuracy {r['accuracy']:.2f}%  test loss {r['test_loss']:.4f}  "
+                  f"ECE {100 * r['calibration']['ece']:.2f}%")
     return figures
 
 
@@ -133,16 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixdistill.analysis.examples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="where the PNGs go (e.g. docs/figures)")
-    parser.add_argument("--workdir", default=None,
-                        help="keep data, runs and the full report here (default: a temp dir)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default="runs/demo",
+                        help="the demo's output folder: its finished runs are reused, the rest trained there; the "
+                             "analysis reports go to WORKDIR/analysis (default: runs/demo, as mixdistill demo)")
+    parser.add_argument("--study", default=None,
+                        help=f"a finished wang2022 study folder (default: {CHECKOUT_STUDY}, if there)")
+    parser.add_argument("--data-root", default=None, help="Fashion-MNIST directory (default: as mixdistill demo)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the teacher run (default: torch's, as mixdistill demo; pass the "
+                             "demo's to reuse a teacher it trained with another)")
+    parser.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the t-SNE subsample")
     args = parser.parse_args(argv)
-    if args.workdir:
-        figures = make_examples(args.out_dir, args.workdir, args.epochs, args.seed)
-    else:
-        with tempfile.TemporaryDirectory(prefix="mixdistill-examples-") as tmp:
-            figures = make_examples(args.out_dir, tmp, args.epochs, args.seed)
+    figures = make_examples(args.out_dir, args.workdir, study_dir=args.study, data_root=args.data_root,
+                            quick=args.quick, threads=args.threads, seed=args.seed)
     for path in figures.values():
         print(path)
     return 0
