@@ -100,12 +100,13 @@ def test_ema_update_rule_and_ema_teacher():
     cls = METHODS["cutnmix"]
     peers = [FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])]
     d = cls(peers, cls.Params(teacher="ema", ema_decay=0.9))
-    before = d.ema_peers[0].logits.detach().clone()
+    before = d.ema_peers[0].module.logits.detach().clone()
     with torch.no_grad():
         d.peers[0].logits.add_(torch.tensor([1.0, -1.0]))
     d.after_step()
     expected = 0.9 * before + 0.1 * d.peers[0].logits.detach()
-    assert torch.allclose(d.ema_peers[0].logits, expected)
+    assert torch.allclose(d.ema_peers[0].module.logits, expected)
+    assert d.ema_peers[0].n_averaged.item() == 2  # the copy at the start, then one step
     assert not any(p is q for p in d.learnable_parameters() for q in d.ema_peers.parameters())
 
 
@@ -213,8 +214,8 @@ def test_cutnmix_ema_teacher_is_the_mean_of_the_ema_copies():
     d = cls([FixedPeer([1.0, 0.0]), FixedPeer([0.0, 1.0])], cls.Params(teacher="ema", ramp_epochs=0, feature_weight=0))
     d.set_augment(make_augment("cut_n_mix"))
     with torch.no_grad():  # the EMA copies differ from the live peers, so the target tells which was used
-        d.ema_peers[0].logits.copy_(torch.tensor([3.0, 0.0]))
-        d.ema_peers[1].logits.copy_(torch.tensor([1.0, 0.0]))
+        d.ema_peers[0].module.logits.copy_(torch.tensor([3.0, 0.0]))
+        d.ema_peers[1].module.logits.copy_(torch.tensor([1.0, 0.0]))
     _, losses, *_ = d.forward_train(torch.randn(4, 1, 8, 8), Y, info())
     target = softmax([2.0, 0.0], 3)
     expected = 9 * (kl(target, softmax([1.0, 0.0], 3)) + kl(target, softmax([0.0, 1.0], 3)))

@@ -9,7 +9,8 @@ was available; every choice below is a config field). Peers see a Cut^nMix batch
 partners, visible-area label weights). Per peer:
 ``softCE + ramp(t) * T^2 * KL_T(teacher || z_i) + mu * feature loss`` where
 - the self-ensemble teacher is the mean of the peers' logits on the batch, detached, or with
-  ``teacher: ema`` the mean of exponential-moving-average copies of the peers (decay ``ema_decay``);
+  ``teacher: ema`` the mean of exponential-moving-average copies of the peers (decay ``ema_decay``; torch's
+  ``AveragedModel`` with ``get_ema_multi_avg_fn``, weights and buffers, starting from the initial peers);
 - the feature loss is the mean over the batch of the squared L2 distance between the peer's
   L2-normalised pooled penultimate feature and the detached mean of the other peers' normalised features;
 - ``ramp(t) = exp(-5 (1 - t / ramp_epochs)^2)`` for epoch t < ramp_epochs, then 1; T = 3.
@@ -17,7 +18,6 @@ partners, visible-area label weights). Per peer:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal
 
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
@@ -90,9 +91,12 @@ class CutNMix(OnlineDistiller):
                 "cutnmix: the feature-level mutual loss compares the peers' pooled features, so every peer needs "
                 f"the same feature width; got {', '.join(f'peer {i}: {w}' for i, w in enumerate(widths))}. "
                 "Use peers of one width or set method.feature_weight=0")
-        if params.teacher == "ema":
-            self.ema_peers = nn.ModuleList(copy.deepcopy(p) for p in peers)
+        if params.teacher == "ema":  # torch's EMA, as train.ema_decay: a copy of each peer, updated every step
+            self.ema_peers = nn.ModuleList(
+                AveragedModel(p, multi_avg_fn=get_ema_multi_avg_fn(params.ema_decay), use_buffers=True) for p in peers)
             self.ema_peers.requires_grad_(False)
+            for ema, peer in zip(self.ema_peers, peers):
+                ema.update_parameters(peer)  # the first update copies: the EMA starts from the initial peers
 
     def learnable_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("ema_peers.")]
@@ -107,14 +111,8 @@ class CutNMix(OnlineDistiller):
     def after_step(self):
         if not hasattr(self, "ema_peers"):
             return
-        decay = self.params.ema_decay
-        for ema, peer in zip(self.ema_peers, self.peers):
-            ema_state, peer_state = ema.state_dict(), peer.state_dict()
-            for key, value in ema_state.items():
-                if value.dtype.is_floating_point:
-                    value.mul_(decay).add_(peer_state[key].detach(), alpha=1 - decay)
-                else:
-                    value.copy_(peer_state[key])
+        for ema, peer in zip(self.ema_peers, self.peers):  # ema += (1 - decay) * (peer - ema), buffers too
+            ema.update_parameters(peer)
 
     def forward_train(self, images, labels, info):
         p = self.params
