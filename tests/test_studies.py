@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -173,6 +174,10 @@ def test_wall_time_counts_only_the_invocations_that_trained_the_current_runs(tmp
     assert "2.0 min to train 3 runs in 1 invocation(s)" in timing_markdown(
         tmp_path, {"a/seed0": {}, "b/seed0": {}, "c/seed0": {}})[0]
     assert "12.0 min to train 4 runs" in timing_markdown(tmp_path)[0]
+    # a run written between the two recorded invocations (by an interrupted one) is counted apart
+    os.utime(tmp_path / "runs" / "b__seed0" / "summary.json", (now - 400, now - 400))
+    line = timing_markdown(tmp_path, {"a/seed0": {}, "b/seed0": {}, "c/seed0": {}})[0]
+    assert "2.0 min to train 2 runs in 1 invocation(s)" in line and "1 run(s) of this report were written outside" in line
 
 
 @pytest.mark.slow
@@ -296,3 +301,24 @@ def test_das2020_shifted_sets_and_human_labels(fmnist_root, tmp_path):
     rows = ResultsFile(path.parent / "results.jsonl").read()
     again = get_study("das2020").report(rows, path.parent, "smoke_shifted", str(root))
     assert f"| mixup | {fmt_mean_ci([12.345, 12.345])} |" in again
+
+
+@pytest.mark.checkout
+@pytest.mark.parametrize("name", ["choi2023", "das2020", "shen2022", "wang2022"])
+def test_committed_cpu_results_were_made_by_todays_cpu_grid(name, monkeypatch):
+    """docs/results/studies/NAME_cpu/results.jsonl holds, for every run of `mixdistill study NAME --scale cpu`
+    (5 seeds), a row made with the very config the grid gives today: an edited grid file or a changed default
+    fails here until the study is run again and its results committed."""
+    from mixdistill.studies import study_runs
+    from mixdistill.studies.common import load_study_config, scale_config
+    from mixdistill.studies.grid import ResultsFile, _row_matches, resolve, with_threads
+
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "docs" / "results" / "studies" / f"{name}_cpu" / "results.jsonl"
+    monkeypatch.chdir(repo)  # the rows' paths are relative to the repository root, where the study ran
+    study_dir = Path("runs/studies") / f"{name}_cpu"
+    threads = scale_config(load_study_config(name), "cpu").get("threads_per_run")
+    runs = with_threads(study_runs(name, "cpu", [0, 1, 2, 3, 4], study_dir), threads)
+    rows = ResultsFile(committed).read()
+    stale = [r.key for r in runs if r.key not in rows or not _row_matches(rows[r.key], resolve(r, study_dir))]
+    assert not stale, f"{len(stale)} of {len(runs)} runs differ from the committed results, e.g. {stale[:3]}"

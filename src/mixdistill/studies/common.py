@@ -209,6 +209,7 @@ def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> di
     import time as _time
 
     ends = [_time.mktime(_time.strptime(e["finished"], "%Y-%m-%d %H:%M:%S")) + 1 for e in entries]
+    starts = [end - e["wall_s"] - 2 for end, e in zip(ends, entries)]
     counts: dict[int, int] = {}
     for key in rows:
         summary = study_dir / "runs" / key.replace("/", "__") / "summary.json"
@@ -216,6 +217,8 @@ def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> di
             continue
         written = summary.stat().st_mtime
         i = next((i for i, end in enumerate(ends) if end >= written), None)
+        if i is not None and written < starts[i]:
+            i = -1  # written between recorded invocations: by one that was interrupted, so recorded no time
         if i is not None:
             counts[i] = counts.get(i, 0) + 1
     return counts
@@ -231,6 +234,7 @@ def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
     entries = [e for e in entries if e["runs_trained"]]
     counts = ({i: e["runs_trained"] for i, e in enumerate(entries)} if rows is None
               else _current_invocations(entries, study_dir, rows))
+    unrecorded = counts.pop(-1, 0)
     entries = [e for i, e in enumerate(entries) if i in counts]
     if not entries:
         return ["Wall time: not recorded (every run was reused).", ""]
@@ -244,4 +248,7 @@ def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
         line += " By invocation: " + "; ".join(
             f"{e['finished']}, {e['wall_s'] / 60:.1f} min, trained {e['runs_trained']} runs, {n} of them in this report"
             for e, n in zip(entries, used)) + "."
+    if unrecorded:
+        line += (f" {unrecorded} run(s) of this report were written outside these invocations (by one that was "
+                 "interrupted, which recorded no time).")
     return [line, ""]
