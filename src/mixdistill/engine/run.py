@@ -56,17 +56,24 @@ def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def stored_config_difference(tree: dict, cfg: RunConfig) -> list[str]:
+    """How ``cfg`` differs from a config tree stored earlier (a run's config.yaml, a results row), read through
+    today's schema first, so an option added since at its behaviour-keeping default is no difference. A tree that
+    no longer validates counts as different."""
+    try:
+        stored = build_config(tree).to_dict()
+    except Exception as err:  # written by an older mixdistill whose schema differs
+        return [f"saved config no longer valid ({type(err).__name__})"]
+    return config_difference(stored, cfg.to_dict())
+
+
 def saved_config_difference(cfg: RunConfig) -> list[str] | None:
     """How ``cfg`` differs from the config saved in its run directory (``[]``: the same run; ``None``: nothing
-    saved there). A saved config that no longer validates counts as different."""
+    saved there)."""
     path = cfg.run_dir / CONFIG
     if not path.exists():
         return None
-    try:
-        saved = build_config(load_yaml(path.read_text())).to_dict()
-    except Exception as err:  # written by an older mixdistill whose schema differs
-        return [f"saved config no longer valid ({type(err).__name__})"]
-    return config_difference(saved, cfg.to_dict())
+    return stored_config_difference(load_yaml(path.read_text()), cfg)
 
 
 def set_aside(run_dir: Path) -> Path:

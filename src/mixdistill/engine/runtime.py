@@ -154,7 +154,7 @@ class Runtime:
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+        return next(name for name, dtype in AUTOCAST_DTYPE.items() if dtype == self.autocast_dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """The loss scaler fp16 training needs (fp16 gradients underflow without it); None in fp32 and bf16."""

@@ -77,15 +77,15 @@ def plateau(run_dir: str | Path, window: int = 5) -> dict | None:
 
 
 def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss: float = 0.02,
-                     min_steps: int = 1000, **labels):
+                     min_steps: int = 1000, window: int = 5, **labels):
     """Gate: the matching runs had at least ``min_steps`` SGD steps, and over the last quarter of their
     schedule their train accuracy moved less than ``max_acc`` points and their test loss less than
     ``max_loss`` (relative), median over runs."""
-    moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__")) for r in select(rows, **labels)]
+    moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__"), window) for r in select(rows, **labels)]
     moves = [m for m in moves if m is not None]
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
-    condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy (mean of 5 epochs) "
-                 f"moves < {max_acc} point and test loss < {100 * max_loss:.0f}% (median over runs)")
+    condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy (mean of {window} "
+                 f"epochs) moves < {max_acc} point and test loss < {100 * max_loss:.0f}% (median over runs)")
     if not moves:
         return Gate(f"converged ({what})", condition, "no evaluation in the last quarter", False)
     acc = statistics.median(abs(m["train_acc_change"]) for m in moves)

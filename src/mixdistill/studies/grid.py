@@ -20,7 +20,11 @@ from pathlib import Path
 
 from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
-from mixdistill.engine.run import config_difference, saved_config_difference, set_aside
+from mixdistill.engine.run import (
+    saved_config_difference,
+    set_aside,
+    stored_config_difference,
+)
 from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
 from mixdistill.files import hold_lock, write_text
@@ -117,11 +121,7 @@ def _row_matches(row: dict, cfg) -> bool:
     config is read through today's schema first, so an option added since, at a default that keeps the old
     behaviour, is no difference."""
     if "config" in row:
-        try:
-            then = build_config(row["config"]).to_dict()
-        except Exception:  # written by an older mixdistill whose schema no longer validates it
-            return False
-        return not config_difference(then, cfg.to_dict())
+        return not stored_config_difference(row["config"], cfg)
     summary = cfg.run_dir / "summary.json"
     return (saved_config_difference(cfg) == [] and summary.exists()
             and json.loads(summary.read_text()) == row["summary"])
