@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -77,3 +78,28 @@ def test_probing_does_not_change_the_run_and_resume_keeps_the_decision(tiny_run_
     resumed = Trainer(killed, resume=True, quiet=True)
     assert resumed.runtime.compile is True and "from its checkpoint" in resumed.compile_decision.reason
     assert resumed.fit()["compiled"] is True
+
+
+def test_inductor_cache_is_kept_per_vector_isa(monkeypatch, tmp_path):
+    """Inductor's cache key leaves out the vector width: code generated for AVX2 and rebuilt on an AVX512 CPU
+    wrote past 8-channel BatchNorm buffers. So every compile uses a folder of this CPU's instruction set."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.runtime.runtime_utils import default_cache_dir
+
+    from mixdistill.engine.runtime import keep_inductor_cache_per_cpu
+
+    isa = "+".join(str(pick_vec_isa()).split()) or "novec"
+    for inductor_default in (None, default_cache_dir()):  # unset, or set by inductor itself on first use
+        if inductor_default is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_default)
+        folder = keep_inductor_cache_per_cpu()
+        assert folder == os.path.join(default_cache_dir(), f"isa-{isa}")
+        assert torch._inductor.runtime.runtime_utils.cache_dir() == folder  # what inductor will use
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # a user's own folder is kept
+    assert keep_inductor_cache_per_cpu() == str(tmp_path / "mine")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # every compile entry point goes through it
+    compile_mod.compile_in_place(torch.nn.Linear(2, 2), None)
+    assert torch._inductor.runtime.runtime_utils.cache_dir().endswith(f"isa-{isa}")

@@ -8,8 +8,9 @@ torch, threads, method, networks, batch, precision, layout) that is long enough 
 and a few compiled steps (``probe``). The measurement is kept in ``~/.cache/mixdistill/compile_probes.json``
 (``MIXDISTILL_CACHE`` moves it), so the rest of a grid decides at once. A run compiles when the time saved
 over its whole schedule exceeds the compile time it would pay (``decide``); inductor's own caches
-(FX graph and AOT autograd, on by default in ``/tmp/torchinductor_$USER``) make every later compile of the
-same networks a cache hit, so a grid pays the full compile once per architecture.
+(FX graph and AOT autograd, on by default; kept in ``/tmp/torchinductor_$USER/isa-<vector ISA>``, one folder per
+CPU instruction set: ``runtime.keep_inductor_cache_per_cpu``) make every later compile of the same networks a
+cache hit, so a grid pays the full compile once per architecture.
 
 The probe never touches the run's own models (copies), the global RNG is reseeded at every epoch, and the
 loaders are functions of (seed, epoch): probing does not change what the run computes. A resumed run takes
@@ -31,7 +32,7 @@ from torch import nn
 
 from mixdistill.distill import StepInfo
 from mixdistill.engine.build import model_label
-from mixdistill.engine.runtime import cpu_compiler_missing, cpu_name
+from mixdistill.engine.runtime import cpu_compiler_missing, cpu_name, keep_inductor_cache_per_cpu
 from mixdistill.files import hold_lock, write_json
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
@@ -51,6 +52,7 @@ class CompileDecision:
 def compile_in_place(module: nn.Module, mode: str | None) -> None:
     """``torch.compile`` a module's ``forward`` in place (state-dict keys unchanged), and its
     ``forward_features`` as well where it has one: CRD and Cut^nMix train through that entry point."""
+    keep_inductor_cache_per_cpu()
     module.compile(mode=mode)
     if callable(getattr(module, "forward_features", None)):
         module.forward_features = torch.compile(module.forward_features, mode=mode)

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from mixdistill.engine.runtime import keep_inductor_cache_per_cpu
+
 # --------------------------------------------------------------------------------------------- folding
 
 def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
@@ -106,6 +108,7 @@ class InferenceTeacher(nn.Module):
         """Compile the (folded) net for inference, weights frozen; an int8 net stays as it is. True if compiled."""
         if self.float_input or self._compiled is not None:
             return self._compiled is not None
+        keep_inductor_cache_per_cpu()
         self._compiled = torch.compile(self.net, dynamic=False, options={"freezing": True})
         return True
 
@@ -214,6 +217,7 @@ def accelerate_teacher(distiller: nn.Module, runtime, *, fold: bool = True, chan
             if device.type != "cuda":
                 raise ValueError("cuda_graphs: CUDA only")
             options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
+        keep_inductor_cache_per_cpu()
         compiled = torch.compile(net, dynamic=False, options=options)
         report.compiled = True
         report.compile_mode = "freezing" + (" + CUDA graphs" if cuda_graphs else "")

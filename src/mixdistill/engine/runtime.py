@@ -94,6 +94,29 @@ def cpu_compiler_missing() -> str | None:
     return None
 
 
+def keep_inductor_cache_per_cpu() -> str:
+    """Point inductor's caches at a folder of this CPU's vector instruction set, unless
+    ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than inductor's default; returns the folder. Called before anything is compiled.
+
+    Inductor's FX-graph cache key leaves out the vector width its C++ kernels were generated for, and it
+    rebuilds a cached kernel with the flags of the machine that reads it. A cache written on an AVX2 CPU and
+    read on an AVX512 one (``/tmp`` or a home folder shared by machines of both kinds) runs kernels written for
+    8 float lanes with 16: each full-vector store into an 8-channel BatchNorm statistic writes 32 bytes past it
+    (seen with torch 2.14.1: heap corruption and an abort in the first compiled step of cnn5_w8)."""
+    import os
+
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.runtime.runtime_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):  # inductor sets the default
+        return chosen
+    isa = "+".join(str(pick_vec_isa()).split()) or "novec"
+    folder = os.path.join(default_cache_dir(), f"isa-{isa}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
 AUTOCAST_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp16 autocast pays on tensor cores (Volta, compute capability 7.0, and later); bf16 is native from Ampere (8.0)
 FP16_MIN_CAPABILITY = (7, 0)
