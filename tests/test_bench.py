@@ -196,3 +196,21 @@ def test_grid_case_times_both_ways_of_running_a_grid(tmp_path):
     assert all(len(s) == 1 and s[0] > 0 for s in grid["seconds"].values())
     assert grid["ratio"] == pytest.approx(grid["seconds"]["one_at_a_time"][0] / grid["seconds"]["grid"][0])
     assert "runs per hour" in (out / "bench_quick_cpu.md").read_text()
+
+
+def test_machine_peak_bounds_the_ratio_in_the_report():
+    """The bench measures the device's dense-kernel peak per precision and reports peak / the reference's
+    rate: the most a loop doing the reference's counted work in that precision can gain."""
+    from mixdistill.bench.steps import machine_peak, work_lines
+
+    peak = machine_peak(torch.device("cpu"), ["fp32", "bf16"], repeats=1)
+    assert set(peak) == {"fp32", "bf16"}
+    for p in peak.values():
+        assert p["gflop_per_s"] == max(p["conv3x3_gflop_per_s"], p["matmul_gflop_per_s"]) > 0
+        assert p["threads"] == torch.get_num_threads()
+    report = {"machine_peak": {"fp32": {"gflop_per_s": 150.0, "threads": 2}, "bf16": {"gflop_per_s": 450.0, "threads": 2}},
+              "project_precision": "bf16", "machine": {},
+              "results": [{"label": "KD", "pair": "resnet32x4-resnet8x4", "flops_per_image": {"reference": 3e9},
+                           "gflop_per_s": {"reference": 90.0, "project": 300.0}}]}
+    text = "\n".join(work_lines(report, ["project"]))
+    assert "fp32 150 GFLOP/s, bf16 450 GFLOP/s" in text and "KD resnet32x4-resnet8x4 5.00x" in text

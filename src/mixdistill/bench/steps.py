@@ -462,6 +462,7 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
             if loops[v].teacher_report:
                 results[v].extra["teacher"] = loops[v].teacher_report
             results[v].extra["runtime"] = loops[v].runtime.describe()
+            results[v].extra["precision"] = loops[v].runtime.precision
         except Exception as e:  # a variant that cannot be built is reported, not fatal
             results[v].error = f"{type(e).__name__}: {e}"
             loops.pop(v, None)
@@ -538,6 +539,40 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
         out["ratio_of_medians"][k] = _median(v.images_per_s) / _median(ref.images_per_s)
         out["ratio_cpu_time"][k] = _median([a / b for a, b in zip(v.images_per_cpu_s, ref.images_per_cpu_s)])
     del loops
+    return out
+
+
+def machine_peak(device: torch.device, precisions: list[str], repeats: int = 5) -> dict:
+    """GFLOP/s this device reaches on the dense kernels the ResNets are made of, per precision, at the bench's
+    thread count: a 3x3 convolution (64 -> 64 channels, batch 64, 32x32, the resnet32x4 body's first stage; in
+    channels_last on a CPU, NCHW on CUDA) forward, and a 2048x2048 matmul; the faster of the two, best of
+    ``repeats`` timings. A step cannot run its counted work faster than this, so peak / the reference's rate
+    bounds the speed-up any loop doing the reference's work in that precision can reach."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    out = {}
+    for precision in precisions:
+        dtype = dtypes[precision]
+        x = torch.randn(64, 64, 32, 32, device=device, dtype=dtype)
+        w = torch.randn(64, 64, 3, 3, device=device, dtype=dtype)
+        if device.type == "cpu":
+            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+        a = torch.randn(2048, 2048, device=device, dtype=dtype)
+        kernels = {"conv3x3": lambda: F.conv2d(x, w, padding=1), "matmul": lambda: a @ a}
+        rates = {}
+        with torch.no_grad():
+            for name, kernel in kernels.items():
+                flops = step_flops(kernel)  # counted as the steps' work is
+                best = math.inf
+                for _ in range(repeats):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        kernel()
+                    _sync(device)
+                    best = min(best, (time.perf_counter() - t0) / 3)
+                rates[name] = flops / best / 1e9
+        out[precision] = {"gflop_per_s": max(rates.values()), "threads": torch.get_num_threads(),
+                          **{f"{k}_gflop_per_s": v for k, v in rates.items()}}
     return out
 
 
@@ -655,6 +690,17 @@ def work_lines(report: dict, variants: list[str]) -> list[str]:
             rates = [f"{r['gflop_per_s'][k]:.0f}" if k in r.get("gflop_per_s", {}) else "-" for k in rated]
             lines.append(f"| {r['label']} | {r['pair']} | {(ref or 0) / 1e9:.3g} | {counted} | "
                          + " | ".join(rates) + " |")
+    peak = report.get("machine_peak")
+    if peak and work:
+        project = report.get("project_precision", "fp32")
+        ceilings = [f"{r['label']} {r['pair']} {peak[project]['gflop_per_s'] / r['gflop_per_s']['reference']:.2f}x"
+                    for r in work if project in peak and r.get("gflop_per_s", {}).get("reference")]
+        lines += ["", "Machine peak, measured in this run (dense 3x3 convolution or matmul, the faster; "
+                      f"{next(iter(peak.values()))['threads']} threads): " + ", ".join(
+                          f"{k} {v['gflop_per_s']:.0f} GFLOP/s" for k, v in peak.items())
+                  + f". A loop doing the reference's counted work entirely at the {project} peak would reach "
+                    f"peak / the reference's rate: " + "; ".join(ceilings) + ". Only less work (an int8 teacher) "
+                    "or a faster unit (AMX, a GPU) goes past that."]
     pick = {k: d for k, d in report.get("pick_work", {}).items() if d}
     if pick:
         lines += ["", "KD+CutMixPick work per image relative to (same loop; the step-time ratio if both steps ran at "
@@ -755,6 +801,11 @@ def _bench(args) -> int:
                 print("   " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res["loops"].items())
                       + " | " + ", ".join(f"{k} {v:.2f}x" for k, v in res["ratio"].items()), flush=True)
                 save()
+        if report["results"] and not args.quick:
+            precision = next((r["loops"]["project"].get("precision") for r in report["results"]
+                              if "project" in r["loops"]), None) or "fp32"
+            report["project_precision"] = precision
+            report["machine_peak"] = machine_peak(device, sorted({"fp32", precision}))
         report["pick_cost"] = pick_cost(report["results"])
         report["pick_work"] = pick_work(report["results"])
         if grid:

@@ -99,10 +99,12 @@ def keep_inductor_cache_per_cpu() -> str:
     ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than inductor's default; returns the folder. Called before anything is compiled.
 
     Inductor's FX-graph cache key leaves out the vector width its C++ kernels were generated for, and it
-    rebuilds a cached kernel with the flags of the machine that reads it. A cache written on an AVX2 CPU and
-    read on an AVX512 one (``/tmp`` or a home folder shared by machines of both kinds) runs kernels written for
-    8 float lanes with 16: each full-vector store into an 8-channel BatchNorm statistic writes 32 bytes past it
-    (seen with torch 2.14.1: heap corruption and an abort in the first compiled step of cnn5_w8)."""
+    rebuilds a cached kernel with the flags of the process that reads it. A cache written under AVX2 (an AVX2
+    machine sharing ``/tmp`` or a home folder, or a run with ``ATEN_CPU_CAPABILITY=avx2``, the bench's AVX2
+    stand-in) and read on an AVX512 CPU runs kernels written for 8 float lanes with 16: each full-vector store
+    into an 8-channel BatchNorm statistic writes 32 bytes past it (seen with torch 2.14.1: heap corruption and an
+    abort in the first compiled step of cnn5_w8). ``pick_vec_isa`` honours ``ATEN_CPU_CAPABILITY``, so such runs
+    get their own folder."""
     import os
 
     from torch._inductor.cpu_vec_isa import pick_vec_isa
