@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import pytest
 import torch
@@ -103,3 +104,32 @@ def test_inductor_cache_is_kept_per_vector_isa(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # every compile entry point goes through it
     compile_mod.compile_in_place(torch.nn.Linear(2, 2), None)
     assert torch._inductor.runtime.runtime_utils.cache_dir().endswith(f"isa-{isa}")
+
+
+def test_probe_times_eager_and_compiled_steps_in_turn(monkeypatch):
+    """A probe measured while the machine's load changes must not charge the change to one side: the eager and
+    the compiled copy take their timed steps alternately, and the medians are what is kept."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = torch.nn.Linear(2, 2)
+
+        def compile_targets(self):
+            return [self.student]
+
+    monkeypatch.setattr(compile_mod, "compile_in_place", lambda module, mode: setattr(module, "tag", "compiled"))
+    order, clock = [], iter(range(1, 1000))
+
+    def fake_steps(model, batch, runtime, n):  # step i of the probe "takes" i ms (compiled) or 10*i ms (eager)
+        kind = getattr(model.student, "tag", "eager")
+        order.append(kind)
+        return [(0.010 if kind == "eager" else 0.001) * next(clock)]
+
+    monkeypatch.setattr(compile_mod, "_timed_steps", fake_steps)
+    result = compile_mod.probe(Tiny(), None, None)
+    assert order == ["eager", "compiled"] + ["eager", "compiled"] * compile_mod.PROBE_STEPS  # warm-up, then in turn
+    eager = [0.010 * t for t in range(3, 3 + 2 * compile_mod.PROBE_STEPS, 2)]
+    compiled = [0.001 * t for t in range(4, 4 + 2 * compile_mod.PROBE_STEPS, 2)]
+    assert result["eager_step_s"] == pytest.approx(statistics.median(eager))
+    assert result["compiled_step_s"] == pytest.approx(statistics.median(compiled))
+    assert result["compile_s"] == 0.0 and "error" not in result  # first compiled step (2 ms) < an eager step

@@ -4,8 +4,8 @@ On a CUDA device ``auto`` compiles. On a CPU what ``torch.compile`` buys depends
 networks: a few per cent on small CNNs with AVX2 or AVX512-BF16 (sometimes nothing), ~45% per step for the
 CRD ResNets on a CPU with AMX; against 10-30 s of compile time per run. So the first run of a kind (CPU,
 torch, threads, method, networks, batch, precision, layout) that is long enough to be worth it
-(:data:`MIN_PROBE_STEPS`) measures it on copies of its models: a few eager training steps, then a compile
-and a few compiled steps (``probe``). The measurement is kept in ``~/.cache/mixdistill/compile_probes.json``
+(:data:`MIN_PROBE_STEPS`) measures it on copies of its models: a compile, then eager and compiled training steps
+in turn (``probe``). The measurement is kept in ``~/.cache/mixdistill/compile_probes.json``
 (``MIXDISTILL_CACHE`` moves it), so the rest of a grid decides at once. A run compiles when the time saved
 over its whole schedule exceeds the compile time it would pay (``decide``); inductor's own caches
 (FX graph and AOT autograd, on by default; kept in ``/tmp/torchinductor_$USER/isa-<vector ISA>``, one folder per
@@ -36,7 +36,8 @@ from mixdistill.engine.runtime import cpu_compiler_missing, cpu_name, keep_induc
 from mixdistill.files import hold_lock, write_json
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
-PROBE_STEPS = 8  # timed steps of each kind (after one warm-up step); the median is kept
+PROBE_METHOD = 2  # 2: eager and compiled steps in turn (1: all eager steps, then all compiled ones)
+PROBE_STEPS = 8  # timed steps of each kind, in turn (after one warm-up step each); the medians are kept
 
 
 @dataclass
@@ -72,9 +73,10 @@ def _signature(module: nn.Module | None) -> str:
 
 
 def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) -> str:
-    """What a step's eager and compiled speeds depend on."""
+    """What a step's eager and compiled speeds depend on, and how they were measured (probes kept from an earlier
+    way of measuring are measured again)."""
     return "|".join(str(x) for x in (
-        cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
+        f"probe{PROBE_METHOD}", cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
         cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
         tuple(batch_shape), runtime.precision, runtime.channels_last, cfg.train.int8_teacher))
 
@@ -112,25 +114,33 @@ def _timed_steps(distiller, batch, runtime, n: int) -> list[float]:
 
 
 def probe(distiller: nn.Module, batch, runtime) -> dict:
-    """Seconds per training step (forward + backward, median of PROBE_STEPS) of copies of ``distiller``
-    eager and compiled, and the compile time (the compiled copy's first step minus an eager step)."""
+    """Seconds per training step (forward + backward) of copies of ``distiller`` eager and compiled, and the
+    compile time (the compiled copy's first step minus an eager step). After one warm-up step each, the two
+    copies take PROBE_STEPS steps in turn, eager then compiled, and the median of each is kept: load that comes
+    and goes on the machine falls on both alike, as in the bench's interleaved rounds."""
     eager = copy.deepcopy(distiller).train()
-    eager_s = statistics.median(_timed_steps(eager, batch, runtime, PROBE_STEPS + 1)[1:])
-    del eager
     compiled = copy.deepcopy(distiller).train()
     for module in compiled.compile_targets():
         compile_in_place(module, None)
     teacher = getattr(compiled, "teacher", None)
     if hasattr(teacher, "compile_net"):
         teacher.compile_net()
-    measured = {"eager_step_s": eager_s, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _timed_steps(eager, batch, runtime, 1)
+    measured = {"measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    eager_times, compiled_times = [], []
     try:
-        first, *rest = _timed_steps(compiled, batch, runtime, PROBE_STEPS + 1)
+        first = _timed_steps(compiled, batch, runtime, 1)[0]
+        for _ in range(PROBE_STEPS):
+            eager_times += _timed_steps(eager, batch, runtime, 1)
+            compiled_times += _timed_steps(compiled, batch, runtime, 1)
     except Exception as e:  # a backend that cannot compile these networks here: never compile them
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        return {**measured, "compiled_step_s": float("inf"), "compile_s": 0.0,
+        eager_s = statistics.median(eager_times or _timed_steps(eager, batch, runtime, 3))
+        return {"eager_step_s": eager_s, **measured, "compiled_step_s": float("inf"), "compile_s": 0.0,
                 "error": f"{type(e).__name__}: {detail}"}
-    return {**measured, "compiled_step_s": statistics.median(rest), "compile_s": max(0.0, first - eager_s)}
+    eager_s = statistics.median(eager_times)
+    return {"eager_step_s": eager_s, **measured, "compiled_step_s": statistics.median(compiled_times),
+            "compile_s": max(0.0, first - eager_s)}
 
 
 def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
