@@ -107,7 +107,10 @@ def keep_inductor_cache_per_cpu() -> str:
     get their own folder."""
     import os
 
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:  # torch < 2.5 kept it in codecache
+        from torch._inductor.codecache import pick_vec_isa
     from torch._inductor.runtime.runtime_utils import default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
