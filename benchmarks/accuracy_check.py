@@ -61,7 +61,7 @@ def student_overrides(args, tmp: Path, teacher: Path, seed: int, name: str) -> l
 
 
 VARIANT_OVERRIDES = {"project": [], "eager_teacher": ["train.fast_teacher=false"],
-                     "int8": ["train.int8_teacher=true"]}
+                     "int8": ["train.int8_teacher=true"], "compile": ["train.compile=true"]}
 
 
 def run_project(args, tmp, teacher, seed, variant) -> dict:
@@ -81,7 +81,7 @@ def run_project(args, tmp, teacher, seed, variant) -> dict:
     started = time.perf_counter()
     summary = trainer.fit()
     return {"acc": summary["last_acc"], "teacher_acc": summary["teacher_acc"], "time_s": time.perf_counter() - started,
-            "steps": trainer.step_count, **extra}
+            "steps": trainer.step_count, "runtime": trainer.runtime.describe(), **extra}
 
 
 def run_reference(args, tmp, teacher_path, seed) -> dict:
@@ -149,6 +149,38 @@ def run_reference(args, tmp, teacher_path, seed) -> dict:
     return {"acc": 100.0 * correct / len(x_test), "time_s": elapsed, "steps": total, "last_loss": last_loss}
 
 
+def markdown(report: dict, args) -> list[str]:
+    """The report's table: each loop's accuracy over seeds, and its paired difference to the reference loop (same
+    seed, same student initialisation; studies.stats.paired: t-interval and p over the seeds)."""
+    from mixdistill.studies.stats import fmt_p, paired
+
+    summary, results, machine = report["summary"], report["runs"], report.get("machine")
+    teacher_acc = report["teacher_acc"]
+    reference = {r["seed"]: r["acc"] for r in results.get("reference", [])}
+    lines = ["### Accuracy check (no speed bought with correctness)", "",
+             f"Real Fashion-MNIST; teacher cnn5_w16 ({teacher_acc:.2f}% test, trained by the project's Trainer, "
+             f"{args.teacher_epochs} epoch), student cnn5_w8, KD T=4 (0.1 CE + 0.9 KL), batch 64, "
+             f"{report['steps']} steps ({report['epochs']} epochs x {report['subset']} images), SGD 0.05 one-cycle, "
+             f"seeds {','.join(str(s) for s in report['seeds'])}; test accuracy on the 10k test images."
+             + (f" Machine: {machine['cpu']} ({machine['cpu_capability']}, native bf16: {machine['cpu_native_bf16']}), "
+                f"torch {report['torch']}; project runtime: {machine['project_runtime']}." if machine else ""), "",
+             "| loop | test acc % (mean ± std) | minus reference, paired by seed (95% CI, p) | per seed |",
+             "|---|---|---|---|"]
+    for v, s in summary.items():
+        diff = "-"
+        if v != "reference" and len(reference) > 1:
+            e = paired({r["seed"]: r["acc"] for r in results[v]}, reference)
+            diff = f"{e.estimate:+.2f} {e.interval()}, p {fmt_p(e.p)}"
+        lines.append(f"| {v} | {s['mean']:.2f} ± {s['std']:.2f} | {diff} | {', '.join(f'{a:.2f}' for a in s['accs'])} |")
+    agreements = [r["teacher_vs_fp32_on_test"] for v in ("int8",) if v in results for r in results[v][:1]]
+    if agreements:
+        a = agreements[0]
+        lines += ["", f"int8 teacher vs fp32 teacher on the 10k test images: top-1 agreement "
+                      f"{a['top1_agreement_pct']:.2f}%, max |logit diff| {a['max_abs_logit_diff']:.3f}, "
+                      f"mean {a['mean_abs_logit_diff']:.4f}."]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
@@ -159,7 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="reference,project,eager_teacher,int8")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--out", default="docs/results")
+    p.add_argument("--tag", default="", help="written as bench_accuracy_TAG.json/.md (default: bench_accuracy)")
+    p.add_argument("--render", metavar="JSON", help="only write the Markdown of a saved report again")
     args = p.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        lines = markdown(report, args)
+        Path(args.render).with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {v: [] for v in variants}
@@ -175,31 +215,24 @@ def main(argv=None) -> int:
                 print(f"seed {seed} {v:9s} test acc {r['acc']:.2f}%  ({r['time_s']:.0f} s, {r['steps']} steps)"
                       + (f"  teacher agreement {r['teacher_vs_fp32_on_test']['top1_agreement_pct']:.2f}%"
                          if "teacher_vs_fp32_on_test" in r else ""), flush=True)
+    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
+
+    runtimes = sorted({r["runtime"] for v in variants if v != "reference" for r in results[v]})
+    machine = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "cpu_native_bf16": cpu_has_native_bf16(), "project_runtime": "; ".join(runtimes) or "-"}
     summary = {v: {"mean": statistics.mean(r["acc"] for r in rs),
                    "std": statistics.stdev([r["acc"] for r in rs]) if len(rs) > 1 else float("nan"),
                    "accs": [r["acc"] for r in rs]} for v, rs in results.items()}
     report = {"dataset": "fashion_mnist (real)", "teacher": "cnn5_w16", "teacher_acc": teacher_acc,
               "student": "cnn5_w8", "seeds": seeds, "subset": args.subset, "epochs": args.epochs,
               "steps": results[variants[0]][0]["steps"], "summary": summary, "runs": results,
-              "torch": torch.__version__}
+              "torch": torch.__version__, "machine": machine}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_accuracy.json").write_text(json.dumps(report, indent=2))
-    lines = ["### Accuracy check (no speed bought with correctness)", "",
-             f"Real Fashion-MNIST; teacher cnn5_w16 ({teacher_acc:.2f}% test, trained by the project's Trainer, "
-             f"{args.teacher_epochs} epoch), student cnn5_w8, KD T=4 (0.1 CE + 0.9 KL), batch 64, "
-             f"{report['steps']} steps ({args.epochs} epochs x {args.subset} images), SGD 0.05 one-cycle, "
-             f"seeds {args.seeds}; test accuracy on the 10k test images.", "",
-             "| loop | test acc % (mean ± std) | per seed |", "|---|---|---|"]
-    for v, s in summary.items():
-        lines.append(f"| {v} | {s['mean']:.2f} ± {s['std']:.2f} | {', '.join(f'{a:.2f}' for a in s['accs'])} |")
-    agreements = [r["teacher_vs_fp32_on_test"] for v in ("int8",) if v in results for r in results[v][:1]]
-    if agreements:
-        a = agreements[0]
-        lines += ["", f"int8 teacher vs fp32 teacher on the 10k test images: top-1 agreement "
-                      f"{a['top1_agreement_pct']:.2f}%, max |logit diff| {a['max_abs_logit_diff']:.3f}, "
-                      f"mean {a['mean_abs_logit_diff']:.4f}."]
-    (out / "bench_accuracy.md").write_text("\n".join(lines) + "\n")
+    stem = f"bench_accuracy_{args.tag}" if args.tag else "bench_accuracy"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    lines = markdown(report, args)
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -92,9 +92,10 @@ def interrupt_at():
 
 # The source checkout the tests come from: `checkout` tests read its files (the example configs, named
 # configs/NAME.yaml from the repository root where pytest runs; README.md, pyproject.toml, constraints.txt,
-# src/ and docs/results). Outside one (tests/ copied next to an installed wheel) they are skipped.
+# src/, docs/results and benchmarks/). Outside one (tests/ copied next to an installed wheel) they are skipped.
 ROOT = Path(__file__).resolve().parents[1]
-CHECKOUT_FILES = ("configs", "README.md", "pyproject.toml", "constraints.txt", "src/mixdistill", "docs/results")
+CHECKOUT_FILES = ("configs", "README.md", "pyproject.toml", "constraints.txt", "src/mixdistill", "docs/results",
+                  "benchmarks")
 
 
 def pytest_configure(config):

@@ -214,3 +214,23 @@ def test_machine_peak_bounds_the_ratio_in_the_report():
                            "gflop_per_s": {"reference": 90.0, "project": 300.0}}]}
     text = "\n".join(work_lines(report, ["project"]))
     assert "fp32 150 GFLOP/s, bf16 450 GFLOP/s" in text and "KD resnet32x4-resnet8x4 5.00x" in text
+
+
+@pytest.mark.checkout
+def test_accuracy_check_reports_each_loop_against_the_reference_paired_by_seed():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_check.py"
+    spec = importlib.util.spec_from_file_location("accuracy_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    runs = {"reference": [{"seed": s, "acc": a} for s, a in zip((0, 1, 2), (80.0, 82.0, 81.0))],
+            "project": [{"seed": s, "acc": a} for s, a in zip((0, 1, 2), (80.5, 81.5, 82.0))]}
+    report = {"teacher_acc": 87.0, "steps": 400, "epochs": 2, "subset": 12800, "seeds": [0, 1, 2], "torch": "x",
+              "runs": runs, "summary": {v: {"mean": sum(r["acc"] for r in rs) / 3, "std": 1.0,
+                                           "accs": [r["acc"] for r in rs]} for v, rs in runs.items()}}
+    lines = check.markdown(report, argparse.Namespace(teacher_epochs=1))
+    row = next(line for line in lines if line.startswith("| project |"))
+    # differences +0.5, -0.5, +1.0: mean +0.33, sd 0.76, t(2) 4.303 -> half-width 1.90
+    assert "+0.33 [-1.56, +2.23]" in row and "| reference | 81.00 ± 1.00 | - |" in "\n".join(lines)
