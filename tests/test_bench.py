@@ -208,7 +208,8 @@ def test_machine_peak_bounds_the_ratio_in_the_report():
     for p in peak.values():
         assert p["gflop_per_s"] == max(p["conv3x3_gflop_per_s"], p["matmul_gflop_per_s"]) > 0
         assert p["threads"] == torch.get_num_threads()
-    report = {"machine_peak": {"fp32": {"gflop_per_s": 150.0, "threads": 2}, "bf16": {"gflop_per_s": 450.0, "threads": 2}},
+    report = {"machine_peak": {"fp32": {"gflop_per_s": 150.0, "threads": 2},
+                               "bf16": {"gflop_per_s": 450.0, "threads": 2}},
               "project_precision": "bf16", "machine": {},
               "results": [{"label": "KD", "pair": "resnet32x4-resnet8x4", "flops_per_image": {"reference": 3e9},
                            "gflop_per_s": {"reference": 90.0, "project": 300.0}}]}

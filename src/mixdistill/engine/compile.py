@@ -76,7 +76,8 @@ def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) 
     """What a step's eager and compiled speeds depend on, and how they were measured (probes kept from an earlier
     way of measuring are measured again)."""
     return "|".join(str(x) for x in (
-        f"probe{PROBE_METHOD}", cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__, cfg.train.threads,
+        f"probe{PROBE_METHOD}", cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__,
+        cfg.train.threads,
         cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
         tuple(batch_shape), runtime.precision, runtime.channels_last, cfg.train.int8_teacher))
 

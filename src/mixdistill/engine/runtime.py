@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -45,7 +46,6 @@ def git_commit_of(package) -> str | None:
     """``git rev-parse HEAD`` in directory ``package`` when git tracks its ``__init__.py`` there, else None. Never
     fails: no git, no repository, a directory git does not track (a copy installed inside someone else's
     repository) are all None."""
-    import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # ask about this directory only
@@ -96,7 +96,8 @@ def cpu_compiler_missing() -> str | None:
 
 def keep_inductor_cache_per_cpu() -> str:
     """Point inductor's caches at a folder of this CPU's vector instruction set, unless
-    ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than inductor's default; returns the folder. Called before anything is compiled.
+    ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than inductor's default; returns the folder. Every
+    ``torch.compile`` of the project calls it first.
 
     Inductor's FX-graph cache key leaves out the vector width its C++ kernels were generated for, and it
     rebuilds a cached kernel with the flags of the process that reads it. A cache written under AVX2 (an AVX2
@@ -105,8 +106,6 @@ def keep_inductor_cache_per_cpu() -> str:
     into an 8-channel BatchNorm statistic writes 32 bytes past it (seen with torch 2.14.1: heap corruption and an
     abort in the first compiled step of cnn5_w8). ``pick_vec_isa`` honours ``ATEN_CPU_CAPABILITY``, so such runs
     get their own folder."""
-    import os
-
     try:
         from torch._inductor.cpu_vec_isa import pick_vec_isa
     except ImportError:  # torch < 2.5 kept it in codecache
