@@ -145,6 +145,11 @@ class Distiller(nn.Module):
             logits = self.teacher(images)
         return logits.clone()
 
+    def batch_teacher_logits(self, batch: MixedBatch) -> torch.Tensor:
+        """The teacher's logits of a (mixed) batch: those the augmentation computed already (CutMixPick's pool
+        logits of the picked images), else one teacher pass over its images."""
+        return batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> StepOutput:
         """The step's :class:`StepOutput` (student logits and named loss terms; see :func:`step_output`)."""
         raise NotImplementedError

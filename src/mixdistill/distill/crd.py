@@ -238,11 +238,7 @@ class CRDKDView(CRD):
         p = self.params
         view = self.mix(images, labels, info)
         logits, teacher_logits, _, losses = self.ce_and_crd(images, labels, info, batch=clean_batch(images))
-        if view.teacher_logits is not None:
-            teacher_view = view.teacher_logits
-        else:
-            with torch.inference_mode():
-                teacher_view = self.teacher(view.images).clone()
+        teacher_view = self.batch_teacher_logits(view)
         logits_view = self.student(view.images)
         return step_output(logits, {"ce": losses["ce"],
                                     "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),

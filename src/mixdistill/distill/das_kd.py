@@ -71,7 +71,7 @@ class DasKD(Distiller):
             ce = cross_entropy(logits, labels)
         else:
             batch = self.mix(images, labels, info)
-            teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+            teacher_logits = self.batch_teacher_logits(batch)
             logits = self.student(batch.images)
             ce = mixed_cross_entropy(logits, labels, batch)
         kl = kl_div(logits, teacher_logits, p.temperature, reduction=p.kl_reduction)

@@ -86,7 +86,7 @@ class DIST(Distiller):
     def forward_train(self, images, labels, info):
         p = self.params
         batch = self.mix(images, labels, info)
-        teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.images)
         inter, intra = dist_terms(logits, teacher_logits, p.tau)
         return step_output(logits, {

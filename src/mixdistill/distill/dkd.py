@@ -119,7 +119,7 @@ class DKD(Distiller):
     def forward_train(self, images, labels, info):
         p = self.params
         batch = self.mix(images, labels, info)
-        teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.images)
         if p.mixed_target == "weighted" and batch.num_sources > 1:
             tckd = nckd = 0

@@ -26,7 +26,7 @@ class KD(Distiller):
     def forward_train(self, images, labels, info):
         p = self.params
         batch = self.mix(images, labels, info)
-        teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.images)
         return step_output(logits, {
             "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),

@@ -30,7 +30,7 @@ class MixSTD(Distiller):
     def forward_train(self, images, labels, info):
         p = self.params
         batch = self.mix(images, labels, info)
-        teacher_logits = batch.teacher_logits if batch.teacher_logits is not None else self.teacher_logits(batch.images)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.images)
         ce, kl = mixstd_terms(logits, teacher_logits, batch.soft_targets(labels, logits.shape[1]), p.eps)
         return step_output(logits, {"ce": p.ce_weight * ce, "kd": p.kd_weight * kl}, labels, batch)
