@@ -181,7 +181,7 @@ def markdown(report: dict, args) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--seeds", default="0,1,2")
@@ -193,7 +193,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--tag", default="", help="written as bench_accuracy_TAG.json/.md (default: bench_accuracy)")
     p.add_argument("--render", metavar="JSON", help="only write the Markdown of a saved report again")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.render:
         report = json.loads(Path(args.render).read_text())
         lines = markdown(report, args)

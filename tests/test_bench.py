@@ -235,3 +235,57 @@ def test_accuracy_check_reports_each_loop_against_the_reference_paired_by_seed()
     row = next(line for line in lines if line.startswith("| project |"))
     # differences +0.5, -0.5, +1.0: mean +0.33, sd 0.76, t(2) 4.303 -> half-width 1.90
     assert "+0.33 [-1.56, +2.23]" in row and "| reference | 81.00 ± 1.00 | - |" in "\n".join(lines)
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.checkout
+def test_cpu_session_names_the_kind_and_its_commands_parse():
+    from mixdistill.bench.steps import CASES, VARIANTS, add_bench_arguments
+    from mixdistill.cli import build_parser
+    from mixdistill.engine.runtime import cpu_has_native_bf16
+
+    session = _load_script("cpu_session")
+    kind = session.cpu_kind()
+    assert kind in ("avx2", "avx512bf16", "amx") and (kind != "avx2") == cpu_has_native_bf16()
+    plan = session.commands(kind, out="OUT")
+    assert list(plan) == list(session.STEPS)
+    bench = argparse.ArgumentParser()
+    add_bench_arguments(bench)
+    for step in ("bench", "grid"):
+        assert plan[step][1:4] == ["-m", "mixdistill", "bench"]
+        args = bench.parse_args(plan[step][4:])
+        assert args.device == "cpu" and args.out == "OUT" and args.tag.startswith(f"cpu_{kind}")
+        assert set(args.cases.split(",")) <= {*CASES, "grid"} and set(args.variants.split(",")) <= {"auto", *VARIANTS}
+    accuracy = _load_script("accuracy_check")
+    args = accuracy.build_parser().parse_args(plan["accuracy"][2:])
+    assert set(args.variants.split(",")) <= {"reference", *accuracy.VARIANT_OVERRIDES} and args.tag == kind
+    study = build_parser().parse_args(session.study_command(kind, "wang2022")[3:])
+    assert (study.name, study.scale) == ("wang2022", "cpu")
+
+
+@pytest.mark.checkout
+def test_cpu_session_reports_a_failed_step_and_runs_the_next(tmp_path, monkeypatch, capsys):
+    import sys
+
+    session = _load_script("cpu_session")
+    fail = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    ok = [sys.executable, "-c", "print('fine')"]
+    monkeypatch.setattr(session, "ROOT", tmp_path)
+    monkeypatch.setattr(session, "commands", lambda kind, out="docs/results": {"bench": fail, "grid": ok})
+    assert session.main(["run", "--only", "bench,grid"]) == 1
+    out = capsys.readouterr().out
+    assert "== bench: exit 3" in out and "== grid: exit 0" in out and "failed: bench" in out
+    logs = tmp_path / "runs" / f"cpu_session_{session.cpu_kind()}"
+    assert (logs / "bench.log").read_text() == "boom\n" and (logs / "grid.log").read_text() == "fine\n"
+    with pytest.raises(SystemExit):
+        session.main(["run", "--only", "bench,nope"])
