@@ -36,17 +36,17 @@ from pathlib import Path
 
 import torch
 
+from mixdistill.engine.runtime import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("bench", "grid", "accuracy", "render")
 
 
 def cpu_kind() -> str:
     """``amx``, ``avx512bf16`` or ``avx2``: what decides the project's CPU defaults (bf16 only where native)."""
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return "amx"
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return "avx512bf16"
-    return "avx2"
+    if not cpu_has_native_bf16():
+        return "avx2"
+    return "amx" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else "avx512bf16"
 
 
 def commands(kind: str, out: str = "docs/results") -> dict[str, list[str]]:

@@ -11,11 +11,19 @@ from mixdistill.errors import ConfigError
 
 @pytest.fixture
 def cpu_bf16(monkeypatch):
-    """Pretend the CPU has (True) or lacks (False) native bf16."""
+    """Pretend the CPU has (True) or lacks (False) native bf16, with ATen running its AVX512 kernels."""
     def set_native(native: bool):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     return set_native
+
+
+def test_a_bf16_cpu_running_avx2_kernels_is_not_native(cpu_bf16, monkeypatch):
+    cpu_bf16(True)
+    assert rt.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not rt.cpu_has_native_bf16() and rt.resolve_runtime("cpu", "auto", "auto", "auto").precision == "fp32"
 
 
 def test_auto_precision_is_bf16_only_where_native(cpu_bf16):

@@ -15,7 +15,10 @@ from mixdistill.errors import ConfigError
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX. On AVX2-only CPUs bf16 is emulated and ~9x slower than fp32."""
+    """AVX512-BF16 or AMX, and ATen running its AVX512 kernels. On AVX2-only CPUs bf16 is emulated and ~9x slower
+    than fp32; so it is on a bf16 CPU told to run AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``)."""
+    if "AVX512" not in torch.backends.cpu.get_cpu_capability():
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
