@@ -109,6 +109,10 @@ def main(argv=None) -> int:
         return 0
     log_dir = ROOT / "runs" / f"cpu_session_{kind}"
     if args.action == "study":
+        earlier = ROOT / "runs" / f"studies_{kind}" / f"{args.name}_cpu"
+        if earlier.exists():  # the study would reuse its finished runs: the time would not be from scratch
+            print(f"cpu_session: {earlier} exists; move it away to time {args.name} from scratch", file=sys.stderr)
+            return 2
         return run_step(f"study_{args.name}", study_command(kind, args.name), log_dir)
     steps = [s for s in args.only.split(",") if s]
     unknown = [s for s in steps if s not in STEPS]

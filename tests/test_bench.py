@@ -289,3 +289,6 @@ def test_cpu_session_reports_a_failed_step_and_runs_the_next(tmp_path, monkeypat
     assert (logs / "bench.log").read_text() == "boom\n" and (logs / "grid.log").read_text() == "fine\n"
     with pytest.raises(SystemExit):
         session.main(["run", "--only", "bench,nope"])
+    (tmp_path / "runs" / f"studies_{session.cpu_kind()}" / "wang2022_cpu").mkdir(parents=True)
+    assert session.main(["study", "wang2022"]) == 2  # finished runs would be reused: not a time from scratch
+    assert "move it away" in capsys.readouterr().err
