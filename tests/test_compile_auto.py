@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
+import time
 
 import pytest
 import torch
@@ -41,6 +43,43 @@ def test_short_runs_are_not_probed_and_probes_are_kept(monkeypatch, tmp_path):
     assert not kept.compile and "repaid after 500 steps" in kept.reason
     assert len(calls) == 1, "a kept probe was measured again"
     assert "k" in json.loads((tmp_path / "compile_probes.json").read_text())
+
+
+def test_a_probe_keeps_waiting_only_the_runs_of_its_own_kind(monkeypatch, tmp_path):
+    """Side by side in a grid: a run of a kind already measured decides at once while another process measures
+    another kind; a run of the kind being measured waits for that measurement instead of taking its own."""
+    monkeypatch.setenv("MIXDISTILL_CACHE", str(tmp_path))
+    monkeypatch.setattr(compile_mod, "cpu_compiler_missing", lambda: None)
+    kept = {"eager_step_s": 0.03, "compiled_step_s": 0.02, "compile_s": 5.0}
+    compile_mod.decide_cpu_compile("b", 10_000, lambda: kept)
+    measuring, release = threading.Event(), threading.Event()
+
+    def slow_probe():
+        measuring.set()
+        release.wait(30)
+        return kept
+
+    def decide_in_thread(key, measure, out):
+        thread = threading.Thread(target=lambda: out.append(compile_mod.decide_cpu_compile(key, 10_000, measure)),
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    first, other_kind, same_kind = [], [], []
+    prober = decide_in_thread("a", slow_probe, first)
+    try:
+        assert measuring.wait(10)
+        decide_in_thread("b", lambda: pytest.fail("b was measured again"), other_kind).join(10)
+        assert other_kind and other_kind[0].compile, "a run of a measured kind waited for another kind's probe"
+        waiter = decide_in_thread("a", lambda: pytest.fail("a was measured twice"), same_kind)
+        time.sleep(0.5)
+        assert not same_kind, "a run of the kind being measured did not wait for the measurement"
+    finally:
+        release.set()  # ends the probe (and so every waiting thread), the test passed or not
+    prober.join(10)
+    waiter.join(10)
+    assert first and same_kind and same_kind[0].compile
+    assert set(json.loads((tmp_path / "compile_probes.json").read_text())) == {"a", "b"}
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ CRD ResNets on a CPU with AMX; against 10-30 s of compile time per run. So the f
 torch, threads, method, networks, batch, precision, layout) that is long enough to be worth it
 (:data:`MIN_PROBE_STEPS`) measures it on copies of its models: a compile, then eager and compiled training steps
 in turn (``probe``). The measurement is kept in ``~/.cache/mixdistill/compile_probes.json``
-(``MIXDISTILL_CACHE`` moves it), so the rest of a grid decides at once. A run compiles when the time saved
+(``MIXDISTILL_CACHE`` moves it), so the rest of a grid decides at once; a probe under way holds up only the
+runs of its own kind (one lock per kind). A run compiles when the time saved
 over its whole schedule exceeds the compile time it would pay (``decide``); inductor's own caches
 (FX graph and AOT autograd, on by default; kept in ``/tmp/torchinductor_$USER/isa-<vector ISA>``, one folder per
 CPU instruction set: ``runtime.keep_inductor_cache_per_cpu``) make every later compile of the same networks a
@@ -20,6 +21,7 @@ its decision from its checkpoint, so it computes exactly what the interrupted ru
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import statistics
@@ -144,29 +146,48 @@ def probe(distiller: nn.Module, batch, runtime) -> dict:
             "compile_s": max(0.0, first - eager_s)}
 
 
+def _read_probes(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _probes_lock(path: Path, key: str | None = None) -> Path:
+    """The lock for changing the probes file (``key`` None), or for measuring one kind of run: one per kind, so a
+    probe of one kind keeps waiting only the runs of that kind (which would otherwise measure it again), never a
+    run of another kind beside it, whose decision is already kept."""
+    if key is None:
+        return path.with_name(path.name + ".lock")
+    return path.parent / "probe_locks" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.lock"
+
+
 def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
     """The decision for a CPU run with ``train.compile=auto``: from the kept probe of ``key``, or from a new
-    one (``measure()``) when the run is long enough to be worth probing."""
+    one (``measure()``) when the run is long enough to be worth probing. The probes file is written whole, so
+    it is read without a lock."""
     missing = cpu_compiler_missing()
     if missing:
         return CompileDecision(False, f"no C++ compiler for torch.compile ({missing})")
     path = cache_path()
-    with hold_lock(path.with_name(path.name + ".lock"), "measuring torch.compile", wait=True):
-        probes = json.loads(path.read_text()) if path.exists() else {}
-        if key not in probes:
-            if total_steps < MIN_PROBE_STEPS:
-                return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
-                                              f"(measured from {MIN_PROBE_STEPS} steps on)")
-            probes[key] = measure()
-            write_json(path, probes)
+    probes = _read_probes(path)
+    if key not in probes:
+        if total_steps < MIN_PROBE_STEPS:
+            return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
+                                          f"(measured from {MIN_PROBE_STEPS} steps on)")
+        with hold_lock(_probes_lock(path, key), "measuring torch.compile", wait=True):
+            probes = _read_probes(path)  # another process may have measured this kind while we waited
+            if key not in probes:
+                measured = measure()
+                with hold_lock(_probes_lock(path), "writing the compile probes", wait=True):
+                    probes = _read_probes(path)
+                    probes[key] = measured
+                    write_json(path, probes)
     return decide(probes[key], total_steps)
 
 
 def record_warm_compile(key: str, seconds: float) -> None:
     """Keep the compile time a run actually paid (inductor's cache warm), which later decisions use."""
     path = cache_path()
-    with hold_lock(path.with_name(path.name + ".lock"), "measuring torch.compile", wait=True):
-        probes = json.loads(path.read_text()) if path.exists() else {}
+    with hold_lock(_probes_lock(path), "writing the compile probes", wait=True):
+        probes = _read_probes(path)
         if key in probes and "warm_compile_s" not in probes[key]:
             probes[key]["warm_compile_s"] = seconds
             write_json(path, probes)
