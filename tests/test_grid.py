@@ -129,6 +129,55 @@ def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmn
     assert _row_matches(row, cfg)
 
 
+def test_a_run_starts_once_the_runs_it_needs_have_finished(tmp_path):
+    """Stages are dependencies, not barriers: a stage-1 run that needs no teacher of the grid starts beside the
+    teacher; a student starts only after its teacher finished, never more runs at once than the slots."""
+    from mixdistill.studies.grid import _in_dependency_order, dependencies, resolve
+
+    base = {"model": {"student": "cnn5_w8"}, "method": {"name": "ce"}}
+    model = {"student": "cnn5_w8", "teacher_checkpoint": str(tmp_path / "runs" / "teacher" / "last.pt")}
+    kd = {"model": model, "method": {"name": "kd"}}
+    ce = {"model": model, "method": {"name": "ce"}}  # given the teacher's path, as the studies do; CE never loads it
+    runs = [GridRun("teacher", base, stage=0), GridRun("kd/0", kd, stage=1), GridRun("ce", ce, stage=1),
+            GridRun("kd/1", kd, stage=1)]
+    needs = dependencies(runs, {r.key: resolve(r, tmp_path) for r in runs})
+    assert needs == {"teacher": set(), "kd/0": {"teacher"}, "ce": set(), "kd/1": {"teacher"}}
+
+    started, running, finished = [], [], []
+    finishing = iter(["ce", "teacher", "kd/1", "kd/0"])
+
+    def submit(run):
+        assert needs[run.key] <= set(finished), f"{run.key} started before {needs[run.key]} finished"
+        started.append(run.key)
+        running.append(run.key)
+        assert len(running) <= 2
+        return run.key
+
+    def wait_one(handles):
+        key = next(finishing)
+        assert key in handles and sorted(handles) == sorted(running)
+        running.remove(key)
+        finished.append(key)
+        return key, {"key": key}
+
+    rows = list(_in_dependency_order(runs, needs, lambda run, running: len(running) < 2, submit, wait_one,
+                                     log=lambda *_: None))
+    assert started == ["teacher", "ce", "kd/0", "kd/1"]  # the CE run beside the teacher; no student before it
+    assert [r["key"] for r in rows] == ["ce", "teacher", "kd/1", "kd/0"]
+
+
+@pytest.mark.slow
+def test_side_by_side_grid_trains_a_teacherless_run_beside_the_teacher(fmnist_root, tmp_path):
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    runs.append(GridRun("ce/seed0", {**runs[1].config, "seed": 0, "method": {"name": "ce"}}, stage=1))
+    rows = run_grid(runs, study, jobs=2, threads=1, log=lambda *_: None)
+    assert set(rows) == {"teacher", "kd/seed0", "kd/seed1", "ce/seed0"}
+    assert all(r["summary"]["last_acc"] is not None for r in rows.values())
+    teacher = study / "runs" / "teacher" / "last.pt"
+    assert all(r["config"]["model"]["teacher_checkpoint"] == str(teacher) for k, r in rows.items() if "kd" in k)
+
+
 def test_crashed_run_is_retried(fmnist_root, tmp_path, monkeypatch):
     original = grid_module.train_or_reuse
     attempts = []

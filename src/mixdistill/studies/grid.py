@@ -4,8 +4,10 @@ Every finished run appends one row (with its resolved config) to ``results.jsonl
 the file is rewritten atomically (temp file + rename, under a lock), so it is never half-written. Re-running
 a grid skips runs whose row was made with the same config, re-runs those whose config changed since (their
 old run directory is renamed aside, not deleted) and those named by ``rerun`` patterns, resumes a run killed
-midway from its last checkpoint, and retries a run that crashed. Runs are grouped in stages: stage k starts
-after stage k-1 finished (teachers before students).
+midway from its last checkpoint, and retries a run that crashed. Runs are grouped in stages (teachers in stage 0,
+their students in stage 1): a run that distils from a teacher of the grid starts once that teacher has finished, so
+a student that needs no teacher (a CE baseline) trains beside the teachers, and the students of a finished teacher
+beside those still training.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mixdistill.engine.run import (
 from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
 from mixdistill.files import hold_lock, write_text
+from mixdistill.methods import METHODS
 
 
 @dataclass
@@ -108,11 +111,12 @@ def with_augment_params(runs: list[GridRun], params: dict) -> list[GridRun]:
     return out
 
 
-def auto_jobs(runs: list[GridRun]) -> int:
-    """Runs side by side on this machine: as many as its cores hold at the runs' thread count."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max((r.config.get("train") or {}).get("threads") or 1 for r in runs) if runs else 1
-    return max(1, cores // threads)
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _threads(run: GridRun) -> int:
+    return (run.config.get("train") or {}).get("threads") or 1
 
 
 def _row_matches(row: dict, cfg) -> bool:
@@ -169,20 +173,17 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     skipped = sum(r.key in done for r in runs)
     if skipped:
         log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
-    for stage in sorted({r.stage for r in runs}):
-        todo = [r for r in runs if r.stage == stage and r.key not in done]
-        if not todo:
-            continue
-        if executor == "local":
-            for row in _run_local(todo, study_dir, retries, quiet, jobs or auto_jobs(todo), stage, log):
-                results.append(row)
-                done[row["key"]] = row
-        elif executor == "ray":
-            for row in _run_ray(todo, study_dir, address, retries, quiet, log):
-                results.append(row)
-                done[row["key"]] = row
-        else:
-            raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
+    todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)  # stable: grid order within a stage
+    needs = dependencies(todo, configs)
+    if executor == "local":
+        finished = _run_local(todo, needs, study_dir, retries, quiet, jobs, log)
+    elif executor == "ray":
+        finished = _run_ray(todo, needs, study_dir, address, retries, quiet, log) if todo else []
+    else:
+        raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
+    for row in finished:
+        results.append(row)
+        done[row["key"]] = row
     return {k: done[k] for k in keys}
 
 
@@ -201,30 +202,81 @@ def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _run_local(todo, study_dir, retries, quiet, jobs, stage, log):
-    """One run after another in this process (jobs=1), or ``jobs`` worker processes side by side."""
-    jobs = min(jobs, len(todo))
-    if jobs <= 1:
+def dependencies(runs: list[GridRun], configs: dict) -> dict[str, set[str]]:
+    """For each run, the runs of an earlier stage it waits for: the one whose directory holds its teacher's
+    checkpoint, when its method distils from a teacher (a CE baseline given the same teacher path, as the studies
+    give every student of a pair, does not load it and does not wait)."""
+    run_dirs = {r.key: Path(os.path.abspath(configs[r.key].run_dir)) for r in runs}
+    needs = {}
+    for run in runs:
+        cfg = configs[run.key]
+        ckpt = cfg.model.teacher_checkpoint
+        if not ckpt or not getattr(METHODS.get_or_raise(cfg.method.name), "needs_teacher", False):
+            needs[run.key] = set()
+            continue
+        teacher_dir = Path(os.path.abspath(ckpt)).parent
+        needs[run.key] = {other.key for other in runs if other.stage < run.stage and run_dirs[other.key] == teacher_dir}
+    return needs
+
+
+def _in_dependency_order(todo, needs, fits, submit, wait_one, log):
+    """Start runs in order (earlier stages first, then grid order) once the runs they need have finished and
+    ``fits(run, running)`` says there is room beside the runs running; a run that waits for room is not overtaken
+    by later ones (one that waits for its teacher is). Yields each finished run's row. ``submit(run)`` returns a
+    handle, ``wait_one(handles)`` the handle of one finished run and its row (raising the run's error)."""
+    waiting, unfinished, running = list(todo), {r.key for r in todo}, {}
+    n = 0
+    while waiting or running:
+        for run in list(waiting):
+            if needs[run.key] & unfinished:
+                continue
+            if running and not fits(run, list(running.values())):
+                break
+            waiting.remove(run)
+            running[submit(run)] = run
+        handle, row = wait_one(list(running))
+        run = running.pop(handle)
+        unfinished.discard(run.key)
+        n += 1
+        log(f"[stage {run.stage}] {n}/{len(todo)} finished {run.key}")
+        yield row
+
+
+def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
+    """Runs side by side in worker processes: ``jobs`` at a time, or (``jobs`` None) as many as the cores hold at
+    their thread counts. One after another in this process when only one fits at a time."""
+    cores = _cores()
+    workers = min(len(todo), jobs or max(1, cores // min((_threads(r) for r in todo), default=1)))
+    if workers <= 1:
         for i, run in enumerate(todo):
-            log(f"[stage {stage}] {i + 1}/{len(todo)} {run.key}")
+            log(f"[stage {run.stage}] {i + 1}/{len(todo)} {run.key}")
             yield execute(run, str(study_dir), retries, quiet)
         return
     import concurrent.futures
     import multiprocessing
 
-    log(f"[stage {stage}] {len(todo)} runs, {jobs} side by side")
-    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+    def fits(run, running):
+        if jobs:
+            return len(running) < jobs
+        return sum(_threads(r) for r in running) + _threads(run) <= cores
+
+    def wait_one(futures):
+        finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+        future = next(f for f in futures if f in finished)  # the earliest submitted of those finished
+        return future, future.result()  # a run's MixdistillError (bad input) stops the grid here, as in one process
+
+    log(f"{len(todo)} runs, " + (f"{jobs} side by side" if jobs else f"side by side on {cores} cores by their threads"))
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=exit_with_parent, initargs=(os.getpid(),))
     try:
-        pending = {pool.submit(execute, run, str(study_dir), retries, quiet): run for run in todo}
-        for n, future in enumerate(concurrent.futures.as_completed(pending), 1):
-            log(f"[stage {stage}] {n}/{len(todo)} finished {pending[future].key}")
-            yield future.result()  # a run's MixdistillError (bad input) stops the grid here, as in one process
+        yield from _in_dependency_order(todo, needs, fits,
+                                        lambda run: pool.submit(execute, run, str(study_dir), retries, quiet),
+                                        wait_one, log)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(todo, study_dir, address, retries, quiet, log):
+def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
     try:
         import ray
     except ImportError:
@@ -234,20 +286,22 @@ def _run_ray(todo, study_dir, address, retries, quiet, log):
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     remote = ray.remote(execute)
-    pending = {remote.options(num_cpus=run.config["train"]["threads"], num_gpus=run.num_gpus, max_retries=0)
-               .remote(run, str(study_dir), retries, quiet): run for run in todo}
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as err:
-                if isinstance(err.cause, MixdistillError):
-                    raise err.cause from None
-                raise
-            log(f"[ray] finished {run.key}")
-            yield row
+
+    def submit(run):
+        return remote.options(num_cpus=run.config["train"]["threads"], num_gpus=run.num_gpus,
+                              max_retries=0).remote(run, str(study_dir), retries, quiet)
+
+    def wait_one(refs):
+        ready, _ = ray.wait(refs, num_returns=1)
+        try:
+            return ready[0], ray.get(ready[0])
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, MixdistillError):
+                raise err.cause from None
+            raise
+
+    try:  # every run whose teacher is done is submitted at once: Ray packs them by the CPUs they ask for
+        yield from _in_dependency_order(todo, needs, lambda run, running: True, submit, wait_one, log)
     finally:
         if started_here:
             ray.shutdown()
