@@ -245,6 +245,7 @@ def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
     import mixdistill.demo as demo
 
     def fake_grid(runs, output_dir, **kw):  # the finished runs' summaries, no training
+        kw["log"]("[stage 0] 1/3 finished teacher")
         acc = {"teacher": 90.0, "ce": 84.0, "kd": 85.5}
         return {r.key: {"summary": {"last_acc": acc[r.key.split("/")[0]] + r.labels.get("seed", 0),
                                     "train_images": 3000}} for r in runs}
@@ -253,6 +254,7 @@ def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "200")
     assert demo.run_demo(output_dir=str(tmp_path), seeds=1) == 0
     out = capsys.readouterr().out
+    assert "[stage 0] 1/3 finished teacher" in out, "the grid's progress line lost its stage"
     assert "±" not in out and "accuracy" in out and "mean ± std" not in out
     assert _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50", "85.50"]
     assert demo.run_demo(output_dir=str(tmp_path), seeds=2) == 0
