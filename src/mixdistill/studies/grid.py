@@ -155,16 +155,17 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
         return key in again or (key not in done and not (configs[key].run_dir / "summary.json").exists())
 
+    run_dirs = _run_dirs(configs)
     for run in sorted(runs, key=lambda r: r.stage):
         cfg = configs[run.key]
-        teacher_dir = Path(cfg.model.teacher_checkpoint).parent if cfg.model.teacher_checkpoint else None
         if run.key not in done:
             continue
+        teacher = _teacher_run(cfg, run_dirs)
         if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
             again[run.key] = "re-running as asked"
         elif not _row_matches(done[run.key], cfg):
             again[run.key] = "finished with a different config; re-running it"
-        elif teacher_dir is not None and any(configs[k].run_dir == teacher_dir and _trains_anew(k) for k in keys):
+        elif teacher is not None and _trains_anew(teacher):
             again[run.key] = "its teacher is trained anew; re-running it"
     for key, why in again.items():
         del done[key]
@@ -202,20 +203,28 @@ def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def _run_dirs(configs: dict) -> dict[Path, str]:
+    """Each run's directory (absolute) -> its key."""
+    return {Path(os.path.abspath(cfg.run_dir)): key for key, cfg in configs.items()}
+
+
+def _teacher_run(cfg, run_dirs: dict[Path, str]) -> str | None:
+    """The key of the grid run whose directory holds ``cfg``'s teacher checkpoint, if there is one."""
+    ckpt = cfg.model.teacher_checkpoint
+    return run_dirs.get(Path(os.path.abspath(ckpt)).parent) if ckpt else None
+
+
 def dependencies(runs: list[GridRun], configs: dict) -> dict[str, set[str]]:
     """For each run, the runs of an earlier stage it waits for: the one whose directory holds its teacher's
     checkpoint, when its method distils from a teacher (a CE baseline given the same teacher path, as the studies
     give every student of a pair, does not load it and does not wait)."""
-    run_dirs = {r.key: Path(os.path.abspath(configs[r.key].run_dir)) for r in runs}
+    run_dirs, stage = _run_dirs(configs), {r.key: r.stage for r in runs}
     needs = {}
     for run in runs:
         cfg = configs[run.key]
-        ckpt = cfg.model.teacher_checkpoint
-        if not ckpt or not getattr(METHODS.get_or_raise(cfg.method.name), "needs_teacher", False):
-            needs[run.key] = set()
-            continue
-        teacher_dir = Path(os.path.abspath(ckpt)).parent
-        needs[run.key] = {other.key for other in runs if other.stage < run.stage and run_dirs[other.key] == teacher_dir}
+        teacher = _teacher_run(cfg, run_dirs) if getattr(METHODS.get_or_raise(cfg.method.name), "needs_teacher",
+                                                         False) else None
+        needs[run.key] = {teacher} if teacher in stage and stage[teacher] < run.stage else set()
     return needs
 
 
