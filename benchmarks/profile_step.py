@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mixdistill import bench  # noqa: E402
+from mixdistill.bench import steps as bench  # noqa: E402
+from mixdistill.engine.runtime import available_cpus, cpu_name  # noqa: E402
 
 
 def profile_loop(step_fn, steps: int, device: torch.device) -> dict:
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     device = bench.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    bargs = argparse.Namespace(precision="auto", compile="auto", channels_last="auto", seed=0,
+    bargs = argparse.Namespace(precision="auto", compile="auto", channels_last="auto", seed=0, quick=False,
                                batch_size=args.batch_size)
     teacher_arch, student_arch = bench.PAIRS[args.pair]
     rows = {}
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         bench.write_bench_data(tmp / "data", n_train=n, n_test=500)
         ckpt = bench.make_teacher_checkpoint(teacher_arch, tmp / "t.pt", 0)
         loader = torch.utils.data.DataLoader(bench.reference_dataset(tmp / "data"), batch_size=args.batch_size,
-                                             shuffle=True, drop_last=True, num_workers=bench.available_cpus(),
+                                             shuffle=True, drop_last=True, num_workers=available_cpus(),
                                              persistent_workers=True)
         ref = bench.ReferenceLoop(args.case, teacher_arch, student_arch, loader, device, 0)
         for _ in range(args.warmup):
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
                 rows[v] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else bench._cpu_name(),
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
               "case": args.case, "pair": args.pair, "batch_size": args.batch_size, "steps": args.steps, "loops": rows}
     (out / f"profile_{device.type}.json").write_text(json.dumps(result, indent=2))
     print(f"{'loop':18s} {'wall ms/step':>12s} {'kernel ms/step':>14s} {'launches/step':>13s} {'graphs/step':>11s}")

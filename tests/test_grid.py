@@ -279,3 +279,21 @@ def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived its killed study process")
+
+
+def test_runs_side_by_side_only_as_many_as_the_cpu_quota_allows(tmp_path, monkeypatch):
+    """A container whose quota is one CPU runs the grid one run at a time in this process, whatever the
+    affinity mask shows (a process pool could not call the stand-in ``execute`` below)."""
+    monkeypatch.setattr(grid_module, "available_cpus", lambda: 1)
+    ran = []
+
+    def execute(run, study_dir, retries, quiet):
+        ran.append(run.key)
+        return {"key": run.key, "labels": {}, "stage": run.stage, "summary": {"last_acc": 1.0}, "attempts": 1,
+                "config": {}}
+
+    monkeypatch.setattr(grid_module, "execute", execute)
+    base = {"train": {"threads": 1}}
+    runs = [GridRun(f"ce/seed{s}", {**base, "seed": s, "method": {"name": "ce"}}) for s in range(3)]
+    rows = list(grid_module._run_local(runs, {r.key: set() for r in runs}, tmp_path, 0, True, None, lambda *_: None))
+    assert ran == ["ce/seed0", "ce/seed1", "ce/seed2"] and len(rows) == 3

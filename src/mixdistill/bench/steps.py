@@ -55,7 +55,7 @@ from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
 from mixdistill.engine.fast import accelerate_teacher
-from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name, seed_epoch
+from mixdistill.engine.runtime import available_cpus, cpu_has_native_bf16, cpu_name, seed_epoch
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
 from mixdistill.files import make_dir, save_torch, write_json, write_text
@@ -382,21 +382,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("bench --device cuda: no CUDA device is available")
     return dev
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota (containers)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
 
 
 def machine_info(device: torch.device, num_workers: int) -> dict:

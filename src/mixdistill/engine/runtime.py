@@ -37,6 +37,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    ``--cpus``), which the mask does not show."""
+    import math
+    from pathlib import Path
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path(CGROUP_CPU_MAX).read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
 @functools.cache
 def source_commit() -> str | None:
     """The git commit of mixdistill's source when it runs from a git checkout (an editable install), else None."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 from pathlib import Path
 
 from mixdistill.analysis.plots import new_figure, save_figure
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.run import open_run
-from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
+from mixdistill.engine.runtime import available_cpus, cpu_has_native_bf16, cpu_name
 from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
 from mixdistill.resources import study_config
@@ -198,7 +197,7 @@ def record_timing(study_dir: Path, trained: int, wall_s: float, jobs_note: str) 
 
     append_text(study_dir / "timing.jsonl", json.dumps({
         "finished": _time.strftime("%Y-%m-%d %H:%M:%S"), "runs_trained": trained, "wall_s": round(wall_s, 1),
-        "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_name(), "cores": available_cpus(),
         "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__, "executor": jobs_note}) + "\n")
 

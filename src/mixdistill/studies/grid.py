@@ -27,6 +27,7 @@ from mixdistill.engine.run import (
     set_aside,
     stored_config_difference,
 )
+from mixdistill.engine.runtime import available_cpus
 from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
 from mixdistill.files import hold_lock, write_text
@@ -109,10 +110,6 @@ def with_augment_params(runs: list[GridRun], params: dict) -> list[GridRun]:
             run = dataclasses.replace(run, config=merge(run.config, {"augment": {"name": name, **extra}}))
         out.append(run)
     return out
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _threads(run: GridRun) -> int:
@@ -254,7 +251,7 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log):
 def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
     """Runs side by side in worker processes: ``jobs`` at a time, or (``jobs`` None) as many as the cores hold at
     their thread counts. One after another in this process when only one fits at a time."""
-    cores = _cores()
+    cores = available_cpus()
     workers = min(len(todo), jobs or max(1, cores // min((_threads(r) for r in todo), default=1)))
     if workers <= 1:
         for i, run in enumerate(todo):
@@ -293,7 +290,7 @@ def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": os.cpu_count()}))
+                 **({} if address else {"num_cpus": available_cpus()}))
     remote = ray.remote(execute)
 
     def submit(run):
