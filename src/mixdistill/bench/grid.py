@@ -13,9 +13,17 @@ end. The teacher has random weights (speed does not depend on them).
   many runs side by side as the cores hold, ``train.compile=auto``, ``train.channels_last=auto``.
 
 Each round runs both in a fresh folder, in alternating order (load drift hits both alike); the ratio is the
-median over rounds of the per-round ratio of runs per hour. Before the rounds one short run of each warms the
-caches both would have in a real grid (the dataset files' page cache; for ``grid`` the compile decision of
-this kind of run and inductor's cache, measured once per machine, as a study pays it once).
+median over rounds of the per-round ratio of runs per hour.
+
+Each round also times (last, or first in the reversed rounds) **alone_1thread**: one run of the grid, with the
+grid's defaults and 1 thread, alone on the machine. ``cores`` such runs side by side that did not slow each other
+down would give the **ceiling** ``cores x (one_at_a_time's seconds per run) / (alone_1thread's seconds)``: what
+running side by side can give here at these step times. grid / ceiling is how much of it the grid runner gets
+(runs side by side share caches and memory bandwidth; the pool's start-up and the runs' set-up are in it too).
+
+Before the rounds one short run of one_at_a_time and of grid warms the caches both would have in a real grid
+(the dataset files' page cache; for ``grid`` and alone_1thread the compile decision of this kind of run and
+inductor's cache, measured once per machine, as a study pays it once).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 
 from mixdistill.config import DEFAULT_THREADS
 from mixdistill.data.synthetic import write_fashion_like
-from mixdistill.engine.runtime import resolve_runtime
+from mixdistill.engine.runtime import available_cpus, resolve_runtime
 from mixdistill.files import save_torch
 from mixdistill.models import create_model
 from mixdistill.studies.grid import GridRun, run_grid
@@ -52,8 +60,8 @@ def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str
 
 
 def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, folder: Path, precision: str) -> float:
-    threads = 1 if variant == "grid" else None
-    jobs = 1 if variant == "one_at_a_time" else None
+    threads = None if variant == "one_at_a_time" else 1
+    jobs = None if variant == "grid" else 1
     started = time.perf_counter()
     rows = run_grid(_runs(data_root, ckpt, n, epochs, variant, precision), folder, threads=threads, jobs=jobs,
                     log=lambda *_: None)
@@ -63,25 +71,32 @@ def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, f
 
 
 def grid_case(args, tmp: Path) -> dict:
-    """Time both ways of running the grid; returns the report's ``grid`` entry."""
+    """Time both ways of running the grid, and one run alone; returns the report's ``grid`` entry."""
     n, epochs, rounds = args.grid_runs, args.grid_epochs, args.grid_rounds
     data_root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=args.seed)
     torch.manual_seed(args.seed)
     ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
     for variant in ("one_at_a_time", "grid"):  # warm-up: one short run each (and the compile decision)
         _time_grid(variant, data_root, ckpt, 1, epochs, tmp / f"warmup_{variant}", args.precision)
-    seconds: dict[str, list[float]] = {"one_at_a_time": [], "grid": []}
+    seconds: dict[str, list[float]] = {"one_at_a_time": [], "grid": [], "alone_1thread": []}
     for r in range(rounds):
-        order = ("one_at_a_time", "grid") if r % 2 == 0 else ("grid", "one_at_a_time")
+        order = ("one_at_a_time", "grid", "alone_1thread")
+        order = order if r % 2 == 0 else order[::-1]
         for variant in order:
+            runs = 1 if variant == "alone_1thread" else n
             with tempfile.TemporaryDirectory(dir=tmp) as folder:
-                seconds[variant].append(_time_grid(variant, data_root, ckpt, n, epochs, Path(folder), args.precision))
+                seconds[variant].append(_time_grid(variant, data_root, ckpt, runs, epochs, Path(folder),
+                                                   args.precision))
         print(f"[bench] grid round {r + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.1f} s" for v in seconds), flush=True)
     ratios = [a / b for a, b in zip(seconds["one_at_a_time"], seconds["grid"])]
-    per_hour = {v: 3600 * n / statistics.median(s) for v, s in seconds.items()}
-    return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * (3000 // 128), "rounds": rounds,
-            "pair": f"{TEACHER} -> {STUDENT}", "seconds": seconds, "runs_per_hour": per_hour,
-            "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+    cores = available_cpus()
+    ceilings = [cores * a / n / b for a, b in zip(seconds["one_at_a_time"], seconds["alone_1thread"])]
+    per_hour = {v: 3600 * (1 if v == "alone_1thread" else n) / statistics.median(s) for v, s in seconds.items()}
+    return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * (3000 // 128),
+            "rounds": rounds, "pair": f"{TEACHER} -> {STUDENT}", "cores": cores, "seconds": seconds,
+            "runs_per_hour": per_hour,
+            "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
+            "ceiling": statistics.median(ceilings), "ceiling_range": [min(ceilings), max(ceilings)]}
 
 
 def grid_markdown(g: dict) -> list[str]:
@@ -91,4 +106,14 @@ def grid_markdown(g: dict) -> list[str]:
             *[f"| {v} | {' / '.join(f'{s:.1f}' for s in g['seconds'][v])} | {g['runs_per_hour'][v]:.0f} |"
               for v in ("one_at_a_time", "grid")], "",
             f"grid / one_at_a_time: **{g['ratio']:.2f}x** runs per hour (median of the per-round ratios; range "
-            f"{g['ratio_range'][0]:.2f}-{g['ratio_range'][1]:.2f}x)."]
+            f"{g['ratio_range'][0]:.2f}-{g['ratio_range'][1]:.2f}x).", *_ceiling_lines(g)]
+
+
+def _ceiling_lines(g: dict) -> list[str]:
+    if "ceiling" not in g:  # a report from before the ceiling was measured
+        return []
+    return ["", f"One run alone with the grid's defaults and 1 thread: "
+                f"{' / '.join(f'{s:.1f}' for s in g['seconds']['alone_1thread'])} s. Ceiling of running side by side "
+                f"here ({g['cores']} such runs at once, none slowing another): **{g['ceiling']:.2f}x** (range "
+            f"{g['ceiling_range'][0]:.2f}-{g['ceiling_range'][1]:.2f}x); the grid runner got "
+            f"{g['ratio'] / g['ceiling']:.0%} of it."]
