@@ -299,3 +299,30 @@ def test_cpu_session_reports_a_failed_step_and_runs_the_next(tmp_path, monkeypat
     (tmp_path / "runs" / f"studies_{session.cpu_kind()}" / "wang2022_cpu").mkdir(parents=True)
     assert session.main(["study", "wang2022"]) == 2  # finished runs would be reused: not a time from scratch
     assert "move it away" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.checkout
+def test_the_prepared_gpu_session_runs_its_steps(tmp_path):
+    """``gpu_session.sh check`` runs the GPU session's own steps (bench, synthetic CIFAR-100, two epochs of the
+    CRD protocol) on the CPU at toy size: a lent GPU must not be spent finding that a step broke."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    root = Path(__file__).resolve().parents[1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # python3 = this interpreter
+    env = dict(os.environ, PATH=path, TMPDIR=str(tmp_path))
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), "check", str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench_cuda_session.json").read_text())
+    assert report["results"][0]["loops"]["project"]["images_per_s"] > 0
+    epochs = [json.loads(line) for line in (out / "full_run_metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and "test_acc" in epochs[-1]
+    assert "no CUDA device" in (out / "environment.txt").read_text()
