@@ -60,12 +60,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                   help="the project loops' train.compile")
     p.add_argument("--out", default="docs/results")
     args = p.parse_args(argv)
     device = bench.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    bargs = argparse.Namespace(precision="auto", compile="auto", channels_last="auto", seed=0, quick=False,
+    bargs = argparse.Namespace(precision="auto", compile=args.compile, channels_last="auto", seed=0, quick=False,
                                batch_size=args.batch_size)
     teacher_arch, student_arch = bench.PAIRS[args.pair]
     rows = {}

@@ -326,3 +326,13 @@ def test_the_prepared_gpu_session_runs_its_steps(tmp_path):
     epochs = [json.loads(line) for line in (out / "full_run_metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2] and "test_acc" in epochs[-1]
     assert "no CUDA device" in (out / "environment.txt").read_text()
+
+
+@pytest.mark.checkout
+def test_the_step_profiler_profiles_the_reference_and_a_project_loop(tmp_path):
+    profile_step = _load_script("profile_step")
+    assert profile_step.main(["--device", "cpu", "--pair", "cnn5_w16-cnn5_w8", "--variants", "project", "--steps", "1",
+                              "--warmup", "1", "--compile", "false", "--out", str(tmp_path)]) == 0
+    loops = json.loads((tmp_path / "profile_cpu.json").read_text())["loops"]
+    assert set(loops) == {"reference", "project"} and "error" not in loops["project"]
+    assert all(loop["wall_ms"] > 0 and loop["top_self_cpu_ms"] for loop in loops.values())
