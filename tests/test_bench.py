@@ -195,8 +195,9 @@ def test_grid_case_times_both_ways_of_running_a_grid(tmp_path):
     assert grid["runs"] == 2 and grid["steps_per_run"] == 23 and grid["precision"] == "fp32"
     assert all(len(s) == 1 and s[0] > 0 for s in grid["seconds"].values())
     assert grid["ratio"] == pytest.approx(grid["seconds"]["one_at_a_time"][0] / grid["seconds"]["grid"][0])
-    # the ceiling: `cores` 1-thread runs at once against one run at a time, from the run timed alone
-    assert grid["ceiling"] == pytest.approx(grid["cores"] * grid["seconds"]["one_at_a_time"][0] / 2
+    # the ceiling: min(cores, runs) 1-thread runs at once against one run at a time, from the run timed alone
+    assert grid["side_by_side"] == min(grid["cores"], 2)
+    assert grid["ceiling"] == pytest.approx(grid["side_by_side"] * grid["seconds"]["one_at_a_time"][0] / 2
                                             / grid["seconds"]["alone_1thread"][0])
     assert "Ceiling of running side by side" in (out / "bench_quick_cpu.md").read_text()
     assert "runs per hour" in (out / "bench_quick_cpu.md").read_text()

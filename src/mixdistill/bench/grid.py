@@ -16,9 +16,9 @@ Each round runs both in a fresh folder, in alternating order (load drift hits bo
 median over rounds of the per-round ratio of runs per hour.
 
 Each round also times (last, or first in the reversed rounds) **alone_1thread**: one run of the grid, with the
-grid's defaults and 1 thread, alone on the machine. ``cores`` such runs side by side that did not slow each other
-down would give the **ceiling** ``cores x (one_at_a_time's seconds per run) / (alone_1thread's seconds)``: what
-running side by side can give here at these step times. grid / ceiling is how much of it the grid runner gets
+grid's defaults and 1 thread, alone on the machine. ``min(cores, runs)`` such runs side by side that did not slow
+each other down would give the **ceiling** ``min(cores, runs) x (one_at_a_time's seconds per run) /
+(alone_1thread's seconds)``: what running side by side can give here at these step times. grid / ceiling is how much of it the grid runner gets
 (runs side by side share caches and memory bandwidth; the pool's start-up and the runs' set-up are in it too).
 
 Before the rounds one short run of one_at_a_time and of grid warms the caches both would have in a real grid
@@ -90,11 +90,12 @@ def grid_case(args, tmp: Path) -> dict:
         print(f"[bench] grid round {r + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.1f} s" for v in seconds), flush=True)
     ratios = [a / b for a, b in zip(seconds["one_at_a_time"], seconds["grid"])]
     cores = available_cpus()
-    ceilings = [cores * a / n / b for a, b in zip(seconds["one_at_a_time"], seconds["alone_1thread"])]
+    side_by_side = min(cores, n)  # 1-thread runs the grid can run at once
+    ceilings = [side_by_side * a / n / b for a, b in zip(seconds["one_at_a_time"], seconds["alone_1thread"])]
     per_hour = {v: 3600 * (1 if v == "alone_1thread" else n) / statistics.median(s) for v, s in seconds.items()}
     return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * (3000 // 128),
-            "rounds": rounds, "pair": f"{TEACHER} -> {STUDENT}", "cores": cores, "seconds": seconds,
-            "runs_per_hour": per_hour,
+            "rounds": rounds, "pair": f"{TEACHER} -> {STUDENT}", "cores": cores, "side_by_side": side_by_side,
+            "seconds": seconds, "runs_per_hour": per_hour,
             "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
             "ceiling": statistics.median(ceilings), "ceiling_range": [min(ceilings), max(ceilings)]}
 
@@ -114,6 +115,6 @@ def _ceiling_lines(g: dict) -> list[str]:
         return []
     return ["", f"One run alone with the grid's defaults and 1 thread: "
                 f"{' / '.join(f'{s:.1f}' for s in g['seconds']['alone_1thread'])} s. Ceiling of running side by side "
-                f"here ({g['cores']} such runs at once, none slowing another): **{g['ceiling']:.2f}x** (range "
+                f"here ({g['side_by_side']} such runs at once, none slowing another): **{g['ceiling']:.2f}x** (range "
             f"{g['ceiling_range'][0]:.2f}-{g['ceiling_range'][1]:.2f}x); the grid runner got "
             f"{g['ratio'] / g['ceiling']:.0%} of it."]
