@@ -140,7 +140,8 @@ def test_a_run_starts_once_the_runs_it_needs_have_finished(tmp_path):
     ce = {"model": model, "method": {"name": "ce"}}  # given the teacher's path, as the studies do; CE never loads it
     runs = [GridRun("teacher", base, stage=0), GridRun("kd/0", kd, stage=1), GridRun("ce", ce, stage=1),
             GridRun("kd/1", kd, stage=1)]
-    needs = dependencies(runs, {r.key: resolve(r, tmp_path) for r in runs})
+    configs = {r.key: resolve(r, tmp_path) for r in runs}
+    needs = dependencies(runs, configs, grid_module._run_dirs(configs))
     assert needs == {"teacher": set(), "kd/0": {"teacher"}, "ce": set(), "kd/1": {"teacher"}}
 
     started, running, finished = [], [], []

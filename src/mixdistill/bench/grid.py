@@ -18,8 +18,9 @@ median over rounds of the per-round ratio of runs per hour.
 Each round also times (last, or first in the reversed rounds) **alone_1thread**: one run of the grid, with the
 grid's defaults and 1 thread, alone on the machine. ``min(cores, runs)`` such runs side by side that did not slow
 each other down would give the **ceiling** ``min(cores, runs) x (one_at_a_time's seconds per run) /
-(alone_1thread's seconds)``: what running side by side can give here at these step times. grid / ceiling is how much of it the grid runner gets
-(runs side by side share caches and memory bandwidth; the pool's start-up and the runs' set-up are in it too).
+(alone_1thread's seconds)``: what running side by side can give here at these step times. grid / ceiling is how
+much of it the grid runner gets (runs side by side share caches and memory bandwidth; the pool's start-up and the
+runs' set-up are in it too).
 
 Before the rounds one short run of one_at_a_time and of grid warms the caches both would have in a real grid
 (the dataset files' page cache; for ``grid`` and alone_1thread the compile decision of this kind of run and

@@ -172,7 +172,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     if skipped:
         log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
     todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)  # stable: grid order within a stage
-    needs = dependencies(todo, configs)
+    needs = dependencies(todo, configs, run_dirs)
     if executor == "local":
         finished = _run_local(todo, needs, study_dir, retries, quiet, jobs, log)
     elif executor == "ray":
@@ -211,11 +211,11 @@ def _teacher_run(cfg, run_dirs: dict[Path, str]) -> str | None:
     return run_dirs.get(Path(os.path.abspath(ckpt)).parent) if ckpt else None
 
 
-def dependencies(runs: list[GridRun], configs: dict) -> dict[str, set[str]]:
+def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) -> dict[str, set[str]]:
     """For each run, the runs of an earlier stage it waits for: the one whose directory holds its teacher's
-    checkpoint, when its method distils from a teacher (a CE baseline given the same teacher path, as the studies
-    give every student of a pair, does not load it and does not wait)."""
-    run_dirs, stage = _run_dirs(configs), {r.key: r.stage for r in runs}
+    checkpoint (``run_dirs``: ``_run_dirs(configs)``), when its method distils from a teacher (a CE baseline given
+    the same teacher path, as the studies give every student of a pair, does not load it and does not wait)."""
+    stage = {r.key: r.stage for r in runs}
     needs = {}
     for run in runs:
         cfg = configs[run.key]
