@@ -337,3 +337,12 @@ def test_the_step_profiler_profiles_the_reference_and_a_project_loop(tmp_path):
     loops = json.loads((tmp_path / "profile_cpu.json").read_text())["loops"]
     assert set(loops) == {"reference", "project"} and "error" not in loops["project"]
     assert all(loop["wall_ms"] > 0 and loop["top_self_cpu_ms"] for loop in loops.values())
+
+
+def test_the_evaluation_chunk_benchmark_times_both_ways_and_compares_their_metrics(capsys):
+    eval_chunks = _load_script("eval_chunks")
+    assert eval_chunks.main(["--nets", "cnn5_w8", "--threads", "1", "--images", "300", "--batch-size", "200",
+                             "--rounds", "1"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert row[:3] == ["1", "cnn5_w8", "300"] and float(row[3]) > 0 and float(row[4]) > 0
+    assert row[-2] == "yes" and float(row[-1]) < 1e-6  # chunked evaluation: the metrics of whole batches

@@ -16,6 +16,7 @@ from mixdistill.data.datasets import DATASETS
 from mixdistill.distill.base import Distiller, MethodParams, TrainSet, step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import cross_entropy, kl_div, mixed_cross_entropy
+from mixdistill.models.inference import forward_in_chunks
 from mixdistill.registry import METHODS
 
 CACHE_NEEDS_FIXED_INPUTS = ("das_kd caches teacher logits, which needs fixed inputs: set data.crop_padding=0 "
@@ -56,7 +57,7 @@ class DasKD(Distiller):
             raise ConfigError(CACHE_NEEDS_FIXED_INPUTS)
         cache = None
         for images, _, indices in data.clean_batches():
-            logits = self.teacher_logits(images).float()
+            logits = forward_in_chunks(self.teacher_logits, images).float()
             if cache is None:
                 cache = torch.empty(data.num_samples, logits.shape[1], device=logits.device)
             cache[indices] = logits

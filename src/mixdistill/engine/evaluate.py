@@ -1,5 +1,6 @@
 """Top-1, top-5 and cross-entropy of a model's (or a method's named) outputs over a loader, in one pass, with the
-run's precision and layout. Top-5 is computed for outputs with at least 5 classes (``None`` below that)."""
+run's precision and layout. Top-5 is computed for outputs with at least 5 classes (``None`` below that). On a CPU a
+batch is forwarded in chunks (``models.inference``); the metrics are summed per loader batch as before."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.runtime import Runtime
+from mixdistill.models.inference import forward_in_chunks
 
 
 @torch.no_grad()
@@ -25,7 +27,7 @@ def evaluate_many(module: nn.Module, forward, loader: DeviceLoader, runtime: Run
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with runtime.autocast():
-                outputs = forward(images)
+                outputs = forward_in_chunks(forward, images)
             for name, logits in outputs.items():
                 logits = logits.float()
                 loss_sum[name] = loss_sum.get(name, 0) + nn.functional.cross_entropy(logits, labels, reduction="sum")

@@ -12,6 +12,7 @@ from mixdistill.engine.run import open_run
 from mixdistill.engine.runtime import available_cpus, cpu_has_native_bf16, cpu_name
 from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
+from mixdistill.models.inference import forward_in_chunks
 from mixdistill.resources import study_config
 from mixdistill.studies.stats import Gate, mean_ci
 
@@ -106,12 +107,16 @@ def test_logits(run_dir: str | Path, data_root: str | None = None):
     split = opened.split("test", data_root)
     loader = DeviceLoader(split.images, split.labels, batch_size=1000, mean=split.spec.mean, std=split.spec.std,
                           shuffle=False, drop_last=False)
+    def logits_and_pooled(images):
+        z, f = model.forward_features(images)
+        return z.float(), f["pooled"].float()
+
     logits, feats = [], []
     with torch.inference_mode():
         for images, _ in loader:
-            z, f = model.forward_features(images)
-            logits.append(z.float())
-            feats.append(f["pooled"].float())
+            z, f = forward_in_chunks(logits_and_pooled, images)
+            logits.append(z)
+            feats.append(f)
     return torch.cat(logits), torch.cat(feats), split.labels
 
 

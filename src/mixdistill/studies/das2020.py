@@ -133,12 +133,13 @@ def _run_outputs(opened, images, labels, mean, std, device):
     import torch
 
     from mixdistill.data import DeviceLoader
+    from mixdistill.models.inference import forward_in_chunks
 
     model = opened.model().to(device)
     loader = DeviceLoader(images, labels, batch_size=1000, mean=mean, std=std, shuffle=False, drop_last=False,
                           device=device)
     with torch.inference_mode():
-        return torch.cat([model(x).double().cpu() for x, _ in loader])
+        return torch.cat([forward_in_chunks(model, x).double().cpu() for x, _ in loader])
 
 
 def _shifted_metrics(run_dir: Path, todo: dict[str, Path], eval_sets: dict, data_root, device) -> dict:
