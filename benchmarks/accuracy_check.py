@@ -219,7 +219,8 @@ def main(argv=None) -> int:
                 print(f"seed {seed} {v:9s} test acc {r['acc']:.2f}%  ({r['time_s']:.0f} s, {r['steps']} steps)"
                       + (f"  teacher agreement {r['teacher_vs_fp32_on_test']['top1_agreement_pct']:.2f}%"
                          if "teacher_vs_fp32_on_test" in r else ""), flush=True)
-    from mixdistill.engine.runtime import cpu_has_native_bf16, cpu_name
+    from mixdistill.engine.runtime import cpu_has_native_bf16
+    from mixdistill.machine import cpu_name
 
     runtimes = sorted({r["runtime"] for v in variants if v != "reference" for r in results[v]})
     machine = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixdistill.data import DeviceLoader  # noqa: E402
 from mixdistill.engine.evaluate import evaluate  # noqa: E402
-from mixdistill.engine.runtime import cpu_name, resolve_runtime  # noqa: E402
+from mixdistill.engine.runtime import resolve_runtime  # noqa: E402
 from mixdistill.models import create_model, native_input  # noqa: E402
+from mixdistill.machine import cpu_name  # noqa: E402
 from mixdistill.models import inference  # noqa: E402
 
 DEFAULT_NETS = "cnn5_w8,cnn5_w16,cnn5_w32,lenet5,alexnet_cifar_w025,resnet20,resnet8x4"

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixdistill.bench import steps as bench  # noqa: E402
-from mixdistill.engine.runtime import available_cpus, cpu_name  # noqa: E402
+from mixdistill.machine import available_cpus, cpu_name  # noqa: E402
 
 
 def profile_loop(step_fn, steps: int, device: torch.device) -> dict:

@@ -18,9 +18,10 @@ from mixdistill.engine.build import build_teacher
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.engine.evaluate import eval_record, evaluate_many
 from mixdistill.engine.run import open_run
-from mixdistill.engine.runtime import cpu_name, git_commit_of, resolve_runtime
+from mixdistill.engine.runtime import git_commit_of, resolve_runtime
 from mixdistill.engine.trainer import Trainer, best_so_far, train
 from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.machine import cpu_name
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mixdistill"
 

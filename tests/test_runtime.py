@@ -77,9 +77,11 @@ def test_bad_device_is_a_config_error():
 @pytest.mark.parametrize("cpu_max, expected", [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", 8),
                                                ("garbage\n", 8), (None, 8)])
 def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(tmp_path, monkeypatch, cpu_max, expected):
-    monkeypatch.setattr(rt.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    from mixdistill import machine
+
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
         path.write_text(cpu_max)
-    monkeypatch.setattr(rt, "CGROUP_CPU_MAX", str(path))
-    assert rt.available_cpus() == expected
+    monkeypatch.setattr(machine, "CGROUP_CPU_MAX", str(path))
+    assert machine.available_cpus() == expected

@@ -368,3 +368,12 @@ def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(t
     assert a["epoch"] == b["epoch"] == 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than this machine: never started
+@pytest.mark.parametrize("cpus, workers", [(3, 3), (1, 1), (64, 8)])
+def test_decoding_workers_default_to_the_cpus_this_process_may_use(tree, monkeypatch, cpus, workers):
+    import mixdistill.data.streaming as streaming
+
+    monkeypatch.setattr(streaming, "available_cpus", lambda: cpus)
+    assert StreamingImageFolder(tree, "train", batch_size=2).num_workers == workers

@@ -48,7 +48,8 @@ class DataConfig(Section):
         "memory", description="memory: the whole uint8 dataset on the device; streaming: worker processes decode "
         "image files per batch (ImageNet; image-folder datasets only)")
     image_size: int | None = Field(None, gt=0, description="streaming: train crop / eval centre crop; null = the dataset's")
-    num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, cores)")
+    num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, the CPUs "
+                                    "this process may use)")
 
     @model_validator(mode="after")
     def _check_loader(self):

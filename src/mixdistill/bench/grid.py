@@ -38,8 +38,9 @@ import torch
 
 from mixdistill.config import DEFAULT_THREADS
 from mixdistill.data.synthetic import write_fashion_like
-from mixdistill.engine.runtime import available_cpus, resolve_runtime
+from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.files import save_torch
+from mixdistill.machine import available_cpus
 from mixdistill.models import create_model
 from mixdistill.studies.grid import GridRun, run_grid
 

@@ -55,10 +55,11 @@ from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
 from mixdistill.engine.fast import accelerate_teacher
-from mixdistill.engine.runtime import available_cpus, cpu_has_native_bf16, cpu_name, seed_epoch
+from mixdistill.engine.runtime import cpu_has_native_bf16, seed_epoch
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
 from mixdistill.files import make_dir, save_torch, write_json, write_text
+from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.models import create_model
 
 CASES = {  # name -> (label, config overrides)

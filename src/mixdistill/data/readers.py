@@ -9,7 +9,6 @@ Files that exist but cannot be read raise :class:`DataError` naming the file.
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from mixdistill.errors import DataError, DatasetNotFoundError
+from mixdistill.machine import available_cpus
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -228,7 +228,7 @@ def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:
             raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, available_cpus())) as pool:
         for _ in pool.map(decode, range(len(paths))):  # re-raises the first error in file order
             pass
     return out

@@ -65,6 +65,7 @@ from mixdistill.data.loader import epoch_order, epoch_seed, num_batches, samples
 from mixdistill.data.readers import IMG_EXTENSIONS, folder_classes
 from mixdistill.data.transforms import normalize
 from mixdistill.errors import DataError, DatasetNotFoundError
+from mixdistill.machine import available_cpus
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -384,7 +385,7 @@ class StreamingImageFolder:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.with_indices = with_indices
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory

@@ -34,8 +34,9 @@ from torch import nn
 
 from mixdistill.distill import StepInfo
 from mixdistill.engine.build import model_label
-from mixdistill.engine.runtime import cpu_compiler_missing, cpu_name, keep_inductor_cache_per_cpu
+from mixdistill.engine.runtime import cpu_compiler_missing, keep_inductor_cache_per_cpu
 from mixdistill.files import hold_lock, write_json
+from mixdistill.machine import cpu_name
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
 PROBE_METHOD = 2  # 2: eager and compiled steps in turn (1: all eager steps, then all compiled ones)

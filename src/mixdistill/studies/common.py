@@ -9,9 +9,10 @@ from pathlib import Path
 from mixdistill.analysis.plots import new_figure, save_figure
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.run import open_run
-from mixdistill.engine.runtime import available_cpus, cpu_has_native_bf16, cpu_name
+from mixdistill.engine.runtime import cpu_has_native_bf16
 from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
+from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.models.inference import forward_in_chunks
 from mixdistill.resources import study_config
 from mixdistill.studies.stats import Gate, mean_ci

@@ -27,10 +27,10 @@ from mixdistill.engine.run import (
     set_aside,
     stored_config_difference,
 )
-from mixdistill.engine.runtime import available_cpus
 from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
 from mixdistill.files import hold_lock, write_text
+from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
 
 
