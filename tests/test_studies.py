@@ -55,10 +55,10 @@ def test_wang2022_full_grids_follow_the_released_scripts(tmp_path):
             assert {"ce", "kd", "kd_long", "crd_cutmixpick_long"} <= tiny
 
 
-def _smoke_report(name: str, seeds, fmnist_root, tmp_path, scale: str = "smoke"):
+def _smoke_report(name: str, seeds, fmnist_root, tmp_path, scale: str = "smoke", threads: int | None = None):
     """(report path, its text) of study ``name`` at a smoke scale, after the checks every report passes."""
     path = run_study(name, scale=scale, seeds=seeds, output_dir=str(tmp_path), data_root=str(fmnist_root),
-                     log=lambda *_: None)
+                     threads=threads, log=lambda *_: None)
     report = path.read_text()
     _report_checks(report)
     return path, report
@@ -111,8 +111,18 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path):
-    path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path, scale="smoke_views")
+def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path, monkeypatch):
+    """... and their T. stddev computed side by side in worker processes: this process never computes one."""
+    from mixdistill import machine
+    from mixdistill.studies import wang2022
+
+    monkeypatch.setattr(machine, "available_cpus", lambda: 2)  # room for two of the 1-thread runs
+
+    def not_here(*args):
+        raise AssertionError("T. stddev computed in the study's own process")
+
+    monkeypatch.setattr(wang2022, "_t_stddev", not_here)
+    path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path, scale="smoke_views", threads=1)
     for pair in ("cnn5_w8-cnn5_w8", "cnn5_w8-lenet5"):
         assert f"## The nine views on {pair}" in report
         assert (path.parent / f"wang2022_tstddev_vs_loss_{pair}.png").stat().st_size > 5000
@@ -123,6 +133,10 @@ def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path):
     assert cutmix and all(r["config"]["augment"]["box_rounding"] == "released" for r in cutmix)
     cached = json.loads((path.parent / "tstddev.json").read_text())
     assert len(cached) == 2 * 9 * 2 and all("/3ep/" in key for key in cached)  # pairs x views x seeds, by epochs
+    monkeypatch.undo()  # a worker's value is the one this process computes for the same run
+    run_key = "student/cnn5_w8-lenet5/kd_cutmix/seed1"
+    here = wang2022._t_stddev_with_run_threads(path.parent, run_key, str(fmnist_root), 100, 3)
+    assert cached[wang2022._t_stddev_key(path.parent, run_key, 100, 3)] == pytest.approx(here, rel=1e-6)
 
 
 @pytest.mark.slow

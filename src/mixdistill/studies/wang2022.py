@@ -125,17 +125,68 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     return stats["t_stddev"]
 
 
+def _t_stddev_key(study_dir: Path, run_key: str, min_steps: int, epochs: int | None) -> str:
+    ckpt = study_dir / "runs" / run_key.replace("/", "__") / "last.pt"
+    length = f"{epochs}ep" if epochs else min_steps
+    return f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
+
+
 def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
-    ckpt = study_dir / "runs" / run_key.replace("/", "__") / "last.pt"
-    length = f"{epochs}ep" if epochs else min_steps
-    key = f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
+    key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
     if key not in cache:
-        cache[key] = _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
+        cache[key] = _t_stddev_with_run_threads(study_dir, run_key, data_root, min_steps, epochs)
         write_json(path, cache)
     return cache[key]
+
+
+def _t_stddev_with_run_threads(study_dir: Path, run_key: str, data_root, min_steps: int,
+                               epochs: int | None) -> float:
+    """_t_stddev with as many torch threads as the run trained with, so that its value does not depend on where
+    it is computed (a worker process or the study's own)."""
+    import torch
+
+    threads = open_run(study_dir / "runs" / run_key.replace("/", "__")).cfg.train.threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fill_t_stddev_cache(study_dir: Path, run_keys: list[str], data_root, min_steps: int,
+                         epochs: int | None) -> None:
+    """The T. stddev of every run of ``run_keys`` not in STUDY/tstddev.json yet, computed side by side in worker
+    processes, as many as the cores hold at the runs' thread counts (the grid runner's rule), each result kept as
+    soon as it is done. One at a time in this process when only one fits."""
+    import concurrent.futures
+    import multiprocessing
+
+    from mixdistill.machine import available_cpus
+    from mixdistill.studies.grid import exit_with_parent
+
+    path = study_dir / "tstddev.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    todo = {}
+    for run_key in run_keys:
+        key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
+        if key not in cache:
+            todo[key] = run_key
+    threads = max((open_run(study_dir / "runs" / k.replace("/", "__")).cfg.train.threads or 1 for k in todo.values()),
+                  default=1)
+    workers = min(len(todo), available_cpus() // threads)
+    if workers <= 1:
+        return  # _cached_t_stddev computes each in turn
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_t_stddev_with_run_threads, study_dir, run_key, data_root, min_steps, epochs): key
+                   for key, run_key in todo.items()}
+        for future in concurrent.futures.as_completed(futures):
+            cache[futures[future]] = future.result()
+            write_json(path, cache)
 
 
 def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None) -> str:
@@ -238,9 +289,12 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=
     views = _view_entries(spec)
     order = spec["paper_view_order"]  # worst (highest student test loss) first
     losses, stds, seeds = [], [], set()
+    per_view = {view: by_seed(rows, "last_test_loss", pair=pair, method=views[view][0]) for view in order}
+    _fill_t_stddev_cache(study_dir, [f"student/{pair}/{views[view][0]}/seed{s}" for view in order
+                                     for s in per_view[view]], data_root, min_steps, epochs)
     for view in order:
         method = views[view][0]
-        per_seed = by_seed(rows, "last_test_loss", pair=pair, method=method)
+        per_seed = per_view[view]
         seeds.add(tuple(sorted(per_seed)))
         losses.append(statistics.fmean(per_seed.values()))
         stds.append(statistics.fmean(_cached_t_stddev(study_dir, f"student/{pair}/{method}/seed{s}", data_root,
