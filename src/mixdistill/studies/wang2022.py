@@ -103,11 +103,15 @@ def _view_pairs(sc) -> list:
     return sc.get("view_pairs") or sc["pairs"][:1]
 
 
+def _run_dir(study_dir: Path, run_key: str) -> Path:
+    return study_dir / "runs" / run_key.replace("/", "__")  # GridRun.run_name
+
+
 def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """T. stddev of the pair's teacher under the view of the run ``run_key`` (its student frozen, as the
     released scripts freeze it with lr 0), over ``epochs`` epochs (the released scripts: 10) or else at least
     ``min_steps`` steps of the run's own training data, seeded by the run's seed."""
-    opened = open_run(study_dir / "runs" / run_key.replace("/", "__"))
+    opened = open_run(_run_dir(study_dir, run_key))
     cfg = opened.cfg
     train = opened.split("train", data_root)
     d = cfg.data
@@ -126,7 +130,7 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
 
 
 def _t_stddev_key(study_dir: Path, run_key: str, min_steps: int, epochs: int | None) -> str:
-    ckpt = study_dir / "runs" / run_key.replace("/", "__") / "last.pt"
+    ckpt = _run_dir(study_dir, run_key) / "last.pt"
     length = f"{epochs}ep" if epochs else min_steps
     return f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
 
@@ -148,7 +152,7 @@ def _t_stddev_with_run_threads(study_dir: Path, run_key: str, data_root, min_ste
     it is computed (a worker process or the study's own)."""
     import torch
 
-    threads = open_run(study_dir / "runs" / run_key.replace("/", "__")).cfg.train.threads
+    threads = open_run(_run_dir(study_dir, run_key)).cfg.train.threads
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -175,8 +179,7 @@ def _fill_t_stddev_cache(study_dir: Path, run_keys: list[str], data_root, min_st
         key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
         if key not in cache:
             todo[key] = run_key
-    threads = max((open_run(study_dir / "runs" / k.replace("/", "__")).cfg.train.threads or 1 for k in todo.values()),
-                  default=1)
+    threads = max((open_run(_run_dir(study_dir, k)).cfg.train.threads or 1 for k in todo.values()), default=1)
     workers = min(len(todo), available_cpus() // threads)
     if workers <= 1:
         return  # _cached_t_stddev computes each in turn
