@@ -29,6 +29,7 @@ from mixdistill.errors import CheckpointError, ConfigError, DataError, require_a
 from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
+from mixdistill.models.inference import forward_in_chunks
 from mixdistill.provenance import reconstruction_notes
 from mixdistill.resources import reference
 
@@ -140,17 +141,21 @@ def _build_model(arch: str, state, num_classes: int, in_channels: int, what: str
 @torch.inference_mode()
 def collect_outputs(model: torch.nn.Module, loader) -> dict:
     """Logits [N, C] and (if the model has ``forward_features``) pooled penultimate features [N, D] over
-    ``loader``, float32 on the CPU."""
-    logits, feats = [], []
+    ``loader``, float32 on the CPU; a batch on a CPU is forwarded in chunks (``models.inference``)."""
     has_features = hasattr(model, "forward_features")
+
+    def forward(x):
+        if not has_features:
+            return (model(x),)
+        z, f = model.forward_features(x)
+        return z, f["pooled"]
+
+    logits, feats = [], []
     for batch in loader:
-        x = batch[0]
+        out = forward_in_chunks(forward, batch[0])
+        logits.append(out[0].float().cpu())
         if has_features:
-            z, f = model.forward_features(x)
-            feats.append(f["pooled"].float().flatten(1).cpu())
-        else:
-            z = model(x)
-        logits.append(z.float().cpu())
+            feats.append(out[1].float().flatten(1).cpu())
     return {"logits": torch.cat(logits), "features": torch.cat(feats) if feats else None}
 
 

@@ -13,7 +13,6 @@ from mixdistill.engine.runtime import cpu_has_native_bf16
 from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
 from mixdistill.machine import available_cpus, cpu_name
-from mixdistill.models.inference import forward_in_chunks
 from mixdistill.resources import study_config
 from mixdistill.studies.stats import Gate, mean_ci
 
@@ -100,25 +99,14 @@ def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss
 def test_logits(run_dir: str | Path, data_root: str | None = None):
     """(logits [N, C], penultimate features [N, D], labels [N]) of a finished run's final model on its test set
     (CPU, fp32)."""
-    import torch
-
+    from mixdistill.analysis.command import collect_outputs
 
     opened = open_run(run_dir)
-    model = opened.model()
     split = opened.split("test", data_root)
     loader = DeviceLoader(split.images, split.labels, batch_size=1000, mean=split.spec.mean, std=split.spec.std,
                           shuffle=False, drop_last=False)
-    def logits_and_pooled(images):
-        z, f = model.forward_features(images)
-        return z.float(), f["pooled"].float()
-
-    logits, feats = [], []
-    with torch.inference_mode():
-        for images, _ in loader:
-            z, f = forward_in_chunks(logits_and_pooled, images)
-            logits.append(z)
-            feats.append(f)
-    return torch.cat(logits), torch.cat(feats), split.labels
+    outputs = collect_outputs(opened.model(), loader)
+    return outputs["logits"], outputs["features"], split.labels
 
 
 def test_outputs(run_dir: str | Path, data_root: str | None = None):
