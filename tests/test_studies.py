@@ -121,7 +121,7 @@ def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path, monk
     def not_here(*args):
         raise AssertionError("T. stddev computed in the study's own process")
 
-    monkeypatch.setattr(wang2022, "_t_stddev", not_here)
+    monkeypatch.setattr(wang2022, "teacher_statistics", not_here)  # here only: spawned workers import it afresh
     path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path, scale="smoke_views", threads=1)
     for pair in ("cnn5_w8-cnn5_w8", "cnn5_w8-lenet5"):
         assert f"## The nine views on {pair}" in report
@@ -135,7 +135,7 @@ def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path, monk
     assert len(cached) == 2 * 9 * 2 and all("/3ep/" in key for key in cached)  # pairs x views x seeds, by epochs
     monkeypatch.undo()  # a worker's value is the one this process computes for the same run
     run_key = "student/cnn5_w8-lenet5/kd_cutmix/seed1"
-    here = wang2022._t_stddev_with_run_threads(path.parent, run_key, str(fmnist_root), 100, 3)
+    here = wang2022._t_stddev(path.parent, run_key, str(fmnist_root), 100, 3)
     assert cached[wang2022._t_stddev_key(path.parent, run_key, 100, 3)] == pytest.approx(here, rel=1e-6)
 
 

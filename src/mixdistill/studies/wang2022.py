@@ -110,7 +110,10 @@ def _run_dir(study_dir: Path, run_key: str) -> Path:
 def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """T. stddev of the pair's teacher under the view of the run ``run_key`` (its student frozen, as the
     released scripts freeze it with lr 0), over ``epochs`` epochs (the released scripts: 10) or else at least
-    ``min_steps`` steps of the run's own training data, seeded by the run's seed."""
+    ``min_steps`` steps of the run's own training data, seeded by the run's seed, with as many torch threads as the
+    run trained with (so the value does not depend on where it is computed: a worker process or the study's own)."""
+    import torch
+
     opened = open_run(_run_dir(study_dir, run_key))
     cfg = opened.cfg
     train = opened.split("train", data_root)
@@ -124,8 +127,13 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     if epochs * len(loader) < 2 * STEPS_PER_GROUP:  # the std of a single group is undefined
         raise ConfigError(f"T. stddev needs at least {2 * STEPS_PER_GROUP} steps (two groups of {STEPS_PER_GROUP}); "
                           f"{epochs} epoch(s) of {len(loader)} steps give {epochs * len(loader)}")
-    stats = teacher_statistics(distiller.teacher, loader, distiller.augment, student=distiller.student,
-                               epochs=epochs, seed=cfg.seed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads or before)
+    try:
+        stats = teacher_statistics(distiller.teacher, loader, distiller.augment, student=distiller.student,
+                                   epochs=epochs, seed=cfg.seed)
+    finally:
+        torch.set_num_threads(before)
     return stats["t_stddev"]
 
 
@@ -141,31 +149,16 @@ def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, e
     cache = json.loads(path.read_text()) if path.exists() else {}
     key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
     if key not in cache:
-        cache[key] = _t_stddev_with_run_threads(study_dir, run_key, data_root, min_steps, epochs)
+        cache[key] = _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
         write_json(path, cache)
     return cache[key]
 
 
-def _t_stddev_with_run_threads(study_dir: Path, run_key: str, data_root, min_steps: int,
-                               epochs: int | None) -> float:
-    """_t_stddev with as many torch threads as the run trained with, so that its value does not depend on where
-    it is computed (a worker process or the study's own)."""
-    import torch
-
-    threads = open_run(_run_dir(study_dir, run_key)).cfg.train.threads
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        return _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _fill_t_stddev_cache(study_dir: Path, run_keys: list[str], data_root, min_steps: int,
+def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_root, min_steps: int,
                          epochs: int | None) -> None:
     """The T. stddev of every run of ``run_keys`` not in STUDY/tstddev.json yet, computed side by side in worker
-    processes, as many as the cores hold at the runs' thread counts (the grid runner's rule), each result kept as
-    soon as it is done. One at a time in this process when only one fits."""
+    processes, as many as the cores hold at the runs' thread counts (read from their grid ``rows``; the grid
+    runner's rule), each result kept as soon as it is done. One at a time in this process when only one fits."""
     import concurrent.futures
     import multiprocessing
 
@@ -179,13 +172,14 @@ def _fill_t_stddev_cache(study_dir: Path, run_keys: list[str], data_root, min_st
         key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
         if key not in cache:
             todo[key] = run_key
-    threads = max((open_run(_run_dir(study_dir, k)).cfg.train.threads or 1 for k in todo.values()), default=1)
+    threads = max(((rows[k].get("config") or {}).get("train", {}).get("threads") or 1  # old rows carry no config
+                   for k in todo.values()), default=1)
     workers = min(len(todo), available_cpus() // threads)
     if workers <= 1:
         return  # _cached_t_stddev computes each in turn
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_t_stddev_with_run_threads, study_dir, run_key, data_root, min_steps, epochs): key
+        futures = {pool.submit(_t_stddev, study_dir, run_key, data_root, min_steps, epochs): key
                    for key, run_key in todo.items()}
         for future in concurrent.futures.as_completed(futures):
             cache[futures[future]] = future.result()
@@ -293,8 +287,8 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=
     order = spec["paper_view_order"]  # worst (highest student test loss) first
     losses, stds, seeds = [], [], set()
     per_view = {view: by_seed(rows, "last_test_loss", pair=pair, method=views[view][0]) for view in order}
-    _fill_t_stddev_cache(study_dir, [f"student/{pair}/{views[view][0]}/seed{s}" for view in order
-                                     for s in per_view[view]], data_root, min_steps, epochs)
+    _fill_t_stddev_cache(study_dir, rows, [f"student/{pair}/{views[view][0]}/seed{s}" for view in order
+                                           for s in per_view[view]], data_root, min_steps, epochs)
     for view in order:
         method = views[view][0]
         per_seed = per_view[view]
