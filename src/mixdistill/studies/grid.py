@@ -185,6 +185,16 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     return {k: done[k] for k in keys}
 
 
+def worker_pool(workers: int):
+    """A pool of ``workers`` spawned processes (a fresh interpreter each: torch's threads are not forked) that end
+    when this process does (``exit_with_parent``)."""
+    import concurrent.futures
+    import multiprocessing
+
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
 def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     """Worker initialiser: end this worker when the study process that started it is gone. A study killed by a
     signal it cannot clean up after (``kill``, SIGKILL) would otherwise leave its workers training on, writing
@@ -259,7 +269,6 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
             yield execute(run, str(study_dir), retries, quiet)
         return
     import concurrent.futures
-    import multiprocessing
 
     def fits(run, running):
         if jobs:
@@ -272,8 +281,7 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
         return future, future.result()  # a run's MixdistillError (bad input) stops the grid here, as in one process
 
     log(f"{len(todo)} runs, " + (f"{jobs} side by side" if jobs else f"side by side on {cores} cores by their threads"))
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
+    pool = worker_pool(workers)
     try:
         yield from _in_dependency_order(todo, needs, fits,
                                         lambda run: pool.submit(execute, run, str(study_dir), retries, quiet),

@@ -160,10 +160,9 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
     processes, as many as the cores hold at the runs' thread counts (read from their grid ``rows``; the grid
     runner's rule), each result kept as soon as it is done. One at a time in this process when only one fits."""
     import concurrent.futures
-    import multiprocessing
 
     from mixdistill.machine import available_cpus
-    from mixdistill.studies.grid import exit_with_parent
+    from mixdistill.studies.grid import worker_pool
 
     path = study_dir / "tstddev.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
@@ -177,8 +176,7 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
     workers = min(len(todo), available_cpus() // threads)
     if workers <= 1:
         return  # _cached_t_stddev computes each in turn
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with worker_pool(workers) as pool:
         futures = {pool.submit(_t_stddev, study_dir, run_key, data_root, min_steps, epochs): key
                    for key, run_key in todo.items()}
         for future in concurrent.futures.as_completed(futures):
