@@ -21,7 +21,7 @@ from mixdistill.config import merge
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, test_logits, timing_markdown)
-from mixdistill.studies.grid import GridRun
+from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm,
                                       paired)
 
@@ -75,7 +75,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
 
 
 def _smoothness(study_dir: Path, key: str, data_root) -> dict:
-    logits, _, _ = test_logits(study_dir / "runs" / key.replace("/", "__"), data_root)
+    logits, _, _ = test_logits(run_dir(study_dir, key), data_root)
     return {"entropy": float(output_entropy(logits).mean()), "logit_std": float(logit_std(logits).mean())}
 
 

@@ -14,6 +14,7 @@ from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
 from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.resources import study_config
+from mixdistill.studies.grid import run_dir
 from mixdistill.studies.stats import Gate, mean_ci
 
 
@@ -81,7 +82,7 @@ def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss
     """Gate: the matching runs had at least ``min_steps`` SGD steps, and over the last quarter of their
     schedule their train accuracy moved less than ``max_acc`` points and their test loss less than
     ``max_loss`` (relative), median over runs."""
-    moves = [plateau(study_dir / "runs" / r["key"].replace("/", "__"), window) for r in select(rows, **labels)]
+    moves = [plateau(run_dir(study_dir, r["key"]), window) for r in select(rows, **labels)]
     moves = [m for m in moves if m is not None]
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
     condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy (mean of {window} "
@@ -205,7 +206,7 @@ def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> di
     starts = [end - e["wall_s"] - 2 for end, e in zip(ends, entries)]
     counts: dict[int, int] = {}
     for key in rows:
-        summary = study_dir / "runs" / key.replace("/", "__") / "summary.json"
+        summary = run_dir(study_dir, key) / "summary.json"
         if not summary.exists():
             continue
         written = summary.stat().st_mtime

@@ -25,7 +25,7 @@ from mixdistill.files import write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, test_outputs, timing_markdown)
-from mixdistill.studies.grid import GridRun
+from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (Effect, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
                                       holm, paired, rank_correlation)
 
@@ -69,7 +69,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
 
 
 def _metrics(study_dir: Path, key: str, data_root) -> dict:
-    probs, _, labels = test_outputs(study_dir / "runs" / key.replace("/", "__"), data_root)
+    probs, _, labels = test_outputs(run_dir(study_dir, key), data_root)
     out = {"ece": float(expected_calibration_error(probs, labels, bins=ECE_BINS))}
     if key.startswith("teacher/") and key.endswith("/r0"):
         condition = key.split("/")[1]
@@ -198,8 +198,8 @@ def cached_shifted(study_dir: Path, keys: list[str], paths: dict[str, Path], dat
     eval_sets: dict = {}
     out = {}
     for key in keys:
-        run_dir = study_dir / "runs" / key.replace("/", "__")
-        entry_key = f"{key}/{os.stat(run_dir / 'last.pt').st_mtime_ns}"
+        directory = run_dir(study_dir, key)
+        entry_key = f"{key}/{os.stat(directory / 'last.pt').st_mtime_ns}"
         entry = cache.get(entry_key, {})
         todo = {n: p for n, p in paths.items() if entry.get(n, {}).get("stamp") != _stamp(p)}
         for name, path in todo.items():
@@ -210,7 +210,7 @@ def cached_shifted(study_dir: Path, keys: list[str], paths: dict[str, Path], dat
                     eval_sets[name] = str(e)
         if todo:
             new = {n: {**v, "stamp": _stamp(todo[n])}
-                   for n, v in _shifted_metrics(run_dir, todo, eval_sets, data_root, device).items()}
+                   for n, v in _shifted_metrics(directory, todo, eval_sets, data_root, device).items()}
             entry = {**entry, **new}
             kept = {n: v for n, v in entry.items() if "error" not in v}
             if kept != cache.get(entry_key):

@@ -46,6 +46,11 @@ class GridRun:
         return self.key.replace("/", "__")
 
 
+def run_dir(study_dir: str | Path, key: str) -> Path:
+    """The directory the grid gives run ``key`` in ``study_dir``."""
+    return Path(study_dir) / "runs" / GridRun(key, {}).run_name()
+
+
 class ResultsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -30,7 +30,7 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
-from mixdistill.studies.grid import GridRun
+from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (Finding, Gate, correlation, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
                                       holm, paired, published_difference, rank_correlation)
 
@@ -103,10 +103,6 @@ def _view_pairs(sc) -> list:
     return sc.get("view_pairs") or sc["pairs"][:1]
 
 
-def _run_dir(study_dir: Path, run_key: str) -> Path:
-    return study_dir / "runs" / run_key.replace("/", "__")  # GridRun.run_name
-
-
 def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """T. stddev of the pair's teacher under the view of the run ``run_key`` (its student frozen, as the
     released scripts freeze it with lr 0), over ``epochs`` epochs (the released scripts: 10) or else at least
@@ -114,7 +110,7 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     run trained with (so the value does not depend on where it is computed: a worker process or the study's own)."""
     import torch
 
-    opened = open_run(_run_dir(study_dir, run_key))
+    opened = open_run(run_dir(study_dir, run_key))
     cfg = opened.cfg
     train = opened.split("train", data_root)
     d = cfg.data
@@ -138,7 +134,7 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
 
 
 def _t_stddev_key(study_dir: Path, run_key: str, min_steps: int, epochs: int | None) -> str:
-    ckpt = _run_dir(study_dir, run_key) / "last.pt"
+    ckpt = run_dir(study_dir, run_key) / "last.pt"
     length = f"{epochs}ep" if epochs else min_steps
     return f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
 
