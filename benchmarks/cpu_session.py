@@ -7,11 +7,13 @@ machine's kind and runs, tagged with it:
 
 1. the bench (``mixdistill bench``, 5 rounds): KD, KD+CutMix, KD+CutMixPick, MIXSTD and DML on the two CRD pairs,
    the reference loop against the defaults, the eager teacher, the int8 teacher, compile and int8+compile,
-   with the machine's measured peak (about 25 min on 2 cores with native bf16, 54 min on the AVX2-only EPYC);
+   with the machine's measured peak (8.4 min on the 2-core AMX Xeon, about 25 on the AVX512-BF16 EPYC, 54 on the
+   AVX2-only EPYC);
 2. the grid case (``--cases grid``, 3 rounds): runs per hour of a study-scale grid, side by side against one
-   at a time, and the ceiling of running side by side (about 10 min; 25 min on the AVX2-only EPYC);
+   at a time, and the ceiling of running side by side (8 min on the AMX Xeon, about 10 on the AVX512-BF16 EPYC, 25 on the AVX2-only
+   EPYC);
 3. the accuracy check (``benchmarks/accuracy_check.py``, 10 seeds): the fast loops reach the reference's
-   accuracy (about 10 min; 19 min on the AVX2-only EPYC);
+   accuracy (6 min on the AMX Xeon, about 10 on the AVX512-BF16 EPYC, 19 on the AVX2-only EPYC);
 4. ``benchmarks/render_results.py``: the summary re-rendered with the new files.
 
     PYTHONPATH=src python benchmarks/cpu_session.py kind            # avx2 | avx512bf16 | amx
