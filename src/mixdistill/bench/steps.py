@@ -690,7 +690,8 @@ def work_lines(report: dict, variants: list[str]) -> list[str]:
                           f"{k} {v['gflop_per_s']:.0f} GFLOP/s" for k, v in peak.items())
                   + f". A loop doing the reference's counted work entirely at the {project} peak would reach "
                     f"peak / the reference's rate: " + "; ".join(ceilings) + ". Only less work (an int8 teacher) "
-                    "or a faster unit (AMX, a GPU) goes past that."]
+                    "or a faster unit than the one measured here (AMX where this CPU lacks it, a GPU) goes past "
+                    "that."]
     pick = {k: d for k, d in report.get("pick_work", {}).items() if d}
     if pick:
         lines += ["", "KD+CutMixPick work per image relative to (same loop; the step-time ratio if both steps ran at "
