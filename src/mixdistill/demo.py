@@ -12,7 +12,7 @@ from pathlib import Path
 from mixdistill.config import merge
 from mixdistill.resources import demo_config
 from mixdistill.studies.common import mean_std
-from mixdistill.studies.grid import GridRun, run_grid
+from mixdistill.studies.grid import GridRun, run_dir, run_grid
 
 
 def demo_grid(output_dir: str, seeds: int, data_root: str | None, quick: bool) -> list[GridRun]:
@@ -24,7 +24,7 @@ def demo_grid(output_dir: str, seeds: int, data_root: str | None, quick: bool) -
         teacher = merge(teacher, spec["quick"]["teacher"])
         students = merge(students, spec["quick"]["students"])
     runs = [GridRun("teacher", teacher, stage=0, labels={"role": "teacher"})]
-    teacher_ckpt = str(Path(output_dir) / "runs" / runs[0].run_name() / "last.pt")
+    teacher_ckpt = str(run_dir(output_dir, runs[0].key) / "last.pt")
     for seed in range(seeds):
         for method_name, method in spec["students"]["methods"].items():
             tree = merge(merge(common, students), {"seed": seed, "method": method,

@@ -41,7 +41,7 @@ def demo_runs(work_dir: str | Path, data_root: str | None = None, quick: bool = 
               threads: int | None = None) -> dict[str, dict]:
     """Train (or reuse) the demo's teacher and its seed-0 KD student in ``work_dir``; their grid rows by role."""
     from mixdistill.demo import demo_grid
-    from mixdistill.studies.grid import run_grid
+    from mixdistill.studies.grid import run_dir, run_grid
 
     runs = demo_grid(str(work_dir), 1, data_root, quick)
     teacher = runs[0]
@@ -50,7 +50,7 @@ def demo_runs(work_dir: str | Path, data_root: str | None = None, quick: bool = 
     out = {}
     for role, run in (("teacher", teacher), ("kd_student", student)):
         row = rows[run.key]
-        out[role] = {**row, "run_dir": str(Path(work_dir) / "runs" / run.run_name())}
+        out[role] = {**row, "run_dir": str(run_dir(work_dir, run.key))}
     return out
 
 

@@ -34,7 +34,7 @@ def first_pair(sc) -> tuple[str, str]:
 
 
 def _ckpt(study_dir: Path, condition: str, teacher: str, r: int) -> str:
-    return str(study_dir / "runs" / f"teacher__{condition}__{teacher}__r{r}" / "last.pt")
+    return str(run_dir(study_dir, f"teacher/{condition}/{teacher}/r{r}") / "last.pt")
 
 
 def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -> list[GridRun]:

@@ -57,7 +57,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
             if condition not in only.get(student, spec["conditions"]):
                 continue
             for r in seeds:
-                ckpt = str(study_dir / "runs" / f"teacher__{condition}__r{r}" / "last.pt")
+                ckpt = str(run_dir(study_dir, f"teacher/{condition}/r{r}") / "last.pt")
                 tree = merge(merge(merge(base, sc["student"]), sc.get("student_overrides", {}).get(student, {})), {
                     "seed": r, "method": spec["student_method"], "augment": {"name": "none"},
                     "data": {"crop_padding": 0, "flip": False},  # students see un-augmented images

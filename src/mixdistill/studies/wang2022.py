@@ -83,7 +83,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                 runs.append(GridRun(key, merge(merge(base, sc["teacher"]), {
                     "model": {"student": pair[0]}, "method": {"name": "ce"}, "augment": {"name": "none"},
                     "seed": 0}), stage=0, labels={"role": "teacher", "teacher": pair[0]}))
-            ckpt = str(study_dir / "runs" / f"teacher__{pair[0]}" / "last.pt")
+            ckpt = str(run_dir(study_dir, key) / "last.pt")
         entries = methods(spec, sc) if pair in pairs else {}
         if pair in view_pairs:  # the nine-view study: each view's run, every seed
             for key, entry in _view_entries(spec).values():
