@@ -346,3 +346,19 @@ def test_the_evaluation_chunk_benchmark_times_both_ways_and_compares_their_metri
     row = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert row[:3] == ["1", "cnn5_w8", "300"] and float(row[3]) > 0 and float(row[4]) > 0
     assert row[-2] == "yes" and float(row[-1]) < 1e-6  # chunked evaluation: the metrics of whole batches
+
+
+@pytest.mark.checkout
+def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(capsys, monkeypatch):
+    bench = _load_script("relu_after_pool")
+    bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32", "--kd-runs", "1", "--kd-epochs", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| network")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(bench.NETS)
+    assert "whole KD run (23 steps, 1 thread), 1 rounds" in out and "both ways" in out
+
+    from mixdistill.models import cnn
+    pooled = cnn._pooled
+    monkeypatch.setattr(cnn, "_pooled", lambda block, x, maps, after: pooled(block, x, maps, after) * (1 + after))
+    with pytest.raises(SystemExit, match="cnn5_w8: the two orders differ"):
+        bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32"])

@@ -1,5 +1,6 @@
 """Model zoo: sizes, RepDistiller checkpoint compatibility, interface, checkpoint errors."""
 
+import copy
 import json
 import math
 import os
@@ -236,3 +237,44 @@ def test_error_code_executing_pickle_is_refused(tmp_path):
 def test_error_not_a_state_dict():
     _expect_error(create_model("resnet8"), {"epoch": 3, "acc": 0.5}, "does not contain a state dict")
     _expect_error(create_model("resnet8"), [1, 2, 3], "does not contain a state dict")
+
+
+def _train_pass(model, x, precision):
+    """Logits, parameter gradients and forward_features' maps of one training-mode pass."""
+    torch.manual_seed(1)  # the same dropout masks (AlexNet) for both orders
+    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
+        _, feats = model.forward_features(x)
+    logits.float().logsumexp(1).mean().backward()
+    return logits, [p.grad for p in model.parameters()], feats["maps"] + [feats["pooled"]]
+
+
+@pytest.mark.parametrize("name", ["cnn5_w8", "lenet5", "alexnet_cifar_w025"])
+def test_relu_after_pool_is_the_textbook_order_bit_for_bit(name, precision, monkeypatch):
+    """Max-pool before ReLU (models/cnn.py, models/das2020.py) gives the textbook order's logits, gradients
+    and recorded maps bit for bit. The images are constant on 4x4 blocks and the first conv is a lone centre
+    tap, so most first-stage pooling windows hold tied maxima, and about half of them are all negative (the
+    two cases where a max-pool's gradient could go elsewhere); channels_last, training mode."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1).train().to(memory_format=torch.channels_last)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        centre = conv.weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2].clone()
+        conv.weight.zero_()
+        conv.weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = centre
+    blocks = torch.randn(8, 1, 7, 7, generator=torch.Generator().manual_seed(2))
+    x = blocks.repeat_interleave(4, 2).repeat_interleave(4, 3).contiguous(memory_format=torch.channels_last)
+    textbook = copy.deepcopy(model)
+    textbook.relu_after_pool = False
+    assert model.relu_after_pool  # the default
+
+    seen = []  # the shape of every map a ReLU gets
+    relu = torch.nn.functional.relu
+    monkeypatch.setattr(torch.nn.functional, "relu", lambda t, *a, **k: seen.append(t.shape) or relu(t, *a, **k))
+    ours = _train_pass(model, x, precision)
+    first_relu_ours, seen[:] = seen[0], []
+    theirs = _train_pass(textbook, x, precision)
+    assert first_relu_ours[-1] < seen[0][-1]  # the orders differ: ours pooled before its first ReLU
+    assert len(ours[2]) == len(theirs[2]) >= 2
+    for a, b in zip([ours[0], *ours[1], *ours[2]], [theirs[0], *theirs[1], *theirs[2]], strict=True):
+        assert torch.equal(a, b)

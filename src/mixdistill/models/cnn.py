@@ -4,6 +4,12 @@ Our own design (no external source), sized so that KD studies run on a 2-core
 CPU.  Five Conv3x3-BN-ReLU blocks of widths w, 2w, 4w, 4w, 8w in four stages,
 with a 2x2 max-pool after each of the first three stages
 (28 -> 14 -> 7 -> 3; 32 -> 16 -> 8 -> 4), global average pool, linear.
+
+A pooled block runs conv, BN, max-pool, ReLU unless its map is being recorded (``forward_features``):
+ReLU is monotone, so it commutes with max, value for value and gradient for gradient (a window whose max
+is <= 0 passes no gradient either way; otherwise both orders route it to the same first maximum), and after
+the pool it touches a quarter of the elements. ``relu_after_pool = False`` restores the textbook order
+(tests compare the two bit for bit; ``benchmarks/relu_after_pool.py`` times them).
 """
 
 from __future__ import annotations
@@ -22,7 +28,19 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def _pooled(block: nn.Sequential, x, maps, relu_after_pool: bool):
+    """``block`` (conv, BN, ReLU) then a 2x2 max-pool; the block's output is recorded when maps are collected."""
+    if maps is None and relu_after_pool:
+        conv, bn, relu = block
+        return relu(F.max_pool2d(bn(conv(x)), 2))
+    x = block(x)
+    record(maps, x)
+    return F.max_pool2d(x, 2)
+
+
 class CNN5(ZooModel):
+    relu_after_pool = True  # see the module docstring
+
     def __init__(self, width: int = 16, num_classes: int = 100, in_channels: int = 3):
         super().__init__()
         w = width
@@ -42,13 +60,10 @@ class CNN5(ZooModel):
         return self.fc
 
     def _body(self, x, maps):
-        x = self.conv1(x)
-        record(maps, x)
-        x = self.conv2(F.max_pool2d(x, 2))
-        record(maps, x)
-        x = self.conv4(self.conv3(F.max_pool2d(x, 2)))
-        record(maps, x)
-        x = self.conv5(F.max_pool2d(x, 2))
+        x = _pooled(self.conv1, x, maps, self.relu_after_pool)
+        x = _pooled(self.conv2, x, maps, self.relu_after_pool)
+        x = _pooled(self.conv4, self.conv3(x), maps, self.relu_after_pool)
+        x = self.conv5(x)
         record(maps, x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 

@@ -7,6 +7,12 @@ fc_layers.*).  Differences, all parameter-free, so that 28x28 inputs also work:
 LeNet's second max-pool is an adaptive max-pool to 5x5 and AlexNet's last
 max-pool an adaptive max-pool to 4x4 -- both identical to the original pools
 at 32x32; ``in_channels`` sets the first conv's input channels.
+
+Both run each max-pool before the ReLU that comes before it in the released code (AlexNet keeps the
+released module order in ``features`` and runs each ReLU, max-pool pair pool first): ReLU is monotone, so
+the two orders give the same values and gradients bit for bit, and the ReLU then touches only the pooled
+elements (see ``models/cnn.py``; ``relu_after_pool = False`` restores the released order). The recorded
+maps come after both, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from ._base import ZooModel, record
 
 class LeNet5(ZooModel):
     """conv(6, 5x5) - pool - conv(16, 5x5) - pool - fc120 - fc84 - fc."""
+
+    relu_after_pool = True  # see the module docstring
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3):
         super().__init__()
@@ -34,19 +42,28 @@ class LeNet5(ZooModel):
         return self.fc3
 
     def _body(self, x, maps):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        record(maps, x)
-        x = F.adaptive_max_pool2d(F.relu(self.conv2(x)), 5)
+        if self.relu_after_pool:
+            x = F.relu(F.max_pool2d(self.conv1(x), 2))
+            record(maps, x)
+            x = F.relu(F.adaptive_max_pool2d(self.conv2(x), 5))
+        else:
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            record(maps, x)
+            x = F.adaptive_max_pool2d(F.relu(self.conv2(x)), 5)
         record(maps, x)
         x = F.relu(self.fc1(x.flatten(1)))
         return F.relu(self.fc2(x))
+
+
+_MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
 class AlexNetCifar(ZooModel):
     """Five convs (64-192-384-256-256), then FC 4096-2048-2048 with dropout. ``width`` scales every
     conv and hidden FC width (1.0: das2020's network; 0.25: the CPU-scale AlexNet-style student)."""
 
-    _STAGE_ENDS = (2, 5, 12)  # indices in ``features`` after which a map is recorded
+    _STAGE_ENDS = (2, 5, 12)  # positions in the run of ``features`` after which a map is recorded
+    relu_after_pool = True  # see the module docstring
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3, width: float = 1.0):
         super().__init__()
@@ -81,10 +98,19 @@ class AlexNetCifar(ZooModel):
     def get_classifier(self) -> nn.Module:
         return self.fc_layers[6]
 
+    def _run_order(self) -> list[int]:
+        """Indices of ``features`` in the order they run: each (ReLU, max-pool) pair pool first."""
+        order = list(range(len(self.features)))
+        if self.relu_after_pool:
+            for i in range(len(order) - 1):
+                if isinstance(self.features[i], nn.ReLU) and isinstance(self.features[i + 1], _MAX_POOLS):
+                    order[i], order[i + 1] = i + 1, i
+        return order
+
     def _body(self, x, maps):
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._STAGE_ENDS:
+        for position, i in enumerate(self._run_order()):
+            x = self.features[i](x)
+            if position in self._STAGE_ENDS:
                 record(maps, x)
         x = x.flatten(1)
         for i in range(6):
