@@ -278,3 +278,22 @@ def test_relu_after_pool_is_the_textbook_order_bit_for_bit(name, precision, monk
     assert len(ours[2]) == len(theirs[2]) >= 2
     for a, b in zip([ours[0], *ours[1], *ours[2]], [theirs[0], *theirs[1], *theirs[2]], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["cnn5_w8", "lenet5", "alexnet_cifar_w025"])
+def test_torch_compile_traces_the_textbook_order(name):
+    """A compiled run keeps the floats it had before the zoo pooled first: dynamo sees ReLU, then max-pool (the
+    graph is captured by a backend that runs it as traced; no C++ compiler needed)."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = create_model(name, 10, 1).train()
+    torch._dynamo.reset()
+    torch.compile(model, backend=capture)(torch.randn(2, 1, 28, 28))
+    calls = [getattr(n.target, "__name__", str(n.target)) for g in graphs for n in g.graph.nodes
+             if n.op in ("call_function", "call_method")]
+    first = lambda word: next(i for i, c in enumerate(calls) if word in c)  # noqa: E731
+    assert first("relu") < first("max_pool")

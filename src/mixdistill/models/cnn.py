@@ -8,12 +8,15 @@ with a 2x2 max-pool after each of the first three stages
 A pooled block runs conv, BN, max-pool, ReLU unless its map is being recorded (``forward_features``):
 ReLU is monotone, so it commutes with max, value for value and gradient for gradient (a window whose max
 is <= 0 passes no gradient either way; otherwise both orders route it to the same first maximum), and after
-the pool it touches a quarter of the elements. ``relu_after_pool = False`` restores the textbook order
-(tests compare the two bit for bit; ``benchmarks/relu_after_pool.py`` times them).
+the pool it touches a quarter of the elements. Under ``torch.compile`` the textbook order is traced: inductor
+fuses the ReLU anyway, and its fused kernels round differently when the order changes, so a compiled run
+computes what it computed before. ``relu_after_pool = False`` restores the textbook order everywhere (tests
+compare the two bit for bit; ``benchmarks/relu_after_pool.py`` times them).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,7 +33,7 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 def _pooled(block: nn.Sequential, x, maps, relu_after_pool: bool):
     """``block`` (conv, BN, ReLU) then a 2x2 max-pool; the block's output is recorded when maps are collected."""
-    if maps is None and relu_after_pool:
+    if maps is None and relu_after_pool and not torch.compiler.is_compiling():
         conv, bn, relu = block
         return relu(F.max_pool2d(bn(conv(x)), 2))
     x = block(x)

@@ -11,12 +11,13 @@ at 32x32; ``in_channels`` sets the first conv's input channels.
 Both run each max-pool before the ReLU that comes before it in the released code (AlexNet keeps the
 released module order in ``features`` and runs each ReLU, max-pool pair pool first): ReLU is monotone, so
 the two orders give the same values and gradients bit for bit, and the ReLU then touches only the pooled
-elements (see ``models/cnn.py``; ``relu_after_pool = False`` restores the released order). The recorded
-maps come after both, as before.
+elements (see ``models/cnn.py``: also why ``torch.compile`` traces the released order; ``relu_after_pool =
+False`` restores it everywhere). The recorded maps come after both, as before.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -42,7 +43,7 @@ class LeNet5(ZooModel):
         return self.fc3
 
     def _body(self, x, maps):
-        if self.relu_after_pool:
+        if self.relu_after_pool and not torch.compiler.is_compiling():
             x = F.relu(F.max_pool2d(self.conv1(x), 2))
             record(maps, x)
             x = F.relu(F.adaptive_max_pool2d(self.conv2(x), 5))
@@ -101,7 +102,7 @@ class AlexNetCifar(ZooModel):
     def _run_order(self) -> list[int]:
         """Indices of ``features`` in the order they run: each (ReLU, max-pool) pair pool first."""
         order = list(range(len(self.features)))
-        if self.relu_after_pool:
+        if self.relu_after_pool and not torch.compiler.is_compiling():
             for i in range(len(order) - 1):
                 if isinstance(self.features[i], nn.ReLU) and isinstance(self.features[i + 1], _MAX_POOLS):
                     order[i], order[i + 1] = i + 1, i
