@@ -34,6 +34,12 @@ class ZooModel(nn.Module):
         return self.get_classifier()(pooled), {"pooled": pooled, "maps": maps}
 
 
+def pools_before_relu(model: nn.Module) -> bool:
+    """Whether ``model`` now runs each max-pool before the ReLU in front of it: its ``relu_after_pool``, except
+    under ``torch.compile``, which traces the textbook order (why: ``models/cnn.py``)."""
+    return model.relu_after_pool and not torch.compiler.is_compiling()
+
+
 def record(maps: list | None, t: torch.Tensor) -> None:
     """Append a stage output when features are being collected."""
     if maps is not None:

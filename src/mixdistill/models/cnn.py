@@ -16,11 +16,10 @@ compare the two bit for bit; ``benchmarks/relu_after_pool.py`` times them).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import ZooModel, record
+from ._base import ZooModel, pools_before_relu, record
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -31,9 +30,9 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def _pooled(block: nn.Sequential, x, maps, relu_after_pool: bool):
+def _pooled(block: nn.Sequential, x, maps, pool_first: bool):
     """``block`` (conv, BN, ReLU) then a 2x2 max-pool; the block's output is recorded when maps are collected."""
-    if maps is None and relu_after_pool and not torch.compiler.is_compiling():
+    if maps is None and pool_first:
         conv, bn, relu = block
         return relu(F.max_pool2d(bn(conv(x)), 2))
     x = block(x)
@@ -63,9 +62,10 @@ class CNN5(ZooModel):
         return self.fc
 
     def _body(self, x, maps):
-        x = _pooled(self.conv1, x, maps, self.relu_after_pool)
-        x = _pooled(self.conv2, x, maps, self.relu_after_pool)
-        x = _pooled(self.conv4, self.conv3(x), maps, self.relu_after_pool)
+        pool_first = pools_before_relu(self)
+        x = _pooled(self.conv1, x, maps, pool_first)
+        x = _pooled(self.conv2, x, maps, pool_first)
+        x = _pooled(self.conv4, self.conv3(x), maps, pool_first)
         x = self.conv5(x)
         record(maps, x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -17,11 +17,14 @@ False`` restores it everywhere). The recorded maps come after both, as before.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import ZooModel, record
+from ._base import ZooModel, pools_before_relu, record
+
+
+def _relu_and_pool(x, pool, pool_first: bool):
+    return F.relu(pool(x)) if pool_first else pool(F.relu(x))
 
 
 class LeNet5(ZooModel):
@@ -43,14 +46,10 @@ class LeNet5(ZooModel):
         return self.fc3
 
     def _body(self, x, maps):
-        if self.relu_after_pool and not torch.compiler.is_compiling():
-            x = F.relu(F.max_pool2d(self.conv1(x), 2))
-            record(maps, x)
-            x = F.relu(F.adaptive_max_pool2d(self.conv2(x), 5))
-        else:
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            record(maps, x)
-            x = F.adaptive_max_pool2d(F.relu(self.conv2(x)), 5)
+        pool_first = pools_before_relu(self)
+        x = _relu_and_pool(self.conv1(x), lambda t: F.max_pool2d(t, 2), pool_first)
+        record(maps, x)
+        x = _relu_and_pool(self.conv2(x), lambda t: F.adaptive_max_pool2d(t, 5), pool_first)
         record(maps, x)
         x = F.relu(self.fc1(x.flatten(1)))
         return F.relu(self.fc2(x))
@@ -102,7 +101,7 @@ class AlexNetCifar(ZooModel):
     def _run_order(self) -> list[int]:
         """Indices of ``features`` in the order they run: each (ReLU, max-pool) pair pool first."""
         order = list(range(len(self.features)))
-        if self.relu_after_pool and not torch.compiler.is_compiling():
+        if pools_before_relu(self):
             for i in range(len(order) - 1):
                 if isinstance(self.features[i], nn.ReLU) and isinstance(self.features[i + 1], _MAX_POOLS):
                     order[i], order[i + 1] = i + 1, i
