@@ -1,5 +1,6 @@
-"""What this machine is and what of it this process may use: the CPU's name and the CPUs available. Below every
-other layer: the data readers size their worker pools by it as the grid runner sizes its slots."""
+"""What this machine is and what of it this process may use: the CPU's name, the CPUs available and where this
+user's caches go. Below every other layer: the data readers size their worker pools by it as the grid runner sizes
+its slots."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return n
+
+
+def cache_dir() -> Path:
+    """``$MIXDISTILL_CACHE`` if set (and non-empty), else ``~/.cache/mixdistill``: downloaded teachers, compile
+    probes, built kernels."""
+    env = os.environ.get("MIXDISTILL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "mixdistill"

@@ -29,6 +29,7 @@ from typing import NamedTuple, Sequence
 from mixdistill import __version__
 from mixdistill.errors import MixdistillError, UnknownNameError
 from mixdistill.files import FILE_MODE
+from mixdistill.machine import cache_dir
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
@@ -84,10 +85,7 @@ TEACHERS: dict[str, TeacherSpec] = _specs(("resnet56", "resnet110", "resnet32x4"
 # --------------------------------------------------------------------------------------------- paths
 def default_cache_dir() -> Path:
     """``$MIXDISTILL_CACHE`` if set (and non-empty), else ``~/.cache/mixdistill``."""
-    env = os.environ.get("MIXDISTILL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "mixdistill"
+    return cache_dir()
 
 
 def teachers_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ from mixdistill.distill import StepInfo
 from mixdistill.engine.build import model_label
 from mixdistill.engine.runtime import cpu_compiler_missing, keep_inductor_cache_per_cpu
 from mixdistill.files import hold_lock, write_json
-from mixdistill.machine import cpu_name
+from mixdistill.machine import cache_dir, cpu_name
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
 PROBE_METHOD = 2  # 2: eager and compiled steps in turn (1: all eager steps, then all compiled ones)
@@ -63,8 +62,7 @@ def compile_in_place(module: nn.Module, mode: str | None) -> None:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("MIXDISTILL_CACHE") or Path.home() / ".cache" / "mixdistill"
-    return Path(root) / "compile_probes.json"
+    return cache_dir() / "compile_probes.json"
 
 
 def _signature(module: nn.Module | None) -> str:
