@@ -362,3 +362,36 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
     monkeypatch.setattr(cnn, "_pooled", lambda block, x, maps, after: pooled(block, x, maps, after) * (1 + after))
     with pytest.raises(SystemExit, match="cnn5_w8: the two orders differ"):
         bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32"])
+
+
+def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch):
+    import ctypes
+
+    from mixdistill.engine import small_bn
+
+    bench = _load_script("small_bn")
+    if small_bn.status() != "on":  # ATen's AVX2 kernels or no C compiler: the script says so and stops
+        with pytest.raises(SystemExit, match="nothing to time"):
+            bench.main(["--rounds", "1"])
+        return
+    bench.main(["--rounds", "1", "--batch-size", "4", "--kd-runs", "1", "--kd-epochs", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS] * 2
+    assert "whole KD run (23 steps, 1 thread(s)), 1 rounds" in out and "both ways" in out
+
+    real = small_bn._library()[0]
+
+    class Wrong:  # the forward's first output value one bit off
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+
+            def wrong(*args):
+                rc = fn(*args)
+                ctypes.c_uint16.from_address(args[1]).value ^= 1
+                return rc
+            return wrong if name == "small_bn_forward" else fn
+
+    monkeypatch.setattr(small_bn, "_library", lambda: (Wrong(), ""))
+    with pytest.raises(SystemExit, match="the kernels differ"):
+        bench.main(["--rounds", "1", "--batch-size", "4"])

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mixdistill.engine.runtime import keep_inductor_cache_per_cpu
+from mixdistill.engine.small_bn import use_plain_batchnorm
 
 # --------------------------------------------------------------------------------------------- folding
 
@@ -46,6 +47,7 @@ def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     import torch.fx.experimental.optimization as fx_opt
 
     model = copy.deepcopy(model).eval()
+    use_plain_batchnorm(model)
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     try:
         fused = fx_opt.fuse(model, inplace=True)
