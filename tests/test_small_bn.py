@@ -254,3 +254,18 @@ def test_a_bf16_kd_run_ends_with_the_same_weights_with_the_kernel_or_without(tin
     assert all(torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])
     assert summaries["on"]["last_test_loss"] == summaries["off"]["last_test_loss"]
     assert ("forward", 8, torch.get_num_threads()) in small_bn._checked
+
+
+def test_a_compiled_network_gets_torchs_own_batchnorm_back():
+    """compile_in_place (the trainer's and the compile probe's) turns swapped BatchNorms back into nn.BatchNorm2d
+    before torch.compile, so dynamo traces the graph it traced before the kernel existed and a compiled run keeps
+    its floats (traced through the subclass, KDCL and Cut^nMix runs of shen2022 ended 0.1-0.4 points apart)."""
+    from mixdistill.engine.compile import compile_in_place
+
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 40, 3), nn.BatchNorm2d(40))
+    for m in net.modules():  # as use_small_channel_batchnorm does where the kernel is on
+        if type(m) is nn.BatchNorm2d and m.num_features <= small_bn.MAX_CHANNELS:
+            m.__class__ = small_bn.SmallChannelBatchNorm2d
+    assert type(net[1]) is small_bn.SmallChannelBatchNorm2d
+    compile_in_place(net, None)
+    assert [type(m) for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [nn.BatchNorm2d, nn.BatchNorm2d]

@@ -195,9 +195,10 @@ class SmallChannelBatchNorm2d(nn.BatchNorm2d):
     ``small_bn.c`` where that is shown equal to ATen (see the module docstring), and ATen's otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.track_running_stats and self.momentum is not None
-                and self.num_batches_tracked is not None and _eligible(x, self.weight, self.bias, self.running_mean,
-                                                                       self.running_var)):
+        if torch.compiler.is_compiling() or not (
+                self.training and self.track_running_stats and self.momentum is not None
+                and self.num_batches_tracked is not None
+                and _eligible(x, self.weight, self.bias, self.running_mean, self.running_var)):
             return super().forward(x)
         self._check_input_dim(x)
         self.num_batches_tracked.add_(1)
