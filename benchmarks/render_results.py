@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixdistill.bench import pick_cost, pick_work, work_lines  # noqa: E402
+from mixdistill.bench.grid import grid_markdown  # noqa: E402
 
 SKIP = ("bench_accuracy", "bench_profile", "bench_cpu_components")
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
            "(bench-only). Results measured BEFORE the fast teacher was wired into the trainer use the old names: "
            "there **project** = the trainer without the fast teacher (today's eager_teacher), **fast** = today's "
            "project, **fast_int8** = int8, **fast_graphs** = cuda_graphs, **fast_graphs_all** = cuda_graphs_all. "
-           "fused SGD. Teachers have random weights (speed does not depend on them).", ""]
+           "Teachers have random weights (speed does not depend on them).", ""]
     for tag, rep in reports.items():
         if tag.startswith("quick"):
             continue
@@ -100,12 +101,16 @@ def main(argv=None) -> int:
                                 "cuda_graphs_all",
                                 "fast", "fast_int8", "fast_graphs", "fast_graphs_all")
                     if any(v in r["loops"] for r in rep["results"])]
-        out += [f"## `{tag}`: {dev}", "",
-                f"torch {m['torch']}; {rep['settings']['steps']} steps × {rep['settings']['rounds']} rounds after "
-                f"{rep['settings']['warmup']} warm-up steps; reference DataLoader workers {m['reference_num_workers']}; "
-                f"project runtime: {rep.get('project_runtime')}; settings: precision={rep['settings']['precision']}, "
-                f"compile={rep['settings']['compile']}, channels_last={rep['settings']['channels_last']}.", ""]
-        out += table(rep["results"], variants)
+        out += [f"## `{tag}`: {dev}", ""]
+        if not rep["results"]:  # a grid-only report
+            out += [f"torch {m['torch']}; settings: precision={rep['settings']['precision']}."]
+        else:
+            out += [f"torch {m['torch']}; {rep['settings']['steps']} steps × {rep['settings']['rounds']} rounds after "
+                    f"{rep['settings']['warmup']} warm-up steps; reference DataLoader workers "
+                    f"{m['reference_num_workers']}; project runtime: {rep.get('project_runtime')}; "
+                    f"settings: precision={rep['settings']['precision']}, "
+                    f"compile={rep['settings']['compile']}, channels_last={rep['settings']['channels_last']}.", ""]
+            out += table(rep["results"], variants)
         for nm in rep.get("not_measured", []):
             out.append(f"| {nm['case']} | {nm['pair']} | not measured ({nm['why']}) |" + " |" * (2 * len(variants)))
         if rep.get("pick_cost"):
@@ -115,6 +120,8 @@ def main(argv=None) -> int:
         if rep.get("sync_check"):
             out += ["", f"Host synchronisations in the project's hot loop (cuda sync debug mode, "
                         f"{rep['sync_check']['steps']} KD steps): {rep['sync_check']['synchronizations']}."]
+        if rep.get("grid"):
+            out += [line.replace("### ", "#### ") for line in grid_markdown(rep["grid"])]
         out.append("")
     prof = folder / "bench_profile_cuda.json"
     if prof.exists():
@@ -135,8 +142,8 @@ def main(argv=None) -> int:
     for parts in sorted(folder.glob("bench_cpu_components_t*.md")):
         out += [parts.read_text().replace("### ", "## "), ""]
     out += ["## Not measured", "",
-            "* A CPU with AMX (the Intel Xeon of issue #17's own measurement): none was available to measure on.",
-            "* The AVX2-only CPU since channels_last became the CPU default (`bench_cpu.md` predates it).",
+            "* The AVX2-only CPU's full bench is `cpu_avx2`; `cpu` is older (before channels_last became the CPU "
+            "default).",
             "* Any other GPU than the H100 above; multi-GPU.", ""]
     (folder / "bench_summary.md").write_text("\n".join(out))
     print("\n".join(out))
