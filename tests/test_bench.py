@@ -378,7 +378,7 @@ def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys,
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
     assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS] * 2
-    assert "whole KD run (23 steps, 1 thread(s)), 1 rounds" in out and "both ways" in out
+    assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
 
     real = small_bn._library()[0]
 
