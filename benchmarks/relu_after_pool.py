@@ -11,8 +11,8 @@ Before timing, one training step of each order must give bitwise-equal logits an
 
 ``--kd-runs N`` then times whole runs: N rounds of the bench's grid-case run (KD cnn5_w16 -> cnn5_w8, 3,000
 synthetic Fashion-MNIST-shaped images, batch 128, 45 epochs = 1,035 steps, evaluated at the end; the grid's
-defaults with 1 thread) with each order in turn, through ``run_grid`` in this process, and checks that both
-orders end with the same test accuracy and test loss.
+defaults with 1 thread, eager: under ``torch.compile`` both orders trace the textbook one) with each order in
+turn (``bench.grid.time_kd_run_both_ways``), and checks that both orders end with the same test accuracy and loss.
 
     PYTHONPATH=src python benchmarks/relu_after_pool.py [--rounds 30] [--batch-size 128] [--threads 1] \
         [--precision auto] [--kd-runs 0] [--kd-epochs 45]
@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -105,35 +103,17 @@ def main(argv=None) -> None:
 
 
 def _kd_runs(rounds: int, epochs: int, precision: str) -> None:
-    from mixdistill.bench.grid import TEACHER, _runs
-    from mixdistill.data.synthetic import write_fashion_like
-    from mixdistill.files import save_torch
-    from mixdistill.studies.grid import run_grid
+    from mixdistill.bench.grid import time_kd_run_both_ways
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=0)
-        torch.manual_seed(0)
-        ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
-        seconds, ends = {True: [], False: []}, {}
-        try:
-            for r in range(rounds):
-                for order in ((True, False) if r % 2 == 0 else (False, True)):
-                    cnn.CNN5.relu_after_pool = order
-                    started = time.perf_counter()
-                    row = run_grid(_runs(root, ckpt, 1, epochs, "grid", precision), tmp / f"r{r}_{order}", threads=1,
-                                   jobs=1, log=lambda *_: None)["kd/seed0"]
-                    seconds[order].append(time.perf_counter() - started)
-                    ends.setdefault(order, (row["summary"]["last_acc"], row["summary"]["last_test_loss"]))
-        finally:
-            cnn.CNN5.relu_after_pool = True
-        if ends[True] != ends[False]:
-            raise SystemExit(f"whole KD runs differ between the orders: {ends[True]} vs {ends[False]}")
-        textbook, ours = statistics.median(seconds[False]), statistics.median(seconds[True])
-        per_round = " / ".join(f"{a:.1f}-{b:.1f}" for a, b in zip(seconds[False], seconds[True]))
-        print(f"\nwhole KD run ({epochs * 23:,} steps, 1 thread), {rounds} rounds: textbook {textbook:.1f} s, "
-              f"ours {ours:.1f} s (per round: {per_round}): x{textbook / ours:.2f}; same test accuracy "
-              f"({ends[True][0]}) and test loss ({ends[True][1]:.6f}) both ways")
+    def order(relu_after_pool: bool):
+        return lambda: setattr(cnn.CNN5, "relu_after_pool", relu_after_pool)
+
+    try:
+        line = time_kd_run_both_ways({"textbook": order(False), "ours": order(True)}, rounds, epochs,
+                                     precision=precision)
+    finally:
+        cnn.CNN5.relu_after_pool = True
+    print("\n" + line)
 
 
 if __name__ == "__main__":

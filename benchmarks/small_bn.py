@@ -11,7 +11,7 @@ both must give equal outputs, running statistics and gradients, or it stops.
 synthetic Fashion-MNIST-shaped images, batch 128, 45 epochs = 1,035 steps, evaluated at the end; the grid's
 defaults with ``--kd-threads`` threads, eager: ``train.compile=false``, as a compiled module uses torch's own
 BatchNorm, and so no compile probe lands in a timed run), with the kernel and with ``MIXDISTILL_SMALL_BN=0`` in
-turn, through ``run_grid`` in this process, and checks that both end with the same test accuracy and test loss.
+turn (``bench.grid.time_kd_run_both_ways``), and checks that both end with the same test accuracy and test loss.
 
     PYTHONPATH=src python benchmarks/small_bn.py [--rounds 40] [--kd-runs 0] [--kd-epochs 45] [--kd-threads 1]
 """
@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from mixdistill.engine import small_bn
 from mixdistill.machine import cpu_name
-from mixdistill.models import create_model
 
 LAYERS = (("cnn5_w8 stage 1", 8, 28), ("cnn5_w8 stage 2", 16, 14), ("cnn5_w16 stage 1", 16, 28),
           ("wrn_16_2 stage 1", 16, 32))
@@ -116,36 +113,16 @@ def main(argv=None) -> None:
 
 
 def _kd_runs(rounds: int, epochs: int, threads: int) -> None:
-    from mixdistill.bench.grid import TEACHER, _runs
-    from mixdistill.data.synthetic import write_fashion_like
-    from mixdistill.files import save_torch
-    from mixdistill.studies.grid import run_grid
+    from mixdistill.bench.grid import time_kd_run_both_ways
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=0)
-        torch.manual_seed(0)
-        ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
-        seconds, ends = {"on": [], "off": []}, {}
-        try:
-            for r in range(rounds):
-                for way in (("on", "off") if r % 2 == 0 else ("off", "on")):
-                    os.environ["MIXDISTILL_SMALL_BN"] = "1" if way == "on" else "0"
-                    started = time.perf_counter()
-                    runs = _runs(root, ckpt, 1, epochs, "grid", "bf16")
-                    runs[0].config["train"]["compile"] = False
-                    row = run_grid(runs, tmp / f"r{r}_{way}", threads=threads, jobs=1, log=lambda *_: None)["kd/seed0"]
-                    seconds[way].append(time.perf_counter() - started)
-                    ends.setdefault(way, (row["summary"]["last_acc"], row["summary"]["last_test_loss"]))
-        finally:
-            os.environ.pop("MIXDISTILL_SMALL_BN", None)
-        if ends["on"] != ends["off"]:
-            raise SystemExit(f"whole KD runs differ with and without the kernel: {ends['on']} vs {ends['off']}")
-        off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
-        per_round = " / ".join(f"{a:.1f}-{b:.1f}" for a, b in zip(seconds["off"], seconds["on"]))
-        print(f"\nwhole KD run ({epochs * 23:,} steps, {threads} thread(s), eager), {rounds} rounds: ATen {off:.1f} s, "
-              f"ours {on:.1f} s (per round: {per_round}): x{off / on:.2f}; same test accuracy ({ends['on'][0]}) "
-              f"and test loss ({ends['on'][1]:.6f}) both ways")
+    def switch(on: bool):
+        return lambda: os.environ.__setitem__("MIXDISTILL_SMALL_BN", "1" if on else "0")
+
+    try:
+        line = time_kd_run_both_ways({"ATen": switch(False), "ours": switch(True)}, rounds, epochs, threads)
+    finally:
+        os.environ.pop("MIXDISTILL_SMALL_BN", None)
+    print("\n" + line)
 
 
 if __name__ == "__main__":

@@ -355,7 +355,7 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| network")]
     assert [r.split(" | ")[0][2:] for r in rows] == list(bench.NETS)
-    assert "whole KD run (23 steps, 1 thread), 1 rounds" in out and "both ways" in out
+    assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
 
     from mixdistill.models import cnn
     pooled = cnn._pooled

@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -72,12 +73,48 @@ def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, f
     return elapsed
 
 
+def grid_inputs(tmp: Path, seed: int) -> tuple[Path, Path]:
+    """The grid case's data (synthetic Fashion-MNIST-shaped IDX files) and its random-weight teacher checkpoint."""
+    data_root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=seed)
+    torch.manual_seed(seed)
+    ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
+    return data_root, ckpt
+
+
+def time_kd_run_both_ways(ways: dict[str, Callable[[], None]], rounds: int, epochs: int, threads: int = 1,
+                          precision: str = "bf16") -> str:
+    """Time one run of the grid case (eager: ``train.compile=false``, with ``threads`` threads, through
+    ``run_grid`` in this process) under two settings in alternating rounds; ``ways`` maps each setting's name
+    (the reference first) to a callable that switches to it. Stops unless both ways end with the same test accuracy
+    and test loss; returns the line that says how long each took."""
+    (ref, ref_on), (new, new_on) = ways.items()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_root, ckpt = grid_inputs(tmp, 0)
+        seconds: dict[str, list[float]] = {ref: [], new: []}
+        ends: dict[str, tuple] = {}
+        for r in range(rounds):
+            for way in ((new, ref) if r % 2 == 0 else (ref, new)):
+                ways[way]()
+                runs = _runs(data_root, ckpt, 1, epochs, "grid", precision)
+                runs[0].config["train"]["compile"] = False
+                started = time.perf_counter()
+                row = run_grid(runs, tmp / f"r{r}_{way}", threads=threads, jobs=1, log=lambda *_: None)[runs[0].key]
+                seconds[way].append(time.perf_counter() - started)
+                ends.setdefault(way, (row["summary"]["last_acc"], row["summary"]["last_test_loss"]))
+    if ends[ref] != ends[new]:
+        raise SystemExit(f"whole KD runs differ: {ref} {ends[ref]}, {new} {ends[new]}")
+    a, b = statistics.median(seconds[ref]), statistics.median(seconds[new])
+    per_round = " / ".join(f"{x:.1f}-{y:.1f}" for x, y in zip(seconds[ref], seconds[new]))
+    return (f"whole KD run ({epochs * (3000 // 128):,} steps, {threads} thread(s), eager), {rounds} rounds: "
+            f"{ref} {a:.1f} s, {new} {b:.1f} s (per round: {per_round}): x{a / b:.2f}; same test accuracy "
+            f"({ends[new][0]}) and test loss ({ends[new][1]:.6f}) both ways")
+
+
 def grid_case(args, tmp: Path) -> dict:
     """Time both ways of running the grid, and one run alone; returns the report's ``grid`` entry."""
     n, epochs, rounds = args.grid_runs, args.grid_epochs, args.grid_rounds
-    data_root = write_fashion_like(tmp / "fmnist", n_train=6000, n_test=1000, seed=args.seed)
-    torch.manual_seed(args.seed)
-    ckpt = save_torch({"model": create_model(TEACHER, 10, 1).state_dict(), "arch": TEACHER}, tmp / "teacher.pt")
+    data_root, ckpt = grid_inputs(tmp, args.seed)
     for variant in ("one_at_a_time", "grid"):  # warm-up: one short run each (and the compile decision)
         _time_grid(variant, data_root, ckpt, 1, epochs, tmp / f"warmup_{variant}", args.precision)
     seconds: dict[str, list[float]] = {"one_at_a_time": [], "grid": [], "alone_1thread": []}
