@@ -46,6 +46,8 @@ from mixdistill.models import create_model
 from mixdistill.studies.grid import GridRun, run_grid
 
 TEACHER, STUDENT = "cnn5_w16", "cnn5_w8"
+TRAIN_IMAGES, BATCH_SIZE = 3000, 128
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH_SIZE
 
 
 def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str, precision: str) -> list[GridRun]:
@@ -53,7 +55,8 @@ def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str
     if variant == "one_at_a_time":
         bf16 = resolve_runtime("cpu", precision, False, False).precision == "bf16"
         train.update(threads=DEFAULT_THREADS, compile=False, channels_last=bf16)  # the earlier rule
-    tree = {"data": {"dataset": "fashion_mnist", "root": str(data_root), "train_subset": 3000, "batch_size": 128,
+    tree = {"data": {"dataset": "fashion_mnist", "root": str(data_root), "train_subset": TRAIN_IMAGES,
+                     "batch_size": BATCH_SIZE,
                      "eval_batch_size": 1000, "download": False},
             "model": {"student": STUDENT, "teacher_checkpoint": str(teacher_ckpt)},
             "method": {"name": "kd"},
@@ -87,7 +90,7 @@ def time_kd_run_both_ways(ways: dict[str, Callable[[], None]], rounds: int, epoc
     ``run_grid`` in this process) under two settings in alternating rounds; ``ways`` maps each setting's name
     (the reference first) to a callable that switches to it. Stops unless both ways end with the same test accuracy
     and test loss; returns the line that says how long each took."""
-    (ref, ref_on), (new, new_on) = ways.items()
+    ref, new = ways
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_root, ckpt = grid_inputs(tmp, 0)
@@ -106,7 +109,7 @@ def time_kd_run_both_ways(ways: dict[str, Callable[[], None]], rounds: int, epoc
         raise SystemExit(f"whole KD runs differ: {ref} {ends[ref]}, {new} {ends[new]}")
     a, b = statistics.median(seconds[ref]), statistics.median(seconds[new])
     per_round = " / ".join(f"{x:.1f}-{y:.1f}" for x, y in zip(seconds[ref], seconds[new]))
-    return (f"whole KD run ({epochs * (3000 // 128):,} steps, {threads} thread(s), eager), {rounds} rounds: "
+    return (f"whole KD run ({epochs * STEPS_PER_EPOCH:,} steps, {threads} thread(s), eager), {rounds} rounds: "
             f"{ref} {a:.1f} s, {new} {b:.1f} s (per round: {per_round}): x{a / b:.2f}; same test accuracy "
             f"({ends[new][0]}) and test loss ({ends[new][1]:.6f}) both ways")
 
@@ -132,7 +135,7 @@ def grid_case(args, tmp: Path) -> dict:
     side_by_side = min(cores, n)  # 1-thread runs the grid can run at once
     ceilings = [side_by_side * a / n / b for a, b in zip(seconds["one_at_a_time"], seconds["alone_1thread"])]
     per_hour = {v: 3600 * (1 if v == "alone_1thread" else n) / statistics.median(s) for v, s in seconds.items()}
-    return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * (3000 // 128),
+    return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * STEPS_PER_EPOCH,
             "rounds": rounds, "pair": f"{TEACHER} -> {STUDENT}", "cores": cores, "side_by_side": side_by_side,
             "seconds": seconds, "runs_per_hour": per_hour,
             "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
