@@ -395,3 +395,26 @@ def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys,
     monkeypatch.setattr(small_bn, "_library", lambda: (Wrong(), ""))
     with pytest.raises(SystemExit, match="the kernels differ"):
         bench.main(["--rounds", "1", "--batch-size", "4"])
+
+
+@pytest.mark.slow
+@pytest.mark.checkout
+def test_grid_filed_day_times_the_filed_day_code_beside_todays_grid(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    script = _load_script("grid_filed_day")
+    if subprocess.run(["git", "-C", str(script.REPO), "cat-file", "-e", f"{script.FILED_ON}^{{commit}}"],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"this checkout's history lacks {script.FILED_ON} (a shallow clone)")
+    monkeypatch.setattr(sys, "argv", ["grid_filed_day", "--rounds", "1", "--runs", "1", "--epochs", "1", "--tag", "t",
+                                      "--out", str(tmp_path)])
+    script.main()
+    report = json.loads((tmp_path / "grid_filed_day_t.json").read_text())
+    assert set(report["seconds"]) == {"filed_day", "one_at_a_time", "grid"}
+    assert all(len(s) == 1 and s[0] > 0 for s in report["seconds"].values())
+    seconds = report["seconds"]
+    assert report["ratio"]["filed_day"] == pytest.approx(seconds["filed_day"][0] / seconds["grid"][0])
+    text = (tmp_path / "grid_filed_day_t.md").read_text()
+    assert f"code of {script.FILED_ON}" in text and f"grid / filed_day: **{report['ratio']['filed_day']:.2f}x**" in text
