@@ -359,7 +359,8 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
 
     from mixdistill.models import cnn
     pooled = cnn._pooled
-    monkeypatch.setattr(cnn, "_pooled", lambda block, x, maps, after: pooled(block, x, maps, after) * (1 + after))
+    monkeypatch.setattr(cnn, "_pooled",
+                        lambda block, pool, x, maps, after: pooled(block, pool, x, maps, after) * (1 + after))
     with pytest.raises(SystemExit, match="cnn5_w8: the two orders differ"):
         bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32"])
 
@@ -393,6 +394,40 @@ def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys,
             return wrong if name == "small_bn_forward" else fn
 
     monkeypatch.setattr(small_bn, "_library", lambda: (Wrong(), ""))
+    with pytest.raises(SystemExit, match="the kernels differ"):
+        bench.main(["--rounds", "1", "--batch-size", "4"])
+
+
+def test_the_small_pool_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch):
+    import ctypes
+
+    from mixdistill.engine import small_pool
+
+    monkeypatch.setattr(small_pool, "_checked", set())
+    bench = _load_script("small_pool")
+    if small_pool.status() != "on":  # ATen's AVX2 kernels or no C compiler: the script says so and stops
+        with pytest.raises(SystemExit, match="nothing to time"):
+            bench.main(["--rounds", "1"])
+        return
+    bench.main(["--rounds", "1", "--batch-size", "4", "--kd-runs", "1", "--kd-epochs", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS]
+    assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
+
+    real = small_pool._library()[0]
+
+    class Wrong:  # the backward's first input-gradient value one bit off
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+
+            def wrong(*args):
+                rc = fn(*args)
+                ctypes.c_uint16.from_address(args[2]).value ^= 1
+                return rc
+            return wrong if name == "small_pool_backward" else fn
+
+    monkeypatch.setattr(small_pool, "_library", lambda: (Wrong(), ""))
     with pytest.raises(SystemExit, match="the kernels differ"):
         bench.main(["--rounds", "1", "--batch-size", "4"])
 

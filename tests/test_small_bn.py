@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixdistill.engine import small_bn
+from mixdistill.engine import ckernels, small_bn
 from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.models import create_model
 
@@ -196,7 +196,7 @@ def test_what_the_kernel_does_not_take_stays_atens(monkeypatch):
 def test_without_a_compiler_or_avx512_the_kernel_is_off(monkeypatch):
     """No C compiler (or ATen's AVX2 kernels, where the kernel was not shown equal): off, said why, nothing swapped."""
     monkeypatch.setattr(small_bn, "_library", small_bn._library.__wrapped__)
-    monkeypatch.setattr(small_bn.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ckernels.shutil, "which", lambda name: None)
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert small_bn.status() == "off (no C compiler)"

@@ -35,6 +35,7 @@ from mixdistill.distill import StepInfo
 from mixdistill.engine.build import model_label
 from mixdistill.engine.runtime import cpu_compiler_missing, keep_inductor_cache_per_cpu
 from mixdistill.engine.small_bn import use_plain_batchnorm
+from mixdistill.engine.small_pool import use_plain_max_pool
 from mixdistill.files import hold_lock, write_json
 from mixdistill.machine import cache_dir, cpu_name
 
@@ -56,10 +57,11 @@ class CompileDecision:
 def compile_in_place(module: nn.Module, mode: str | None) -> None:
     """``torch.compile`` a module's ``forward`` in place (state-dict keys unchanged), and its
     ``forward_features`` as well where it has one: CRD and Cut^nMix train through that entry point. Its
-    BatchNorms become torch's own again (engine/small_bn is for eager runs): dynamo then traces exactly the graph
-    it traced before small_bn existed, so a compiled run computes what it did."""
+    BatchNorms and max-pools become torch's own again (engine/small_bn and small_pool are for eager runs): dynamo
+    then traces exactly the graph it traced before they existed, so a compiled run computes what it did."""
     keep_inductor_cache_per_cpu()
     use_plain_batchnorm(module)
+    use_plain_max_pool(module)
     module.compile(mode=mode)
     if callable(getattr(module, "forward_features", None)):
         module.forward_features = torch.compile(module.forward_features, mode=mode)

@@ -6,11 +6,11 @@ Xeon the backward of cnn5_w8's first BatchNorm took 1.45 ms with one thread and 
 does the same arithmetic in the same order with the channels of a row in vector registers (0.49 ms, either thread
 count), so every float a run computes stays what it was; ``benchmarks/small_bn.py`` times it and checks that.
 
-The C file is built once per machine with the system's C compiler into ``$MIXDISTILL_CACHE/kernels/`` and loaded
-with ctypes. It is used only where it was shown equal: the input bf16, channels-last and 4-D, the affine
-parameters and running statistics fp32 (autocast's mixed type), training mode, ATen's AVX512 kernels, not under
-``torch.compile``. The first call of every channel count and thread count also runs ATen and compares, forward
-and backward; a difference switches the kernel off for the process (with a warning) and ATen's result is used.
+The C file is built once per machine (``engine/ckernels.py``). It is used only where it was shown equal: the input
+bf16, channels-last and 4-D, the affine parameters and running statistics fp32 (autocast's mixed type), training
+mode, ATen's AVX512 kernels, not under ``torch.compile``. The first call of every channel count and thread count
+also runs ATen and compares, forward and backward; a difference switches the kernel off for the process (with a
+warning) and ATen's result is used.
 ``MIXDISTILL_SMALL_BN=0`` turns it off; without a C compiler it stays off.
 """
 
@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,55 +26,21 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from mixdistill.files import write_bytes
-from mixdistill.machine import cache_dir
+from mixdistill.engine import ckernels
 
 MAX_CHANNELS = 31  # from 32 channels on ATen's AVX512 bf16 kernel is vectorised (and C's buffers hold 32)
 SOURCE = Path(__file__).with_name("small_bn.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
 
 _state = {"disabled": None}  # why the kernel is off in this process (None: not off)
 _checked: set[tuple] = set()  # (direction, channels, threads) compared with ATen
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str]:
     """(the loaded kernel, "") or (None, why not)."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return None, f"off (ATen's {torch.backends.cpu.get_cpu_capability()} kernels; shown equal for AVX512 only)"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None, "off (no C compiler)"
-    source = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"off (C compiler {compiler}: {err})"
-    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]
-    path = cache_dir() / "kernels" / f"small_bn-{key}.so"
-    if not path.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            built = Path(tmp) / "small_bn.so"
-            try:
-                done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
-                                      text=True, timeout=300)
-            except (OSError, subprocess.SubprocessError) as err:
-                return None, f"off (building small_bn.c: {err})"
-            if done.returncode != 0:
-                return None, f"off (building small_bn.c failed: {done.stderr.strip().splitlines()[-1:]})"
-            write_bytes(path, built.read_bytes())  # atomic: two runs of a grid may build at once
-    lib = ctypes.CDLL(str(path))
+    lib, why = ckernels.load(SOURCE)
+    if lib is None:
+        return None, why
     p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     lib.small_bn_forward.argtypes = [p, p, i64, i32, i32, p, p, p, p, f64, f64, p, p]
     lib.small_bn_backward.argtypes = [p, p, p, i64, i32, i32, p, p, p, p, p]

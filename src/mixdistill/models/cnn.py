@@ -30,14 +30,14 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def _pooled(block: nn.Sequential, x, maps, pool_first: bool):
-    """``block`` (conv, BN, ReLU) then a 2x2 max-pool; the block's output is recorded when maps are collected."""
+def _pooled(block: nn.Sequential, pool: nn.MaxPool2d, x, maps, pool_first: bool):
+    """``block`` (conv, BN, ReLU) then ``pool``; the block's output is recorded when maps are collected."""
     if maps is None and pool_first:
         conv, bn, relu = block
-        return relu(F.max_pool2d(bn(conv(x)), 2))
+        return relu(pool(bn(conv(x))))
     x = block(x)
     record(maps, x)
-    return F.max_pool2d(x, 2)
+    return pool(x)
 
 
 class CNN5(ZooModel):
@@ -54,6 +54,7 @@ class CNN5(ZooModel):
         self.conv4 = _conv_bn_relu(4 * w, 4 * w)
         self.conv5 = _conv_bn_relu(4 * w, 8 * w)
         self.fc = nn.Linear(8 * w, num_classes)
+        self.pool = nn.MaxPool2d(2)  # a module (no parameters), so that the trainer can give it engine/small_pool
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -63,9 +64,9 @@ class CNN5(ZooModel):
 
     def _body(self, x, maps):
         pool_first = pools_before_relu(self)
-        x = _pooled(self.conv1, x, maps, pool_first)
-        x = _pooled(self.conv2, x, maps, pool_first)
-        x = _pooled(self.conv4, self.conv3(x), maps, pool_first)
+        x = _pooled(self.conv1, self.pool, x, maps, pool_first)
+        x = _pooled(self.conv2, self.pool, x, maps, pool_first)
+        x = _pooled(self.conv4, self.pool, self.conv3(x), maps, pool_first)
         x = self.conv5(x)
         record(maps, x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -41,13 +41,14 @@ class LeNet5(ZooModel):
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
+        self.pool1 = nn.MaxPool2d(2)  # a module (no parameters), so that the trainer can give it engine/small_pool
 
     def get_classifier(self) -> nn.Module:
         return self.fc3
 
     def _body(self, x, maps):
         pool_first = pools_before_relu(self)
-        x = _relu_and_pool(self.conv1(x), lambda t: F.max_pool2d(t, 2), pool_first)
+        x = _relu_and_pool(self.conv1(x), self.pool1, pool_first)
         record(maps, x)
         x = _relu_and_pool(self.conv2(x), lambda t: F.adaptive_max_pool2d(t, 5), pool_first)
         record(maps, x)

@@ -1,0 +1,62 @@
+"""The C kernels next to this file (``small_bn.c``, ``small_pool.c``): each built once per machine with the system's C
+compiler into ``$MIXDISTILL_CACHE/kernels/`` and loaded with ctypes.
+
+Both are used only where ATen runs its AVX512 kernels, the build they were shown equal to bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mixdistill.files import write_bytes
+from mixdistill.machine import cache_dir
+
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
+    """(the loaded library built from ``source``, "") or (None, why not). The build is keyed by the source, the
+    compiler's version, the flags and the CPU's flags (``-march=native``)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return None, f"off (ATen's {torch.backends.cpu.get_cpu_capability()} kernels; shown equal for AVX512 only)"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "off (no C compiler)"
+    text = source.read_bytes()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"off (C compiler {compiler}: {err})"
+    key = hashlib.sha256(b"\0".join([text, version.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:16]
+    path = cache_dir() / "kernels" / f"{source.stem}-{key}.so"
+    if not path.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            built = Path(tmp) / f"{source.stem}.so"
+            try:
+                done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True,
+                                      text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as err:
+                return None, f"off (building {source.name}: {err})"
+            if done.returncode != 0:
+                return None, f"off (building {source.name} failed: {done.stderr.strip().splitlines()[-1:]})"
+            write_bytes(path, built.read_bytes())  # atomic: two runs of a grid may build at once
+    return ctypes.CDLL(str(path)), ""
