@@ -11,7 +11,8 @@ both must give equal outputs, running statistics and gradients, or it stops.
 synthetic Fashion-MNIST-shaped images, batch 128, 45 epochs = 1,035 steps, evaluated at the end; the grid's
 defaults with ``--kd-threads`` threads, eager: ``train.compile=false``, as a compiled module uses torch's own
 BatchNorm, and so no compile probe lands in a timed run), with the kernel and with ``MIXDISTILL_SMALL_BN=0`` in
-turn (``bench.grid.time_kd_run_both_ways``), and checks that both end with the same test accuracy and test loss.
+turn (``bench.grid.time_kd_run_with_and_without``), and checks that both end with the same test accuracy and test
+loss.
 
     PYTHONPATH=src python benchmarks/small_bn.py [--rounds 40] [--kd-runs 0] [--kd-epochs 45] [--kd-threads 1]
 """
@@ -19,7 +20,6 @@ turn (``bench.grid.time_kd_run_both_ways``), and checks that both end with the s
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -109,20 +109,9 @@ def main(argv=None) -> None:
                   f"{ms['fwd_aten'] / ms['fwd_ours']:.2f} | {ms['bwd_aten']:.3f} / {ms['bwd_ours']:.3f} | "
                   f"{ms['bwd_aten'] / ms['bwd_ours']:.2f} |", flush=True)
     if args.kd_runs:
-        _kd_runs(args.kd_runs, args.kd_epochs, args.kd_threads)
+        from mixdistill.bench.grid import time_kd_run_with_and_without
 
-
-def _kd_runs(rounds: int, epochs: int, threads: int) -> None:
-    from mixdistill.bench.grid import time_kd_run_both_ways
-
-    def switch(on: bool):
-        return lambda: os.environ.__setitem__("MIXDISTILL_SMALL_BN", "1" if on else "0")
-
-    try:
-        line = time_kd_run_both_ways({"ATen": switch(False), "ours": switch(True)}, rounds, epochs, threads)
-    finally:
-        os.environ.pop("MIXDISTILL_SMALL_BN", None)
-    print("\n" + line)
+        print("\n" + time_kd_run_with_and_without(small_bn.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ ratio is ATen / ours of the medians. Before timing, both must give bitwise-equal
 
 ``--kd-runs N`` then times whole runs: N rounds of the bench's grid-case run (KD cnn5_w16 -> cnn5_w8, 1,035 steps,
 ``--kd-threads`` threads, eager) with the kernel and with ``MIXDISTILL_SMALL_POOL=0`` in turn
-(``bench.grid.time_kd_run_both_ways``), and checks that both end with the same test accuracy and test loss.
+(``bench.grid.time_kd_run_with_and_without``), and checks that both end with the same test accuracy and test loss.
 
     PYTHONPATH=src python benchmarks/small_pool.py [--rounds 40] [--threads 1] [--kd-runs 0] [--kd-epochs 45] \\
         [--kd-threads 1]
@@ -17,7 +17,6 @@ ratio is ATen / ours of the medians. Before timing, both must give bitwise-equal
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -86,20 +85,9 @@ def main(argv=None) -> None:
             f"{ms[k + '_aten']:.3f} / {ms[k + '_ours']:.3f} | {ms[k + '_aten'] / ms[k + '_ours']:.2f}"
             for k in ("nograd", "train", "bwd")) + " |", flush=True)
     if args.kd_runs:
-        _kd_runs(args.kd_runs, args.kd_epochs, args.kd_threads)
+        from mixdistill.bench.grid import time_kd_run_with_and_without
 
-
-def _kd_runs(rounds: int, epochs: int, threads: int) -> None:
-    from mixdistill.bench.grid import time_kd_run_both_ways
-
-    def switch(on: bool):
-        return lambda: os.environ.__setitem__("MIXDISTILL_SMALL_POOL", "1" if on else "0")
-
-    try:
-        line = time_kd_run_both_ways({"ATen": switch(False), "ours": switch(True)}, rounds, epochs, threads)
-    finally:
-        os.environ.pop("MIXDISTILL_SMALL_POOL", None)
-    print("\n" + line)
+        print("\n" + time_kd_run_with_and_without(small_pool.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
 
 
 if __name__ == "__main__":

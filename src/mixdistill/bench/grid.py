@@ -29,6 +29,7 @@ inductor's cache, measured once per machine, as a study pays it once).
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -112,6 +113,18 @@ def time_kd_run_both_ways(ways: dict[str, Callable[[], None]], rounds: int, epoc
     return (f"whole KD run ({epochs * STEPS_PER_EPOCH:,} steps, {threads} thread(s), eager), {rounds} rounds: "
             f"{ref} {a:.1f} s, {new} {b:.1f} s (per round: {per_round}): x{a / b:.2f}; same test accuracy "
             f"({ends[new][0]}) and test loss ({ends[new][1]:.6f}) both ways")
+
+
+def time_kd_run_with_and_without(switch: str, rounds: int, epochs: int, threads: int = 1) -> str:
+    """:func:`time_kd_run_both_ways` with the environment variable ``switch`` (a C kernel's) at 0 ("ATen") and at 1
+    ("ours"); it is unset afterwards."""
+    def way(value: str):
+        return lambda: os.environ.__setitem__(switch, value)
+
+    try:
+        return time_kd_run_both_ways({"ATen": way("0"), "ours": way("1")}, rounds, epochs, threads)
+    finally:
+        os.environ.pop(switch, None)
 
 
 def grid_case(args, tmp: Path) -> dict:

@@ -32,15 +32,31 @@ def _cpu_flags() -> str:
     return ""
 
 
+def switched_off(variable: str) -> bool:
+    """Whether the environment turns a kernel off (``VARIABLE=0``)."""
+    return os.environ.get(variable, "1") == "0"
+
+
+def status(variable: str, library, disabled: str | None) -> str:
+    """What a run's log says about a kernel: "on" or why it is off (``variable``: its switch; ``library``: its
+    loader; ``disabled``: why its self-check turned it off, if it did)."""
+    if switched_off(variable):
+        return f"off ({variable}=0)"
+    lib, why = library()
+    if lib is None:
+        return why
+    return disabled or "on"
+
+
 def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
-    """(the loaded library built from ``source``, "") or (None, why not). The build is keyed by the source, the
-    compiler's version, the flags and the CPU's flags (``-march=native``)."""
+    """(the loaded library built from ``source``, "") or (None, why not). The build is keyed by the source and the
+    headers beside it, the compiler's version, the flags and the CPU's flags (``-march=native``)."""
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return None, f"off (ATen's {torch.backends.cpu.get_cpu_capability()} kernels; shown equal for AVX512 only)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None, "off (no C compiler)"
-    text = source.read_bytes()
+    text = b"\0".join(p.read_bytes() for p in [source, *sorted(source.parent.glob("*.h"))])
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as err:

@@ -13,22 +13,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #define MAX_CHANNELS 32
 #define VECTOR_FLOATS 16 /* ATen's AVX512 build vectorises its scalar dx loop 16 floats at a time, unfused */
-
-static inline float bf16_to_float(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* c10::BFloat16: round to nearest even, one NaN */
-    uint32_t u;
-    if (f != f) return 0x7fc0;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + (((u >> 16) & 1u) + 0x7fffu)) >> 16);
-}
 
 /* rows per thread in at::parallel_for(0, n, 1, ...): min(threads, n) ranges of ceil(n / that) rows */
 static int64_t rows_per_thread(int64_t n, int threads) {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from mixdistill.engine import ckernels
 
 MAX_CHANNELS = 31  # from 32 channels on ATen's AVX512 bf16 kernel is vectorised (and C's buffers hold 32)
 SOURCE = Path(__file__).with_name("small_bn.c")
+SWITCH = "MIXDISTILL_SMALL_BN"  # =0 turns the kernel off
 
 _state = {"disabled": None}  # why the kernel is off in this process (None: not off)
 _checked: set[tuple] = set()  # (direction, channels, threads) compared with ATen
@@ -47,18 +47,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
-def _switched_off() -> bool:
-    return os.environ.get("MIXDISTILL_SMALL_BN", "1") == "0"
-
-
 def status() -> str:
     """What a run's log says about this kernel: "on" or why it is off."""
-    if _switched_off():
-        return "off (MIXDISTILL_SMALL_BN=0)"
-    lib, why = _library()
-    if lib is None:
-        return why
-    return _state["disabled"] or "on"
+    return ckernels.status(SWITCH, _library, _state["disabled"])
 
 
 def _ptr(t: torch.Tensor | None):
@@ -171,7 +162,7 @@ class SmallChannelBatchNorm2d(nn.BatchNorm2d):
 def use_small_channel_batchnorm(module: nn.Module) -> int:
     """Turn every ``nn.BatchNorm2d`` (exactly that class) of ``module`` with at most ``MAX_CHANNELS`` channels into
     a :class:`SmallChannelBatchNorm2d`, in place; returns how many. Nothing changes where the kernel is off."""
-    if _switched_off() or _library()[0] is None:
+    if ckernels.switched_off(SWITCH) or _library()[0] is None:
         return 0
     swapped = 0
     for m in module.modules():

@@ -13,19 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_to_float(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* c10::BFloat16: round to nearest even, one NaN */
-    uint32_t u;
-    if (f != f) return 0x7fc0;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + (((u >> 16) & 1u) + 0x7fffu)) >> 16);
-}
+#include "bf16.h"
 
 /* the window's maximum as ATen keeps it: an element replaces the running maximum (from -inf) when greater or NaN */
 #define TAKE(p, k)                                                                                      \

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch.autograd.function import once_differentiable
 from mixdistill.engine import ckernels
 
 SOURCE = Path(__file__).with_name("small_pool.c")
+SWITCH = "MIXDISTILL_SMALL_POOL"  # =0 turns the kernel off
 
 _state = {"disabled": None}  # why the kernel is off in this process (None: not off)
 _checked: set[tuple] = set()  # (direction, channels) compared with ATen
@@ -47,18 +47,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
-def _switched_off() -> bool:
-    return os.environ.get("MIXDISTILL_SMALL_POOL", "1") == "0"
-
-
 def status() -> str:
     """What a run's log says about this kernel: "on" or why it is off."""
-    if _switched_off():
-        return "off (MIXDISTILL_SMALL_POOL=0)"
-    lib, why = _library()
-    if lib is None:
-        return why
-    return _state["disabled"] or "on"
+    return ckernels.status(SWITCH, _library, _state["disabled"])
 
 
 def _eligible(x: torch.Tensor) -> bool:
@@ -156,7 +147,7 @@ def use_small_max_pool(module: nn.Module, leave: nn.Module | None = None) -> int
     """Turn every plain ``nn.MaxPool2d(2)`` of ``module`` into a :class:`SmallMaxPool2d`, in place; returns how many.
     Nothing changes where the kernel is off, nor inside ``leave`` (a compiled teacher: a changed module would make
     dynamo compile it again)."""
-    if _switched_off() or _library()[0] is None:
+    if ckernels.switched_off(SWITCH) or _library()[0] is None:
         return 0
     kept = {id(m) for m in leave.modules()} if leave is not None else set()
     swapped = 0
