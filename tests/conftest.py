@@ -12,6 +12,7 @@ AVX2-only one, so a test that compares numbers would pass on one CPU kind and fa
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,42 @@ def tiny_run_overrides(fmnist_root, tmp_path):
             "data.eval_batch_size=200", "model.student=cnn5_w8", "optim.schedule=onecycle", "optim.milestones=[]",
             "optim.lr=0.05", "optim.epochs=3", "train.progress=false", "train.tensorboard=false",
             "train.device=cpu", "train.precision=fp32"]
+
+
+class _KernelWrapper:
+    """A C kernel library (engine/small_bn, small_pool) whose functions pass through ``hook(name, function)``."""
+
+    def __init__(self, lib, hook):
+        self._lib, self._hook = lib, hook
+
+    def __getattr__(self, name):
+        return self._hook(name, getattr(self._lib, name))
+
+
+class KernelWrappers:
+    @staticmethod
+    def counting(lib) -> tuple[_KernelWrapper, list[str]]:
+        """``lib`` recording the name of every function called on it (the list returned)."""
+        calls: list[str] = []
+        return _KernelWrapper(lib, lambda name, fn: calls.append(name) or fn), calls
+
+    @staticmethod
+    def one_bit_off(lib, function: str, output_arg: int) -> _KernelWrapper:
+        """``lib`` whose ``function``, after running, flips the lowest bit of the first uint16 its pointer argument
+        ``output_arg`` points to (an output the self-checks and benchmarks must catch)."""
+        def hook(name, fn):
+            if name != function:
+                return fn
+
+            def wrong(*args):
+                rc = fn(*args)
+                ctypes.c_uint16.from_address(args[output_arg]).value ^= 1
+                return rc
+            return wrong
+        return _KernelWrapper(lib, hook)
+
+
+@pytest.fixture
+def kernel_wrappers() -> KernelWrappers:
+    """Wrappers of a C kernel library for the kernels' tests: counting calls, or one bit wrong."""
+    return KernelWrappers()

@@ -365,9 +365,7 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
         bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32"])
 
 
-def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch):
-    import ctypes
-
+def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch, kernel_wrappers):
     from mixdistill.engine import small_bn
 
     bench = _load_script("small_bn")
@@ -381,26 +379,13 @@ def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys,
     assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS] * 2
     assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
 
-    real = small_bn._library()[0]
-
-    class Wrong:  # the forward's first output value one bit off
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-
-            def wrong(*args):
-                rc = fn(*args)
-                ctypes.c_uint16.from_address(args[1]).value ^= 1
-                return rc
-            return wrong if name == "small_bn_forward" else fn
-
-    monkeypatch.setattr(small_bn, "_library", lambda: (Wrong(), ""))
+    wrong = kernel_wrappers.one_bit_off(small_bn._library()[0], "small_bn_forward", 1)  # the first output value
+    monkeypatch.setattr(small_bn, "_library", lambda: (wrong, ""))
     with pytest.raises(SystemExit, match="the kernels differ"):
         bench.main(["--rounds", "1", "--batch-size", "4"])
 
 
-def test_the_small_pool_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch):
-    import ctypes
-
+def test_the_small_pool_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch, kernel_wrappers):
     from mixdistill.engine import small_pool
 
     monkeypatch.setattr(small_pool, "_checked", set())
@@ -415,19 +400,8 @@ def test_the_small_pool_benchmark_times_both_kernels_and_checks_they_agree(capsy
     assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS]
     assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
 
-    real = small_pool._library()[0]
-
-    class Wrong:  # the backward's first input-gradient value one bit off
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-
-            def wrong(*args):
-                rc = fn(*args)
-                ctypes.c_uint16.from_address(args[2]).value ^= 1
-                return rc
-            return wrong if name == "small_pool_backward" else fn
-
-    monkeypatch.setattr(small_pool, "_library", lambda: (Wrong(), ""))
+    wrong = kernel_wrappers.one_bit_off(small_pool._library()[0], "small_pool_backward", 2)  # the first input grad
+    monkeypatch.setattr(small_pool, "_library", lambda: (wrong, ""))
     with pytest.raises(SystemExit, match="the kernels differ"):
         bench.main(["--rounds", "1", "--batch-size", "4"])
 

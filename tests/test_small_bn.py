@@ -4,7 +4,6 @@ and the trainer uses it only where that holds."""
 from __future__ import annotations
 
 import copy
-import ctypes
 
 import pytest
 import torch
@@ -106,7 +105,7 @@ def _train(model, steps, runtime, seed=0):
 
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_network_trains_to_the_same_floats_with_the_kernel(threads, monkeypatch):
+def test_a_network_trains_to_the_same_floats_with_the_kernel(threads, monkeypatch, kernel_wrappers):
     """cnn5_w8 under bf16 autocast, channels_last: 3 SGD steps with its BatchNorms swapped give the same logits,
     weights, running statistics and batch counts as ATen's, and the kernel really ran (the trainer's call counted)."""
     torch.set_num_threads(threads)
@@ -115,15 +114,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(threads, monkeypatc
     aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
     ours = copy.deepcopy(aten)
     assert small_bn.use_small_channel_batchnorm(ours) == 2  # the 8- and 16-channel stages; 32 and 64 stay ATen's
-    calls = []
-    real = small_bn._library()[0]
-
-    class Counting:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(small_bn, "_library", lambda: (Counting(), ""))
+    counting, calls = kernel_wrappers.counting(small_bn._library()[0])
+    monkeypatch.setattr(small_bn, "_library", lambda: (counting, ""))
     for a, o in zip(_train(aten, 3, runtime), _train(ours, 3, runtime), strict=True):
         assert torch.equal(a, o)
     sa, so = aten.state_dict(), ours.state_dict()
@@ -136,7 +128,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(threads, monkeypatc
 
 @needs_kernel
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(direction, monkeypatch):
+def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(direction, monkeypatch,
+                                                                             kernel_wrappers):
     """The first call of a shape compares with ATen: a kernel that got one bit wrong is caught, warned about and
     replaced by ATen's result for that call (running statistics included) and every later one."""
     runtime = resolve_runtime("cpu", "bf16", True, False)
@@ -144,22 +137,9 @@ def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(d
     aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
     ours = copy.deepcopy(aten)
     small_bn.use_small_channel_batchnorm(ours)
-    real = small_bn._library()[0]
-
-    class OffByOneBit:
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-            if name != f"small_bn_{direction}":
-                return fn
-
-            def wrong(*args):
-                rc = fn(*args)
-                first = ctypes.c_uint16.from_address(args[1] if direction == "forward" else args[2])  # y / grad_x
-                first.value ^= 1
-                return rc
-            return wrong
-
-    monkeypatch.setattr(small_bn, "_library", lambda: (OffByOneBit(), ""))
+    wrong = kernel_wrappers.one_bit_off(small_bn._library()[0], f"small_bn_{direction}",
+                                        1 if direction == "forward" else 2)  # y / grad_x
+    monkeypatch.setattr(small_bn, "_library", lambda: (wrong, ""))
     with pytest.warns(RuntimeWarning, match=f"differed from ATen's {direction}"):
         logits = _train(ours, 2, runtime)
     for a, o in zip(_train(aten, 2, runtime), logits, strict=True):

@@ -4,7 +4,6 @@ NaN encodings and gradients), and the trainer uses it only where that holds."""
 from __future__ import annotations
 
 import copy
-import ctypes
 
 import pytest
 import torch
@@ -99,7 +98,7 @@ def _train(model, steps, runtime, seed=0):
 
 @needs_kernel
 @pytest.mark.parametrize("arch", ["cnn5_w8", "lenet5", "alexnet_cifar_w025"])
-def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch):
+def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch, kernel_wrappers):
     """A CPU-study net under bf16 autocast, channels_last: 3 SGD steps and a no-grad forward with its 2x2 pools
     swapped give the same logits and weights as ATen's, and the kernel really ran."""
     runtime = resolve_runtime("cpu", "bf16", True, False)
@@ -107,15 +106,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch):
     aten = create_model(arch, 10, 1).train().to(memory_format=torch.channels_last)
     ours = copy.deepcopy(aten)
     assert small_pool.use_small_max_pool(ours) == {"cnn5_w8": 1, "lenet5": 1, "alexnet_cifar_w025": 2}[arch]
-    calls = []
-    real = small_pool._library()[0]
-
-    class Counting:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(small_pool, "_library", lambda: (Counting(), ""))
+    counting, calls = kernel_wrappers.counting(small_pool._library()[0])
+    monkeypatch.setattr(small_pool, "_library", lambda: (counting, ""))
     for a, o in zip(_train(aten, 3, runtime), _train(ours, 3, runtime), strict=True):
         assert torch.equal(_bits(a), _bits(o))
     sa, so = aten.state_dict(), ours.state_dict()
@@ -127,7 +119,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch):
 
 @needs_kernel
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(direction, monkeypatch):
+def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(direction, monkeypatch,
+                                                                             kernel_wrappers):
     """The first call of a channel count compares with ATen: a kernel that got one bit wrong is caught, warned
     about and replaced by ATen's result for that call and every later one."""
     runtime = resolve_runtime("cpu", "bf16", True, False)
@@ -135,22 +128,9 @@ def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(d
     aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
     ours = copy.deepcopy(aten)
     small_pool.use_small_max_pool(ours)
-    real = small_pool._library()[0]
-
-    class OffByOneBit:
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-            if name != f"small_pool_{direction}":
-                return fn
-
-            def wrong(*args):
-                rc = fn(*args)
-                first = ctypes.c_uint16.from_address(args[1] if direction == "forward" else args[2])  # y / dx
-                first.value ^= 1
-                return rc
-            return wrong
-
-    monkeypatch.setattr(small_pool, "_library", lambda: (OffByOneBit(), ""))
+    wrong = kernel_wrappers.one_bit_off(small_pool._library()[0], f"small_pool_{direction}",
+                                        1 if direction == "forward" else 2)  # y / dx
+    monkeypatch.setattr(small_pool, "_library", lambda: (wrong, ""))
     with pytest.warns(RuntimeWarning, match=f"differed from ATen's {direction}"):
         logits = _train(ours, 2, runtime)
     for a, o in zip(_train(aten, 2, runtime), logits, strict=True):
