@@ -3,7 +3,8 @@
  *
  * ATen walks each output's window in row order and keeps an element when it is greater than the running maximum
  * (which starts at -inf, with the window's first index) or is NaN, in float; the output is that float rounded to
- * bf16 (a NaN becomes 0x7fc0) and the index is ih * W + iw. Its backward zeroes the input gradient and adds each
+ * bf16 (a NaN becomes 0xffff in its vectorised 16-float channel blocks, 0x7fc0 in the rest) and the index is
+ * ih * W + iw. Its backward zeroes the input gradient and adds each
  * output gradient at its index in bf16 (0 + g: -0 becomes +0, a NaN 0x7fc0). Windows of a 2x2 stride-2 pool do not
  * overlap, so here the backward writes every input gradient once. Below 32 channels ATen does this one channel at
  * a time; here the channels of an output go through the vector units side by side (one copy per common channel
