@@ -181,6 +181,12 @@ class TrainConfig(Section):
                             "compile is on); auto = on unless the method reads teacher features (CRD)")
     int8_teacher: bool = Field(False, description="CPU only: int8-quantised teacher (its top-1 agreement with "
                                                   "the fp32 teacher is logged)")
+    teacher_cache: bool | Literal["auto"] = Field(
+        "auto", description="look the teacher's logits up in a table of every crop/flip view of every training "
+        "image (engine/teacher_views.py; the same bits as running it), for methods whose teacher sees only the "
+        "loader's batch (kd, dkd without augment); auto = use one that is there, build one when the run's epochs "
+        "exceed the views (a study grid: the epochs of all runs that share it); true = always (one run builds it, "
+        "the others train with the teacher until it is there); false = never")
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")

@@ -55,7 +55,8 @@ def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str
     train = {"progress": False, "tensorboard": False, "device": "cpu", "eval_every": epochs, "precision": precision}
     if variant == "one_at_a_time":
         bf16 = resolve_runtime("cpu", precision, False, False).precision == "bf16"
-        train.update(threads=DEFAULT_THREADS, compile=False, channels_last=bf16)  # the earlier rule
+        train.update(threads=DEFAULT_THREADS, compile=False, channels_last=bf16,  # the earlier rule
+                     teacher_cache=False)
     tree = {"data": {"dataset": "fashion_mnist", "root": str(data_root), "train_subset": TRAIN_IMAGES,
                      "batch_size": BATCH_SIZE,
                      "eval_batch_size": 1000, "download": False},

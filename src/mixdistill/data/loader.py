@@ -93,6 +93,9 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.with_indices = with_indices  # also yield each batch's dataset indices (teacher caches, CRD)
+        # view id of each sample of the batch last yielded (data.transforms.random_crop_flip; 0s when the loader
+        # does not augment): with the indices, what the teacher saw, so engine/teacher_views can look it up
+        self.views: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,7 +124,9 @@ class DeviceLoader:
             x = self.images.index_select(0, batch_idx)
             y = self.labels.index_select(0, batch_idx)
             if augment:
-                x = random_crop_flip(x, self.crop_padding, g, flip=self.flip)
+                x, self.views = random_crop_flip(x, self.crop_padding, g, flip=self.flip, return_views=True)
+            else:
+                self.views = torch.zeros(len(batch_idx), dtype=torch.int64)
             x = normalize(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

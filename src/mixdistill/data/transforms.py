@@ -21,15 +21,17 @@ def copy_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def random_crop_flip(
-    images: torch.Tensor, padding: int, generator: torch.Generator | None, flip: bool = True
-) -> torch.Tensor:
+    images: torch.Tensor, padding: int, generator: torch.Generator | None, flip: bool = True,
+    return_views: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Random crop with zero padding, then random horizontal flip, per sample.
 
     Same distribution as torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``: each
     sample is zero-padded by ``padding`` on every side and cropped back to ``H x W`` at offsets drawn
     uniformly from ``0..2*padding`` (rows and columns independently), then flipped with probability 0.5.
     ``images``: uint8 or float ``[B, C, H, W]`` on any device. ``generator``: a CPU generator (or None for
-    the default CPU generator). Returns a new tensor of the same dtype, device and shape.
+    the default CPU generator). Returns a new tensor of the same dtype, device and shape; with ``return_views``
+    also each sample's view id (:func:`crop_flip_views`), a CPU int64 ``[B]``.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
@@ -37,13 +39,33 @@ def random_crop_flip(
         raise ValueError(f"padding must be >= 0, got {padding}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError("generator must be a CPU torch.Generator")
-    B, C, H, W = images.shape
-    device = images.device
-
+    B = images.shape[0]
     # random parameters, drawn on the CPU in a fixed order: row offsets, column offsets, flips
     dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
     flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
+    out = crop_flip(images, padding, dy, dx, flips)
+    return (out, (dy * (2 * padding + 1) + dx) * 2 + flips.long()) if return_views else out
+
+
+def crop_flip_views(padding: int, flip: bool) -> torch.Tensor:
+    """The view ids :func:`random_crop_flip` draws from, in order: ``(2 * padding + 1)^2`` crops, each flipped or
+    not (without ``flip`` only the unflipped ones). A view's id is ``(dy * (2 * padding + 1) + dx) * 2 + flipped``."""
+    return torch.arange(0, (2 * padding + 1) ** 2 * 2, 1 if flip else 2)
+
+
+def view_parameters(views: torch.Tensor, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dy, dx, flipped) of view ids (the inverse of the id :func:`random_crop_flip` returns)."""
+    side = 2 * padding + 1
+    return views // 2 // side, views // 2 % side, views % 2 == 1
+
+
+def crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor,
+              flips: torch.Tensor) -> torch.Tensor:
+    """The crop at offsets (``dy``, ``dx``) of each zero-padded sample, flipped where ``flips``: CPU tensors
+    ``[B]`` (copied to the images' device without blocking)."""
+    B, C, H, W = images.shape
+    device = images.device
     params = copy_to_device(torch.stack([dy, dx, flips.long()]), device)
     dy, dx, flips = params[0], params[1], params[2].bool()
 

@@ -33,6 +33,7 @@ class StepInfo:
     epochs: int  # total epochs of the run
     generator: torch.Generator  # CPU generator for this step's random parameters, reseeded every epoch
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
+    views: torch.Tensor | None = None  # the loader's crop/flip view of each sample (engine/teacher_views)
 
 
 class StepOutput(NamedTuple):
@@ -80,7 +81,11 @@ class Distiller(nn.Module):
     # ``augment: none`` is refused for such a method (config validation says which it needs)
     default_augment: ClassVar[str | None] = None
     source: ClassVar[str] = ""  # the paper the method comes from, one line (``mixdistill methods`` lists it)
+    # True: without an augmentation the teacher's only input is the loader's batch, through mix() and
+    # batch_teacher_logits(), so a table of its logits per view (engine/teacher_views) can stand in for it
+    teacher_sees_loader_view: ClassVar[bool] = False
     augment: Callable | None = None  # a bound mixdistill.augment function, set by the trainer
+    teacher_views = None  # engine.teacher_views.TeacherViews, set by the trainer when train.teacher_cache is on
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: MethodParams):
         super().__init__()
@@ -116,7 +121,10 @@ class Distiller(nn.Module):
     def mix(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> MixedBatch:
         """The configured augmentation's record for this batch (the identity record when there is none)."""
         if self.augment is None:
-            return clean_batch(images)
+            batch = clean_batch(images)
+            if self.teacher_views is not None and info.views is not None:
+                batch.teacher_logits = self.teacher_views.logits(images, info.indices, info.views, self.teacher_logits)
+            return batch
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
         return self.augment(images, labels, generator=info.generator, **models)
 

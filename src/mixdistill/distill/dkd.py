@@ -110,6 +110,7 @@ _PAIR_NAMES = {"mobile_half": "MobileNetV2"}
 class DKD(Distiller):
     source = 'Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation", CVPR 2022 (arXiv 2203.08679)'
     Params = DKDParams
+    teacher_sees_loader_view = True
 
     @classmethod
     def pair_params(cls, teacher: str | None, student: str | None) -> dict:

@@ -22,6 +22,7 @@ class KDParams(MethodParams):
 class KD(Distiller):
     source = 'Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531)'
     Params = KDParams
+    teacher_sees_loader_view = True
 
     def forward_train(self, images, labels, info):
         p = self.params

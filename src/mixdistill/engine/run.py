@@ -35,7 +35,7 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "la
 BEST = "best.pt"  # the best evaluated epoch by train.best_metric (not resumable)
 # config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.loggers", "data.root",
-                    "data.num_workers", "output_dir", "train.best_metric"}
+                    "data.num_workers", "output_dir", "train.best_metric", "train.teacher_cache"}
 PATH_KEYS = {"model.teacher_checkpoint"}  # the same file, named relatively once and absolutely once, is the same
 
 

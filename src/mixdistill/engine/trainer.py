@@ -14,13 +14,14 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mixdistill.config import RunConfig, build_config, metric_lower_is_better
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
-from mixdistill.engine import run, small_bn, small_pool
+from mixdistill.engine import run, small_bn, small_pool, teacher_views
 from mixdistill.engine.build import base_lr, build_distiller, build_loaders, model_label
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
@@ -84,6 +85,7 @@ class Trainer:
         self.distiller.to(self.runtime.device)
         if self.runtime.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
+        self._views_path, self.teacher_views_report = None, None  # train.teacher_cache, set up when fit starts
         self.small_bn_layers = 0  # BatchNorms run by engine/small_bn.c (channels-last bf16 on the CPU)
         self.small_pool_layers = 0  # 2x2 max-pools run by engine/small_pool.c (the same)
         if self.runtime.device.type == "cpu" and self.runtime.precision == "bf16" and self.runtime.channels_last:
@@ -343,6 +345,7 @@ class Trainer:
         if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
             logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%")
+        self._start_teacher_views(logger)
         try:
             for epoch in range(self.start_epoch, epochs):
                 record = self._train_epoch(epoch, epochs, logger)
@@ -371,6 +374,10 @@ class Trainer:
         summary = summarize(self.history, cfg, teacher_eval)
         summary["train_images"] = self.train_images
         summary["compiled"] = self.runtime.compile
+        views = self.distiller.teacher_views
+        if views is not None and views.disabled:
+            self.teacher_views_report["off"] = views.disabled
+        summary["teacher_views"] = self.teacher_views_report
         # what best.pt holds; None without one (train.best_metric null; a run resumed from a checkpoint older than
         # best.pt whose best epoch was never beaten since)
         summary["best_checkpoint"] = ({"file": run.BEST, **self.best_saved}
@@ -384,6 +391,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
         cfg, runtime = self.cfg, self.runtime
+        if self._views_path is not None and self.distiller.teacher_views is None:
+            self._look_for_teacher_views(epoch, logger)
+        views_on = self.distiller.teacher_views is not None
         generator = seed_epoch(cfg.seed, epoch)
         self.train_loader.set_epoch(epoch)
         self.distiller.train()
@@ -400,7 +410,8 @@ class Trainer:
         for i, (images, labels, indices) in enumerate(self.train_loader):
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            info = StepInfo(epoch=epoch, step=self.step_count, epochs=epochs, generator=generator, indices=indices)
+            info = StepInfo(epoch=epoch, step=self.step_count, epochs=epochs, generator=generator, indices=indices,
+                            views=self.train_loader.views if views_on else None)
             out, total = self.train_step(images, labels, info)
             with torch.no_grad():
                 for name, value in out.losses.items():
@@ -437,6 +448,70 @@ class Trainer:
         if self.scaler is not None:  # fp16: the loss scale at the epoch's end, and the steps skipped in it
             record.update(amp_scale=self.scaler.get_scale(), amp_skipped_steps=self.amp_skipped - skipped_before)
         return record
+
+    # -- the teacher's table of views (engine/teacher_views.py) --------------------------------------------
+    def _views_source(self) -> teacher_views.TableSource:
+        r = self.teacher_report
+        form = (f"{type(self.distiller.teacher).__name__}; folded {r.folded_pairs}, compiled {r.compiled}, "
+                f"int8 {r.int8}" if r is not None else type(self.distiller.teacher).__name__)
+        return teacher_views.TableSource(self.train_loader, self.distiller.teacher, self.distiller.teacher_logits,
+                                         self.runtime.autocast, self.runtime.channels_last, form, self.num_classes,
+                                         self.runtime.precision)
+
+    def _start_teacher_views(self, logger) -> None:
+        """train.teacher_cache: use the table of the teacher's logits per view if it is there, else build it when it
+        pays (or train.teacher_cache=true), else (another process is building it) look again every epoch."""
+        self._views_path, self.teacher_views_report = None, None
+        setting, d = self.cfg.train.teacher_cache, self.distiller
+        if setting is False:
+            return
+        why_not = ("the method has no teacher" if d.teacher is None else
+                   f"method {self.cfg.method.name} runs its teacher on other inputs than the loader's batch"
+                   if not d.teacher_sees_loader_view else
+                   f"augment {self.cfg.augment.name} mixes the batch the teacher sees" if d.augment is not None else
+                   "data.loader streaming draws crops the table cannot enumerate"
+                   if not isinstance(self.train_loader, teacher_views.DeviceLoader) else
+                   "torchrun processes" if self.dist.enabled else None)
+        if why_not:
+            if setting is True:
+                raise ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
+            return
+        src = self._views_source()
+        loader = self.train_loader
+        n, views = len(loader.labels), teacher_views.views_drawn(loader.crop_padding, loader.flip)
+        path = Path(self.cfg.output_dir) / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
+        table, built_s = teacher_views.load_table(path, src), None
+        if table is None:
+            epochs = self.cfg.optim.total_epochs - self.start_epoch
+            size = teacher_views.table_bytes(n, views, self.num_classes, self.runtime.precision)
+            if setting == "auto" and not (teacher_views.pays(epochs, loader.crop_padding, loader.flip)
+                                          and size <= teacher_views.AUTO_MAX_BYTES):
+                logger.info(f"teacher view cache: off ({epochs} epochs of teacher passes cost less than building "
+                            f"{views} views x {n} images, or the table would pass "
+                            f"{teacher_views.AUTO_MAX_BYTES >> 20} MiB)")
+                return
+            table, built_s = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
+        self._views_path = path
+        self.teacher_views_report = {"file": str(path), "views": views, "images": n, "from_epoch": None,
+                                     "built_s": round(built_s, 2) if built_s is not None else None}
+        if table is None:
+            logger.info(f"teacher view cache: {path} is being built by another run; training with the teacher, "
+                        f"looking for it every epoch")
+            return
+        self._use_teacher_views(table, self.start_epoch, logger,
+                                f"built in {built_s:.1f} s" if built_s is not None else "loaded")
+
+    def _look_for_teacher_views(self, epoch: int, logger) -> None:
+        table = teacher_views.load_table(self._views_path, self._views_source())
+        if table is not None:
+            self._use_teacher_views(table, epoch, logger, "built by another run")
+
+    def _use_teacher_views(self, table, epoch: int, logger, how: str) -> None:
+        self.distiller.teacher_views = table
+        self.teacher_views_report["from_epoch"] = epoch + 1
+        logger.info(f"teacher view cache: {self._views_path} ({how}; {table.table.shape[1]} views x "
+                    f"{table.table.shape[0]} images), from epoch {epoch + 1}; its first batch is checked against "
+                    f"the teacher")
 
     def _improves_best(self, record: dict) -> bool:
         """Does this epoch's evaluation beat the best so far by ``train.best_metric``? (Updates it if so.)"""
@@ -559,10 +634,13 @@ def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
 
 
 class _SilentLogger:
-    """A logger for ``train_epoch`` outside ``fit``: no progress bar."""
+    """A logger for ``train_epoch`` outside ``fit``: no progress bar, no lines."""
 
     def progress(self, *args, **kwargs):
         return self
+
+    def info(self, *args, **kwargs):
+        pass
 
     def update(self, *args, **kwargs):
         pass

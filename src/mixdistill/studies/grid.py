@@ -22,6 +22,8 @@ from pathlib import Path
 
 from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
+from mixdistill.data.datasets import DATASETS
+from mixdistill.engine import teacher_views
 from mixdistill.engine.run import (
     saved_config_difference,
     set_aside,
@@ -100,6 +102,42 @@ def with_threads(runs: list[GridRun], threads: int | None) -> list[GridRun]:
     return out
 
 
+def with_teacher_views(runs: list[GridRun], study_dir: Path) -> list[GridRun]:
+    """``train.teacher_cache: auto`` made ``true`` in the runs that share one table of teacher views (the same
+    teacher, data and runtime; engine/teacher_views.py) where their epochs between them exceed its views and the
+    table fits in ``AUTO_MAX_BYTES``: the first of them builds it, the others look their teacher's logits up in it.
+    Seeds share it: the table holds every view of every image. The results are the same bits either way."""
+    groups: dict[str, list[int]] = {}
+    cfgs = {}
+    for i, run in enumerate(runs):
+        if (run.config.get("train") or {}).get("teacher_cache", "auto") != "auto":
+            continue
+        cfg = cfgs[i] = resolve(run, study_dir)
+        method = METHODS.get(cfg.method.name)
+        if not (cfg.model.teacher_checkpoint and method.teacher_sees_loader_view and cfg.augment.name == "none"
+                and cfg.data.loader != "streaming"):
+            continue
+        t = cfg.train
+        group = json.dumps([cfg.model.teacher_checkpoint, cfg.data.model_dump(), t.device, t.precision,
+                            t.channels_last, t.compile, t.fast_teacher, t.int8_teacher, t.threads], default=str)
+        groups.setdefault(group, []).append(i)
+    out = list(runs)
+    for members in groups.values():
+        cfg = cfgs[members[0]]
+        spec = DATASETS[cfg.data.dataset]
+        images = cfg.data.train_subset or spec.num_train
+        padding = spec.crop_padding if cfg.data.crop_padding is None else cfg.data.crop_padding
+        epochs = sum(cfgs[i].optim.total_epochs for i in members)
+        views = teacher_views.views_drawn(padding, cfg.data.flip)
+        if (len(members) < 2 or images is None or spec.num_classes is None
+                or not teacher_views.pays(epochs, padding, cfg.data.flip)
+                or teacher_views.table_bytes(images, views, spec.num_classes, "fp32") > teacher_views.AUTO_MAX_BYTES):
+            continue
+        for i in members:
+            out[i] = dataclasses.replace(runs[i], config=merge(runs[i].config, {"train": {"teacher_cache": True}}))
+    return out
+
+
 def with_augment_params(runs: list[GridRun], params: dict) -> list[GridRun]:
     """A scale's ``augment_params`` (e.g. ``box_rounding: released``) given to every run whose augmentation
     (its own, or its method's default) takes them and does not set them itself."""
@@ -141,8 +179,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
     at that thread count); a Ray task asks for as many CPUs as its run has threads."""
-    runs = with_threads(runs, threads)
     study_dir = Path(study_dir)
+    runs = with_teacher_views(with_threads(runs, threads), study_dir)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError("grid keys must be unique")

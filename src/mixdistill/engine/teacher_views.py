@@ -1,0 +1,170 @@
+"""``train.teacher_cache``: the frozen teacher's logits of every view the loader can draw, computed once and looked
+up in every step after, bit for bit what the teacher would compute.
+
+When a method mixes nothing (KD, DKD with ``augment: none``), its teacher sees the loader's view of each sample: the
+crop at one of ``(2p + 1)^2`` offsets (``p`` = ``data.crop_padding``), flipped or not. That input is a function of
+(sample, view) alone, so ``N`` samples have ``V`` possible teacher outputs each (V = 50 for Fashion-MNIST's 2-pixel
+crops with flips). Building the table costs ``N x V`` teacher passes; a run's teacher makes ``epochs x N``. So it pays
+when the runs that share it train more epochs between them than there are views: a study grid's seeds and methods
+share one teacher and one dataset, and the grid runner turns ``auto`` on for such groups (studies/grid.py). A run
+alone with ``auto`` uses a table that is there already, and builds one when its own epochs exceed ``V``.
+torchdistill caches teacher outputs per sample for un-augmented inputs; this is the same with the augmentation
+enumerated.
+
+Bit for bit: a sample's teacher logits do not depend on the other samples of its batch, nor on the batch size
+(per-sample convolutions; tests/test_teacher_views.py checks whole runs with and without). Every process checks
+it on its first looked-up batch, which it also runs through the teacher: a difference switches the table off for
+the run, with a warning, and the run computes what it would have without it.
+
+The table lives in ``<output_dir>/teacher_views/<key>.pt`` beside the run directories (a grid's ``runs/``), its key a
+hash of everything the teacher's output depends on: the teacher's weights and its form here (folded,
+compiled, int8), the training images, crop padding, flip, normalisation, precision and layout, threads, torch and
+the CPU. One run builds it under a lock; a run that finds the lock held trains with its teacher and looks for the
+table again at the start of every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mixdistill.data.loader import DeviceLoader
+from mixdistill.data.transforms import crop_flip, crop_flip_views, normalize, view_parameters
+from mixdistill.errors import LockedError
+from mixdistill.files import hold_lock, save_torch
+from mixdistill.machine import cpu_name
+
+FOLDER = "teacher_views"
+AUTO_MAX_BYTES = 1 << 30  # auto builds no table larger than this (train.teacher_cache=true does)
+
+
+def views_drawn(padding: int, flip: bool) -> int:
+    return len(crop_flip_views(padding, flip))
+
+
+def table_bytes(samples: int, views: int, classes: int, precision: str) -> int:
+    return samples * views * classes * (2 if precision in ("bf16", "fp16") else 4)
+
+
+def pays(epochs: int, padding: int, flip: bool) -> bool:
+    """Do ``epochs`` epochs of teacher passes (over all samples) cost more than building the table?"""
+    return epochs > views_drawn(padding, flip)
+
+
+@dataclass
+class TableSource:
+    """What a table is built from: the training loader's images and transform, the teacher and the runtime."""
+
+    loader: DeviceLoader
+    teacher: torch.nn.Module  # as it runs here (folded, compiled, ...)
+    teacher_logits: object  # images -> logits (the distiller's, inference mode)
+    autocast: object  # () -> the runtime's autocast context
+    channels_last: bool
+    teacher_form: str  # how the teacher runs here (folded, compiled, int8, ...)
+    num_classes: int
+    precision: str
+
+
+def table_key(src: TableSource) -> str:
+    h = hashlib.sha256()
+    for name, value in src.teacher.state_dict().items():
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    images = src.loader.images.cpu().contiguous()
+    h.update(images.numpy().tobytes())
+    h.update(repr((tuple(images.shape), src.loader.crop_padding, src.loader.flip, src.loader.mean.flatten().tolist(),
+                   src.loader.std.flatten().tolist(), src.channels_last, src.precision, src.teacher_form,
+                   src.num_classes, torch.get_num_threads(), torch.__version__, cpu_name(),
+                   torch.backends.cpu.get_cpu_capability(), str(src.loader.device))).encode())
+    return h.hexdigest()[:24]
+
+
+def build_table(src: TableSource, batch_size: int) -> torch.Tensor:
+    """``[N, V, classes]``: the teacher's logits of sample ``n`` in its ``v``-th view (``crop_flip_views`` order),
+    each computed as the training loop would: crop/flip, normalise, layout, the runtime's autocast."""
+    loader = src.loader
+    ids = crop_flip_views(loader.crop_padding, loader.flip)
+    n = len(loader.labels)
+    table = None
+    for v, view in enumerate(ids.tolist()):
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            dy, dx, flips = view_parameters(torch.full((len(idx),), view), loader.crop_padding)
+            x = crop_flip(loader.images.index_select(0, idx.to(loader.device)), loader.crop_padding, dy, dx, flips)
+            x = normalize(x, loader.mean, loader.std)
+            if loader.channels_last or src.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with src.autocast():
+                logits = src.teacher_logits(x)
+            if table is None:
+                table = torch.empty(n, len(ids), logits.shape[1], dtype=logits.dtype, device=logits.device)
+            table[start:start + len(idx), v] = logits
+    return table
+
+
+class TeacherViews:
+    """A loaded table and its lookup; checked against the teacher on its first batch."""
+
+    def __init__(self, table: torch.Tensor, padding: int, flip: bool, path: Path):
+        self.table, self.path = table, path
+        self.slot = torch.full((crop_flip_views(padding, True)[-1] + 1,), -1, dtype=torch.int64)
+        self.slot[crop_flip_views(padding, flip)] = torch.arange(table.shape[1])
+        self.slot = self.slot.to(table.device)
+        self.checked = False
+        self.disabled: str | None = None  # why it is off (a failed check)
+
+    def logits(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor, teacher_logits) -> torch.Tensor:
+        """The teacher's logits of a batch of the loader's views (``teacher_logits`` runs the teacher: on the first
+        batch, as the check)."""
+        if self.disabled:
+            return teacher_logits(images)
+        found = self.table[indices.to(self.table.device), self.slot[views.to(self.table.device)]]
+        if not self.checked:
+            live = teacher_logits(images)
+            self.checked = True
+            if not torch.equal(live, found):
+                self.disabled = (f"its logits differ from the teacher's on the first batch (max |diff| "
+                                 f"{(live.float() - found.float()).abs().max().item():.3g})")
+                warnings.warn(f"teacher view cache {self.path}: {self.disabled}; not using it", stacklevel=2)
+                return live
+        return found
+
+
+def load_table(path: Path, src: TableSource) -> TeacherViews | None:
+    """The table at ``path`` if it is there and whole (a damaged one: a warning, and None)."""
+    if not path.exists():
+        return None
+    loader = src.loader
+    try:
+        table = torch.load(path, map_location=loader.device, weights_only=True)
+        expected = (len(loader.labels), views_drawn(loader.crop_padding, loader.flip), src.num_classes)
+        if not isinstance(table, torch.Tensor) or tuple(table.shape) != expected:
+            raise ValueError(f"holds {getattr(table, 'shape', type(table).__name__)}, not a {list(expected)} table")
+    except Exception as e:  # noqa: BLE001 - any unreadable file: train with the teacher instead
+        warnings.warn(f"teacher view cache {path} is unreadable ({e}); training with the teacher", stacklevel=2)
+        return None
+    return TeacherViews(table, loader.crop_padding, loader.flip, path)
+
+
+def build_or_wait(path: Path, src: TableSource, batch_size: int) -> tuple[TeacherViews | None, float | None]:
+    """Build the table (under ``path``'s lock) unless another process is building it; returns the table (None while
+    another process builds it) and the seconds building took (None when not built here)."""
+    try:
+        with hold_lock(path.with_suffix(".lock"), "building a teacher view cache"):
+            ready = load_table(path, src)  # built by another process since we looked
+            if ready is not None:
+                return ready, None
+            started = time.perf_counter()
+            table = build_table(src, batch_size)
+            save_torch(table.cpu(), path)
+            return TeacherViews(table, src.loader.crop_padding, src.loader.flip, path), time.perf_counter() - started
+    except LockedError:
+        return None, None

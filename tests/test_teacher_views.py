@@ -1,0 +1,177 @@
+"""train.teacher_cache (engine/teacher_views.py): the teacher's logits of every crop/flip view, looked up instead of
+computed, and the same bits either way."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from mixdistill.config import load_config
+from mixdistill.data.transforms import crop_flip, crop_flip_views, random_crop_flip, view_parameters
+from mixdistill.engine import teacher_views
+from mixdistill.engine.checkpoint import load_checkpoint
+from mixdistill.engine.trainer import Trainer, _SilentLogger, train
+from mixdistill.errors import ConfigError
+from mixdistill.files import hold_lock
+from mixdistill.studies.grid import GridRun, with_teacher_views
+
+
+@pytest.mark.parametrize("padding,flip", [(2, True), (1, False), (0, True), (4, True)])
+def test_a_view_id_names_the_crop_and_flip_the_loader_drew(padding, flip):
+    x = torch.randint(0, 256, (200, 3, 9, 7), dtype=torch.uint8)
+    plain = random_crop_flip(x, padding, torch.Generator().manual_seed(3), flip=flip)
+    out, views = random_crop_flip(x, padding, torch.Generator().manual_seed(3), flip=flip, return_views=True)
+    assert torch.equal(out, plain)  # asking for the ids draws nothing more
+    assert set(views.tolist()) <= set(crop_flip_views(padding, flip).tolist())
+    assert len(crop_flip_views(padding, flip)) == (2 * padding + 1) ** 2 * (2 if flip else 1)
+    assert torch.equal(crop_flip(x, padding, *view_parameters(views, padding)), out)
+    if padding == 2 and flip:  # 200 draws from 50 views: both flips and the extreme offsets occur
+        dy, dx, flipped = view_parameters(views, padding)
+        assert flipped.any() and not flipped.all() and dy.min() == 0 and dx.max() == 4
+
+
+@pytest.fixture
+def teacher_ckpt(tiny_run_overrides):
+    teacher = load_config(None, tiny_run_overrides + ["name=teacher", "optim.epochs=1"])
+    train(teacher, quiet=True)
+    return teacher.run_dir / "last.pt"
+
+
+def _kd(tiny_run_overrides, teacher_ckpt, name, *extra):
+    return load_config(None, tiny_run_overrides + ["method=kd", "optim.epochs=2", f"name={name}",
+                                                   f"model.teacher_checkpoint={teacher_ckpt}", *extra])
+
+
+@pytest.mark.parametrize("run_precision", ["fp32", "bf16"])
+def test_a_kd_run_ends_with_the_same_weights_with_the_table_or_with_the_teacher(run_precision, tiny_run_overrides,
+                                                                              teacher_ckpt, capsys, monkeypatch):
+    """Built by the first run, loaded by the second; both end bit for bit where the run without it ends."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # bf16 as natively
+    extra = [f"train.precision={run_precision}", f"train.channels_last={run_precision == 'bf16'}"]
+    summaries, weights = {}, {}
+    for name, setting in (("built", "true"), ("loaded", "true"), ("live", "false")):
+        cfg = _kd(tiny_run_overrides, teacher_ckpt, name, f"train.teacher_cache={setting}", *extra)
+        capsys.readouterr()
+        summaries[name] = train(cfg)
+        log = capsys.readouterr().err
+        weights[name] = load_checkpoint(cfg.run_dir / "last.pt")["model"]
+        if setting == "true":
+            assert ("built in" if name == "built" else "loaded;") in log and "from epoch 1" in log
+    views = summaries["built"]["teacher_views"]
+    assert views["views"] == 50 and views["images"] == 800 and views["from_epoch"] == 1 and "off" not in views
+    assert views["built_s"] > 0 and summaries["loaded"]["teacher_views"]["built_s"] is None
+    assert summaries["live"]["teacher_views"] is None
+    for name in ("built", "loaded"):
+        assert all(torch.equal(weights[name][k], weights["live"][k]) for k in weights["live"])
+        assert summaries[name]["last_test_loss"] == summaries["live"]["last_test_loss"]
+
+
+def test_the_table_holds_the_teachers_logits_of_each_view(tiny_run_overrides, teacher_ckpt):
+    trainer = Trainer(_kd(tiny_run_overrides, teacher_ckpt, "t"), quiet=True)
+    src = trainer._views_source()
+    table = teacher_views.build_table(src, 64)
+    loader = trainer.train_loader
+    ids = crop_flip_views(loader.crop_padding, loader.flip)
+    for v in (0, 17, len(ids) - 1):
+        rows = torch.tensor([0, 5, 799])
+        x = crop_flip(loader.images[rows], loader.crop_padding, *view_parameters(torch.full((3,), int(ids[v])),
+                                                                                  loader.crop_padding))
+        x = (x.float() / 255 - loader.mean) / loader.std
+        assert torch.equal(trainer.distiller.teacher_logits(x), table[rows, v])
+
+
+def test_a_table_that_differs_from_the_teacher_is_caught_and_the_run_computes_what_it_would_have(
+        tiny_run_overrides, teacher_ckpt):
+    good = train(_kd(tiny_run_overrides, teacher_ckpt, "first", "train.teacher_cache=true"), quiet=True)
+    path = teacher_views.Path(good["teacher_views"]["file"])
+    table = torch.load(path)
+    table += 1e-3  # every logit a little off: no batch can pass the check
+    torch.save(table, path)
+    plain = train(_kd(tiny_run_overrides, teacher_ckpt, "plain", "train.teacher_cache=false"), quiet=True)
+    with pytest.warns(UserWarning, match="differ from the teacher's on the first batch"):
+        checked = train(_kd(tiny_run_overrides, teacher_ckpt, "checked", "train.teacher_cache=true"), quiet=True)
+    assert "differ" in checked["teacher_views"]["off"]
+    assert checked["last_test_loss"] == plain["last_test_loss"] == good["last_test_loss"]
+
+
+def test_a_damaged_table_is_built_again(tiny_run_overrides, teacher_ckpt):
+    first = train(_kd(tiny_run_overrides, teacher_ckpt, "first", "train.teacher_cache=true"), quiet=True)
+    path = teacher_views.Path(first["teacher_views"]["file"])
+    path.write_bytes(b"not a table")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = train(_kd(tiny_run_overrides, teacher_ckpt, "again", "train.teacher_cache=true"), quiet=True)
+    assert again["teacher_views"]["built_s"] > 0 and again["last_test_loss"] == first["last_test_loss"]
+    assert torch.load(path).shape == (800, 50, 10)
+
+
+def test_a_run_trains_with_the_teacher_while_another_builds_the_table_and_uses_it_once_there(tiny_run_overrides,
+                                                                                           teacher_ckpt):
+    cfg = _kd(tiny_run_overrides, teacher_ckpt, "waits", "train.teacher_cache=true", "optim.epochs=3")
+    trainer = Trainer(cfg, quiet=True)
+    src = trainer._views_source()
+    path = cfg.run_dir.parent / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
+    with hold_lock(path.with_suffix(".lock"), "a test building the table"):
+        trainer._start_teacher_views(_SilentLogger())
+        assert trainer.distiller.teacher_views is None
+        trainer.train_epoch(0)
+        assert trainer.distiller.teacher_views is None
+        teacher_views.save_torch(teacher_views.build_table(src, 64).cpu(), path)
+    trainer.train_epoch(1)
+    assert trainer.distiller.teacher_views is not None and trainer.distiller.teacher_views.checked
+    assert trainer.teacher_views_report["from_epoch"] == 2
+
+
+def test_auto_builds_a_table_only_where_the_runs_epochs_repay_it(tiny_run_overrides, teacher_ckpt, capsys):
+    short = train(_kd(tiny_run_overrides, teacher_ckpt, "short"))  # 2 epochs, 50 views: not worth it
+    assert short["teacher_views"] is None and "teacher view cache: off (2 epochs" in capsys.readouterr().err
+    assert teacher_views.pays(51, 2, True) and not teacher_views.pays(50, 2, True)
+    assert teacher_views.pays(26, 2, False) and not teacher_views.pays(25, 2, False)
+    built = train(_kd(tiny_run_overrides, teacher_ckpt, "built", "train.teacher_cache=true"), quiet=True)
+    reused = train(_kd(tiny_run_overrides, teacher_ckpt, "reused"), quiet=True)  # auto takes a table that is there
+    assert reused["teacher_views"]["file"] == built["teacher_views"]["file"]
+    assert reused["teacher_views"]["built_s"] is None
+
+
+@pytest.mark.parametrize("extra,why", [
+    (["augment.name=mixup"], "augment mixup mixes the batch the teacher sees"),
+    (["method=crd"], "method crd runs its teacher on other inputs"),
+])
+def test_asking_for_a_table_a_run_cannot_use_is_one_clear_error(extra, why, tiny_run_overrides, teacher_ckpt):
+    with pytest.raises(ConfigError, match=why):
+        train(_kd(tiny_run_overrides, teacher_ckpt, "refused", "train.teacher_cache=true", *extra), quiet=True)
+
+
+def test_a_grid_turns_the_table_on_for_runs_that_share_it_and_repay_it(tmp_path):
+    def run(key, epochs, **over):
+        tree = {"data": {"dataset": "fashion_mnist", "root": str(tmp_path), "train_subset": 3000},
+                "model": {"student": "cnn5_w8", "teacher_checkpoint": "/t.pt"}, "method": {"name": "kd"},
+                "optim": {"epochs": epochs, "milestones": []}, "train": {"device": "cpu", "threads": 1}}
+        for section, values in over.items():
+            tree[section] = {**tree.get(section, {}), **values}
+        return GridRun(key, tree)
+
+    runs = [run("kd/s0", 30), run("kd/s1", 30), run("mix/s0", 30, augment={"name": "mixup"}),
+            run("mix/s1", 30, augment={"name": "mixup"}), run("alone/s0", 45, model={"teacher_checkpoint": "/u.pt"}),
+            run("few/s0", 20, model={"teacher_checkpoint": "/v.pt"}),
+            run("few/s1", 20, model={"teacher_checkpoint": "/v.pt"}),
+            run("off/s0", 30, train={"teacher_cache": False}), run("off/s1", 30, train={"teacher_cache": False})]
+    got = {r.key: r.config["train"].get("teacher_cache", "auto") for r in with_teacher_views(runs, tmp_path)}
+    assert got == {"kd/s0": True, "kd/s1": True, "mix/s0": "auto", "mix/s1": "auto", "alone/s0": "auto",
+                   "few/s0": "auto", "few/s1": "auto", "off/s0": False, "off/s1": False}
+
+
+def test_the_table_setting_is_no_difference_to_a_finished_run(tiny_run_overrides, teacher_ckpt):
+    from mixdistill.engine.run import stored_config_difference
+
+    cfg = _kd(tiny_run_overrides, teacher_ckpt, "x")
+    assert stored_config_difference(_kd(tiny_run_overrides, teacher_ckpt, "x", "train.teacher_cache=true").to_dict(),
+                                    cfg) == []
+
+
+def test_no_warning_from_a_table_that_passes_its_check(tiny_run_overrides, teacher_ckpt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        summary = train(_kd(tiny_run_overrides, teacher_ckpt, "w", "train.teacher_cache=true"), quiet=True)
+    assert "off" not in summary["teacher_views"]
