@@ -85,7 +85,7 @@ class Trainer:
         self.distiller.to(self.runtime.device)
         if self.runtime.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
-        self._views_path, self.teacher_views_report = None, None  # train.teacher_cache, set up when fit starts
+        self.teacher_views_report = None  # train.teacher_cache, set up when fit starts
         self.small_bn_layers = 0  # BatchNorms run by engine/small_bn.c (channels-last bf16 on the CPU)
         self.small_pool_layers = 0  # 2x2 max-pools run by engine/small_pool.c (the same)
         if self.runtime.device.type == "cpu" and self.runtime.precision == "bf16" and self.runtime.channels_last:
@@ -391,8 +391,6 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
         cfg, runtime = self.cfg, self.runtime
-        if self._views_path is not None and self.distiller.teacher_views is None:
-            self._look_for_teacher_views(epoch, logger)
         views_on = self.distiller.teacher_views is not None
         generator = seed_epoch(cfg.seed, epoch)
         self.train_loader.set_epoch(epoch)
@@ -451,6 +449,7 @@ class Trainer:
 
     # -- the teacher's table of views (engine/teacher_views.py) --------------------------------------------
     def _views_source(self) -> teacher_views.TableSource:
+        """What this run's table of teacher views is built from (engine/teacher_views.py)."""
         r = self.teacher_report
         form = (f"{type(self.distiller.teacher).__name__}; folded {r.folded_pairs}, compiled {r.compiled}, "
                 f"int8 {r.int8}" if r is not None else type(self.distiller.teacher).__name__)
@@ -460,8 +459,7 @@ class Trainer:
 
     def _start_teacher_views(self, logger) -> None:
         """train.teacher_cache: use the table of the teacher's logits per view if it is there, else build it when it
-        pays (or train.teacher_cache=true), else (another process is building it) look again every epoch."""
-        self._views_path, self.teacher_views_report = None, None
+        pays (or train.teacher_cache=true), or wait for the process that is building it."""
         setting, d = self.cfg.train.teacher_cache, self.distiller
         if setting is False:
             return
@@ -480,7 +478,7 @@ class Trainer:
         loader = self.train_loader
         n, views = len(loader.labels), teacher_views.views_drawn(loader.crop_padding, loader.flip)
         path = Path(self.cfg.output_dir) / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
-        table, built_s = teacher_views.load_table(path, src), None
+        table, built_s, waited_s = teacher_views.load_table(path, src), None, 0.0
         if table is None:
             epochs = self.cfg.optim.total_epochs - self.start_epoch
             size = teacher_views.table_bytes(n, views, self.num_classes, self.runtime.precision)
@@ -490,28 +488,15 @@ class Trainer:
                             f"{views} views x {n} images, or the table would pass "
                             f"{teacher_views.AUTO_MAX_BYTES >> 20} MiB)")
                 return
-            table, built_s = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
-        self._views_path = path
-        self.teacher_views_report = {"file": str(path), "views": views, "images": n, "from_epoch": None,
-                                     "built_s": round(built_s, 2) if built_s is not None else None}
-        if table is None:
-            logger.info(f"teacher view cache: {path} is being built by another run; training with the teacher, "
-                        f"looking for it every epoch")
-            return
-        self._use_teacher_views(table, self.start_epoch, logger,
-                                f"built in {built_s:.1f} s" if built_s is not None else "loaded")
-
-    def _look_for_teacher_views(self, epoch: int, logger) -> None:
-        table = teacher_views.load_table(self._views_path, self._views_source())
-        if table is not None:
-            self._use_teacher_views(table, epoch, logger, "built by another run")
-
-    def _use_teacher_views(self, table, epoch: int, logger, how: str) -> None:
-        self.distiller.teacher_views = table
-        self.teacher_views_report["from_epoch"] = epoch + 1
-        logger.info(f"teacher view cache: {self._views_path} ({how}; {table.table.shape[1]} views x "
-                    f"{table.table.shape[0]} images), from epoch {epoch + 1}; its first batch is checked against "
-                    f"the teacher")
+            table, built_s, waited_s = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
+        d.teacher_views = table
+        self.teacher_views_report = {"file": str(path), "views": views, "images": n,
+                                     "built_s": round(built_s, 2) if built_s is not None else None,
+                                     "waited_s": round(waited_s, 2)}
+        how = (f"built in {built_s:.1f} s" if built_s is not None else
+               f"built by another run, waited {waited_s:.1f} s" if waited_s >= 0.1 else "loaded")
+        logger.info(f"teacher view cache: {path} ({how}; {views} views x {n} images); its first batch is checked "
+                    f"against the teacher")
 
     def _improves_best(self, record: dict) -> bool:
         """Does this epoch's evaluation beat the best so far by ``train.best_metric``? (Updates it if so.)"""
