@@ -8,9 +8,12 @@ format, batch 128, ``--grid-epochs`` epochs (45: 1,035 SGD steps, the CPU studie
 end. The teacher has random weights (speed does not depend on them).
 
 * **one_at_a_time**: ``run_grid`` with ``jobs=1`` (in this process), ``train.threads`` = torch's default here
-  (all cores), ``train.compile=false``, ``train.channels_last`` on only with bf16: the earlier defaults.
+  (all cores), ``train.compile=false``, ``train.channels_last`` on only with bf16, ``train.teacher_cache=false``:
+  the earlier defaults.
 * **grid**: ``run_grid`` with the defaults: 1 thread per run (the CPU-scale studies' ``threads_per_run``), as
-  many runs side by side as the cores hold, ``train.compile=auto``, ``train.channels_last=auto``.
+  many runs side by side as the cores hold, ``train.compile=auto``, ``train.channels_last=auto``,
+  ``train.teacher_cache=auto`` (which the grid runner turns on for these runs: they share one teacher; the table is
+  built in every round, in its fresh folder, and counted).
 
 Each round runs both in a fresh folder, in alternating order (load drift hits both alike); the ratio is the
 median over rounds of the per-round ratio of runs per hour.
@@ -18,7 +21,8 @@ median over rounds of the per-round ratio of runs per hour.
 Each round also times (last, or first in the reversed rounds) **alone_1thread**: one run of the grid, with the
 grid's defaults and 1 thread, alone on the machine. ``min(cores, runs)`` such runs side by side that did not slow
 each other down would give the **ceiling** ``min(cores, runs) x (one_at_a_time's seconds per run) /
-(alone_1thread's seconds)``: what running side by side can give here at these step times. grid / ceiling is how
+(alone_1thread's seconds)``: what running side by side can give here at these step times (a run alone does not
+build a teacher table, so the grid's shared one can take it past this ceiling). grid / ceiling is how
 much of it the grid runner gets (runs side by side share caches and memory bandwidth; the pool's start-up and the
 runs' set-up are in it too).
 

@@ -12,7 +12,8 @@ torchdistill caches teacher outputs per sample for un-augmented inputs; this is 
 enumerated.
 
 Bit for bit: a sample's teacher logits do not depend on the other samples of its batch, on the batch size or on the
-thread count (per-sample convolutions; tests/test_teacher_views.py checks whole runs with and without). Every process checks
+thread count (per-sample convolutions; tests/test_teacher_views.py checks whole runs with and without).
+Every process checks
 it on its first looked-up batch, which it also runs through the teacher: a difference switches the table off for
 the run, with a warning, and the run computes what it would have without it.
 
@@ -170,4 +171,5 @@ def build_or_wait(path: Path, src: TableSource, batch_size: int) -> tuple[Teache
         finally:
             torch.set_num_threads(threads)
         save_torch(table.cpu(), path)
-        return TeacherViews(table, src.loader.crop_padding, src.loader.flip, path), time.perf_counter() - started, waited
+        built = TeacherViews(table, src.loader.crop_padding, src.loader.flip, path)
+        return built, time.perf_counter() - started, waited
