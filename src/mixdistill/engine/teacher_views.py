@@ -38,9 +38,24 @@ from mixdistill.data.loader import DeviceLoader
 from mixdistill.data.transforms import crop_flip, crop_flip_views, normalize, view_parameters
 from mixdistill.files import hold_lock, save_torch
 from mixdistill.machine import available_cpus, cpu_name
+from mixdistill.methods import METHODS
 
 FOLDER = "teacher_views"
 AUTO_MAX_BYTES = 1 << 30  # auto builds no table larger than this (train.teacher_cache=true does)
+
+
+def unusable(cfg) -> str | None:
+    """Why a run of ``cfg`` (a RunConfig) cannot use a table of teacher views; None where it can."""
+    method = METHODS.get(cfg.method.name)
+    if not method.needs_teacher or cfg.model.teacher_checkpoint is None:
+        return "the method has no teacher"
+    if not method.teacher_sees_loader_view:
+        return f"method {cfg.method.name} runs its teacher on other inputs than the loader's batch"
+    if cfg.augment.name != "none":
+        return f"augment {cfg.augment.name} mixes the batch the teacher sees"
+    if cfg.data.loader == "streaming":
+        return "data.loader streaming draws crops the table cannot enumerate"
+    return None
 
 
 def views_drawn(padding: int, flip: bool) -> int:

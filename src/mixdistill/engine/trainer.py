@@ -460,16 +460,10 @@ class Trainer:
     def _start_teacher_views(self, logger) -> None:
         """train.teacher_cache: use the table of the teacher's logits per view if it is there, else build it when it
         pays (or train.teacher_cache=true), or wait for the process that is building it."""
-        setting, d = self.cfg.train.teacher_cache, self.distiller
+        setting = self.cfg.train.teacher_cache
         if setting is False:
             return
-        why_not = ("the method has no teacher" if d.teacher is None else
-                   f"method {self.cfg.method.name} runs its teacher on other inputs than the loader's batch"
-                   if not d.teacher_sees_loader_view else
-                   f"augment {self.cfg.augment.name} mixes the batch the teacher sees" if d.augment is not None else
-                   "data.loader streaming draws crops the table cannot enumerate"
-                   if not isinstance(self.train_loader, teacher_views.DeviceLoader) else
-                   "torchrun processes" if self.dist.enabled else None)
+        why_not = teacher_views.unusable(self.cfg) or ("torchrun processes" if self.dist.enabled else None)
         if why_not:
             if setting is True:
                 raise ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
@@ -489,7 +483,7 @@ class Trainer:
                             f"{teacher_views.AUTO_MAX_BYTES >> 20} MiB)")
                 return
             table, built_s, waited_s = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
-        d.teacher_views = table
+        self.distiller.teacher_views = table
         self.teacher_views_report = {"file": str(path), "views": views, "images": n,
                                      "built_s": round(built_s, 2) if built_s is not None else None,
                                      "waited_s": round(waited_s, 2)}

@@ -113,9 +113,7 @@ def with_teacher_views(runs: list[GridRun], study_dir: Path) -> list[GridRun]:
         if (run.config.get("train") or {}).get("teacher_cache", "auto") != "auto":
             continue
         cfg = cfgs[i] = resolve(run, study_dir)
-        method = METHODS.get(cfg.method.name)
-        if not (cfg.model.teacher_checkpoint and method.teacher_sees_loader_view and cfg.augment.name == "none"
-                and cfg.data.loader != "streaming"):
+        if teacher_views.unusable(cfg):
             continue
         t = cfg.train
         group = json.dumps([cfg.model.teacher_checkpoint, cfg.data.model_dump(), t.device, t.precision,
