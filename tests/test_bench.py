@@ -365,43 +365,29 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
         bench.main(["--rounds", "1", "--batch-size", "4", "--precision", "fp32"])
 
 
-def test_the_small_bn_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch, kernel_wrappers):
-    from mixdistill.engine import small_bn
+@pytest.mark.parametrize("kernel,wrong_function,wrong_output,tables", [
+    ("small_bn", "small_bn_forward", 1, 2),  # the first output value; a table for 1 and 2 threads
+    ("small_pool", "small_pool_backward", 2, 1),  # the first input gradient
+])
+def test_the_kernel_benchmarks_time_both_kernels_and_check_they_agree(kernel, wrong_function, wrong_output, tables,
+                                                                     capsys, monkeypatch, kernel_wrappers):
+    import importlib
 
-    bench = _load_script("small_bn")
-    if small_bn.status() != "on":  # ATen's AVX2 kernels or no C compiler: the script says so and stops
+    module = importlib.import_module(f"mixdistill.engine.{kernel}")
+    monkeypatch.setattr(module, "_checked", set())
+    bench = _load_script(kernel)
+    if module.status() != "on":  # ATen's AVX2 kernels or no C compiler: the script says so and stops
         with pytest.raises(SystemExit, match="nothing to time"):
             bench.main(["--rounds", "1"])
         return
     bench.main(["--rounds", "1", "--batch-size", "4", "--kd-runs", "1", "--kd-epochs", "1"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
-    assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS] * 2
+    assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS] * tables
     assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
 
-    wrong = kernel_wrappers.one_bit_off(small_bn._library()[0], "small_bn_forward", 1)  # the first output value
-    monkeypatch.setattr(small_bn, "_library", lambda: (wrong, ""))
-    with pytest.raises(SystemExit, match="the kernels differ"):
-        bench.main(["--rounds", "1", "--batch-size", "4"])
-
-
-def test_the_small_pool_benchmark_times_both_kernels_and_checks_they_agree(capsys, monkeypatch, kernel_wrappers):
-    from mixdistill.engine import small_pool
-
-    monkeypatch.setattr(small_pool, "_checked", set())
-    bench = _load_script("small_pool")
-    if small_pool.status() != "on":  # ATen's AVX2 kernels or no C compiler: the script says so and stops
-        with pytest.raises(SystemExit, match="nothing to time"):
-            bench.main(["--rounds", "1"])
-        return
-    bench.main(["--rounds", "1", "--batch-size", "4", "--kd-runs", "1", "--kd-epochs", "1"])
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
-    assert [r.split(" | ")[0][2:].split(" (")[0] for r in rows] == [name for name, _, _ in bench.LAYERS]
-    assert "whole KD run (23 steps, 1 thread(s), eager), 1 rounds" in out and "both ways" in out
-
-    wrong = kernel_wrappers.one_bit_off(small_pool._library()[0], "small_pool_backward", 2)  # the first input grad
-    monkeypatch.setattr(small_pool, "_library", lambda: (wrong, ""))
+    wrong = kernel_wrappers.one_bit_off(module._library()[0], wrong_function, wrong_output)
+    monkeypatch.setattr(module, "_library", lambda: (wrong, ""))
     with pytest.raises(SystemExit, match="the kernels differ"):
         bench.main(["--rounds", "1", "--batch-size", "4"])
 
