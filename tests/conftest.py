@@ -172,8 +172,110 @@ class KernelWrappers:
             return wrong
         return _KernelWrapper(lib, hook)
 
+    @staticmethod
+    def train(model, steps: int, runtime, seed: int = 0, no_grad_forward: bool = False) -> list:
+        """``steps`` SGD steps of ``model`` on random 28x28 batches under ``runtime``'s autocast (channels_last), and
+        with ``no_grad_forward`` a last forward in eval mode; returns every forward's logits."""
+        import torch
+        import torch.nn.functional as F
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout (AlexNet)
+        logits = []
+        for _ in range(steps):
+            x = torch.randn(64, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (64,), generator=g)
+            with runtime.autocast():
+                out = model(x)
+            F.cross_entropy(out.float(), y).backward()
+            opt.step()
+            opt.zero_grad()
+            logits.append(out)
+        if no_grad_forward:
+            with torch.no_grad(), runtime.autocast():
+                logits.append(model.eval()(x))  # the no-grad forward (a teacher's, an evaluation)
+            model.train()
+        return logits
+
+    def assert_a_wrong_kernel_is_caught(self, kernel, install, direction: str, monkeypatch, **train_options):
+        """``kernel`` (engine.small_bn or small_pool) with one bit of its ``direction``'s output wrong: the first call's
+        comparison with ATen catches it, warns, switches the kernel off and uses ATen's result, so a cnn5_w8 whose
+        layers ``install`` swapped trains 2 steps to ATen's logits and weights."""
+        import copy
+
+        import torch
+
+        from mixdistill.engine.runtime import resolve_runtime
+        from mixdistill.models import create_model
+
+        runtime = resolve_runtime("cpu", "bf16", True, False)
+        torch.manual_seed(0)
+        aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
+        ours = copy.deepcopy(aten)
+        install(ours)
+        name = kernel.__name__.rsplit(".", 1)[1]
+        wrong = self.one_bit_off(kernel._library()[0], f"{name}_{direction}", 1 if direction == "forward" else 2)
+        monkeypatch.setattr(kernel, "_library", lambda: (wrong, ""))
+        with pytest.warns(RuntimeWarning, match=f"differed from ATen's {direction}"):
+            logits = self.train(ours, 2, runtime, **train_options)
+        for a, o in zip(self.train(aten, 2, runtime, **train_options), logits, strict=True):
+            assert torch.equal(a, o)
+        sa, so = aten.state_dict(), ours.state_dict()
+        assert all(torch.equal(sa[k], so[k]) for k in sa)
+        assert kernel.status().startswith(f"off (differed from ATen's {direction}")
+
+    @staticmethod
+    def assert_off_without_a_compiler_or_avx512(kernel, install, net, monkeypatch):
+        """No C compiler: ``kernel`` is off and says why, and ``install`` swaps nothing in ``net``; with ATen's AVX2
+        kernels it is off too."""
+        import torch
+
+        from mixdistill.engine import ckernels
+
+        monkeypatch.setattr(kernel, "_library", kernel._library.__wrapped__)
+        monkeypatch.setattr(ckernels.shutil, "which", lambda name: None)
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+        assert kernel.status() == "off (no C compiler)"
+        before = [type(m) for m in net]
+        assert install(net) == 0 and [type(m) for m in net] == before
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        assert kernel.status().startswith("off (ATen's AVX2 kernels")
+
+    @staticmethod
+    def assert_a_bf16_kd_run_is_the_same_with_or_without(switch: str, log_label: str, overrides, monkeypatch, capsys):
+        """A channels-last bf16 KD run (cnn5_w8 from a 1-epoch teacher) logs ``log_label: on, 2 layers``; with the
+        environment variable ``switch`` at 0 it logs the kernel off and ends with the same weights and test loss,
+        bit for bit."""
+        import torch
+
+        from mixdistill.config import load_config
+        from mixdistill.engine.checkpoint import load_checkpoint
+        from mixdistill.engine.trainer import train
+
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # bf16 as here
+        teacher = load_config(None, overrides + ["name=teacher", "optim.epochs=1"])
+        train(teacher, quiet=True)
+        common = overrides + ["method=kd", "train.precision=bf16", "train.channels_last=true",
+                              "optim.epochs=2", f"model.teacher_checkpoint={teacher.run_dir / 'last.pt'}"]
+        summaries, weights = {}, {}
+        for way in ("on", "off"):
+            monkeypatch.setenv(switch, "1" if way == "on" else "0")
+            cfg = load_config(None, common + [f"name=kd_{way}"])
+            capsys.readouterr()
+            summaries[way] = train(cfg)
+            log = capsys.readouterr().err
+            expected = "on, 2 layers" if way == "on" else f"off ({switch}=0), 0 layers"
+            assert f"{log_label}: {expected}" in log
+            weights[way] = load_checkpoint(cfg.run_dir / "last.pt")["model"]
+        assert weights["on"].keys() == weights["off"].keys()
+        assert all(torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])
+        assert summaries["on"]["last_test_loss"] == summaries["off"]["last_test_loss"]
+
 
 @pytest.fixture
 def kernel_wrappers() -> KernelWrappers:
-    """Wrappers of a C kernel library for the kernels' tests: counting calls, or one bit wrong."""
+    """The C kernels' test kit: their library wrapped (counting calls, or one bit wrong), a few training steps, and
+    the checks both kernels must pass (a wrong kernel caught, off without a compiler, a KD run unchanged)."""
     return KernelWrappers()

@@ -7,10 +7,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mixdistill.engine import ckernels, small_pool
+from mixdistill.engine import small_pool
 from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.models import create_model
 
@@ -76,26 +75,6 @@ def test_the_kernel_is_atens_max_pool_bit_for_bit(shape, special):
         assert torch.equal(_bits(y), _bits(ours_y)) and torch.equal(_bits(dx), _bits(ours_dx))
 
 
-def _train(model, steps, runtime, seed=0):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout (AlexNet)
-    logits = []
-    for _ in range(steps):
-        x = torch.randn(64, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (64,), generator=g)
-        with runtime.autocast():
-            out = model(x)
-        F.cross_entropy(out.float(), y).backward()
-        opt.step()
-        opt.zero_grad()
-        logits.append(out)
-    with torch.no_grad(), runtime.autocast():
-        logits.append(model.eval()(x))  # the no-grad forward (a teacher's, an evaluation)
-    model.train()
-    return logits
-
-
 @needs_kernel
 @pytest.mark.parametrize("arch", ["cnn5_w8", "lenet5", "alexnet_cifar_w025"])
 def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch, kernel_wrappers):
@@ -108,7 +87,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch, 
     assert small_pool.use_small_max_pool(ours) == {"cnn5_w8": 1, "lenet5": 1, "alexnet_cifar_w025": 2}[arch]
     counting, calls = kernel_wrappers.counting(small_pool._library()[0])
     monkeypatch.setattr(small_pool, "_library", lambda: (counting, ""))
-    for a, o in zip(_train(aten, 3, runtime), _train(ours, 3, runtime), strict=True):
+    for a, o in zip(kernel_wrappers.train(aten, 3, runtime, no_grad_forward=True),
+                    kernel_wrappers.train(ours, 3, runtime, no_grad_forward=True), strict=True):
         assert torch.equal(_bits(a), _bits(o))
     sa, so = aten.state_dict(), ours.state_dict()
     assert sa.keys() == so.keys() and all(torch.equal(sa[k], so[k]) for k in sa)
@@ -123,21 +103,8 @@ def test_a_kernel_that_differs_from_aten_is_switched_off_and_atens_result_used(d
                                                                              kernel_wrappers):
     """The first call of a channel count compares with ATen: a kernel that got one bit wrong is caught, warned
     about and replaced by ATen's result for that call and every later one."""
-    runtime = resolve_runtime("cpu", "bf16", True, False)
-    torch.manual_seed(0)
-    aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
-    ours = copy.deepcopy(aten)
-    small_pool.use_small_max_pool(ours)
-    wrong = kernel_wrappers.one_bit_off(small_pool._library()[0], f"small_pool_{direction}",
-                                        1 if direction == "forward" else 2)  # y / dx
-    monkeypatch.setattr(small_pool, "_library", lambda: (wrong, ""))
-    with pytest.warns(RuntimeWarning, match=f"differed from ATen's {direction}"):
-        logits = _train(ours, 2, runtime)
-    for a, o in zip(_train(aten, 2, runtime), logits, strict=True):
-        assert torch.equal(a, o)
-    sa, so = aten.state_dict(), ours.state_dict()
-    assert all(torch.equal(sa[k], so[k]) for k in sa)
-    assert small_pool.status().startswith(f"off (differed from ATen's {direction}")
+    kernel_wrappers.assert_a_wrong_kernel_is_caught(small_pool, small_pool.use_small_max_pool, direction,
+                                                    monkeypatch, no_grad_forward=True)
 
 
 def test_what_the_kernel_does_not_take_stays_atens(monkeypatch):
@@ -163,17 +130,11 @@ def test_what_the_kernel_does_not_take_stays_atens(monkeypatch):
     assert small_pool.status() == "off (MIXDISTILL_SMALL_POOL=0)"
 
 
-def test_without_a_compiler_or_avx512_the_kernel_is_off(monkeypatch):
+def test_without_a_compiler_or_avx512_the_kernel_is_off(monkeypatch, kernel_wrappers):
     """No C compiler (or ATen's AVX2 kernels, where the kernel was not shown equal): off, said why, nothing swapped."""
-    monkeypatch.setattr(small_pool, "_library", small_pool._library.__wrapped__)
-    monkeypatch.setattr(ckernels.shutil, "which", lambda name: None)
-    monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert small_pool.status() == "off (no C compiler)"
     net = nn.Sequential(nn.MaxPool2d(2))
-    assert small_pool.use_small_max_pool(net) == 0 and type(net[0]) is nn.MaxPool2d
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert small_pool.status().startswith("off (ATen's AVX2 kernels")
+    kernel_wrappers.assert_off_without_a_compiler_or_avx512(small_pool, small_pool.use_small_max_pool, net,
+                                                            monkeypatch)
 
 
 def test_a_compiled_or_folded_network_gets_torchs_own_max_pool_back():
@@ -195,29 +156,10 @@ def test_a_compiled_or_folded_network_gets_torchs_own_max_pool_back():
 
 
 @needs_kernel
-def test_a_bf16_kd_run_ends_with_the_same_weights_with_the_kernel_or_without(tiny_run_overrides, monkeypatch, capsys):
+def test_a_bf16_kd_run_ends_with_the_same_weights_with_the_kernel_or_without(tiny_run_overrides, monkeypatch, capsys,
+                                                                               kernel_wrappers):
     """The trainer swaps the student's and the folded teacher's 2x2 pools in a channels-last bf16 CPU run and says
     so; the same KD run with MIXDISTILL_SMALL_POOL=0 ends with the same weights and test loss, bit for bit."""
-    from mixdistill.config import load_config
-    from mixdistill.engine.checkpoint import load_checkpoint
-    from mixdistill.engine.trainer import train
-
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # bf16 as here
-    teacher = load_config(None, tiny_run_overrides + ["name=teacher", "optim.epochs=1"])
-    train(teacher, quiet=True)
-    common = tiny_run_overrides + ["method=kd", "train.precision=bf16", "train.channels_last=true",
-                                   "optim.epochs=2", f"model.teacher_checkpoint={teacher.run_dir / 'last.pt'}"]
-    summaries, weights = {}, {}
-    for way in ("on", "off"):
-        monkeypatch.setenv("MIXDISTILL_SMALL_POOL", "1" if way == "on" else "0")
-        cfg = load_config(None, common + [f"name=kd_{way}"])
-        capsys.readouterr()
-        summaries[way] = train(cfg)
-        log = capsys.readouterr().err
-        expected = "on, 2 layers" if way == "on" else "off (MIXDISTILL_SMALL_POOL=0), 0 layers"
-        assert f"2x2 max-pool (engine/small_pool.c): {expected}" in log
-        weights[way] = load_checkpoint(cfg.run_dir / "last.pt")["model"]
-    assert weights["on"].keys() == weights["off"].keys()
-    assert all(torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])
-    assert summaries["on"]["last_test_loss"] == summaries["off"]["last_test_loss"]
+    kernel_wrappers.assert_a_bf16_kd_run_is_the_same_with_or_without(
+        "MIXDISTILL_SMALL_POOL", "2x2 max-pool (engine/small_pool.c)", tiny_run_overrides, monkeypatch, capsys)
     assert ("forward", 8) in small_pool._checked and ("backward", 8) in small_pool._checked
