@@ -63,7 +63,7 @@ def test_a_kd_run_ends_with_the_same_weights_with_the_table_or_with_the_teacher(
             assert ("built in" if name == "built" else "loaded;") in log and "50 views x 800 images" in log
     views = summaries["built"]["teacher_views"]
     assert views["views"] == 50 and views["images"] == 800 and "off" not in views
-    assert views["built_s"] > 0 and summaries["loaded"]["teacher_views"]["built_s"] is None
+    assert views["built_s"] > 0 and views["views_built"] == 50 and summaries["loaded"]["teacher_views"]["views_built"] == 0
     assert summaries["live"]["teacher_views"] is None
     for name in ("built", "loaded"):
         assert all(torch.equal(weights[name][k], weights["live"][k]) for k in weights["live"])
@@ -104,24 +104,33 @@ def test_a_damaged_table_is_built_again(tiny_run_overrides, teacher_ckpt):
     path.write_bytes(b"not a table")
     with pytest.warns(UserWarning, match="unreadable"):
         again = train(_kd(tiny_run_overrides, teacher_ckpt, "again", "train.teacher_cache=true"), quiet=True)
-    assert again["teacher_views"]["built_s"] > 0 and again["last_test_loss"] == first["last_test_loss"]
+    assert again["teacher_views"]["views_built"] == 50 and again["last_test_loss"] == first["last_test_loss"]
     assert torch.load(path).shape == (800, 50, 10)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".lock").name])
 
 
-def test_a_run_waits_for_the_table_another_process_is_building_and_starts_with_it(tiny_run_overrides,
-                                                                                 teacher_ckpt):
-    cfg = _kd(tiny_run_overrides, teacher_ckpt, "waits", "train.teacher_cache=true")
+def _source_and_path(tiny_run_overrides, teacher_ckpt, name):
+    cfg = _kd(tiny_run_overrides, teacher_ckpt, name, "train.teacher_cache=true")
     trainer = Trainer(cfg, quiet=True)
     src = trainer._views_source()
-    path = cfg.run_dir.parent / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
-    table = teacher_views.build_table(src, 64).cpu()
+    return trainer, src, cfg.run_dir.parent / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
+
+
+def test_a_run_builds_the_views_no_one_else_is_building_and_waits_for_the_rest(tiny_run_overrides, teacher_ckpt):
+    """Another process holds view 0's lock (building it) until this run has built the other 49 and half a second
+    more: this run waits for view 0, starts with the whole table, writes it and removes the views' files and locks."""
+    trainer, src, path = _source_and_path(tiny_run_overrides, teacher_ckpt, "waits")
+    whole = teacher_views.build_table(src, 64).cpu()
     holding = threading.Event()
 
     def other_process():
-        with hold_lock(path.with_suffix(".lock"), "a test building the table"):
+        view = teacher_views._view_file(path, 0)
+        with hold_lock(view.with_suffix(".lock"), "a test building view 0"):
             holding.set()
-            time.sleep(1.0)
-            teacher_views.save_torch(table, path)
+            while not teacher_views._view_file(path, 49).exists():
+                time.sleep(0.01)
+            time.sleep(0.5)
+            teacher_views.save_torch(whole[:, :1].clone(), view)
 
     builder = threading.Thread(target=other_process)
     builder.start()
@@ -129,8 +138,43 @@ def test_a_run_waits_for_the_table_another_process_is_building_and_starts_with_i
     trainer._start_teacher_views(_SilentLogger())
     builder.join()
     report = trainer.teacher_views_report
-    assert report["built_s"] is None and report["waited_s"] >= 0.5
-    assert torch.equal(trainer.distiller.teacher_views.table, table)
+    assert report["views_built"] == 49 and report["waited_s"] >= 0.4
+    assert torch.equal(trainer.distiller.teacher_views.table, whole) and torch.equal(torch.load(path), whole)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".lock").name])
+
+
+def test_runs_that_ask_at_once_build_the_table_together(tiny_run_overrides, teacher_ckpt):
+    """Two runs (threads standing in for processes: each holds its own file locks) build one table between them,
+    each view once, and both get the table one process alone builds."""
+    built = {}
+    trainers = [_source_and_path(tiny_run_overrides, teacher_ckpt, f"peer{i}") for i in range(2)]
+    whole = teacher_views.build_table(trainers[0][1], 64).cpu()
+    start = threading.Barrier(2)
+
+    def run(i):
+        _, src, path = trainers[i]
+        start.wait()
+        built[i] = teacher_views.build_or_wait(path, src, 64)
+
+    peers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in peers:
+        t.start()
+    for t in peers:
+        t.join()
+    for table, _ in built.values():
+        assert torch.equal(table.table, whole)
+    assert sum(did.views_built for _, did in built.values()) == 50
+    assert torch.equal(torch.load(trainers[0][2]), whole)
+
+
+def test_a_view_whose_builder_died_is_built_by_the_next_run(tiny_run_overrides, teacher_ckpt):
+    """A view's lock left free with no file (its builder killed) and a damaged view file: built here."""
+    trainer, src, path = _source_and_path(tiny_run_overrides, teacher_ckpt, "died")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    teacher_views._view_file(path, 3).with_suffix(".lock").write_text("")
+    teacher_views._view_file(path, 4).write_bytes(b"half")
+    table, did = teacher_views.build_or_wait(path, src, 64)
+    assert did.views_built == 50 and torch.equal(table.table, teacher_views.build_table(src, 64))
 
 
 def test_the_table_is_the_same_at_any_thread_count(tiny_run_overrides, teacher_ckpt):
@@ -153,7 +197,7 @@ def test_auto_builds_a_table_only_where_the_runs_epochs_repay_it(tiny_run_overri
     built = train(_kd(tiny_run_overrides, teacher_ckpt, "built", "train.teacher_cache=true"), quiet=True)
     reused = train(_kd(tiny_run_overrides, teacher_ckpt, "reused"), quiet=True)  # auto takes a table that is there
     assert reused["teacher_views"]["file"] == built["teacher_views"]["file"]
-    assert reused["teacher_views"]["built_s"] is None
+    assert reused["teacher_views"]["views_built"] == 0
 
 
 @pytest.mark.parametrize("extra,why", [

@@ -472,7 +472,7 @@ class Trainer:
         loader = self.train_loader
         n, views = len(loader.labels), teacher_views.views_drawn(loader.crop_padding, loader.flip)
         path = Path(self.cfg.output_dir) / teacher_views.FOLDER / f"{teacher_views.table_key(src)}.pt"
-        table, built_s, waited_s = teacher_views.load_table(path, src), None, 0.0
+        table, did = teacher_views.load_table(path, src), teacher_views.Building()
         if table is None:
             epochs = self.cfg.optim.total_epochs - self.start_epoch
             size = teacher_views.table_bytes(n, views, self.num_classes, self.runtime.precision)
@@ -482,13 +482,19 @@ class Trainer:
                             f"{views} views x {n} images, or the table would pass "
                             f"{teacher_views.AUTO_MAX_BYTES >> 20} MiB)")
                 return
-            table, built_s, waited_s = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
+            table, did = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
         self.distiller.teacher_views = table
         self.teacher_views_report = {"file": str(path), "views": views, "images": n,
-                                     "built_s": round(built_s, 2) if built_s is not None else None,
-                                     "waited_s": round(waited_s, 2)}
-        how = (f"built in {built_s:.1f} s" if built_s is not None else
-               f"built by another run, waited {waited_s:.1f} s" if waited_s >= 0.1 else "loaded")
+                                     "views_built": did.views_built, "built_s": round(did.built_s, 2),
+                                     "waited_s": round(did.waited_s, 2)}
+        if did.views_built == views:
+            how = f"built in {did.built_s:.1f} s"
+        elif did.views_built:
+            how = f"built {did.views_built} of its views in {did.built_s:.1f} s beside other runs, waited {did.waited_s:.1f} s"
+        elif did.waited_s >= 0.1:
+            how = f"built by other runs, waited {did.waited_s:.1f} s"
+        else:
+            how = "loaded"
         logger.info(f"teacher view cache: {path} ({how}; {views} views x {n} images); its first batch is checked "
                     f"against the teacher")
 
