@@ -490,7 +490,8 @@ class Trainer:
         if did.views_built == views:
             how = f"built in {did.built_s:.1f} s"
         elif did.views_built:
-            how = f"built {did.views_built} of its views in {did.built_s:.1f} s beside other runs, waited {did.waited_s:.1f} s"
+            how = (f"built {did.views_built} of its views in {did.built_s:.1f} s beside other runs, waited "
+                   f"{did.waited_s:.1f} s")
         elif did.waited_s >= 0.1:
             how = f"built by other runs, waited {did.waited_s:.1f} s"
         else:
