@@ -141,7 +141,8 @@ def tiny_run_overrides(fmnist_root, tmp_path):
 
 
 class _KernelWrapper:
-    """A C kernel library (engine/small_bn, small_pool) whose functions pass through ``hook(name, function)``."""
+    """A C kernel library (engine/small_bn, small_pool, small_conv) whose functions pass through
+    ``hook(name, function)``."""
 
     def __init__(self, lib, hook):
         self._lib, self._hook = lib, hook
@@ -198,10 +199,12 @@ class KernelWrappers:
             model.train()
         return logits
 
-    def assert_a_wrong_kernel_is_caught(self, kernel, install, direction: str, monkeypatch, **train_options):
-        """``kernel`` (engine.small_bn or small_pool) with one bit of its ``direction``'s output wrong: the first call's
-        comparison with ATen catches it, warns, switches the kernel off and uses ATen's result, so a cnn5_w8 whose
-        layers ``install`` swapped trains 2 steps to ATen's logits and weights."""
+    def assert_a_wrong_kernel_is_caught(self, kernel, install, direction: str, monkeypatch,
+                                        output_arg: int | None = None, **train_options):
+        """``kernel`` (engine.small_bn, small_pool or small_conv) with one bit of its ``direction``'s output (its
+        function's pointer argument ``output_arg``; default 1 forward, 2 backward) wrong: the first call's comparison
+        with ATen catches it, warns, switches the kernel off and uses ATen's result, so a cnn5_w8 whose layers
+        ``install`` swapped trains 2 steps to ATen's logits and weights."""
         import copy
 
         import torch
@@ -215,7 +218,9 @@ class KernelWrappers:
         ours = copy.deepcopy(aten)
         install(ours)
         name = kernel.__name__.rsplit(".", 1)[1]
-        wrong = self.one_bit_off(kernel._library()[0], f"{name}_{direction}", 1 if direction == "forward" else 2)
+        if output_arg is None:
+            output_arg = 1 if direction == "forward" else 2
+        wrong = self.one_bit_off(kernel._library()[0], f"{name}_{direction}", output_arg)
         monkeypatch.setattr(kernel, "_library", lambda: (wrong, ""))
         with pytest.warns(RuntimeWarning, match=f"differed from ATen's {direction}"):
             logits = self.train(ours, 2, runtime, **train_options)

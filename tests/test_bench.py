@@ -368,6 +368,7 @@ def test_the_relu_after_pool_benchmark_times_both_orders_and_checks_they_agree(c
 @pytest.mark.parametrize("kernel,wrong_function,wrong_output,tables", [
     ("small_bn", "small_bn_forward", 1, 2),  # the first output value; a table for 1 and 2 threads
     ("small_pool", "small_pool_backward", 2, 1),  # the first input gradient
+    ("small_conv", "small_conv_forward", 3, 1),  # the first output value
 ])
 def test_the_kernel_benchmarks_time_both_kernels_and_check_they_agree(kernel, wrong_function, wrong_output, tables,
                                                                      capsys, monkeypatch, kernel_wrappers):

@@ -1,7 +1,7 @@
-"""The C kernels next to this file (``small_bn.c``, ``small_pool.c``): each built once per machine with the system's C
-compiler into ``$MIXDISTILL_CACHE/kernels/`` and loaded with ctypes.
+"""The C kernels next to this file (``small_bn.c``, ``small_pool.c``, ``small_conv.c``): each built once per machine
+with the system's C compiler into ``$MIXDISTILL_CACHE/kernels/`` and loaded with ctypes.
 
-Both are used only where ATen runs its AVX512 kernels, the build they were shown equal to bit for bit.
+All are used only where ATen runs its AVX512 kernels, the build they were shown equal to bit for bit.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from mixdistill.distill import StepInfo
 from mixdistill.engine.build import model_label
 from mixdistill.engine.runtime import cpu_compiler_missing, keep_inductor_cache_per_cpu
 from mixdistill.engine.small_bn import use_plain_batchnorm
+from mixdistill.engine.small_conv import use_plain_first_conv
 from mixdistill.engine.small_pool import use_plain_max_pool
 from mixdistill.files import hold_lock, write_json
 from mixdistill.machine import cache_dir, cpu_name
@@ -62,6 +63,7 @@ def compile_in_place(module: nn.Module, mode: str | None) -> None:
     keep_inductor_cache_per_cpu()
     use_plain_batchnorm(module)
     use_plain_max_pool(module)
+    use_plain_first_conv(module)
     module.compile(mode=mode)
     if callable(getattr(module, "forward_features", None)):
         module.forward_features = torch.compile(module.forward_features, mode=mode)

@@ -35,6 +35,7 @@ from torch import nn
 
 from mixdistill.engine.runtime import keep_inductor_cache_per_cpu
 from mixdistill.engine.small_bn import use_plain_batchnorm
+from mixdistill.engine.small_conv import use_plain_first_conv
 from mixdistill.engine.small_pool import use_plain_max_pool
 
 # --------------------------------------------------------------------------------------------- folding
@@ -50,6 +51,7 @@ def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     model = copy.deepcopy(model).eval()
     use_plain_batchnorm(model)
     use_plain_max_pool(model)
+    use_plain_first_conv(model)
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     try:
         fused = fx_opt.fuse(model, inplace=True)

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mixdistill.config import RunConfig, build_config, metric_lower_is_better
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
-from mixdistill.engine import run, small_bn, small_pool, teacher_views
+from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
 from mixdistill.engine.build import base_lr, build_distiller, build_loaders, model_label
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
@@ -88,10 +88,12 @@ class Trainer:
         self.teacher_views_report = None  # train.teacher_cache, set up when fit starts
         self.small_bn_layers = 0  # BatchNorms run by engine/small_bn.c (channels-last bf16 on the CPU)
         self.small_pool_layers = 0  # 2x2 max-pools run by engine/small_pool.c (the same)
+        self.small_conv_layers = 0  # grey-scale first layers run by engine/small_conv.c (the same)
         if self.runtime.device.type == "cpu" and self.runtime.precision == "bf16" and self.runtime.channels_last:
             self.small_bn_layers = small_bn.use_small_channel_batchnorm(self.distiller)
             compiled_teacher = self.distiller.teacher if getattr(self.teacher_report, "compiled", False) else None
             self.small_pool_layers = small_pool.use_small_max_pool(self.distiller, leave=compiled_teacher)
+            self.small_conv_layers = small_conv.use_small_first_conv(self.distiller, leave=compiled_teacher)
         self.optimizer = torch.optim.SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                          nesterov=cfg.optim.nesterov, foreach=True)
@@ -333,7 +335,8 @@ class Trainer:
         if self.runtime.device.type == "cpu" and self.runtime.precision == "bf16" and self.runtime.channels_last:
             logger.info(f"small-channel BatchNorm (engine/small_bn.c): {small_bn.status()}, "
                         f"{self.small_bn_layers} layers; 2x2 max-pool (engine/small_pool.c): {small_pool.status()}, "
-                        f"{self.small_pool_layers} layers")
+                        f"{self.small_pool_layers} layers; first-layer conv (engine/small_conv.c): "
+                        f"{small_conv.status()}, {self.small_conv_layers} layers")
         if self.teacher_report is not None:
             r = self.teacher_report
             logger.info(f"fast teacher: {r.folded_pairs} conv+bn pairs folded, channels_last={r.channels_last}, "

@@ -1,0 +1,83 @@
+"""Time the grey-scale first-layer convolution (3x3, one input channel, channels-last bf16), ATen's (oneDNN) against
+``engine/small_conv.c`` (the trainer's since 2026-12-03), and check the two agree bit for bit.
+
+Layers: the first convolution of the CPU-scale studies' cnn5_w8 (8 channels, no bias: the student's), of a folded
+cnn5_w16 (16 channels with a bias: the teacher's, as the fast teacher folds it) and of cnn5_w32 (32 channels), on
+128 28x28 images. Each kernel in turn for ``--rounds`` rounds; the ratio is ATen / ours of the medians. Before timing,
+both must give bitwise-equal outputs on the layer's input and on the probe (``small_conv.probe``), or it stops.
+
+``--kd-runs N`` then times whole runs: N rounds of the bench's grid-case run (KD cnn5_w16 -> cnn5_w8, 1,035 steps,
+``--kd-threads`` threads, eager) with the kernel and with ``MIXDISTILL_SMALL_CONV=0`` in turn
+(``bench.grid.time_kd_run_with_and_without``), and checks that both end with the same test accuracy and test loss.
+
+    PYTHONPATH=src python benchmarks/small_conv.py [--rounds 40] [--threads 1] [--kd-runs 0] [--kd-epochs 45] \\
+        [--kd-threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mixdistill.engine import small_conv
+from mixdistill.machine import cpu_name
+
+LAYERS = (("cnn5_w8 conv1", 8, False), ("cnn5_w16 conv1, folded", 16, True), ("cnn5_w32 conv1", 32, False))
+
+
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _layer(channels: int, bias: bool, batch: int):
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randn(batch, 1, 28, 28, generator=g).to(torch.bfloat16)
+    w = torch.empty((channels, 1, 3, 3), dtype=torch.bfloat16, memory_format=torch.channels_last)
+    w.copy_(torch.randn(channels, 1, 3, 3, generator=g) * 0.3)
+    return x, w, (torch.randn(channels, generator=g).to(torch.bfloat16) if bias else None)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="threads of the layer timings")
+    p.add_argument("--kd-runs", type=int, default=0, help="rounds of whole KD runs, with the kernel and without")
+    p.add_argument("--kd-epochs", type=int, default=45, help="epochs of each KD run (23 steps each)")
+    p.add_argument("--kd-threads", type=int, default=1, help="threads of each KD run")
+    args = p.parse_args(argv)
+    if small_conv.status() != "on":
+        raise SystemExit(f"the first-layer conv kernel is {small_conv.status()}: nothing to time")
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
+          f"{args.batch_size}, {args.threads} thread(s), {args.rounds} rounds")
+    print("| layer | forward: ATen / ours (ms) | x |")
+    print("|---|---|---|")
+    for name, channels, bias in LAYERS:
+        x, w, b = _layer(channels, bias, args.batch_size)
+        if not all(small_conv._same(small_conv._aten(*t), small_conv._kernel(*t))
+                   for t in ((x, w, b), small_conv.probe(x, w, b))):
+            raise SystemExit(f"{name}: the kernels differ; not timing them")
+        runs = {"aten": lambda: small_conv._aten(x, w, b), "ours": lambda: small_conv._kernel(x, w, b)}
+        times = {k: [] for k in runs}
+        for fn in runs.values():  # warm-up
+            fn(), fn()
+        for _ in range(args.rounds):
+            for k, fn in runs.items():
+                times[k].append(_seconds(fn))
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        print(f"| {name} ({channels} channels{', bias' if bias else ''}) | {ms['aten']:.3f} / {ms['ours']:.3f} | "
+              f"{ms['aten'] / ms['ours']:.2f} |", flush=True)
+    if args.kd_runs:
+        from mixdistill.bench.grid import time_kd_run_with_and_without
+
+        print("\n" + time_kd_run_with_and_without(small_conv.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
+
+
+if __name__ == "__main__":
+    main()
