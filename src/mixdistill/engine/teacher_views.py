@@ -195,7 +195,7 @@ def _view_file(path: Path, v: int) -> Path:
 def _read_view(file: Path, src: TableSource) -> torch.Tensor | None:
     try:
         part = torch.load(file, map_location=src.loader.device, weights_only=True)
-    except Exception:  # noqa: BLE001 - absent, or left half-read by nothing (files are written whole): build it
+    except Exception:  # noqa: BLE001 - absent or damaged: the caller builds the view
         return None
     return part if isinstance(part, torch.Tensor) and part.shape[:2] == (len(src.loader.labels), 1) else None
 
