@@ -19,23 +19,14 @@ loss.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import torch
 
+from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
 from mixdistill.engine import small_bn
 from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 stage 1", 8, 28), ("cnn5_w8 stage 2", 16, 14), ("cnn5_w16 stage 1", 16, 28),
           ("wrn_16_2 stage 1", 16, 32))
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def _layer(channels: int, size: int, batch: int):
@@ -74,13 +65,7 @@ def _agree(x, dy, w, b, rm, rv) -> bool:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--kd-runs", type=int, default=0, help="rounds of whole KD runs, with the kernel and without")
-    p.add_argument("--kd-epochs", type=int, default=45, help="epochs of each KD run (23 steps each)")
-    p.add_argument("--kd-threads", type=int, default=1, help="threads of each KD run")
-    args = p.parse_args(argv)
+    args = arguments(__doc__.splitlines()[0], argv, layer_threads=False)
     if small_bn.status() != "on":
         raise SystemExit(f"small-channel BatchNorm is {small_bn.status()}: nothing to time")
     print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
@@ -98,21 +83,11 @@ def main(argv=None) -> None:
                     "fwd_ours": lambda: _ours_forward(x, w, b, rm, rv),
                     "bwd_aten": lambda: _aten_backward(dy, x, w, mean, invstd),
                     "bwd_ours": lambda: _ours_backward(dy, x, w, mean, invstd)}
-            times = {k: [] for k in runs}
-            for fn in runs.values():  # warm-up
-                fn(), fn()
-            for _ in range(args.rounds):
-                for k, fn in runs.items():
-                    times[k].append(_seconds(fn))
-            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            ms = median_ms(runs, args.rounds)
             print(f"| {name} ({channels} x {size}x{size}) | {threads} | {ms['fwd_aten']:.3f} / {ms['fwd_ours']:.3f} | "
                   f"{ms['fwd_aten'] / ms['fwd_ours']:.2f} | {ms['bwd_aten']:.3f} / {ms['bwd_ours']:.3f} | "
                   f"{ms['bwd_aten'] / ms['bwd_ours']:.2f} |", flush=True)
-    if args.kd_runs:
-        from mixdistill.bench.grid import time_kd_run_with_and_without
-
-        print("\n" + time_kd_run_with_and_without(small_bn.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
-
+    print_whole_runs(small_bn.SWITCH, args)
 
 if __name__ == "__main__":
     main()

@@ -16,22 +16,13 @@ both must give bitwise-equal outputs on the layer's input and on the probe (``sm
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import torch
 
+from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
 from mixdistill.engine import small_conv
 from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 conv1", 8, False), ("cnn5_w16 conv1, folded", 16, True), ("cnn5_w32 conv1", 32, False))
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def _layer(channels: int, bias: bool, batch: int):
@@ -43,14 +34,7 @@ def _layer(channels: int, bias: bool, batch: int):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1, help="threads of the layer timings")
-    p.add_argument("--kd-runs", type=int, default=0, help="rounds of whole KD runs, with the kernel and without")
-    p.add_argument("--kd-epochs", type=int, default=45, help="epochs of each KD run (23 steps each)")
-    p.add_argument("--kd-threads", type=int, default=1, help="threads of each KD run")
-    args = p.parse_args(argv)
+    args = arguments(__doc__.splitlines()[0], argv)
     if small_conv.status() != "on":
         raise SystemExit(f"the first-layer conv kernel is {small_conv.status()}: nothing to time")
     torch.set_num_threads(args.threads)
@@ -63,21 +47,11 @@ def main(argv=None) -> None:
         if not all(small_conv._same(small_conv._aten(*t), small_conv._kernel(*t))
                    for t in ((x, w, b), small_conv.probe(x, w, b))):
             raise SystemExit(f"{name}: the kernels differ; not timing them")
-        runs = {"aten": lambda: small_conv._aten(x, w, b), "ours": lambda: small_conv._kernel(x, w, b)}
-        times = {k: [] for k in runs}
-        for fn in runs.values():  # warm-up
-            fn(), fn()
-        for _ in range(args.rounds):
-            for k, fn in runs.items():
-                times[k].append(_seconds(fn))
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        ms = median_ms({"aten": lambda: small_conv._aten(x, w, b), "ours": lambda: small_conv._kernel(x, w, b)},
+                       args.rounds)
         print(f"| {name} ({channels} channels{', bias' if bias else ''}) | {ms['aten']:.3f} / {ms['ours']:.3f} | "
               f"{ms['aten'] / ms['ours']:.2f} |", flush=True)
-    if args.kd_runs:
-        from mixdistill.bench.grid import time_kd_run_with_and_without
-
-        print("\n" + time_kd_run_with_and_without(small_conv.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
-
+    print_whole_runs(small_conv.SWITCH, args)
 
 if __name__ == "__main__":
     main()

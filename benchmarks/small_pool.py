@@ -16,23 +16,14 @@ ratio is ATen / ours of the medians. Before timing, both must give bitwise-equal
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import torch
 
+from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
 from mixdistill.engine import small_pool
 from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 pool 1", 8, 28), ("cnn5_w8 pool 2", 16, 14), ("cnn5_w8 pool 3", 32, 7),
           ("cnn5_w16 pool 1", 16, 28), ("cnn5_w16 pool 2", 32, 14), ("cnn5_w16 pool 3", 64, 7))
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def _layer(channels: int, size: int, batch: int):
@@ -44,14 +35,7 @@ def _layer(channels: int, size: int, batch: int):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1, help="threads of the layer timings")
-    p.add_argument("--kd-runs", type=int, default=0, help="rounds of whole KD runs, with the kernel and without")
-    p.add_argument("--kd-epochs", type=int, default=45, help="epochs of each KD run (23 steps each)")
-    p.add_argument("--kd-threads", type=int, default=1, help="threads of each KD run")
-    args = p.parse_args(argv)
+    args = arguments(__doc__.splitlines()[0], argv)
     if small_pool.status() != "on":
         raise SystemExit(f"the 2x2 max-pool kernel is {small_pool.status()}: nothing to time")
     torch.set_num_threads(args.threads)
@@ -74,21 +58,11 @@ def main(argv=None) -> None:
                 "bwd_aten": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                     dy, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
                 "bwd_ours": lambda: small_pool._backward(dy, x)}
-        times = {k: [] for k in runs}
-        for fn in runs.values():  # warm-up
-            fn(), fn()
-        for _ in range(args.rounds):
-            for k, fn in runs.items():
-                times[k].append(_seconds(fn))
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        ms = median_ms(runs, args.rounds)
         print(f"| {name} ({channels} x {size}x{size}) | " + " | ".join(
             f"{ms[k + '_aten']:.3f} / {ms[k + '_ours']:.3f} | {ms[k + '_aten'] / ms[k + '_ours']:.2f}"
             for k in ("nograd", "train", "bwd")) + " |", flush=True)
-    if args.kd_runs:
-        from mixdistill.bench.grid import time_kd_run_with_and_without
-
-        print("\n" + time_kd_run_with_and_without(small_pool.SWITCH, args.kd_runs, args.kd_epochs, args.kd_threads))
-
+    print_whole_runs(small_pool.SWITCH, args)
 
 if __name__ == "__main__":
     main()

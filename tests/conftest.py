@@ -153,6 +153,14 @@ class _KernelWrapper:
 
 class KernelWrappers:
     @staticmethod
+    def fresh_state(kernel, monkeypatch) -> None:
+        """``kernel`` (engine.small_bn, small_pool or small_conv) on, with nothing compared yet and its switch unset,
+        for the test that calls this; all put back after it."""
+        monkeypatch.setattr(kernel, "_state", {"disabled": None})
+        monkeypatch.setattr(kernel, "_checked", set())
+        monkeypatch.delenv(kernel.SWITCH, raising=False)
+
+    @staticmethod
     def counting(lib) -> tuple[_KernelWrapper, list[str]]:
         """``lib`` recording the name of every function called on it (the list returned)."""
         calls: list[str] = []
@@ -198,6 +206,32 @@ class KernelWrappers:
                 logits.append(model.eval()(x))  # the no-grad forward (a teacher's, an evaluation)
             model.train()
         return logits
+
+    def assert_trains_like_aten(self, kernel, install, arch: str, swapped: int, monkeypatch) -> list[str]:
+        """A CPU-study net ``arch`` under bf16 autocast, channels_last, with ``swapped`` layers swapped by ``install``:
+        3 SGD steps and a no-grad forward give ATen's logits and weights bit for bit, and the kernel stays on. Returns
+        the names of the kernel's functions called, in order."""
+        import copy
+
+        import torch
+
+        from mixdistill.engine.runtime import resolve_runtime
+        from mixdistill.models import create_model
+
+        runtime = resolve_runtime("cpu", "bf16", True, False)
+        torch.manual_seed(0)
+        aten = create_model(arch, 10, 1).train().to(memory_format=torch.channels_last)
+        ours = copy.deepcopy(aten)
+        assert install(ours) == swapped
+        counting, calls = self.counting(kernel._library()[0])
+        monkeypatch.setattr(kernel, "_library", lambda: (counting, ""))
+        for a, o in zip(self.train(aten, 3, runtime, no_grad_forward=True),
+                        self.train(ours, 3, runtime, no_grad_forward=True), strict=True):
+            assert torch.equal(a.view(torch.int16), o.view(torch.int16))
+        sa, so = aten.state_dict(), ours.state_dict()
+        assert sa.keys() == so.keys() and all(torch.equal(sa[k], so[k]) for k in sa)
+        assert kernel.status() == "on"
+        return calls
 
     def assert_a_wrong_kernel_is_caught(self, kernel, install, direction: str, monkeypatch,
                                         output_arg: int | None = None, **train_options):

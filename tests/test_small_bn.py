@@ -19,11 +19,9 @@ needs_kernel = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
+def _fresh_state(monkeypatch, kernel_wrappers):
     """Every test starts with the kernel on and nothing compared yet, and leaves no trace."""
-    monkeypatch.setattr(small_bn, "_state", {"disabled": None})
-    monkeypatch.setattr(small_bn, "_checked", set())
-    monkeypatch.delenv("MIXDISTILL_SMALL_BN", raising=False)
+    kernel_wrappers.fresh_state(small_bn, monkeypatch)
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

@@ -3,7 +3,6 @@ and the trainer uses it only where that holds."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -12,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixdistill.engine import small_conv
-from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.models import create_model
 
 needs_kernel = pytest.mark.skipif(
@@ -25,11 +23,9 @@ ORDER = [3, 0, 1, 6, 7, 4, 5, 2, 8]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
+def _fresh_state(monkeypatch, kernel_wrappers):
     """Every test starts with the kernel on and nothing compared yet, and leaves no trace."""
-    monkeypatch.setattr(small_conv, "_state", {"disabled": None})
-    monkeypatch.setattr(small_conv, "_checked", set())
-    monkeypatch.delenv("MIXDISTILL_SMALL_CONV", raising=False)
+    kernel_wrappers.fresh_state(small_conv, monkeypatch)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -119,20 +115,8 @@ def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch, 
     """A grey-scale CPU-study net under bf16 autocast, channels_last: 3 SGD steps and a no-grad forward with its first
     layer swapped give the same logits and weights as ATen's, the gradient through ATen's convolution_backward, and
     the kernel really ran."""
-    runtime = resolve_runtime("cpu", "bf16", True, False)
-    torch.manual_seed(0)
-    aten = create_model(arch, 10, 1).train().to(memory_format=torch.channels_last)
-    ours = copy.deepcopy(aten)
-    assert small_conv.use_small_first_conv(ours) == 1
-    counting, calls = kernel_wrappers.counting(small_conv._library()[0])
-    monkeypatch.setattr(small_conv, "_library", lambda: (counting, ""))
-    for a, o in zip(kernel_wrappers.train(aten, 3, runtime, no_grad_forward=True),
-                    kernel_wrappers.train(ours, 3, runtime, no_grad_forward=True), strict=True):
-        assert torch.equal(_bits(a), _bits(o))
-    sa, so = aten.state_dict(), ours.state_dict()
-    assert sa.keys() == so.keys() and all(torch.equal(sa[k], so[k]) for k in sa)
+    calls = kernel_wrappers.assert_trains_like_aten(small_conv, small_conv.use_small_first_conv, arch, 1, monkeypatch)
     assert calls.count("small_conv_forward") == 4 + 1  # every forward, and the first call's probe
-    assert small_conv.status() == "on"
 
 
 @needs_kernel

@@ -3,14 +3,12 @@ NaN encodings and gradients), and the trainer uses it only where that holds."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 from torch import nn
 
 from mixdistill.engine import small_pool
-from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.models import create_model
 
 needs_kernel = pytest.mark.skipif(
@@ -19,11 +17,9 @@ needs_kernel = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
+def _fresh_state(monkeypatch, kernel_wrappers):
     """Every test starts with the kernel on and nothing compared yet, and leaves no trace."""
-    monkeypatch.setattr(small_pool, "_state", {"disabled": None})
-    monkeypatch.setattr(small_pool, "_checked", set())
-    monkeypatch.delenv("MIXDISTILL_SMALL_POOL", raising=False)
+    kernel_wrappers.fresh_state(small_pool, monkeypatch)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -80,21 +76,11 @@ def test_the_kernel_is_atens_max_pool_bit_for_bit(shape, special):
 def test_a_network_trains_to_the_same_floats_with_the_kernel(arch, monkeypatch, kernel_wrappers):
     """A CPU-study net under bf16 autocast, channels_last: 3 SGD steps and a no-grad forward with its 2x2 pools
     swapped give the same logits and weights as ATen's, and the kernel really ran."""
-    runtime = resolve_runtime("cpu", "bf16", True, False)
-    torch.manual_seed(0)
-    aten = create_model(arch, 10, 1).train().to(memory_format=torch.channels_last)
-    ours = copy.deepcopy(aten)
-    assert small_pool.use_small_max_pool(ours) == {"cnn5_w8": 1, "lenet5": 1, "alexnet_cifar_w025": 2}[arch]
-    counting, calls = kernel_wrappers.counting(small_pool._library()[0])
-    monkeypatch.setattr(small_pool, "_library", lambda: (counting, ""))
-    for a, o in zip(kernel_wrappers.train(aten, 3, runtime, no_grad_forward=True),
-                    kernel_wrappers.train(ours, 3, runtime, no_grad_forward=True), strict=True):
-        assert torch.equal(_bits(a), _bits(o))
-    sa, so = aten.state_dict(), ours.state_dict()
-    assert sa.keys() == so.keys() and all(torch.equal(sa[k], so[k]) for k in sa)
     pools = {"cnn5_w8": 3, "lenet5": 1, "alexnet_cifar_w025": 2}[arch]  # calls of the swapped modules per forward
+    calls = kernel_wrappers.assert_trains_like_aten(small_pool, small_pool.use_small_max_pool, arch,
+                                                    {"cnn5_w8": 1, "lenet5": 1, "alexnet_cifar_w025": 2}[arch],
+                                                    monkeypatch)
     assert calls.count("small_pool_forward") == 4 * pools and calls.count("small_pool_backward") == 3 * pools
-    assert small_pool.status() == "on"
 
 
 @needs_kernel

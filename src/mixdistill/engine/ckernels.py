@@ -76,3 +76,27 @@ def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
                 return None, f"off (building {source.name} failed: {done.stderr.strip().splitlines()[-1:]})"
             write_bytes(path, built.read_bytes())  # atomic: two runs of a grid may build at once
     return ctypes.CDLL(str(path)), ""
+
+
+def swap(module, switch: str, library, takes, to: type, leave=None) -> int:
+    """Turn every submodule of ``module`` that ``takes(submodule)`` into class ``to`` (a subclass computing the same
+    through a kernel), in place, except inside ``leave`` (a compiled teacher: a changed module would make dynamo
+    compile it again); returns how many. Nothing changes where the kernel (``switch``, ``library``: its loader) is
+    off."""
+    if switched_off(switch) or library()[0] is None:
+        return 0
+    kept = {id(m) for m in leave.modules()} if leave is not None else set()
+    swapped = 0
+    for m in module.modules():
+        if id(m) not in kept and takes(m):
+            m.__class__ = to
+            swapped += 1
+    return swapped
+
+
+def unswap(module, small: type, plain: type) -> None:
+    """Undo :func:`swap` in place: every ``small`` submodule back to ``plain`` (torch.fx and dynamo then see torch's
+    own module)."""
+    for m in module.modules():
+        if type(m) is small:
+            m.__class__ = plain

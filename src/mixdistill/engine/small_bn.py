@@ -162,19 +162,13 @@ class SmallChannelBatchNorm2d(nn.BatchNorm2d):
 def use_small_channel_batchnorm(module: nn.Module) -> int:
     """Turn every ``nn.BatchNorm2d`` (exactly that class) of ``module`` with at most ``MAX_CHANNELS`` channels into
     a :class:`SmallChannelBatchNorm2d`, in place; returns how many. Nothing changes where the kernel is off."""
-    if ckernels.switched_off(SWITCH) or _library()[0] is None:
-        return 0
-    swapped = 0
-    for m in module.modules():
-        if type(m) is nn.BatchNorm2d and m.num_features <= MAX_CHANNELS:
-            m.__class__ = SmallChannelBatchNorm2d
-            swapped += 1
-    return swapped
+    def takes(m: nn.Module) -> bool:
+        return type(m) is nn.BatchNorm2d and m.num_features <= MAX_CHANNELS
+
+    return ckernels.swap(module, SWITCH, _library, takes, SmallChannelBatchNorm2d)
 
 
 def use_plain_batchnorm(module: nn.Module) -> None:
     """Undo :func:`use_small_channel_batchnorm` in place (for torch.fx, which traces into any BatchNorm subclass
     that is not torch's own)."""
-    for m in module.modules():
-        if type(m) is SmallChannelBatchNorm2d:
-            m.__class__ = nn.BatchNorm2d
+    ckernels.unswap(module, SmallChannelBatchNorm2d, nn.BatchNorm2d)

@@ -170,19 +170,9 @@ class SmallFirstConv2d(nn.Conv2d):
 def use_small_first_conv(module: nn.Module, leave: nn.Module | None = None) -> int:
     """Turn every grey-scale first layer of ``module`` (see the module docstring) into a :class:`SmallFirstConv2d`,
     in place; returns how many. Nothing changes where the kernel is off, nor inside ``leave`` (a compiled teacher)."""
-    if ckernels.switched_off(SWITCH) or _library()[0] is None:
-        return 0
-    kept = {id(m) for m in leave.modules()} if leave is not None else set()
-    swapped = 0
-    for m in module.modules():
-        if _is_first_layer(m) and id(m) not in kept:
-            m.__class__ = SmallFirstConv2d
-            swapped += 1
-    return swapped
+    return ckernels.swap(module, SWITCH, _library, _is_first_layer, SmallFirstConv2d, leave)
 
 
 def use_plain_first_conv(module: nn.Module) -> None:
     """Undo :func:`use_small_first_conv` in place (torch.fx and dynamo then see torch's own module)."""
-    for m in module.modules():
-        if type(m) is SmallFirstConv2d:
-            m.__class__ = nn.Conv2d
+    ckernels.unswap(module, SmallFirstConv2d, nn.Conv2d)

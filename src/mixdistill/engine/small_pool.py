@@ -147,19 +147,9 @@ def use_small_max_pool(module: nn.Module, leave: nn.Module | None = None) -> int
     """Turn every plain ``nn.MaxPool2d(2)`` of ``module`` into a :class:`SmallMaxPool2d`, in place; returns how many.
     Nothing changes where the kernel is off, nor inside ``leave`` (a compiled teacher: a changed module would make
     dynamo compile it again)."""
-    if ckernels.switched_off(SWITCH) or _library()[0] is None:
-        return 0
-    kept = {id(m) for m in leave.modules()} if leave is not None else set()
-    swapped = 0
-    for m in module.modules():
-        if _is_plain_2x2(m) and id(m) not in kept:
-            m.__class__ = SmallMaxPool2d
-            swapped += 1
-    return swapped
+    return ckernels.swap(module, SWITCH, _library, _is_plain_2x2, SmallMaxPool2d, leave)
 
 
 def use_plain_max_pool(module: nn.Module) -> None:
     """Undo :func:`use_small_max_pool` in place (torch.fx and dynamo then see torch's own module)."""
-    for m in module.modules():
-        if type(m) is SmallMaxPool2d:
-            m.__class__ = nn.MaxPool2d
+    ckernels.unswap(module, SmallMaxPool2d, nn.MaxPool2d)
