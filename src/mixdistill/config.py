@@ -185,8 +185,8 @@ class TrainConfig(Section):
         "auto", description="look the teacher's logits up in a table of every crop/flip view of every training "
         "image (engine/teacher_views.py; the same bits as running it), for methods whose teacher sees only the "
         "loader's batch (kd, dkd without augment); auto = use one that is there, build one when the run's epochs "
-        "exceed the views (a study grid: the epochs of all runs that share it); true = always (one run builds it, "
-        "the others train with the teacher until it is there); false = never")
+        "exceed the views (a study grid: the epochs of all runs that share it); true = always (the runs that need it "
+        "at once build it together, a view each at a time); false = never")
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")

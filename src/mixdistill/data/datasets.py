@@ -66,6 +66,10 @@ class DatasetSpec:
     how_to_get: str = ""  # the dataset-specific way to obtain the files, for the not-found message
     num_train: int | None = None  # images in the training split (None: unknown until read)
 
+    def padding_for(self, configured: int | None) -> int:
+        """The crop padding of a run whose ``data.crop_padding`` is ``configured`` (None: this dataset's)."""
+        return self.crop_padding if configured is None else configured
+
 
 def _download_cifar10(root: Path) -> None:
     import torchvision

@@ -62,7 +62,7 @@ def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
     if d.loader == "streaming":
         return _streaming_loaders(cfg, runtime, dist, batch_size)
     train, test = load_data(cfg)
-    padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
+    padding = train.spec.padding_for(d.crop_padding)
     common = dict(mean=train.spec.mean, std=train.spec.std, device=device)
     train_loader = DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True, drop_last=True,
                                 crop_padding=padding, flip=d.flip, seed=cfg.seed, with_indices=True,

@@ -201,11 +201,9 @@ def _read_view(file: Path, src: TableSource) -> torch.Tensor | None:
 
 
 def build_or_wait(path: Path, src: TableSource, batch_size: int) -> tuple[TeacherViews, Building]:
-    """The table at ``path``: loaded if it is there, else built together with the other processes that ask for it at
-    the same time (see the module docstring). Returns the table and what this process did towards it."""
-    ready = load_table(path, src)
-    if ready is not None:
-        return ready, Building()
+    """The table at ``path``, which :func:`load_table` did not find: built together with the other processes that
+    ask for it at the same time (see the module docstring), or loaded once one of them has written it. Returns the
+    table and what this process did towards it."""
     count, parts, did = views_drawn(src.loader.crop_padding, src.loader.flip), {}, Building()
     for patient in (False, True):  # first every view no one is building, then wait for the others'
         for v in range(count):

@@ -105,7 +105,7 @@ def with_threads(runs: list[GridRun], threads: int | None) -> list[GridRun]:
 def with_teacher_views(runs: list[GridRun], study_dir: Path) -> list[GridRun]:
     """``train.teacher_cache: auto`` made ``true`` in the runs that share one table of teacher views (the same
     teacher, data and runtime; engine/teacher_views.py) where their epochs between them exceed its views and the
-    table fits in ``AUTO_MAX_BYTES``: the first of them builds it, the others look their teacher's logits up in it.
+    table fits in ``AUTO_MAX_BYTES``: they build it together, then look their teacher's logits up in it.
     Seeds share it: the table holds every view of every image. The results are the same bits either way."""
     groups: dict[str, list[int]] = {}
     cfgs = {}
@@ -124,7 +124,7 @@ def with_teacher_views(runs: list[GridRun], study_dir: Path) -> list[GridRun]:
         cfg = cfgs[members[0]]
         spec = DATASETS[cfg.data.dataset]
         images = cfg.data.train_subset or spec.num_train
-        padding = spec.crop_padding if cfg.data.crop_padding is None else cfg.data.crop_padding
+        padding = spec.padding_for(cfg.data.crop_padding)
         epochs = sum(cfgs[i].optim.total_epochs for i in members)
         views = teacher_views.views_drawn(padding, cfg.data.flip)
         if (len(members) < 2 or images is None or spec.num_classes is None

@@ -116,7 +116,7 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     d = cfg.data
     distiller = build_distiller(cfg, train.spec.num_classes, train.images.shape[1], train.spec.mean, train.spec.std)
     load_weights(distiller.student, opened.state)
-    padding = train.spec.crop_padding if d.crop_padding is None else d.crop_padding
+    padding = train.spec.padding_for(d.crop_padding)
     loader = DeviceLoader(train.images, train.labels, batch_size=d.batch_size, mean=train.spec.mean,
                           std=train.spec.std, crop_padding=padding, flip=d.flip, seed=cfg.seed)
     epochs = epochs or max(1, -(-min_steps // len(loader)))
