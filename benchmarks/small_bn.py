@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
+from mixdistill.bench.kernels import arguments, begin, median_ms, print_whole_runs
 from mixdistill.engine import small_bn
-from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 stage 1", 8, 28), ("cnn5_w8 stage 2", 16, 14), ("cnn5_w16 stage 1", 16, 28),
           ("wrn_16_2 stage 1", 16, 32))
@@ -66,10 +65,7 @@ def _agree(x, dy, w, b, rm, rv) -> bool:
 
 def main(argv=None) -> None:
     args = arguments(__doc__.splitlines()[0], argv, layer_threads=False)
-    if small_bn.status() != "on":
-        raise SystemExit(f"small-channel BatchNorm is {small_bn.status()}: nothing to time")
-    print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
-          f"{args.batch_size}, {args.rounds} rounds")
+    begin(small_bn.status(), "small-channel BatchNorm", args)
     print("| layer | threads | forward: ATen / ours (ms) | x | backward: ATen / ours (ms) | x |")
     print("|---|---|---|---|---|---|")
     for threads in (1, 2):

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
+from mixdistill.bench.kernels import arguments, begin, median_ms, print_whole_runs
 from mixdistill.engine import small_conv
-from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 conv1", 8, False), ("cnn5_w16 conv1, folded", 16, True), ("cnn5_w32 conv1", 32, False))
 
@@ -35,11 +34,7 @@ def _layer(channels: int, bias: bool, batch: int):
 
 def main(argv=None) -> None:
     args = arguments(__doc__.splitlines()[0], argv)
-    if small_conv.status() != "on":
-        raise SystemExit(f"the first-layer conv kernel is {small_conv.status()}: nothing to time")
-    torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
-          f"{args.batch_size}, {args.threads} thread(s), {args.rounds} rounds")
+    begin(small_conv.status(), "the first-layer conv kernel", args)
     print("| layer | forward: ATen / ours (ms) | x |")
     print("|---|---|---|")
     for name, channels, bias in LAYERS:

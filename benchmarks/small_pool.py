@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from mixdistill.bench.kernels import arguments, median_ms, print_whole_runs
+from mixdistill.bench.kernels import arguments, begin, median_ms, print_whole_runs
 from mixdistill.engine import small_pool
-from mixdistill.machine import cpu_name
 
 LAYERS = (("cnn5_w8 pool 1", 8, 28), ("cnn5_w8 pool 2", 16, 14), ("cnn5_w8 pool 3", 32, 7),
           ("cnn5_w16 pool 1", 16, 28), ("cnn5_w16 pool 2", 32, 14), ("cnn5_w16 pool 3", 64, 7))
@@ -36,11 +35,7 @@ def _layer(channels: int, size: int, batch: int):
 
 def main(argv=None) -> None:
     args = arguments(__doc__.splitlines()[0], argv)
-    if small_pool.status() != "on":
-        raise SystemExit(f"the 2x2 max-pool kernel is {small_pool.status()}: nothing to time")
-    torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
-          f"{args.batch_size}, {args.threads} thread(s), {args.rounds} rounds")
+    begin(small_pool.status(), "the 2x2 max-pool kernel", args)
     print("| layer | no-grad forward: ATen / ours (ms) | x | training forward: ATen / ours | x | "
           "backward: ATen / ours | x |")
     print("|---|---|---|---|---|---|---|")

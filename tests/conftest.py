@@ -207,10 +207,10 @@ class KernelWrappers:
             model.train()
         return logits
 
-    def assert_trains_like_aten(self, kernel, install, arch: str, swapped: int, monkeypatch) -> list[str]:
-        """A CPU-study net ``arch`` under bf16 autocast, channels_last, with ``swapped`` layers swapped by ``install``:
-        3 SGD steps and a no-grad forward give ATen's logits and weights bit for bit, and the kernel stays on. Returns
-        the names of the kernel's functions called, in order."""
+    @staticmethod
+    def _aten_and_ours(install, arch: str):
+        """(bf16 CPU runtime, a channels-last ``arch`` in training mode, its copy with ``install`` applied, how many
+        layers that swapped)."""
         import copy
 
         import torch
@@ -222,7 +222,16 @@ class KernelWrappers:
         torch.manual_seed(0)
         aten = create_model(arch, 10, 1).train().to(memory_format=torch.channels_last)
         ours = copy.deepcopy(aten)
-        assert install(ours) == swapped
+        return runtime, aten, ours, install(ours)
+
+    def assert_trains_like_aten(self, kernel, install, arch: str, swapped: int, monkeypatch) -> list[str]:
+        """A CPU-study net ``arch`` under bf16 autocast, channels_last, with ``swapped`` layers swapped by ``install``:
+        3 SGD steps and a no-grad forward give ATen's logits and weights bit for bit, and the kernel stays on. Returns
+        the names of the kernel's functions called, in order."""
+        import torch
+
+        runtime, aten, ours, swaps = self._aten_and_ours(install, arch)
+        assert swaps == swapped
         counting, calls = self.counting(kernel._library()[0])
         monkeypatch.setattr(kernel, "_library", lambda: (counting, ""))
         for a, o in zip(self.train(aten, 3, runtime, no_grad_forward=True),
@@ -239,18 +248,9 @@ class KernelWrappers:
         function's pointer argument ``output_arg``; default 1 forward, 2 backward) wrong: the first call's comparison
         with ATen catches it, warns, switches the kernel off and uses ATen's result, so a cnn5_w8 whose layers
         ``install`` swapped trains 2 steps to ATen's logits and weights."""
-        import copy
-
         import torch
 
-        from mixdistill.engine.runtime import resolve_runtime
-        from mixdistill.models import create_model
-
-        runtime = resolve_runtime("cpu", "bf16", True, False)
-        torch.manual_seed(0)
-        aten = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
-        ours = copy.deepcopy(aten)
-        install(ours)
+        runtime, aten, ours, _ = self._aten_and_ours(install, "cnn5_w8")
         name = kernel.__name__.rsplit(".", 1)[1]
         if output_arg is None:
             output_arg = 1 if direction == "forward" else 2

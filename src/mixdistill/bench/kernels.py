@@ -9,6 +9,10 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
+from mixdistill.machine import cpu_name
+
 
 def arguments(description: str, argv=None, layer_threads: bool = True) -> argparse.Namespace:
     """``--rounds``, ``--batch-size``, ``--threads`` (of the layer timings; only with ``layer_threads``), ``--kd-runs``,
@@ -22,6 +26,18 @@ def arguments(description: str, argv=None, layer_threads: bool = True) -> argpar
     p.add_argument("--kd-epochs", type=int, default=45, help="epochs of each KD run (23 steps each)")
     p.add_argument("--kd-threads", type=int, default=1, help="threads of each KD run")
     return p.parse_args(argv)
+
+
+def begin(status: str, what: str, args: argparse.Namespace) -> None:
+    """Stop unless the kernel is on (``status``: its ``status()``; ``what``: its name); set the layer timings' threads
+    where the script has ``--threads``; print the line that says what is timed."""
+    if status != "on":
+        raise SystemExit(f"{what} is {status}: nothing to time")
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"{cpu_name()}, ATen {torch.backends.cpu.get_cpu_capability()}, bf16 channels_last, batch "
+          f"{args.batch_size}, " + (f"{threads} thread(s), " if threads else "") + f"{args.rounds} rounds")
 
 
 def median_ms(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:

@@ -63,18 +63,18 @@ def _is_first_layer(m: nn.Module) -> bool:
             and tuple(m.dilation) == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
 
 
-def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
-    """bf16 where the convolution would run in bf16 here (autocast's or the tensors' own), else None."""
+def _runs_in_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Would the convolution run in bf16 here (under bf16 autocast, or on bf16 tensors)?"""
     if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        return torch.bfloat16 if x.dtype in (torch.float32, torch.bfloat16) else None
-    return torch.bfloat16 if x.dtype == weight.dtype == torch.bfloat16 else None
+        return x.dtype in (torch.float32, torch.bfloat16)
+    return x.dtype == weight.dtype == torch.bfloat16
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
     return (x.device.type == "cpu" and c == 1 and n > 0 and h > 0 and w > 0 and x.stride(0) == h * w
             and x.stride(2) == w and x.stride(3) == 1 and weight.stride(1) == 1  # channels-last weights
-            and _compute_dtype(x, weight) is not None and _state["disabled"] is None
+            and _runs_in_bf16(x, weight) and _state["disabled"] is None
             and not torch.compiler.is_compiling() and _library()[0] is not None)
 
 
