@@ -2,7 +2,7 @@
 
 No per-sample Python loops and no host synchronisation: the random parameters are drawn on the CPU
 (from a CPU ``torch.Generator``, so results do not depend on the device) and copied to the device
-without blocking; the pixel work is one gather. Inputs are never modified.
+without blocking; the pixel work is one indexed copy. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -67,17 +67,17 @@ def crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Te
     B, C, H, W = images.shape
     device = images.device
     params = copy_to_device(torch.stack([dy, dx, flips.long()]), device)
-    dy, dx, flips = params[0], params[1], params[2].bool()
+    dy, dx, flipped = params[0], params[1], params[2]
 
-    # source coordinates of every output pixel; out of range means the zero padding
-    rows = torch.arange(H, device=device) + (dy - padding)[:, None]  # [B, H]
-    cols = torch.arange(W, device=device).expand(B, W)
-    cols = torch.where(flips[:, None], W - 1 - cols, cols) + (dx - padding)[:, None]  # [B, W]
-    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # [B, H, W]
-    index = rows.clamp(0, H - 1)[:, :, None] * W + cols.clamp(0, W - 1)[:, None, :]  # [B, H, W]
-
-    out = images.reshape(B, C, H * W).gather(2, index.reshape(B, 1, H * W).expand(B, C, H * W))
-    return out.reshape(B, C, H, W).masked_fill_(~inside[:, None], 0)
+    # every crop of every padded sample and of its mirror image is a strided view of the two; a flipped crop at
+    # column dx is the mirror's crop at column 2 * padding - dx. One indexing copy takes each sample's crop.
+    p = padding
+    padded = torch.nn.functional.pad(images, (p, p, p, p))
+    Hp, Wp = H + 2 * p, W + 2 * p
+    both = torch.stack([padded, padded.flip(3)])  # [2, B, C, Hp, Wp]
+    crops = both.as_strided((2, B, C, 2 * p + 1, 2 * p + 1, H, W),
+                            (B * C * Hp * Wp, C * Hp * Wp, Hp * Wp, Wp, 1, Wp, 1))
+    return crops[flipped, torch.arange(B, device=device), :, dy, torch.where(flipped.bool(), 2 * p - dx, dx)]
 
 
 def _stats(values, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
