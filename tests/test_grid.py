@@ -282,6 +282,40 @@ def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):
     raise AssertionError("the worker outlived its killed study process")
 
 
+def test_a_finished_worker_ends_at_once_with_its_output_and_logs_written(tmp_path):
+    """A pool worker skips the interpreter's teardown when the pool shuts down (an exit handler registered before
+    the pool's is not run), but not what it printed or logged (unflushed), and it ends with status 0."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    log = tmp_path / "worker.log"
+    script.write_text(
+        "import logging, sys\n"
+        "from mixdistill.studies.grid import worker_pool\n"
+        "import atexit\n"
+        "if __name__ == '__mp_main__':  # in the worker, before the pool's initialiser runs\n"
+        f"    atexit.register(lambda: open({str(tmp_path / 'torn_down')!r}, 'w').close())\n"
+        "def work(path):\n"
+        "    import torch\n"
+        "    logger = logging.getLogger('worker')\n"
+        "    logger.addHandler(logging.FileHandler(path))\n"
+        "    logger.warning('logged by the worker')\n"
+        "    sys.stdout.write('printed by the worker;')\n"
+        "    return 7\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(1)\n"
+        f"    assert pool.submit(work, {str(log)!r}).result() == 7\n"
+        "    workers = list(pool._processes.values())\n"
+        "    pool.shutdown(wait=True)\n"
+        "    print('exit codes', [w.exitcode for w in workers])\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "printed by the worker;" in done.stdout and "exit codes [0]" in done.stdout
+    assert log.read_text() == "logged by the worker\n"
+    assert not (tmp_path / "torn_down").exists()
+
+
 def test_runs_side_by_side_only_as_many_as_the_cpu_quota_allows(tmp_path, monkeypatch):
     """A container whose quota is one CPU runs the grid one run at a time in this process, whatever the
     affinity mask shows (a process pool could not call the stand-in ``execute`` below)."""
