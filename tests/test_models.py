@@ -280,6 +280,62 @@ def test_relu_after_pool_is_the_textbook_order_bit_for_bit(name, precision, monk
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_global_avg_pool_gives_the_gradient_in_the_maps_layout(layout):
+    """models._base.global_avg_pool: the pooling's floats and gradient values, with the gradient channels-last where
+    the map is (ATen's would come back NCHW)."""
+    from mixdistill.models._base import global_avg_pool
+
+    x = torch.randn(16, 64, 3, 3)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(16, 64)
+    outputs, grads = [], []
+    for pool in (global_avg_pool, lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1)):
+        leaf = x.clone().requires_grad_()
+        relu_out = torch.relu(leaf)  # as a ReLU's output: its backward gets the gradient as handed back
+        relu_out.register_hook(grads.append)
+        outputs.append(pool(relu_out))
+        (outputs[-1] * weights).sum().backward()
+    (y, z), (ours, atens) = outputs, grads
+    assert torch.equal(y, z) and torch.equal(ours, atens)
+    assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                              torch.contiguous_format)
+    if layout == "channels_last":
+        assert not atens.is_contiguous(memory_format=torch.channels_last)  # what it saves the ReLU from
+
+
+def test_cnn5_trains_to_the_same_floats_with_its_channels_last_pooling_gradient(precision, monkeypatch):
+    """cnn5_w8, channels-last, 3 SGD steps: logits and weights bit for bit whether its global pooling hands the
+    gradient back channels-last (the default) or as ATen lays it out."""
+    from mixdistill.models import _base
+
+    torch.manual_seed(0)
+    model = create_model("cnn5_w8", 10, 1).train().to(memory_format=torch.channels_last)
+    plain = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
+
+    def train(net):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        logits = []
+        for x, y in batches:
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                out = net(x)
+            torch.nn.functional.cross_entropy(out.float(), y).backward()
+            opt.step()
+            opt.zero_grad()
+            logits.append(out)
+        return logits
+
+    ours = train(model)
+    monkeypatch.setattr(_base._GradInChannelsLast, "apply", lambda x: x)
+    theirs = train(plain)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
 @pytest.mark.parametrize("name", ["cnn5_w8", "lenet5", "alexnet_cifar_w025"])
 def test_torch_compile_traces_the_textbook_order(name):
     """A compiled run keeps the floats it had before the zoo pooled first: dynamo sees ReLU, then max-pool (the

@@ -16,10 +16,9 @@ compare the two bit for bit; ``benchmarks/relu_after_pool.py`` times them).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
-from ._base import ZooModel, pools_before_relu, record
+from ._base import ZooModel, global_avg_pool, pools_before_relu, record
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -69,7 +68,7 @@ class CNN5(ZooModel):
         x = _pooled(self.conv4, self.pool, self.conv3(x), maps, pool_first)
         x = self.conv5(x)
         record(maps, x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return global_avg_pool(x)
 
 
 def cnn5_w8(num_classes=100, in_channels=3):
