@@ -66,9 +66,8 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     mismatched layouts (0.27 ms for cnn5_w8's [128, 64, 3, 3] on one core, against 0.02 ms with one copy to
     channels-last first). Left out under ``torch.compile`` and ``torch.fx`` tracing (conv-BN folding, int8): their
     graphs stay as they were."""
-    if isinstance(x, torch.fx.Proxy):
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-    if (torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+    if (not isinstance(x, torch.fx.Proxy)  # first: a traced value cannot answer the questions after it
+            and torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()):
         x = _GradInChannelsLast.apply(x)
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
