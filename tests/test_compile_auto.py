@@ -45,6 +45,23 @@ def test_short_runs_are_not_probed_and_probes_are_kept(monkeypatch, tmp_path):
     assert "k" in json.loads((tmp_path / "compile_probes.json").read_text())
 
 
+def test_the_compiler_is_looked_for_only_when_a_run_would_compile_or_measure(monkeypatch, tmp_path):
+    """Looking imports inductor and torch._dynamo: an eager run (too short to probe, or a kept probe that says no)
+    does not look; a kept probe that says yes, or a new probe, does, and no compiler means no compile."""
+    monkeypatch.setenv("MIXDISTILL_CACHE", str(tmp_path))
+    looked = []
+    monkeypatch.setattr(compile_mod, "cpu_compiler_missing", lambda: looked.append(1) or "g++ not found")
+    probe = {"eager_step_s": 0.03, "compiled_step_s": 0.02, "compile_s": 5.0}  # repaid after 500 steps
+    (tmp_path / "compile_probes.json").write_text(json.dumps({"kept": probe}))
+    assert "too short" in compile_mod.decide_cpu_compile("new", compile_mod.MIN_PROBE_STEPS - 1, dict).reason
+    assert "repaid after 500" in compile_mod.decide_cpu_compile("kept", 400, dict).reason
+    assert not looked
+    for key, steps in (("kept", 1000), ("new", compile_mod.MIN_PROBE_STEPS)):
+        decision = compile_mod.decide_cpu_compile(key, steps, lambda: pytest.fail("measured without a compiler"))
+        assert not decision.compile and decision.reason == "no C++ compiler for torch.compile (g++ not found)"
+    assert len(looked) == 2
+
+
 def test_a_probe_keeps_waiting_only_the_runs_of_its_own_kind(monkeypatch, tmp_path):
     """Side by side in a grid: a run of a kind already measured decides at once while another process measures
     another kind; a run of the kind being measured waits for that measurement instead of taking its own."""

@@ -169,16 +169,21 @@ def _probes_lock(path: Path, key: str | None = None) -> Path:
 def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
     """The decision for a CPU run with ``train.compile=auto``: from the kept probe of ``key``, or from a new
     one (``measure()``) when the run is long enough to be worth probing. The probes file is written whole, so
-    it is read without a lock."""
+    it is read without a lock. The C++ compiler is looked for only when the run would compile or measure: looking
+    imports inductor, and with it torch._dynamo (1-2 s in a fresh process such as a grid's worker), which an eager
+    run never needs."""
+    path = cache_path()
+    probes = _read_probes(path)
+    if key not in probes and total_steps < MIN_PROBE_STEPS:
+        return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
+                                      f"(measured from {MIN_PROBE_STEPS} steps on)")
+    kept = decide(probes[key], total_steps) if key in probes else None
+    if kept is not None and not kept.compile:
+        return kept
     missing = cpu_compiler_missing()
     if missing:
         return CompileDecision(False, f"no C++ compiler for torch.compile ({missing})")
-    path = cache_path()
-    probes = _read_probes(path)
     if key not in probes:
-        if total_steps < MIN_PROBE_STEPS:
-            return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
-                                          f"(measured from {MIN_PROBE_STEPS} steps on)")
         with hold_lock(_probes_lock(path, key), "measuring torch.compile", wait=True):
             probes = _read_probes(path)  # another process may have measured this kind while we waited
             if key not in probes:
