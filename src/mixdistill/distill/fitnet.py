@@ -38,6 +38,7 @@ from torch import nn
 from mixdistill.distill.base import TrainSet
 from mixdistill.distill.feature import FeatureDistiller, FeatureParams
 from mixdistill.errors import ConfigError
+from mixdistill.optim import SGD
 from mixdistill.registry import METHODS
 
 
@@ -104,7 +105,7 @@ class FitNet(FeatureDistiller):
         """The FitNets first stage (see the module docstring)."""
         p = self.params
         params = list(self.student.parameters()) + list(self.regressor.parameters())
-        optimizer = torch.optim.SGD(params, lr=p.hint_lr, momentum=0.9, weight_decay=5e-4)
+        optimizer = SGD(params, lr=p.hint_lr, momentum=0.9, weight_decay=5e-4)
         modes = [(m, m.training) for m in (self.student, self.regressor)]
         self.student.train()
         self.regressor.train()

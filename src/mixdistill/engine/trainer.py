@@ -35,6 +35,7 @@ from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
 from mixdistill.files import write_json, write_yaml
 from mixdistill.losses import label_smoothing
+from mixdistill.optim import SGD
 from mixdistill.provenance import reconstruction_notes
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -94,9 +95,9 @@ class Trainer:
             compiled_teacher = self.distiller.teacher if getattr(self.teacher_report, "compiled", False) else None
             self.small_pool_layers = small_pool.use_small_max_pool(self.distiller, leave=compiled_teacher)
             self.small_conv_layers = small_conv.use_small_first_conv(self.distiller, leave=compiled_teacher)
-        self.optimizer = torch.optim.SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
-                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                                         nesterov=cfg.optim.nesterov, foreach=True)
+        self.optimizer = SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
+                               momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                               nesterov=cfg.optim.nesterov, foreach=True)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
         self.ema = self._make_ema()
         self.start_epoch, self.step_count = 0, 0
