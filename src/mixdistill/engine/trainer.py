@@ -96,8 +96,8 @@ class Trainer:
             self.small_pool_layers = small_pool.use_small_max_pool(self.distiller, leave=compiled_teacher)
             self.small_conv_layers = small_conv.use_small_first_conv(self.distiller, leave=compiled_teacher)
         self.optimizer = SGD(self.distiller.learnable_parameters(), lr=base_lr(cfg),
-                               momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                               nesterov=cfg.optim.nesterov, foreach=True)
+                             momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                             nesterov=cfg.optim.nesterov, foreach=True)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.train_loader))
         self.ema = self._make_ema()
         self.start_epoch, self.step_count = 0, 0
