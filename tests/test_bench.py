@@ -187,6 +187,23 @@ def test_counts_below_one_are_one_line_exit_2(tmp_path, capsys, argv, message):
 
 
 @pytest.mark.slow
+def test_the_grid_case_counts_the_longest_time_a_run_spent_on_the_shared_table():
+    from mixdistill.bench.grid import grid_markdown, table_seconds
+
+    def row(built_s, waited_s):
+        return {"summary": {"teacher_views": {"built_s": built_s, "waited_s": waited_s}}}
+
+    rows = [row(5.0, 0.25), row(5.5, 0.0), row(0.0, 0.0), {"summary": {"teacher_views": None}}]
+    assert table_seconds(rows) == 5.5 and table_seconds(rows[:1]) == 5.25
+    assert table_seconds([{"summary": {}}]) == 0.0 and table_seconds([]) == 0.0
+    report = {"runs": 4, "pair": "a -> b", "steps_per_run": 10, "rounds": 2, "ratio": 2.0, "ratio_range": [1.9, 2.1],
+              "seconds": {"one_at_a_time": [8.0, 8.2], "grid": [4.0, 4.1]},
+              "runs_per_hour": {"one_at_a_time": 1, "grid": 2}}
+    assert not any("teacher table" in line for line in grid_markdown(report))  # a report from before table_s
+    lines = grid_markdown({**report, "table_s": [5.5, 5.0]})
+    assert any("teacher table" in line and "5.5 / 5.0 s" in line for line in lines)
+
+
 def test_grid_case_times_both_ways_of_running_a_grid(tmp_path):
     out = tmp_path / "results"
     assert bench_main(_args(["--quick", "--device", "cpu", "--cases", "grid", "--grid-runs", "2", "--grid-epochs", "1",
@@ -197,6 +214,7 @@ def test_grid_case_times_both_ways_of_running_a_grid(tmp_path):
     assert grid["ratio"] == pytest.approx(grid["seconds"]["one_at_a_time"][0] / grid["seconds"]["grid"][0])
     # the ceiling: min(cores, runs) 1-thread runs at once against one run at a time, from the run timed alone
     assert grid["side_by_side"] == min(grid["cores"], 2)
+    assert grid["table_s"] == [0.0]  # 2 runs of 1 epoch do not repay a table of 50 views
     assert grid["ceiling"] == pytest.approx(grid["side_by_side"] * grid["seconds"]["one_at_a_time"][0] / 2
                                             / grid["seconds"]["alone_1thread"][0])
     assert "Ceiling of running side by side" in (out / "bench_quick_cpu.md").read_text()

@@ -13,7 +13,8 @@ end. The teacher has random weights (speed does not depend on them).
 * **grid**: ``run_grid`` with the defaults: 1 thread per run (the CPU-scale studies' ``threads_per_run``), as
   many runs side by side as the cores hold, ``train.compile=auto``, ``train.channels_last=auto``,
   ``train.teacher_cache=auto`` (which the grid runner turns on for these runs: they share one teacher; the table is
-  built in every round, in its fresh folder, and counted).
+  built in every round, in its fresh folder, and counted; the report keeps, per round, the seconds the runs spent on
+  it: ``table_s``).
 
 Each round runs both in a fresh folder, in alternating order (load drift hits both alike); the ratio is the
 median over rounds of the per-round ratio of runs per hour.
@@ -71,7 +72,9 @@ def _runs(data_root: Path, teacher_ckpt: Path, n: int, epochs: int, variant: str
     return [GridRun(f"kd/seed{seed}", {**tree, "seed": seed}) for seed in range(n)]
 
 
-def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, folder: Path, precision: str) -> float:
+def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, folder: Path, precision: str,
+               rows_out: list | None = None) -> float:
+    """Seconds ``run_grid`` takes for the grid's ``n`` runs ``variant``'s way; their rows go to ``rows_out``."""
     threads = None if variant == "one_at_a_time" else 1
     jobs = None if variant == "grid" else 1
     started = time.perf_counter()
@@ -79,7 +82,16 @@ def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, f
                     log=lambda *_: None)
     elapsed = time.perf_counter() - started
     assert len(rows) == n and all(r["summary"]["last_acc"] is not None for r in rows.values())
+    if rows_out is not None:
+        rows_out += rows.values()
     return elapsed
+
+
+def table_seconds(rows) -> float:
+    """Seconds of a grid spent on its shared teacher table: the longest any of its runs spent building views or
+    waiting for them (the runs that build it do so side by side; 0 when no run used one)."""
+    reports = [r["summary"].get("teacher_views") or {} for r in rows]
+    return max((t.get("built_s", 0.0) + t.get("waited_s", 0.0) for t in reports), default=0.0)
 
 
 def grid_inputs(tmp: Path, seed: int) -> tuple[Path, Path]:
@@ -139,14 +151,17 @@ def grid_case(args, tmp: Path) -> dict:
     for variant in ("one_at_a_time", "grid"):  # warm-up: one short run each (and the compile decision)
         _time_grid(variant, data_root, ckpt, 1, epochs, tmp / f"warmup_{variant}", args.precision)
     seconds: dict[str, list[float]] = {"one_at_a_time": [], "grid": [], "alone_1thread": []}
+    table_s = []
     for r in range(rounds):
         order = ("one_at_a_time", "grid", "alone_1thread")
         order = order if r % 2 == 0 else order[::-1]
         for variant in order:
-            runs = 1 if variant == "alone_1thread" else n
+            runs, rows = (1 if variant == "alone_1thread" else n), []
             with tempfile.TemporaryDirectory(dir=tmp) as folder:
                 seconds[variant].append(_time_grid(variant, data_root, ckpt, runs, epochs, Path(folder),
-                                                   args.precision))
+                                                   args.precision, rows))
+            if variant == "grid":
+                table_s.append(round(table_seconds(rows), 2))
         print(f"[bench] grid round {r + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.1f} s" for v in seconds), flush=True)
     ratios = [a / b for a, b in zip(seconds["one_at_a_time"], seconds["grid"])]
     cores = available_cpus()
@@ -155,7 +170,7 @@ def grid_case(args, tmp: Path) -> dict:
     per_hour = {v: 3600 * (1 if v == "alone_1thread" else n) / statistics.median(s) for v, s in seconds.items()}
     return {"runs": n, "epochs": epochs, "precision": args.precision, "steps_per_run": epochs * STEPS_PER_EPOCH,
             "rounds": rounds, "pair": f"{TEACHER} -> {STUDENT}", "cores": cores, "side_by_side": side_by_side,
-            "seconds": seconds, "runs_per_hour": per_hour,
+            "seconds": seconds, "runs_per_hour": per_hour, "table_s": table_s,
             "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
             "ceiling": statistics.median(ceilings), "ceiling_range": [min(ceilings), max(ceilings)]}
 
@@ -167,7 +182,14 @@ def grid_markdown(g: dict) -> list[str]:
             *[f"| {v} | {' / '.join(f'{s:.1f}' for s in g['seconds'][v])} | {g['runs_per_hour'][v]:.0f} |"
               for v in ("one_at_a_time", "grid")], "",
             f"grid / one_at_a_time: **{g['ratio']:.2f}x** runs per hour (median of the per-round ratios; range "
-            f"{g['ratio_range'][0]:.2f}-{g['ratio_range'][1]:.2f}x).", *_ceiling_lines(g)]
+            f"{g['ratio_range'][0]:.2f}-{g['ratio_range'][1]:.2f}x).", *_ceiling_lines(g), *_table_lines(g)]
+
+
+def _table_lines(g: dict) -> list[str]:
+    if "table_s" not in g:  # a report from before the table's seconds were kept
+        return []
+    return ["", f"Of each grid, its runs' shared teacher table (`train.teacher_cache`; the longest any run spent "
+                f"building views or waiting for them): {' / '.join(f'{s:.1f}' for s in g['table_s'])} s."]
 
 
 def _ceiling_lines(g: dict) -> list[str]:
