@@ -93,3 +93,15 @@ def test_package_data_covers_every_data_file():
 
     missing = [path for path in data if not covered(path)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
+
+
+def test_setup_refuses_in_one_line_when_the_disk_cannot_hold_the_install(tmp_path):
+    import subprocess
+
+    venv = tmp_path / "not-yet" / "venv"
+    env = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "MIXDISTILL_INSTALL_NEED_MB": str(10**9)}
+    done = subprocess.run([str(ROOT / "setup.sh"), "install"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs about 1000000000 MB free" in lines[0] and str(tmp_path) in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no half-made venv left behind
