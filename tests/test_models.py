@@ -137,7 +137,7 @@ def test_interface(name):
 
 
 @pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobile_half", "ShuffleV1", "ShuffleV2",
-                                  "resnet18_cifar", "lenet5", "alexnet_cifar", "cnn5_w8"])
+                                  "resnet18_cifar", "lenet5", "alexnet_cifar", "cnn5_w8", "wrn_20_8", "okd_vgg16"])
 def test_backward_through_features(name):
     model = create_model(name, num_classes=10, in_channels=1).train()
     logits, feats = model.forward_features(torch.randn(2, 1, 28, 28))

@@ -124,13 +124,11 @@ def levels(maps: list[torch.Tensor], pooled: torch.Tensor, n: int) -> list[torch
 
 @contextlib.contextmanager
 def _resnet_preact_hooks(teacher: nn.Module, captured: dict):
-    """Forward hooks on each stage's last BasicBlock of a CIFAR ResNet recording its output before the ReLU."""
+    """Forward hooks on each stage's last block of a CIFAR ResNet recording its output before the ReLU."""
     handles = []
     for stage, layer in enumerate((teacher.layer1, teacher.layer2, teacher.layer3), start=1):
         def hook(block, inputs, _output, stage=stage):
-            x = inputs[0]
-            out = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
-            captured[stage] = out + (x if block.downsample is None else block.downsample(x))
+            captured[stage] = block.preact(inputs[0])
         handles.append(layer[-1].register_forward_hook(hook))
     try:
         yield

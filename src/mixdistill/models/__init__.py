@@ -1,4 +1,5 @@
-"""Model zoo: the CRD/RepDistiller CIFAR benchmark, das2020's models, and small CNNs.
+"""Model zoo: the CRD/RepDistiller CIFAR benchmark, the online-distillation benchmark's nets (OKDDip's
+released ResNet-110, WRN-20-8 and VGG-16), das2020's models, and small CNNs.
 
 Every model takes ``(num_classes=100, in_channels=3)``, returns logits from
 ``forward(x)``, and ``(logits, {"pooled", "maps"})`` from ``forward_features(x)``;
@@ -47,6 +48,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "MobileNetV2": mobilenetv2.mobile_half,  # RepDistiller's registry name for mobile_half
     "ShuffleV1": shufflenet.ShuffleV1,
     "ShuffleV2": shufflenet.ShuffleV2,
+    # the online-distillation benchmark (OKDDip's released CIFAR nets, used by PCL's table)
+    "okd_resnet110": resnet.okd_resnet110,
+    "wrn_20_8": resnet.wrn_20_8,
+    "okd_vgg16": vgg.okd_vgg16,
     # das2020 (Distilling-with-VRM)
     "resnet18_cifar": resnetv2.resnet18_cifar,
     "lenet5": das2020.lenet5,

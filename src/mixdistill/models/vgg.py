@@ -1,4 +1,4 @@
-"""VGG with batch norm for CIFAR (vgg8, vgg11, vgg13, vgg16, vgg19).
+"""VGG with batch norm for CIFAR (vgg8, vgg11, vgg13, vgg16, vgg19; okd_vgg16).
 
 Follows RepDistiller ``models/vgg.py`` (HobbitLong/RepDistiller, after W. Yang):
 five conv blocks ``block0..block4`` (Conv-BN-ReLU triples, the block's last ReLU
@@ -7,6 +7,13 @@ applied outside it), max-pools between blocks, global average pool, one linear
 the fourth max-pool is only used for inputs of 64 pixels or more (RepDistiller:
 exactly 64), so 32x32 (and 28x28) images reach block4 at 4x4 (3x3).  Other
 difference: ``in_channels`` sets the first conv's input channels.
+
+``okd_vgg16`` is the online-distillation benchmark's VGG-16 (OKDDip's released ``models/model_cifar/vgg.py``, whose
+keys it keeps): conv1/bn1, conv2/bn2, a max-pool, then ``layer1..layer4`` (2, 3, 3, 3 Conv-BN-ReLU and a max-pool
+each), and a three-layer ``classifier`` 512-512-512-classes with ReLUs and dropout (p = 0, the released default).
+Its pooled features are the 512 values the classifier reads. Differences, none of which changes a 32x32 input's
+floats: the max-pools round up (``ceil_mode``), so 28x28 inputs reach 1x1 too, and an adaptive average pool to
+1x1 comes before the classifier (larger inputs).
 """
 
 from __future__ import annotations
@@ -102,3 +109,59 @@ def vgg16(num_classes=100, in_channels=3):
 
 def vgg19(num_classes=100, in_channels=3):
     return VGG(_CFG["E"], num_classes, in_channels)
+
+
+class OKDVGG16(ZooModel):
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.num_classes, self.feature_dim = num_classes, 512
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        self.layer1 = self._make_layer(128, 2)
+        self.layer2 = self._make_layer(256, 3)
+        self.layer3 = self._make_layer(512, 3)
+        self.layer4 = self._make_layer(512, 3)
+        self.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, width: int, convs: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for _ in range(convs):
+            layers += [nn.Conv2d(self.inplanes, width, kernel_size=3, padding=1), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            self.inplanes = width
+        return nn.Sequential(*layers, nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def _body(self, x, maps):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        record(maps, x)
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            record(maps, x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def okd_vgg16(num_classes=100, in_channels=3):
+    return OKDVGG16(num_classes, in_channels)

@@ -28,13 +28,14 @@ def split_trunk_branch(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
     if isinstance(model, CifarResNet):
         trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.layer1, model.layer2)
         branch = nn.Sequential(model.layer3, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        return trunk, branch, model.layer2[-1].bn2.num_features
+        return trunk, branch, model.layer3[0].conv1.in_channels
     if isinstance(model, CNN5):
         pool = nn.MaxPool2d(2)
         trunk = nn.Sequential(model.conv1, pool, model.conv2, pool, model.conv3, model.conv4)
         branch = nn.Sequential(nn.MaxPool2d(2), model.conv5, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return trunk, branch, model.conv4[0].out_channels
-    raise ConfigError(f"ONE has a branch form for the CIFAR ResNets (resnet8..resnet110, resnet8x4, resnet32x4) "
+    raise ConfigError(f"ONE has a branch form for the CIFAR ResNets (resnet8..resnet110, resnet8x4, resnet32x4, "
+                      f"okd_resnet110, wrn_20_8) "
                       f"and cnn5_w*, not for {type(model).__name__}")
 
 
