@@ -68,8 +68,6 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              "shen2022's own numbers were not available: the paper column is the PCL paper's table of the baselines "
              "(CIFAR), shown only at full scale.", ""]
     lines += timing_markdown(study_dir, rows)
-    if sc.get("not_run"):
-        lines += [f"Not in this grid: {sc['not_run']}", ""]
     findings, gates, sections = [], [], []
     for setting, entry in settings(sc).items():
         part = {k: r for k, r in rows.items() if r["labels"].get("setting", setting) == setting}
