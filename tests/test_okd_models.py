@@ -11,6 +11,7 @@ from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
 
 from mixdistill.models import count_parameters, create_model, load_weights
 from mixdistill.online.one import split_trunk_branch
+from mixdistill.registry import METHODS
 
 
 def synth_state(entries, seed=0):
@@ -166,3 +167,18 @@ def test_one_branches_a_bottleneck_resnet_at_its_last_stage():
     with torch.no_grad():
         h = trunk(torch.randn(2, 3, 16, 16))
         assert h.shape[1] == channels and branch(h).shape == (2, 256)
+
+
+def test_one_branches_okd_vgg16_at_layer4_with_the_released_dropout():
+    """OKDDip's vgg_one.py: conv1..layer3 shared, layer4 + classifier per branch, classifier dropouts p = 0.5."""
+    cls = METHODS["one"]
+    d = cls.from_names(["okd_vgg16"] * 3, cls.Params(), num_classes=10, in_channels=3)
+    assert d.gate[0].in_features == 512 and len({id(p.branch) for p in d.peers}) == 3
+    assert all(m.p == 0.5 for p in d.peers for m in p.fc if isinstance(m, nn.Dropout))
+    assert all(m.p == 0.0 for m in create_model("okd_vgg16").classifier if isinstance(m, nn.Dropout))
+    d.eval()
+    x = torch.randn(2, 3, 32, 32)
+    standalone = create_model("okd_vgg16", num_classes=10).eval()
+    standalone.load_state_dict(d.student.state_dict())  # the checkpoint's model: trunk + branch 0
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(x), d.evaluation_logits(x)["peer0"], rtol=0, atol=0)

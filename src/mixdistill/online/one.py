@@ -4,7 +4,8 @@
 detached in the KL term (``detach_ensemble``).
 
 The branch form of an architecture: CIFAR ResNets share conv1..layer2 and branch at layer3 (as in
-the paper); cnn5 nets share conv1..conv4 and branch at conv5. Each branch (and the trunk) comes from
+the paper); okd_vgg16 shares conv1..layer3 and branches at layer4 and its classifier (OKDDip's vgg_one.py);
+cnn5 nets share conv1..conv4 and branch at conv5. Each branch (and the trunk) comes from
 an independently initialised copy of the architecture."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.models import create_model
 from mixdistill.models.cnn import CNN5
 from mixdistill.models.resnet import CifarResNet
+from mixdistill.models.vgg import OKDVGG16
 from mixdistill.online.base import OnlineDistiller, OnlineParams
 from mixdistill.registry import METHODS
 
@@ -29,14 +31,21 @@ def split_trunk_branch(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
         trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.layer1, model.layer2)
         branch = nn.Sequential(model.layer3, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return trunk, branch, model.layer3[0].conv1.in_channels
+    if isinstance(model, OKDVGG16):  # as OKDDip's released vgg_one.py: the branches are layer4 and the classifier,
+        for m in model.classifier:   # whose dropouts there are nn.Dropout() (p = 0.5; the plain net's are p = 0)
+            if isinstance(m, nn.Dropout):
+                m.p = 0.5
+        trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.conv2, model.bn2, model.relu, model.maxpool,
+                              model.layer1, model.layer2, model.layer3)
+        branch = nn.Sequential(model.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return trunk, branch, model.layer4[0].in_channels
     if isinstance(model, CNN5):
         pool = nn.MaxPool2d(2)
         trunk = nn.Sequential(model.conv1, pool, model.conv2, pool, model.conv3, model.conv4)
         branch = nn.Sequential(nn.MaxPool2d(2), model.conv5, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return trunk, branch, model.conv4[0].out_channels
     raise ConfigError(f"ONE has a branch form for the CIFAR ResNets (resnet8..resnet110, resnet8x4, resnet32x4, "
-                      f"okd_resnet110, wrn_20_8) "
-                      f"and cnn5_w*, not for {type(model).__name__}")
+                      f"okd_resnet110, wrn_20_8), okd_vgg16 and cnn5_w*, not for {type(model).__name__}")
 
 
 class BranchPeer(nn.Module):
