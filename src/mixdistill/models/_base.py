@@ -8,6 +8,8 @@ feature vector, appending stage outputs to ``maps`` when it is a list) and
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,23 @@ class ZooModel(nn.Module):
         maps: list[torch.Tensor] = []
         pooled = self._body(x, maps)
         return self.get_classifier()(pooled), {"pooled": pooled, "maps": maps}
+
+
+def repdistiller_init(model: nn.Module) -> None:
+    """RepDistiller's VGG and MobileNetV2 initialisation: convs normal(0, sqrt(2 / fan_out)), biases 0; BN 1, 0;
+    linears normal(0, 0.01), biases 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 def pools_before_relu(model: nn.Module) -> bool:

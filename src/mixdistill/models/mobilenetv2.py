@@ -11,11 +11,9 @@ Differences: adaptive average pooling instead of ``AvgPool2d(2, ceil_mode)``;
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
-from ._base import ZooModel, record
+from ._base import ZooModel, record, repdistiller_init
 
 # expansion t, channels c, repeats n, first stride s
 _SETTING = [
@@ -79,16 +77,7 @@ class MobileNetV2(ZooModel):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier[0]

@@ -18,12 +18,10 @@ floats: the max-pools round up (``ceil_mode``), so 28x28 inputs reach 1x1 too, a
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import ZooModel, record
+from ._base import ZooModel, record, repdistiller_init
 
 _CFG = {
     "S": [[64], [128], [256], [512], [512]],
@@ -58,18 +56,7 @@ class VGG(ZooModel):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -130,16 +117,7 @@ class OKDVGG16(ZooModel):
             nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(512, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self)  # OKDDip's: kaiming_normal_(fan_out, relu), the same normal(0, sqrt(2 / fan_out))
 
     def _make_layer(self, width: int, convs: int) -> nn.Sequential:
         layers: list[nn.Module] = []
