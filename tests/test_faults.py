@@ -320,7 +320,7 @@ def test_print_config_validates_as_training_does(capsys):
     assert "scores the pool with the teacher" in one_line_error(
         capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "augment=cutmix_pick", "--print-config"])
     # built as training builds it (models on the meta device): ONE's branch form
-    assert "ONE has a branch form" in one_line_error(
+    assert "one: the branch form (a shared trunk) exists for" in one_line_error(
         capsys, ["train", "configs/online_fmnist_cpu.yaml", "method=one", "model.student=vgg8", "--print-config"])
 
 

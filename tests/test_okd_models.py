@@ -10,7 +10,7 @@ from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
 
 from mixdistill.models import count_parameters, create_model, load_weights
-from mixdistill.online.one import split_trunk_branch
+from mixdistill.online.branches import split_trunk_branch
 from mixdistill.registry import METHODS
 
 

@@ -379,13 +379,14 @@ XS = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
 YS = torch.tensor([0, 2, 1, 1, 0])
 
 
-def okddip_by_hand(d, x, y, weight, T=3.0):
-    """(ce, kl_peers, kl_leader) of OKDDip (released train_GL.py / resnet_GL.py), nothing detached."""
+def okddip_by_hand(d, x, y, weight, T=3.0, outputs=None):
+    """(ce, kl_peers, kl_leader) of OKDDip (released train_GL.py / resnet_GL.py), nothing detached. ``outputs``:
+    every peer's (pooled, logits), else FeaturePeers' by hand."""
     import torch.nn.functional as F
 
-    *aux, leader = d.peers
-    feats, zs = zip(*(by_hand(p, x) for p in aux))
-    _, z_leader = by_hand(leader, x)
+    *aux, leader = outputs or [by_hand(p, x) for p in d.peers]
+    feats, zs = zip(*aux)
+    _, z_leader = leader
     q = [f @ d.query.weight.T for f in feats]
     k = [f @ d.key.weight.T for f in feats]
     targets = []
@@ -440,6 +441,43 @@ def test_okddip_auxiliary_peers_share_one_feature_width_and_leader_is_evaluated(
     out = d.evaluation_logits(XS)
     assert set(out) == {"peer0", "peer1", "peer2", "ensemble", "leader"}
     assert torch.equal(out["leader"], out["peer2"])
+
+
+def test_okddip_peers_are_branches_on_one_trunk_as_released():
+    """resnet_GL.py: conv1..layer2 shared, layer3 + classifier per peer; the leader's copy is the deployed network."""
+    from mixdistill.errors import ConfigError
+    from mixdistill.models import create_model
+
+    cls = METHODS["okddip"]
+    assert cls.Params().peer_form == "branches"
+    torch.manual_seed(0)
+    d = cls.from_names(["resnet8"] * 4, cls.Params(), num_classes=10, in_channels=1)
+    assert all(p._trunk[0] is d.trunk for p in d.peers) and len({id(p.branch) for p in d.peers}) == 4
+    assert d.student.layer3 is d.peers[-1].branch[0] and d.student.layer1 is d.trunk[3]
+    x, y = torch.randn(6, 1, 12, 12), torch.tensor([0, 1, 2, 3, 4, 5])
+    calls = []
+    d.trunk.register_forward_hook(lambda *_: calls.append(1))
+    d.train()
+    out = d.forward_train(x, y, info(epoch=100))
+    assert len(calls) == 1 and d.trunk[1].num_batches_tracked.item() == 1  # one trunk pass (and BN update) a step
+    assert all(v.item() > 0 for v in out.losses.values())
+    d.eval()  # BN on running statistics: the same weights give the same values however often the trunk runs
+    with torch.no_grad():
+        expected = okddip_by_hand(d, x, y, 1.0, outputs=[(p.branch(d.trunk(x)), p(x)) for p in d.peers])
+        step = d.forward_train(x, y, info(epoch=100)).losses
+    for name, value in zip(("ce", "kl_peers", "kl_leader"), expected):  # fp32: a KL near 0.01 keeps ~6 digits
+        assert step[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+    whole = create_model("resnet8", num_classes=10, in_channels=1).eval()
+    whole.load_state_dict(d.student.state_dict())  # the checkpoint's model: trunk + the leader's branch
+    with torch.no_grad():
+        torch.testing.assert_close(whole(x), d.evaluation_logits(x)["leader"], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="method.peer_form=networks"):
+        cls.from_names(["resnet8"] * 3 + ["resnet14"], cls.Params(), num_classes=10, in_channels=1)
+    with pytest.raises(ConfigError, match="method.peer_form=networks"):
+        cls.from_names(["wrn_16_1"] * 4, cls.Params(), num_classes=10, in_channels=1)
+    separate = cls.from_names(["resnet8"] * 3 + ["resnet14"], cls.Params(peer_form="networks"), num_classes=10,
+                              in_channels=1)
+    assert separate.trunk is None and separate.student is separate.peers[0]
 
 
 def pcl_by_hand(d, x, y, weight, T=3.0):

@@ -13,13 +13,18 @@ over the auxiliary peers (b = a included, as released) and a's target is the wei
 --start_consistency 0``), T = 3. As released, neither target is detached: the distillation terms are what
 trains the query/key maps, and the leader's term reaches the auxiliary peers too.
 
-Differences from the released code: the peers are separate networks (released: branches sharing the ResNet
-up to layer2); the KL omits the 1e-7 the released ``KL_Loss`` adds to the target probabilities; peer 0 (the
-checkpoint's ``model``) is an auxiliary peer, whereas OKDDip deploys the leader, evaluated as ``peer{m-1}``
-and again as ``leader``.
+The peers are, as released (``peer_form: branches``), branches of one network: a trunk shared up to the last
+stage, one last stage and classifier per peer (``online/branches.py``; the trunk comes from the leader's copy, so
+the checkpoint's ``model`` is the leader as a whole network, the network OKDDip deploys). ``peer_form: networks``
+makes them separate networks (peers of different architectures, or one without a branch form, need it); its
+checkpoint's ``model`` is peer 0, an auxiliary peer. The leader is evaluated as ``peer{m-1}`` and again as
+``leader``. Difference from the released code: the KL omits the 1e-7 the released ``KL_Loss`` adds to the target
+probabilities.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -29,6 +34,7 @@ from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
+from mixdistill.online.branches import build_branches
 from mixdistill.online.cutmix_online import sigmoid_rampup
 from mixdistill.registry import METHODS
 
@@ -40,6 +46,9 @@ class OKDDipParams(OnlineParams):
     alpha: float = Field(1.0, ge=0, description="weight of both distillation levels (released --alpha)")
     ramp_epochs: float = Field(80, ge=0, description="w(t) = alpha exp(-5 (1 - t/ramp_epochs)^2) before, alpha after")
     projection_factor: int = Field(8, ge=1, description="query/key width = the peers' feature width // factor")
+    peer_form: Literal["branches", "networks"] = Field(
+        "branches", description="branches: as released, the peers share the network up to its last stage "
+                                "(README, Online distillation); networks: separate networks")
 
 
 @METHODS.register("okddip")
@@ -47,8 +56,12 @@ class OKDDip(OnlineDistiller):
     source = 'Chen, Mei, Wang, Feng, Chen, "Online Knowledge Distillation with Diverse Peers", AAAI 2020'
     Params = OKDDipParams
 
-    def __init__(self, peers, params):
+    def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
+        """``trunk``: the peers are branches on it, and ``whole`` is the leader as a whole network."""
         super().__init__(peers, params)
+        self.trunk = trunk
+        if whole is not None:
+            self.student = whole
         widths = [getattr(peer, "feature_dim", None) for peer in peers[:-1]]
         if None in widths or len(set(widths)) != 1:
             raise ConfigError(
@@ -59,6 +72,27 @@ class OKDDip(OnlineDistiller):
         dim = max(1, width // params.projection_factor)
         self.query = nn.Linear(width, dim, bias=False)
         self.key = nn.Linear(width, dim, bias=False)
+
+    @classmethod
+    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
+        if params.peer_form == "networks":
+            return super().from_names(names, params, num_classes=num_classes, in_channels=in_channels,
+                                      pretrained=pretrained)
+        trunk, peers, _, whole = build_branches(names, num_classes=num_classes, in_channels=in_channels,
+                                                pretrained=pretrained, whole=-1, who="okddip",
+                                                otherwise="; method.peer_form=networks trains separate networks")
+        return cls(peers, params, trunk=trunk, whole=whole)
+
+    def _features(self, images) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(logits of every peer, pooled features of the auxiliary peers); branches share one pass through the
+        trunk."""
+        if self.trunk is None:
+            *auxiliary, leader = self.peers
+            outputs = [peer.forward_features(images) for peer in auxiliary]
+            return [z for z, _ in outputs] + [leader(images)], [f["pooled"] for _, f in outputs]
+        h = self.trunk(images)
+        pooled = [peer.branch(h) for peer in self.peers]
+        return [peer.fc(f) for peer, f in zip(self.peers, pooled)], pooled[:-1]
 
     def attention_targets(self, logits: list[torch.Tensor], pooled: list[torch.Tensor]):
         """(attention [B, A, A], targets [B, A, C]): row a of the attention weighs the auxiliary peers for peer a,
@@ -72,11 +106,9 @@ class OKDDip(OnlineDistiller):
         p = self.params
         T = p.temperature
         batch = self.mix(images, labels, info)
-        *auxiliary, leader = self.peers
-        outputs = [peer.forward_features(batch.images) for peer in auxiliary]
-        logits = [z for z, _ in outputs]
-        z_leader = leader(batch.images)
-        _, targets = self.attention_targets(logits, [f["pooled"] for _, f in outputs])
+        all_logits, pooled = self._features(batch.images)
+        *logits, z_leader = all_logits
+        _, targets = self.attention_targets(logits, pooled)
         group = torch.stack(logits).mean(0)
         ramp = sigmoid_rampup(info.epoch, p.ramp_epochs)
         weight = p.alpha * ramp
@@ -88,6 +120,16 @@ class OKDDip(OnlineDistiller):
         return step_output(logits[0], losses, labels, batch, stats={"ramp": ramp})
 
     def evaluation_logits(self, images):
-        out = super().evaluation_logits(images)
+        if self.trunk is None:
+            out = super().evaluation_logits(images)
+        else:
+            logits, _ = self._features(images)
+            out = {f"peer{i}": z for i, z in enumerate(logits)}
+            out["ensemble"] = torch.stack(logits).mean(0)
         out["leader"] = out[f"peer{len(self.peers) - 1}"]  # the deployed model
         return out
+
+    def compile_targets(self):
+        if self.trunk is None:
+            return super().compile_targets()
+        return [self.trunk] + [peer.branch for peer in self.peers]
