@@ -480,14 +480,15 @@ def test_okddip_peers_are_branches_on_one_trunk_as_released():
     assert separate.trunk is None and separate.student is separate.peers[0]
 
 
-def pcl_by_hand(d, x, y, weight, T=3.0):
-    """(ce, kl_ensemble, kl_mean) of PCL with plain torch ops; the targets are constants (detached)."""
+def pcl_by_hand(d, x, y, weight, T=3.0, outputs=None, means=None):
+    """(ce, kl_ensemble, kl_mean) of PCL with plain torch ops; the targets are constants (detached). ``outputs``:
+    every peer's (pooled, logits) and ``means`` the temporal means' logits, else FeaturePeers' by hand."""
     import torch.nn.functional as F
 
-    feats, zs = zip(*(by_hand(p, x) for p in d.peers))
+    feats, zs = zip(*(outputs or [by_hand(p, x) for p in d.peers]))
     z_e = torch.cat(feats, 1) @ d.ensemble_head.weight.T + d.ensemble_head.bias
     with torch.no_grad():
-        means = [by_hand(tm.module, x)[1] for tm in d.temporal_means]
+        means = means or [by_hand(tm.module, x)[1] for tm in d.temporal_means]
     m = len(zs)
     ce = sum(F.cross_entropy(z, y) for z in (*zs, z_e))
     kl_e = weight * sum(T**2 * kl_rows(z_e.detach(), z, T) for z in zs)
@@ -572,6 +573,61 @@ def test_pcl_evaluates_peers_ensemble_teacher_and_temporal_means():
         torch.testing.assert_close(out["temporal_mean1"], by_hand(d.temporal_means[1].module, XS)[1])
     record = eval_record({name: {"acc": 50.0 if name.startswith("peer") else 90.0, "loss": 1.0} for name in out})
     assert record["test_acc_mean_peer"] == 50.0 and record["test_acc_temporal_mean0"] == 90.0
+
+
+def test_pcl_peers_are_branches_on_one_trunk_and_their_means_average_trunk_and_branch():
+    """The paper's multi-branch network (the reproduction's src/models/resnet.py): conv1..layer2 shared; peer i's
+    temporal mean = the averaged trunk, then its averaged branch and classifier."""
+    from mixdistill.errors import ConfigError
+    from mixdistill.models import create_model
+
+    cls = METHODS["pcl"]
+    assert cls.Params().peer_form == "branches"
+    torch.manual_seed(0)
+    d = cls.from_names(["resnet8"] * 3, cls.Params(ema_decay=0.5), num_classes=10, in_channels=1)
+    assert all(p._trunk[0] is d.trunk for p in d.peers) and d.student.layer3 is d.peers[0].branch[0]
+    assert d.ensemble_head.in_features == 3 * 64 and d.ensemble_head.out_features == 10
+    assert not ({id(q) for q in d.learnable_parameters()} & {id(q) for q in d.temporal_trunk.parameters()})
+    x, y = torch.randn(6, 1, 12, 12), torch.tensor([0, 1, 2, 3, 4, 5])
+    calls = []
+    d.trunk.register_forward_hook(lambda *_: calls.append(1))
+    d.train()
+    opt = torch.optim.SGD(d.learnable_parameters(), lr=0.1)
+    for _ in range(2):
+        out = d.forward_train(x, y, info(epoch=100))
+        opt.zero_grad()
+        sum(out.losses.values()).backward()
+        opt.step()
+        d.after_step()
+    assert len(calls) == 2  # shared views: one trunk pass a step
+    # after two updates with decay 0.5 (the first copies, then a = min(1/2, 0.5)) the averaged trunk lies between
+    assert not torch.equal(d.temporal_trunk.module[0].weight, d.trunk[0].weight)
+    assert d.temporal_trunk.n_averaged.item() == 2 and d.temporal_means[1].n_averaged.item() == 2
+    d.eval()
+    with torch.no_grad():
+        h, mean_h = d.trunk(x), d.temporal_trunk(x)
+        outputs = [(p.branch(h), p.fc(p.branch(h))) for p in d.peers]
+        means = [tm(mean_h) for tm in d.temporal_means]
+        expected = pcl_by_hand(d, x, y, 1.0, outputs=outputs, means=means)
+        step = d.forward_train(x, y, info(epoch=100)).losses
+        evaluated = d.evaluation_logits(x)
+    for name, value in zip(("ce", "kl_ensemble", "kl_mean"), expected):
+        assert step[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+    for i in range(3):
+        torch.testing.assert_close(evaluated[f"temporal_mean{i}"], means[i], rtol=0, atol=0)
+    whole = create_model("resnet8", num_classes=10, in_channels=1).eval()
+    whole.load_state_dict(d.student.state_dict())  # the checkpoint's model: trunk + branch 0
+    torch.testing.assert_close(whole(x), evaluated["peer0"], rtol=0, atol=0)
+    assert {"temporal_trunk", "temporal_means", "trunk"} <= set(d.state_dict_extra())
+    d.train()
+    per_peer = cls.from_names(["resnet8"] * 3, cls.Params(views="per_peer"), num_classes=10, in_channels=1)
+    per_peer.set_augment(make_augment("cutout", size=3))
+    calls.clear()
+    per_peer.trunk.register_forward_hook(lambda *_: calls.append(1))
+    per_peer.train().forward_train(x, y, info())
+    assert len(calls) == 3  # its own view per peer: the trunk runs on each
+    with pytest.raises(ConfigError, match="method.peer_form=networks"):
+        cls.from_names(["resnet8", "resnet8", "resnet14"], cls.Params(), num_classes=10, in_channels=1)
 
 
 @pytest.mark.checkout

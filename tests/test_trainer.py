@@ -222,3 +222,24 @@ def test_start_log_says_what_the_config_does_not(tiny_run_overrides, capsys):
                                                   "data.train_subset=128", "train.progress=false"])
     summary = train(cfg)
     assert "RECONSTRUCTION of shen2022" in capsys.readouterr().err and "RECONSTRUCTION" in summary["notes"][0]
+
+
+@pytest.mark.parametrize("method", ["okddip", "pcl"])
+def test_online_branches_resume_bitwise(tiny_run_overrides, interrupt_at, method):
+    """Branch peers (a shared trunk, the whole network as the checkpoint's model, PCL's averaged trunk): a killed
+    and resumed run ends with bitwise the same state as one that was not interrupted."""
+    common = tiny_run_overrides + [f"method={method}", "method.peers=3"]
+    full = load_config(None, common + ["name=full"])
+    train(full, quiet=True)
+    killed = load_config(None, common + ["name=killed"])
+    with interrupt_at(2):
+        train(killed, quiet=True)
+    train(killed, resume=True, quiet=True)
+    a, b = load_checkpoint(full.run_dir / "last.pt"), load_checkpoint(killed.run_dir / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    extra_a, extra_b = a["distiller_extra"], b["distiller_extra"]
+    assert "trunk" in extra_a and (method != "pcl" or "temporal_trunk" in extra_a)
+    for part in extra_a:
+        for key in extra_a[part]:
+            assert torch.equal(extra_a[part][key], extra_b[part][key]), (part, key)

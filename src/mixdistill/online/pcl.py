@@ -20,13 +20,19 @@ github.com/shaoeric/Peer-Collaborative-Learning-for-Online-Knowledge-Distillatio
 ``exp(-5 (1 - epoch / lambda)^2)`` with lambda = 1 where the ramp length 80 belongs (a weight near 0 from
 epoch 2 to 80); we use the intended ``exp(-5 (1 - t / 80)^2)``.
 
-Simplifications, declared: the peers are separate networks (the paper: branches of one network sharing its
-low-level layers); by default every peer sees the same (possibly mixed) batch, so that every augmentation
-works; ``views: per_peer`` gives each peer its own draw of a label-preserving augmentation (the paper's
-"random augmentation multiple times", e.g. ``augment=crop_flip``), each mean teacher seeing its peer's view as
-in the reproduction. The mean teachers run in eval mode with their BatchNorm statistics averaged like the
-weights (the reproduction runs them in train mode on batch statistics). The checkpoint's ``model`` is the
-live peer 0; its temporal mean is saved under ``distiller_extra`` (``temporal_means``).
+The peers are, as in the paper and the reproduction (``peer_form: branches``), branches of one network sharing
+its low-level layers (``online/branches.py``: the trunk is peer 0's copy, so the checkpoint's ``model`` is peer 0
+as a whole network); peer i's temporal mean is then the averaged trunk (``temporal_trunk``, one for all: every
+peer's trunk is the one live trunk) followed by its averaged branch and classifier (``temporal_means[i]``).
+``peer_form: networks`` makes them separate networks, each averaged whole. The reproduction's three branch
+classifiers start as copies of one; ours are drawn independently. Simplifications, declared: by default every
+peer sees the same (possibly mixed) batch, so that every augmentation works (one trunk pass a step);
+``views: per_peer`` gives each peer its own draw of a label-preserving augmentation (the paper's "random
+augmentation multiple times", e.g. ``augment=crop_flip``; the trunk then runs once per view, as in the
+reproduction), each mean teacher seeing its peer's view as in the reproduction. The mean teachers run in eval
+mode with their BatchNorm statistics averaged like the weights (the reproduction runs them in train mode on batch
+statistics). The checkpoint's ``model`` is the live peer 0; its temporal mean is saved under ``distiller_extra``
+(``temporal_means``, and with branches ``temporal_trunk``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
+from mixdistill.online.branches import build_branches
 from mixdistill.online.cutmix_online import sigmoid_rampup
 from mixdistill.registry import METHODS
 
@@ -74,6 +81,9 @@ class PCLParams(OnlineParams):
     views: Literal["shared", "per_peer"] = Field(
         "shared", description="shared: one (possibly mixed) batch for all peers; per_peer: each peer its own draw "
                               "of a label-preserving augmentation")
+    peer_form: Literal["branches", "networks"] = Field(
+        "branches", description="branches: the paper's multi-branch network, low-level layers shared (README, Online "
+                                "distillation); networks: separate networks")
 
 
 @METHODS.register("pcl")
@@ -81,17 +91,40 @@ class PCL(OnlineDistiller):
     source = 'Wu, Gong, "Peer Collaborative Learning for Online Knowledge Distillation", AAAI 2021'
     Params = PCLParams
 
-    def __init__(self, peers, params):
+    def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
+        """``trunk``: the peers are branches on it, and ``whole`` is peer 0 as a whole network."""
         super().__init__(peers, params)
         widths = [getattr(peer, "feature_dim", None) for peer in peers]
         if None in widths:
             raise ConfigError("pcl: the peer ensemble teacher classifies the peers' concatenated pooled features, so "
                               "every peer needs a feature_dim")
-        self.ensemble_head = nn.Linear(sum(widths), peers[0].num_classes)
-        self.temporal_means = nn.ModuleList(
-            AveragedModel(peer, multi_avg_fn=mean_teacher_ema(params.ema_decay), use_buffers=True) for peer in peers)
-        self.temporal_means.requires_grad_(False)
-        self.temporal_means.eval()
+        num_classes = (peers[0] if whole is None else whole).num_classes
+        self.ensemble_head = nn.Linear(sum(widths), num_classes)
+        self.trunk = trunk
+        if whole is not None:
+            self.student = whole
+
+        def average(module):
+            return AveragedModel(module, multi_avg_fn=mean_teacher_ema(params.ema_decay), use_buffers=True)
+
+        # what each temporal mean averages: the whole peer, or (branches) its branch and classifier
+        self._averaged = list(peers) if trunk is None else [nn.Sequential(p.branch, p.fc) for p in peers]
+        self.temporal_means = nn.ModuleList(average(m) for m in self._averaged)
+        self.temporal_trunk = None if trunk is None else average(trunk)
+        for module in (self.temporal_means, self.temporal_trunk):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+
+    @classmethod
+    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
+        if params.peer_form == "networks":
+            return super().from_names(names, params, num_classes=num_classes, in_channels=in_channels,
+                                      pretrained=pretrained)
+        trunk, peers, _, whole = build_branches(names, num_classes=num_classes, in_channels=in_channels,
+                                                pretrained=pretrained, whole=0, who="pcl",
+                                                otherwise="; method.peer_form=networks trains separate networks")
+        return cls(peers, params, trunk=trunk, whole=whole)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -99,17 +132,42 @@ class PCL(OnlineDistiller):
             raise ValueError(PER_PEER_NEEDS_LABEL_PRESERVING)
 
     def learnable_parameters(self):
-        return [p for name, p in self.named_parameters() if not name.startswith("temporal_means.")]
+        return [p for name, p in self.named_parameters() if not name.startswith(("temporal_means.", "temporal_trunk."))]
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.temporal_means.eval()  # teachers: averaged BatchNorm statistics, never updated by batches
+        if self.temporal_trunk is not None:
+            self.temporal_trunk.eval()
         return self
 
     @torch.no_grad()
     def after_step(self):
-        for mean, peer in zip(self.temporal_means, self.peers):
-            mean.update_parameters(peer)
+        if self.temporal_trunk is not None:
+            self.temporal_trunk.update_parameters(self.trunk)
+        for mean, live in zip(self.temporal_means, self._averaged):
+            mean.update_parameters(live)
+
+    def _outputs(self, images: list[torch.Tensor]):
+        """(logits, pooled features, temporal means' logits) of every peer, peer i on ``images[i]``; branches
+        share the trunk's pass where their images are the same tensor."""
+        if self.trunk is None:
+            outputs = [peer.forward_features(x) for peer, x in zip(self.peers, images)]
+            with torch.no_grad():
+                means = [mean(x) for mean, x in zip(self.temporal_means, images)]
+            return [z for z, _ in outputs], [f["pooled"] for _, f in outputs], means
+        trunk_of, mean_trunk_of = {}, {}
+        pooled = []
+        for peer, x in zip(self.peers, images):
+            if id(x) not in trunk_of:
+                trunk_of[id(x)] = self.trunk(x)
+            pooled.append(peer.branch(trunk_of[id(x)]))
+        with torch.no_grad():
+            for x in images:
+                if id(x) not in mean_trunk_of:
+                    mean_trunk_of[id(x)] = self.temporal_trunk(x)
+            means = [mean(mean_trunk_of[id(x)]) for mean, x in zip(self.temporal_means, images)]
+        return [peer.fc(f) for peer, f in zip(self.peers, pooled)], pooled, means
 
     def ensemble(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         """The peer ensemble teacher's logits from the peers' pooled features."""
@@ -124,11 +182,8 @@ class PCL(OnlineDistiller):
                 raise ConfigError(PER_PEER_NEEDS_LABEL_PRESERVING)
         else:
             views = [self.mix(images, labels, info)] * m
-        outputs = [peer.forward_features(view.images) for peer, view in zip(self.peers, views)]
-        logits = [z for z, _ in outputs]
-        ensemble = self.ensemble([f["pooled"] for _, f in outputs])
-        with torch.no_grad():
-            means = [mean(view.images) for mean, view in zip(self.temporal_means, views)]
+        logits, pooled, means = self._outputs([view.images for view in views])
+        ensemble = self.ensemble(pooled)
         target = ensemble.detach()
         ramp = sigmoid_rampup(info.epoch, p.ramp_epochs)
         losses = {
@@ -142,8 +197,13 @@ class PCL(OnlineDistiller):
         return step_output(logits[0], losses, labels, views[0], stats={"ramp": ramp})
 
     def evaluation_logits(self, images):
-        outputs = [peer.forward_features(images) for peer in self.peers]
-        out = {f"peer{i}": z for i, (z, _) in enumerate(outputs)}
-        out["ensemble"] = self.ensemble([f["pooled"] for _, f in outputs])
-        out.update({f"temporal_mean{i}": mean(images) for i, mean in enumerate(self.temporal_means)})
+        logits, pooled, means = self._outputs([images] * len(self.peers))
+        out = {f"peer{i}": z for i, z in enumerate(logits)}
+        out["ensemble"] = self.ensemble(pooled)
+        out.update({f"temporal_mean{i}": z for i, z in enumerate(means)})
         return out
+
+    def compile_targets(self):
+        if self.trunk is None:
+            return super().compile_targets()
+        return [self.trunk] + [peer.branch for peer in self.peers]
