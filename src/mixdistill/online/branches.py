@@ -9,6 +9,8 @@ copy that gives the trunk is also a whole network (trunk + its own branch): the 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from mixdistill.errors import ConfigError
@@ -76,3 +78,25 @@ def build_branches(names: list[str], *, num_classes: int, in_channels: int, pret
         _, branch, _ = split_trunk_branch(model)
         peers.append(BranchPeer(trunk, branch, model.get_classifier(), model.feature_dim))
     return trunk, peers, channels, models[whole]
+
+
+class BranchPeers:
+    """Mixin for an online distiller whose ``params.peer_form`` is ``branches`` (its peers are built here, and
+    ``cls(peers, params, trunk=, whole=)`` takes them) or ``networks`` (the base class's separate networks)."""
+
+    whole_peer: ClassVar[int] = 0  # the peer whose copy gives the trunk and is the checkpoint's model
+
+    @classmethod
+    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
+        if params.peer_form == "networks":
+            return super().from_names(names, params, num_classes=num_classes, in_channels=in_channels,
+                                      pretrained=pretrained)
+        trunk, peers, _, whole = build_branches(names, num_classes=num_classes, in_channels=in_channels,
+                                                pretrained=pretrained, whole=cls.whole_peer, who=cls.__name__.lower(),
+                                                otherwise="; method.peer_form=networks trains separate networks")
+        return cls(peers, params, trunk=trunk, whole=whole)
+
+    def compile_targets(self):
+        if self.trunk is None:
+            return super().compile_targets()
+        return [self.trunk] + [peer.branch for peer in self.peers]

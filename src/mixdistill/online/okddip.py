@@ -34,7 +34,7 @@ from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
-from mixdistill.online.branches import build_branches
+from mixdistill.online.branches import BranchPeers
 from mixdistill.online.cutmix_online import sigmoid_rampup
 from mixdistill.registry import METHODS
 
@@ -52,9 +52,10 @@ class OKDDipParams(OnlineParams):
 
 
 @METHODS.register("okddip")
-class OKDDip(OnlineDistiller):
+class OKDDip(BranchPeers, OnlineDistiller):
     source = 'Chen, Mei, Wang, Feng, Chen, "Online Knowledge Distillation with Diverse Peers", AAAI 2020'
     Params = OKDDipParams
+    whole_peer = -1  # the leader: the network OKDDip deploys
 
     def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
         """``trunk``: the peers are branches on it, and ``whole`` is the leader as a whole network."""
@@ -72,16 +73,6 @@ class OKDDip(OnlineDistiller):
         dim = max(1, width // params.projection_factor)
         self.query = nn.Linear(width, dim, bias=False)
         self.key = nn.Linear(width, dim, bias=False)
-
-    @classmethod
-    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
-        if params.peer_form == "networks":
-            return super().from_names(names, params, num_classes=num_classes, in_channels=in_channels,
-                                      pretrained=pretrained)
-        trunk, peers, _, whole = build_branches(names, num_classes=num_classes, in_channels=in_channels,
-                                                pretrained=pretrained, whole=-1, who="okddip",
-                                                otherwise="; method.peer_form=networks trains separate networks")
-        return cls(peers, params, trunk=trunk, whole=whole)
 
     def _features(self, images) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(logits of every peer, pooled features of the auxiliary peers); branches share one pass through the
@@ -128,8 +119,3 @@ class OKDDip(OnlineDistiller):
             out["ensemble"] = torch.stack(logits).mean(0)
         out["leader"] = out[f"peer{len(self.peers) - 1}"]  # the deployed model
         return out
-
-    def compile_targets(self):
-        if self.trunk is None:
-            return super().compile_targets()
-        return [self.trunk] + [peer.branch for peer in self.peers]

@@ -49,7 +49,7 @@ from mixdistill.distill.base import step_output
 from mixdistill.errors import ConfigError
 from mixdistill.losses import kd_loss, mixed_cross_entropy
 from mixdistill.online.base import OnlineDistiller, OnlineParams
-from mixdistill.online.branches import build_branches
+from mixdistill.online.branches import BranchPeers
 from mixdistill.online.cutmix_online import sigmoid_rampup
 from mixdistill.registry import METHODS
 
@@ -87,7 +87,7 @@ class PCLParams(OnlineParams):
 
 
 @METHODS.register("pcl")
-class PCL(OnlineDistiller):
+class PCL(BranchPeers, OnlineDistiller):
     source = 'Wu, Gong, "Peer Collaborative Learning for Online Knowledge Distillation", AAAI 2021'
     Params = PCLParams
 
@@ -115,16 +115,6 @@ class PCL(OnlineDistiller):
             if module is not None:
                 module.requires_grad_(False)
                 module.eval()
-
-    @classmethod
-    def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
-        if params.peer_form == "networks":
-            return super().from_names(names, params, num_classes=num_classes, in_channels=in_channels,
-                                      pretrained=pretrained)
-        trunk, peers, _, whole = build_branches(names, num_classes=num_classes, in_channels=in_channels,
-                                                pretrained=pretrained, whole=0, who="pcl",
-                                                otherwise="; method.peer_form=networks trains separate networks")
-        return cls(peers, params, trunk=trunk, whole=whole)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -202,8 +192,3 @@ class PCL(OnlineDistiller):
         out["ensemble"] = self.ensemble(pooled)
         out.update({f"temporal_mean{i}": z for i, z in enumerate(means)})
         return out
-
-    def compile_targets(self):
-        if self.trunk is None:
-            return super().compile_targets()
-        return [self.trunk] + [peer.branch for peer in self.peers]
