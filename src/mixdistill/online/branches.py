@@ -86,6 +86,14 @@ class BranchPeers:
 
     whole_peer: ClassVar[int] = 0  # the peer whose copy gives the trunk and is the checkpoint's model
 
+    def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
+        """``trunk``: the peers are branches on it (None: separate networks); ``whole``: peer ``whole_peer`` as a
+        whole network, the checkpoint's model."""
+        super().__init__(peers, params)
+        self.trunk = trunk
+        if whole is not None:
+            self.student = whole
+
     @classmethod
     def from_names(cls, names, params, *, num_classes, in_channels, pretrained=False):
         if params.peer_form == "networks":

@@ -58,11 +58,7 @@ class OKDDip(BranchPeers, OnlineDistiller):
     whole_peer = -1  # the leader: the network OKDDip deploys
 
     def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
-        """``trunk``: the peers are branches on it, and ``whole`` is the leader as a whole network."""
-        super().__init__(peers, params)
-        self.trunk = trunk
-        if whole is not None:
-            self.student = whole
+        super().__init__(peers, params, trunk=trunk, whole=whole)
         widths = [getattr(peer, "feature_dim", None) for peer in peers[:-1]]
         if None in widths or len(set(widths)) != 1:
             raise ConfigError(

@@ -92,17 +92,12 @@ class PCL(BranchPeers, OnlineDistiller):
     Params = PCLParams
 
     def __init__(self, peers, params, trunk: nn.Module | None = None, whole: nn.Module | None = None):
-        """``trunk``: the peers are branches on it, and ``whole`` is peer 0 as a whole network."""
-        super().__init__(peers, params)
+        super().__init__(peers, params, trunk=trunk, whole=whole)
         widths = [getattr(peer, "feature_dim", None) for peer in peers]
         if None in widths:
             raise ConfigError("pcl: the peer ensemble teacher classifies the peers' concatenated pooled features, so "
                               "every peer needs a feature_dim")
-        num_classes = (peers[0] if whole is None else whole).num_classes
-        self.ensemble_head = nn.Linear(sum(widths), num_classes)
-        self.trunk = trunk
-        if whole is not None:
-            self.student = whole
+        self.ensemble_head = nn.Linear(sum(widths), self.student.num_classes)
 
         def average(module):
             return AveragedModel(module, multi_avg_fn=mean_teacher_ema(params.ema_decay), use_buffers=True)
@@ -146,17 +141,12 @@ class PCL(BranchPeers, OnlineDistiller):
             with torch.no_grad():
                 means = [mean(x) for mean, x in zip(self.temporal_means, images)]
             return [z for z, _ in outputs], [f["pooled"] for _, f in outputs], means
-        trunk_of, mean_trunk_of = {}, {}
-        pooled = []
-        for peer, x in zip(self.peers, images):
-            if id(x) not in trunk_of:
-                trunk_of[id(x)] = self.trunk(x)
-            pooled.append(peer.branch(trunk_of[id(x)]))
+        distinct = {id(x): x for x in images}  # shared views are one tensor: one trunk pass
+        h = {key: self.trunk(x) for key, x in distinct.items()}
+        pooled = [peer.branch(h[id(x)]) for peer, x in zip(self.peers, images)]
         with torch.no_grad():
-            for x in images:
-                if id(x) not in mean_trunk_of:
-                    mean_trunk_of[id(x)] = self.temporal_trunk(x)
-            means = [mean(mean_trunk_of[id(x)]) for mean, x in zip(self.temporal_means, images)]
+            h_mean = {key: self.temporal_trunk(x) for key, x in distinct.items()}
+            means = [mean(h_mean[id(x)]) for mean, x in zip(self.temporal_means, images)]
         return [peer.fc(f) for peer, f in zip(self.peers, pooled)], pooled, means
 
     def ensemble(self, pooled: list[torch.Tensor]) -> torch.Tensor:
