@@ -322,6 +322,9 @@ def test_print_config_validates_as_training_does(capsys):
     # built as training builds it (models on the meta device): ONE's branch form
     assert "one: the branch form (a shared trunk) exists for" in one_line_error(
         capsys, ["train", "configs/online_fmnist_cpu.yaml", "method=one", "model.student=vgg8", "--print-config"])
+    # ... where no value can be read: Cut^nMix's EMA teachers start as copies without reading their counters
+    assert main(["train", "configs/online_fmnist_cpu.yaml", "method=cutnmix", "method.teacher=ema",
+                 "--print-config"]) == 0
 
 
 def test_config_files_duplicate_keys_non_utf8_and_yaml12_floats(capsys, tmp_path):

@@ -95,8 +95,8 @@ class CutNMix(OnlineDistiller):
             self.ema_peers = nn.ModuleList(
                 AveragedModel(p, multi_avg_fn=get_ema_multi_avg_fn(params.ema_decay), use_buffers=True) for p in peers)
             self.ema_peers.requires_grad_(False)
-            for ema, peer in zip(self.ema_peers, peers):
-                ema.update_parameters(peer)  # the first update copies: the EMA starts from the initial peers
+            for ema in self.ema_peers:  # each starts as a copy of its peer, as a first update_parameters would
+                ema.n_averaged.fill_(1)  # leave it (set, not read: the meta device has no values to read)
 
     def learnable_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("ema_peers.")]
