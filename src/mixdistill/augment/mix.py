@@ -107,9 +107,8 @@ def _partner(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
 
 
 def _distinct_partner(n: int, kind: str, generator: torch.Generator, taken: list[torch.Tensor]) -> torch.Tensor:
-    """A partner permutation that gives no row a partner it already has in ``taken`` (rejection sampling:
-    about e^len(taken) draws, so a handful for Cut^nMix's n = 2 or 3)."""
-    taken = [t.cpu() for t in taken]
+    """A partner permutation that gives no row a partner it already has in ``taken`` (CPU tensors; rejection
+    sampling: about e^len(taken) draws, so a handful for Cut^nMix's n = 2 or 3)."""
     while True:
         perm = _partner(n, kind, generator)
         if not any(bool((perm == t).any()) for t in taken):
@@ -410,11 +409,12 @@ def cut_n_mix(
     nb = b if per_sample_boxes else 1
     out = images
     owner = torch.zeros(nb, 1, h, w, dtype=torch.long, device=dev)  # which source shows at each pixel
-    sources, boxes = [torch.arange(b, device=dev)], []
+    sources, boxes, partners = [torch.arange(b, device=dev)], [], []  # partners: the host copies (no read-back)
     for j in range(1, n + 1):  # loop over pastes, not samples
         lam = sample_beta(alpha, (nb,), generator)
         box = _to(draw_boxes(lam, h, w, generator, box_rounding), dev)
-        perm = _to(_distinct_partner(b, partner, generator, sources[1:]), dev)
+        partners.append(_distinct_partner(b, partner, generator, partners))
+        perm = _to(partners[-1], dev)
         mask = box_mask(box, h, w)
         out = torch.where(mask, images[perm], out)
         owner = owner.masked_fill(mask, j)
