@@ -216,18 +216,82 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "12 runs (plan only, nothing trained)" in out and not (tmp_path / "shen2022_smoke").exists()
-    # ce: one cnn5_w8 on 300 images for 1 epoch (3 forwards' worth) and one evaluation of 200 test images
+    # ce: one cnn5_w8 on 300 images for 1 epoch and one evaluation of 200 test images. A step is a forward, and a
+    # backward that computes both gradients of every layer but the input's of the first convolution (8 filters
+    # of 3x3 over a 28x28 grey image); an evaluation is a forward. FLOPs = 2 x MACs.
     macs = count_macs(create_model("cnn5_w8", num_classes=10, in_channels=1), (1, 1, 28, 28))
+    first_input_grad = 8 * 9 * 28 * 28
     row = next(line for line in out.splitlines() if line.startswith("| ce/seed0 |"))
-    assert row.split("|")[10].strip() == f"{2 * (300 * 3 * macs + 200 * macs) / 1e15:.3g}"
-    # dml: two peers; kd-style methods add their frozen teacher's passes
+    assert row.split("|")[10].strip() == f"{2 * (300 * (3 * macs - first_input_grad) + 200 * macs) / 1e15:.3g}"
     assert "| dml/seed0 | 0 | fashion_mnist | cnn5_w8+cnn5_w8+cnn5_w8 | - |" in out
-    assert main(["study", "wang2022", "--scale", "full", "--seeds", "1", "--plan", "--plan-tflops", "40",
+    assert main(["study", "das2020", "--scale", "full", "--seeds", "1", "--plan", "--plan-tflops", "40",
                  "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| student/wrn_40_2-vgg8/view_identity/seed0 | 1 | cifar100 | vgg8 | wrn_40_2 | kd_view | identity | 240 |" in out
+    assert "| student/cutmix/lenet5/r0 | 1 | cifar10 | lenet5 | resnet18_cifar | das_kd | none | 218 | " in out
     assert "GPU-hours at 40 TFLOP/s" in out
     assert main(["study", "wang2022", "--scale", "full", "--plan", "--plan-tflops", "0"]) == 2
+
+
+def test_plan_counts_what_each_method_runs():
+    """The plan's FLOPs come from the method's own step, so they follow its structure exactly: kd_view runs the
+    student and the teacher on two batches, a teacher-logit cache costs one teacher pass before training, ONE's
+    branches share one trunk pass, an EMA teacher adds one forward per peer, and PCL's branches on per-peer views
+    cost what separate networks cost."""
+    from mixdistill.config import load_config
+    from mixdistill.models import count_macs, create_model
+    from mixdistill.online.branches import split_trunk_branch
+    from mixdistill.studies.plan import run_work
+
+    def work(*overrides, teacher=None):
+        cfg = load_config(None, ["data.dataset=fashion_mnist", "model.student=cnn5_w8", *overrides])
+        return run_work(cfg.model_dump_json(), teacher)
+
+    def train_flops(*overrides, teacher=None):
+        return work(*overrides, teacher=teacher).train
+
+    shape = (1, 1, 28, 28)
+    student = count_macs(create_model("cnn5_w8", num_classes=10, in_channels=1), shape)
+    teacher = count_macs(create_model("cnn5_w16", num_classes=10, in_channels=1), shape)
+    first_input_grad = 8 * 9 * 28 * 28
+    learns = 2 * (3 * student - first_input_grad)  # forward + backward of one cnn5_w8
+    kd = ["model.teacher_checkpoint=t.pt", "model.teacher=cnn5_w16"]
+    assert train_flops("method=ce") == learns
+    assert train_flops("method=kd", *kd, teacher="cnn5_w16") == learns + 2 * teacher
+    assert train_flops("method=kd_view", "augment=identity", *kd, teacher="cnn5_w16") == 2 * (learns + 2 * teacher)
+    assert train_flops("method=dml") == 3 * learns
+    # das2020's KD caches the teacher's logits before training: one teacher forward per training image, once
+    cached = work("method=das_kd", "method.cache_teacher=true", "data.crop_padding=0", "data.flip=false", *kd,
+                  teacher="cnn5_w16")
+    assert (cached.train, cached.prepare_per_image, cached.prepare_once) == (learns, 2 * teacher, 0)
+    assert work("method=das_kd", "method.cache_teacher=false", *kd, teacher="cnn5_w16").prepare_per_image == 0
+    trunk, _, channels = split_trunk_branch(create_model("cnn5_w8", num_classes=10, in_channels=1))
+    shared = count_macs(trunk, shape)
+    gate = channels * 3  # Linear(trunk channels, 3 peers)
+    one = 2 * (3 * (shared + 3 * (student - shared) + gate) - first_input_grad)
+    assert train_flops("method=one") == one < 3 * learns
+    assert train_flops("method=cutnmix", "method.teacher=ema") - train_flops("method=cutnmix") == 3 * 2 * student
+    assert train_flops("method=pcl") < train_flops("method=pcl", "method.peer_form=networks") == train_flops(
+        "method=pcl", "method.views=per_peer", "augment=flip")
+
+
+def test_plan_counts_every_method():
+    """Every registered method's step can be counted (what --plan does for any grid), and each costs at least
+    its student's forward and backward."""
+    from mixdistill.config import load_config
+    from mixdistill.methods import METHODS
+    from mixdistill.studies.plan import run_work
+
+    ce = None
+    for name in ["ce", *sorted(set(METHODS) - {"ce"})]:
+        overrides = ["data.dataset=fashion_mnist", "model.student=cnn5_w8", f"method={name}"]
+        teacher = "cnn5_w16" if getattr(METHODS.get_or_raise(name), "needs_teacher", False) else None
+        if teacher:
+            overrides += ["model.teacher_checkpoint=t.pt", f"model.teacher={teacher}"]
+        if name == "das_kd":  # its teacher-logit cache needs fixed inputs
+            overrides += ["data.crop_padding=0", "data.flip=false"]
+        work = run_work(load_config(None, overrides).model_dump_json(), teacher)
+        ce = ce or work.train
+        assert work.train >= ce and work.evaluation > 0, name
 
 
 @pytest.mark.slow

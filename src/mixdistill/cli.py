@@ -369,6 +369,8 @@ def cmd_study(args) -> int:
         tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
         if not tflops > 0:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
+        print("--plan: counting one training step of every distinct run on the CPU (about half a second each)",
+              file=sys.stderr)
         print(plan_study(args.name, scale=args.scale, seeds=parse_seeds(args.seeds), output_dir=args.output_dir,
                          data_root=args.data_root, tflops=tflops), end="")
         return 0

@@ -1,22 +1,34 @@
 """``mixdistill study NAME --plan``: every run of a grid with its key, epochs and an estimate of its compute,
 without training anything.
 
-The estimate counts multiply-accumulates of one forward pass per image from the model zoo (``count_macs``
-at the dataset's image size) and charges, per training image and epoch, 3 forward passes' worth of FLOPs for
-every network that learns (forward + backward ≈ 3 forwards) and 1 for every frozen teacher pass, plus one
-forward per test image and evaluation. FLOPs = 2 x MACs. GPU-hours divide by an effective rate (default
-``DEFAULT_TFLOPS``); small CIFAR networks reach a small fraction of a GPU's peak, so the rate is stated with
-the estimate and can be changed (``--plan-tflops``).
+The compute of a run is counted, not modelled: the run's own method is built and its ``prepare`` (a teacher-logit
+cache, a FitNets hint stage), one training step (``forward_train``, then the backward of the summed losses) and one
+evaluation (``evaluation_logits``) are run under
+``torch.utils.flop_counter`` on ``PLAN_BATCH`` random images of the dataset's shape, on the CPU, with the teacher's
+architecture at random weights. So whatever a method runs is counted as it runs it: a kd_view student's two passes,
+CutMixPick's scored pool, branches sharing one trunk pass (ONE, OKDDip, PCL), mean or EMA teachers, and a backward
+only where something learns. (The meta device would compute nothing, but its batch norm runs as Python
+decompositions under the counter, slower than the CPU at this batch, and some steps read values.) Runs that differ
+only in their seed share one count: a full grid takes about half a second per distinct run. FLOPs per run = epochs
+x training images x the step's FLOPs per image + evaluations x test images x the evaluation's + ``prepare``'s (see
+:class:`RunWork`). GPU-hours divide by an effective rate (default ``DEFAULT_TFLOPS``); small CIFAR networks reach a
+small fraction of a GPU's peak, so the rate is stated with the estimate and can be changed (``--plan-tflops``).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
-from mixdistill.config import build_config
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixdistill.config import RunConfig, build_config
 from mixdistill.data.datasets import DATASETS
-from mixdistill.models import count_macs, create_meta_model
+from mixdistill.distill.base import StepInfo, TrainSet
+from mixdistill.engine.build import build_distiller
+from mixdistill.models import create_model
 from mixdistill.registry import METHODS
 from mixdistill.teachers import TEACHERS
 
@@ -25,12 +37,7 @@ DEFAULT_TFLOPS = 20.0  # effective (not peak) bf16 TFLOP/s of one data-centre GP
 # come from the dataset's spec.
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
                  "tiny_imagenet": (100_000, 10_000)}
-
-
-@functools.lru_cache(maxsize=None)
-def forward_macs(arch: str, num_classes: int, channels: int, size: int) -> int:
-    model = create_meta_model(arch, num_classes=num_classes, in_channels=channels)
-    return count_macs(model, (1, channels, size, size))
+PLAN_BATCH = 4  # the counted step's batch (Cut^nMix with n = 3 needs 4 images); FLOPs per image do not depend on it
 
 
 def _teacher_arch(cfg, arch_of_run: dict[str, str]) -> str | None:
@@ -44,12 +51,59 @@ def _teacher_arch(cfg, arch_of_run: dict[str, str]) -> str | None:
     return arch_of_run.get(Path(source).parent.name)  # a teacher trained earlier in the same grid
 
 
-def _teacher_passes(cfg) -> int:
-    """Frozen-teacher forward passes per training image: one per view the method feeds it (kd_view: the clean
-    and the augmented batch; CutMixPick scores a pool of n_runs x B images)."""
-    if cfg.augment.name == "cutmix_pick":
-        return 1 + (cfg.augment.model_extra or {}).get("n_runs", 2)
-    return 2 if "view" in cfg.method.name else 1
+@dataclass(frozen=True)
+class RunWork:
+    """FLOPs of a run's parts: per training image of a step, per test image of an evaluation, and before training
+    (``prepare``: a teacher-logit cache, a FitNets hint stage, probes) per training image and once."""
+
+    train: float
+    evaluation: float
+    prepare_per_image: float
+    prepare_once: float
+
+    def total(self, epochs: int, train_images: int, evaluations: int, test_images: int) -> float:
+        return (epochs * train_images * self.train + evaluations * test_images * self.evaluation
+                + train_images * self.prepare_per_image + self.prepare_once)
+
+
+@functools.lru_cache(maxsize=None)
+def run_work(cfg_json: str, teacher: str | None) -> RunWork:
+    """The :class:`RunWork` of a run's config (as JSON, a cache key), counted on ``PLAN_BATCH`` images."""
+    cfg = RunConfig.model_validate_json(cfg_json)
+    spec = DATASETS[cfg.data.dataset]
+    classes, channels, size = spec.num_classes, spec.in_channels, spec.image_size
+
+    def stand_in_teacher(cfg, num_classes, in_channels):  # the teacher's architecture, no weights read
+        arch = teacher or cfg.model.teacher or cfg.model.student  # (as check_buildable when the grid names none)
+        return create_model(arch, num_classes=num_classes, in_channels=in_channels).eval()
+
+    b = PLAN_BATCH
+    labels, indices = torch.arange(b) % classes, torch.arange(b)
+    info = StepInfo(epoch=0, step=0, epochs=cfg.optim.total_epochs, generator=torch.Generator().manual_seed(0),
+                    indices=indices)
+    with torch.random.fork_rng():  # initialisation, prepare() and dropout draw here, not from the caller's state
+        torch.manual_seed(0)
+        distiller = build_distiller(cfg, classes, channels, teacher_builder=stand_in_teacher, pretrained=False)
+        images = torch.rand(b, channels, size, size)
+
+        def prepare(batches: int) -> int:  # prepare() over a training set of `batches` clean batches
+            data = TrainSet(num_samples=b, num_classes=classes,
+                            clean_batches=lambda: iter([(images, labels, indices)] * batches),
+                            augmented_by_loader=bool(cfg.data.crop_padding) or cfg.data.flip)
+            with FlopCounterMode(display=False) as counter:
+                distiller.prepare(data)
+            return counter.get_total_flops()
+
+        once = prepare(1)  # prepare() is linear in the batches it reads: two counts give both parts
+        per_batch = prepare(2) - once if once else 0
+        distiller.train()
+        with FlopCounterMode(display=False) as train:
+            out = distiller.forward_train(images, labels, info)
+            sum(out.losses.values()).backward()
+        distiller.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as evaluation:
+            distiller.evaluation_logits(images)
+    return RunWork(train.get_total_flops() / b, evaluation.get_total_flops() / b, per_batch / b, once - per_batch)
 
 
 def plan_rows(runs, study_dir: Path) -> list[dict]:
@@ -65,19 +119,19 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
             raise ValueError(f"--plan: no image count for dataset '{d.dataset}'")
         train_n = min(train_n, d.train_subset or train_n)
         test_n = min(test_n, d.test_subset or test_n)
-        spec = DATASETS[d.dataset]
-        channels, size, classes = spec.in_channels, spec.image_size, spec.num_classes
         method = METHODS.get_or_raise(cfg.method.name)
         if getattr(method, "online", False):
             learners = cfg.model.peers or [cfg.model.student] * cfg.method.params().peers
         else:
             learners = [cfg.model.student]
         teacher = _teacher_arch(cfg, arch_of_run) if getattr(method, "needs_teacher", False) else None
-        macs = sum(forward_macs(a, classes, channels, size) for a in learners)
-        per_image = 3 * macs + (_teacher_passes(cfg) * forward_macs(teacher, classes, channels, size) if teacher else 0)
+        # one count for the runs that differ in their seed (and so in their teacher's path) only
+        path = cfg.model.teacher_checkpoint and "teacher"
+        same_work = cfg.model_copy(update={"seed": 0, "name": "plan", "output_dir": "plan",
+                                           "model": cfg.model.model_copy(update={"teacher_checkpoint": path})})
         epochs = cfg.optim.total_epochs
         evals = -(-epochs // max(1, cfg.train.eval_every))
-        flops = 2 * (epochs * train_n * per_image + evals * test_n * macs)
+        flops = run_work(same_work.model_dump_json(), teacher).total(epochs, train_n, evals, test_n)
         rows.append({"key": run.key, "stage": run.stage, "dataset": d.dataset, "networks": "+".join(learners),
                      "teacher": teacher or "-", "method": cfg.method.name, "augment": cfg.augment.name,
                      "epochs": epochs, "train_images": train_n, "pflops": flops / 1e15})
@@ -88,9 +142,10 @@ def plan_markdown(name: str, scale: str, rows: list[dict], tflops: float = DEFAU
     total = sum(r["pflops"] for r in rows)
     hours = lambda pflops: pflops * 1e15 / (tflops * 1e12) / 3600  # noqa: E731
     lines = [f"# {name} at --scale {scale}: {len(rows)} runs (plan only, nothing trained)", "",
-             f"Compute: forward MACs from the model zoo x (3 per learning network + 1 per frozen-teacher pass) per "
-             f"training image and epoch, plus the evaluations; FLOPs = 2 x MACs. GPU-hours at an effective "
-             f"{tflops:g} TFLOP/s (set with --plan-tflops).", "",
+             f"Compute: the FLOPs of one training step of each run's method (forward and backward, as "
+             f"torch.utils.flop_counter counts them) per training image and epoch, plus the evaluations and what "
+             f"the method does before training (a teacher-logit cache, a hint stage). "
+             f"GPU-hours at an effective {tflops:g} TFLOP/s (set with --plan-tflops).", "",
              "| run | stage | dataset | networks | teacher | method | augment | epochs | images | PFLOPs | GPU-h |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['key']} | {r['stage']} | {r['dataset']} | {r['networks']} | {r['teacher']} | {r['method']} | "
