@@ -270,6 +270,7 @@ def test_plan_counts_what_each_method_runs():
     one = 2 * (3 * (shared + 3 * (student - shared) + gate) - first_input_grad)
     assert train_flops("method=one") == one < 3 * learns
     assert train_flops("method=cutnmix", "method.teacher=ema") - train_flops("method=cutnmix") == 3 * 2 * student
+    assert train_flops("method=cutnmix", "augment.n=5") == train_flops("method=cutnmix")  # 5 partners: 6 images
     assert train_flops("method=pcl") < train_flops("method=pcl", "method.peer_form=networks") == train_flops(
         "method=pcl", "method.views=per_peer", "augment=flip")
 

@@ -37,7 +37,7 @@ DEFAULT_TFLOPS = 20.0  # effective (not peak) bf16 TFLOP/s of one data-centre GP
 # come from the dataset's spec.
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
                  "tiny_imagenet": (100_000, 10_000)}
-PLAN_BATCH = 4  # the counted step's batch (Cut^nMix with n = 3 needs 4 images); FLOPs per image do not depend on it
+PLAN_BATCH = 4  # the counted step's batch (more for Cut^nMix with n > 3 partners); FLOPs per image do not depend on it
 
 
 def _teacher_arch(cfg, arch_of_run: dict[str, str]) -> str | None:
@@ -77,7 +77,7 @@ def run_work(cfg_json: str, teacher: str | None) -> RunWork:
         arch = teacher or cfg.model.teacher or cfg.model.student  # (as check_buildable when the grid names none)
         return create_model(arch, num_classes=num_classes, in_channels=in_channels).eval()
 
-    b = PLAN_BATCH
+    b = max(PLAN_BATCH, (cfg.augment.model_extra or {}).get("n", 0) + 1)  # Cut^nMix: n partners besides the base
     labels, indices = torch.arange(b) % classes, torch.arange(b)
     info = StepInfo(epoch=0, step=0, epochs=cfg.optim.total_epochs, generator=torch.Generator().manual_seed(0),
                     indices=indices)
