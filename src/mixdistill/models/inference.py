@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-CPU_CHUNK = 128  # images per forward on a CPU (README, Speed: evaluation on a CPU runs in chunks)
+CPU_CHUNK = 128  # images per forward on a CPU (docs/speed.md: "Evaluation on a CPU runs in chunks")
 
 
 def forward_in_chunks(forward: Callable, images: torch.Tensor, chunk: int | None = None):
