@@ -275,6 +275,17 @@ def test_plan_counts_what_each_method_runs():
         "method=pcl", "method.views=per_peer", "augment=flip")
 
 
+def test_plan_refuses_a_dataset_of_unknown_size_in_one_line(tmp_path):
+    from mixdistill.errors import ConfigError
+    from mixdistill.studies import study_runs
+    from mixdistill.studies.plan import plan_rows
+
+    run = study_runs("shen2022", "smoke", [0], tmp_path, None)[0]
+    run.config["data"] = {**run.config["data"], "dataset": "imagefolder", "root": str(tmp_path)}
+    with pytest.raises(ConfigError, match="dataset 'imagefolder' has no known number of images; it knows cifar10"):
+        plan_rows([run], tmp_path)
+
+
 def test_plan_counts_every_method():
     """Every registered method's step can be counted (what --plan does for any grid), and each costs at least
     its student's forward and backward."""

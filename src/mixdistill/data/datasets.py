@@ -65,6 +65,7 @@ class DatasetSpec:
     download: Callable[[Path], None] | None = None  # download into a folder, or None if not possible
     how_to_get: str = ""  # the dataset-specific way to obtain the files, for the not-found message
     num_train: int | None = None  # images in the training split (None: unknown until read)
+    num_test: int | None = None  # images in the test (ImageNet: validation) split
 
     def padding_for(self, configured: int | None) -> int:
         """The crop padding of a run whose ``data.crop_padding`` is ``configured`` (None: this dataset's)."""
@@ -102,20 +103,20 @@ def _imagenet_in_memory(root: Path, split: str):
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
-        name="cifar10", num_train=50000, num_classes=10, in_channels=3, image_size=32,
+        name="cifar10", num_train=50000, num_test=10000, num_classes=10, in_channels=3, image_size=32,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4,
         reader=readers.read_cifar10, find=lambda d: readers.find_cifar(d, 10), download=_download_cifar10,
         how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     "cifar100": DatasetSpec(
-        name="cifar100", num_train=50000, num_classes=100, in_channels=3, image_size=32,
+        name="cifar100", num_train=50000, num_test=10000, num_classes=100, in_channels=3, image_size=32,
         mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
         reader=readers.read_cifar100, find=lambda d: readers.find_cifar(d, 100), download=_download_cifar100,
         how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     # 2 pixels of crop padding at 28x28: the usual 4 (from CIFAR's 32x32) cuts into the centred garments
     "fashion_mnist": DatasetSpec(
-        name="fashion_mnist", num_train=60000, num_classes=10, in_channels=1, image_size=28,
+        name="fashion_mnist", num_train=60000, num_test=10000, num_classes=10, in_channels=1, image_size=28,
         mean=(0.2860,), std=(0.3530,), crop_padding=2,
         reader=readers.read_mnist_like, find=readers.find_idx, download=_download_fashion_mnist,
         how_to_get=(
@@ -131,14 +132,14 @@ DATASETS: dict[str, DatasetSpec] = {
         how_to_get="point it at a folder holding train/<class>/<image> and test/<class>/<image>",
     ),
     "tiny_imagenet": DatasetSpec(
-        name="tiny_imagenet", num_train=100000, num_classes=200, in_channels=3, image_size=64,
+        name="tiny_imagenet", num_train=100000, num_test=10000, num_classes=200, in_channels=3, image_size=64,
         mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262), crop_padding=8,
         reader=readers.read_tiny_imagenet, find=readers.find_tiny_imagenet,
         how_to_get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into that folder",
     ),
     # ILSVRC-2012 as torchvision's ImageFolder layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): streamed only
     "imagenet": DatasetSpec(
-        name="imagenet", num_train=1281167, num_classes=1000, in_channels=3, image_size=224,
+        name="imagenet", num_train=1281167, num_test=50000, num_classes=1000, in_channels=3, image_size=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_padding=0,
         reader=_imagenet_in_memory, find=_find_imagenet,
         how_to_get=("download ILSVRC-2012 from image-net.org and arrange it as train/<wnid>/*.JPEG and "

@@ -28,15 +28,12 @@ from mixdistill.config import RunConfig, build_config
 from mixdistill.data.datasets import DATASETS
 from mixdistill.distill.base import StepInfo, TrainSet
 from mixdistill.engine.build import build_distiller
+from mixdistill.errors import ConfigError
 from mixdistill.models import create_model
 from mixdistill.registry import METHODS
 from mixdistill.teachers import TEACHERS
 
 DEFAULT_TFLOPS = 20.0  # effective (not peak) bf16 TFLOP/s of one data-centre GPU on CIFAR-size networks
-# Images per split of the datasets a study grid names (the published sizes); classes, channels and image size
-# come from the dataset's spec.
-DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
-                 "tiny_imagenet": (100_000, 10_000)}
 PLAN_BATCH = 4  # the counted step's batch (more for Cut^nMix with n > 3 partners); FLOPs per image do not depend on it
 
 
@@ -71,7 +68,7 @@ def run_work(cfg_json: str, teacher: str | None) -> RunWork:
     """The :class:`RunWork` of a run's config (as JSON, a cache key), counted on ``PLAN_BATCH`` images."""
     cfg = RunConfig.model_validate_json(cfg_json)
     spec = DATASETS[cfg.data.dataset]
-    classes, channels, size = spec.num_classes, spec.in_channels, spec.image_size
+    classes, channels, size = spec.num_classes, spec.in_channels, cfg.data.image_size or spec.image_size
 
     def stand_in_teacher(cfg, num_classes, in_channels):  # the teacher's architecture, no weights read
         arch = teacher or cfg.model.teacher or cfg.model.student  # (as check_buildable when the grid names none)
@@ -114,9 +111,11 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
     rows = []
     for run, cfg in cfgs:
         d = cfg.data
-        train_n, test_n = DATASET_SIZES.get(d.dataset, (None, None))
-        if train_n is None:
-            raise ValueError(f"--plan: no image count for dataset '{d.dataset}'")
+        spec = DATASETS[d.dataset]  # its published split sizes
+        train_n, test_n = spec.num_train, spec.num_test
+        if train_n is None or test_n is None:
+            fixed = ", ".join(name for name, known in DATASETS.items() if known.num_train and known.num_test)
+            raise ConfigError(f"--plan: dataset '{d.dataset}' has no known number of images; it knows {fixed}")
         train_n = min(train_n, d.train_subset or train_n)
         test_n = min(test_n, d.test_subset or test_n)
         method = METHODS.get_or_raise(cfg.method.name)
