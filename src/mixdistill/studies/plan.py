@@ -86,7 +86,7 @@ def run_work(cfg_json: str, teacher: str | None) -> RunWork:
         def prepare(batches: int) -> int:  # prepare() over a training set of `batches` clean batches
             data = TrainSet(num_samples=b, num_classes=classes,
                             clean_batches=lambda: iter([(images, labels, indices)] * batches),
-                            augmented_by_loader=bool(cfg.data.crop_padding) or cfg.data.flip)
+                            augmented_by_loader=spec.padding_for(cfg.data.crop_padding) > 0 or cfg.data.flip)
             with FlopCounterMode(display=False) as counter:
                 distiller.prepare(data)
             return counter.get_total_flops()
