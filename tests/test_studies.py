@@ -222,7 +222,9 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
     macs = count_macs(create_model("cnn5_w8", num_classes=10, in_channels=1), (1, 1, 28, 28))
     first_input_grad = 8 * 9 * 28 * 28
     row = next(line for line in out.splitlines() if line.startswith("| ce/seed0 |"))
-    assert row.split("|")[10].strip() == f"{2 * (300 * (3 * macs - first_input_grad) + 200 * macs) / 1e15:.3g}"
+    ce_run = 2 * (300 * (3 * macs - first_input_grad) + 200 * macs) / 1e15
+    assert row.split("|")[10].strip() == f"{ce_run:.3g}"
+    assert f"| 0 | ce | none | 2 | {2 * ce_run:.3g} |" in out  # the summary by stage, method and augmentation
     assert "| dml/seed0 | 0 | fashion_mnist | cnn5_w8+cnn5_w8+cnn5_w8 | - |" in out
     assert main(["study", "das2020", "--scale", "full", "--seeds", "1", "--plan", "--plan-tflops", "40",
                  "--output-dir", str(tmp_path)]) == 0

@@ -150,6 +150,14 @@ def plan_markdown(name: str, scale: str, rows: list[dict], tflops: float = DEFAU
     lines += [f"| {r['key']} | {r['stage']} | {r['dataset']} | {r['networks']} | {r['teacher']} | {r['method']} | "
               f"{r['augment']} | {r['epochs']} | {r['train_images']} | {r['pflops']:.3g} | {hours(r['pflops']):.3g} |"
               for r in rows]
+    by_method: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_method.setdefault((r["stage"], r["method"], r["augment"]), []).append(r)
+    lines += ["", "By stage, method and augmentation (what leaving a part out saves):", "",
+              "| stage | method | augment | runs | PFLOPs | GPU-h |", "|---|---|---|---|---|---|"]
+    for (stage, method, augment), group in by_method.items():
+        pflops = sum(r["pflops"] for r in group)
+        lines.append(f"| {stage} | {method} | {augment} | {len(group)} | {pflops:.3g} | {hours(pflops):.3g} |")
     lines += ["", f"**Total: {total:.1f} PFLOPs, about {hours(total):.1f} GPU-hours at {tflops:g} TFLOP/s.**"]
     return "\n".join(lines) + "\n"
 
