@@ -244,12 +244,12 @@ def test_plan_counts_what_each_method_runs():
     from mixdistill.online.branches import split_trunk_branch
     from mixdistill.studies.plan import run_work
 
-    def work(*overrides, teacher=None):
+    def work(*overrides):
         cfg = load_config(None, ["data.dataset=fashion_mnist", "model.student=cnn5_w8", *overrides])
-        return run_work(cfg.model_dump_json(), teacher)
+        return run_work(cfg.model_dump_json())
 
-    def train_flops(*overrides, teacher=None):
-        return work(*overrides, teacher=teacher).train
+    def train_flops(*overrides):
+        return work(*overrides).train
 
     shape = (1, 1, 28, 28)
     student = count_macs(create_model("cnn5_w8", num_classes=10, in_channels=1), shape)
@@ -258,14 +258,13 @@ def test_plan_counts_what_each_method_runs():
     learns = 2 * (3 * student - first_input_grad)  # forward + backward of one cnn5_w8
     kd = ["model.teacher_checkpoint=t.pt", "model.teacher=cnn5_w16"]
     assert train_flops("method=ce") == learns
-    assert train_flops("method=kd", *kd, teacher="cnn5_w16") == learns + 2 * teacher
-    assert train_flops("method=kd_view", "augment=identity", *kd, teacher="cnn5_w16") == 2 * (learns + 2 * teacher)
+    assert train_flops("method=kd", *kd) == learns + 2 * teacher
+    assert train_flops("method=kd_view", "augment=identity", *kd) == 2 * (learns + 2 * teacher)
     assert train_flops("method=dml") == 3 * learns
     # das2020's KD caches the teacher's logits before training: one teacher forward per training image, once
-    cached = work("method=das_kd", "method.cache_teacher=true", "data.crop_padding=0", "data.flip=false", *kd,
-                  teacher="cnn5_w16")
+    cached = work("method=das_kd", "method.cache_teacher=true", "data.crop_padding=0", "data.flip=false", *kd)
     assert (cached.train, cached.prepare_per_image, cached.prepare_once) == (learns, 2 * teacher, 0)
-    assert work("method=das_kd", "method.cache_teacher=false", *kd, teacher="cnn5_w16").prepare_per_image == 0
+    assert work("method=das_kd", "method.cache_teacher=false", *kd).prepare_per_image == 0
     trunk, _, channels = split_trunk_branch(create_model("cnn5_w8", num_classes=10, in_channels=1))
     shared = count_macs(trunk, shape)
     gate = channels * 3  # Linear(trunk channels, 3 peers)
@@ -298,12 +297,11 @@ def test_plan_counts_every_method():
     ce = None
     for name in ["ce", *sorted(set(METHODS) - {"ce"})]:
         overrides = ["data.dataset=fashion_mnist", "model.student=cnn5_w8", f"method={name}"]
-        teacher = "cnn5_w16" if getattr(METHODS.get_or_raise(name), "needs_teacher", False) else None
-        if teacher:
-            overrides += ["model.teacher_checkpoint=t.pt", f"model.teacher={teacher}"]
+        if getattr(METHODS.get_or_raise(name), "needs_teacher", False):
+            overrides += ["model.teacher_checkpoint=t.pt", "model.teacher=cnn5_w16"]
         if name == "das_kd":  # its teacher-logit cache needs fixed inputs
             overrides += ["data.crop_padding=0", "data.flip=false"]
-        work = run_work(load_config(None, overrides).model_dump_json(), teacher)
+        work = run_work(load_config(None, overrides).model_dump_json())
         ce = ce or work.train
         assert work.train >= ce and work.evaluation > 0, name
 

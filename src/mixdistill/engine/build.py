@@ -181,6 +181,12 @@ def check_stage_maps(distiller, cfg: RunConfig) -> None:
                           "pooled features (crd, pkt, rkd, cc), a timm: model or a tv: ResNet")
 
 
+def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """A ``teacher_builder`` that reads no checkpoint: the teacher's architecture (``model.teacher``, else the
+    student's) at fresh weights, for building a run to check it or count its work."""
+    return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+
+
 def check_buildable(cfg: RunConfig) -> None:
     """Build the method as training would, without reading data or weights (models on the meta device,
     the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
@@ -188,10 +194,6 @@ def check_buildable(cfg: RunConfig) -> None:
     if source is not None and not Path(source).exists() and source not in TEACHERS:
         raise CheckpointError(missing_teacher(source))
     spec = DATASETS[cfg.data.dataset]
-
-    def stand_in_teacher(cfg, num_classes, in_channels):
-        return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
-
     with torch.device("meta"):
         build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher,
                         pretrained=False)  # nothing downloaded to check a config

@@ -27,9 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixdistill.config import RunConfig, build_config
 from mixdistill.data.datasets import DATASETS
 from mixdistill.distill.base import StepInfo, TrainSet
-from mixdistill.engine.build import build_distiller
+from mixdistill.engine.build import build_distiller, stand_in_teacher
 from mixdistill.errors import ConfigError
-from mixdistill.models import create_model
 from mixdistill.registry import METHODS
 from mixdistill.teachers import TEACHERS
 
@@ -64,16 +63,12 @@ class RunWork:
 
 
 @functools.lru_cache(maxsize=None)
-def run_work(cfg_json: str, teacher: str | None) -> RunWork:
-    """The :class:`RunWork` of a run's config (as JSON, a cache key), counted on ``PLAN_BATCH`` images."""
+def run_work(cfg_json: str) -> RunWork:
+    """The :class:`RunWork` of a run's config (as JSON, a cache key), counted on ``PLAN_BATCH`` images; the teacher
+    is ``model.teacher``'s architecture at fresh weights."""
     cfg = RunConfig.model_validate_json(cfg_json)
     spec = DATASETS[cfg.data.dataset]
     classes, channels, size = spec.num_classes, spec.in_channels, cfg.data.image_size or spec.image_size
-
-    def stand_in_teacher(cfg, num_classes, in_channels):  # the teacher's architecture, no weights read
-        arch = teacher or cfg.model.teacher or cfg.model.student  # (as check_buildable when the grid names none)
-        return create_model(arch, num_classes=num_classes, in_channels=in_channels).eval()
-
     b = max(PLAN_BATCH, (cfg.augment.model_extra or {}).get("n", 0) + 1)  # Cut^nMix: n partners besides the base
     labels, indices = torch.arange(b) % classes, torch.arange(b)
     info = StepInfo(epoch=0, step=0, epochs=cfg.optim.total_epochs, generator=torch.Generator().manual_seed(0),
@@ -125,12 +120,14 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
             learners = [cfg.model.student]
         teacher = _teacher_arch(cfg, arch_of_run) if getattr(method, "needs_teacher", False) else None
         # one count for the runs that differ in their seed (and so in their teacher's path) only
-        path = cfg.model.teacher_checkpoint and "teacher"
+        model = {"teacher_checkpoint": cfg.model.teacher_checkpoint and "teacher"}
+        if teacher:
+            model["teacher"] = teacher  # the architecture of a teacher the grid trains
         same_work = cfg.model_copy(update={"seed": 0, "name": "plan", "output_dir": "plan",
-                                           "model": cfg.model.model_copy(update={"teacher_checkpoint": path})})
+                                           "model": cfg.model.model_copy(update=model)})
         epochs = cfg.optim.total_epochs
         evals = -(-epochs // max(1, cfg.train.eval_every))
-        flops = run_work(same_work.model_dump_json(), teacher).total(epochs, train_n, evals, test_n)
+        flops = run_work(same_work.model_dump_json()).total(epochs, train_n, evals, test_n)
         rows.append({"key": run.key, "stage": run.stage, "dataset": d.dataset, "networks": "+".join(learners),
                      "teacher": teacher or "-", "method": cfg.method.name, "augment": cfg.augment.name,
                      "epochs": epochs, "train_images": train_n, "pflops": flops / 1e15})
