@@ -179,6 +179,13 @@ def test_missing_config_file(capsys):
     _one_line_error(capsys, ["train", "nope.yaml"], "config file not found")
 
 
+def test_train_without_a_config_asks_for_the_config_alone(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required: config\n" in err  # overrides are optional
+
+
 @pytest.mark.checkout
 def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
     import torch

@@ -28,7 +28,7 @@ def _add_train(sub):
                                    "(dotted keys, values parsed as YAML), e.g. method=kd optim.epochs=10.",
                        epilog="config keys and their defaults:\n" + describe_options())
     p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress output")

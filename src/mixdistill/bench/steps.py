@@ -732,7 +732,7 @@ def _bench(args) -> int:
         require_at_least(f"bench: --{option.replace('_', '-')}", getattr(args, option), minimum)
     for c in cases:
         if c not in CASES:
-            raise ConfigError(f"bench: unknown case '{c}' (choose from {', '.join(CASES)})")
+            raise ConfigError(f"bench: unknown case '{c}' (choose from {', '.join([*CASES, 'grid'])})")
     for p in pairs:
         if p not in PAIRS:
             raise ConfigError(f"bench: unknown pair '{p}' (choose from {', '.join(PAIRS)})")
