@@ -37,6 +37,25 @@ def test_bad_config_names_the_key(overrides, fragment):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.bathc_size=3"], "data.bathc_size: unknown key (did you mean data.batch_size or data.eval_batch_size?)"),
+    (["train.epochs=3"], "train.epochs: unknown key (did you mean optim.epochs?)"),  # the key lives elsewhere
+    (["seeed=1"], "seeed: unknown key (did you mean seed?)"),
+    (["method=kd", "model.teacher_checkpoint=a", "method.temprature=3"],
+     "method.temprature: unknown key (did you mean method.temperature?)"),
+    (["method=kd", "model.teacher_checkpoint=a", "method.zzz=3"],
+     "method.zzz: unknown key; method kd takes temperature, ce_weight, kd_weight"),
+    (["method=kd", "model.teacher_checkpoint=a", "method.ce_weight=0.5", "method.name=dml"],
+     "method.ce_weight: unknown key; method dml takes peers, temperature "
+     "(method=dml, unlike method.name=dml, starts the section afresh)"),
+    (["optim.zzz=1"], "optim.zzz: unknown key"),  # nothing close: no hint
+])
+def test_unknown_key_says_what_was_meant(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert str(e.value) == "invalid config: " + message
+
+
 def test_unknown_method_suggests_close_names():
     with pytest.raises(UnknownNameError, match="Did you mean: kd"):
         load_config(None, ["method=kdd"])

@@ -398,14 +398,49 @@ def yaml_error_line(err: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
+def schema_fields(model: type[BaseModel] | None = None, prefix: str = ""):
+    """(dotted key, pydantic field) for every key of the run config's schema, sections walked into."""
+    for name, field in (model or RunConfig).model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from schema_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, field
+
+
+def config_keys(method: str | None = None) -> list[str]:
+    """Every dotted key a config takes (with ``method``'s parameters when it names a registered method)."""
+    keys = [key for key, _ in schema_fields()]
+    if method in METHODS:
+        keys += [f"method.{k}" for k in METHODS[method].Params.model_fields]
+    return keys
+
+
+def _close_keys(key: str, keys: list[str]) -> list[str]:
+    """Keys an unknown dotted key may have meant: close spellings, and the same name in another section."""
+    import difflib
+
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+    leaf = key.rsplit(".", 1)[-1]
+    return (close + [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k not in close])[:3]
+
+
+def _format_validation_error(err: ValidationError, keys: list[str] = (), method: str | None = None) -> str:
+    parts, stray = [], []  # stray: unknown method parameters with no close spelling
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"] if x not in ("__root__",))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            close = _close_keys(loc, keys) if keys else []
+            msg = "unknown key" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+            if not close and loc.startswith("method."):
+                stray.append(loc.removeprefix("method."))
         parts.append(f"{loc}: {msg}" if loc else msg)
+    if stray and method:
+        params = [k.removeprefix("method.") for k in keys if k.startswith("method.") and k != "method.name"]
+        hint = f"method {method} takes {', '.join(params) or 'no parameters'}"
+        if any(k in m.Params.model_fields for m in METHODS.values() for k in stray):  # left by method.name=OTHER
+            hint += f" (method={method}, unlike method.name={method}, starts the section afresh)"
+        parts.append(hint)
     return "invalid config: " + "; ".join(parts)
 
 
@@ -421,7 +456,8 @@ def build_config(tree: dict) -> RunConfig:
             if isinstance(inner, ValidationError):  # a method's own Params failed
                 sub = _format_validation_error(inner).removeprefix("invalid config: ")
                 raise ConfigError(f"invalid config: method ({tree.get('method', {}).get('name')}): {sub}") from None
-        raise ConfigError(_format_validation_error(err)) from None
+        method = tree.get("method", {}).get("name", "ce") if isinstance(tree.get("method"), dict) else None
+        raise ConfigError(_format_validation_error(err, config_keys(method), method)) from None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -474,18 +510,10 @@ def resolve_config(config: str | Path | dict | RunConfig | None = None,
 def describe_options() -> str:
     """Every config key with its default, for ``--help``."""
     lines = []
-
-    def walk(model_cls, prefix):
-        for name, field in model_cls.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            default = field.get_default(call_default_factory=True)
-            desc = f"  ({field.description})" if field.description else ""
-            lines.append(f"  {prefix}{name}={default!r}{desc}")
-
-    walk(RunConfig, "")
+    for key, field in schema_fields():
+        default = field.get_default(call_default_factory=True)
+        desc = f"  ({field.description})" if field.description else ""
+        lines.append(f"  {key}={default!r}{desc}")
     lines.append("  method.<param>=...  (the chosen method's parameters: `mixdistill methods` lists them with "
                  "their defaults)")
     lines.append("  augment.<param>=...  (the chosen augmentation's parameters: `mixdistill augments` lists them "
