@@ -283,6 +283,17 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert f"{summary['last_acc']:.2f}" in out
 
 
+def test_results_table_never_cuts_a_run_name(capsys):
+    from mixdistill.cli import _print_summary_table
+
+    name = "wang2022_kd_view_cutmixpick_resnet32x4_resnet8x4_seed4"
+    _print_summary_table([{"name": name, "method": "kd_view", "student": "resnet8x4", "seed": 4, "last_acc": 75.5,
+                           "best_acc": 76.0, "teacher_acc": 79.4, "train_time_s": 3600.0}])
+    out = capsys.readouterr().out  # not a terminal: rich's 80 columns
+    run_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
+    assert "…" not in out and run_column == name
+
+
 @pytest.mark.checkout
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "mixdistill", "train", "configs/fmnist_cpu.yaml", "method=nope"],

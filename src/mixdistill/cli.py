@@ -58,7 +58,7 @@ def _print_summary_table(summaries):
 
     table = Table(title="results")
     for col in ("run", "method", "student", "seed", "last acc %", "best acc %", "teacher acc %", "time s"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long run name folds at 80 columns (a pipe, a log), never cut
     for s in summaries:
         table.add_row(s["name"], s["method"], s["student"], str(s["seed"]), _fmt(s["last_acc"]),
                       _fmt(s["best_acc"]), _fmt(s.get("teacher_acc")), f"{s['train_time_s']:.0f}")
@@ -119,7 +119,7 @@ def cmd_eval(args) -> int:
     result = evaluate(model, loader, runtime)
     table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
     for col in ("model", "images", "top-1 %", "loss"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", f"{result['loss']:.4f}")
     Console().print(table)
     return 0
