@@ -280,7 +280,7 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
     assert main(["eval", run_dir + "/last.pt", "--data-root", data_root, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert f"{summary['last_acc']:.2f}" in out
+    assert f"{summary['last_acc']:.2f}" in out and f"{summary['last_top5']:.2f}" in out
 
 
 def test_results_table_never_cuts_a_run_name(capsys):

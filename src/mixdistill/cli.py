@@ -118,9 +118,9 @@ def cmd_eval(args) -> int:
                           std=split.spec.std, shuffle=False, drop_last=False, device=runtime.device)
     result = evaluate(model, loader, runtime)
     table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
-    for col in ("model", "images", "top-1 %", "loss"):
+    for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
-    table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", f"{result['loss']:.4f}")
+    table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
     Console().print(table)
     return 0
 
