@@ -11,8 +11,8 @@ import pytest
 from mixdistill.cli import main
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "analyze", "models", "methods", "augments", "teachers", "demo",
-                                     "study", "bench"])
+@pytest.mark.parametrize("command", ["train", "eval", "results", "analyze", "models", "methods", "augments",
+                                     "teachers", "demo", "study", "bench"])
 def test_every_command_has_help(command, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # one option per line
     with pytest.raises(SystemExit) as exc:

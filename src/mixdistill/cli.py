@@ -305,6 +305,28 @@ def _add_analyze(sub):
     p.set_defaults(func=analyze_main)
 
 
+def _add_results(sub):
+    p = sub.add_parser("results", help="a table of the runs below some directories, seeds of one config pooled",
+                       formatter_class=HELP_FORMAT,
+                       description="Every run directory (a folder with config.yaml) below DIR: one row per config, "
+                                   "its seeds pooled (mean last-epoch top-1 with its 95%% t-interval, std, best "
+                                   "top-1, top-5), with the config keys that differ between the rows as columns. "
+                                   "Unfinished runs are counted, not averaged.")
+    p.add_argument("dirs", nargs="*", default=[], metavar="DIR", help="directories to search (unset: runs)")
+    p.add_argument("--per-run", action="store_true", help="one row per run instead of per config")
+    p.add_argument("--sort", choices=("path", "acc"), default="path",
+                   help="row order: by directory, or by mean last-epoch top-1, best first")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write every run (directory, every config key, its summary's numbers) to FILE")
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args) -> int:
+    from mixdistill.results import results_command
+
+    return results_command(args.dirs, per_run=args.per_run, sort=args.sort, csv_path=args.csv)
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="teacher + CE and KD students on Fashion-MNIST, with a results table",
                        formatter_class=HELP_FORMAT)
@@ -397,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "data augmentation (offline and online).")
     parser.add_argument("--version", action="version", version=f"mixdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_analyze, _add_models, _add_methods, _add_augments, _add_teachers,
-                _add_demo, _add_study, _add_bench):
+    for add in (_add_train, _add_eval, _add_results, _add_analyze, _add_models, _add_methods, _add_augments,
+                _add_teachers, _add_demo, _add_study, _add_bench):
         add(sub)
     return parser
 

@@ -110,6 +110,56 @@ def _remove_if_only_lock(run_dir: Path) -> None:
         pass
 
 
+# ------------------------------------------------------------------------------------------- list runs
+
+@dataclass
+class RunRecord:
+    """A run directory as a listing reads it, without loading a checkpoint."""
+
+    path: Path
+    config: dict  # read through today's schema where it still validates (defaults added since filled in)
+    summary: dict | None  # None until the run finishes
+    last_epoch: int | None  # the last epoch metrics.jsonl logged
+
+
+def find_runs(root: str | Path) -> list[RunRecord]:
+    """Every run directory at or below ``root`` (a directory holding ``config.yaml``; ones set aside as
+    ``NAME.supersededN`` left out), in path order."""
+    import json
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"no such directory: {root}")
+    dirs = [root] if (root / CONFIG).is_file() else sorted(p.parent for p in root.rglob(CONFIG))
+    records = []
+    for d in dirs:
+        if ".superseded" in d.name:
+            continue
+        try:
+            tree = load_yaml((d / CONFIG).read_text())
+        except Exception:  # noqa: BLE001 - not a run's config (or damaged): not a run directory
+            continue
+        if not isinstance(tree, dict):
+            continue
+        try:
+            tree = build_config(tree).to_dict()
+        except Exception:  # noqa: BLE001 - an older mixdistill's schema: listed as it was written
+            pass
+        summary = None
+        try:
+            summary = json.loads((d / SUMMARY).read_text())
+        except (OSError, ValueError):
+            pass
+        last_epoch = None
+        try:
+            lines = [line for line in (d / METRICS).read_text().splitlines() if line.strip()]
+            last_epoch = json.loads(lines[-1]).get("epoch") if lines else None
+        except (OSError, ValueError):
+            pass
+        records.append(RunRecord(d, tree, summary if isinstance(summary, dict) else None, last_epoch))
+    return records
+
+
 # ------------------------------------------------------------------------------------------- open a run
 
 @dataclass

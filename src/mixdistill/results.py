@@ -1,0 +1,165 @@
+"""``mixdistill results DIR...``: a table of the runs below some directories, the seeds of one config pooled.
+
+Runs are grouped by their config with ``seed``, ``name``, ``output_dir`` and the keys that do not change a result
+(the resume-free keys: paths, logging, the teacher cache) left out, so ``seed=1 name=kd_seed1`` and
+``seed=2 name=kd_seed2`` fall into one row. The first column names what differs between the rows (what a sweep
+varied), written as the overrides that set it (``method=kd method.temperature=4``); then the accuracies over the
+row's finished runs: the mean last-epoch top-1 (the number a run reports) with its 95% t-interval and standard
+deviation, the mean best top-1 and top-5. A run without ``summary.json`` is counted as unfinished, with the last
+epoch it logged, and left out of the means.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
+from mixdistill.errors import ConfigError
+from mixdistill.files import write_text
+from mixdistill.studies.stats import fmt_mean_ci
+
+NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A config tree as ``{dotted key: value}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def group_key(record: RunRecord) -> str:
+    return json.dumps({k: v for k, v in flat(record.config).items() if k not in NOT_GROUPED}, sort_keys=True,
+                      default=str)
+
+
+def varying_keys(configs: list[dict[str, object]], leave_out: set[str]) -> list[str]:
+    """The dotted keys that take more than one value among the configs that have them (a method's parameter is not
+    one that differs between KD and CE), the method and the augmentation first, then in config order."""
+    keys = list(dict.fromkeys(["method.name", "augment.name"] + [k for c in configs for k in c]))
+    return [k for k in keys if k not in leave_out
+            and len({json.dumps(c[k], default=str) for c in configs if k in c}) > 1]
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def settings(config: dict[str, object], keys: list[str]) -> str:
+    """``keys`` of a flat config as the overrides that set them (``method=kd model.student=cnn5_w8``; a section's
+    ``name`` as the section's switch); unset (None) keys left out."""
+    return " ".join(f"{k.removesuffix('.name')}={_value(config[k])}" for k in keys if config.get(k) is not None)
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.fmean(values):.2f}" if values else "-"
+
+
+def _epochs(record: RunRecord) -> str:
+    optim = record.config.get("optim", {})
+    total = optim.get("epochs", 0) * optim.get("epoch_factor", 1)
+    return f"epoch {record.last_epoch or 0}/{total}"
+
+
+def collect(roots: list[str | Path]) -> list[RunRecord]:
+    records, seen = [], set()
+    for root in roots:
+        for record in find_runs(root):
+            if record.path.resolve() not in seen:
+                seen.add(record.path.resolve())
+                records.append(record)
+    if not records:
+        raise ConfigError(f"no run directories (a folder with config.yaml) below {', '.join(map(str, roots))}")
+    return records
+
+
+def group_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): one row per config, seeds pooled."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(group_key(record), []).append(record)
+    configs = [flat(g[0].config) for g in groups.values()]
+    keys = varying_keys(configs, NOT_GROUPED)
+    rows = []
+    for config, runs in zip(configs, groups.values()):
+        done = [r.summary for r in runs if r.summary is not None]
+        last = [s["last_acc"] for s in done if s.get("last_acc") is not None]
+        spread = statistics.stdev(last) if len(last) > 1 else None
+        seeds = ",".join(str(r.config.get("seed")) for r in runs)
+        unfinished = len(runs) - len(done)
+        rows.append((([settings(config, keys)] if keys else []) +
+                     [f"{len(done)}" + (f" (+{unfinished} unfinished)" if unfinished else ""), seeds,
+                      fmt_mean_ci(last), "-" if spread is None else f"{spread:.2f}",
+                      _mean(s.get("best_acc") for s in done), _mean(s.get("last_top5") for s in done)],
+                     statistics.fmean(last) if last else float("-inf")))
+    if sort == "acc":
+        rows.sort(key=lambda row: -row[1])
+    columns = (["config (what differs)"] if keys else []) + ["runs", "seeds", "last top-1 % [95% CI]", "std",
+                                                             "best top-1 %", "top-5 %"]
+    return columns, [row for row, _ in rows]
+
+
+def run_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): one row per run."""
+    configs = [flat(r.config) for r in records]
+    keys = varying_keys(configs, NOT_GROUPED)
+    rows = []
+    for record, config in zip(records, configs):
+        s = record.summary or {}
+        best = "-" if s.get("best_acc") is None else f"{s['best_acc']:.2f} ({s.get('best_epoch')})"
+        rows.append(([str(record.path)] + ([settings(config, keys)] if keys else []) +
+                     [_value(config.get("seed")), "-" if not s else f"{s['last_acc']:.2f}", best,
+                      "-" if s.get("last_top5") is None else f"{s['last_top5']:.2f}",
+                      "-" if not s else f"{s.get('train_time_s', 0):.0f}",
+                      "done" if record.summary is not None else _epochs(record)],
+                     s.get("last_acc", float("-inf"))))
+    if sort == "acc":
+        rows.sort(key=lambda row: -row[1])
+    columns = ["run"] + (["config (what differs)"] if keys else []) + ["seed", "last top-1 %",
+                                                                      "best top-1 % (epoch)", "top-5 %", "time s",
+                                                                      "status"]
+    return columns, [row for row, _ in rows]
+
+
+def csv_text(records: list[RunRecord]) -> str:
+    """Every run as a CSV row: its directory, every config key, its summary's numbers (empty until it finishes)."""
+    configs = [flat(r.config) for r in records]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    fields = ["last_acc", "best_acc", "best_epoch", "last_top5", "last_test_loss", "epochs", "train_time_s"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_dir", "finished", "last_epoch"] + keys + fields)
+    for record, config in zip(records, configs):
+        s = record.summary or {}
+        writer.writerow([str(record.path), record.summary is not None, record.last_epoch] +
+                        [json.dumps(config.get(k)) if isinstance(config.get(k), (list, dict)) else config.get(k)
+                         for k in keys] + [s.get(f) for f in fields])
+    return out.getvalue()
+
+
+def results_command(roots: list[str], per_run: bool = False, sort: str = "path", csv_path: str | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    records = collect(roots or ["runs"])
+    columns, rows = (run_rows if per_run else group_rows)(records, sort)
+    finished = sum(r.summary is not None for r in records)
+    table = Table(title=f"{len(records)} runs ({finished} finished) below {', '.join(roots or ['runs'])}")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table, markup=False)
+    if csv_path:
+        console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False)
+    return 0

@@ -1,0 +1,88 @@
+"""``mixdistill results``: real runs on disk, grouped over seeds, against numbers computed here from their files."""
+
+import csv
+import json
+import shutil
+import statistics
+
+import pytest
+
+from mixdistill.cli import main
+from mixdistill.config import load_config
+from mixdistill.engine.trainer import train
+from mixdistill.results import collect, group_rows, run_rows
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, request):
+    """Three finished CE runs (seeds 0 and 1 without augmentation, seed 0 with mixup), one run killed after its
+    first epoch (no summary.json) and one set aside as superseded."""
+    fmnist_root = request.getfixturevalue("fmnist_root")
+    root = tmp_path_factory.mktemp("results") / "runs"
+    base = [f"data.root={fmnist_root}", f"output_dir={root}", "data.batch_size=64", "data.eval_batch_size=200",
+            "model.student=cnn5_w8", "optim.schedule=onecycle", "optim.milestones=[]", "optim.lr=0.05",
+            "optim.epochs=2", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+            "train.precision=fp32", "data.train_subset=300", "data.test_subset=200", "method=ce"]
+    for name, extra in (("ce_s0", ["seed=0"]), ("ce_s1", ["seed=1"]), ("mixup_s0", ["seed=0", "augment=mixup"]),
+                        ("ce_s2", ["seed=2"])):
+        train(load_config(None, base + [f"name={name}"] + extra), quiet=True)
+    killed = root / "ce_s2"  # as a run killed after epoch 1 leaves it: no summary, one metrics line
+    (killed / "summary.json").unlink()
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    (killed / "metrics.jsonl").write_text(lines[0] + "\n")
+    shutil.copytree(root / "ce_s1", root / "ce_s1.superseded1")
+    return root
+
+
+def _summary(root, name):
+    return json.loads((root / name / "summary.json").read_text())
+
+
+def test_seeds_of_one_config_are_pooled(runs_root):
+    columns, rows = group_rows(collect([runs_root]))
+    assert columns == ["config (what differs)", "runs", "seeds", "last top-1 % [95% CI]", "std", "best top-1 %",
+                       "top-5 %"]
+    by_config = {row[0]: row for row in rows}
+    assert set(by_config) == {"augment=none", "augment=mixup"}  # only what differs; the superseded copy left out
+    ce = by_config["augment=none"]
+    accs = [_summary(runs_root, n)["last_acc"] for n in ("ce_s0", "ce_s1")]
+    assert ce[1:3] == ["2 (+1 unfinished)", "0,1,2"]
+    assert ce[3].startswith(f"{statistics.fmean(accs):.2f} [") and ce[4] == f"{statistics.stdev(accs):.2f}"
+    best = [_summary(runs_root, n)["best_acc"] for n in ("ce_s0", "ce_s1")]
+    assert ce[5] == f"{statistics.fmean(best):.2f}"
+    mixup = by_config["augment=mixup"]
+    assert mixup[1:5] == ["1", "0", f"{_summary(runs_root, 'mixup_s0')['last_acc']:.2f}", "-"]  # no spread of one
+
+
+def test_per_run_rows_say_which_finished(runs_root):
+    columns, rows = run_rows(collect([runs_root]), sort="acc")
+    assert columns[:3] == ["run", "config (what differs)", "seed"] and columns[-1] == "status"
+    status = {row[0].rsplit("/", 1)[-1]: row[-1] for row in rows}
+    assert status == {"ce_s0": "done", "ce_s1": "done", "mixup_s0": "done", "ce_s2": "epoch 1/2"}
+    accs = [float(row[3]) for row in rows if row[3] != "-"]
+    assert accs == sorted(accs, reverse=True) and rows[-1][3] == "-"  # best first, the unfinished run last
+    s0 = _summary(runs_root, "ce_s0")
+    row = next(r for r in rows if r[0].endswith("ce_s0"))
+    assert row[4] == f"{s0['best_acc']:.2f} ({s0['best_epoch']})"
+
+
+def test_command_prints_the_table_and_writes_every_run_to_csv(runs_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row
+    assert main(["results", str(runs_root), "--csv", str(tmp_path / "runs.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"4 runs (3 finished) below {runs_root}" in out and "2 (+1 unfinished)" in out
+    with open(tmp_path / "runs.csv") as f:
+        table = {row["name"]: row for row in csv.DictReader(f)}
+    assert set(table) == {"ce_s0", "ce_s1", "mixup_s0", "ce_s2"}
+    assert float(table["ce_s1"]["last_acc"]) == _summary(runs_root, "ce_s1")["last_acc"]
+    assert table["ce_s2"]["finished"] == "False" and table["ce_s2"]["last_acc"] == ""
+    assert table["mixup_s0"]["augment.name"] == "mixup" and table["ce_s0"]["optim.milestones"] == "[]"
+
+
+def test_no_runs_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for args, message in ((["results", str(tmp_path / "empty")], "no run directories (a folder with config.yaml)"),
+                          (["results", str(tmp_path / "nope")], "no such directory")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
