@@ -131,10 +131,12 @@ def run_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], l
 
 
 def csv_text(records: list[RunRecord]) -> str:
-    """Every run as a CSV row: its directory, every config key, its summary's numbers (empty until it finishes)."""
+    """Every run as a CSV row: its directory, every config key, every number its summary holds (``last_acc``,
+    ``best_acc``, an online method's ``last_acc_ensemble``, ...; empty until it finishes)."""
     configs = [flat(r.config) for r in records]
     keys = list(dict.fromkeys(k for c in configs for k in c))
-    fields = ["last_acc", "best_acc", "best_epoch", "last_top5", "last_test_loss", "epochs", "train_time_s"]
+    fields = list(dict.fromkeys(k for r in records for k, v in (r.summary or {}).items()  # the numbers
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_dir", "finished", "last_epoch"] + keys + fields)
