@@ -85,7 +85,8 @@ def test_command_prints_the_table_and_writes_every_run_to_csv(runs_root, tmp_pat
 def test_no_runs_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for args, message in ((["results", str(tmp_path / "empty")], "no run directories (a folder with config.yaml)"),
-                          (["results", str(tmp_path / "nope")], "no such directory")):
+                          (["results", str(tmp_path / "nope")], "no such directory"),
+                          (["results", __file__], "is not a directory")):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

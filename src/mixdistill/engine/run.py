@@ -129,7 +129,7 @@ def find_runs(root: str | Path) -> list[RunRecord]:
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"no such directory: {root}")
+        raise ConfigError(f"{root} is not a directory" if root.exists() else f"no such directory: {root}")
     dirs = [root] if (root / CONFIG).is_file() else sorted(p.parent for p in root.rglob(CONFIG))
     records = []
     for d in dirs:
