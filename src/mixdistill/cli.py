@@ -371,8 +371,9 @@ def _add_study(sub):
     p.add_argument("--jobs", type=int, default=None,
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
     p.add_argument("--plan", action="store_true",
-                   help="list every run of the grid with its key, epochs and estimated compute (FLOPs from the model "
-                        "zoo, GPU-hours at --plan-tflops); trains nothing")
+                   help="list every run of the grid with its key, epochs and compute (FLOPs counted on one step, "
+                        "one evaluation and the set-up of each distinct config; GPU-hours at --plan-tflops), then "
+                        "totals by stage, method and augmentation; trains nothing")
     p.add_argument("--plan-tflops", type=float, default=None,
                    help="effective TFLOP/s for --plan's GPU-hours (default: 20, a data-centre GPU on CIFAR-size nets)")
     p.set_defaults(func=cmd_study)
