@@ -59,6 +59,10 @@ def settings(config: dict[str, object], keys: list[str]) -> str:
     return " ".join(f"{k.removesuffix('.name')}={_value(config[k])}" for k in keys if config.get(k) is not None)
 
 
+def _number(v, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def _mean(values) -> str:
     values = [v for v in values if v is not None]
     return f"{statistics.fmean(values):.2f}" if values else "-"
@@ -98,7 +102,7 @@ def group_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str],
         unfinished = len(runs) - len(done)
         rows.append((([settings(config, keys)] if keys else []) +
                      [f"{len(done)}" + (f" (+{unfinished} unfinished)" if unfinished else ""), seeds,
-                      fmt_mean_ci(last), "-" if spread is None else f"{spread:.2f}",
+                      fmt_mean_ci(last), _number(spread),
                       _mean(s.get("best_acc") for s in done), _mean(s.get("last_top5") for s in done)],
                      statistics.fmean(last) if last else float("-inf")))
     if sort == "acc":
@@ -117,11 +121,9 @@ def run_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], l
         s = record.summary or {}
         best = "-" if s.get("best_acc") is None else f"{s['best_acc']:.2f} ({s.get('best_epoch')})"
         rows.append(([str(record.path)] + ([settings(config, keys)] if keys else []) +
-                     [_value(config.get("seed")), "-" if not s else f"{s['last_acc']:.2f}", best,
-                      "-" if s.get("last_top5") is None else f"{s['last_top5']:.2f}",
-                      "-" if not s else f"{s.get('train_time_s', 0):.0f}",
-                      "done" if record.summary is not None else _epochs(record)],
-                     s.get("last_acc", float("-inf"))))
+                     [_value(config.get("seed")), _number(s.get("last_acc")), best, _number(s.get("last_top5")),
+                      _number(s.get("train_time_s"), 0), "done" if record.summary is not None else _epochs(record)],
+                     float("-inf") if s.get("last_acc") is None else s["last_acc"]))
     if sort == "acc":
         rows.sort(key=lambda row: -row[1])
     columns = ["run"] + (["config (what differs)"] if keys else []) + ["seed", "last top-1 %",
