@@ -15,8 +15,8 @@ from mixdistill.models import create_model
 
 needs_kernel = pytest.mark.skipif(
     not torch.backends.cpu.get_cpu_capability().startswith("AVX512") or small_conv._library()[0] is None,
-    reason=f"first-layer conv kernel {small_conv._library()[1] or 'on'}: needs ATen's AVX512 kernels without AMX and "
-           "a C compiler")
+    reason=f"first-layer conv kernel {small_conv._library()[1] or 'on'}: needs ATen's AVX512 kernels, AVX512-BF16 "
+           "without AMX, oneDNN's full ISA and a C compiler")
 
 # the taps (kh * 3 + kw) in the order small_conv.c adds them (oneDNN's)
 ORDER = [3, 0, 1, 6, 7, 4, 5, 2, 8]
@@ -172,8 +172,8 @@ def test_what_the_kernel_does_not_take_stays_atens(monkeypatch):
 
 
 def test_without_a_compiler_or_avx512_or_with_amx_the_kernel_is_off(monkeypatch, kernel_wrappers):
-    """No C compiler (or ATen's AVX2 kernels): off, said why, nothing swapped; a CPU with AMX, where oneDNN's order
-    was not matched: off too."""
+    """No C compiler (or ATen's AVX2 kernels): off, said why, nothing swapped; a CPU with AMX or without AVX512-BF16,
+    or oneDNN's ISA capped, where oneDNN's order was not matched: off too."""
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1))
     kernel_wrappers.assert_off_without_a_compiler_or_avx512(small_conv, small_conv.use_small_first_conv, net,
                                                             monkeypatch)
@@ -183,6 +183,17 @@ def test_without_a_compiler_or_avx512_or_with_amx_the_kernel_is_off(monkeypatch,
     if torch.backends.cpu.get_cpu_capability().startswith("AVX512") and small_conv.ckernels.load(small_conv.SOURCE)[0]:
         assert small_conv.status() == "off (a CPU with AMX: oneDNN's order was matched without AMX only)"
         assert small_conv.use_small_first_conv(net) == 0
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        capabilities = dict(torch.cpu.get_capabilities())
+        for avx512_bf16, isa, why in ((False, None, "off (no AVX512-BF16: oneDNN's order was matched on AVX512-BF16 "
+                                                    "only)"),
+                                      (True, "AVX512_CORE", "off (ONEDNN_MAX_CPU_ISA=AVX512_CORE: oneDNN's order was "
+                                                            "matched with all its kernels)"),
+                                      (True, "ALL", "on")):
+            monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "avx512_bf16": avx512_bf16})
+            if isa:
+                monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+            assert small_conv.status() == why
 
 
 def test_a_compiled_or_folded_network_gets_torchs_own_conv_back():

@@ -9,8 +9,8 @@ convolution node calls it. ``benchmarks/small_conv.py`` times whole runs and che
 
 Used only for a ``Conv2d(1, C, 3, padding=1)`` (stride 1, no dilation or groups, zero padding, bias or not) under
 bf16 autocast (or on bf16 input and weights), with channels-last weights (ATen's output is then channels-last), on
-ATen's AVX512 kernels on a CPU without AMX (where oneDNN's order was found; with AMX oneDNN may run other
-kernels), not under ``torch.compile``.
+ATen's AVX512 kernels on a CPU with AVX512-BF16 and without AMX, oneDNN's ISA not capped (where oneDNN's order
+was found; elsewhere oneDNN may run other kernels), not under ``torch.compile``.
 The first call of each (channels, bias, height, width) also runs ATen on the batch and on a probe built so that
 any other summation order shows (values 2^25 apart cancel or not, depending on the order); a difference switches the
 kernel off for the process (with a warning) and ATen's result is used. A batch with a value the kernel does not take
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -47,6 +48,11 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, why
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return None, "off (a CPU with AMX: oneDNN's order was matched without AMX only)"
+    if not torch.cpu.get_capabilities().get("avx512_bf16", False):  # the hardware's, whatever a test sets
+        return None, "off (no AVX512-BF16: oneDNN's order was matched on AVX512-BF16 only)"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if isa and isa.upper() != "ALL":
+        return None, f"off (ONEDNN_MAX_CPU_ISA={isa}: oneDNN's order was matched with all its kernels)"
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.small_conv_forward.argtypes = [p, p, p, p, i64, i64, i64, i32]
     return lib, ""
