@@ -90,3 +90,17 @@ def test_no_runs_is_one_line(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_another_summary_number_is_averaged_and_a_loss_sorts_lowest_first(runs_root, capsys):
+    records = collect([runs_root])
+    columns, rows = group_rows(records, sort="acc", metric="last_test_loss")
+    assert "last_test_loss [95% CI]" in columns
+    losses = {n: _summary(runs_root, n)["last_test_loss"] for n in ("ce_s0", "ce_s1", "mixup_s0")}
+    ce, mixup = statistics.fmean([losses["ce_s0"], losses["ce_s1"]]), losses["mixup_s0"]
+    assert [row[0] for row in rows] == (["augment=none", "augment=mixup"] if ce < mixup else
+                                        ["augment=mixup", "augment=none"])
+    assert next(r for r in rows if r[0] == "augment=mixup")[3] == f"{mixup:.4f}"  # a loss keeps 4 digits
+    assert main(["results", str(runs_root), "--metric", "last_accc"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric last_accc: no finished run's summary.json holds it; they hold epochs, last_acc," in err

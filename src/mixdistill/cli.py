@@ -315,7 +315,10 @@ def _add_results(sub):
     p.add_argument("dirs", nargs="*", default=[], metavar="DIR", help="directories to search (unset: runs)")
     p.add_argument("--per-run", action="store_true", help="one row per run instead of per config")
     p.add_argument("--sort", choices=("path", "acc"), default="path",
-                   help="row order: by directory, or by mean last-epoch top-1, best first")
+                   help="row order: by directory, or by the mean of --metric, best first (lowest for a loss)")
+    p.add_argument("--metric", default="last_acc",
+                   help="the summary.json number averaged and sorted by (last_acc_ensemble, last_acc_ema, best_acc, "
+                        "last_test_loss, ...)")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write every run (directory, every config key, its summary's numbers) to FILE")
     p.set_defaults(func=cmd_results)
@@ -324,7 +327,7 @@ def _add_results(sub):
 def cmd_results(args) -> int:
     from mixdistill.results import results_command
 
-    return results_command(args.dirs, per_run=args.per_run, sort=args.sort, csv_path=args.csv)
+    return results_command(args.dirs, per_run=args.per_run, sort=args.sort, csv_path=args.csv, metric=args.metric)
 
 
 def _add_demo(sub):

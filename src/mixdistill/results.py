@@ -4,8 +4,9 @@ Runs are grouped by their config with ``seed``, ``name``, ``output_dir`` and the
 (the resume-free keys: paths, logging, the teacher cache) left out, so ``seed=1 name=kd_seed1`` and
 ``seed=2 name=kd_seed2`` fall into one row. The first column names what differs between the rows (what a sweep
 varied), written as the overrides that set it (``method=kd method.temperature=4``); then the accuracies over the
-row's finished runs: the mean last-epoch top-1 (the number a run reports) with its 95% t-interval and standard
-deviation, the mean best top-1 and top-5. A run without ``summary.json`` is counted as unfinished, with the last
+row's finished runs: the mean last-epoch top-1 (the number a run reports; ``--metric`` picks another number of
+``summary.json``, e.g. an online method's ``last_acc_ensemble``) with its 95% t-interval and standard deviation,
+the mean best top-1 and top-5. A run without ``summary.json`` is counted as unfinished, with the last
 epoch it logged, and left out of the means.
 """
 
@@ -17,6 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
+from mixdistill.config import metric_lower_is_better
 from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
@@ -86,8 +88,35 @@ def collect(roots: list[str | Path]) -> list[RunRecord]:
     return records
 
 
-def group_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): one row per config, seeds pooled."""
+def best_first(metric: str):
+    """A sort key for (row, value) pairs: the best value first (lowest for a loss), rows without one last."""
+    sign = 1 if metric_lower_is_better(metric) else -1
+    return lambda pair: (pair[1] is None, 0 if pair[1] is None else sign * pair[1])
+
+
+def _digits(metric: str) -> int:
+    return 4 if metric_lower_is_better(metric) else 2  # a loss near 0.3 needs more than a percentage
+
+
+def _header(metric: str) -> str:
+    return "last top-1 %" if metric == "last_acc" else metric
+
+
+def summary_numbers(records: list[RunRecord]) -> list[str]:
+    """The numbers the runs' summaries hold (``last_acc``, ``best_acc``, ``last_acc_ensemble``, ...), in order."""
+    return list(dict.fromkeys(k for r in records for k, v in (r.summary or {}).items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
+
+
+def check_metric(records: list[RunRecord], metric: str) -> None:
+    if metric not in summary_numbers(records):
+        raise ConfigError(f"--metric {metric}: no finished run's summary.json holds it; they hold "
+                          f"{', '.join(summary_numbers(records)) or 'nothing yet'}")
+
+
+def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
+               ) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): one row per config, seeds pooled; ``metric``: the summary number averaged."""
     groups: dict[str, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(group_key(record), []).append(record)
@@ -96,24 +125,25 @@ def group_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str],
     rows = []
     for config, runs in zip(configs, groups.values()):
         done = [r.summary for r in runs if r.summary is not None]
-        last = [s["last_acc"] for s in done if s.get("last_acc") is not None]
+        last = [s[metric] for s in done if s.get(metric) is not None]
         spread = statistics.stdev(last) if len(last) > 1 else None
         seeds = ",".join(str(r.config.get("seed")) for r in runs)
         unfinished = len(runs) - len(done)
         rows.append((([settings(config, keys)] if keys else []) +
                      [f"{len(done)}" + (f" (+{unfinished} unfinished)" if unfinished else ""), seeds,
-                      fmt_mean_ci(last), _number(spread),
+                      fmt_mean_ci(last, _digits(metric)), _number(spread, _digits(metric)),
                       _mean(s.get("best_acc") for s in done), _mean(s.get("last_top5") for s in done)],
-                     statistics.fmean(last) if last else float("-inf")))
+                     statistics.fmean(last) if last else None))
     if sort == "acc":
-        rows.sort(key=lambda row: -row[1])
-    columns = (["config (what differs)"] if keys else []) + ["runs", "seeds", "last top-1 % [95% CI]", "std",
+        rows.sort(key=best_first(metric))
+    columns = (["config (what differs)"] if keys else []) + ["runs", "seeds", f"{_header(metric)} [95% CI]", "std",
                                                              "best top-1 %", "top-5 %"]
     return columns, [row for row, _ in rows]
 
 
-def run_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): one row per run."""
+def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
+             ) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): one row per run; ``metric``: the summary number shown (and sorted by)."""
     configs = [flat(r.config) for r in records]
     keys = varying_keys(configs, NOT_GROUPED)
     rows = []
@@ -121,12 +151,13 @@ def run_rows(records: list[RunRecord], sort: str = "path") -> tuple[list[str], l
         s = record.summary or {}
         best = "-" if s.get("best_acc") is None else f"{s['best_acc']:.2f} ({s.get('best_epoch')})"
         rows.append(([str(record.path)] + ([settings(config, keys)] if keys else []) +
-                     [_value(config.get("seed")), _number(s.get("last_acc")), best, _number(s.get("last_top5")),
-                      _number(s.get("train_time_s"), 0), "done" if record.summary is not None else _epochs(record)],
-                     float("-inf") if s.get("last_acc") is None else s["last_acc"]))
+                     [_value(config.get("seed")), _number(s.get(metric), _digits(metric)), best,
+                      _number(s.get("last_top5")), _number(s.get("train_time_s"), 0),
+                      "done" if record.summary is not None else _epochs(record)],
+                     s.get(metric)))
     if sort == "acc":
-        rows.sort(key=lambda row: -row[1])
-    columns = ["run"] + (["config (what differs)"] if keys else []) + ["seed", "last top-1 %",
+        rows.sort(key=best_first(metric))
+    columns = ["run"] + (["config (what differs)"] if keys else []) + ["seed", _header(metric),
                                                                       "best top-1 % (epoch)", "top-5 %", "time s",
                                                                       "status"]
     return columns, [row for row, _ in rows]
@@ -137,8 +168,7 @@ def csv_text(records: list[RunRecord]) -> str:
     ``best_acc``, an online method's ``last_acc_ensemble``, ...; empty until it finishes)."""
     configs = [flat(r.config) for r in records]
     keys = list(dict.fromkeys(k for c in configs for k in c))
-    fields = list(dict.fromkeys(k for r in records for k, v in (r.summary or {}).items()  # the numbers
-                                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
+    fields = summary_numbers(records)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_dir", "finished", "last_epoch"] + keys + fields)
@@ -150,12 +180,15 @@ def csv_text(records: list[RunRecord]) -> str:
     return out.getvalue()
 
 
-def results_command(roots: list[str], per_run: bool = False, sort: str = "path", csv_path: str | None = None) -> int:
+def results_command(roots: list[str], per_run: bool = False, sort: str = "path", csv_path: str | None = None,
+                    metric: str = "last_acc") -> int:
     from rich.console import Console
     from rich.table import Table
 
     records = collect(roots or ["runs"])
-    columns, rows = (run_rows if per_run else group_rows)(records, sort)
+    if any(r.summary for r in records):
+        check_metric(records, metric)
+    columns, rows = (run_rows if per_run else group_rows)(records, sort, metric)
     finished = sum(r.summary is not None for r in records)
     table = Table(title=f"{len(records)} runs ({finished} finished) below {', '.join(roots or ['runs'])}")
     for col in columns:
