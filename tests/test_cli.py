@@ -281,6 +281,13 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert main(["eval", run_dir + "/last.pt", "--data-root", data_root, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"{summary['last_acc']:.2f}" in out and f"{summary['last_top5']:.2f}" in out
+    assert "note:" not in out  # the run evaluated on the whole split too
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=cli_subset", "optim.epochs=1",
+                 "data.test_subset=50", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", run_dir + "_subset", "--data-root", data_root, "--device", "cpu"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: the whole test split; the run itself evaluated on data.test_subset = 50 images" in out
 
 
 def test_results_table_never_cuts_a_run_name(capsys):

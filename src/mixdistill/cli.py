@@ -121,7 +121,12 @@ def cmd_eval(args) -> int:
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
     table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    subset = cfg.data.test_subset if cfg is not None and dataset == cfg.data.dataset and args.split == "test" else None
+    if subset and subset < len(split.labels):
+        console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
+                      f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False)
     return 0
 
 
