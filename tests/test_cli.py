@@ -316,6 +316,7 @@ def test_demo_quick(tmp_path, fmnist_root, capsys):
     out = capsys.readouterr().out
     assert "teacher cnn5_w16" in out and "(CE)" in out and "(KD)" in out
     assert "KD beats CE" in out or "KD did NOT beat CE" in out
+    assert f"mixdistill results {tmp_path / 'demo'}\n" in out
     # a second run reuses every finished run instead of training again
     assert main(["demo", "--quick", "--seeds", "2", "--output-dir", str(tmp_path / "demo"),
                  "--data-root", str(fmnist_root)]) == 0
