@@ -46,9 +46,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib, why = ckernels.load(SOURCE)
     if lib is None:
         return None, why
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+    cpu = torch.cpu.get_capabilities()  # the hardware's (cpuinfo), whatever a test sets for the precision
+    if cpu.get("amx_tile", False):
         return None, "off (a CPU with AMX: oneDNN's order was matched without AMX only)"
-    if not torch.cpu.get_capabilities().get("avx512_bf16", False):  # the hardware's, whatever a test sets
+    if not cpu.get("avx512_bf16", False):
         return None, "off (no AVX512-BF16: oneDNN's order was matched on AVX512-BF16 only)"
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     if isa and isa.upper() != "ALL":
