@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixdistill.bench import steps as bench  # noqa: E402
+from mixdistill.engine.runtime import resolve_device  # noqa: E402
 from mixdistill.machine import available_cpus, cpu_name  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
                    help="the project loops' train.compile")
     p.add_argument("--out", default="docs/results")
     args = p.parse_args(argv)
-    device = bench.resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     bargs = argparse.Namespace(precision="auto", compile=args.compile, channels_last="auto", seed=0, quick=False,

@@ -344,6 +344,20 @@ def test_eval_counts_below_one(capsys, tmp_path):
     assert "--batch-size must be at least 1" in one_line_error(capsys, ["eval", "x.pt", "--batch-size", "-1"])
 
 
+def test_a_bad_device_flag_is_one_line_naming_it(capsys, tmp_path, fmnist_root):
+    from mixdistill.files import save_torch
+    from mixdistill.models import create_model
+
+    ckpt = save_torch({"model": create_model("cnn5_w8", 10, 1).state_dict(), "arch": "cnn5_w8"}, tmp_path / "m.pt")
+    data = ["--data", "fashion_mnist", "--data-root", str(fmnist_root)]
+    assert one_line_error(capsys, ["bench", "--quick", "--device", "tpu", "--out", str(tmp_path / "b")]).endswith(
+        "bench --device: 'tpu' is not a device (auto, cpu, cuda, cuda:N)")  # was torch's traceback
+    for command in ("eval", "analyze"):
+        argv = [command, str(ckpt), *data, "--device", "mps"]
+        assert one_line_error(capsys, argv).endswith("--device: 'mps' is not a device (auto, cpu, cuda, cuda:N)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # refused before anything was written
+
+
 # ---------------------------------------------------------------------- the resolved config is complete
 
 @pytest.mark.checkout

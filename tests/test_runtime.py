@@ -74,6 +74,32 @@ def test_bad_device_is_a_config_error():
         rt.resolve_runtime("gpu0", "auto", "auto", "auto")
 
 
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "--device: 'tpu' is not a device (auto, cpu, cuda, cuda:N)"),
+    ("mps", "--device: 'mps' is not a device"),  # a torch device, not one this project runs on
+    ("cpu:0", "--device: 'cpu:0' is not a device"),
+    ("cuda:x", "--device: 'cuda:x' is not a device"),
+])
+def test_resolve_device_names_the_option_the_bad_value_came_from(name, message):
+    with pytest.raises(ConfigError) as err:
+        rt.resolve_device(name, "--device")
+    assert str(err.value).startswith(message)
+    assert rt.resolve_device("cpu", "--device") == torch.device("cpu")
+
+
+def test_a_missing_gpu_or_gpu_number_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^bench --device: cuda:1 requested but no CUDA device is available$"):
+        rt.resolve_device("cuda:1", "bench --device")
+    assert rt.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^train.device: cuda:2 requested but this machine has 2 CUDA device\(s\) "
+                                          r"\(cuda:0 to cuda:1\)$"):
+        rt.resolve_device("cuda:2")
+    assert rt.resolve_device("cuda:1") == torch.device("cuda:1")
+
+
 @pytest.mark.parametrize("cpu_max, expected", [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", 8),
                                                ("garbage\n", 8), (None, 8)])
 def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(tmp_path, monkeypatch, cpu_max, expected):

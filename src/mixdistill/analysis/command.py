@@ -239,7 +239,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     else:
         raise ConfigError(f"normalize must be 'train' or 'data', got {normalize!r}")
 
-    runtime = resolve_runtime(device, "fp32", False, False)
+    runtime = resolve_runtime(device, "fp32", False, False, device_option="--device")
     dev = runtime.device
     model = _build_model(arch, state, num_classes, in_channels, "model").to(dev)
     teacher_model = None

@@ -55,7 +55,7 @@ from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
 from mixdistill.engine.fast import accelerate_teacher
-from mixdistill.engine.runtime import cpu_has_native_bf16, seed_epoch
+from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, seed_epoch
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
 from mixdistill.files import make_dir, save_torch, write_json, write_text
@@ -374,15 +374,6 @@ def make_teacher_checkpoint(arch: str, path: Path, seed: int) -> Path:
     model = create_model(arch, NUM_CLASSES)
     save_torch({"model": model.state_dict(), "arch": arch}, path)
     return path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("bench --device cuda: no CUDA device is available")
-    return dev
 
 
 def machine_info(device: torch.device, num_workers: int) -> dict:
@@ -719,7 +710,7 @@ def bench_main(args) -> int:
 
 
 def _bench(args) -> int:
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "bench --device")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     grid = "grid" in cases
     cases = [c for c in cases if c != "grid"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -185,17 +186,26 @@ class Runtime:
                 f"channels_last={self.channels_last}, compile={'auto' if self.compile is None else self.compile}")
 
 
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) names here; bad input or an absent GPU is a ConfigError that
+    names ``option``, where the user gave it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"{option}: '{name}' is not a device (auto, cpu, cuda, cuda:N)")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option}: {name} requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{option}: {name} requested but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
-                    compile: bool | str = "auto") -> Runtime:
-    if device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise ConfigError(f"train.device: '{device}' is not a device (auto, cpu, cuda, cuda:N)") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device: cuda requested but no CUDA device is available")
+                    compile: bool | str = "auto", device_option: str = "train.device") -> Runtime:
+    dev = resolve_device(device, device_option)
     capability = None
     if dev.type == "cuda":
         capability = torch.cuda.get_device_capability(dev)
