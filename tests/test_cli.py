@@ -290,15 +290,25 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert "note: the whole test split; the run itself evaluated on data.test_subset = 50 images" in out
 
 
-def test_results_table_never_cuts_a_run_name(capsys):
+@pytest.mark.parametrize("columns", [None, "60"])
+def test_results_table_never_cuts_a_run_name(capsys, monkeypatch, columns):
     from mixdistill.cli import _print_summary_table
 
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)  # a width asked for: rich folds to it
     name = "wang2022_kd_view_cutmixpick_resnet32x4_resnet8x4_seed4"
     _print_summary_table([{"name": name, "method": "kd_view", "student": "resnet8x4", "seed": 4, "last_acc": 75.5,
                            "best_acc": 76.0, "teacher_acc": 79.4, "train_time_s": 3600.0}])
-    out = capsys.readouterr().out  # not a terminal: rich's 80 columns
-    run_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
+    out = capsys.readouterr().out  # not a terminal
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    run_column = "".join(line.split("│")[1].strip() for line in rows)
     assert "…" not in out and run_column == name
+    if columns is None:  # at the table's own width: one line a run, for grep and sort
+        assert len(rows) == 1 and rows[0].split("│")[1].strip() == name and "3600" in rows[0]
+    else:
+        assert len(rows) > 1 and max(len(line) for line in out.splitlines()) <= 60
 
 
 @pytest.mark.checkout

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mixdistill.errors import MixdistillError
+from mixdistill.tables import print_table
 
 
 class HELP_FORMAT(argparse.ArgumentDefaultsHelpFormatter):
@@ -53,7 +54,6 @@ def cmd_train(args) -> int:
 
 
 def _print_summary_table(summaries):
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="results")
@@ -62,8 +62,7 @@ def _print_summary_table(summaries):
     for s in summaries:
         table.add_row(s["name"], s["method"], s["student"], str(s["seed"]), _fmt(s["last_acc"]),
                       _fmt(s["best_acc"]), _fmt(s.get("teacher_acc")), f"{s['train_time_s']:.0f}")
-    console = Console()
-    console.print(table)
+    console = print_table(table)
     for note in dict.fromkeys(n for s in summaries for n in s.get("notes", [])):
         console.print(f"note: {note}", markup=False)
 
@@ -88,7 +87,6 @@ def _add_eval(sub):
 
 def cmd_eval(args) -> int:
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from mixdistill.data import DeviceLoader, load_dataset
@@ -121,8 +119,7 @@ def cmd_eval(args) -> int:
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
     table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
-    console = Console()
-    console.print(table)
+    console = print_table(table)
     subset = cfg.data.test_subset if cfg is not None and dataset == cfg.data.dataset and args.split == "test" else None
     if subset and subset < len(split.labels):
         console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
@@ -150,7 +147,6 @@ def _add_models(sub):
 
 
 def cmd_models(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from mixdistill.errors import require_at_least
@@ -168,8 +164,7 @@ def cmd_models(args) -> int:
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
         table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}"] if args.macs else []))
-    console = Console()
-    console.print(table)
+    console = print_table(table)
     console.print("Also accepted wherever a model is named: timm:NAME (any timm.list_models() name; pip install "
                   "'mixdistill[timm]') and tv:NAME (any torchvision.models.list_models() classification model), "
                   "built without downloading weights unless model.pretrained=true.", markup=False)
@@ -243,7 +238,6 @@ def _add_methods(sub):
 
 
 def _print_table(title: str, columns, rows) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_lines=True)
@@ -251,7 +245,7 @@ def _print_table(title: str, columns, rows) -> int:
         table.add_column(col, overflow="fold")  # a narrow terminal folds a long value, never cuts it
     for row in rows:
         table.add_row(*row)
-    Console().print(table, markup=False)
+    print_table(table, markup=False)
     return 0
 
 

@@ -13,6 +13,7 @@ from mixdistill.config import merge
 from mixdistill.resources import demo_config
 from mixdistill.studies.common import mean_std
 from mixdistill.studies.grid import GridRun, run_dir, run_grid
+from mixdistill.tables import print_table
 
 
 def demo_grid(output_dir: str, seeds: int, data_root: str | None, quick: bool) -> list[GridRun]:
@@ -64,7 +65,7 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     for method_name, accs in results.items():
         table.add_row(f"student {student_model} ({method_name.upper()})", str(student_images),
                       " ".join(f"{a:.2f}" for a in accs), mean_std(accs))  # one seed: no ±, it has no spread
-    console.print(table)
+    print_table(table, console)
     gain = statistics.mean(results["kd"]) - statistics.mean(results["ce"])
     wins = sum(k > c for k, c in zip(results["kd"], results["ce"]))
     verdict = (f"KD beats CE by {gain:.2f} points on the mean of {seeds} seed(s)" if gain > 0 else

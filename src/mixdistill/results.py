@@ -23,6 +23,7 @@ from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
 from mixdistill.studies.stats import fmt_mean_ci
+from mixdistill.tables import print_table
 
 NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
 
@@ -182,7 +183,6 @@ def csv_text(records: list[RunRecord]) -> str:
 
 def results_command(roots: list[str], per_run: bool = False, sort: str = "path", csv_path: str | None = None,
                     metric: str = "last_acc") -> int:
-    from rich.console import Console
     from rich.table import Table
 
     records = collect(roots or ["runs"])
@@ -195,8 +195,7 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    console = Console()
-    console.print(table, markup=False)
+    console = print_table(table, markup=False)
     if csv_path:
         console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False)
     return 0

@@ -33,6 +33,7 @@ from mixdistill.machine import cache_dir
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
+from mixdistill.tables import print_table
 
 __all__ = [
     "TEACHER_ARCHIVE_URL",
@@ -393,7 +394,7 @@ def _print_table(console, cache_dir) -> list[dict]:
         acc = f"{r['published_acc']:.2f}" if r["published_acc"] is not None else "-"
         status = "[green]present[/green]" if r["present"] else "[red]missing[/red]"
         table.add_row(r["name"], r["arch"], acc, status, escape(str(r["path"])))
-    console.print(table)
+    print_table(table, console)
     return rows
 
 

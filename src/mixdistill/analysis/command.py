@@ -32,6 +32,7 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.models.inference import forward_in_chunks
 from mixdistill.provenance import reconstruction_notes
 from mixdistill.resources import reference
+from mixdistill.tables import print_table
 
 REPORT_NAME, METRICS_NAME = "report.md", "metrics.json"
 FIGURES = {"reliability": "reliability_diagram.png", "tsne": "tsne.png"}
@@ -506,7 +507,6 @@ def render_report(m: dict, out_dir: Path) -> str:
 
 
 def _print_summary(m: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{m['arch']} on {m['eval_set']}")
@@ -527,4 +527,4 @@ def _print_summary(m: dict) -> None:
         table.add_row("KL(human || model)", f"{m['human_labels']['kl']:.4f}")
     if "teacher_stats" in m:
         table.add_row(f"T. stddev ({m['teacher_stats']['view']})", _f(m["teacher_stats"]["t_stddev"], 6))
-    Console().print(table)
+    print_table(table)
