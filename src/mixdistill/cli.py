@@ -237,7 +237,10 @@ def _add_methods(sub):
     p.set_defaults(func=cmd_methods)
 
 
-def _print_table(title: str, columns, rows) -> int:
+def _print_reference_table(title: str, columns, rows) -> int:
+    """The methods' and augmentations' tables: prose in their cells, folded to the console's width everywhere (80
+    columns off a terminal) rather than at the width of their longest sentence."""
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_lines=True)
@@ -245,12 +248,12 @@ def _print_table(title: str, columns, rows) -> int:
         table.add_column(col, overflow="fold")  # a narrow terminal folds a long value, never cuts it
     for row in rows:
         table.add_row(*row)
-    print_table(table, markup=False)
+    Console().print(table, markup=False)
     return 0
 
 
 def cmd_methods(args) -> int:
-    return _print_table("methods (method=NAME method.PARAM=VALUE)",
+    return _print_reference_table("methods (method=NAME method.PARAM=VALUE)",
                         ("method", "kind", "parameters (defaults)", "default augment", "source"), method_rows())
 
 
@@ -282,7 +285,7 @@ def _add_augments(sub):
 
 
 def cmd_augments(args) -> int:
-    return _print_table("augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)",
+    return _print_reference_table("augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)",
                         ("augment", "parameters (defaults)", "what it does"), augment_rows())
 
 

@@ -2,7 +2,8 @@
 
 Off a terminal (a pipe, a file, a CI log) rich assumes 80 columns and folds every cell to fit, so a run's path or
 its config breaks across lines that ``grep`` and ``sort`` then see apart; there the table is printed at the width
-its longest cells ask for instead. ``COLUMNS`` set in the environment is a width asked for, and is kept.
+its longest cells ask for instead. ``COLUMNS`` set in the environment is a width asked for, and is kept. (The
+``methods`` and ``augments`` tables, prose in their cells, print through rich directly: folded everywhere.)
 """
 
 from __future__ import annotations
