@@ -311,15 +311,23 @@ def test_env_root_holds_several_datasets(no_default_roots, monkeypatch):
         load_dataset("tiny_imagenet", "train", download=False)
 
 
-def test_failed_download_is_caught(no_default_roots, monkeypatch):
+@pytest.mark.parametrize("error, cause", [
+    (OSError("Network is unreachable"), "OSError: Network is unreachable"),
+    # torchvision's message, whose first line says nothing of why
+    (RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://mirror/, got:\n<urlopen error "
+                  "[Errno -2] Name or service not known>\n"),
+     "RuntimeError: Error downloading train-images-idx3-ubyte.gz: Tried http://mirror/, got: <urlopen error [Errno -2] "
+     "Name or service not known>"),
+])
+def test_failed_download_is_caught(no_default_roots, monkeypatch, error, cause):
     def offline(root):
-        raise OSError("Network is unreachable")
+        raise error
 
     monkeypatch.setitem(DATASETS, "cifar100", datasets.dataclasses.replace(DATASETS["cifar100"], download=offline))
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset("cifar100", "train", download=True)
-    assert "Network is unreachable" in str(e.value) and "--data-root" in str(e.value)
-    assert "internet" in str(e.value)
+    assert f"failed: {cause}" in str(e.value) and "--data-root" in str(e.value)
+    assert "internet" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_download_into_cache(no_default_roots, monkeypatch):
