@@ -104,3 +104,34 @@ def test_another_summary_number_is_averaged_and_a_loss_sorts_lowest_first(runs_r
     assert main(["results", str(runs_root), "--metric", "last_accc"]) == 2
     err = capsys.readouterr().err
     assert "--metric last_accc: no finished run's summary.json holds it; they hold epochs, last_acc," in err
+
+
+def test_the_api_returns_the_groups_as_numbers(runs_root):
+    from scipy import stats
+
+    import mixdistill
+    from mixdistill.errors import ConfigError
+
+    found = mixdistill.collect_results(runs_root, sort="acc")
+    means = [g["mean"] for g in found]
+    assert len(found) == 2 and means == sorted(means, reverse=True)  # the best mean first
+    ce = next(g for g in found if g["differs"] == {"augment.name": "none"})
+    accs = [_summary(runs_root, n)["last_acc"] for n in ("ce_s0", "ce_s1")]
+    half = stats.t.ppf(0.975, 1) * statistics.stdev(accs) / 2 ** 0.5
+    assert ce["values"] == accs and ce["mean"] == pytest.approx(statistics.fmean(accs), abs=1e-12)
+    assert ce["ci"] == pytest.approx((statistics.fmean(accs) - half, statistics.fmean(accs) + half), abs=1e-9)
+    assert type(ce["ci"][0]) is float and ce["std"] == pytest.approx(statistics.stdev(accs), abs=1e-12)
+    assert (ce["finished"], ce["unfinished"], ce["seeds"]) == (2, 1, [0, 1, 2])
+    assert [p.rsplit("/", 1)[-1] for p in ce["run_dirs"]] == ["ce_s0", "ce_s1", "ce_s2"]
+    assert ce["best_acc"] == pytest.approx(statistics.fmean(_summary(runs_root, n)["best_acc"] for n in ("ce_s0",
+                                                                                                          "ce_s1")))
+    mixup = next(g for g in found if g["config"] == "augment=mixup")
+    assert mixup["ci"] is None and mixup["std"] is None and mixup["values"] == [_summary(runs_root, "mixup_s0")[
+        "last_acc"]]
+    loss = mixdistill.collect_results(runs_root, metric="last_test_loss")
+    assert {g["config"]: g["values"] for g in loss}["augment=mixup"] == [_summary(runs_root, "mixup_s0")[
+        "last_test_loss"]]
+    with pytest.raises(ConfigError, match="^metric last_accc: no finished run's summary.json holds it"):
+        mixdistill.collect_results(runs_root, metric="last_accc")
+    with pytest.raises(ConfigError, match="sort must be 'path' or 'acc'"):
+        mixdistill.collect_results(runs_root, sort="best")

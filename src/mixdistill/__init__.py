@@ -1,8 +1,8 @@
 """mixdistill: knowledge distillation with mixed-sample data augmentation.
 
-The Python API (README: "Python API"): ``train``, ``evaluate``, ``open_run``, ``register_method``,
-``register_augment``; the model zoo: ``create_model``, ``list_models``. Each is imported on first use, so that
-``import mixdistill`` (and ``mixdistill --help``) does not pay for importing torch.
+The Python API (README: "Python API"): ``train``, ``evaluate``, ``open_run``, ``collect_results``,
+``register_method``, ``register_augment``; the model zoo: ``create_model``, ``list_models``. Each is imported on
+first use, so that ``import mixdistill`` (and ``mixdistill --help``) does not pay for importing torch.
 """
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ _LAZY = {
     "train": "mixdistill.api",
     "evaluate": "mixdistill.api",
     "open_run": "mixdistill.engine.run",
+    "collect_results": "mixdistill.results",
     "register_method": "mixdistill.methods",
     "unregister_method": "mixdistill.methods",
     "register_augment": "mixdistill.augment.registry",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mixdistill.config import metric_lower_is_better
 from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
-from mixdistill.studies.stats import fmt_mean_ci
+from mixdistill.studies.stats import fmt_mean_ci, mean_ci
 from mixdistill.tables import print_table
 
 NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
@@ -66,9 +67,9 @@ def _number(v, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _mean(values) -> str:
+def _fmean(values) -> float | None:
     values = [v for v in values if v is not None]
-    return f"{statistics.fmean(values):.2f}" if values else "-"
+    return statistics.fmean(values) if values else None
 
 
 def _epochs(record: RunRecord) -> str:
@@ -109,37 +110,63 @@ def summary_numbers(records: list[RunRecord]) -> list[str]:
                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
 
 
-def check_metric(records: list[RunRecord], metric: str) -> None:
+def check_metric(records: list[RunRecord], metric: str, option: str = "--metric") -> None:
     if metric not in summary_numbers(records):
-        raise ConfigError(f"--metric {metric}: no finished run's summary.json holds it; they hold "
+        raise ConfigError(f"{option} {metric}: no finished run's summary.json holds it; they hold "
                           f"{', '.join(summary_numbers(records)) or 'nothing yet'}")
+
+
+def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc") -> list[dict]:
+    """One dict per config, seeds pooled (what a row of the table shows, as numbers): ``config`` (the overrides
+    that set what differs between the groups, "" when nothing does), ``differs`` (those keys and values),
+    ``run_dirs``, ``seeds``, ``finished`` and ``unfinished`` (counts), ``metric``, ``values`` (the finished runs'
+    ``metric``, in run order), ``mean`` with ``ci`` (its 95% t-interval; None below two values) and ``std``, and the
+    means of ``best_acc`` and ``last_top5``. ``sort="acc"``: the best mean first (the lowest for a loss)."""
+    by_config: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_config.setdefault(group_key(record), []).append(record)
+    configs = [flat(g[0].config) for g in by_config.values()]
+    keys = varying_keys(configs, NOT_GROUPED)
+    out = []
+    for config, runs in zip(configs, by_config.values()):
+        done = [r.summary for r in runs if r.summary is not None]
+        values = [s[metric] for s in done if s.get(metric) is not None]
+        mean, low, high = mean_ci(values)
+        out.append({"config": settings(config, keys), "differs": {k: config.get(k) for k in keys},
+                    "run_dirs": [str(r.path) for r in runs], "seeds": [r.config.get("seed") for r in runs],
+                    "finished": len(done), "unfinished": len(runs) - len(done), "metric": metric, "values": values,
+                    "mean": mean if values else None, "ci": None if math.isnan(low) else (float(low), float(high)),
+                    "std": statistics.stdev(values) if len(values) > 1 else None,
+                    "best_acc": _fmean(s.get("best_acc") for s in done),
+                    "last_top5": _fmean(s.get("last_top5") for s in done)})
+    if sort == "acc":
+        out.sort(key=lambda g: best_first(metric)((g, g["mean"])))
+    return out
 
 
 def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
                ) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): one row per config, seeds pooled; ``metric``: the summary number averaged."""
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault(group_key(record), []).append(record)
-    configs = [flat(g[0].config) for g in groups.values()]
-    keys = varying_keys(configs, NOT_GROUPED)
-    rows = []
-    for config, runs in zip(configs, groups.values()):
-        done = [r.summary for r in runs if r.summary is not None]
-        last = [s[metric] for s in done if s.get(metric) is not None]
-        spread = statistics.stdev(last) if len(last) > 1 else None
-        seeds = ",".join(str(r.config.get("seed")) for r in runs)
-        unfinished = len(runs) - len(done)
-        rows.append((([settings(config, keys)] if keys else []) +
-                     [f"{len(done)}" + (f" (+{unfinished} unfinished)" if unfinished else ""), seeds,
-                      fmt_mean_ci(last, _digits(metric)), _number(spread, _digits(metric)),
-                      _mean(s.get("best_acc") for s in done), _mean(s.get("last_top5") for s in done)],
-                     statistics.fmean(last) if last else None))
-    if sort == "acc":
-        rows.sort(key=best_first(metric))
-    columns = (["config (what differs)"] if keys else []) + ["runs", "seeds", f"{_header(metric)} [95% CI]", "std",
-                                                             "best top-1 %", "top-5 %"]
-    return columns, [row for row, _ in rows]
+    """(columns, rows): :func:`groups` as the table shows them."""
+    found = groups(records, sort, metric)
+    differs = bool(found and found[0]["differs"])
+    rows = [([g["config"]] if differs else []) +
+            [f"{g['finished']}" + (f" (+{g['unfinished']} unfinished)" if g["unfinished"] else ""),
+             ",".join(str(seed) for seed in g["seeds"]), fmt_mean_ci(g["values"], _digits(metric)),
+             _number(g["std"], _digits(metric)), _number(g["best_acc"]), _number(g["last_top5"])] for g in found]
+    columns = (["config (what differs)"] if differs else []) + ["runs", "seeds", f"{_header(metric)} [95% CI]", "std",
+                                                                "best top-1 %", "top-5 %"]
+    return columns, rows
+
+
+def collect_results(*dirs: str | Path, metric: str = "last_acc", sort: str = "path") -> list[dict]:
+    """``mixdistill results DIR...`` as data: :func:`groups` of the runs below ``dirs`` (default ``runs``).
+    Bad input (no run below them, a ``metric`` no summary holds) raises the ConfigError the command prints."""
+    if sort not in ("path", "acc"):
+        raise ConfigError(f"sort must be 'path' or 'acc', got {sort!r}")
+    records = collect(list(dirs) or ["runs"])
+    if any(r.summary for r in records):
+        check_metric(records, metric, "metric")
+    return groups(records, sort, metric)
 
 
 def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
