@@ -175,8 +175,8 @@ def decide_cpu_compile(key: str, total_steps: int, measure) -> CompileDecision:
     path = cache_path()
     probes = _read_probes(path)
     if key not in probes and total_steps < MIN_PROBE_STEPS:
-        return CompileDecision(False, f"a {total_steps}-step run is too short to repay a compile "
-                                      f"(measured from {MIN_PROBE_STEPS} steps on)")
+        return CompileDecision(False, f"a run of {total_steps:,} steps is too short to repay a compile "
+                                      f"(runs of {MIN_PROBE_STEPS:,} steps or more are measured)")
     kept = decide(probes[key], total_steps) if key in probes else None
     if kept is not None and not kept.compile:
         return kept
