@@ -201,6 +201,20 @@ def test_auto_builds_a_table_only_where_the_runs_epochs_repay_it(tiny_run_overri
     assert reused["teacher_views"]["views_built"] == 0
 
 
+def test_auto_says_why_it_builds_no_table(tiny_run_overrides, teacher_ckpt, capsys, monkeypatch):
+    short = train(_kd(tiny_run_overrides, teacher_ckpt, "short"))
+    err = capsys.readouterr().err
+    assert short["teacher_views"] is None
+    assert "teacher view cache: off (2 epochs of teacher passes cost less than building 50 views x 800 images)" in err
+    monkeypatch.setattr(teacher_views, "AUTO_MAX_BYTES", 1000)  # a table of 1 view x 800 images x 10 fp32 logits
+    one_view = ["data.crop_padding=0", "data.flip=false"]  # 2 epochs repay one view
+    large = train(_kd(tiny_run_overrides, teacher_ckpt, "large", *one_view))
+    err = capsys.readouterr().err
+    assert large["teacher_views"] is None and "cost less" not in err
+    assert ("teacher view cache: off (its 1 views x 800 images would take 0 MiB, above the 0 MiB auto builds; "
+            "train.teacher_cache=true builds it)") in err
+
+
 @pytest.mark.parametrize("extra,why", [
     (["augment.name=mixup"], "augment mixup mixes the batch the teacher sees"),
     (["method=crd"], "method crd runs its teacher on other inputs"),

@@ -480,11 +480,14 @@ class Trainer:
         if table is None:
             epochs = self.cfg.optim.total_epochs - self.start_epoch
             size = teacher_views.table_bytes(n, views, self.num_classes, self.runtime.precision)
-            if setting == "auto" and not (teacher_views.pays(epochs, loader.crop_padding, loader.flip)
-                                          and size <= teacher_views.AUTO_MAX_BYTES):
+            if setting == "auto" and not teacher_views.pays(epochs, loader.crop_padding, loader.flip):
                 logger.info(f"teacher view cache: off ({epochs} epochs of teacher passes cost less than building "
-                            f"{views} views x {n} images, or the table would pass "
-                            f"{teacher_views.AUTO_MAX_BYTES >> 20} MiB)")
+                            f"{views} views x {n} images)")
+                return
+            if setting == "auto" and size > teacher_views.AUTO_MAX_BYTES:
+                logger.info(f"teacher view cache: off (its {views} views x {n} images would take {size >> 20} MiB, "
+                            f"above the {teacher_views.AUTO_MAX_BYTES >> 20} MiB auto builds; "
+                            f"train.teacher_cache=true builds it)")
                 return
             table, did = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
         self.distiller.teacher_views = table
