@@ -70,7 +70,7 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     wins = sum(k > c for k, c in zip(results["kd"], results["ce"]))
     verdict = (f"KD beats CE by {gain:.2f} points on the mean of {seeds} seed(s)" if gain > 0 else
                f"KD did NOT beat CE this time ({gain:+.2f} points on the mean of {seeds} seed(s))")
-    console.print(f"{verdict}; KD is ahead on {wins} of {seeds} seed(s).")
+    console.print(f"{verdict}; KD is ahead on {wins} of {seeds} seed(s).", soft_wrap=True)  # one line in a log
     console.print(f"Every run with its config and 95% interval: mixdistill results {output_dir}", markup=False,
                   soft_wrap=True)  # a path that can be copied whole
     return 0
