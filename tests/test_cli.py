@@ -106,6 +106,15 @@ def test_methods_table(capsys, monkeypatch):
     assert "eps=1e-07" in rows["mixstd"] and "│ flip " in rows["kdcl"]
 
 
+@pytest.mark.parametrize("command", ["methods", "augments"])
+def test_reference_tables_fold_at_160_columns_off_a_terminal(capsys, monkeypatch, command):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main([command]) == 0
+    widths = [len(line) for line in capsys.readouterr().out.splitlines()]
+    assert max(widths) == 160  # their prose would take more; rich alone would fold it at 80, mid-word
+    assert sum(w == 160 for w in widths) > 10
+
+
 def test_augments_table(capsys, monkeypatch):
     from mixdistill.augment.registry import AUGMENTATIONS, augment_params
 

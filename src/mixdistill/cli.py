@@ -238,9 +238,8 @@ def _add_methods(sub):
 
 
 def _print_reference_table(title: str, columns, rows) -> int:
-    """The methods' and augmentations' tables: prose in their cells, folded to the console's width everywhere (80
-    columns off a terminal) rather than at the width of their longest sentence."""
-    from rich.console import Console
+    """The methods' and augmentations' tables: prose in their cells, so off a terminal folded at 160 columns rather
+    than printed at the width of their longest sentence (or folded mid-word at rich's 80)."""
     from rich.table import Table
 
     table = Table(title=title, show_lines=True)
@@ -248,7 +247,7 @@ def _print_reference_table(title: str, columns, rows) -> int:
         table.add_column(col, overflow="fold")  # a narrow terminal folds a long value, never cuts it
     for row in rows:
         table.add_row(*row)
-    Console().print(table, markup=False)
+    print_table(table, max_width=160, markup=False)
     return 0
 
 
