@@ -358,6 +358,20 @@ def test_a_bad_device_flag_is_one_line_naming_it(capsys, tmp_path, fmnist_root):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # refused before anything was written
 
 
+def test_analyze_names_its_flag_in_a_bad_view_and_a_file_in_the_way_of_its_folder(capsys, tmp_path, fmnist_root):
+    from mixdistill.files import save_torch
+    from mixdistill.models import create_model
+
+    ckpt = save_torch({"model": create_model("cnn5_w8", 10, 1).state_dict(), "arch": "cnn5_w8"}, tmp_path / "m.pt")
+    argv = ["analyze", str(ckpt), "--data", "fashion_mnist", "--data-root", str(fmnist_root), "--device", "cpu"]
+    err = one_line_error(capsys, argv + ["--teacher-stats", "mixp"])
+    assert "unknown augmentation (--teacher-stats) 'mixp'. Did you mean: mixup" in err and err.endswith(", run")
+    (tmp_path / "report").write_text("mine")
+    err = one_line_error(capsys, argv + ["--out", str(tmp_path / "report")])
+    assert err.endswith(f"cannot write {tmp_path / 'report'}: a file of that name is there, not a folder")
+    assert (tmp_path / "report").read_text() == "mine"
+
+
 # ---------------------------------------------------------------------- the resolved config is complete
 
 @pytest.mark.checkout

@@ -119,6 +119,8 @@ def make_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"cannot write {path}: a file of that name is there, not a folder") from None
     except OSError as err:
         raise write_error(path, err) from None
     return path

@@ -25,7 +25,7 @@ from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
 from mixdistill.data import DATASETS, DeviceLoader, load_dataset
 from mixdistill.engine.run import FinishedRun, open_run
 from mixdistill.engine.runtime import resolve_runtime
-from mixdistill.errors import CheckpointError, ConfigError, DataError, require_at_least
+from mixdistill.errors import CheckpointError, ConfigError, DataError, UnknownNameError, require_at_least
 from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
@@ -184,8 +184,8 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         raise ConfigError(f"--pgd-steps must be >= 1, got {pgd_steps}")
     if tsne and tsne_samples < 2:
         raise ConfigError(f"--tsne-samples must be >= 2, got {tsne_samples}")
-    if teacher_stats and teacher_stats != "run":
-        make_augment(teacher_stats)  # an unknown name raises UnknownNameError listing the valid ones
+    if teacher_stats and teacher_stats != "run" and teacher_stats not in AUGMENTATIONS:
+        raise UnknownNameError("augmentation (--teacher-stats)", teacher_stats, [*AUGMENTATIONS, "run"])
     opened, run_dir = _resolve_target(target)
     ckpt_path, state = opened.checkpoint, opened.state
     out_dir = Path(out).expanduser() if out else run_dir / "analysis"
