@@ -44,7 +44,7 @@ def test_bad_config_names_the_key(overrides, fragment):
     (["method=kd", "model.teacher_checkpoint=a", "method.temprature=3"],
      "method.temprature: unknown key (did you mean method.temperature?)"),
     (["method=kd", "model.teacher_checkpoint=a", "method.zzz=3"],
-     "method.zzz: unknown key; method kd takes temperature, ce_weight, kd_weight"),
+     "method.zzz: unknown key; method kd takes temperature, ce_weight, kd_weight, logit_stand"),
     (["method=kd", "model.teacher_checkpoint=a", "method.ce_weight=0.5", "method.name=dml"],
      "method.ce_weight: unknown key; method dml takes peers, temperature "
      "(method=dml, unlike method.name=dml, starts the section afresh)"),

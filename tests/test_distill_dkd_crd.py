@@ -240,7 +240,7 @@ def test_dkd_run_config_takes_the_pairs_beta(overrides, beta):
 
     cfg = load_config("configs/cifar100_crd.yaml", ["method=dkd", *overrides])
     assert cfg.method.model_extra == {"ce_weight": 1.0, "alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20,
-                                      "mixed_target": "first"}
+                                      "mixed_target": "first", "logit_stand": False}
     assert cfg.method.params().beta == beta
     again = build_config(cfg.to_dict())  # a run's saved config.yaml reads back to the same parameters
     assert again.method.model_extra == cfg.method.model_extra

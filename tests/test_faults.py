@@ -382,7 +382,7 @@ def test_resolved_config_records_every_default(capsys, tiny_run_overrides):
 
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["method"] == {"name": "dkd", "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-                                 "warmup": 20, "mixed_target": "first"}
+                                 "warmup": 20, "mixed_target": "first", "logit_stand": False}
     assert printed["augment"] == {"name": "none"} and printed["train"]["threads"] >= 1
     mixed = load_config(None, ["augment=cutmix"]).augment.model_extra
     assert mixed == {"alpha": 1.0, "partner": "derangement", "per_sample_boxes": False,

@@ -82,9 +82,22 @@ def kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """Hinton KD term as RepDistiller's DistillKL: T^2 * batchmean KL(softmax(t/T) || softmax(s/T))."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
+            logit_stand: bool = False) -> torch.Tensor:
+    """Hinton KD term as RepDistiller's DistillKL: T^2 * batchmean KL(softmax(t/T) || softmax(s/T)); with
+    ``logit_stand`` both networks' logits are first :func:`logit_standardized` (the released LS-KD ``kd_loss``)."""
+    if logit_stand:
+        student_logits, teacher_logits = logit_standardized(student_logits), logit_standardized(teacher_logits)
     return kl_div(student_logits, teacher_logits, temperature) * temperature**2
+
+
+def logit_standardized(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Sun et al.'s logit standardisation (CVPR 2024, "Logit Standardization in Knowledge Distillation", released
+    ``normalize``): each sample's logits minus their mean over classes, divided by their unbiased std plus ``eps``.
+    Gradient flows through the mean and the std. A KD loss on standardised logits does not change when a network's
+    logits of a sample are shifted or scaled (by a positive factor): only their relations are matched."""
+    logits = logits.float()
+    return (logits - logits.mean(dim=1, keepdim=True)) / (logits.std(dim=1, keepdim=True, unbiased=True) + eps)
 
 
 def std_normalized(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -33,6 +33,9 @@ target class decides the binary split and which class is removed for NCKD. ``mix
 
   (both terms times T^2, as above). A one-source record (no mixing) gives exactly the ``first`` form, and so does
   a mixed sample whose weights are (1, 0).
+
+``logit_stand=true``: Sun et al.'s logit standardisation (CVPR 2024; their ``mdistiller/distillers/DKD.py``): both
+networks' logits z-scored per sample before TCKD and NCKD (the CE term keeps the raw logits); see ``kd``.
 """
 
 from typing import Literal
@@ -42,7 +45,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mixdistill.distill.base import Distiller, MethodParams, step_output
-from mixdistill.losses import mixed_cross_entropy
+from mixdistill.distill.kd import LOGIT_STAND
+from mixdistill.losses import logit_standardized, mixed_cross_entropy
 from mixdistill.registry import METHODS
 from mixdistill.resources import pair_params
 
@@ -100,6 +104,7 @@ class DKDParams(MethodParams):
         "first", description="target class of TCKD/NCKD on a mixed batch: first = source 0's label (mdistiller's "
                              "DKD on unmixed batches, the behaviour before this option); weighted = "
                              "sum_k w_k (alpha TCKD_k + beta NCKD_k) over the record's sources")
+    logit_stand: bool = Field(False, description=LOGIT_STAND)
 
 
 # names mdistiller's configs use for a network this package also registers under another name
@@ -122,15 +127,17 @@ class DKD(Distiller):
         batch = self.mix(images, labels, info)
         teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.images)
+        z_s, z_t = ((logit_standardized(logits), logit_standardized(teacher_logits)) if p.logit_stand
+                    else (logits, teacher_logits))
         if p.mixed_target == "weighted" and batch.num_sources > 1:
             tckd = nckd = 0
             for k in range(batch.num_sources):  # sum_k w_k * (TCKD, NCKD) with source k's label as target class
-                t_k, n_k = dkd_terms(logits, teacher_logits, labels[batch.sources[:, k]], p.temperature,
+                t_k, n_k = dkd_terms(z_s, z_t, labels[batch.sources[:, k]], p.temperature,
                                      sample_weights=batch.weights[:, k])
                 tckd, nckd = tckd + t_k, nckd + n_k
         else:
             target = labels[batch.sources[:, 0]]  # the label of source 0 for mixed samples (see module docstring)
-            tckd, nckd = dkd_terms(logits, teacher_logits, target, p.temperature)
+            tckd, nckd = dkd_terms(z_s, z_t, target, p.temperature)
         return step_output(logits, {
             "ce": p.ce_weight * mixed_cross_entropy(logits, labels, batch),
             "dkd": warmup_factor(info.epoch, p.warmup) * (p.alpha * tckd + p.beta * nckd),
