@@ -113,6 +113,29 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
         run_grid(changed, study, rerun=["nothing/*"], jobs=1, log=lambda *_: None)
 
 
+def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_root, tmp_path):
+    import copy
+    import os
+
+    from mixdistill.errors import LockedError
+    from mixdistill.files import hold_lock
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
+    def files():  # but the lock's own (its file and the note naming its holder)
+        return sorted(p.relative_to(study) for p in study.rglob("*") if not p.name.startswith(grid_module.GRID_LOCK))
+
+    before = files()
+    changed = copy.deepcopy(runs)
+    changed[1].config["method"] = {"name": "kd", "temperature": 2.0}  # would set kd/seed0 aside and train it again
+    with hold_lock(study / grid_module.GRID_LOCK, "running a grid of 2 runs"):  # as another invocation holds it
+        with pytest.raises(LockedError, match=rf"^{study} is in use by pid {os.getpid()} .*running a grid of 2 runs"):
+            run_grid(changed, study, jobs=1, log=lambda *_: None)
+        assert files() == before
+    assert run_grid(changed, study, jobs=1, log=lambda *_: None)["kd/seed0"]["config"]["method"]["temperature"] == 2.0
+
+
 def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmnist_root, tmp_path):
     import yaml
 

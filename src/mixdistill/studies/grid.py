@@ -48,6 +48,9 @@ class GridRun:
         return self.key.replace("/", "__")
 
 
+GRID_LOCK = "grid.lock"  # held by the process running a grid in that folder
+
+
 def run_dir(study_dir: str | Path, key: str) -> Path:
     """The directory the grid gives run ``key`` in ``study_dir``."""
     return Path(study_dir) / "runs" / GridRun(key, {}).run_name()
@@ -186,44 +189,47 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
     if unmatched:
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
-    results = ResultsFile(study_dir / "results.jsonl")
-    done = results.read()
-    again: dict[str, str] = {}  # key -> why it runs again
+    # one invocation at a time per folder: a second one would re-run or set aside the runs the first is training
+    with hold_lock(study_dir / GRID_LOCK, f"running a grid of {len(runs)} runs"):
+        results = ResultsFile(study_dir / "results.jsonl")
+        done = results.read()
+        again: dict[str, str] = {}  # key -> why it runs again
 
-    def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
-        return key in again or (key not in done and not (configs[key].run_dir / "summary.json").exists())
+        def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
+            return key in again or (key not in done and not (configs[key].run_dir / "summary.json").exists())
 
-    run_dirs = _run_dirs(configs)
-    for run in sorted(runs, key=lambda r: r.stage):
-        cfg = configs[run.key]
-        if run.key not in done:
-            continue
-        teacher = _teacher_run(cfg, run_dirs)
-        if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
-            again[run.key] = "re-running as asked"
-        elif not _row_matches(done[run.key], cfg):
-            again[run.key] = "finished with a different config; re-running it"
-        elif teacher is not None and _trains_anew(teacher):
-            again[run.key] = "its teacher is trained anew; re-running it"
-    for key, why in again.items():
-        del done[key]
-        moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
-        log(f"{key}: {why}{moved}")
-    skipped = sum(r.key in done for r in runs)
-    if skipped:
-        log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
-    todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)  # stable: grid order within a stage
-    needs = dependencies(todo, configs, run_dirs)
-    if executor == "local":
-        finished = _run_local(todo, needs, study_dir, retries, quiet, jobs, log)
-    elif executor == "ray":
-        finished = _run_ray(todo, needs, study_dir, address, retries, quiet, log) if todo else []
-    else:
-        raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
-    for row in finished:
-        results.append(row)
-        done[row["key"]] = row
-    return {k: done[k] for k in keys}
+        run_dirs = _run_dirs(configs)
+        for run in sorted(runs, key=lambda r: r.stage):
+            cfg = configs[run.key]
+            if run.key not in done:
+                continue
+            teacher = _teacher_run(cfg, run_dirs)
+            if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
+                again[run.key] = "re-running as asked"
+            elif not _row_matches(done[run.key], cfg):
+                again[run.key] = "finished with a different config; re-running it"
+            elif teacher is not None and _trains_anew(teacher):
+                again[run.key] = "its teacher is trained anew; re-running it"
+        for key, why in again.items():
+            del done[key]
+            moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
+            log(f"{key}: {why}{moved}")
+        skipped = sum(r.key in done for r in runs)
+        if skipped:
+            log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
+        # stable: grid order within a stage
+        todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
+        needs = dependencies(todo, configs, run_dirs)
+        if executor == "local":
+            finished = _run_local(todo, needs, study_dir, retries, quiet, jobs, log)
+        elif executor == "ray":
+            finished = _run_ray(todo, needs, study_dir, address, retries, quiet, log) if todo else []
+        else:
+            raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
+        for row in finished:
+            results.append(row)
+            done[row["key"]] = row
+        return {k: done[k] for k in keys}
 
 
 def worker_pool(workers: int):
