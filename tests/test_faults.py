@@ -4,6 +4,7 @@ read-only disks, unreadable checkpoints and data files, and inputs that must be 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -439,3 +440,23 @@ def test_every_executor_makes_the_same_runs(tmp_path, fmnist_root):
                           for k, r in rows.items()}
     assert outcomes["local"] == outcomes["local_side_by_side"] == outcomes["ray"]
     assert all(threads == 1 for *_, threads in outcomes["ray"].values())
+
+
+def test_standard_output_that_cannot_be_written_is_one_line_or_silence(capsys, monkeypatch):
+    """``mixdistill models > /dev/full``: one line, exit 1 (it was a traceback); a reader that closed the pipe
+    (``| head``): exit 1, nothing printed."""
+    import io
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["models"]) == 1
+    assert capsys.readouterr().err == "mixdistill: error: cannot write the output: [Errno 28] No space left on device\n"
+    monkeypatch.undo()
+    proc = subprocess.Popen([sys.executable, "-m", "mixdistill", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the table is written
+    err = proc.stderr.read()
+    assert proc.wait() == 1 and err == b""

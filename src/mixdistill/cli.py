@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from mixdistill.errors import MixdistillError
@@ -437,6 +439,19 @@ DATA_ROOT_HINTS = {
 }
 
 
+OUTPUT_ERRNOS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT}  # errors of a write
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush of what could not be written does
+    not fail again (and print a traceback) on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind it (a replaced stream)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -458,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mixdistill: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the files mixdistill writes raise WriteError; these come from standard output
+        if err.errno not in OUTPUT_ERRNOS:
+            raise
+        _drop_stdout()
+        if err.errno != errno.EPIPE:  # a reader that stopped reading (`| head`) is not an error to report
+            print(f"mixdistill: error: cannot write the output: [Errno {err.errno}] {err.strerror}", file=sys.stderr)
+        return 1
     finally:
         if hint is not None:
             ROOT_HINT.reset(hint)
