@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from mixdistill.augment import augment_uses_teacher, resolve_augment_params
 from mixdistill.data.datasets import DATASETS
 from mixdistill.errors import ConfigError, MixdistillError, UnknownNameError
+from mixdistill.machine import DEVICE_NAMES, is_device_name
 from mixdistill.methods import METHODS
 from mixdistill.models import check_model_name, is_external
 from mixdistill.schema import Schema, load_yaml
@@ -164,8 +165,8 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError(f"'{value}' is not a device this trainer runs on (auto, cpu, cuda, cuda:N)")
+        if not is_device_name(value):
+            raise ValueError(f"'{value}' is not a device this trainer runs on ({DEVICE_NAMES})")
         return value
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -7,7 +7,16 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 from pathlib import Path
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """Is ``name`` a device a run can be given (``train.device``, ``--device``): one of :data:`DEVICE_NAMES`?"""
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None
 
 
 def cpu_name() -> str:

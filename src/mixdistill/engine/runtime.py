@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ import torch
 
 from mixdistill.data.loader import epoch_seed
 from mixdistill.errors import ConfigError
-from mixdistill.machine import cpu_name
+from mixdistill.machine import DEVICE_NAMES, cpu_name, is_device_name
 
 
 def cpu_has_native_bf16() -> bool:
@@ -191,8 +190,8 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     names ``option``, where the user gave it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise ConfigError(f"{option}: '{name}' is not a device (auto, cpu, cuda, cuda:N)")
+    if not is_device_name(name):
+        raise ConfigError(f"{option}: '{name}' is not a device ({DEVICE_NAMES})")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
