@@ -255,7 +255,8 @@ def _print_reference_table(title: str, columns, rows) -> int:
 
 def cmd_methods(args) -> int:
     return _print_reference_table("methods (method=NAME method.PARAM=VALUE)",
-                        ("method", "kind", "parameters (defaults)", "default augment", "source"), method_rows())
+                                  ("method", "kind", "parameters (defaults)", "default augment", "source"),
+                                  method_rows())
 
 
 def augment_rows() -> list[tuple[str, str, str]]:
@@ -287,7 +288,7 @@ def _add_augments(sub):
 
 def cmd_augments(args) -> int:
     return _print_reference_table("augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)",
-                        ("augment", "parameters (defaults)", "what it does"), augment_rows())
+                                  ("augment", "parameters (defaults)", "what it does"), augment_rows())
 
 
 def _add_teachers(sub):

@@ -110,10 +110,14 @@ def summary_numbers(records: list[RunRecord]) -> list[str]:
                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
 
 
-def check_metric(records: list[RunRecord], metric: str, option: str = "--metric") -> None:
-    if metric not in summary_numbers(records):
+def records_with(roots: list[str | Path], metric: str, option: str = "--metric") -> list[RunRecord]:
+    """The runs below ``roots`` (default ``runs``), once at least one of them has finished with a ``metric`` in its
+    summary (none finished yet: no check); ``option`` names the argument in the error."""
+    records = collect(list(roots) or ["runs"])
+    if any(r.summary for r in records) and metric not in summary_numbers(records):
         raise ConfigError(f"{option} {metric}: no finished run's summary.json holds it; they hold "
                           f"{', '.join(summary_numbers(records)) or 'nothing yet'}")
+    return records
 
 
 def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc") -> list[dict]:
@@ -163,10 +167,7 @@ def collect_results(*dirs: str | Path, metric: str = "last_acc", sort: str = "pa
     Bad input (no run below them, a ``metric`` no summary holds) raises the ConfigError the command prints."""
     if sort not in ("path", "acc"):
         raise ConfigError(f"sort must be 'path' or 'acc', got {sort!r}")
-    records = collect(list(dirs) or ["runs"])
-    if any(r.summary for r in records):
-        check_metric(records, metric, "metric")
-    return groups(records, sort, metric)
+    return groups(records_with(dirs, metric, "metric"), sort, metric)
 
 
 def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
@@ -212,9 +213,7 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
                     metric: str = "last_acc") -> int:
     from rich.table import Table
 
-    records = collect(roots or ["runs"])
-    if any(r.summary for r in records):
-        check_metric(records, metric)
+    records = records_with(roots, metric)
     columns, rows = (run_rows if per_run else group_rows)(records, sort, metric)
     finished = sum(r.summary is not None for r in records)
     table = Table(title=f"{len(records)} runs ({finished} finished) below {', '.join(roots or ['runs'])}")
