@@ -12,8 +12,8 @@ torchdistill caches teacher outputs per sample for un-augmented inputs; this is 
 enumerated.
 
 Bit for bit: a sample's teacher logits do not depend on the other samples of its batch, on the batch size or on the
-thread count (per-sample convolutions; tests/test_teacher_views.py checks whole runs with and without).
-Every process checks
+thread count (per-sample convolutions; tests/test_teacher_views.py checks whole runs with and without, and where a
+machine's kernels break it, that the check below turns the table off). Every process checks
 it on its first looked-up batch, which it also runs through the teacher: a difference switches the table off for
 the run, with a warning, and the run computes what it would have without it.
 
