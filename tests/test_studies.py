@@ -10,7 +10,7 @@ import pytest
 from mixdistill.cli import main
 from mixdistill.errors import ConfigError, UnknownNameError
 from mixdistill.studies import get_study, run_study, study_runs
-from mixdistill.studies.common import load_study_config
+from mixdistill.studies.common import load_study_config, replicates_text
 from mixdistill.studies.grid import ResultsFile
 
 
@@ -143,6 +143,7 @@ def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path, monk
 def test_das2020_smoke_study(fmnist_root, tmp_path):
     path, report = _smoke_report("das2020", 2, fmnist_root, tmp_path)
     assert "| mixup |" in report and "unaugmented teacher over-confident" in report and "as_published" in report
+    assert "2 replicates each (seeds 0, 1)" in report
     assert "paired t over" in report or "paired t, 2 seeds" in report
     # the class-discrimination finding ranks the as_published values (the paper's notebook), correct beside them
     assert "as_published variant as the paper's notebook; correct variant, for information: rho =" in report
@@ -412,3 +413,8 @@ def test_committed_cpu_results_were_made_by_todays_cpu_grid(name, monkeypatch):
     rows = ResultsFile(committed).read()
     stale = [r.key for r in runs if r.key not in rows or not _row_matches(rows[r.key], resolve(r, study_dir))]
     assert not stale, f"{len(stale)} of {len(runs)} runs differ from the committed results, e.g. {stale[:3]}"
+
+
+def test_the_replicate_count_reads_right_for_one_seed():
+    assert replicates_text([0]) == "1 replicate each (seed 0)"
+    assert replicates_text([3, 7]) == "2 replicates each (seeds 3, 7)"

@@ -20,7 +20,7 @@ from mixdistill.analysis.smoothness import logit_std, output_entropy
 from mixdistill.config import merge
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       scale_config, test_logits, timing_markdown)
+                                       replicates_text, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm,
                                       paired)
@@ -174,7 +174,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     replicates = sorted(acc(role="teacher", condition="vanilla", teacher=t0))
     lines = [f"# choi2023 study ({scale} scale, {dataset})", "",
              f"Teachers {', '.join(teachers)} trained plainly (vanilla) and with choi2023's two-permutation mixup, "
-             f"{len(replicates)} replicates each (seeds {', '.join(map(str, replicates))}); students "
+             f"{replicates_text(replicates)}; students "
              f"{', '.join(students)} of seed r learn from replicate r. Top-1 % on the {dataset} test set, last epoch. "
              f"The paper's results are {paper_ds} (read off a figure) and appear only as the direction of each claim.",
              ""]

@@ -38,6 +38,12 @@ def mean_std(values, digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def replicates_text(seeds: list[int]) -> str:
+    """'3 replicates each (seeds 0, 1, 2)'; '1 replicate each (seed 0)'."""
+    n = len(seeds)
+    return f"{n} replicate{'s' * (n != 1)} each (seed{'s' * (n != 1)} {', '.join(map(str, seeds))})"
+
+
 def select(rows: dict, **labels) -> list[dict]:
     """The result rows whose labels match every ``labels`` item."""
     return [r for r in rows.values() if all(r["labels"].get(k) == v for k, v in labels.items())]

@@ -24,7 +24,7 @@ from mixdistill.errors import MixdistillError
 from mixdistill.files import write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       scale_config, test_outputs, timing_markdown)
+                                       replicates_text, scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (Effect, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
                                       holm, paired, rank_correlation)
@@ -287,8 +287,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     replicates = sorted(values("acc", role="teacher", condition="none"))
     paper_ds = ref["dataset"].upper().replace("CIFAR", "CIFAR-")
     lines = [f"# das2020 study ({scale} scale, {dataset})", "",
-             f"Teachers ({sc['teacher']['model']['student']}) trained under each condition, {len(replicates)} "
-             f"replicates each (seeds {', '.join(map(str, replicates))}); students {', '.join(students)} distilled "
+             f"Teachers ({sc['teacher']['model']['student']}) trained under each condition, "
+             f"{replicates_text(replicates)}; students {', '.join(students)} distilled "
              f"from each replicate on un-augmented images with das2020's KD (T = 20, g = 0.5). Top-1 % and ECE "
              f"({ECE_BINS} bins, as das2020) on the {dataset} test set, last epoch. The paper's numbers are "
              f"{paper_ds} (ResNet-18 teacher, LeNet-5 and AlexNet students) and appear only as the direction and "
