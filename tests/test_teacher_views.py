@@ -115,15 +115,18 @@ def test_the_batch_probe_sees_a_teacher_whose_logits_depend_on_the_batch(tiny_ru
 
 def test_the_table_holds_the_teachers_logits_of_each_view(tiny_run_overrides, teacher_ckpt):
     """Each view's column is that crop/flip of every sample: compared on the batches the build ran (rows 0-63, and
-    768-799, its short last one), so this holds whatever the kernels do with other batches."""
+    768-799 of its last, 736-799, which overlaps the one before), so this holds whatever the kernels do with other
+    batches; and the build runs the teacher on full batches only."""
     trainer = Trainer(_kd(tiny_run_overrides, teacher_ckpt, "t"), quiet=True)
     src = trainer._views_source()
-    table = teacher_views.build_table(src, 64)
+    sizes = []
+    table = teacher_views.build_table(dataclasses.replace(
+        src, teacher_logits=lambda x: sizes.append(len(x)) or src.teacher_logits(x)), 64)
     ids = crop_flip_views(src.loader.crop_padding, src.loader.flip)
-    assert table.shape == (800, len(ids), 10)
+    assert table.shape == (800, len(ids), 10) and set(sizes) == {64} and len(sizes) == 13 * len(ids)
     for v in (0, 17, len(ids) - 1):
-        for rows in (torch.arange(64), torch.arange(768, 800)):
-            assert torch.equal(_view_logits(src, rows, int(ids[v])), table[rows, v])
+        assert torch.equal(_view_logits(src, torch.arange(64), int(ids[v])), table[:64, v])
+        assert torch.equal(_view_logits(src, torch.arange(736, 800), int(ids[v]))[32:], table[768:, v])
     assert not torch.equal(table[:, 0], table[:, 17])
 
 

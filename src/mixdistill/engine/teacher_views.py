@@ -108,8 +108,9 @@ def table_key(src: TableSource) -> str:
 
 def build_table(src: TableSource, batch_size: int, views: list[int] | None = None) -> torch.Tensor:
     """``[N, V, classes]``: the teacher's logits of sample ``n`` in its ``v``-th view (``crop_flip_views`` order),
-    each computed as the training loop would: crop/flip, normalise, layout, the runtime's autocast. ``views``: only
-    these positions of that order (``[N, len(views), classes]``)."""
+    each computed as the training loop would: crop/flip, normalise, layout, the runtime's autocast, in batches of
+    the loop's size (the last one overlaps the one before, so that kernels that choose by batch size see the
+    loop's). ``views``: only these positions of that order (``[N, len(views), classes]``)."""
     loader = src.loader
     ids = crop_flip_views(loader.crop_padding, loader.flip)
     if views is not None:
@@ -118,7 +119,9 @@ def build_table(src: TableSource, batch_size: int, views: list[int] | None = Non
     table = None
     for v, view in enumerate(ids.tolist()):
         for start in range(0, n, batch_size):
-            idx = torch.arange(start, min(start + batch_size, n))
+            stop = min(start + batch_size, n)
+            first = max(0, stop - batch_size)  # the last batch full too, overlapping: the loop's are (drop_last)
+            idx = torch.arange(first, stop)
             dy, dx, flips = view_parameters(torch.full((len(idx),), view), loader.crop_padding)
             x = crop_flip(loader.images.index_select(0, idx.to(loader.device)), loader.crop_padding, dy, dx, flips)
             x = normalize(x, loader.mean, loader.std)
@@ -128,7 +131,7 @@ def build_table(src: TableSource, batch_size: int, views: list[int] | None = Non
                 logits = src.teacher_logits(x)
             if table is None:
                 table = torch.empty(n, len(ids), logits.shape[1], dtype=logits.dtype, device=logits.device)
-            table[start:start + len(idx), v] = logits
+            table[start:stop, v] = logits[start - first:]
     return table
 
 
