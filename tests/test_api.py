@@ -276,8 +276,13 @@ def test_plugins_named_in_the_environment_reach_the_command_line(tmp_path):
     assert "name: plugin_ce" in done.stdout and "name: plugin_noise" in done.stdout and "sigma: 0.5" in done.stdout
     broken = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env={**env, "MIXDISTILL_PLUGINS": "my_plugin, broken_plugin"})
-    assert broken.returncode != 0 and "plugin broken_plugin (from $MIXDISTILL_PLUGINS) failed to import" in \
-        broken.stderr and "plugin bug" in broken.stderr
+    assert broken.returncode == 2 and broken.stderr.splitlines() == [
+        "mixdistill: error: plugin broken_plugin (from $MIXDISTILL_PLUGINS) failed to import: RuntimeError: plugin bug"]
+    missing = subprocess.run([sys.executable, "-m", "mixdistill", "methods"], capture_output=True, text=True,
+                             timeout=300, env={**env, "MIXDISTILL_PLUGINS": "my_plugin_typo"})
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        "mixdistill: error: plugin my_plugin_typo (from $MIXDISTILL_PLUGINS) failed to import: ModuleNotFoundError: "
+        "No module named 'my_plugin_typo'"] and missing.stdout == ""
 
 
 def test_entry_point_plugins_are_loaded(monkeypatch):

@@ -299,6 +299,26 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert "note: the whole test split; the run itself evaluated on data.test_subset = 50 images" in out
 
 
+def test_a_run_of_a_plugin_method_not_loaded_here_says_so(capsys, tiny_run_overrides):
+    """eval and analyze of a run whose config names a method no plugin registered here: the reason, not 'does not
+    record its dataset'; --data gets past it."""
+    import torch
+
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=plug", "optim.epochs=1",
+                 "--quiet"]) == 0
+    run_dir = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir=")) + "/plug"
+    state = torch.load(run_dir + "/last.pt", weights_only=False)
+    state["config"]["method"] = {"name": "label_smoothing", "smoothing": 0.1}
+    torch.save(state, run_dir + "/last.pt")
+    capsys.readouterr()
+    why = ("its saved config does not validate here (unknown method 'label_smoothing': a plugin's? name its module "
+           "in $MIXDISTILL_PLUGINS), so its dataset is not known: pass ")
+    _one_line_error(capsys, ["eval", run_dir], why + "--data")
+    _one_line_error(capsys, ["analyze", run_dir, "--out", run_dir + "/a"], why + "--dataset NAME")
+    data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
+    assert main(["eval", run_dir, "--data", "fashion_mnist", "--data-root", data_root, "--device", "cpu"]) == 0
+
+
 @pytest.mark.parametrize("columns", [None, "60"])
 def test_results_table_never_cuts_a_run_name(capsys, monkeypatch, columns):
     from mixdistill.cli import _print_summary_table

@@ -66,7 +66,7 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     cfg = opened.cfg
     dataset = data or (cfg.data.dataset if cfg else None)
     if dataset is None:
-        raise ConfigError(f"{opened.checkpoint} does not record its dataset: pass data=NAME")
+        raise opened.missing_dataset("data=NAME")
     root = str(root) if root is not None else None
     if cfg is not None and dataset == cfg.data.dataset:
         images = opened.split(split, root=root, use_subset=False)

@@ -95,14 +95,14 @@ def cmd_eval(args) -> int:
     from mixdistill.engine.evaluate import evaluate
     from mixdistill.engine.run import open_run
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
-    from mixdistill.errors import ConfigError, require_at_least
+    from mixdistill.errors import require_at_least
 
     require_at_least("--batch-size", args.batch_size, 1)
     opened = open_run(args.checkpoint)
     cfg = opened.cfg
     dataset = args.data or (cfg.data.dataset if cfg else None)
     if dataset is None:
-        raise ConfigError("this checkpoint does not record its dataset: pass --data")
+        raise opened.missing_dataset("--data")
     if cfg is not None and dataset == cfg.data.dataset:
         split = opened.split(args.split, root=args.data_root, use_subset=False)
     else:
@@ -454,7 +454,11 @@ def _drop_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the config layer, and with it the plugins ($MIXDISTILL_PLUGINS)
+    except MixdistillError as err:
+        print(f"mixdistill: error: {err}", file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come after options (`train CFG --quiet a=1`)
         if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):

@@ -197,7 +197,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     # what the model was trained on: normalisation, classes, channels
     train_name = dataset or data_cfg.get("dataset") or (data if data in DATASETS else None)
     if train_name is None:
-        raise ConfigError(f"{ckpt_path} does not record its training dataset: pass --dataset NAME")
+        raise opened.missing_dataset("--dataset NAME")
     if train_name not in DATASETS:
         raise ConfigError(f"unknown training dataset '{train_name}'; valid: {', '.join(DATASETS)}")
     spec = DATASETS[train_name]

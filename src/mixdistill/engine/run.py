@@ -25,8 +25,9 @@ from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.data.datasets import Split
 from mixdistill.engine.build import build_teacher
 from mixdistill.engine.checkpoint import load_checkpoint
-from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
+from mixdistill.methods import PLUGINS_ENV
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.schema import load_yaml
@@ -171,6 +172,14 @@ class FinishedRun:
     cfg: RunConfig | None  # None: a foreign checkpoint ({'model': state_dict}, e.g. RepDistiller's)
     config_error: str | None = None  # why a saved config did not validate (an older mixdistill's schema)
 
+    def missing_dataset(self, how: str) -> ConfigError:
+        """The error for a command that needs the run's dataset where its config gives none (``how``: what to pass
+        instead)."""
+        if self.config_error:
+            return ConfigError(f"{self.checkpoint}: its saved config does not validate here ({self.config_error}), so "
+                               f"its dataset is not known: pass {how}")
+        return ConfigError(f"{self.checkpoint} does not record its dataset: pass {how}")
+
     @property
     def arch(self) -> str | None:
         return self.state.get("arch") or (self.cfg.model.student if self.cfg else None)
@@ -179,8 +188,7 @@ class FinishedRun:
         """The run's dataset split (its ``data.test_subset`` / ``train_subset`` applied), read from ``root`` or the
         run's own ``data.root``."""
         if self.cfg is None:
-            why = f" (its saved config does not validate: {self.config_error})" if self.config_error else ""
-            raise ConfigError(f"{self.checkpoint} does not record its dataset{why}: pass one (--data)")
+            raise self.missing_dataset("one (--data)")
         d = self.cfg.data
         split = load_dataset(d.dataset, name, root=root or d.root)
         subset = d.test_subset if name == "test" else d.train_subset
@@ -225,6 +233,8 @@ def open_run(path: str | Path) -> FinishedRun:
     if isinstance(state.get("config"), dict):
         try:
             cfg = build_config(state["config"])
+        except UnknownNameError as err:  # most likely a plugin's method or augmentation, its plugin not loaded here
+            error = f"unknown {err.kind} '{err.name}': a plugin's? name its module in ${PLUGINS_ENV}"
         except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
     return FinishedRun(path, state, cfg, error)
