@@ -135,3 +135,22 @@ def test_the_api_returns_the_groups_as_numbers(runs_root):
         mixdistill.collect_results(runs_root, metric="last_accc")
     with pytest.raises(ConfigError, match="sort must be 'path' or 'acc'"):
         mixdistill.collect_results(runs_root, sort="best")
+
+
+def test_a_seed_run_twice_is_not_two_replicates(runs_root, tmp_path):
+    """The same config and seed under two names (a re-run, a copy): pooled into the mean, but no interval or spread,
+    which would count one seed's run as independent evidence twice."""
+    import mixdistill
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root, root)
+    shutil.copytree(root / "ce_s0", root / "ce_s0_again")
+    ce = next(g for g in mixdistill.collect_results(root) if g["config"] == "augment=none")
+    accs = [_summary(root, n)["last_acc"] for n in ("ce_s0", "ce_s0_again", "ce_s1")]
+    assert ce["seeds"] == [0, 0, 1, 2] and ce["repeated_seeds"] == [0] and ce["values"] == accs
+    assert ce["ci"] is None and ce["std"] is None and ce["mean"] == pytest.approx(statistics.fmean(accs))
+    row = {r[0]: r for r in group_rows(collect([root]))[1]}["augment=none"]
+    assert row[3] == f"{statistics.fmean(accs):.2f} (no CI: seed 0 in more than one run)" and row[4] == "-"
+    (root / "ce_s0_again" / "summary.json").unlink()  # unfinished: not counted, so no repeat among the values
+    ce = next(g for g in mixdistill.collect_results(root) if g["config"] == "augment=none")
+    assert ce["repeated_seeds"] == [] and ce["ci"] is not None

@@ -17,13 +17,14 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from mixdistill.config import metric_lower_is_better
 from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
-from mixdistill.studies.stats import fmt_mean_ci, mean_ci
+from mixdistill.studies.stats import mean_ci
 from mixdistill.tables import print_table
 
 NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
@@ -124,8 +125,9 @@ def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc
     """One dict per config, seeds pooled (what a row of the table shows, as numbers): ``config`` (the overrides
     that set what differs between the groups, "" when nothing does), ``differs`` (those keys and values),
     ``run_dirs``, ``seeds``, ``finished`` and ``unfinished`` (counts), ``metric``, ``values`` (the finished runs'
-    ``metric``, in run order), ``mean`` with ``ci`` (its 95% t-interval; None below two values) and ``std``, and the
-    means of ``best_acc`` and ``last_top5``. ``sort="acc"``: the best mean first (the lowest for a loss)."""
+    ``metric``, in run order), ``repeated_seeds`` (seeds more than one of them ran), ``mean`` with ``ci`` (its 95%
+    t-interval) and ``std`` (both None below two values, or where a seed repeats: not independent replicates), and
+    the means of ``best_acc`` and ``last_top5``. ``sort="acc"``: the best mean first (the lowest for a loss)."""
     by_config: dict[str, list[RunRecord]] = {}
     for record in records:
         by_config.setdefault(group_key(record), []).append(record)
@@ -135,17 +137,31 @@ def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc
     for config, runs in zip(configs, by_config.values()):
         done = [r.summary for r in runs if r.summary is not None]
         values = [s[metric] for s in done if s.get(metric) is not None]
+        counted = Counter(r.config.get("seed") for r in runs if r.summary and r.summary.get(metric) is not None)
+        repeated = sorted((seed for seed, n in counted.items() if n > 1), key=str)
         mean, low, high = mean_ci(values)
         out.append({"config": settings(config, keys), "differs": {k: config.get(k) for k in keys},
                     "run_dirs": [str(r.path) for r in runs], "seeds": [r.config.get("seed") for r in runs],
                     "finished": len(done), "unfinished": len(runs) - len(done), "metric": metric, "values": values,
-                    "mean": mean if values else None, "ci": None if math.isnan(low) else (float(low), float(high)),
-                    "std": statistics.stdev(values) if len(values) > 1 else None,
+                    "repeated_seeds": repeated, "mean": mean if values else None,
+                    "ci": None if math.isnan(low) or repeated else (float(low), float(high)),
+                    "std": statistics.stdev(values) if len(values) > 1 and not repeated else None,
                     "best_acc": _fmean(s.get("best_acc") for s in done),
                     "last_top5": _fmean(s.get("last_top5") for s in done)})
     if sort == "acc":
         out.sort(key=lambda g: best_first(metric)((g, g["mean"])))
     return out
+
+
+def _mean_ci_cell(group: dict, digits: int) -> str:
+    """``84.97 [84.68, 85.26]``; no interval where a seed repeats: runs of one seed are not independent replicates
+    (the same seed run twice, e.g. under two names)."""
+    if group["mean"] is None:
+        return "-"
+    mean = f"{group['mean']:.{digits}f}"
+    if group["repeated_seeds"]:
+        return f"{mean} (no CI: seed {', '.join(map(str, group['repeated_seeds']))} in more than one run)"
+    return mean if group["ci"] is None else f"{mean} [{group['ci'][0]:.{digits}f}, {group['ci'][1]:.{digits}f}]"
 
 
 def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
@@ -155,7 +171,7 @@ def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last
     differs = bool(found and found[0]["differs"])
     rows = [([g["config"]] if differs else []) +
             [f"{g['finished']}" + (f" (+{g['unfinished']} unfinished)" if g["unfinished"] else ""),
-             ",".join(str(seed) for seed in g["seeds"]), fmt_mean_ci(g["values"], _digits(metric)),
+             ",".join(str(seed) for seed in g["seeds"]), _mean_ci_cell(g, _digits(metric)),
              _number(g["std"], _digits(metric)), _number(g["best_acc"]), _number(g["last_top5"])] for g in found]
     columns = (["config (what differs)"] if differs else []) + ["runs", "seeds", f"{_header(metric)} [95% CI]", "std",
                                                                 "best top-1 %", "top-5 %"]
