@@ -348,7 +348,11 @@ class Trainer:
         teacher_eval = None
         if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
-            logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%")
+            how = [f"{self.teacher_report.folded_pairs} conv+bn folded"] if self.teacher_report else []
+            how += [self.runtime.precision] if self.runtime.precision != "fp32" else []
+            logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%"
+                        + (f" (the teacher as this run computes it: {', '.join(how)}; its own run's evaluation may "
+                           f"differ in the last digits)" if how else ""))
         self._start_teacher_views(logger)
         try:
             for epoch in range(self.start_epoch, epochs):
