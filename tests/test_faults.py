@@ -298,6 +298,8 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
 @pytest.mark.parametrize("overrides, fragment", [
     (["augment=mixup", "augment.alpha=abc"], "invalid value 'abc' for parameter 'alpha'"),
     (["augment=mixup", "augment.alpha=-1"], "greater than 0"),
+    (["augment.alpha=-1"], "augment 'none' takes no parameters, got alpha (name the augmentation too: "
+                           "augment=mixup augment.alpha=...)"),
     (["augment=cutout", "augment.size=2.5"], "parameter 'size'"),
     (["augment=flip", "augment.p=1.5"], "less than or equal to 1"),
     (["augment=cutmix", "augment.per_sample_boxes=1"], "per_sample_boxes"),

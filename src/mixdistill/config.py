@@ -116,7 +116,8 @@ class AugmentConfig(BaseModel):
             self.model_extra.clear()
             self.model_extra.update(resolved)
         elif self.model_extra:
-            raise ValueError(f"augment 'none' takes no parameters, got {', '.join(self.model_extra)}")
+            raise ValueError(f"augment 'none' takes no parameters, got {', '.join(self.model_extra)} (name the "
+                             f"augmentation too: augment=mixup augment.{next(iter(self.model_extra))}=...)")
         return self
 
 
