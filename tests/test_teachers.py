@@ -230,8 +230,9 @@ def test_archive_with_symlink_is_refused(tmp_path):
 def test_corrupt_archive_gives_clear_error(archive, tmp_path):
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(os.urandom(4096))
-    with pytest.raises(MixdistillError, match="not a readable tar archive"):
+    with pytest.raises(MixdistillError, match="not a readable tar archive") as caught:
         T.unpack_teacher_archive(garbage, tmp_path / "cache")
+    assert "\n" not in str(caught.value) and "method gz" in str(caught.value)  # tarfile's lines per compression
 
     data = archive[0].read_bytes()
     truncated = tmp_path / "truncated.tar"
@@ -310,10 +311,16 @@ def test_teachers_main_archive_and_table(archive, tmp_path, capsys):
     assert T.teachers_main(args) == 0
 
 
-def test_teachers_main_download_failure(tmp_path, capsys, no_proxy):
-    argv = ["--download", "--cache-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.tar", "--timeout", "5"]
-    code = T.teachers_main(argv)
-    assert code == 1
-    captured = capsys.readouterr()
-    assert "could not download" in captured.err and "--archive" in captured.err
-    assert "missing" in captured.out
+def test_teachers_errors_are_one_line_and_exit_2(tmp_path, capsys, no_proxy):
+    from mixdistill.cli import main
+
+    argv = ["teachers", "--download", "--cache-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.tar",
+            "--timeout", "5"]
+    for args, fragment in ((argv, "could not download"), (argv[:1] + ["--archive", str(tmp_path / "no.tar")],
+                                                          "teacher archive not found")):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"mixdistill: error: {fragment}") and len(captured.err.splitlines()) == 1
+        assert "missing" not in captured.out  # no table after an error
+        if args is argv:
+            assert "--archive" in captured.err  # the way round a download that cannot work here

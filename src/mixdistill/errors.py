@@ -50,3 +50,9 @@ class WriteError(MixdistillError):
 
 class LockedError(MixdistillError):
     """Another process holds the lock of a run directory or a study."""
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message on one line, for a one-line error that quotes it: torchvision's download errors take
+    three ("Error downloading X:", the mirror tried, the cause), tarfile's "r:*" one line per compression tried."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())

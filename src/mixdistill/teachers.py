@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
 from mixdistill import __version__
-from mixdistill.errors import MixdistillError, UnknownNameError
+from mixdistill.errors import MixdistillError, UnknownNameError, one_line
 from mixdistill.files import FILE_MODE
 from mixdistill.machine import cache_dir
 from mixdistill.models import create_model
@@ -279,7 +279,7 @@ def unpack_teacher_archive(archive_path: str | os.PathLike, cache_dir: str | os.
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             if isinstance(exc, tarfile.FilterError):
                 raise MixdistillError(f"refusing to unpack {archive}: {exc}") from exc
-            raise MixdistillError(f"{corrupt} ({exc})") from exc
+            raise MixdistillError(f"{corrupt} ({one_line(exc)})") from exc
 
         root = staging / ARCHIVE_ROOT if (staging / ARCHIVE_ROOT).is_dir() else staging
         found = [n for n, s in TEACHERS.items() if _is_present(root.joinpath(*PurePosixPath(s.path).parts[1:]))]
@@ -416,23 +416,17 @@ def teachers_main(args: argparse.Namespace | Sequence[str] | None = None) -> int
     timeout = getattr(args, "timeout", 30.0)
 
     console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
-    code = 0
-    try:
-        if archive:
-            tdir = unpack_teacher_archive(archive, cache_dir)
-            console.print(escape(f"unpacked {archive} into {tdir}"), soft_wrap=True)
-        if download:
-            if all(r["present"] for r in teacher_status(cache_dir)):
-                console.print("all teachers are already present; nothing to download")
-            else:
-                console.print(escape(f"downloading {url} ..."), soft_wrap=True)
-                download_teachers(cache_dir, url=url, timeout=timeout, progress=sys.stderr.isatty())
-                console.print(escape(f"unpacked into {teachers_dir(cache_dir)}"), soft_wrap=True)
-    except MixdistillError as exc:
-        errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        code = 1
+    if archive:
+        tdir = unpack_teacher_archive(archive, cache_dir)
+        console.print(escape(f"unpacked {archive} into {tdir}"), soft_wrap=True)
+    if download:
+        if all(r["present"] for r in teacher_status(cache_dir)):
+            console.print("all teachers are already present; nothing to download")
+        else:
+            console.print(escape(f"downloading {url} ..."), soft_wrap=True)
+            download_teachers(cache_dir, url=url, timeout=timeout, progress=sys.stderr.isatty())
+            console.print(escape(f"unpacked into {teachers_dir(cache_dir)}"), soft_wrap=True)
     rows = _print_table(console, cache_dir)
-    if code == 0 and not all(r["present"] for r in rows):
+    if not all(r["present"] for r in rows):
         console.print(escape(_how_to_get(cache_dir)), soft_wrap=True)
-    return code
+    return 0

@@ -30,7 +30,7 @@ import torch
 
 from mixdistill.data import readers
 from mixdistill.data.streaming import IMAGENET_MEAN, IMAGENET_STD, stratified_subset
-from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError
+from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +236,6 @@ def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
         return "; the download finished but the files are not there"
     except Exception as e:  # no network, proxy, checksum mismatch, disk full ...
         return f"; downloading into {folder} failed: {type(e).__name__}: {one_line(e)}"
-
-
-def one_line(error: Exception) -> str:
-    """An exception's message on one line: torchvision's download errors take three ("Error downloading X:", the
-    mirror tried, the cause), the first of which says nothing of why."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def load_dataset(name: str, split: str = "train", root=None, download: bool = True) -> Split:
