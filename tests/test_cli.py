@@ -21,7 +21,8 @@ def test_every_command_has_help(command, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "usage: mixdistill " + command in out
     # a default is said once, and "(default: None)" never (the help says what unset means)
-    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "(default: None)" not in out and "(default: False)" not in out and "(default: [])" not in out
+    assert "%%" not in out  # a description is not %-formatted, a help is
     for line in out.splitlines():
         assert line.count("default:") <= 1, line
 

@@ -13,11 +13,11 @@ from mixdistill.tables import print_table
 
 class HELP_FORMAT(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` to an option's help, except where that says nothing or says it twice: a default
-    of None (the help says what unset means), a flag's False, or a help that already names its default."""
+    of None or [] (the help says what unset means), a flag's False, or a help that already names its default."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.default is None or action.default is False or isinstance(action, argparse._StoreTrueAction)
+        if (action.default in (None, False, []) or isinstance(action, argparse._StoreTrueAction)
                 or "default:" in text or "(default " in text):
             return text
         return super()._get_help_string(action)
@@ -313,7 +313,7 @@ def _add_results(sub):
     p = sub.add_parser("results", help="a table of the runs below some directories, seeds of one config pooled",
                        formatter_class=HELP_FORMAT,
                        description="Every run directory (a folder with config.yaml) below DIR: one row per config, "
-                                   "its seeds pooled (mean last-epoch top-1 with its 95%% t-interval, std, best "
+                                   "its seeds pooled (mean last-epoch top-1 with its 95% t-interval, std, best "
                                    "top-1, top-5), beside what differs between the rows, written as the overrides "
                                    "that set it. Unfinished runs are counted, not averaged.")
     p.add_argument("dirs", nargs="*", default=[], metavar="DIR", help="directories to search (unset: runs)")
