@@ -60,7 +60,7 @@ class _StrictLoader(yaml.SafeLoader):
             if key in seen:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (line {mark.line + 1})", mark)
+                    None, None, f"duplicate key '{key}'", mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
