@@ -45,6 +45,8 @@ def test_fp16_is_for_cuda_only():
     with pytest.raises(ConfigError, match="train.precision=fp16 is for CUDA GPUs"):
         resolve_config(None, {"train.device": "cpu", "train.precision": "fp16"})
     assert resolve_config(None, {"train.precision": "fp16"}).train.precision == "fp16"  # device auto: decided later
+    with pytest.raises(ConfigError, match="^--precision fp16 is for CUDA GPUs"):  # named where the user gave it
+        rt.resolve_runtime("cpu", "fp16", False, False, device_option="--device", precision_option="--precision")
 
 
 def test_native_bf16_on_cuda_is_ampere_and_later():
@@ -61,8 +63,10 @@ def test_resolve_runtime_on_a_fake_gpu(monkeypatch, capability, expected):
     assert r.autocast_dtype is expected and r.precision == {torch.float16: "fp16", torch.bfloat16: "bf16",
                                                              None: "fp32"}[expected]
     if expected is not torch.bfloat16:
-        with pytest.warns(UserWarning, match="precision=auto would choose"):
+        with pytest.warns(UserWarning, match="^train.precision=bf16 on a cuda .* train.precision=auto would choose"):
             assert rt.resolve_runtime("cuda", "bf16", False, False).precision == "bf16"
+        with pytest.warns(UserWarning, match="^--precision bf16 on a cuda .* --precision auto would choose"):
+            rt.resolve_runtime("cuda", "bf16", False, False, precision_option="--precision")
 
 
 def test_scaler_only_in_fp16():

@@ -74,7 +74,8 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
         images = load_dataset(dataset, split, root=root)
     model = opened.model(arch, images.spec.num_classes, images.images.shape[1])
     runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
-                                                    if cfg else "auto"), device_option="device")
+                                                    if cfg else "auto"), device_option="device",
+                              precision_option="precision" if precision else "train.precision")
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -110,7 +110,8 @@ def cmd_eval(args) -> int:
     arch = args.arch or opened.arch
     model = opened.model(arch, split.spec.num_classes, split.images.shape[1])
     runtime = resolve_runtime(args.device, args.precision or (evaluation_precision(cfg.train.precision, args.device)
-                                                              if cfg else "auto"), device_option="--device")
+                                                              if cfg else "auto"), device_option="--device",
+                              precision_option="--precision" if args.precision else "train.precision")
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

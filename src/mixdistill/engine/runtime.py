@@ -123,24 +123,30 @@ def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= BF16_MIN_CAPABILITY
 
 
+def _given(option: str, value: str) -> str:
+    """How the user set ``option``: ``--precision fp16`` for a command-line flag, ``train.precision=fp16`` else."""
+    return f"{option} {value}" if option.startswith("--") else f"{option}={value}"
+
+
 def choose_precision(requested: str, device_type: str, *, native_bf16: bool,
-                     cuda_capability: tuple[int, int] | None = None) -> str:
+                     cuda_capability: tuple[int, int] | None = None, option: str = "train.precision") -> str:
     """``train.precision`` resolved: ``fp32``, ``bf16`` or ``fp16`` (a pure function of what the device does).
 
     ``auto``: bf16 where the device does it natively (a CPU with AVX512-BF16 or AMX, an Ampere or later GPU);
     fp16 autocast with a gradient scaler on a CUDA GPU without native bf16 that has tensor cores (compute
     capability 7.0 to 7.x: Volta, Turing); fp32 otherwise (older GPUs, CPUs without native bf16). ``fp32`` and
     ``bf16`` are taken as given (the caller warns about an emulated bf16). ``fp16`` is for CUDA devices only: on a
-    CPU fp16 autocast is emulated on nearly every CPU, slower than fp32 and no more accurate, so it is refused."""
+    CPU fp16 autocast is emulated on nearly every CPU, slower than fp32 and no more accurate, so it is refused.
+    ``option``: where the value came from, for the error."""
     if requested in ("fp32", "bf16"):
         return requested
     if requested == "fp16":
         if device_type != "cuda":
-            raise ConfigError(f"train.precision=fp16 is for CUDA GPUs (fp16 autocast with a gradient scaler); on a "
-                              f"{device_type} use auto, fp32 or bf16")
+            raise ConfigError(f"{_given(option, 'fp16')} is for CUDA GPUs (fp16 autocast with a gradient scaler); "
+                              f"on a {device_type} use auto, fp32 or bf16")
         return "fp16"
     if requested != "auto":
-        raise ConfigError(f"train.precision: '{requested}' is not a precision (auto, fp32, bf16, fp16)")
+        raise ConfigError(f"{option}: '{requested}' is not a precision (auto, fp32, bf16, fp16)")
     if native_bf16:
         return "bf16"
     if device_type == "cuda" and cuda_capability is not None and tuple(cuda_capability) >= FP16_MIN_CAPABILITY:
@@ -203,7 +209,10 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
-                    compile: bool | str = "auto", device_option: str = "train.device") -> Runtime:
+                    compile: bool | str = "auto", device_option: str = "train.device",
+                    precision_option: str = "train.precision") -> Runtime:
+    """The device and what runs on it; ``device_option`` / ``precision_option``: where those values came from
+    (``--device``, the API's ``device``), named in errors and warnings."""
     dev = resolve_device(device, device_option)
     capability = None
     if dev.type == "cuda":
@@ -212,11 +221,13 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
                        else cuda_has_native_bf16(capability))
     else:
         native_bf16 = cpu_has_native_bf16()
-    chosen = choose_precision(precision, dev.type, native_bf16=native_bf16, cuda_capability=capability)
+    chosen = choose_precision(precision, dev.type, native_bf16=native_bf16, cuda_capability=capability,
+                              option=precision_option)
     if precision == "bf16" and not native_bf16:
         auto = choose_precision("auto", dev.type, native_bf16=False, cuda_capability=capability)
-        warnings.warn(f"train.precision=bf16 on a {dev.type} without native bf16: it is emulated there (on an "
-                      f"AVX2-only CPU about 9x slower than fp32); precision=auto would choose {auto}", stacklevel=2)
+        warnings.warn(f"{_given(precision_option, 'bf16')} on a {dev.type} without native bf16: it is emulated "
+                      f"there (on an AVX2-only CPU about 9x slower than fp32); {_given(precision_option, 'auto')} "
+                      f"would choose {auto}", stacklevel=2)
     # channels_last everywhere: oneDNN / tensor cores, and on a CPU PyTorch's NCHW max-pooling is several times
     # slower than NHWC (the small CNNs of the CPU-scale studies ran 1.26-1.42x faster per step in fp32 with
     # AVX2 kernels, the CIFAR ResNets no slower)
