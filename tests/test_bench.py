@@ -22,13 +22,14 @@ def _args(argv):
     return p.parse_args(argv)
 
 
-def test_quick_bench_writes_report(tmp_path):
+def test_quick_bench_writes_report(tmp_path, capsys):
     out = tmp_path / "results"
     rc = bench_main(_args(["--quick", "--device", "cpu", "--cases", "kd,kd_cutmixpick,dml",
                            "--variants", "project,eager_teacher", "--num-workers", "1", "--steps", "1", "--rounds", "1",
                            "--threads", "1",
                            "--out", str(out)]))
     assert rc == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"wrote {out}/bench_quick_cpu.json and {out}/bench_quick_cpu.md")
     report = json.loads((out / "bench_quick_cpu.json").read_text())
     md = (out / "bench_quick_cpu.md").read_text()
     assert report["settings"]["quick"] and report["settings"]["batch_size"] == 64

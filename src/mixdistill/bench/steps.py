@@ -805,6 +805,7 @@ def _bench(args) -> int:
                 report["sync_check"] = {"steps": 0, "synchronizations": -1, "error": f"{type(e).__name__}: {e}"}
         save()
     print(to_markdown(report))
+    print(f"wrote {out_dir / f'bench_{tag}.json'} and {out_dir / f'bench_{tag}.md'}", flush=True)
     return 0
 
 
