@@ -361,3 +361,21 @@ def test_demo_quick(tmp_path, fmnist_root, capsys):
     # a second run reuses every finished run instead of training again
     assert main(["demo", "--quick", "--seeds", "2", "--output-dir", str(tmp_path / "demo"),
                  "--data-root", str(fmnist_root)]) == 0
+
+
+@pytest.mark.checkout
+def test_the_readme_config_table_names_every_config_key():
+    from pathlib import Path
+
+    from mixdistill.config import config_keys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.split("| section | keys (defaults) |", 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        section, keys = line.split("|")[1:3]
+        rows[section.strip().strip("`")] = keys
+    missing = [k for k in config_keys() if f"`{k.rsplit('.', 1)[-1]}`" not in rows["top level" if "." not in k
+                                                                                   else k.split(".")[0]]]
+    assert not missing, f"README's config table leaves out {missing}"
