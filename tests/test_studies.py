@@ -11,6 +11,7 @@ from mixdistill.cli import main
 from mixdistill.errors import ConfigError, UnknownNameError
 from mixdistill.studies import get_study, run_study, study_runs
 from mixdistill.studies.common import load_study_config, replicates_text
+from mixdistill.studies.stats import counted
 from mixdistill.studies.grid import ResultsFile
 
 
@@ -106,7 +107,7 @@ def test_choi2023_smoke_study(fmnist_root, tmp_path):
 def test_wang2022_smoke_study(fmnist_root, tmp_path):
     path, report = _smoke_report("wang2022", 2, fmnist_root, tmp_path)
     assert "KD beats CE" in report and "longer training" in report and "T. stddev correlates" in report
-    assert "Every view ran the same 2 seeds" in report
+    assert "Every view ran the same 2 seeds" in report and "Students of each pair; 1 epoch (long" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
 
 
@@ -227,6 +228,8 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
     assert row.split("|")[10].strip() == f"{ce_run:.3g}"
     assert f"| 0 | ce | none | 2 | {2 * ce_run:.3g} |" in out  # the summary by stage, method and augmentation
     assert "| dml/seed0 | 0 | fashion_mnist | cnn5_w8+cnn5_w8+cnn5_w8 | - |" in out
+    total = next(line for line in out.splitlines() if line.startswith("**Total: "))  # a smoke plan's sliver of one
+    assert " 0.0 " not in total and "e-" in total.split(" PFLOPs")[0] and "GPU-hours" in total
     assert main(["study", "das2020", "--scale", "full", "--seeds", "1", "--plan", "--plan-tflops", "40",
                  "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -418,3 +421,4 @@ def test_committed_cpu_results_were_made_by_todays_cpu_grid(name, monkeypatch):
 def test_the_replicate_count_reads_right_for_one_seed():
     assert replicates_text([0]) == "1 replicate each (seed 0)"
     assert replicates_text([3, 7]) == "2 replicates each (seeds 3, 7)"
+    assert counted(1, "seed") == "1 seed" and counted(5, "epoch") == "5 epochs" and counted(0, "run") == "0 runs"

@@ -15,7 +15,7 @@ from mixdistill.files import append_text
 from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.resources import study_config
 from mixdistill.studies.grid import run_dir
-from mixdistill.studies.stats import Gate, mean_ci
+from mixdistill.studies.stats import Gate, counted, mean_ci
 
 
 def load_study_config(name: str) -> dict:
@@ -40,8 +40,7 @@ def mean_std(values, digits: int = 2) -> str:
 
 def replicates_text(seeds: list[int]) -> str:
     """'3 replicates each (seeds 0, 1, 2)'; '1 replicate each (seed 0)'."""
-    n = len(seeds)
-    return f"{n} replicate{'s' * (n != 1)} each (seed{'s' * (n != 1)} {', '.join(map(str, seeds))})"
+    return f"{counted(len(seeds), 'replicate')} each (seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))})"
 
 
 def select(rows: dict, **labels) -> list[dict]:

@@ -134,6 +134,11 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
     return rows
 
 
+
+def _amount(x: float) -> str:
+    """``127.3``, ``4.6``, and two significant digits below 1 (``0.0023``, where ``.1f`` said 0.0)."""
+    return f"{x:,.1f}" if x >= 1 else f"{x:.2g}"
+
 def plan_markdown(name: str, scale: str, rows: list[dict], tflops: float = DEFAULT_TFLOPS) -> str:
     total = sum(r["pflops"] for r in rows)
     hours = lambda pflops: pflops * 1e15 / (tflops * 1e12) / 3600  # noqa: E731
@@ -155,7 +160,7 @@ def plan_markdown(name: str, scale: str, rows: list[dict], tflops: float = DEFAU
     for (stage, method, augment), group in by_method.items():
         pflops = sum(r["pflops"] for r in group)
         lines.append(f"| {stage} | {method} | {augment} | {len(group)} | {pflops:.3g} | {hours(pflops):.3g} |")
-    lines += ["", f"**Total: {total:.1f} PFLOPs, about {hours(total):.1f} GPU-hours at {tflops:g} TFLOP/s.**"]
+    lines += ["", f"**Total: {_amount(total)} PFLOPs, about {_amount(hours(total))} GPU-hours at {tflops:g} TFLOP/s.**"]
     return "\n".join(lines) + "\n"
 
 

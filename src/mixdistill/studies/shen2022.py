@@ -15,7 +15,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, holm, paired
+from mixdistill.studies.stats import (Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
+                                      gates_markdown, holm, paired)
 
 NAME = "shen2022"
 # the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
@@ -111,8 +112,8 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
                                 +1, "a mixed-sample online method beats DML (shen2022's premise, CIFAR)",
                                 gates=[premise["dml"], converged]))
     lines = [f"## {setting}", "",
-             f"Dataset: {first['dataset']}, {first['student']} peers, {first['epochs']} epochs. Top-1 %, last "
-             f"epoch, mean [95% CI] over {len(alone)} seeds."
+             f"Dataset: {first['dataset']}, {first['student']} peers, {counted(first['epochs'], 'epoch')}. Top-1 %, "
+             f"last epoch, mean [95% CI] over {counted(len(alone), 'seed')}."
              + (f" Not run here: {', '.join(entry['skip'])} (no branch form for this network)." if entry["skip"]
                 else ""), "",
              "| method | mean peer | best peer | ensemble | paired vs alone (mean peer) |" + (" PCL table |" if paper_row else ""),

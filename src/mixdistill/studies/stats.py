@@ -51,7 +51,7 @@ def paired(a: dict, b: dict) -> Effect:
 
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
-    test = f"paired t, {len(seeds)} seeds"
+    test = f"paired t, {counted(len(seeds), 'seed')}"
     if not diffs:
         return _nan_effect(math.nan, test, 0)
     mean = statistics.fmean(diffs)
@@ -241,6 +241,11 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = stats.t.ppf(1 - ALPHA / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '5 seeds'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def fmt_mean_ci(values: list[float], digits: int = 2) -> str:

@@ -31,8 +31,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (Finding, Gate, correlation, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
-                                      holm, paired, published_difference, rank_correlation)
+from mixdistill.studies.stats import (Finding, Gate, correlation, counted, findings_markdown, fmt_mean_ci, fmt_p,
+                                      gates_markdown, holm, paired, published_difference, rank_correlation)
 
 NAME = "wang2022"
 
@@ -193,10 +193,10 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         return by_seed(rows, field, pair=pair, method=method)
 
     lines = [f"# wang2022 study ({scale} scale, {dataset})", "",
-             f"Students of each pair; {first['epochs']} epochs (long: x{sc['long_factor']}). Top-1 % on the {dataset} "
-             f"test set, last epoch, mean [95% CI] over seeds; every method ran the same seeds, so differences are "
-             f"paired by seed. The paper's numbers are {paper_ds} (240 epochs, long = 960) and appear only as the "
-             f"direction and size of each claim.", ""]
+             f"Students of each pair; {counted(first['epochs'], 'epoch')} (long: x{sc['long_factor']}). Top-1 % on the "
+             f"{dataset} test set, last epoch, mean [95% CI] over seeds; every method ran the same seeds, so "
+             f"differences are paired by seed. The paper's numbers are {paper_ds} (240 epochs, long = 960) and appear "
+             f"only as the direction and size of each claim.", ""]
     lines += timing_markdown(study_dir, rows)
     gates, findings, tables, kd_converged = [], [], [], {}
     paper_rows = {"kd": "kd", "kd_cutmix": "kd_cutmix", "kd_cutmixpick": "kd_cutmixpick", "ce": "student_ce",
@@ -295,17 +295,18 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=
                          title=f"{pair}: teacher T. stddev vs student test loss")
     findings = [
         Finding(f"{pair}: student test loss follows the paper's order of the nine views",
-                rank_correlation(list(range(len(order), 0, -1)), losses, f"view means over {n_seeds} seeds"), +1,
+                rank_correlation(list(range(len(order), 0, -1)), losses,
+                                 f"view means over {counted(n_seeds, 'seed')}"), +1,
                 "Identity worst … CutMixPick (T. ent.) best (CIFAR-100, wrn_40_2 → wrn_16_2)", unit="r",
                 gates=[gate_conv]),
         Finding(f"{pair}: teacher T. stddev correlates with student test loss",
-                correlation(stds, losses, f"9 views, means over {n_seeds} seeds"), +1,
+                correlation(stds, losses, f"9 views, means over {counted(n_seeds, 'seed')}"), +1,
                 "Pearson ≈ 0.96 (CIFAR-100)", unit="r", gates=[gate_conv]),
     ]
     lines = ["", f"## The nine views on {pair}", "",
-             f"Every view ran the same {n_seeds} seeds; student test loss and T. stddev (the teacher's, each seed's "
-             f"frozen student scoring CutMixPick, {f'{epochs} epochs' if epochs else f'at least {min_steps} steps'}) "
-             f"are means over them.", "",
+             f"Every view ran the same {counted(n_seeds, 'seed')}; student test loss and T. stddev (the teacher's, "
+             f"each seed's frozen student scoring CutMixPick, "
+             f"{counted(epochs, 'epoch') if epochs else f'at least {min_steps} steps'}) are means over them.", "",
              "| view (paper order, worst first) | student test loss | teacher T. stddev |", "|---|---|---|"]
     lines += [f"| {n} | {loss:.4f} | {s:.5f} |" for n, loss, s in zip(order, losses, stds)]
     lines += ["", f"![T. stddev vs student test loss]({figure})", ""]
