@@ -422,3 +422,18 @@ def test_the_replicate_count_reads_right_for_one_seed():
     assert replicates_text([0]) == "1 replicate each (seed 0)"
     assert replicates_text([3, 7]) == "2 replicates each (seeds 3, 7)"
     assert counted(1, "seed") == "1 seed" and counted(5, "epoch") == "5 epochs" and counted(0, "run") == "0 runs"
+
+
+@pytest.mark.parametrize("extra, env, fragment", [
+    (["--address", "ray://x:10001"], {}, "--address is for --executor ray"),
+    (["--gpus-per-run", "1", "--address", "a"], {}, "--address and --gpus-per-run are for --executor ray"),
+    (["--executor", "ray", "--jobs", "2"], {}, "--jobs is for the local executor"),
+    ([], {"WORLD_SIZE": "2"}, "not under torchrun"),
+])
+def test_study_options_that_would_do_nothing_are_one_line(extra, env, fragment, tmp_path, capsys, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["study", "shen2022", "--scale", "smoke", "--seeds", "1", "--output-dir", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixdistill: error: ") and fragment in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # before anything is written

@@ -375,7 +375,7 @@ def _add_study(sub):
                                                                     "--scale full, else 0")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (recorded in each run's config: results depend on it); unset: the "
-                        "scale's threads_per_run (1 at the CPU and smoke scales), else torch's default")
+                        "scale's threads_per_run (1 at the cpu scale), else torch's default")
     p.add_argument("--jobs", type=int, default=None,
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
     p.add_argument("--plan", action="store_true",
@@ -393,6 +393,18 @@ def cmd_study(args) -> int:
 
     require_at_least("--threads", args.threads, 1)
     require_at_least("--jobs", args.jobs, 1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a study starts its own processes for its runs: run `mixdistill study` directly, not under "
+                          "torchrun (torchrun is for one run: `torchrun ... -m mixdistill train CONFIG`)")
+    if args.executor != "ray":
+        given = [flag for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --executor ray; the "
+                              f"local executor runs on this machine (--jobs, --threads)")
+    elif args.jobs is not None:
+        raise ConfigError("--jobs is for the local executor; Ray places each run by its CPU and GPU requests "
+                          "(--threads, --gpus-per-run)")
     if args.plan or args.plan_tflops is not None:
         from mixdistill.studies.plan import DEFAULT_TFLOPS, plan_study
         from mixdistill.studies.stats import parse_seeds
