@@ -328,6 +328,18 @@ def test_print_config_validates_as_training_does(capsys):
     # ... where no value can be read: Cut^nMix's EMA teachers start as copies without reading their counters
     assert main(["train", "configs/online_fmnist_cpu.yaml", "method=cutnmix", "method.teacher=ema",
                  "--print-config"]) == 0
+    # the methods' own shape checks, which run where they learn the shapes (prepare), on the meta device too
+    assert "method.hint_layer 7 is out of range" in one_line_error(
+        capsys, ["train", "configs/cifar100_crd.yaml", "method=fitnet", "method.hint_layer=7", "--print-config"])
+    assert "reviewkd needs at least two 4-D stage maps" in one_line_error(
+        capsys, ["train", "configs/cifar100_crd.yaml", "method=reviewkd", "model.student=tv:mobilenet_v2",
+                 "--print-config"])
+    assert "need a batch of at least 10, got data.batch_size=8" in one_line_error(
+        capsys, ["train", "configs/online_fmnist_cpu.yaml", "augment.n=9", "data.batch_size=8", "--print-config"])
+    # a benchmark teacher's architecture is known without its file: model.teacher must agree (it picks DKD's beta)
+    assert "model.teacher is 'resnet32x4' but the benchmark teacher resnet56 is a 'resnet56'" in one_line_error(
+        capsys, ["train", "configs/cifar100_crd.yaml", "method=dkd", "model.teacher_checkpoint=resnet56",
+                 "model.student=resnet20", "--print-config"])
 
 
 def test_config_files_duplicate_keys_non_utf8_and_yaml12_floats(capsys, tmp_path):

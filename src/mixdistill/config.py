@@ -314,9 +314,16 @@ class RunConfig(Section):
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
                              "augmentation")
+        if self.augment.name == "cut_n_mix":  # as the augmentation checks on its first batch (augment/mix.py)
+            n, partner = self.augment.model_extra["n"], self.augment.model_extra["partner"]
+            need = n + (partner == "derangement")
+            if self.data.batch_size < need:
+                raise ValueError(f"cut_n_mix: {n} different partner images per sample need a batch of at least "
+                                 f"{need}, got data.batch_size={self.data.batch_size}")
         if method_cls.default_augment and self.augment.name == "none":
             raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
-                             f"{method_cls.default_augment}), or leave augment unset to get that default")
+                             f"{method_cls.default_augment}), or leave augment unset to get that default "
+                             "(augment={} on the command line)")
         best = self.train.best_metric
         suffix = BEST_METRIC.fullmatch(best).group(2) if best is not None else None
         if suffix == "_ema":

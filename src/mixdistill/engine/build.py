@@ -13,6 +13,7 @@ from torch import nn
 
 from mixdistill.augment import augment_params, make_augment
 from mixdistill.config import RunConfig
+from mixdistill.distill.base import TrainSet
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.data.datasets import DATASETS, find_root
 from mixdistill.data.streaming import StreamingImageFolder
@@ -109,12 +110,22 @@ def missing_teacher(source: str) -> str:
             f"(`mixdistill teachers` lists them)")
 
 
+def _check_benchmark_teacher(cfg: RunConfig) -> None:
+    """``model.teacher`` that is not the benchmark teacher's architecture: an error (it picks the pair's parameters,
+    DKD's beta, and would otherwise be ignored)."""
+    source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
+    if source in TEACHERS and not Path(source).exists() and arch and arch != TEACHERS[source].arch:
+        raise ConfigError(f"model.teacher is '{arch}' but the benchmark teacher {source} is a "
+                          f"'{TEACHERS[source].arch}': set model.teacher={TEACHERS[source].arch} or model.teacher=null")
+
+
 def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
     source = cfg.model.teacher_checkpoint
     if source is None:
         return None
     if not Path(source).exists():
         if source in TEACHERS:
+            _check_benchmark_teacher(cfg)
             return load_teacher(source, num_classes=num_classes)
         raise CheckpointError(missing_teacher(source))
     state = load_checkpoint(source)
@@ -175,16 +186,23 @@ def check_stage_maps(distiller, cfg: RunConfig) -> None:
     except (IndexError, ConfigError):
         picked = []
     if not picked:
-        names = ", ".join(getattr(m, "external_name", type(m).__name__) for m in without)
+        names = ", ".join(dict.fromkeys(getattr(m, "external_name", type(m).__name__) for m in without))
         raise ConfigError(f"method {cfg.method.name} compares stage maps, which {names} does not give (torchvision "
                           "models outside the ResNet family give pooled features only): use a method that reads "
                           "pooled features (crd, pkt, rkd, cc), a timm: model or a tv: ResNet")
 
 
 def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """A ``teacher_builder`` that reads no checkpoint: the teacher's architecture (``model.teacher``, else the
-    student's) at fresh weights, for building a run to check it or count its work."""
-    return create_model(cfg.model.teacher or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
+    """A ``teacher_builder`` that loads no weights: the teacher's architecture (``model.teacher``, a benchmark
+    teacher's, the one its checkpoint file records, else the student's) at fresh weights, for building a run to
+    check it or count its work."""
+    source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
+    if arch is None and source is not None:
+        if Path(source).is_file():
+            arch = load_checkpoint(source).get("arch")
+        elif source in TEACHERS:
+            arch = TEACHERS[source].arch
+    return create_model(arch or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
 
 
 def check_buildable(cfg: RunConfig) -> None:
@@ -193,10 +211,23 @@ def check_buildable(cfg: RunConfig) -> None:
     source = cfg.model.teacher_checkpoint
     if source is not None and not Path(source).exists() and source not in TEACHERS:
         raise CheckpointError(missing_teacher(source))
+    _check_benchmark_teacher(cfg)
     spec = DATASETS[cfg.data.dataset]
     with torch.device("meta"):
-        build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3, teacher_builder=stand_in_teacher,
-                        pretrained=False)  # nothing downloaded to check a config
+        distiller = build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3,
+                                    teacher_builder=stand_in_teacher, pretrained=False)  # nothing downloaded
+        size = cfg.data.image_size or spec.image_size
+        if size is not None:  # the methods' shape checks (FitNets' regressor, ReviewKD's levels) run in prepare
+            h, w = (size, size) if isinstance(size, int) else size
+            batch = (torch.zeros(2, spec.in_channels or 3, h, w), torch.zeros(2, dtype=torch.long),
+                     torch.zeros(2, dtype=torch.long))
+            try:
+                distiller.prepare(TrainSet(num_samples=spec.num_train or 2, num_classes=spec.num_classes or 10,
+                                           clean_batches=lambda: iter([batch]), augmented_by_loader=True))
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - what the meta device cannot run is checked when training starts
+                pass
 
 
 def base_lr(cfg: RunConfig) -> float:

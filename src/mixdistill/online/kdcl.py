@@ -14,7 +14,8 @@ from mixdistill.online.base import MutualParams, OnlineDistiller
 from mixdistill.registry import METHODS
 
 NEEDS_LABEL_PRESERVING = (f"kdcl needs label-preserving views ({', '.join(LABEL_PRESERVING)}); use online_cutmix or "
-                          "cutnmix for mixed samples")
+                          "cutnmix for mixed samples, or leave augment unset for kdcl's default (augment={} on the "
+                          "command line)")
 
 
 @METHODS.register("kdcl")
