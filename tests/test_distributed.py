@@ -31,6 +31,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, precision, tolerance):
                           "--master-port", "29517", "-m", "mixdistill", "train", *common, "name=ddp"],
                          capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("results") == 1  # one table, rank 0's (the other rank evaluated nothing)
     runs = tmp_path / "runs"
     a = [json.loads(x) for x in (runs / "single" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (runs / "ddp" / "metrics.jsonl").read_text().splitlines()]

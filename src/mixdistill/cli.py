@@ -51,7 +51,8 @@ def cmd_train(args) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     summary = train(cfg, resume=args.resume, quiet=args.quiet)
-    _print_summary_table([summary])
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 evaluated: the others' table is empty
+        _print_summary_table([summary])
     return 0
 
 
