@@ -80,3 +80,15 @@ def test_help_lists_every_key_with_default():
     text = describe_options()
     for key in ("data.batch_size=64", "optim.lr=0.05", "optim.milestones=[150, 180, 210]", "train.precision='auto'"):
         assert key in text
+
+
+def test_model_peers_decide_the_peer_count_the_config_records():
+    cfg = load_config(None, ["method=dml", "model.peers=[cnn5_w8,cnn5_w8,cnn5_w16]"])
+    assert cfg.method.params().peers == 3 and cfg.to_dict()["method"]["peers"] == 3
+    cfg = load_config(None, ["method=dml", "method.peers=2", "model.peers=[cnn5_w8,cnn5_w16]"])
+    assert cfg.to_dict()["method"]["peers"] == 2
+    again = load_config(None, [f"{k}={v}" for k, v in (("method", "dml"), ("method.peers", 2),
+                                                         ("model.peers", "[cnn5_w8,cnn5_w16]"))])
+    assert again.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="method.peers is 4 but model.peers names 2 models"):
+        load_config(None, ["method=dml", "method.peers=4", "model.peers=[cnn5_w8,cnn5_w16]"])

@@ -310,6 +310,8 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     (["model.student=resnet99"], "unknown model (model.student) 'resnet99'"),
     (["augment=cutmix_pick"], "scores the pool with the teacher; method ce has none"),
     (["data.dataset=fmnist"], "unknown dataset 'fmnist'"),
+    (["method=dml", "method.peers=2", "model.peers=[cnn5_w8,cnn5_w8,cnn5_w16]"],
+     "method.peers is 2 but model.peers names 3 models"),
 ])
 def test_bad_values_are_config_errors(overrides, fragment):
     with pytest.raises(MixdistillError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):

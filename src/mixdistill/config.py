@@ -301,6 +301,12 @@ class RunConfig(Section):
                 check_model_name(name, f"model (model.{key})")
         for name in self.model.peers or []:
             check_model_name(name, "model (model.peers)")
+        if self.model.peers and "peers" in (self.method.model_extra or {}):  # an online method's peer count
+            if "peers" in self.method._given and self.method.model_extra["peers"] != len(self.model.peers):
+                raise ValueError(f"method.peers is {self.method.model_extra['peers']} but model.peers names "
+                                 f"{len(self.model.peers)} models: set one (model.peers decides when method.peers is "
+                                 "unset)")
+            self.method.model_extra["peers"] = len(self.model.peers)  # recorded as trained
         if self.model.pretrained:
             trained = (self.model.peers or [self.model.student]) if getattr(method_cls, "online", False) \
                 else [self.model.student]
