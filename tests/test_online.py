@@ -686,3 +686,12 @@ def test_okddip_pcl_train_step_under_every_augmentation(method, augment):
     opt.step()
     d.after_step()
     assert all(not torch.equal(b, q) for b, q in zip(before, d.learnable_parameters()))
+
+
+@pytest.mark.checkout
+def test_a_teacher_given_to_an_online_method_is_said_to_be_unused(online_common, capsys):
+    from mixdistill.cli import main
+
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *online_common, "name=dml_teacher", "method=dml",
+                 "method.peers=2", "model.teacher_checkpoint=resnet56"]) == 0
+    assert "teacher=- (model.teacher_checkpoint resnet56 is not used by dml)" in capsys.readouterr().err

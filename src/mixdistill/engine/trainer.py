@@ -320,7 +320,7 @@ class Trainer:
                            quiet=self.quiet or not main, write=main, loggers=cfg.train.loggers,
                            config=cfg.to_dict())
         logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
-                    f"teacher={cfg.model.teacher_checkpoint or '-'}; {self.runtime.describe()}; "
+                    f"teacher={self._teacher_label()}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
         if base_lr(cfg) != cfg.optim.lr:
@@ -456,6 +456,14 @@ class Trainer:
         return record
 
     # -- the teacher's table of views (engine/teacher_views.py) --------------------------------------------
+    def _teacher_label(self) -> str:
+        """The start line's teacher: its checkpoint, or why a given one is not used (an online method, CE)."""
+        source = self.cfg.model.teacher_checkpoint
+        if source is None:
+            return "-"
+        return source if self.distiller.teacher is not None else f"- (model.teacher_checkpoint {source} is not " \
+                                                                  f"used by {self.cfg.method.name})"
+
     def _views_source(self) -> teacher_views.TableSource:
         """What this run's table of teacher views is built from (engine/teacher_views.py)."""
         r = self.teacher_report
