@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -506,3 +507,12 @@ def test_dkd_crd_run_through_the_cli(tmp_path):
     state = torch.load(out / "crd" / "last.pt", map_location="cpu", weights_only=False)
     memory = state["distiller_extra"]["crd"]
     assert memory["memory.student_bank"].shape == (800, 128) and memory["memory.z_student"].item() > 0
+
+
+def test_more_negatives_than_images_is_said():
+    with pytest.warns(UserWarning, match=f"crd: method.nce_k=64 negatives per sample from {N_DATA} training images "
+                                         "repeat each image about 2 times"):
+        make("crd", nce_k=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        make("crd", nce_k=N_DATA - 1)

@@ -38,6 +38,7 @@ reports as "CRD").
 """
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -180,6 +181,11 @@ class CRD(Distiller):
 
     def prepare(self, data: TrainSet) -> None:
         p = self.params
+        if p.nce_k > data.num_samples:
+            warnings.warn(f"crd: method.nce_k={p.nce_k} negatives per sample from {data.num_samples} training images "
+                          f"repeat each image about {p.nce_k / data.num_samples:.0f} times per step, at the cost of "
+                          f"{p.nce_k} (RepDistiller's 16384 is for CIFAR's 50,000); "
+                          f"method.nce_k={data.num_samples - 1} or less draws as many different ones", stacklevel=2)
         labels = None
         if p.negatives == "other_class":
             labels = torch.empty(data.num_samples, dtype=torch.long)

@@ -222,7 +222,8 @@ def check_buildable(cfg: RunConfig) -> None:
             batch = (torch.zeros(2, spec.in_channels or 3, h, w), torch.zeros(2, dtype=torch.long),
                      torch.zeros(2, dtype=torch.long))
             try:
-                distiller.prepare(TrainSet(num_samples=spec.num_train or 2, num_classes=spec.num_classes or 10,
+                samples = cfg.data.train_subset or spec.num_train or 2
+                distiller.prepare(TrainSet(num_samples=samples, num_classes=spec.num_classes or 10,
                                            clean_batches=lambda: iter([batch]), augmented_by_loader=True))
             except ConfigError:
                 raise
