@@ -67,7 +67,7 @@ def _print_summary_table(summaries):
                       _fmt(s["best_acc"]), _fmt(s.get("teacher_acc")), f"{s['train_time_s']:.0f}")
     console = print_table(table)
     for note in dict.fromkeys(n for s in summaries for n in s.get("notes", [])):
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {note}", markup=False, soft_wrap=True)  # one line in a log, as the table
 
 
 def _fmt(x):
@@ -127,7 +127,8 @@ def cmd_eval(args) -> int:
     subset = cfg.data.test_subset if cfg is not None and dataset == cfg.data.dataset and args.split == "test" else None
     if subset and subset < len(split.labels):
         console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
-                      f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False)
+                      f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False,
+                      soft_wrap=True)
     return 0
 
 
@@ -171,7 +172,7 @@ def cmd_models(args) -> int:
     console = print_table(table)
     console.print("Also accepted wherever a model is named: timm:NAME (any timm.list_models() name; pip install "
                   "'mixdistill[timm]') and tv:NAME (any torchvision.models.list_models() classification model), "
-                  "built without downloading weights unless model.pretrained=true.", markup=False)
+                  "built without downloading weights unless model.pretrained=true.", markup=False, soft_wrap=True)
     return 0
 
 

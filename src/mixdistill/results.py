@@ -239,5 +239,5 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
         table.add_row(*row)
     console = print_table(table, markup=False)
     if csv_path:
-        console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False)
+        console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False, soft_wrap=True)
     return 0
