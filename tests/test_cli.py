@@ -379,3 +379,10 @@ def test_the_readme_config_table_names_every_config_key():
     missing = [k for k in config_keys() if f"`{k.rsplit('.', 1)[-1]}`" not in rows["top level" if "." not in k
                                                                                    else k.split(".")[0]]]
     assert not missing, f"README's config table leaves out {missing}"
+
+
+def test_prose_after_a_table_is_one_line_in_a_log(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["models"]) == 0
+    footer = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Also accepted")]
+    assert len(footer) == 1 and footer[0].endswith("unless model.pretrained=true.")
