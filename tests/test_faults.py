@@ -149,6 +149,23 @@ def test_full_disk_is_one_line_and_leaves_no_empty_config(capsys, fmnist_root, s
     assert not list((disk / "r").glob(f".*{TMP_SUFFIX}")) if (disk / "r").exists() else True
 
 
+def test_a_checkpoint_that_fills_the_disk_is_one_write_error(small_disk):
+    """The disk fills while torch.save writes (not before): torch's zip writer raises a RuntimeError as it closes,
+    with the OSError as its context; it is the same one line as any full disk, and the old file stays."""
+    import torch
+
+    from mixdistill.errors import WriteError
+    from mixdistill.files import save_torch
+
+    disk, fill, _ = small_disk
+    save_torch({"w": torch.zeros(10)}, disk / "last.pt")
+    old = (disk / "last.pt").read_bytes()
+    fill(keep=200_000)
+    with pytest.raises(WriteError, match=r"^cannot write .*last\.pt: \[Errno 28\] No space left on device$"):
+        save_torch({"w": torch.zeros(250_000)}, disk / "last.pt")  # 1 MB, past the 200 KB left
+    assert (disk / "last.pt").read_bytes() == old and not list(disk.glob(f".*{TMP_SUFFIX}"))
+
+
 @pytest.mark.checkout
 @pytest.mark.slow
 def test_resume_on_a_full_disk_keeps_every_file_whole(capsys, fmnist_root, small_disk, interrupt_at):

@@ -60,6 +60,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         tmp = None
     except OSError as err:
         raise write_error(path, err) from None
+    except RuntimeError as err:  # torch's zip writer fails as it closes after its file's OSError (a full disk)
+        cause = err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise write_error(path, cause) from None
     finally:
         if tmp is not None:
             try:
