@@ -355,6 +355,15 @@ def test_print_config_validates_as_training_does(capsys):
                  "--print-config"])
     assert "need a batch of at least 10, got data.batch_size=8" in one_line_error(
         capsys, ["train", "configs/online_fmnist_cpu.yaml", "augment.n=9", "data.batch_size=8", "--print-config"])
+    # the teacher's form, the teacher table and this machine's device and precision, as training decides them
+    assert "reads the teacher's features, which a folded or int8 teacher does not expose" in one_line_error(
+        capsys, ["train", "configs/cifar100_crd.yaml", "method=crd", "train.int8_teacher=true", "--print-config"])
+    assert "train.teacher_cache=true: augment cutmix mixes the batch the teacher sees" in one_line_error(
+        capsys, ["train", "configs/cifar100_crd.yaml", "method=kd", "augment=cutmix", "train.teacher_cache=true",
+                 "--print-config"])
+    if not torch.cuda.is_available():
+        assert "train.precision=fp16 is for CUDA GPUs" in one_line_error(
+            capsys, ["train", "configs/cifar100_crd.yaml", "train.precision=fp16", "--print-config"])
     # a benchmark teacher's architecture is known without its file: model.teacher must agree (it picks DKD's beta)
     assert "model.teacher is 'resnet32x4' but the benchmark teacher resnet56 is a 'resnet56'" in one_line_error(
         capsys, ["train", "configs/cifar100_crd.yaml", "method=dkd", "model.teacher_checkpoint=resnet56",

@@ -19,7 +19,8 @@ from mixdistill.data.datasets import DATASETS, find_root
 from mixdistill.data.streaming import StreamingImageFolder
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.engine.distributed import local_batch_size
-from mixdistill.engine.runtime import Runtime
+from mixdistill.engine import teacher_views
+from mixdistill.engine.runtime import Runtime, resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError
 from mixdistill.methods import METHODS
 from mixdistill.models import create_model
@@ -139,6 +140,19 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     return teacher.eval()
 
 
+def check_teacher_form(cfg: RunConfig, distiller, device_type: str) -> None:
+    """The fast/int8 teacher settings this run can take (ConfigError otherwise): int8 kernels are CPU kernels, and
+    a method that reads the teacher's features needs the unfolded, float teacher."""
+    train = cfg.train
+    if distiller.teacher is None:
+        return
+    if train.int8_teacher and device_type != "cpu":
+        raise ConfigError("train.int8_teacher=true is for CPU runs (the int8 kernels are CPU kernels)")
+    if distiller.reads_teacher_features and (train.fast_teacher is True or train.int8_teacher):
+        raise ConfigError(f"method {cfg.method.name} reads the teacher's features, which a folded or int8 teacher "
+                          f"does not expose: set train.fast_teacher=false train.int8_teacher=false")
+
+
 def build_augment(cfg: RunConfig, mean, std):
     """The configured augmentation (None for ``none``), with the dataset's mean/std bound for views that work in
     pixel space (AutoAugment, crop with black padding) when the config leaves them null. The config decided
@@ -212,10 +226,14 @@ def check_buildable(cfg: RunConfig) -> None:
     if source is not None and not Path(source).exists() and source not in TEACHERS:
         raise CheckpointError(missing_teacher(source))
     _check_benchmark_teacher(cfg)
+    runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
+    if cfg.train.teacher_cache is True:
+        teacher_views.check_asked(cfg)
     spec = DATASETS[cfg.data.dataset]
     with torch.device("meta"):
         distiller = build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3,
                                     teacher_builder=stand_in_teacher, pretrained=False)  # nothing downloaded
+        check_teacher_form(cfg, distiller, runtime.device.type)
         size = cfg.data.image_size or spec.image_size
         if size is not None:  # the methods' shape checks (FitNets' regressor, ReviewKD's levels) run in prepare
             h, w = (size, size) if isinstance(size, int) else size

@@ -39,7 +39,7 @@ import torch
 
 from mixdistill.data.loader import DeviceLoader
 from mixdistill.data.transforms import crop_flip, crop_flip_views, normalize, view_parameters
-from mixdistill.errors import LockedError
+from mixdistill.errors import ConfigError, LockedError
 from mixdistill.files import hold_lock, save_torch
 from mixdistill.machine import cpu_name
 from mixdistill.methods import METHODS
@@ -60,6 +60,14 @@ def unusable(cfg) -> str | None:
     if cfg.data.loader == "streaming":
         return "data.loader streaming draws crops the table cannot enumerate"
     return None
+
+
+def check_asked(cfg, why_not: str | None = None) -> None:
+    """``train.teacher_cache=true`` for a run that cannot use a table: a ConfigError saying why (``why_not``: a
+    reason the caller knows beyond the config's, e.g. torchrun)."""
+    why_not = unusable(cfg) or why_not
+    if why_not:
+        raise ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
 
 
 def views_drawn(padding: int, flip: bool) -> int:

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mixdistill.config import RunConfig, build_config, metric_lower_is_better
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
-from mixdistill.engine.build import base_lr, build_distiller, build_loaders, model_label
+from mixdistill.engine.build import base_lr, build_distiller, build_loaders, check_teacher_form, model_label
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
@@ -133,12 +133,8 @@ class Trainer:
         train, distiller = self.cfg.train, self.distiller
         if distiller.teacher is None:
             return None
-        if train.int8_teacher and self.runtime.device.type != "cpu":
-            raise ConfigError("train.int8_teacher=true is for CPU runs (the int8 kernels are CPU kernels)")
+        check_teacher_form(self.cfg, distiller, self.runtime.device.type)
         wanted = train.fast_teacher if train.fast_teacher != "auto" else not distiller.reads_teacher_features
-        if distiller.reads_teacher_features and (train.fast_teacher is True or train.int8_teacher):
-            raise ConfigError(f"method {self.cfg.method.name} reads the teacher's features, which a folded or "
-                              f"int8 teacher does not expose: set train.fast_teacher=false train.int8_teacher=false")
         if not (wanted or train.int8_teacher):
             return None
         calibration = None
@@ -482,7 +478,7 @@ class Trainer:
         why_not = teacher_views.unusable(self.cfg) or ("torchrun processes" if self.dist.enabled else None)
         if why_not:
             if setting is True:
-                raise ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
+                teacher_views.check_asked(self.cfg, why_not)
             return
         src = self._views_source()
         loader = self.train_loader
