@@ -327,6 +327,10 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     (["model.student=resnet99"], "unknown model (model.student) 'resnet99'"),
     (["augment=cutmix_pick"], "scores the pool with the teacher; method ce has none"),
     (["data.dataset=fmnist"], "unknown dataset 'fmnist'"),
+    (["optim.schedule=step", "optim.milestones=[150,180]", "optim.epochs=1"],
+     "optim.epochs=1 leaves no room for a step schedule's decay: set optim.schedule=constant / onecycle / cosine"),
+    (["optim.schedule=step", "optim.milestones=[150,180]", "optim.epochs=10"],
+     "must lie strictly inside 1..9 for optim.epochs=10: set optim.milestones too (e.g. "),
     (["method=dml", "method.peers=2", "model.peers=[cnn5_w8,cnn5_w8,cnn5_w16]"],
      "method.peers is 2 but model.peers names 3 models"),
 ])
@@ -361,6 +365,9 @@ def test_print_config_validates_as_training_does(capsys):
     assert "train.teacher_cache=true: augment cutmix mixes the batch the teacher sees" in one_line_error(
         capsys, ["train", "configs/cifar100_crd.yaml", "method=kd", "augment=cutmix", "train.teacher_cache=true",
                  "--print-config"])
+    assert "int8_teacher=true quantises the folded teacher, which train.fast_teacher=false turns off" in \
+        one_line_error(capsys, ["train", "configs/cifar100_crd.yaml", "method=kd", "train.int8_teacher=true",
+                                "train.fast_teacher=false", "--print-config"])
     if not torch.cuda.is_available():
         assert "train.precision=fp16 is for CUDA GPUs" in one_line_error(
             capsys, ["train", "configs/cifar100_crd.yaml", "train.precision=fp16", "--print-config"])

@@ -62,6 +62,8 @@ def test_a_kd_run_ends_with_the_same_weights_with_the_table_or_with_the_teacher(
         weights[name] = load_checkpoint(cfg.run_dir / "last.pt")["model"]
         if setting == "true":
             assert ("built in" if name == "built" else "loaded;") in log and "50 views x 800 images" in log
+            assert ("teacher view cache: building 50 views x 800 images (40,000 teacher passes" in log) == (
+                name == "built")  # said before the silent minutes of a large table
         assert "(the teacher as this run computes it: 5 conv+bn folded" + (", bf16;" if run_precision == "bf16"
                                                                             else ";") in log
     views = summaries["built"]["teacher_views"]

@@ -48,7 +48,8 @@ class DataConfig(Section):
     loader: Literal["memory", "streaming"] = Field(
         "memory", description="memory: the whole uint8 dataset on the device; streaming: worker processes decode "
         "image files per batch (ImageNet; image-folder datasets only)")
-    image_size: int | None = Field(None, gt=0, description="streaming: train crop / eval centre crop; null = the dataset's")
+    image_size: int | None = Field(None, gt=0, description="streaming: train crop / eval centre crop; null = the "
+                                   "dataset's (imagenet: 224; an image folder has none: set it)")
     num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, the CPUs "
                                     "this process may use)")
 
@@ -139,7 +140,13 @@ class OptimConfig(Section):
     @model_validator(mode="after")
     def _check_milestones(self):
         if any(m <= 0 or m >= self.epochs for m in self.milestones) and self.schedule == "step":
-            raise ValueError(f"optim.milestones {self.milestones} must lie strictly inside 1..{self.epochs - 1}")
+            others = "optim.schedule=constant / onecycle / cosine"
+            if self.epochs < 2:
+                raise ValueError(f"optim.milestones {self.milestones}: optim.epochs={self.epochs} leaves no room for a "
+                                 f"step schedule's decay: set {others}")
+            raise ValueError(f"optim.milestones {self.milestones} must lie strictly inside 1..{self.epochs - 1} for "
+                             f"optim.epochs={self.epochs}: set optim.milestones too (e.g. [{self.epochs // 2}]), or "
+                             f"{others}")
         return self
 
     @property

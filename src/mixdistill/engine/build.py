@@ -148,6 +148,9 @@ def check_teacher_form(cfg: RunConfig, distiller, device_type: str) -> None:
         return
     if train.int8_teacher and device_type != "cpu":
         raise ConfigError("train.int8_teacher=true is for CPU runs (the int8 kernels are CPU kernels)")
+    if train.int8_teacher and train.fast_teacher is False:
+        raise ConfigError("train.int8_teacher=true quantises the folded teacher, which train.fast_teacher=false turns "
+                          "off: set train.fast_teacher=auto (or true), or train.int8_teacher=false")
     if distiller.reads_teacher_features and (train.fast_teacher is True or train.int8_teacher):
         raise ConfigError(f"method {cfg.method.name} reads the teacher's features, which a folded or int8 teacher "
                           f"does not expose: set train.fast_teacher=false train.int8_teacher=false")

@@ -344,7 +344,8 @@ class Trainer:
         teacher_eval = None
         if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
-            how = [f"{self.teacher_report.folded_pairs} conv+bn folded"] if self.teacher_report else []
+            r = self.teacher_report
+            how = [f"{r.folded_pairs} conv+bn folded"] + (["int8"] if r.int8 else []) if r else []
             how += [self.runtime.precision] if self.runtime.precision != "fp32" else []
             logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%"
                         + (f" (the teacher as this run computes it: {', '.join(how)}; its own run's evaluation may "
@@ -497,6 +498,8 @@ class Trainer:
                             f"above the {teacher_views.AUTO_MAX_BYTES >> 20} MiB auto builds; "
                             f"train.teacher_cache=true builds it)")
                 return
+            logger.info(f"teacher view cache: building {views} views x {n} images ({views * n:,} teacher passes, "
+                        f"as many as {views} epochs make) beside the runs that share it ...")
             table, did = teacher_views.build_or_wait(path, src, self.cfg.data.batch_size)
         self.distiller.teacher_views = table
         self.teacher_views_report = {"file": str(path), "views": views, "images": n,
