@@ -327,6 +327,7 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     (["model.student=resnet99"], "unknown model (model.student) 'resnet99'"),
     (["augment=cutmix_pick"], "scores the pool with the teacher; method ce has none"),
     (["data.dataset=fmnist"], "unknown dataset 'fmnist'"),
+    (["data.image_size=32"], "data.image_size=32 is for data.loader=streaming"),
     (["optim.schedule=step", "optim.milestones=[150,180]", "optim.epochs=1"],
      "optim.epochs=1 leaves no room for a step schedule's decay: set optim.schedule=constant / onecycle / cosine"),
     (["optim.schedule=step", "optim.milestones=[150,180]", "optim.epochs=10"],

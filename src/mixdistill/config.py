@@ -60,6 +60,9 @@ class DataConfig(Section):
         if self.loader == "streaming" and self.dataset not in STREAMING_DATASETS:
             raise ValueError(f"data.loader streaming reads image-folder trees ({', '.join(STREAMING_DATASETS)}), "
                              f"not {self.dataset}")
+        if self.loader == "memory" and self.image_size is not None:
+            raise ValueError(f"data.image_size={self.image_size} is for data.loader=streaming (its crop size); the "
+                             "memory loader keeps the dataset's images as they are: unset it")
         return self
 
 
