@@ -361,6 +361,16 @@ def test_demo_quick(tmp_path, fmnist_root, capsys):
     # a second run reuses every finished run instead of training again
     assert main(["demo", "--quick", "--seeds", "2", "--output-dir", str(tmp_path / "demo"),
                  "--data-root", str(fmnist_root)]) == 0
+    assert capsys.readouterr().out.count("mixdistill demo: teacher cnn5_w16") == 1
+    # a folder in use: the lock's one line and nothing on standard output
+    from mixdistill.files import hold_lock
+    from mixdistill.studies.grid import GRID_LOCK
+
+    with hold_lock(tmp_path / "demo" / GRID_LOCK, "a test holding the folder"):
+        assert main(["demo", "--quick", "--seeds", "2", "--output-dir", str(tmp_path / "demo"),
+                     "--data-root", str(fmnist_root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "is in use by" in captured.err
 
 
 @pytest.mark.checkout

@@ -43,11 +43,18 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     runs = demo_grid(output_dir, seeds, data_root, quick)
     teacher_model = runs[0].config["model"]["student"]
     student_model = runs[1].config["model"]["student"]
-    console.print(f"[bold]mixdistill demo[/bold]: teacher {teacher_model}, students {student_model} (CE and KD, "
-                  f"{seeds} seeds) on Fashion-MNIST; runs in {Path(output_dir).resolve()}", soft_wrap=True)
-    # markup=False: the grid's lines start with '[stage N]', which rich would take for a style tag and drop
-    rows = run_grid(runs, output_dir, quiet=False, log=lambda line: console.print(line, markup=False,
-                                                                                        soft_wrap=True))
+    header = [f"[bold]mixdistill demo[/bold]: teacher {teacher_model}, students {student_model} (CE and KD, "
+              f"{seeds} seeds) on Fashion-MNIST; runs in {Path(output_dir).resolve()}"]
+
+    def log(line: str) -> None:  # the header once the grid holds its folder (a folder in use: its error alone)
+        while header:
+            console.print(header.pop(), soft_wrap=True)
+        # markup=False: the grid's lines start with '[stage N]', which rich would take for a style tag and drop
+        if line is not None:
+            console.print(line, markup=False, soft_wrap=True)
+
+    rows = run_grid(runs, output_dir, quiet=False, log=log)
+    log(None)
     teacher = rows["teacher"]["summary"]
     results: dict[str, list[float]] = {}
     student_images = None
