@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixdistill.augment import augment_uses_teacher, resolve_augment_params
+from mixdistill.augment.mix import cut_n_mix_batch_error
 from mixdistill.data.datasets import DATASETS
 from mixdistill.errors import ConfigError, MixdistillError, UnknownNameError
 from mixdistill.machine import DEVICE_NAMES, is_device_name
@@ -330,12 +331,11 @@ class RunConfig(Section):
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
                              "augmentation")
-        if self.augment.name == "cut_n_mix":  # as the augmentation checks on its first batch (augment/mix.py)
-            n, partner = self.augment.model_extra["n"], self.augment.model_extra["partner"]
-            need = n + (partner == "derangement")
-            if self.data.batch_size < need:
-                raise ValueError(f"cut_n_mix: {n} different partner images per sample need a batch of at least "
-                                 f"{need}, got data.batch_size={self.data.batch_size}")
+        if self.augment.name == "cut_n_mix":  # what the augmentation checks on its first batch
+            too_small = cut_n_mix_batch_error(self.augment.model_extra["n"], self.augment.model_extra["partner"],
+                                              self.data.batch_size, "data.batch_size=")
+            if too_small:
+                raise ValueError(too_small)
         if method_cls.default_augment and self.augment.name == "none":
             raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
                              f"{method_cls.default_augment}), or leave augment unset to get that default "

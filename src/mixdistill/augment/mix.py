@@ -370,6 +370,16 @@ def cutmix(
     )
 
 
+def cut_n_mix_batch_error(n: int, partner: str, batch: int, batch_name: str = "") -> str | None:
+    """Why a batch of ``batch`` is too small for ``n`` different partners per sample (a derangement also excludes
+    the sample itself), or None (``batch_name``: the setting the batch size came from, for the message)."""
+    need = n + (partner == "derangement")
+    if batch < need:
+        return (f"cut_n_mix: {n} different partner images per sample need a batch of at least {need}, got "
+                f"{batch_name}{batch}")
+    return None
+
+
 def cut_n_mix(
     images,
     labels,
@@ -400,9 +410,9 @@ def cut_n_mix(
         raise ConfigError(f"cut_n_mix: n must be >= 1, got {n}")
     _check_generator(generator)
     b, _, h, w = images.shape
-    if b - (partner == "derangement") < n:
-        raise ConfigError(f"cut_n_mix: {n} different partner images per sample need a batch of at least "
-                          f"{n + (partner == 'derangement')}, got {b}")
+    too_small = cut_n_mix_batch_error(n, partner, b)
+    if too_small:
+        raise ConfigError(too_small)
     if prob < 1.0 and float(torch.rand((), generator=generator)) >= prob:
         return _unmixed(images, images)
     dev = images.device
