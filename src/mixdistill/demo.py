@@ -46,7 +46,7 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     header = [f"[bold]mixdistill demo[/bold]: teacher {teacher_model}, students {student_model} (CE and KD, "
               f"{seeds} seeds) on Fashion-MNIST; runs in {Path(output_dir).resolve()}"]
 
-    def log(line: str) -> None:  # the header once the grid holds its folder (a folder in use: its error alone)
+    def log(line: str | None) -> None:  # the header once the grid holds its folder (a folder in use: its error alone)
         while header:
             console.print(header.pop(), soft_wrap=True)
         # markup=False: the grid's lines start with '[stage N]', which rich would take for a style tag and drop

@@ -230,8 +230,9 @@ def check_buildable(cfg: RunConfig) -> None:
         raise CheckpointError(missing_teacher(source))
     _check_benchmark_teacher(cfg)
     runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
-    if cfg.train.teacher_cache is True:
-        teacher_views.check_asked(cfg)
+    why_no_table = teacher_views.unusable(cfg) if cfg.train.teacher_cache is True else None
+    if why_no_table:
+        raise teacher_views.refused(why_no_table)
     spec = DATASETS[cfg.data.dataset]
     with torch.device("meta"):
         distiller = build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3,

@@ -62,12 +62,10 @@ def unusable(cfg) -> str | None:
     return None
 
 
-def check_asked(cfg, why_not: str | None = None) -> None:
-    """``train.teacher_cache=true`` for a run that cannot use a table: a ConfigError saying why (``why_not``: a
-    reason the caller knows beyond the config's, e.g. torchrun)."""
-    why_not = unusable(cfg) or why_not
-    if why_not:
-        raise ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
+def refused(why_not: str) -> ConfigError:
+    """The error for ``train.teacher_cache=true`` on a run that cannot use a table (``why_not``: :func:`unusable`'s
+    reason, or one the caller knows beyond the config, e.g. torchrun)."""
+    return ConfigError(f"train.teacher_cache=true: {why_not}; set it to auto or false")
 
 
 def views_drawn(padding: int, flip: bool) -> int:

@@ -344,9 +344,11 @@ class Trainer:
         teacher_eval = None
         if self.distiller.teacher is not None and main:
             teacher_eval = evaluate(self.distiller.teacher, self.test_loader, self.runtime)
-            r = self.teacher_report
-            how = [f"{r.folded_pairs} conv+bn folded"] + (["int8"] if r.int8 else []) if r else []
-            how += [self.runtime.precision] if self.runtime.precision != "fp32" else []
+            r, how = self.teacher_report, []
+            if r is not None:
+                how += [f"{r.folded_pairs} conv+bn folded"] + (["int8"] if r.int8 else [])
+            if self.runtime.precision != "fp32":
+                how.append(self.runtime.precision)
             logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%"
                         + (f" (the teacher as this run computes it: {', '.join(how)}; its own run's evaluation may "
                            f"differ in the last digits)" if how else ""))
@@ -479,7 +481,7 @@ class Trainer:
         why_not = teacher_views.unusable(self.cfg) or ("torchrun processes" if self.dist.enabled else None)
         if why_not:
             if setting is True:
-                teacher_views.check_asked(self.cfg, why_not)
+                raise teacher_views.refused(why_not)
             return
         src = self._views_source()
         loader = self.train_loader
