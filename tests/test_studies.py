@@ -226,7 +226,8 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| ce/seed0 |"))
     ce_run = 2 * (300 * (3 * macs - first_input_grad) + 200 * macs) / 1e15
     assert row.split("|")[10].strip() == f"{ce_run:.3g}"
-    assert f"| 0 | ce | none | 2 | {2 * ce_run:.3g} |" in out  # the summary by stage, method and augmentation
+    # the summary by stage, method and augmentation (the loader's random crop and flip are augmentation too)
+    assert f"| 0 | ce | none; loader: crop, flip | 2 | {2 * ce_run:.3g} |" in out
     assert "| dml/seed0 | 0 | fashion_mnist | cnn5_w8+cnn5_w8+cnn5_w8 | - |" in out
     total = next(line for line in out.splitlines() if line.startswith("**Total: "))  # a smoke plan's sliver of one
     assert " 0.0 " not in total and "e-" in total.split(" PFLOPs")[0] and "GPU-hours" in total
@@ -234,6 +235,9 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
                  "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| student/cutmix/lenet5/r0 | 1 | cifar10 | lenet5 | resnet18_cifar | das_kd | none | 218 | " in out
+    # the crop/flip teacher is not "none"
+    assert "| teacher/none/r0 | 0 | cifar10 | resnet18_cifar | - | ce | none | 218 |" in out
+    assert "| teacher/crop_flip/r0 | 0 | cifar10 | resnet18_cifar | - | ce | none; loader: crop, flip | 218 |" in out
     assert "GPU-hours at 40 TFLOP/s" in out
     assert main(["study", "wang2022", "--scale", "full", "--plan", "--plan-tflops", "0"]) == 2
 

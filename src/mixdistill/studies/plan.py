@@ -129,10 +129,18 @@ def plan_rows(runs, study_dir: Path) -> list[dict]:
         evals = -(-epochs // max(1, cfg.train.eval_every))
         flops = run_work(same_work.model_dump_json()).total(epochs, train_n, evals, test_n)
         rows.append({"key": run.key, "stage": run.stage, "dataset": d.dataset, "networks": "+".join(learners),
-                     "teacher": teacher or "-", "method": cfg.method.name, "augment": cfg.augment.name,
+                     "teacher": teacher or "-", "method": cfg.method.name, "augment": augment_label(cfg),
                      "epochs": epochs, "train_images": train_n, "pflops": flops / 1e15})
     return rows
 
+
+
+def augment_label(cfg) -> str:
+    """The augmentation a run trains with: ``augment.name`` and what the loader does before it
+    (``cutmix; loader: crop, flip``)."""
+    by_loader = [name for name, on in (("crop", DATASETS[cfg.data.dataset].padding_for(cfg.data.crop_padding) > 0),
+                                       ("flip", cfg.data.flip)) if on]
+    return f"{cfg.augment.name}; loader: {', '.join(by_loader)}" if by_loader else cfg.augment.name
 
 
 def _amount(x: float) -> str:
