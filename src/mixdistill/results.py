@@ -24,7 +24,7 @@ from mixdistill.config import metric_lower_is_better
 from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
-from mixdistill.studies.stats import mean_ci
+from mixdistill.studies.stats import mean_ci, mean_ci_text
 from mixdistill.tables import print_table
 
 NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
@@ -156,12 +156,10 @@ def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc
 def _mean_ci_cell(group: dict, digits: int) -> str:
     """``84.97 [84.68, 85.26]``; no interval where a seed repeats: runs of one seed are not independent replicates
     (the same seed run twice, e.g. under two names)."""
-    if group["mean"] is None:
-        return "-"
-    mean = f"{group['mean']:.{digits}f}"
-    if group["repeated_seeds"]:
-        return f"{mean} (no CI: seed {', '.join(map(str, group['repeated_seeds']))} in more than one run)"
-    return mean if group["ci"] is None else f"{mean} [{group['ci'][0]:.{digits}f}, {group['ci'][1]:.{digits}f}]"
+    if group["mean"] is not None and group["repeated_seeds"]:
+        return (f"{group['mean']:.{digits}f} (no CI: seed {', '.join(map(str, group['repeated_seeds']))} in more "
+                f"than one run)")
+    return mean_ci_text(group["mean"], group["ci"], digits)
 
 
 def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"

@@ -250,11 +250,14 @@ def counted(n: int, noun: str) -> str:
 
 def fmt_mean_ci(values: list[float], digits: int = 2) -> str:
     mean, low, high = mean_ci(values)
-    if math.isnan(mean):
+    return mean_ci_text(None if math.isnan(mean) else mean, None if math.isnan(low) else (low, high), digits)
+
+
+def mean_ci_text(mean: float | None, ci: tuple[float, float] | None, digits: int = 2) -> str:
+    """``84.97 [84.68, 85.26]``; the mean alone without an interval, ``-`` without a mean."""
+    if mean is None:
         return "-"
-    if math.isnan(low):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{mean:.{digits}f}" if ci is None else f"{mean:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 # ----------------------------------------------------------------------------------------------- seeds
