@@ -176,6 +176,26 @@ def test_register_method_refuses_what_training_could_not_use(registries):
     with pytest.raises(ValueError, match="built in"):
         mixdistill.unregister_method("ce")
 
+    # the method section's own key, and a default outside its own range (pydantic leaves defaults unchecked)
+    class NamedParams(MethodParams):
+        name: str = "hello"
+
+    class BadDefault(MethodParams):
+        temperature: Annotated[float, Field(gt=0)] = -1.0
+
+    with pytest.raises(TypeError, match="field 'name'"):
+        mixdistill.register_method("y", type("Named", (CE,), {"Params": NamedParams}))
+    with pytest.raises(TypeError, match=r"default -1.0 of .*temperature fails its own type: .*greater than 0"):
+        mixdistill.register_method("y", type("Bad", (CE,), {"Params": BadDefault}))
+    assert "y" not in METHODS
+
+
+def test_every_built_in_methods_defaults_pass_their_own_types():
+    from mixdistill.methods import _check_params
+
+    for name, cls in METHODS.items():
+        _check_params(name, cls)
+
 
 # ------------------------------------------------------------------------------------------ augmentations
 
@@ -235,6 +255,39 @@ def test_register_augment_refuses_untyped_or_misfit_parameters(registries):
 
     mixdistill.register_augment("noise", noise2, replace=True)
     assert resolve_augment_params("noise") == {"level": 2}
+
+    def named(images, labels, *, generator, name: str = "foo"):
+        return noise(images, labels, generator=generator)
+
+    with pytest.raises(TypeError, match="parameter 'name' would be the augment section's own key"):
+        mixdistill.register_augment("named", named)
+    # this module's annotations are strings (from __future__ import annotations): one naming a local alias cannot
+    # be resolved, and typing the parameter from its default instead would drop the range it declares
+    Unit = Annotated[float, Field(ge=0, le=1)]  # noqa: F841 - named by the annotation below
+
+    def local_alias(images, labels, *, generator, q: Unit = 0.5):
+        return noise(images, labels, generator=generator)
+
+    with pytest.raises(TypeError, match="annotation 'Unit' of parameter 'q' cannot be resolved"):
+        mixdistill.register_augment("local_alias", local_alias)
+    assert "named" not in AUGMENTATIONS and "local_alias" not in AUGMENTATIONS
+
+
+def test_a_tuple_parameter_reaches_the_augmentation_as_a_tuple(registries):
+    from mixdistill.augment import make_augment
+
+    seen = []
+
+    @mixdistill.register_augment("patches")
+    def patches(images, labels, *, generator, patch: tuple[int, int] = (4, 4)):
+        seen.append(patch)
+        return noise(images, labels, generator=generator, sigma=0.0)
+
+    assert resolve_augment_params("patches", patch=[6, 3]) == {"patch": [6, 3]}  # as a config holds it
+    images, labels = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    for params in ({}, {"patch": [6, 3]}):
+        make_augment("patches", **params)(images, labels, generator=torch.Generator())
+    assert seen == [(4, 4), (6, 3)]
 
 
 # ------------------------------------------------------------------------------------------- plugins

@@ -173,6 +173,10 @@ def test_fast_teacher_computes_the_loaded_teachers_logits(tiny_run_overrides, pr
     eager = Trainer(load_config(None, base + ["name=eager", "train.fast_teacher=false"]), quiet=True)
     assert isinstance(fast.distiller.teacher, InferenceTeacher) and eager.teacher_report is None
     assert fast.teacher_report.folded_pairs == 5 and fast.teacher_report.channels_last
+    # a method that reads the folded teacher's features without saying so (a plugin's) is told what to declare
+    assert not hasattr(fast.distiller.teacher, "forward_features")
+    with pytest.raises(AttributeError, match="reads_teacher_features = True"):
+        fast.distiller.teacher.forward_features
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.distiller.teacher.modules())
     x, _, _ = next(iter(fast.train_loader))
     with fast.runtime.autocast():

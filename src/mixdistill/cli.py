@@ -217,7 +217,7 @@ def _with_default(key: str, default, annotation) -> str:
 
 def method_rows() -> list[tuple[str, str, str, str, str]]:
     """Every registered method (plugins included): name, kind, parameters with defaults, default augmentation,
-    source paper (its ``source``, else the first line of its module's docstring)."""
+    source paper (its ``source``, else the first line of the class's own docstring, else of its module's)."""
     import sys
 
     from mixdistill.methods import METHODS
@@ -228,7 +228,8 @@ def method_rows() -> list[tuple[str, str, str, str, str]]:
                 "offline" if cls.needs_teacher else "offline, no teacher")
         params = [_with_default(key, field.get_default(call_default_factory=True), field.annotation)
                   for key, field in cls.Params.model_fields.items()]
-        source = getattr(cls, "source", "") or _first_sentence(sys.modules[cls.__module__].__doc__)
+        source = (getattr(cls, "source", "") or _first_sentence(cls.__dict__.get("__doc__"))
+                  or _first_sentence(sys.modules[cls.__module__].__doc__))
         rows.append((name, kind, "\n".join(params) or "-", cls.default_augment or "none", source or "-"))
     return rows
 

@@ -38,6 +38,7 @@ def register_method(name: str, cls=None, *, replace: bool = False):
             raise TypeError(f"method '{name}': {cls.__name__}.Params must subclass mixdistill.distill.MethodParams")
         if cls.forward_train is Distiller.forward_train:
             raise TypeError(f"method '{name}': {cls.__name__} does not define forward_train")
+        _check_params(name, cls)
         if cls.default_augment is not None and cls.default_augment not in AUGMENTATIONS:
             raise ValueError(f"method '{name}': default_augment '{cls.default_augment}' is not a registered "
                              "augmentation")
@@ -50,6 +51,28 @@ def register_method(name: str, cls=None, *, replace: bool = False):
         return METHODS.register(name)(cls)
 
     return register if cls is None else register(cls)
+
+
+def _check_params(name: str, cls) -> None:
+    """A method's ``Params`` as the ``method`` section can hold them: no field named ``name`` (the section's own
+    key, the method's name), and every default passing its own field's type and range (pydantic does not check
+    defaults, so a bad one would reach a config unvalidated)."""
+    from pydantic import ValidationError
+
+    fields = cls.Params.model_fields
+    if "name" in fields:
+        raise TypeError(f"method '{name}': {cls.__name__}.Params has a field 'name', which is the method section's "
+                        "own key (method.name); rename it")
+    defaults = {key: field.get_default(call_default_factory=True) for key, field in fields.items()
+                if not field.is_required()}
+    try:
+        cls.Params.model_validate(defaults)
+    except ValidationError as err:
+        bad = [e for e in err.errors() if e["type"] != "missing"]
+        if bad:
+            key = ".".join(map(str, bad[0]["loc"]))
+            raise TypeError(f"method '{name}': the default {defaults.get(key)!r} of {cls.__name__}.Params.{key} "
+                            f"fails its own type: {bad[0]['msg']}") from None
 
 
 def unregister_method(name: str) -> None:

@@ -105,11 +105,17 @@ def augment_uses_teacher(name: str) -> bool:
 
 def resolve_augment_params(name: str, **params) -> dict:
     """Every parameter of augmentation ``name``, type- and range-checked, defaults filled in (``mean`` and
-    ``std`` stay None when not given: the dataset's are bound when training).
+    ``std`` stay None when not given: the dataset's are bound when training), as a config holds them (tuples as
+    lists).
 
     Unknown name -> UnknownNameError; unknown parameter, wrong type or value out of range -> ConfigError
     naming it.
     """
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in _validated_params(name, params).items()}
+
+
+def _validated_params(name: str, params: dict) -> dict:
+    """:func:`resolve_augment_params`'s values as their types make them (a tuple parameter a tuple)."""
     if name not in AUGMENTATIONS:
         raise UnknownNameError("augmentation", name, AUGMENTATIONS)
     valid = augment_params(name)
@@ -126,8 +132,7 @@ def resolve_augment_params(name: str, **params) -> dict:
         key = ".".join(str(x) for x in e["loc"])
         raise ConfigError(f"invalid value {e.get('input')!r} for parameter '{key}' of augmentation '{name}': "
                           f"{e['msg'].removeprefix('Value error, ')}") from None
-    out = model.model_dump()
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+    return dict(model)
 
 
 def make_augment(name: str, **params):
@@ -136,7 +141,7 @@ def make_augment(name: str, **params):
     Runtime objects (``teacher``, ``student`` for cutmix_pick) are passed at call time. ``mean``/``std``
     left None are the caller's to bind (the dataset's).
     """
-    resolved = resolve_augment_params(name, **params)
+    resolved = _validated_params(name, params)
     bound = {k: v for k, v in resolved.items() if not (k in ("mean", "std") and v is None)}
     return functools.partial(AUGMENTATIONS[name], **bound)
 
@@ -170,12 +175,15 @@ def _own_param_types(name: str, fn) -> dict[str, Any]:
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # noqa: BLE001 - an annotation naming something not importable: read them one by one
-        hints = {k: p.annotation for k, p in params.items()
-                 if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str)}
+        hints = {k: _resolved_annotation(name, fn, k, p.annotation) for k, p in params.items()
+                 if p.annotation is not inspect.Parameter.empty and k not in _CALL_ARGS + _RUNTIME_ARGS}
     types = {}
     for key, p in params.items():
         if key in _CALL_ARGS or key in _RUNTIME_ARGS:
             continue
+        if key == "name":
+            raise TypeError(f"augmentation '{name}': a parameter 'name' would be the augment section's own key "
+                            "(augment.name); rename it")
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"augmentation '{name}': *{key} cannot be configured; name every parameter")
         if p.kind is p.POSITIONAL_ONLY:
@@ -193,6 +201,20 @@ def _own_param_types(name: str, fn) -> dict[str, Any]:
                             f"type bool, int, float, str or a tuple of them to take its type from)")
         types[key] = kind
     return types
+
+
+def _resolved_annotation(name: str, fn, key: str, annotation):
+    """A configurable parameter's annotation, a string (``from __future__ import annotations``) evaluated where
+    ``fn`` is defined; one that names what is not there is a TypeError (typing it from its default instead would
+    drop the range it declares)."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, getattr(fn, "__globals__", {}))  # what typing.get_type_hints does, one at a time
+    except Exception as err:  # noqa: BLE001
+        raise TypeError(f"augmentation '{name}': the annotation {annotation!r} of parameter '{key}' cannot be "
+                        f"resolved where {getattr(fn, '__qualname__', fn)} is defined ({type(err).__name__}: {err}); "
+                        "define the names it uses at module level") from None
 
 
 def register_augment(name: str, fn=None, *, replace: bool = False):

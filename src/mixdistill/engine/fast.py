@@ -110,6 +110,16 @@ class InferenceTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "forward_features":  # a method (a plugin's) reading the features of a folded teacher
+                raise AttributeError("forward_features: this teacher is folded for inference and gives its logits "
+                                     "only (train.fast_teacher); a method that reads the teacher's features "
+                                     "declares it with reads_teacher_features = True") from None
+            raise
+
     def compile_net(self) -> bool:
         """Compile the (folded) net for inference, weights frozen; an int8 net stays as it is. True if compiled."""
         if self.float_input or self._compiled is not None:
