@@ -334,6 +334,12 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
      "must lie strictly inside 1..9 for optim.epochs=10: set optim.milestones too (e.g. "),
     (["method=dml", "method.peers=2", "model.peers=[cnn5_w8,cnn5_w8,cnn5_w16]"],
      "method.peers is 2 but model.peers names 3 models"),
+    # the run's folder in output_dir: not output_dir itself (it hid the runs below it), not a folder outside it
+    (["name=''"], "name '' is the run's folder in output_dir: one folder name"),
+    (["name=.."], "name '..' is the run's folder"),
+    (["name=../escape"], "name '../escape' is the run's folder"),
+    (["name=/tmp/elsewhere"], "name '/tmp/elsewhere' is the run's folder"),
+    (["name=a/b"], "name 'a/b' is the run's folder"),
 ])
 def test_bad_values_are_config_errors(overrides, fragment):
     with pytest.raises(MixdistillError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):

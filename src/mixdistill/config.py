@@ -270,6 +270,16 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        """The run's folder in output_dir: "" would be output_dir itself (hiding the runs below it from
+        ``results``), "../x" or "/x" a folder outside it."""
+        if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError(f"name {value!r} is the run's folder in output_dir: one folder name, not empty and "
+                             "without '/', '\\' or '..' (set output_dir for where the run goes)")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _default_augment(cls, tree):
