@@ -498,6 +498,39 @@ def test_analyze_human_labels_shape_error(tiny_runs, tmp_path):
 
 
 @pytest.mark.checkout
+def test_a_runs_test_subset_is_analysed_and_takes_its_rows_of_the_human_labels(tiny_runs, tmp_path, capsys):
+    """A run with data.test_subset is analysed on its subset, also where --data names its own dataset; a human-label
+    file of the whole test split is read in the split's order and the subset's rows taken from it (one-hot labels
+    of the true classes make KL(human || model) the NLL exactly where the rows are the subset's own)."""
+    from mixdistill.analysis.command import analyze, analyze_main
+    from mixdistill.cli import main
+    from mixdistill.data import load_dataset
+
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", "name=subset_run", f"data.root={tiny_runs['root']}",
+                 f"output_dir={tmp_path}", "data.train_subset=200", "data.test_subset=100",  # of the 200 test images
+                 "model.student=cnn5_w8", "optim.schedule=constant", "optim.epochs=1", "train.progress=false",
+                 "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "--quiet"]) == 0
+    run = tmp_path / "subset_run"
+    labels = load_dataset("fashion_mnist", "test", root=tiny_runs["root"]).labels
+    np.save(tmp_path / "human.npy", np.eye(10)[labels.numpy()])
+    m = analyze(run, out=tmp_path / "a", human_labels=tmp_path / "human.npy", no_teacher=True)
+    assert m["samples"] == 100
+    assert m["human_labels"]["kl"] == pytest.approx(m["calibration"]["nll"], rel=1e-6)
+    assert analyze(run, data="fashion_mnist", out=tmp_path / "b", no_teacher=True)["samples"] == 100
+    assert analyze(run, out=tmp_path / "c", no_teacher=True, full_test_set=True)["samples"] == 200
+    np.save(tmp_path / "rows_of_subset.npy", np.eye(10)[labels[:100].numpy()])
+    with pytest.raises(DataError, match=r"have shape \[100, 10\] but the evaluation set needs \[200, 10\]"):
+        analyze(run, out=tmp_path / "d", human_labels=tmp_path / "rows_of_subset.npy", no_teacher=True)
+    # T. stddev of too few steps is "-" in the report, and a note says why (200 images make 1 or 2 steps)
+    stats = analyze(run, out=tmp_path / "f", teacher=str(tiny_runs["teacher"]), teacher_stats="cutmix")
+    assert stats["teacher_stats"]["groups"] < 2 and math.isnan(stats["teacher_stats"]["t_stddev"])
+    assert any("T. stddev needs two groups of 5 training steps" in note for note in stats["notes"])
+    # the report's notes are printed under the table too
+    assert analyze_main(_parse(run, "--out", tmp_path / "e", "--no-teacher")) == 0
+    assert "note: The run's data.test_subset = 100 (seed 0) is used" in capsys.readouterr().out
+
+
+@pytest.mark.checkout
 def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
     """--data with a CIFAR-10.1 style pair made from the test set gives the test-set numbers; a checkpoint
     file works as well as a run directory; a missing teacher is a note, not an error."""
@@ -522,6 +555,9 @@ def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
     assert "mean / std of the evaluation set" in (tmp_path / "own" / "report.md").read_text()
     with pytest.raises(CheckpointError, match="teacher checkpoint not found"):
         analyze(ckpt, out=tmp_path / "x", teacher=str(tmp_path / "nope.pt"))
+    torch.save({"model": torch.load(tiny_runs["teacher"], weights_only=True)["model"]}, tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="does not record its architecture: pass --teacher-arch MODEL"):
+        analyze(ckpt, out=tmp_path / "x", teacher=str(tmp_path / "bare.pt"))  # asked for: not a quiet note
     with pytest.raises(CheckpointError, match="no such run directory"):
         analyze(tmp_path / "missing_run")
     with pytest.raises(UnknownNameError, match="cutmix"):

@@ -20,12 +20,13 @@ from mixdistill.analysis.calibration import DEFAULT_BINS, calibration, plot_reli
 from mixdistill.analysis.discrimination import VARIANTS, class_discrimination
 from mixdistill.analysis.robustness import adversarial_accuracy
 from mixdistill.analysis.smoothness import CLASS_NAMES, TSNE_SAMPLES, plot_tsne, smoothness, tsne_embedding
-from mixdistill.analysis.teacher_stats import teacher_statistics
+from mixdistill.analysis.teacher_stats import STEPS_PER_GROUP, teacher_statistics
 from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
 from mixdistill.data import DATASETS, DeviceLoader, load_dataset
+from mixdistill.data.streaming import stratified_subset
 from mixdistill.engine.run import FinishedRun, open_run
 from mixdistill.engine.runtime import resolve_runtime
-from mixdistill.errors import CheckpointError, ConfigError, DataError, UnknownNameError, require_at_least
+from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError, require_at_least
 from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
@@ -207,15 +208,16 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         raise ConfigError(f"{ckpt_path} does not record its architecture: pass --arch MODEL")
 
     # evaluation set
-    subset_used = False
+    subset_rows = None  # the rows of the whole test split that the run's test subset keeps
     if data is None or data == train_name:
         split = load_dataset(train_name, "test", root=train_root)
         spec = split.spec  # imagefolder: filled in from the files
-        subset = data_cfg.get("test_subset")
-        if subset and not full_test_set and data is None:
-            split = split.subset(subset, seed=data_cfg.get("subset_seed", 0))
-            subset_used = True
-            notes.append(f"The run's data.test_subset = {subset} (seed {data_cfg.get('subset_seed', 0)}) is used; "
+        subset, subset_seed = data_cfg.get("test_subset"), data_cfg.get("subset_seed", 0)
+        split_size = len(split.labels)
+        if subset and not full_test_set:
+            subset_rows = stratified_subset(split.labels, subset, subset_seed)
+            split = split.subset(subset, seed=subset_seed)
+            notes.append(f"The run's data.test_subset = {subset} (seed {subset_seed}) is used; "
                          "pass --full-test-set for the whole split.")
         eval_set = EvalSet(split.images, split.labels, f"{train_name} (test)")
     else:
@@ -226,12 +228,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         raise ConfigError(f"{ckpt_path} does not record its number of classes")
     check_compatible(eval_set, in_channels, num_classes, spec.image_size)
     human = None
-    if human_labels:
-        try:
-            human = load_human_labels(human_labels, len(eval_set.labels), num_classes)
-        except DataError as e:
-            hint = " (this run evaluates on data.test_subset: pass --full-test-set)" if subset_used else ""
-            raise DataError(f"{e}{hint}") from None
+    if human_labels:  # a file of the whole split, in its order; a run's test subset takes its own rows of it
+        human = load_human_labels(human_labels, len(eval_set.labels) if subset_rows is None else split_size,
+                                  num_classes)
+        if subset_rows is not None:
+            human = human[subset_rows]
     if normalize == "train":
         mean, std = spec.mean, spec.std
     elif normalize == "data":
@@ -341,8 +342,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     # wang2022 teacher statistics
     if teacher_stats:
-        metrics["teacher_stats"] = _teacher_stats(teacher_stats, teacher_model, model, config, train_name,
-                                                  train_root, spec, dev, teacher_stats_epochs, seed)
+        stats = metrics["teacher_stats"] = _teacher_stats(teacher_stats, teacher_model, model, config, train_name,
+                                                          train_root, spec, dev, teacher_stats_epochs, seed)
+        if stats["groups"] < 2:
+            notes.append(f"T. stddev needs two groups of {STEPS_PER_GROUP} training steps; {stats['steps']} steps "
+                         f"made {stats['groups']}: raise --teacher-stats-epochs.")
 
     metrics["notes"] = notes
     metrics["paths"] = {k: str(v) for k, v in paths.items()}
@@ -365,6 +369,8 @@ def _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels):
     tstate = open_run(path).state
     tarch = teacher_arch or model_cfg.get("teacher") or tstate.get("arch")
     if tarch is None:
+        if teacher:  # asked for: an error, not a note in the report
+            raise ConfigError(f"--teacher {path} does not record its architecture: pass --teacher-arch MODEL")
         return None, f"The teacher checkpoint {path} does not record its architecture: pass --teacher-arch."
     return _build_model(tarch, tstate, num_classes, in_channels, "teacher"), None
 
@@ -527,4 +533,6 @@ def _print_summary(m: dict) -> None:
         table.add_row("KL(human || model)", f"{m['human_labels']['kl']:.4f}")
     if "teacher_stats" in m:
         table.add_row(f"T. stddev ({m['teacher_stats']['view']})", _f(m["teacher_stats"]["t_stddev"], 6))
-    print_table(table)
+    console = print_table(table)
+    for note in m["notes"]:  # what the report's Notes say: a subset used, something skipped and why
+        console.print(f"note: {note}", markup=False, soft_wrap=True, highlight=False)

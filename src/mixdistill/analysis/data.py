@@ -129,14 +129,15 @@ def check_compatible(eval_set: EvalSet, in_channels: int, num_classes: int, imag
 
 def load_human_labels(path: str | Path, num_samples: int, num_classes: int) -> torch.Tensor:
     """CIFAR-10H style human soft labels: a ``.npy`` float array [N, C] of probabilities (rows sum to 1),
-    in the order of the test set. float64 tensor; DataError on any mismatch."""
+    in the order of the whole test split. float64 tensor; DataError on any mismatch."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"human labels file not found: {p}")
     h = _load_npy(p)
     if h.ndim != 2 or h.shape != (num_samples, num_classes):
         raise DataError(f"human labels {p} have shape {list(h.shape)} but the evaluation set needs "
-                        f"[{num_samples}, {num_classes}] (one probability row per test image, in test-set order; "
+                        f"[{num_samples}, {num_classes}] (one probability row per image of the whole test split, "
+                        f"in its order, a run's test subset taking its own rows; "
                         f"CIFAR-10H's cifar10h-probs.npy is [10000, 10] for the full CIFAR-10 test set)")
     if not np.issubdtype(h.dtype, np.number):
         raise DataError(f"human labels {p}: expected numbers, got {h.dtype}")
