@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -304,7 +305,7 @@ def online_common(tmp_path_factory):
     pytest.param(["method=okddip"], id="okddip"), pytest.param(["method=pcl"], id="pcl"),
     pytest.param(["method=pcl", "method.views=per_peer", "augment=crop_flip"], id="pcl_per_peer"),
 ])
-def test_online_method_runs_through_the_cli(online_common, overrides):
+def test_online_method_runs_through_the_cli(online_common, overrides, capsys):
     import json
 
     from mixdistill.cli import main
@@ -318,6 +319,18 @@ def test_online_method_runs_through_the_cli(online_common, overrides):
     assert {"last_acc_ensemble", "last_acc_best_peer", "last_acc_mean_peer"} <= set(summary)
     deployed = {"method=okddip": "last_acc_leader", "method=pcl": "last_acc_temporal_mean0"}.get(overrides[0])
     assert deployed is None or deployed in summary  # the network the method deploys is reported too
+    # the checkpoint's model is the network the note names (OKDDip's branches: the leader), whose own accuracy is
+    # in the summary; the run's last_acc is the mean peer
+    import mixdistill
+    from mixdistill.engine.run import open_run
+
+    note = open_run(f"{out}/{name}").online_network_note()
+    network = re.search(r"model is (peer\d+) of ", note).group(1)
+    assert network == ("peer3" if overrides == ["method=okddip"] else "peer0")
+    scored = mixdistill.evaluate(f"{out}/{name}", device="cpu")  # the whole test split: the 200 images it used
+    assert scored["acc"] == pytest.approx(summary[f"last_acc_{network}"], abs=0.51)  # one image's tie at most
+    assert main(["eval", f"{out}/{name}"]) == 0
+    assert f"note: {note}" in capsys.readouterr().out.replace("\n", " ")
 
 
 @pytest.mark.checkout

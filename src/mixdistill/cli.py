@@ -129,6 +129,8 @@ def cmd_eval(args) -> int:
         console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
                       f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False,
                       soft_wrap=True)
+    if (network := opened.online_network_note()) is not None:
+        console.print(f"note: {network}", markup=False, soft_wrap=True)
     return 0
 
 

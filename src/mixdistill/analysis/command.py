@@ -194,6 +194,8 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     data_cfg = config.get("data", {}) or {}
     model_cfg = config.get("model", {}) or {}
     notes: list[str] = reconstruction_notes(config)
+    if (network := opened.online_network_note()) is not None:
+        notes.append(f"{network[0].upper()}{network[1:]}.")
 
     # what the model was trained on: normalisation, classes, channels
     train_name = dataset or data_cfg.get("dataset") or (data if data in DATASETS else None)

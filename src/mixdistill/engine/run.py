@@ -27,7 +27,7 @@ from mixdistill.engine.build import build_teacher
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
-from mixdistill.methods import PLUGINS_ENV
+from mixdistill.methods import METHODS, PLUGINS_ENV
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.schema import load_yaml
@@ -183,6 +183,20 @@ class FinishedRun:
     @property
     def arch(self) -> str | None:
         return self.state.get("arch") or (self.cfg.model.student if self.cfg else None)
+
+    def online_network_note(self) -> str | None:
+        """For an online run, which of its networks the checkpoint's ``model`` is, by the name its metrics carry
+        (``peer0``; OKDDip's leader, the last peer, in its branch form): its own metric is not the run's
+        ``test_acc``, the mean peer. None for an offline run or a foreign checkpoint."""
+        method = METHODS.get(self.cfg.method.name) if self.cfg else None
+        if not getattr(method, "online", False):
+            return None
+        params = self.cfg.method.params()
+        peers = len(self.cfg.model.peers or []) or params.peers
+        branches = getattr(params, "peer_form", None) == "branches"
+        network = f"peer{getattr(method, 'whole_peer', 0) % peers if branches else 0}"
+        return (f"the checkpoint's model is {network} of {self.cfg.method.name}'s {peers} networks (the run's "
+                f"test_acc is their mean: compare last_acc_{network} in its summary)")
 
     def split(self, name: str = "test", root: str | None = None, use_subset: bool = True) -> Split:
         """The run's dataset split (its ``data.test_subset`` / ``train_subset`` applied), read from ``root`` or the
