@@ -10,7 +10,7 @@ import pytest
 from mixdistill.cli import main
 from mixdistill.config import load_config
 from mixdistill.engine.trainer import train
-from mixdistill.results import collect, group_rows, run_rows
+from mixdistill.results import collect, group_rows, run_rows, varying_keys
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,16 @@ def test_a_seed_run_twice_is_not_two_replicates(runs_root, tmp_path):
     (root / "ce_s0_again" / "summary.json").unlink()  # unfinished: not counted, so no repeat among the values
     ce = next(g for g in mixdistill.collect_results(root) if g["config"] == "augment=none")
     assert ce["repeated_seeds"] == [] and ce["ci"] is not None
+
+
+def test_a_methods_parameter_differs_only_between_runs_of_that_method():
+    """KD's ce_weight 0.1 against DKD's 1.0 is each method's default, not what a sweep varied; KD's temperature 1
+    against 4 is."""
+    kd = {"method.name": "kd", "method.ce_weight": 0.1, "method.temperature": 4.0, "augment.name": "mixup",
+          "augment.alpha": 1.0}
+    dkd = {"method.name": "dkd", "method.ce_weight": 1.0, "method.temperature": 4.0, "augment.name": "cutmix",
+           "augment.alpha": 0.2}
+    assert varying_keys([kd, dkd], set()) == ["method.name", "augment.name"]
+    assert varying_keys([kd, dkd, {**kd, "method.temperature": 1.0}], set()) == [
+        "method.name", "augment.name", "method.temperature"]
+    assert varying_keys([kd, {**kd, "augment.alpha": 0.4}], set()) == ["augment.alpha"]

@@ -47,11 +47,22 @@ def group_key(record: RunRecord) -> str:
 
 
 def varying_keys(configs: list[dict[str, object]], leave_out: set[str]) -> list[str]:
-    """The dotted keys that take more than one value among the configs that have them (a method's parameter is not
-    one that differs between KD and CE), the method and the augmentation first, then in config order."""
+    """The dotted keys that take more than one value among the configs that have them, the method and the
+    augmentation first, then in config order. A method's (an augmentation's) parameter varies only where runs of
+    one method (augmentation) differ in it: KD's ce_weight 0.1 and DKD's 1.0 are each method's default, not a
+    difference between the rows."""
     keys = list(dict.fromkeys(["method.name", "augment.name"] + [k for c in configs for k in c]))
-    return [k for k in keys if k not in leave_out
-            and len({json.dumps(c[k], default=str) for c in configs if k in c}) > 1]
+    return [k for k in keys if k not in leave_out and _varies(configs, k)]
+
+
+def _varies(configs: list[dict[str, object]], key: str) -> bool:
+    section = key.split(".", 1)[0]
+    owner = f"{section}.name" if section in ("method", "augment") and key != f"{section}.name" else None
+    values: dict[object, set[str]] = {}
+    for c in configs:
+        if key in c:
+            values.setdefault(c.get(owner) if owner else None, set()).add(json.dumps(c[key], default=str))
+    return any(len(v) > 1 for v in values.values())
 
 
 def _value(v) -> str:
