@@ -240,6 +240,17 @@ def test_unreadable_checkpoints_are_one_line_and_not_called_code(capsys, tmp_pat
     assert fragment in err and "execute code" not in err and "weights_only" not in err
 
 
+def test_a_run_directory_given_as_a_teacher_checkpoint_names_its_checkpoint_files(capsys, tmp_path):
+    run = tmp_path / "teacher_run"
+    run.mkdir()
+    torch.save({"model": {}}, run / "last.pt")
+    for extra in (["--print-config"], []):  # --print-config says what training says, before any folder is made
+        err = one_line_error(capsys, ["train", "configs/fmnist_cpu.yaml", f"model.teacher_checkpoint={run}",
+                                      f"output_dir={tmp_path / 'runs'}", *extra])
+        assert f"checkpoint {run} is a directory: name a checkpoint file in it ({run / 'last.pt'})" in err
+    assert not (tmp_path / "runs" / "run").exists()
+
+
 def test_a_code_running_checkpoint_is_refused(capsys, tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": _RunsCode()}, path)

@@ -215,7 +215,7 @@ def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.M
     check it or count its work."""
     source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
     if arch is None and source is not None:
-        if Path(source).is_file():
+        if Path(source).exists():  # a directory too: the checkpoint reader names the files in it
             arch = load_checkpoint(source).get("arch")
         elif source in TEACHERS:
             arch = TEACHERS[source].arch

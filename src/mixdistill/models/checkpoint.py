@@ -48,6 +48,10 @@ def read_checkpoint(path) -> object:
     """``torch.load`` a file safely (``weights_only=True``: it can never execute code), turning every
     failure into one CheckpointError line. The one checkpoint reader of the project."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        kept = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(path, name))]
+        raise CheckpointError(f"checkpoint {path} is a directory: name a checkpoint file in it"
+                              + (f" ({' or '.join(os.path.join(path, name) for name in kept)})" if kept else ""))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
