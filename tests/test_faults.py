@@ -53,6 +53,29 @@ def test_second_run_into_a_busy_run_directory_stops_naming_the_holder(capsys, ti
                  "--quiet"]) == 0
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_not_overwritten_by_another(capsys, tiny_run_overrides,
+                                                                                  tmp_path):
+    """Killed in its first epoch (or on a full disk at its first last.pt), a run leaves config.yaml, metrics.jsonl
+    and perhaps best.pt: nothing to resume, so the same run may start again, but another config is refused (it
+    replaced them silently)."""
+    train = ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=stopped", "optim.epochs=1"]
+    assert main([*train, "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "stopped"
+    (run_dir / "last.pt").unlink()
+    (run_dir / "summary.json").unlink()
+    before = snapshot(run_dir)
+    err = one_line_error(capsys, [*train, "optim.lr=0.01"])
+    assert "holds a run stopped before its first checkpoint, with another config (optim.lr: 0.05 -> 0.01)" in err
+    assert snapshot(run_dir) == before
+    err = one_line_error(capsys, [*train, "--resume"])
+    assert "(the run there stopped before its first one: run without --resume to start it again)" in err
+    assert main([*train, "--quiet"]) == 0 and (run_dir / "last.pt").exists()
+    # a run folder renamed is resumed under its new name (name and output_dir change no result)
+    run_dir.rename(run_dir.with_name("renamed"))
+    assert main([*train, "name=renamed", "--resume", "--quiet"]) == 0
+    assert json.loads((run_dir.with_name("renamed") / "summary.json").read_text())["name"] == "renamed"
+
+
 @pytest.mark.checkout
 @pytest.mark.slow
 def test_two_processes_into_one_run_directory_during_the_first_epoch(tmp_path):

@@ -113,6 +113,67 @@ def test_changed_config_and_rerun_patterns_run_again_and_keep_the_old_run(fmnist
         run_grid(changed, study, rerun=["nothing/*"], jobs=1, log=lambda *_: None)
 
 
+def test_a_rerun_interrupted_after_setting_runs_aside_is_finished_next_time(fmnist_root, tmp_path, monkeypatch):
+    """A re-run sets the old runs aside before it trains; their rows stay in results.jsonl until the new rows come.
+    Interrupted there, the next invocation must not take those rows for finished runs (it skipped the students,
+    reported the old teacher's numbers and left their folders only as .superseded copies)."""
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
+    original, calls = grid_module.execute, []
+
+    def killed_at(key):
+        def execute(run, *args, **kwargs):
+            calls.append(run.key)
+            if run.key == key:
+                raise Killed
+            return original(run, *args, **kwargs)
+        return execute
+
+    for stop_at, trained_next in (("kd/seed0", ["kd/seed0"]), ("teacher", ["teacher", "kd/seed0"])):
+        monkeypatch.setattr(grid_module, "execute", killed_at(stop_at))
+        with pytest.raises(Killed):
+            run_grid(runs, study, rerun=["teacher"], jobs=1, log=lambda *_: None)
+        assert not (study / "runs" / stop_at.replace("/", "__")).exists()  # set aside, its old row still there
+        calls.clear()
+        monkeypatch.setattr(grid_module, "execute", killed_at(None))
+        rows = run_grid(runs, study, jobs=1, log=lambda *_: None)
+        assert calls == trained_next
+        for key, row in rows.items():  # every row is the run its folder holds
+            folder = study / "runs" / key.replace("/", "__")
+            assert row["summary"] == json.loads((folder / "summary.json").read_text())
+        calls.clear()
+
+
+def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, tmp_path, monkeypatch):
+    """The teacher's path moves with the folder (the same place in it is the same file), and a row cut short or a
+    damaged summary is found again from the run's own folder."""
+    import shutil
+
+    study = tmp_path / "study"
+    run_grid(with_study_dir(tiny_grid(fmnist_root), study), study, jobs=1, log=lambda *_: None)
+    moved = tmp_path / "moved"
+    shutil.move(study, moved)
+    before = {p.name: (p / "summary.json").read_text() for p in (moved / "runs").iterdir()}
+    results = moved / "results.jsonl"
+    results.write_text(results.read_text()[:-40])  # the last row cut short
+    (moved / "runs" / "kd__seed0" / "summary.json").write_text("")
+    original, calls, logged = grid_module.execute, [], []
+
+    def counting(run, *args, **kwargs):
+        calls.append(run.key)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", counting)
+    rows = run_grid(with_study_dir(tiny_grid(fmnist_root), moved), moved, jobs=1, log=logged.append)
+    assert not any("different config" in line or "moved to" in line for line in logged), logged
+    assert calls == ["kd/seed0", "kd/seed1"]  # looked up again from their folders: reused, not retrained
+    after = {p.name: (p / "summary.json").read_text() for p in (moved / "runs").iterdir()}
+    assert after["teacher"] == before["teacher"] and after["kd__seed1"] == before["kd__seed1"]
+    assert json.loads(after["kd__seed0"])["last_acc"] == json.loads(before["kd__seed0"])["last_acc"]
+    assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"} and not list((moved / "runs").glob("*.superseded*"))
+
+
 def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_root, tmp_path):
     import copy
     import os
@@ -136,20 +197,28 @@ def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_roo
     assert run_grid(changed, study, jobs=1, log=lambda *_: None)["kd/seed0"]["config"]["method"]["temperature"] == 2.0
 
 
-def test_a_row_without_its_config_matches_only_the_finished_run_it_came_from(fmnist_root, tmp_path):
+def test_a_row_counts_only_where_its_folder_still_holds_the_run_it_reports(fmnist_root, tmp_path):
     import yaml
 
-    from mixdistill.studies.grid import _row_matches, resolve
+    from mixdistill.studies.grid import _holds_row, _row_difference, resolve
 
     cfg = resolve(tiny_grid(fmnist_root)[0], tmp_path)
     row = {"key": "teacher", "summary": {"last_acc": 80.0}}  # an older results.jsonl row: no "config"
+    assert not _holds_row(row, cfg), "set aside by a re-run that was interrupted, or removed"
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    assert not _row_matches(row, cfg), "a newer run with the same config, not finished: the row is stale"
+    (cfg.run_dir / "last.pt").write_bytes(b"")
+    assert not _holds_row(row, cfg), "a newer run with the same config, not finished: the row is stale"
     (cfg.run_dir / "summary.json").write_text(json.dumps({"last_acc": 79.0}))
-    assert not _row_matches(row, cfg), "a different run finished there"
+    assert not _holds_row(row, cfg), "a different run finished there"
+    (cfg.run_dir / "summary.json").write_text("{")
+    assert not _holds_row(row, cfg), "a damaged summary"
     (cfg.run_dir / "summary.json").write_text(json.dumps(row["summary"]))
-    assert _row_matches(row, cfg)
+    assert _holds_row(row, cfg) and _row_difference(row, cfg) == []
+    (cfg.run_dir / "last.pt").unlink()
+    assert not _holds_row(row, cfg), "finished, but its students, eval and analyze need its checkpoint"
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "seed": 5}))
+    assert _row_difference(row, cfg) == ["seed: 5 -> 0"]
 
 
 def test_a_run_starts_once_the_runs_it_needs_have_finished(tmp_path):
@@ -254,16 +323,17 @@ def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
 
 
 def test_a_row_from_before_an_option_existed_matches_at_that_options_default(fmnist_root, tmp_path):
-    from mixdistill.studies.grid import _row_matches, resolve
+    from mixdistill.studies.grid import _row_difference, resolve
 
     cfg = resolve(tiny_grid(fmnist_root)[0], tmp_path)
     then = cfg.to_dict()
     del then["train"]["label_smoothing"]  # a row written before train.label_smoothing existed
-    assert _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+    assert _row_difference({"key": "teacher", "config": then, "summary": {}}, cfg) == []
     then["train"]["label_smoothing"] = 0.1
-    assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+    assert _row_difference({"key": "teacher", "config": then, "summary": {}}, cfg) == [
+        "train.label_smoothing: 0.1 -> 0.0"]
     then["train"]["no_such_option"] = 1
-    assert not _row_matches({"key": "teacher", "config": then, "summary": {}}, cfg)
+    assert _row_difference({"key": "teacher", "config": then, "summary": {}}, cfg)
 
 
 def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):

@@ -409,7 +409,7 @@ def test_committed_cpu_results_were_made_by_todays_cpu_grid(name, monkeypatch):
     fails here until the study is run again and its results committed."""
     from mixdistill.studies import study_runs
     from mixdistill.studies.common import load_study_config, scale_config
-    from mixdistill.studies.grid import ResultsFile, _row_matches, resolve, with_threads
+    from mixdistill.studies.grid import ResultsFile, _row_difference, resolve, with_threads
 
     repo = Path(__file__).resolve().parents[1]
     committed = repo / "docs" / "results" / "studies" / f"{name}_cpu" / "results.jsonl"
@@ -418,7 +418,7 @@ def test_committed_cpu_results_were_made_by_todays_cpu_grid(name, monkeypatch):
     threads = scale_config(load_study_config(name), "cpu").get("threads_per_run")
     runs = with_threads(study_runs(name, "cpu", [0, 1, 2, 3, 4], study_dir), threads)
     rows = ResultsFile(committed).read()
-    stale = [r.key for r in runs if r.key not in rows or not _row_matches(rows[r.key], resolve(r, study_dir))]
+    stale = [r.key for r in runs if r.key not in rows or _row_difference(rows[r.key], resolve(r, study_dir))]
     assert not stale, f"{len(stale)} of {len(runs)} runs differ from the committed results, e.g. {stale[:3]}"
 
 

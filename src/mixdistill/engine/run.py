@@ -12,6 +12,7 @@ run finishes), ``tensorboard/`` (and, as ``train.loggers`` asks, ``metrics.csv``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,27 +35,40 @@ from mixdistill.schema import load_yaml
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
 BEST = "best.pt"  # the best evaluated epoch by train.best_metric (not resumable)
-# config keys that may differ between a run and its resumption (they do not change the result)
+# config keys that may differ between a run and its resumption (they do not change the result; ``name`` and
+# ``output_dir``: the run's folder renamed or moved)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.loggers", "data.root",
-                    "data.num_workers", "output_dir", "train.best_metric", "train.teacher_cache"}
-PATH_KEYS = {"model.teacher_checkpoint"}  # the same file, named relatively once and absolutely once, is the same
+                    "data.num_workers", "name", "output_dir", "train.best_metric", "train.teacher_cache"}
+# the same file, named relatively once and absolutely once, is the same; so is one inside output_dir at the same
+# place in it, where the folder was moved with its teacher (a study's folder)
+PATH_KEYS = {"model.teacher_checkpoint"}
 
 
-def config_difference(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_difference(a: dict, b: dict, prefix: str = "", _outputs: tuple = ()) -> list[str]:
     """``key: old -> new`` for every key of two config trees that differs (resume-free keys left out)."""
+    outputs = _outputs or (a.get("output_dir"), b.get("output_dir"))
     diffs = []
     for key in sorted(set(a) | set(b)):
         path = f"{prefix}{key}"
         if path in RESUME_FREE_KEYS:
             continue
         va, vb = a.get(key), b.get(key)
-        if path in PATH_KEYS and va and vb and os.path.abspath(va) == os.path.abspath(vb):
+        if path in PATH_KEYS and va and vb and _same_file(va, vb, *outputs):
             continue
         if isinstance(va, dict) and isinstance(vb, dict):
-            diffs += config_difference(va, vb, path + ".")
+            diffs += config_difference(va, vb, path + ".", outputs)
         elif va != vb:
             diffs.append(f"{path}: {va!r} -> {vb!r}")
     return diffs
+
+
+def _same_file(a: str, b: str, output_a: str | None, output_b: str | None) -> bool:
+    a, b = os.path.abspath(a), os.path.abspath(b)
+    if a == b:
+        return True
+    inside = [os.path.relpath(path, os.path.abspath(out)) if out else ".."
+              for path, out in ((a, output_a), (b, output_b))]
+    return not inside[0].startswith("..") and inside[0] == inside[1]
 
 
 def stored_config_difference(tree: dict, cfg: RunConfig) -> list[str]:
@@ -74,7 +88,20 @@ def saved_config_difference(cfg: RunConfig) -> list[str] | None:
     path = cfg.run_dir / CONFIG
     if not path.exists():
         return None
-    return stored_config_difference(load_yaml(path.read_text()), cfg)
+    try:
+        tree = load_yaml(path.read_text())
+    except Exception as err:  # noqa: BLE001 - damaged: a difference (the folder is set aside, never deleted)
+        return [f"saved {CONFIG} unreadable ({type(err).__name__})"]
+    return stored_config_difference(tree, cfg)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """A run's ``summary.json`` (written when it finished); None where it is missing or damaged."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -126,8 +153,6 @@ class RunRecord:
 def find_runs(root: str | Path) -> list[RunRecord]:
     """Every run directory at or below ``root`` (a directory holding ``config.yaml``; ones set aside as
     ``NAME.supersededN`` left out), in path order."""
-    import json
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory" if root.exists() else f"no such directory: {root}")
@@ -146,18 +171,14 @@ def find_runs(root: str | Path) -> list[RunRecord]:
             tree = build_config(tree).to_dict()
         except Exception:  # noqa: BLE001 - an older mixdistill's schema: listed as it was written
             pass
-        summary = None
-        try:
-            summary = json.loads((d / SUMMARY).read_text())
-        except (OSError, ValueError):
-            pass
+        summary = read_summary(d)
         last_epoch = None
         try:
             lines = [line for line in (d / METRICS).read_text().splitlines() if line.strip()]
             last_epoch = json.loads(lines[-1]).get("epoch") if lines else None
         except (OSError, ValueError):
             pass
-        records.append(RunRecord(d, tree, summary if isinstance(summary, dict) else None, last_epoch))
+        records.append(RunRecord(d, tree, summary, last_epoch))
     return records
 
 

@@ -173,11 +173,22 @@ class Trainer:
             return
         self._lock.enter_context(run.claim(self.run_dir, f"training {self.cfg.name}"))
         has_run = self.checkpoint_path.exists() or (self.run_dir / run.SUMMARY).exists()
+        # a run stopped before its first checkpoint left these: nothing to resume, but not to overwrite unasked
+        started = any((self.run_dir / name).exists() for name in (run.CONFIG, run.METRICS, run.BEST))
         if self.resume and not self.checkpoint_path.exists():
-            raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}")
+            raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}" + (
+                " (the run there stopped before its first one: run without --resume to start it again)"
+                if started else ""))
         if not self.resume and has_run:
             raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
                                   f"another name= or output_dir= (nothing was overwritten)")
+        if not self.resume and started:  # the same run is started again; another one is refused
+            diff = run.saved_config_difference(self.cfg)
+            if diff is None or diff:
+                raise MixdistillError(
+                    f"{self.run_dir} holds a run stopped before its first checkpoint, with another config ("
+                    + ("; ".join(diff[:3]) if diff else f"no {run.CONFIG}") + "): choose another name= or "
+                    "output_dir=, or move that folder away (nothing was overwritten)")
 
     def close(self):
         """Release the run directory (also done at the end of ``fit``)."""
@@ -629,14 +640,18 @@ def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
     demo and the studies so that re-running them skips finished work and loses nothing. A run directory
     whose saved config differs from ``cfg`` is set aside (renamed) and the run trained afresh."""
     diff = run.saved_config_difference(cfg)
-    if diff:
+    checkpoint = cfg.run_dir / run.CHECKPOINT
+    why = (f"config changed since it ran ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''})" if diff else
+           # finished, but what reads a run (its students, eval, analyze) needs its checkpoint
+           f"its {run.CHECKPOINT} is missing" if (cfg.run_dir / run.SUMMARY).exists() and not checkpoint.exists()
+           else None)
+    if why:
         old = run.set_aside(cfg.run_dir)
-        log(f"{cfg.run_dir.name}: config changed since it ran ({'; '.join(diff[:3])}"
-            f"{'; ...' if len(diff) > 3 else ''}); old run moved to {old}, training afresh")
-    summary_path = cfg.run_dir / run.SUMMARY
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
-    return train(cfg, resume=(cfg.run_dir / run.CHECKPOINT).exists(), quiet=quiet)
+        log(f"{cfg.run_dir.name}: {why}; old run moved to {old}, training afresh")
+    summary = run.read_summary(cfg.run_dir)
+    if summary is not None:
+        return summary
+    return train(cfg, resume=checkpoint.exists(), quiet=quiet)  # a damaged summary.json is written again
 
 
 class _SilentLogger:

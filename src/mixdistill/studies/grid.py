@@ -25,6 +25,8 @@ from mixdistill.config import DEFAULT_THREADS, build_config, merge
 from mixdistill.data.datasets import DATASETS
 from mixdistill.engine import teacher_views
 from mixdistill.engine.run import (
+    CHECKPOINT,
+    read_summary,
     saved_config_difference,
     set_aside,
     stored_config_difference,
@@ -62,15 +64,24 @@ class ResultsFile:
         self.lock_path = self.path.with_suffix(".lock")
 
     def read(self) -> dict[str, dict]:
+        """The last row of each key. A line that is not a row (an append cut short by a crash before appends were
+        atomic, a hand edit) is passed over: its run is found finished in its folder and its row written again."""
         if not self.path.exists():
             return {}
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        return {row["key"]: row for row in rows}
+        rows = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows[row["key"]] = row
+        return rows
 
     def append(self, row: dict) -> None:
         with hold_lock(self.lock_path, "adding a result", wait=True):
             text = self.path.read_text() if self.path.exists() else ""
-            write_text(self.path, text + json.dumps(row) + "\n")
+            write_text(self.path, text + ("\n" if text and not text.endswith("\n") else "") + json.dumps(row) + "\n")
 
 
 def resolve(run: GridRun, study_dir: Path):
@@ -160,16 +171,20 @@ def _threads(run: GridRun) -> int:
     return (run.config.get("train") or {}).get("threads") or 1
 
 
-def _row_matches(row: dict, cfg) -> bool:
-    """Was ``row`` made by a run with config ``cfg``? Rows written before rows carried their config are
-    checked against the run directory, which must still hold that very run (its summary) with ``cfg``. The row's
-    config is read through today's schema first, so an option added since, at a default that keeps the old
-    behaviour, is no difference."""
+def _holds_row(row: dict, cfg) -> bool:
+    """Does ``cfg``'s run directory still hold the finished run ``row`` reports (its summary and its checkpoint)?
+    Not where a re-run set it aside and was interrupted, where it was removed, or where it ran again since."""
+    return read_summary(cfg.run_dir) == row.get("summary") and (cfg.run_dir / CHECKPOINT).exists()
+
+
+def _row_difference(row: dict, cfg) -> list[str]:
+    """How the config ``row`` was made with differs from ``cfg`` (``[]``: the same run). Rows written before rows
+    carried their config are checked against the run directory's saved config. The row's config is read through
+    today's schema first, so an option added since, at a default that keeps the old behaviour, is no
+    difference."""
     if "config" in row:
-        return not stored_config_difference(row["config"], cfg)
-    summary = cfg.run_dir / "summary.json"
-    return (saved_config_difference(cfg) == [] and summary.exists()
-            and json.loads(summary.read_text()) == row["summary"])
+        return stored_config_difference(row["config"], cfg)
+    return saved_config_difference(cfg) or []
 
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
@@ -192,7 +207,9 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     # one invocation at a time per folder: a second one would re-run or set aside the runs the first is training
     with hold_lock(study_dir / GRID_LOCK, f"running a grid of {len(runs)} runs"):
         results = ResultsFile(study_dir / "results.jsonl")
-        done = results.read()
+        # a row counts where its run's folder still holds that run; the others are left to train_or_reuse (a
+        # re-run interrupted after it set the old run aside is resumed, a finished one not yet in a row reused)
+        done = {key: row for key, row in results.read().items() if key in configs and _holds_row(row, configs[key])}
         again: dict[str, str] = {}  # key -> why it runs again
 
         def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
@@ -206,8 +223,9 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             teacher = _teacher_run(cfg, run_dirs)
             if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
                 again[run.key] = "re-running as asked"
-            elif not _row_matches(done[run.key], cfg):
-                again[run.key] = "finished with a different config; re-running it"
+            elif diff := _row_difference(done[run.key], cfg):
+                again[run.key] = (f"finished with a different config ({'; '.join(diff[:3])}"
+                                  f"{'; ...' if len(diff) > 3 else ''}); re-running it")
             elif teacher is not None and _trains_anew(teacher):
                 again[run.key] = "its teacher is trained anew; re-running it"
         for key, why in again.items():
