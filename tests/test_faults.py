@@ -53,6 +53,17 @@ def test_second_run_into_a_busy_run_directory_stops_naming_the_holder(capsys, ti
                  "--quiet"]) == 0
 
 
+def test_a_damaged_cache_is_computed_again(tmp_path):
+    from mixdistill.files import read_cache
+
+    for text in ("", '{"a": 1', "[1, 2]", "\xff"):
+        (tmp_path / "tstddev.json").write_text(text)
+        assert read_cache(tmp_path / "tstddev.json") == {}
+    assert read_cache(tmp_path / "missing.json") == {}
+    (tmp_path / "tstddev.json").write_text('{"a": 1}')
+    assert read_cache(tmp_path / "tstddev.json") == {"a": 1}
+
+
 def test_a_run_stopped_before_its_first_checkpoint_is_not_overwritten_by_another(capsys, tiny_run_overrides,
                                                                                   tmp_path):
     """Killed in its first epoch (or on a full disk at its first last.pt), a run leaves config.yaml, metrics.jsonl

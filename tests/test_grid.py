@@ -158,6 +158,7 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     results = moved / "results.jsonl"
     results.write_text(results.read_text()[:-40])  # the last row cut short
     (moved / "runs" / "kd__seed0" / "summary.json").write_text("")
+    (moved / ".results.jsonl.x.mdtmp").write_text("partial")  # an interrupted write's temporary file
     original, calls, logged = grid_module.execute, [], []
 
     def counting(run, *args, **kwargs):
@@ -172,6 +173,7 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     assert after["teacher"] == before["teacher"] and after["kd__seed1"] == before["kd__seed1"]
     assert json.loads(after["kd__seed0"])["last_acc"] == json.loads(before["kd__seed0"])["last_acc"]
     assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"} and not list((moved / "runs").glob("*.superseded*"))
+    assert not (moved / ".results.jsonl.x.mdtmp").exists()
 
 
 def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_root, tmp_path):

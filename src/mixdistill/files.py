@@ -86,6 +86,16 @@ def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_cache(path: str | Path) -> dict:
+    """A JSON cache of computed values (a study's tstddev.json, shifted.json): ``{}`` where it is missing or
+    damaged, so its values are computed again and the file rewritten whole."""
+    try:
+        cache = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
 def write_yaml(path: str | Path, tree) -> Path:
     import yaml
 

@@ -13,7 +13,6 @@ student difference is not a teacher-accuracy difference), and the students reach
 from __future__ import annotations
 
 import copy
-import json
 import os
 import statistics
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from mixdistill.analysis import class_discrimination, expected_calibration_error, plot_reliability_diagram
 from mixdistill.config import merge
 from mixdistill.errors import MixdistillError
-from mixdistill.files import write_json
+from mixdistill.files import read_cache, write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_outputs, timing_markdown)
@@ -193,7 +192,7 @@ def cached_shifted(study_dir: Path, keys: list[str], paths: dict[str, Path], dat
     from mixdistill.analysis.data import load_eval_set
 
     cache_path = study_dir / "shifted.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = read_cache(cache_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eval_sets: dict = {}
     out = {}

@@ -33,7 +33,7 @@ from mixdistill.engine.run import (
 )
 from mixdistill.engine.trainer import train_or_reuse
 from mixdistill.errors import MixdistillError
-from mixdistill.files import hold_lock, write_text
+from mixdistill.files import hold_lock, remove_orphans, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
 
@@ -206,6 +206,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
     # one invocation at a time per folder: a second one would re-run or set aside the runs the first is training
     with hold_lock(study_dir / GRID_LOCK, f"running a grid of {len(runs)} runs"):
+        remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left
         results = ResultsFile(study_dir / "results.jsonl")
         # a row counts where its run's folder still holds that run; the others are left to train_or_reuse (a
         # re-run interrupted after it set the old run aside is resumed, a finished one not yet in a row reused)

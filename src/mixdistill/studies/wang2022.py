@@ -13,7 +13,6 @@ steps), so that "longer" extends a converged schedule rather than curing underfi
 from __future__ import annotations
 
 import copy
-import json
 import os
 import statistics
 from pathlib import Path
@@ -25,7 +24,7 @@ from mixdistill.data import DeviceLoader
 from mixdistill.engine.build import build_distiller
 from mixdistill.engine.run import open_run
 from mixdistill.errors import ConfigError
-from mixdistill.files import write_json
+from mixdistill.files import read_cache, write_json
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
@@ -142,7 +141,7 @@ def _t_stddev_key(study_dir: Path, run_key: str, min_steps: int, epochs: int | N
 def _cached_t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: int | None = None) -> float:
     """_t_stddev, kept in STUDY/tstddev.json (keyed by the run's checkpoint time) so a report re-renders fast."""
     path = study_dir / "tstddev.json"
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    cache = read_cache(path)
     key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
     if key not in cache:
         cache[key] = _t_stddev(study_dir, run_key, data_root, min_steps, epochs)
@@ -161,7 +160,7 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
     from mixdistill.studies.grid import worker_pool
 
     path = study_dir / "tstddev.json"
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    cache = read_cache(path)
     todo = {}
     for run_key in run_keys:
         key = _t_stddev_key(study_dir, run_key, min_steps, epochs)
