@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -375,6 +376,47 @@ def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived its killed study process")
+
+
+@pytest.mark.checkout
+def test_ctrl_c_of_a_grid_is_one_line_and_stops_its_workers(fmnist_root, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while the workers start: the grid's process says it was
+    interrupted and stops its workers; no worker prints a traceback from wherever it was (importing torch)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "log.txt"
+    with open(out, "w") as log:
+        demo = subprocess.Popen([sys.executable, "-m", "mixdistill", "demo", "--quick", "--seeds", "2", "--data-root",
+                                 str(fmnist_root), "--output-dir", str(tmp_path / "demo")], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while "side by side" not in out.read_text() and demo.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(demo.pid, signal.SIGINT)  # the workers are being spawned now
+    assert demo.wait(timeout=60) == 130, out.read_text()
+    text = out.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and text.endswith("mixdistill: interrupted\n")
+
+    def in_session():  # the demo's processes: their session is the demo's pid
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == demo.pid and fields[0] != "Z":
+                found.append(stat.parent.name)
+        return found
+
+    deadline = time.monotonic() + 15
+    while in_session() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not in_session(), "a worker outlived the interrupted grid"
 
 
 def test_a_finished_worker_ends_at_once_with_its_output_and_logs_written(tmp_path):

@@ -374,10 +374,29 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
     pool = worker_pool(workers)
     try:
         yield from _in_dependency_order(todo, needs, fits,
-                                        lambda run: pool.submit(execute, run, str(study_dir), retries, quiet),
+                                        lambda run: _submit(pool, execute, run, str(study_dir), retries, quiet),
                                         wait_one, log)
+    except BaseException:  # Ctrl-C or a run's error: the runs still going stop now (each resumes from its checkpoint)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool, *call):
+    """``pool.submit(*call)`` with SIGINT blocked in this thread: the workers it starts inherit the mask (across
+    exec), so a Ctrl-C reaches this process alone, which stops them, instead of each worker printing a traceback
+    from wherever it was, often importing torch. A Ctrl-C meanwhile is delivered here when the mask is restored."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(*call)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(*call)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
