@@ -385,6 +385,7 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     (["name=../escape"], "name '../escape' is the run's folder"),
     (["name=/tmp/elsewhere"], "name '/tmp/elsewhere' is the run's folder"),
     (["name=a/b"], "name 'a/b' is the run's folder"),
+    (["name=kd.superseded1"], "'.superseded' marks a run set aside, which results leaves out"),
 ])
 def test_bad_values_are_config_errors(overrides, fragment):
     with pytest.raises(MixdistillError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):

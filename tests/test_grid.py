@@ -177,6 +177,21 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     assert not (moved / ".results.jsonl.x.mdtmp").exists()
 
 
+def test_an_unfinished_run_with_a_damaged_checkpoint_is_set_aside_and_trained_afresh(fmnist_root, tmp_path,
+                                                                                       capsys):
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
+    kd = study / "runs" / "kd__seed0"
+    (kd / "summary.json").unlink()  # as killed before it finished, its checkpoint then damaged
+    (kd / "last.pt").write_bytes(b"not a checkpoint")
+    rows = run_grid(runs, study, jobs=1, log=lambda *_: None)
+    said = capsys.readouterr().out  # the run's own line (train_or_reuse)
+    assert "kd__seed0: its last.pt cannot be read" in said and "training afresh" in said
+    assert (study / "runs" / "kd__seed0.superseded1" / "last.pt").read_bytes() == b"not a checkpoint"
+    assert rows["kd/seed0"]["summary"] == json.loads((kd / "summary.json").read_text())
+
+
 def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_root, tmp_path):
     import copy
     import os
@@ -400,7 +415,9 @@ def test_ctrl_c_of_a_grid_is_one_line_and_stops_its_workers(fmnist_root, tmp_pat
     os.killpg(demo.pid, signal.SIGINT)  # the workers are being spawned now
     assert demo.wait(timeout=60) == 130, out.read_text()
     text = out.read_text()
-    assert "Traceback" not in text and "KeyboardInterrupt" not in text and text.endswith("mixdistill: interrupted\n")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert text.endswith("mixdistill: interrupted (the same command again keeps the finished runs and resumes the "
+                         "others)\n")
 
     def in_session():  # the demo's processes: their session is the demo's pid
         found = []

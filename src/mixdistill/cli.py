@@ -494,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixdistill: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mixdistill: interrupted", file=sys.stderr)
+        again = {"train": " (the same command with --resume continues from the last checkpoint)",
+                 "study": " (the same command again keeps the finished runs and resumes the others)",
+                 "demo": " (the same command again keeps the finished runs and resumes the others)"}
+        print(f"mixdistill: interrupted{again.get(args.command, '')}", file=sys.stderr)
         return 130
     except OSError as err:  # the files mixdistill writes raise WriteError; these come from standard output
         if err.errno not in OUTPUT_ERRNOS:

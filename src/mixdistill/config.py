@@ -278,6 +278,8 @@ class RunConfig(Section):
         if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
             raise ValueError(f"name {value!r} is the run's folder in output_dir: one folder name, not empty and "
                              "without '/', '\\' or '..' (set output_dir for where the run goes)")
+        if ".superseded" in value:  # how a set-aside run's folder is named: listings leave those out
+            raise ValueError(f"name {value!r}: '.superseded' marks a run set aside, which results leaves out")
         return value
 
     @model_validator(mode="before")

@@ -644,7 +644,7 @@ def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
     why = (f"config changed since it ran ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''})" if diff else
            # finished, but what reads a run (its students, eval, analyze) needs its checkpoint
            f"its {run.CHECKPOINT} is missing" if (cfg.run_dir / run.SUMMARY).exists() and not checkpoint.exists()
-           else None)
+           else _unreadable(checkpoint) if checkpoint.exists() and run.read_summary(cfg.run_dir) is None else None)
     if why:
         old = run.set_aside(cfg.run_dir)
         log(f"{cfg.run_dir.name}: {why}; old run moved to {old}, training afresh")
@@ -652,6 +652,16 @@ def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
     if summary is not None:
         return summary
     return train(cfg, resume=checkpoint.exists(), quiet=quiet)  # a damaged summary.json is written again
+
+
+def _unreadable(checkpoint) -> str | None:
+    """Why an unfinished run's checkpoint cannot be resumed from (damaged), or None: a grid sets such a run aside
+    and trains it afresh instead of failing on it at every invocation."""
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        return f"its {checkpoint.name} cannot be read ({err})"
+    return None
 
 
 class _SilentLogger:
