@@ -167,3 +167,14 @@ def test_a_methods_parameter_differs_only_between_runs_of_that_method():
     assert varying_keys([kd, dkd, {**kd, "method.temperature": 1.0}], set()) == [
         "method.name", "augment.name", "method.temperature"]
     assert varying_keys([kd, {**kd, "augment.alpha": 0.4}], set()) == ["augment.alpha"]
+
+
+def test_a_folder_whose_config_cannot_be_read_is_named_not_silently_dropped(runs_root, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "ce_s0", root / "ce_s0")
+    shutil.copytree(runs_root / "ce_s1", root / "damaged")
+    (root / "damaged" / "config.yaml").write_text("data: [unclosed\n")
+    assert main(["results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 run (1 finished)" in out
+    assert f"note: left out 1 folder whose config.yaml cannot be read: {root / 'damaged'}" in out

@@ -24,7 +24,7 @@ from mixdistill.config import metric_lower_is_better
 from mixdistill.engine.run import RESUME_FREE_KEYS, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
-from mixdistill.studies.stats import mean_ci, mean_ci_text
+from mixdistill.studies.stats import counted, mean_ci, mean_ci_text
 from mixdistill.tables import print_table
 
 NOT_GROUPED = {"seed", "name", "output_dir"} | RESUME_FREE_KEYS
@@ -90,10 +90,10 @@ def _epochs(record: RunRecord) -> str:
     return f"epoch {record.last_epoch or 0}/{total}"
 
 
-def collect(roots: list[str | Path]) -> list[RunRecord]:
+def collect(roots: list[str | Path], unreadable: list[Path] | None = None) -> list[RunRecord]:
     records, seen = [], set()
     for root in roots:
-        for record in find_runs(root):
+        for record in find_runs(root, unreadable):
             if record.path.resolve() not in seen:
                 seen.add(record.path.resolve())
                 records.append(record)
@@ -122,10 +122,12 @@ def summary_numbers(records: list[RunRecord]) -> list[str]:
                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"))
 
 
-def records_with(roots: list[str | Path], metric: str, option: str = "--metric") -> list[RunRecord]:
+def records_with(roots: list[str | Path], metric: str, option: str = "--metric",
+                 unreadable: list[Path] | None = None) -> list[RunRecord]:
     """The runs below ``roots`` (default ``runs``), once at least one of them has finished with a ``metric`` in its
-    summary (none finished yet: no check); ``option`` names the argument in the error."""
-    records = collect(list(roots) or ["runs"])
+    summary (none finished yet: no check); ``option`` names the argument in the error; folders whose config.yaml
+    cannot be read are added to ``unreadable``."""
+    records = collect(list(roots) or ["runs"], unreadable)
     if any(r.summary for r in records) and metric not in summary_numbers(records):
         raise ConfigError(f"{option} {metric}: no finished run's summary.json holds it; they hold "
                           f"{', '.join(summary_numbers(records)) or 'nothing yet'}")
@@ -238,15 +240,20 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
                     metric: str = "last_acc") -> int:
     from rich.table import Table
 
-    records = records_with(roots, metric)
+    unreadable: list[Path] = []
+    records = records_with(roots, metric, unreadable=unreadable)
     columns, rows = (run_rows if per_run else group_rows)(records, sort, metric)
     finished = sum(r.summary is not None for r in records)
-    table = Table(title=f"{len(records)} runs ({finished} finished) below {', '.join(roots or ['runs'])}")
+    table = Table(title=f"{counted(len(records), 'run')} ({finished} finished) below {', '.join(roots or ['runs'])}")
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)
     console = print_table(table, markup=False)
+    if unreadable:
+        console.print(f"note: left out {counted(len(unreadable), 'folder')} whose config.yaml cannot be read: "
+                      + ", ".join(map(str, unreadable[:3])) + (", ..." if len(unreadable) > 3 else ""),
+                      markup=False, soft_wrap=True)
     if csv_path:
         console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False, soft_wrap=True)
     return 0

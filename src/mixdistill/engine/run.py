@@ -150,9 +150,10 @@ class RunRecord:
     last_epoch: int | None  # the last epoch metrics.jsonl logged
 
 
-def find_runs(root: str | Path) -> list[RunRecord]:
+def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[RunRecord]:
     """Every run directory at or below ``root`` (a directory holding ``config.yaml``; ones set aside as
-    ``NAME.supersededN`` left out), in path order."""
+    ``NAME.supersededN`` left out), in path order; those whose ``config.yaml`` cannot be read are added to
+    ``unreadable`` (where given) instead."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory" if root.exists() else f"no such directory: {root}")
@@ -164,8 +165,10 @@ def find_runs(root: str | Path) -> list[RunRecord]:
         try:
             tree = load_yaml((d / CONFIG).read_text())
         except Exception:  # noqa: BLE001 - not a run's config (or damaged): not a run directory
-            continue
+            tree = None
         if not isinstance(tree, dict):
+            if unreadable is not None:
+                unreadable.append(d)
             continue
         try:
             tree = build_config(tree).to_dict()
