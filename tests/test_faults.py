@@ -363,6 +363,7 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     (["augment.alpha=-1"], "augment 'none' takes no parameters, got alpha (name the augmentation too: "
                            "augment=mixup augment.alpha=...)"),
     (["augment=cutout", "augment.size=2.5"], "parameter 'size'"),
+    (["augment=mixup", "augment.alhpa=1"], "unknown parameter 'alhpa' for augmentation 'mixup' (did you mean alpha"),
     (["augment=flip", "augment.p=1.5"], "less than or equal to 1"),
     (["augment=cutmix", "augment.per_sample_boxes=1"], "per_sample_boxes"),
     (["optim.epochs=true"], "optim.epochs: expected a number, got true"),

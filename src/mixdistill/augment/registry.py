@@ -121,9 +121,13 @@ def _validated_params(name: str, params: dict) -> dict:
     valid = augment_params(name)
     for key in params:
         if key not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(valid), n=2, cutoff=0.6)
             raise ConfigError(
-                f"unknown parameter '{key}' for augmentation '{name}'; valid parameters: {', '.join(valid) or '(none)'}"
-            )
+                f"unknown parameter '{key}' for augmentation '{name}'"
+                + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                + f"; valid parameters: {', '.join(valid) or '(none)'}")
     filled = {k: None for k in ("mean", "std") if k in valid and k not in params}
     try:
         model = _params_model(name)(**{**filled, **params})
