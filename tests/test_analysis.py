@@ -186,6 +186,12 @@ def test_ece_mce_nll_hand_computed():
     assert c["ece"] == pytest.approx(ece) and c["accuracy"] == pytest.approx(0.6)
     r = reliability_bins(probs, labels, bins=5)
     assert r["count"].tolist() == [0, 0, 2, 1, 2]
+    # logits, or labels outside the classes, are refused rather than scored
+    with pytest.raises(ValueError, match="softmax the logits first"):
+        expected_calibration_error(torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1, got 0\.\.2"):
+        expected_calibration_error(probs, torch.tensor([0, 1, 2, 0, 0]))
+    expected_calibration_error(torch.softmax(torch.randn(64, 10).bfloat16(), 1), torch.zeros(64))  # bf16 rows
 
 
 def test_ece_bins_are_right_closed():

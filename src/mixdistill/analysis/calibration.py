@@ -26,6 +26,10 @@ def _probs_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
     if p.dim() != 2 or len(p) != len(y) or len(y) == 0:
         raise ValueError(f"need probabilities [N, C] and labels [N] with N > 0, "
                          f"got {list(p.shape)} and {list(y.shape)}")
+    if not bool(((p >= 0) & (p <= 1)).all()) or float((p.sum(1) - 1).abs().max()) > 1e-2:  # bf16 softmax: ~1e-3
+        raise ValueError("need probabilities (rows in [0, 1] summing to 1): softmax the logits first")
+    if int(y.min()) < 0 or int(y.max()) >= p.shape[1]:
+        raise ValueError(f"labels must lie in 0..{p.shape[1] - 1}, got {int(y.min())}..{int(y.max())}")
     return p, y
 
 
