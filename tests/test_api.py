@@ -132,6 +132,17 @@ def test_evaluate_errors_are_one_line(tmp_path):
         mixdistill.evaluate(tmp_path)
     with pytest.raises(ConfigError, match="summary mixdistill.train returned"):
         mixdistill.evaluate({"name": "x"})
+    # a wrong type is named (it was a TypeError from deep inside)
+    with pytest.raises(ConfigError, match="or an opened run; got int"):
+        mixdistill.evaluate(42)
+    with pytest.raises(ConfigError, match="batch_size: an integer, got '64'"):
+        mixdistill.evaluate(tmp_path, batch_size="64")
+    with pytest.raises(ConfigError, match="overrides are a dict of dotted keys"):
+        mixdistill.train(None, ["optim.epochs=1"])
+    with pytest.raises(ConfigError, match="takes folders"):
+        mixdistill.collect_results(42)
+    with pytest.raises(ConfigError, match="no run directories"):
+        mixdistill.collect_results([tmp_path, str(tmp_path)])  # a list of folders is taken as the folders
 
 
 # ------------------------------------------------------------------------------------------- methods

@@ -29,8 +29,13 @@ def train(config: str | Path | dict | RunConfig | None = None, overrides: dict[s
     ``method`` or ``augment`` applies first, as on the command line. ``resume``: continue the run in the
     config's run directory (``--resume``); ``quiet``: no log lines or progress bar.
     """
+    from collections.abc import Mapping
+
     from mixdistill.engine.trainer import train as train_run
 
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"train: overrides are a dict of dotted keys and Python values ({{'optim.epochs': 2}}), "
+                          f"got {type(overrides).__name__} (key=value strings are the command line's)")
     cfg = resolve_config(config, {**(overrides or {}), **more})
     summary = train_run(cfg, resume=resume, quiet=quiet)
     return {**summary, "run_dir": str(cfg.run_dir.resolve())}
@@ -55,6 +60,11 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
     from mixdistill.errors import require_at_least
 
+    if not isinstance(run, (str, Path, dict, FinishedRun)):
+        raise ConfigError(f"evaluate: run is a run directory, a checkpoint file, the summary train returned or an "
+                          f"opened run; got {type(run).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        raise ConfigError(f"batch_size: an integer, got {batch_size!r}")
     require_at_least("batch_size", batch_size, 1)
     if split not in ("train", "test"):
         raise ConfigError(f"split: 'train' or 'test', got {split!r}")

@@ -194,6 +194,10 @@ def collect_results(*dirs: str | Path, metric: str = "last_acc", sort: str = "pa
     Bad input (no run below them, a ``metric`` no summary holds) raises the ConfigError the command prints."""
     if sort not in ("path", "acc"):
         raise ConfigError(f"sort must be 'path' or 'acc', got {sort!r}")
+    dirs = tuple(d for item in dirs for d in (item if isinstance(item, (list, tuple)) else [item]))  # a list too
+    bad = [d for d in dirs if not isinstance(d, (str, Path))]
+    if bad:
+        raise ConfigError(f"collect_results takes folders (str or Path), got {type(bad[0]).__name__}")
     return groups(records_with(dirs, metric, "metric"), sort, metric)
 
 
