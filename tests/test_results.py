@@ -178,3 +178,17 @@ def test_a_folder_whose_config_cannot_be_read_is_named_not_silently_dropped(runs
     out = capsys.readouterr().out
     assert "1 run (1 finished)" in out
     assert f"note: left out 1 folder whose config.yaml cannot be read: {root / 'damaged'}" in out
+
+
+def test_runs_linked_into_a_folder_are_found_once(runs_root, tmp_path, capsys):
+    """A folder of symbolic links to the runs being compared is a folder of runs; a link back up the tree or a
+    second link to one run does not count it twice."""
+    linked = tmp_path / "compare"
+    linked.mkdir()
+    (linked / "a").symlink_to(runs_root / "ce_s0", target_is_directory=True)
+    (linked / "b").symlink_to(runs_root / "mixup_s0", target_is_directory=True)
+    (linked / "again").symlink_to(runs_root / "ce_s0", target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    assert main(["results", str(linked), "--per-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"2 runs (2 finished) below {linked}" in out

@@ -157,7 +157,7 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory" if root.exists() else f"no such directory: {root}")
-    dirs = [root] if (root / CONFIG).is_file() else sorted(p.parent for p in root.rglob(CONFIG))
+    dirs = [root] if (root / CONFIG).is_file() else _folders_with_config(root)
     records = []
     for d in dirs:
         if ".superseded" in d.name:
@@ -183,6 +183,21 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
             pass
         records.append(RunRecord(d, tree, summary, last_epoch))
     return records
+
+
+def _folders_with_config(root: Path) -> list[Path]:
+    """The folders at or below ``root`` that hold a config.yaml, symbolic links to folders followed (a folder of
+    links to the runs being compared), each real folder once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        if CONFIG in files:
+            found.append(Path(folder))
+    return sorted(found)
 
 
 # ------------------------------------------------------------------------------------------- open a run
