@@ -180,8 +180,8 @@ class Trainer:
                 " (the run there stopped before its first one: run without --resume to start it again)"
                 if started else ""))
         if not self.resume and has_run:
-            raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
-                                  f"another name= or output_dir= (nothing was overwritten)")
+            raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume (resume=True in Python) to "
+                                  f"continue it, or choose another name= or output_dir= (nothing was overwritten)")
         if not self.resume and started:  # the same run is started again; another one is refused
             diff = run.saved_config_difference(self.cfg)
             if diff is None or diff:
