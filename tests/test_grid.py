@@ -170,6 +170,7 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     rows = run_grid(with_study_dir(tiny_grid(fmnist_root), moved), moved, jobs=1, log=logged.append)
     assert not any("different config" in line or "moved to" in line for line in logged), logged
     assert calls == ["kd/seed0", "kd/seed1"]  # looked up again from their folders: reused, not retrained
+    assert rows["kd/seed1"].get("reused") and not rows["kd/seed0"].get("reused")  # its summary had to be rewritten
     after = {p.name: (p / "summary.json").read_text() for p in (moved / "runs").iterdir()}
     assert after["teacher"] == before["teacher"] and after["kd__seed1"] == before["kd__seed1"]
     assert json.loads(after["kd__seed0"])["last_acc"] == json.loads(before["kd__seed0"])["last_acc"]
