@@ -143,6 +143,18 @@ def test_evaluate_errors_are_one_line(tmp_path):
         mixdistill.collect_results(42)
     with pytest.raises(ConfigError, match="no run directories"):
         mixdistill.collect_results([tmp_path, str(tmp_path)])  # a list of folders is taken as the folders
+    # a foreign checkpoint's missing facts are asked for as the Python API takes them, not only as options
+    from mixdistill.models import create_model
+
+    torch.save({"model": create_model("cnn5_w8", num_classes=10, in_channels=1).state_dict()}, tmp_path / "m.pt")
+    foreign = mixdistill.open_run(tmp_path / "m.pt")
+    with pytest.raises(ConfigError, match=r"mixdistill.data.load_dataset\(NAME, split\)"):
+        foreign.split()
+    with pytest.raises(ConfigError, match="arch= in Python"):
+        foreign.model()
+    with pytest.raises(ConfigError, match="pass num_classes and in_channels"):
+        foreign.model("cnn5_w8")
+    assert foreign.model("cnn5_w8", 10, 1).training is False
 
 
 # ------------------------------------------------------------------------------------------- methods

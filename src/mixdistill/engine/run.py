@@ -241,7 +241,8 @@ class FinishedRun:
         """The run's dataset split (its ``data.test_subset`` / ``train_subset`` applied), read from ``root`` or the
         run's own ``data.root``."""
         if self.cfg is None:
-            raise self.missing_dataset("one (--data)")
+            raise self.missing_dataset("one (--data on the command line; in Python, "
+                                       "mixdistill.data.load_dataset(NAME, split))")
         d = self.cfg.data
         split = load_dataset(d.dataset, name, root=root or d.root)
         subset = d.test_subset if name == "test" else d.train_subset
@@ -252,11 +253,12 @@ class FinishedRun:
         record them)."""
         arch = arch or self.arch
         if arch is None:
-            raise ConfigError(f"{self.checkpoint} does not record its architecture: pass it (--arch)")
+            raise ConfigError(f"{self.checkpoint} does not record its architecture: pass it (--arch; arch= in Python)")
         num_classes = num_classes or self.state.get("num_classes")
         in_channels = in_channels or self.state.get("in_channels")
         if num_classes is None or in_channels is None:
-            raise ConfigError(f"{self.checkpoint} does not record its classes and channels")
+            raise ConfigError(f"{self.checkpoint} does not record its classes and channels: pass num_classes and "
+                              "in_channels (the commands take them from --data)")
         model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
         load_weights(model, self.state)
         return model.eval()
