@@ -217,8 +217,8 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         subset, subset_seed = data_cfg.get("test_subset"), data_cfg.get("subset_seed", 0)
         split_size = len(split.labels)
         if subset and not full_test_set:
-            subset_rows = stratified_subset(split.labels, subset, subset_seed)
-            split = split.subset(subset, seed=subset_seed)
+            subset_rows = stratified_subset(split.labels, subset, subset_seed)  # what Split.subset keeps
+            split = split.take(subset_rows)
             notes.append(f"The run's data.test_subset = {subset} (seed {subset_seed}) is used; "
                          "pass --full-test-set for the whole split.")
         eval_set = EvalSet(split.images, split.labels, f"{train_name} (test)")

@@ -165,8 +165,11 @@ class Split:
 
         The samples keep their original order.
         """
-        chosen = stratified_subset(self.labels, n, seed)
-        return Split(self.images[chosen], self.labels[chosen], self.spec, self.root)
+        return self.take(stratified_subset(self.labels, n, seed))
+
+    def take(self, rows: torch.Tensor) -> Split:
+        """The samples at ``rows`` (indices into this split), in that order."""
+        return Split(self.images[rows], self.labels[rows], self.spec, self.root)
 
 
 def find_root(name: str, root=None, download: bool = True) -> Path:

@@ -635,32 +635,38 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
     return Trainer(cfg, resume=resume, quiet=quiet).fit()
 
 
-def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> dict:
+def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> tuple[dict, bool]:
     """Finished run → its summary; a run killed midway → resumed; otherwise a fresh run. Used by the
-    demo and the studies so that re-running them skips finished work and loses nothing. A run directory
-    whose saved config differs from ``cfg`` is set aside (renamed) and the run trained afresh."""
-    diff = run.saved_config_difference(cfg)
-    checkpoint = cfg.run_dir / run.CHECKPOINT
-    why = (f"config changed since it ran ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''})" if diff else
-           # finished, but what reads a run (its students, eval, analyze) needs its checkpoint
-           f"its {run.CHECKPOINT} is missing" if (cfg.run_dir / run.SUMMARY).exists() and not checkpoint.exists()
-           else _unreadable(checkpoint) if checkpoint.exists() and run.read_summary(cfg.run_dir) is None else None)
+    demo and the studies so that re-running them skips finished work and loses nothing. A run directory that
+    cannot be reused or resumed (:func:`_why_set_aside`) is set aside (renamed) and the run trained afresh.
+    Returns the summary and whether it was reused (nothing trained)."""
+    summary = run.read_summary(cfg.run_dir)
+    why = _why_set_aside(cfg, summary)
     if why:
         old = run.set_aside(cfg.run_dir)
         log(f"{cfg.run_dir.name}: {why}; old run moved to {old}, training afresh")
-    summary = run.read_summary(cfg.run_dir)
+        summary = None
     if summary is not None:
-        return summary
-    return train(cfg, resume=checkpoint.exists(), quiet=quiet)  # a damaged summary.json is written again
+        return summary, True
+    resume = (cfg.run_dir / run.CHECKPOINT).exists()
+    return train(cfg, resume=resume, quiet=quiet), False  # a damaged summary.json is written again
 
 
-def _unreadable(checkpoint) -> str | None:
-    """Why an unfinished run's checkpoint cannot be resumed from (damaged), or None: a grid sets such a run aside
-    and trains it afresh instead of failing on it at every invocation."""
-    try:
-        load_checkpoint(checkpoint)
-    except CheckpointError as err:
-        return f"its {checkpoint.name} cannot be read ({err})"
+def _why_set_aside(cfg: RunConfig, summary: dict | None) -> str | None:
+    """Why the run directory of ``cfg`` (whose readable summary is ``summary``) can be neither reused nor resumed:
+    another config; finished without the checkpoint its readers (students, eval, analyze) need; unfinished with a
+    checkpoint that cannot be read (a grid would fail on it at every invocation). None: reuse or resume it."""
+    diff = run.saved_config_difference(cfg)
+    if diff:
+        return f"config changed since it ran ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''})"
+    checkpoint = cfg.run_dir / run.CHECKPOINT
+    if not checkpoint.exists():
+        return f"its {run.CHECKPOINT} is missing" if (cfg.run_dir / run.SUMMARY).exists() else None
+    if summary is None:
+        try:
+            load_checkpoint(checkpoint)
+        except CheckpointError as err:
+            return f"its {checkpoint.name} cannot be read ({err})"
     return None
 
 

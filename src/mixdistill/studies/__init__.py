@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from pathlib import Path
 
@@ -55,8 +56,8 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     started = time.perf_counter()
     rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
                     log=log)
-    trained = sum(bool(line.strip()) and '"reused": true' not in line  # a row read back from its folder: not trained
-                  for line in results.read_text().splitlines()[lines_before:])
+    appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
+    trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
     record_timing(study_dir, trained, time.perf_counter() - started,
                   f"{executor}, {threads or 'default'} thread(s) per run"
                   + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))

@@ -92,12 +92,10 @@ def resolve(run: GridRun, study_dir: Path):
 def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) -> dict:
     """Train (or reuse / resume) one run; a crash is retried from its last checkpoint."""
     cfg = resolve(run, Path(study_dir))
-    # finished there already (its row was lost or damaged): train_or_reuse reads it back, nothing is trained
-    reused = (read_summary(cfg.run_dir) is not None and (cfg.run_dir / CHECKPOINT).exists()
-              and saved_config_difference(cfg) == [])
     for attempt in range(retries + 1):
         try:
-            summary = train_or_reuse(cfg, quiet=quiet)
+            summary, reused = train_or_reuse(cfg, quiet=quiet)
+            # reused: finished there already (its row was lost or damaged), read back, nothing trained
             return {"key": run.key, "labels": run.labels, "stage": run.stage, "summary": summary,
                     "attempts": attempt + 1, "config": cfg.to_dict(), **({"reused": True} if reused else {})}
         except MixdistillError:
