@@ -388,16 +388,23 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
 def _submit(pool, *call):
     """``pool.submit(*call)`` with SIGINT blocked in this thread: the workers it starts inherit the mask (across
     exec), so a Ctrl-C reaches this process alone, which stops them, instead of each worker printing a traceback
-    from wherever it was, often importing torch. A Ctrl-C meanwhile is delivered here when the mask is restored."""
+    from wherever it was, often importing torch. A Ctrl-C meanwhile (delivered through the pool's other threads) is
+    held until the submit is done: raised inside it, it cut a worker's start-up data short (EOFError there)."""
     import signal
+    import threading
 
-    if not hasattr(signal, "pthread_sigmask"):
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return pool.submit(*call)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    interrupted = []
+    handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return pool.submit(*call)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
