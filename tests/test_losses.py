@@ -32,6 +32,15 @@ def test_kd_loss_direction_is_kl_teacher_to_student():
     assert kd_loss(student, teacher, temperature=2.0).item() == pytest.approx(4.0 * forward / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_a_temperature_that_is_not_positive_is_refused(temperature):
+    student, teacher = torch.zeros(2, 3), torch.ones(2, 3)
+    with pytest.raises(ValueError, match="must be > 0"):
+        kd_loss(student, teacher, temperature)
+    with pytest.raises(ValueError, match="must be > 0"):
+        kl_div(student, teacher, temperature)
+
+
 def test_kl_reductions():
     student = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
     teacher = torch.tensor([[0.0, 2.0], [1.0, 3.0]])

@@ -66,8 +66,10 @@ def kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
 
     reduction: ``batchmean`` (sum over classes, mean over samples), ``mean`` (mean over all B*C
     elements, PyTorch's default and das2020's setting: 1/C of batchmean), ``sum`` or ``none``
-    (per-sample values, [B]).
+    (per-sample values, [B]). A temperature that is not positive is refused (at 0 the softmaxes are NaN).
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature {temperature} must be > 0")
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     elementwise = log_p_t.exp() * (log_p_t - log_p_s)
