@@ -82,10 +82,23 @@ def test_seed_syntax(text, seeds):
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "5-3", "a", "1,1", "3,-2", "1-2-3"])
+@pytest.mark.parametrize("text", ["0", "-1", "5-3", "a", "1,1", "3,-2", "1-2-3", ",", str(2**64)])
 def test_bad_seed_syntax_is_one_clear_error(text):
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(text)
+
+
+@pytest.mark.parametrize("text", ["1001", "0-1000", "5-99999999999", "1000000000000000"])
+def test_more_seeds_than_a_grid_can_hold_is_refused_before_listing_them(text):
+    with pytest.raises(ConfigError, match="at most 1000 seeds"):
+        parse_seeds(text)
+
+
+def test_a_list_of_seeds_is_checked_like_the_text():
+    assert parse_seeds([3, 7, 9]) == parse_seeds("3,7,9") == [3, 7, 9]
+    for bad in ([1, 1], [-2], [], [1.5], [True]):
+        with pytest.raises(ConfigError, match="seeds"):
+            parse_seeds(bad)
 
 
 def test_published_difference_is_welch_from_the_papers_means_and_stds():

@@ -417,9 +417,10 @@ def cmd_study(args) -> int:
         tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
         if not tflops > 0:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
+        seeds = parse_seeds(args.seeds)
         print("--plan: counting one training step of every distinct run on the CPU (about half a second each)",
               file=sys.stderr)
-        print(plan_study(args.name, scale=args.scale, seeds=parse_seeds(args.seeds), output_dir=args.output_dir,
+        print(plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,
                          data_root=args.data_root, tflops=tflops), end="")
         return 0
     path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,

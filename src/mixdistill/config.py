@@ -260,7 +260,7 @@ class TrainConfig(Section):
 
 class RunConfig(Section):
     name: str = "run"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**64 - 1)  # torch.manual_seed's range
     output_dir: str = Field("runs", description="the run lives in output_dir/name (relative: from the current "
                                                 "directory, not the config file's)")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -41,7 +41,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     from mixdistill.studies.grid import run_grid
     from mixdistill.studies.stats import parse_seeds
 
-    seeds = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)
+    seeds = parse_seeds(seeds)
     study = get_study(name)
     sc = scale_config(load_study_config(name), scale)
     threads = threads or sc.get("threads_per_run")

@@ -262,26 +262,48 @@ def mean_ci_text(mean: float | None, ci: tuple[float, float] | None, digits: int
 
 # ----------------------------------------------------------------------------------------------- seeds
 
-def parse_seeds(text: str | int) -> list[int]:
-    """``5`` -> seeds 0..4; ``10-14`` -> 10..14; ``3,7,9`` -> those. One clear error for anything else."""
-    if isinstance(text, int):
-        text = str(text)
-    text = text.strip()
+MAX_SEEDS = 1000  # per invocation: a grid of more runs than this is a typo, and its plan alone would take hours
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+
+
+def parse_seeds(seeds: str | int | list[int] | tuple[int, ...]) -> list[int]:
+    """``5`` -> seeds 0..4; ``10-14`` -> 10..14; ``3,7,9`` (or ``[3, 7, 9]``) -> those. One clear error for
+    anything else, and for more than ``MAX_SEEDS`` seeds."""
+    if isinstance(seeds, (list, tuple)):
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ConfigError(f"seeds {list(seeds)!r}: give whole numbers")
+        text, chosen = ",".join(map(str, seeds)), list(seeds)
+    else:
+        text = str(seeds).strip()
+        chosen = _seeds_from_text(text)
+    if not chosen:
+        raise ConfigError("--seeds: give at least one seed")
+    _check_seed_count(text, len(chosen))
+    if any(not 0 <= s <= MAX_SEED for s in chosen) or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"--seeds '{text}': seeds must be distinct, non-negative and below 2**64")
+    return chosen
+
+
+def _seeds_from_text(text: str) -> list[int]:
     try:
         if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        elif "-" in text.lstrip("-"):
+            return [int(s) for s in text.split(",") if s.strip()]
+        if "-" in text.lstrip("-"):
             first, last = (int(s) for s in text.split("-", 1))
             if last < first:
                 raise ValueError
-            seeds = list(range(first, last + 1))
-        else:
-            count = int(text)
-            if count < 1:
-                raise ConfigError(f"--seeds must be at least 1 (got {count})")
-            seeds = list(range(count))
+            _check_seed_count(text, last - first + 1)
+            return list(range(first, last + 1))
+        count = int(text)
     except ValueError:
         raise ConfigError(f"--seeds '{text}': give a count (5), a range (10-14) or a list (3,7,9)") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds '{text}': seeds must be distinct and non-negative")
-    return seeds
+    if count < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {count})")
+    _check_seed_count(text, count)
+    return list(range(count))
+
+
+def _check_seed_count(text: str, count: int) -> None:
+    if count > MAX_SEEDS:
+        raise ConfigError(f"--seeds '{text}': at most {MAX_SEEDS} seeds per invocation (got {count}); "
+                          "run more as further ranges (e.g. 1000-1999) into the same output directory")
