@@ -79,7 +79,7 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_overwritten_by_another
     assert "holds a run stopped before its first checkpoint, with another config (optim.lr: 0.05 -> 0.01)" in err
     assert snapshot(run_dir) == before
     err = one_line_error(capsys, [*train, "--resume"])
-    assert "(the run there stopped before its first one: run without --resume to start it again)" in err
+    assert "(the run there stopped before its first one: run without resuming to start it again)" in err
     assert main([*train, "--quiet"]) == 0 and (run_dir / "last.pt").exists()
     # a run folder renamed is resumed under its new name (name and output_dir change no result)
     run_dir.rename(run_dir.with_name("renamed"))

@@ -176,8 +176,8 @@ class Trainer:
         # a run stopped before its first checkpoint left these: nothing to resume, but not to overwrite unasked
         started = any((self.run_dir / name).exists() for name in (run.CONFIG, run.METRICS, run.BEST))
         if self.resume and not self.checkpoint_path.exists():
-            raise MixdistillError(f"--resume: no checkpoint at {self.checkpoint_path}" + (
-                " (the run there stopped before its first one: run without --resume to start it again)"
+            raise MixdistillError(f"--resume (resume=True in Python): no checkpoint at {self.checkpoint_path}" + (
+                " (the run there stopped before its first one: run without resuming to start it again)"
                 if started else ""))
         if not self.resume and has_run:
             raise MixdistillError(f"{self.run_dir} already holds a run; pass --resume (resume=True in Python) to "
@@ -200,7 +200,7 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path} is not a mixdistill training checkpoint")
         diff = run.config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
-            raise ConfigError(f"--resume: the config differs from the one {self.run_dir} was started with: "
+            raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} was started with: "
                               + "; ".join(diff))
         self.distiller.student.load_state_dict(state["model"])
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
