@@ -66,6 +66,40 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tiny_run_overrides, interrupt_
     assert epochs == [1, 2, 3]
 
 
+def _tensorboard_test_acc(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, round(e.value, 4)) for e in events.Scalars("test/acc")]
+
+
+@pytest.mark.parametrize("dies_at_save", [1, 2], ids=["restarted", "resumed"])
+def test_tensorboard_holds_each_epoch_once_after_a_kill_between_its_log_and_its_checkpoint(
+        tiny_run_overrides, monkeypatch, dies_at_save):
+    # the epoch's scalars are logged before its checkpoint is written: a run killed between the two logged an
+    # epoch it re-runs, and (dies_at_save=1) a run killed before its first checkpoint is started again from scratch
+    cfg = load_config(None, tiny_run_overrides + ["name=tb", "train.tensorboard=true"])
+    save = Trainer._save_state
+
+    def dies(self, epoch, state=None):
+        if epoch == dies_at_save:
+            raise KeyboardInterrupt
+        return save(self, epoch, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_state", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, quiet=True)
+    assert [step for step, _ in _tensorboard_test_acc(cfg.run_dir)] == list(range(1, dies_at_save + 1))
+    train(cfg, resume=dies_at_save > 1, quiet=True)
+    assert len(list((cfg.run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    logged = [(r["epoch"], round(r["test_acc"], 4))
+              for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert [step for step, _ in logged] == [1, 2, 3]
+    assert _tensorboard_test_acc(cfg.run_dir) == logged
+
+
 def test_resume_with_a_different_config_is_refused(tiny_run_overrides, interrupt_at):
     cfg = load_config(None, tiny_run_overrides + ["name=r", "optim.epochs=2"])
     with interrupt_at(1):

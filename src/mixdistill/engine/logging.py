@@ -134,8 +134,12 @@ class RunLogger:
         if tensorboard and "tensorboard" in loggers and write:
             from torch.utils.tensorboard import SummaryWriter
 
+            # a resumed (or restarted) run's new event file hides the earlier files' epochs from its first one on
+            # (TensorBoard's purge on a session start): epochs logged after the last checkpoint by a run killed
+            # before the checkpoint's write, or by a run started again, would otherwise show twice
+            first_epoch = history[-1]["epoch"] + 1 if history else 1
             try:
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=first_epoch)
             except OSError as err:
                 raise write_error(self.run_dir / "tensorboard", err) from None
         self.wandb = _WandbLog(self.run_dir, config) if write and "wandb" in loggers else None
