@@ -82,7 +82,7 @@ def calibration(probs, labels, bins: int = DEFAULT_BINS) -> dict:
 def plot_reliability_diagram(probs, labels, path: str | Path, bins: int = DEFAULT_BINS,
                              title: str = "Reliability diagram") -> Path:
     """Accuracy per confidence bin (bars) against the diagonal of perfect calibration, the gap to it
-    shaded, ECE/MCE in the legend, and the share of samples per bin underneath."""
+    shaded, the share of samples per bin underneath, and the legend with ECE/MCE below that."""
     r = reliability_bins(probs, labels, bins)
     stats = calibration(probs, labels, bins)
     edges = r["edges"].numpy()
@@ -108,12 +108,15 @@ def plot_reliability_diagram(probs, labels, path: str | Path, bins: int = DEFAUL
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.tick_params(labelbottom=False)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9, title_fontsize=8,
-              title=f"ECE {100 * stats['ece']:.2f}%   MCE {100 * stats['mce']:.2f}%")
     ax.grid(alpha=0.3)
     hist = fig.add_subplot(grid[1], sharex=ax)
     hist.bar(centers, count / max(1.0, count.sum()), width=width, edgecolor="black", linewidth=0.6, color="#8C8C8C")
     hist.set_xlabel(f"confidence (top softmax probability), {bins} bins")
     hist.set_ylabel("share of\nsamples")
     hist.grid(alpha=0.3)
+    # under the figure: inside the axes it covered bars wherever it went (an underconfident model's bars rise
+    # above the diagonal into the top left, the only corner an overconfident one leaves free)
+    hist.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2,
+                fontsize=8, frameon=False, title_fontsize=8,
+                title=f"ECE {100 * stats['ece']:.2f}%   MCE {100 * stats['mce']:.2f}%")
     return save_figure(fig, path)
