@@ -54,17 +54,22 @@ def test_das2020_cpu_and_smoke_recipes_unchanged():
 
 
 def test_class_discrimination_order_ranks_the_as_published_values():
-    """The two variants ordered oppositely: the finding's rho is the as_published one (+1, the paper's order), the
-    correct one (-1) is only reported beside it."""
+    """The two variants ordered oppositely: the finding is the as_published one (+1, the paper's order, on every
+    replicate: Page's L), the correct one (-1) is only reported beside it."""
+    from scipy import stats
+
     assert CD_ORDER_VARIANT == "as_published"
     paper = {"none": 0.161022, "mixup": 0.160580, "cutout": 0.158004, "crop_flip": 0.155214, "cutmix": 0.154048}
     order = list(paper)
-    ours = {"as_published": {c: 0.30 - 0.01 * i for i, c in enumerate(order)},   # the paper's order
-            "correct": {c: 0.20 + 0.01 * i for i, c in enumerate(order)}}         # reversed
+    replicates = range(5)
+    ours = {"as_published": {c: {r: 0.30 - 0.01 * i + 0.001 * r for r in replicates} for i, c in enumerate(order)},
+            "correct": {c: {r: 0.20 + 0.01 * i for r in replicates} for i, c in enumerate(order)}}  # reversed
     effect = class_discrimination_order(paper, ours)
     assert effect.estimate == pytest.approx(1.0) and effect.n == 5
-    assert effect.p == pytest.approx(2 / 120)  # exact: the order and its reverse, of 5! permutations
-    assert "as_published variant" in effect.test and "correct variant, for information: rho = -1.000" in effect.test
+    perfect = [[5, 4, 3, 2, 1]] * 5  # every replicate in the paper's (decreasing) order
+    assert effect.p == pytest.approx(2 * stats.page_trend_test([b[::-1] for b in perfect]).pvalue)
+    assert effect.p < 1 / 60  # five means alone could not go below this
+    assert "as_published variant" in effect.test and "correct variant, for information: mean rho = -1.000" in effect.test
     swapped = class_discrimination_order(paper, {"as_published": ours["correct"], "correct": ours["as_published"]})
-    assert swapped.estimate == pytest.approx(-1.0) and "rho = +1.000" in swapped.test
+    assert swapped.estimate == pytest.approx(-1.0) and "mean rho = +1.000" in swapped.test
     assert not math.isnan(effect.p)

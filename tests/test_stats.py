@@ -72,8 +72,80 @@ def test_verdicts_follow_gates_direction_and_holm():
     assert Finding("x", good, -1, "paper").verdict == "NOT reproduced: significant opposite effect"
     weak = Effect(1.0, -0.5, 2.5, 0.02, "t", 5, p_holm=0.08)  # significant alone, not after Holm
     assert Finding("x", weak, +1, "paper").verdict == "same direction, not significant"
-    assert Finding("x", weak, +1, "paper", no_effect_claim=True).verdict.startswith("not contradicted")
-    assert Finding("x", good, +1, "paper", no_effect_claim=True).verdict.startswith("NOT reproduced")
+    assert Finding("x", weak, -1, "paper").verdict == "not reproduced (opposite direction, not significant)"
+    assert [Finding("x", e, sign, "paper").outcome for e, sign in ((good, +1), (weak, +1), (weak, -1), (good, -1))] == [
+        "reproduced", "inconclusive", "inconclusive", "contrary"]
+    assert Finding("x", good, +1, "paper", gates=[gate_bad]).outcome == "none"
+
+
+def test_a_claim_of_no_effect_is_judged_on_its_own_p_outside_holm():
+    from mixdistill.studies.stats import adjust
+
+    # raw p 0.02: significant alone; Holm across three findings would raise it to 0.06 and keep the claim
+    null = Finding("CE does not gain", Effect(0.5, 0.1, 0.9, 0.02, "t", 5), +1, "no gain", no_effect_claim=True)
+    claims = [Finding(f"claim {i}", Effect(1.0, 0.5, 1.5, p, "t", 5), +1, "paper") for i, p in enumerate((0.01, 0.03))]
+    adjust([null, *claims])
+    assert math.isnan(null.effect.p_holm) and null.p == 0.02
+    assert null.verdict == "NOT reproduced (a significant effect where the paper claims none)"
+    assert [c.effect.p_holm for c in claims] == pytest.approx([0.02, 0.03])  # a family of two, not three
+    other_way = Finding("x", Effect(-0.5, -0.9, -0.1, 0.02, "t", 5), +1, "no gain", no_effect_claim=True)
+    assert other_way.verdict == "not contradicted (a significant effect, the other way)"
+    weak = Finding("x", Effect(0.5, -0.1, 1.1, 0.2, "t", 5), +1, "no gain", no_effect_claim=True)
+    assert weak.verdict.startswith("not contradicted (no significant effect")
+
+
+def test_identical_differences_on_every_seed_are_untestable_not_p_zero():
+    e = paired({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})
+    assert e.estimate == 0.5 and math.isnan(e.p) and e.interval() == "n/a" and "no spread" in e.test
+    assert Finding("x", e, +1, "paper").verdict == "untested (no spread between units)"
+    assert math.isnan(welch([1.0, 1.0], [2.0, 2.0]).p)
+    one = paired({0: 1.0}, {0: 0.5})
+    assert Finding("x", one, +1, "paper").verdict == "untested (fewer than 2 units)"
+
+
+def test_p_near_alpha_is_printed_with_the_digit_that_decides_it():
+    from mixdistill.studies.stats import fmt_p
+
+    assert fmt_p(0.0498) == "0.0498" and fmt_p(0.0502) == "0.0502" and fmt_p(0.047) == "0.047"
+    assert fmt_p(0.0004) == "< 0.001" and fmt_p(math.nan) == "n/a"
+
+
+def test_exact_spearman_p_counts_every_order_up_to_nine_points():
+    import itertools
+
+    from scipy import stats
+
+    from mixdistill.studies.stats import rank_correlation
+
+    x, y = [1, 2, 3, 4, 5, 6, 7], [2, 1, 3, 5, 4, 7, 6]  # by brute force through scipy's rho, over the 7! orders
+    rho = float(stats.spearmanr(x, y).statistic)
+    rhos = [float(stats.spearmanr(x, perm).statistic) for perm in itertools.permutations(y)]
+    e = rank_correlation(x, y)
+    assert e.estimate == pytest.approx(rho) and "exact p" in e.test
+    assert e.p == pytest.approx(sum(abs(r) >= abs(rho) - 1e-9 for r in rhos) / len(rhos))
+    nine = rank_correlation([1, 2, 3, 4, 5, 6, 7, 8, 9], [2, 1, 3, 5, 4, 6, 9, 7, 8])
+    assert "exact p" in nine.test and nine.p > stats.spearmanr(range(9), [2, 1, 3, 5, 4, 6, 9, 7, 8]).pvalue
+    assert rank_correlation([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]).p == pytest.approx(2 / 120)  # the order and its reverse
+    assert "exact p" not in rank_correlation(list(range(10)), list(range(10))).test
+
+
+def test_ordered_trend_is_pages_test_over_replicates():
+    from scipy import stats
+
+    from mixdistill.studies.stats import ordered_trend
+
+    expected = [0.5, 0.4, 0.3, 0.2, 0.1]  # the paper's values: decreasing across the five conditions
+    blocks = [[5.0, 4.0, 3.0, 2.0, 1.0], [5.1, 3.9, 3.2, 1.8, 1.1], [4.0, 5.0, 3.0, 2.0, 1.0],
+              [5.0, 4.0, 2.0, 3.0, 1.0], [5.0, 4.0, 3.0, 1.0, 2.0]]
+    e = ordered_trend(expected, blocks)
+    one_sided = stats.page_trend_test([b[::-1] for b in blocks]).pvalue  # increasing in the reversed order
+    assert e.p == pytest.approx(2 * one_sided) and e.p < 1 / 60  # below what five means can reach
+    assert e.estimate == pytest.approx((2 * 1.0 + 3 * 0.9) / 5)  # two blocks in order, three with one swap (rho 0.9)
+    assert e.n == 5 and "Page's L, 5 replicates × 5 conditions" in e.test
+    reversed_blocks = [b[::-1] for b in blocks]
+    assert ordered_trend(expected, reversed_blocks).estimate < 0
+    assert ordered_trend(expected, reversed_blocks).p == pytest.approx(e.p)
+    assert math.isnan(ordered_trend(expected, blocks[:1]).p)
 
 
 @pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), ("10-14", [10, 11, 12, 13, 14]),

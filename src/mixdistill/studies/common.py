@@ -155,35 +155,44 @@ def plot_intervals(groups: dict[str, list[float]], path: str | Path, title: str,
     return save_figure(fig, path)
 
 
+OUTCOME_COLORS = {"reproduced": "C2", "inconclusive": "C1", "contrary": "C3", "none": "0.5"}
+
+
 def plot_effects(findings, path: str | Path, title: str) -> Path:
-    """Forest plot: each finding's effect and 95% CI in its unit, a zero line, the paper's direction marked
-    (an arrow towards the side the paper claims); one panel per unit."""
+    """Forest plot: each finding's effect and 95% CI (not Holm-adjusted; the colour is the verdict, which is) in
+    its unit, a zero line, the paper's direction marked (an arrow towards the side the paper claims, or "paper: no
+    effect"); one panel per unit. Long claims wrap."""
+    import textwrap
+
     units = list(dict.fromkeys(f.unit for f in findings))
-    fig = new_figure(7.0, 0.9 + 0.42 * len(findings) + 0.4 * len(units))
-    heights = [sum(f.unit == u for f in findings) for u in units]
+    labels = {id(f): textwrap.fill(f.claim, 62) for f in findings}
+    lines = sum(labels[id(f)].count("\n") + 1 for f in findings)
+    fig = new_figure(7.5, 1.0 + 0.3 * lines + 0.12 * len(findings) + 0.5 * len(units))
+    heights = [sum(labels[id(f)].count("\n") + 1.4 for f in findings if f.unit == u) for u in units]
     grid = fig.add_gridspec(len(units), 1, height_ratios=heights, hspace=0.6)
     for k, unit in enumerate(units):
         ax = fig.add_subplot(grid[k])
         rows = [f for f in findings if f.unit == unit]
         for i, f in enumerate(reversed(rows)):
             e = f.effect
-            color = ("0.5" if f.failed_gates else "C2" if f.verdict == "reproduced"
-                     else "C1" if f.verdict.startswith(("same direction", "not contradicted", "untested")) else "C3")
+            color = OUTCOME_COLORS[f.outcome]
             if e.low == e.low:  # not NaN
                 ax.plot([e.low, e.high], [i, i], color=color, linewidth=2)
             ax.plot(e.estimate, i, "o", color=color)
-            ax.annotate("paper →" if f.sign > 0 else "← paper", (0, i), xytext=(6 if f.sign > 0 else -6, 0),
-                        textcoords="offset points", ha="left" if f.sign > 0 else "right", va="center",
-                        fontsize=6, color="0.4")
+            text, right = ("paper: no effect", True) if f.no_effect_claim else (
+                ("paper →", True) if f.sign > 0 else ("← paper", False))
+            ax.annotate(text, (0, i + 0.3), xytext=(4 if right else -4, 0), textcoords="offset points",
+                        ha="left" if right else "right", va="center", fontsize=6, color="0.4")
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks(range(len(rows)), [f.claim if len(f.claim) < 60 else f.claim[:57] + "..." for f in reversed(rows)],
-                      fontsize=7)
+        ax.set_yticks(range(len(rows)), [labels[id(f)] for f in reversed(rows)], fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.2)
         ax.set_xlabel({"points": "effect (points of top-1 %)", "ECE": "effect (ECE)",
                        "r": "correlation (Pearson r or Spearman ρ, as the finding's test says)"}.get(unit, unit),
                       fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title + " (95% CI; green: reproduced, orange: same direction or not contradicted, red: not reproduced, "
-                         "grey: no verdict)", fontsize=9)
+    fig.suptitle(title + "\n95% CI, unadjusted; colour: the verdict (Holm-adjusted): green reproduced, orange not "
+                         "significant either way, red significantly against the claim, grey no verdict (a gate failed)",
+                 fontsize=8)
     return save_figure(fig, path)
 
 

@@ -15,8 +15,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, holm, paired)
+from mixdistill.studies.stats import (adjust, Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
+                                      gates_markdown, paired)
 
 NAME = "shen2022"
 # the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
@@ -76,7 +76,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         gates += g
         findings += f
         sections += text
-    holm([f.effect for f in findings])
+    adjust(findings)
     lines += gates_markdown(gates) + findings_markdown(findings) + sections
     plot_effects(findings, study_dir / "shen2022_effects.png", "shen2022 findings")
     lines += ["![effects](shen2022_effects.png)", ""]

@@ -58,8 +58,8 @@ def paired(a: dict, b: dict) -> Effect:
     if len(diffs) < 2:
         return _nan_effect(mean, test, len(diffs))
     sd = statistics.stdev(diffs)
-    if sd == 0:
-        return Effect(mean, mean, mean, 0.0 if mean else 1.0, test, len(diffs))
+    if sd == 0:  # every seed moved by the same amount (coarse accuracy steps): a t-test has nothing to scale by
+        return _nan_effect(mean, test + ", no spread between seeds", len(diffs))
     half = stats.t.ppf(1 - ALPHA / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
     p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
     return Effect(mean, mean - half, mean + half, p, test, len(diffs))
@@ -77,7 +77,7 @@ def welch(a: list[float], b: list[float]) -> Effect:
         return _nan_effect(diff, test, min(len(a), len(b)))
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0:
-        return Effect(diff, diff, diff, 0.0 if diff else 1.0, test, min(len(a), len(b)))
+        return _nan_effect(diff, test + ", no spread within either", min(len(a), len(b)))
     dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = stats.t.ppf(1 - ALPHA / 2, dof) * math.sqrt(va + vb)
     p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
@@ -121,29 +121,56 @@ def correlation(x: list[float], y: list[float], what: str = "") -> Effect:
     return Effect(float(result.statistic), float(ci[0]), float(ci[1]), float(result.pvalue), test, len(x))
 
 
+EXACT_RANK_POINTS = 9  # exact Spearman p up to this many points (9! = 362,880 orders; wang2022 ranks nine views)
+
+
 def rank_correlation(x: list[float], y: list[float], what: str = "") -> Effect:
-    """Spearman rho of ``x`` and ``y``; p exact (every permutation) up to 8 points, else scipy's; no interval."""
+    """Spearman rho of ``x`` and ``y``; p exact (two-sided, over every order of ``y``) up to
+    ``EXACT_RANK_POINTS`` points, else scipy's t approximation (which understates p at so few points); no
+    interval."""
     import itertools
 
+    import numpy as np
     from scipy import stats
 
     test = f"Spearman, {len(x)} points" + (f" ({what})" if what else "")
     if len(x) < 3:
         return _nan_effect(math.nan, test, len(x))
     rho = float(stats.spearmanr(x, y).statistic)
-    if len(x) <= 8:
-        ry = stats.rankdata(y)
-        rhos = [float(stats.spearmanr(x, [ry[i] for i in perm]).statistic)
-                for perm in itertools.permutations(range(len(y)))]
-        p = sum(abs(r) >= abs(rho) - 1e-12 for r in rhos) / len(rhos)
+    if len(x) <= EXACT_RANK_POINTS:
+        # rho is Pearson's r of the ranks; every order of y's ranks keeps their mean and spread, so rho moves with
+        # the centred ranks' dot product alone
+        rx, ry = stats.rankdata(x) - (len(x) + 1) / 2, stats.rankdata(y) - (len(y) + 1) / 2
+        orders = np.array(list(itertools.permutations(range(len(y)))), dtype=np.int8)
+        dots = ry[orders] @ rx
+        p = float(np.mean(np.abs(dots) >= abs(float(ry @ rx)) - 1e-9))
         test += ", exact p"
     else:
         p = float(stats.spearmanr(x, y).pvalue)
     return Effect(rho, math.nan, math.nan, p, test, len(x))
 
 
+def ordered_trend(expected: list[float], blocks: list[list[float]], what: str = "") -> Effect:
+    """Whether each block's values (a replicate: one value per condition, in the order of ``expected``) follow the
+    order of ``expected``: Page's L test over the blocks (the replicate-level test of an ordered alternative; a
+    rank correlation of the conditions' means throws the replicates away, and five means cannot reach p < 1/60),
+    two-sided as twice the smaller one-sided p. The estimate is the blocks' mean Spearman rho with ``expected``."""
+    import numpy as np
+    from scipy import stats
+
+    test = (f"Page's L, {counted(len(blocks), 'replicate')} × {len(expected)} conditions"
+            + (f" ({what})" if what else ""))
+    usable = [b for b in blocks if len(set(b)) > 1]  # a block of equal values ranks nothing
+    if len(usable) < 2 or len(expected) < 3:
+        return _nan_effect(math.nan, test, len(usable))
+    data = np.asarray(usable, dtype=float)[:, np.argsort(expected)]  # columns in the expected increasing order
+    up, down = stats.page_trend_test(data).pvalue, stats.page_trend_test(data[:, ::-1]).pvalue
+    rho = statistics.fmean(float(stats.spearmanr(expected, b).statistic) for b in usable)
+    return Effect(rho, math.nan, math.nan, min(1.0, 2 * float(min(up, down))), test, len(usable))
+
+
 def holm(effects: list[Effect]) -> None:
-    """Holm's step-down adjustment across one study's findings (effects without a p keep NaN)."""
+    """Holm's step-down adjustment across ``effects`` (those without a p keep NaN)."""
     from statsmodels.stats.multitest import multipletests
 
     tested = [e for e in effects if not math.isnan(e.p)]
@@ -183,24 +210,54 @@ class Finding:
         return [g for g in self.gates if not g.passed]
 
     @property
+    def p(self) -> float:
+        """The p the verdict rests on: Holm-adjusted where the claim is an effect (see :func:`adjust`)."""
+        e = self.effect
+        return e.p if self.no_effect_claim or math.isnan(e.p_holm) else e.p_holm
+
+    @property
     def verdict(self) -> str:
         if self.failed_gates:  # the gates table says what was measured
             return "no verdict: proxy invalid (" + "; ".join(g.name for g in self.failed_gates) + ")"
-        e = self.effect
-        p = e.p_holm if not math.isnan(e.p_holm) else e.p
+        e, p = self.effect, self.p
         if math.isnan(p):
-            return "untested (fewer than 2 units)"
+            return "untested (" + ("fewer than 2 units" if e.n < 2 else "no spread between units") + ")"
         if self.no_effect_claim:
-            if p < ALPHA and e.estimate * self.sign > 0:
+            if p >= ALPHA:
+                return "not contradicted (no significant effect; that does not show there is none)"
+            if e.estimate * self.sign > 0:
                 return "NOT reproduced (a significant effect where the paper claims none)"
-            return "not contradicted (no significant effect; that does not show there is none)"
+            return "not contradicted (a significant effect, the other way)"
         if e.estimate * self.sign > 0:
             return "reproduced" if p < ALPHA else "same direction, not significant"
-        return "NOT reproduced: significant opposite effect" if p < ALPHA else "NOT reproduced"
+        return ("NOT reproduced: significant opposite effect" if p < ALPHA
+                else "not reproduced (opposite direction, not significant)")
+
+    @property
+    def outcome(self) -> str:
+        """The verdict in one word, for colours: reproduced, inconclusive (not significant either way, or not
+        contradicted), contrary (a significant effect against the claim) or none (a gate failed)."""
+        if self.failed_gates:
+            return "none"
+        verdict = self.verdict
+        if verdict == "reproduced":
+            return "reproduced"
+        return "contrary" if verdict.startswith("NOT reproduced") else "inconclusive"
+
+
+def adjust(findings: list[Finding]) -> None:
+    """Holm across a study's findings that claim an effect. A claim of *no* effect keeps its own p: raising it
+    would make the claim easier to keep, the opposite of what a correction is for."""
+    holm([f.effect for f in findings if not f.no_effect_claim])
 
 
 def fmt_p(p: float) -> str:
-    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    """Three decimals; four near α, where three would round across it (0.0498 is not "0.050")."""
+    if math.isnan(p):
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001"
+    return f"{p:.4f}" if abs(p - ALPHA) < 0.0005 else f"{p:.3f}"
 
 
 def gates_markdown(gates: list[Gate]) -> list[str]:
@@ -216,9 +273,14 @@ def gates_markdown(gates: list[Gate]) -> list[str]:
 
 
 def findings_markdown(findings: list[Finding]) -> list[str]:
+    claims = sum(not f.no_effect_claim for f in findings)
+    none = len(findings) - claims
     lines = ["## Findings", "",
-             f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across the {len(findings)} "
-             f"findings of this study; verdict at α = {ALPHA} on the Holm-adjusted p.", "",
+             f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across the {claims} "
+             f"findings of this study that claim an effect; verdict at α = {ALPHA} on the Holm-adjusted p"
+             + (f". The {none} claim(s) of no effect are judged on their own p (no Holm: adjusting would make a "
+                "claim of no effect easier to keep)" if none else "") + ". \"Not reproduced\" without capitals: "
+             "the estimate points the other way but is not significant; \"NOT reproduced\": significantly so.", "",
              "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |",
              "|---|---|---|---|---|---|---|"]
     for f in findings:

@@ -30,8 +30,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (Finding, Gate, correlation, counted, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, holm, paired, published_difference, rank_correlation)
+from mixdistill.studies.stats import (adjust, Finding, Gate, correlation, counted, findings_markdown, fmt_mean_ci,
+                                      fmt_p, gates_markdown, paired, published_difference, rank_correlation)
 
 NAME = "wang2022"
 
@@ -267,7 +267,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                                        sc.get("tstddev_epochs"), figure)
         findings += view_findings
         view_lines += lines_
-    holm([f.effect for f in findings])
+    adjust(findings)
     lines += gates_markdown(gates) + findings_markdown(findings)
     plot_effects(findings, study_dir / "wang2022_effects.png", f"wang2022 findings ({dataset})")
     lines += ["![effects](wang2022_effects.png)", ""] + tables + view_lines
