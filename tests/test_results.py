@@ -180,6 +180,21 @@ def test_a_folder_whose_config_cannot_be_read_is_named_not_silently_dropped(runs
     assert f"note: left out 1 folder whose config.yaml cannot be read: {root / 'damaged'}" in out
 
 
+def test_other_tools_config_files_are_no_runs(runs_root, tmp_path, capsys):
+    """W&B writes runs/NAME/wandb/run-*/files/config.yaml into every run that logs to it, and a folder may hold
+    another tool's config.yaml: neither is a run (they were counted as unfinished runs with seed null)."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "ce_s0", root / "ce_s0")
+    wandb_files = root / "ce_s0" / "wandb" / "run-20261204_1-abc" / "files"
+    wandb_files.mkdir(parents=True)
+    (wandb_files / "config.yaml").write_text("_wandb:\n  value:\n    cli_version: 0.19.0\nseed:\n  value: 0\n")
+    (root / "xyz_settings").mkdir()
+    (root / "xyz_settings" / "config.yaml").write_text("foo: 1\n")
+    assert main(["results", str(root), "--per-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 run (1 finished)" in out and "run-20261204_1-abc" not in out and "xyz_settings" not in out
+
+
 def test_runs_linked_into_a_folder_are_found_once(runs_root, tmp_path, capsys):
     """A folder of symbolic links to the runs being compared is a folder of runs; a link back up the tree or a
     second link to one run does not count it twice."""

@@ -172,8 +172,9 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
             continue
         try:
             tree = build_config(tree).to_dict()
-        except Exception:  # noqa: BLE001 - an older mixdistill's schema: listed as it was written
-            pass
+        except Exception:  # noqa: BLE001 - an older mixdistill's schema (listed as it was written), or not ours
+            if not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml): not a run
+                continue
         summary = read_summary(d)
         last_epoch = None
         try:
@@ -187,7 +188,8 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
 
 def _folders_with_config(root: Path) -> list[Path]:
     """The folders at or below ``root`` that hold a config.yaml, symbolic links to folders followed (a folder of
-    links to the runs being compared), each real folder once."""
+    links to the runs being compared), each real folder once; not below a run's folder (config.yaml and
+    metrics.jsonl: what it holds, its wandb/ files and analysis/ among them, are no runs)."""
     found, seen = [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -197,6 +199,8 @@ def _folders_with_config(root: Path) -> list[Path]:
         seen.add(real)
         if CONFIG in files:
             found.append(Path(folder))
+            if METRICS in files:
+                subfolders[:] = []
     return sorted(found)
 
 
