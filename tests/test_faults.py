@@ -429,6 +429,15 @@ def test_print_config_validates_as_training_does(capsys):
     assert "model.teacher is 'resnet32x4' but the benchmark teacher resnet56 is a 'resnet56'" in one_line_error(
         capsys, ["train", "configs/cifar100_crd.yaml", "method=dkd", "model.teacher_checkpoint=resnet56",
                  "model.student=resnet20", "--print-config"])
+    # ... and its classes: a CIFAR-100 model for a 10-class dataset is refused before training as at its load
+    assert "resnet32x4 is a benchmark teacher, a CIFAR-100 model (100 classes); fashion_mnist has 10" in \
+        one_line_error(capsys, ["train", "configs/fmnist_cpu.yaml", "model.teacher_checkpoint=resnet32x4",
+                                "model.teacher=null", "--print-config"])
+    # a method without a teacher loads none: a config's teacher file that is not there yet is no error (training
+    # accepts it), for CE as for an online method
+    for method in ("ce", "dml"):
+        assert main(["train", "configs/fmnist_cpu.yaml", f"method={method}",
+                     "model.teacher_checkpoint=no/such/last.pt", "--print-config"]) == 0, method
 
 
 def test_config_files_duplicate_keys_non_utf8_and_yaml12_floats(capsys, tmp_path):

@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,6 +132,12 @@ def test_wandb_missing_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_run
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mixdistill: error:") and "pip install wandb" in err[-1], err
     assert not any("Traceback" in line for line in err)
+    # refused before the run's folder got anything (it held config.yaml and blocked the name for the next run),
+    # and --print-config refuses it too
+    output_dir = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir="))
+    assert not (Path(output_dir) / "nowandb").exists()
+    assert main(["train", CONFIG, *tiny_run_overrides, "train.loggers=[wandb]", "--print-config"]) == 2
+    assert "pip install wandb" in capsys.readouterr().err
 
 
 def test_wandb_offline_run_is_written(monkeypatch, tmp_path, tiny_run_overrides):

@@ -19,6 +19,7 @@ from mixdistill.data.datasets import DATASETS, find_root
 from mixdistill.data.streaming import StreamingImageFolder
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.engine.distributed import local_batch_size
+from mixdistill.engine.logging import check_loggers
 from mixdistill.engine import teacher_views
 from mixdistill.engine.runtime import Runtime, resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError
@@ -113,11 +114,18 @@ def missing_teacher(source: str) -> str:
 
 def _check_benchmark_teacher(cfg: RunConfig) -> None:
     """``model.teacher`` that is not the benchmark teacher's architecture: an error (it picks the pair's parameters,
-    DKD's beta, and would otherwise be ignored)."""
+    DKD's beta, and would otherwise be ignored); so is a benchmark teacher (a CIFAR-100 model) for a dataset of
+    another class count."""
     source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
-    if source in TEACHERS and not Path(source).exists() and arch and arch != TEACHERS[source].arch:
+    if source not in TEACHERS or Path(source).exists():
+        return
+    if arch and arch != TEACHERS[source].arch:
         raise ConfigError(f"model.teacher is '{arch}' but the benchmark teacher {source} is a "
                           f"'{TEACHERS[source].arch}': set model.teacher={TEACHERS[source].arch} or model.teacher=null")
+    classes = DATASETS[cfg.data.dataset].num_classes
+    if classes is not None and classes != 100:
+        raise ConfigError(f"model.teacher_checkpoint {source} is a benchmark teacher, a CIFAR-100 model (100 "
+                          f"classes); {cfg.data.dataset} has {classes}")
 
 
 def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
@@ -225,10 +233,13 @@ def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.M
 def check_buildable(cfg: RunConfig) -> None:
     """Build the method as training would, without reading data or weights (models on the meta device,
     the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
-    source = cfg.model.teacher_checkpoint
-    if source is not None and not Path(source).exists() and source not in TEACHERS:
-        raise CheckpointError(missing_teacher(source))
-    _check_benchmark_teacher(cfg)
+    method_cls = METHODS.get_or_raise(cfg.method.name)
+    if method_cls.needs_teacher and not getattr(method_cls, "online", False):  # training loads no other teacher
+        source = cfg.model.teacher_checkpoint
+        if source is not None and not Path(source).exists() and source not in TEACHERS:
+            raise CheckpointError(missing_teacher(source))
+        _check_benchmark_teacher(cfg)
+    check_loggers(cfg)
     runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
     why_no_table = teacher_views.unusable(cfg) if cfg.train.teacher_cache is True else None
     if why_no_table:

@@ -94,17 +94,27 @@ class _CsvLog:
         append_text(self.path, self._line(record, header=header))
 
 
+def check_loggers(cfg) -> None:
+    """What ``train.loggers`` needs is installed (ConfigError otherwise): checked before a run writes anything."""
+    if "wandb" in cfg.train.loggers:
+        _import_wandb()
+
+
+def _import_wandb():
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.loggers includes wandb, which is not installed: pip install wandb "
+                          "(or pip install 'mixdistill[wandb]')") from None
+    return wandb
+
+
 class _WandbLog:
     """A Weights & Biases run (``pip install wandb``), its files under the run directory (``wandb/``); offline
     when WANDB_MODE=offline. A resumed run logs to a new W&B run (the epochs after the resume)."""
 
     def __init__(self, run_dir: Path, config: dict | None):
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("train.loggers includes wandb, which is not installed: pip install wandb "
-                              "(or pip install 'mixdistill[wandb]')") from None
-        self.wandb = wandb
+        self.wandb = wandb = _import_wandb()
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mixdistill"), name=run_dir.name,
                               dir=str(run_dir), config=config or {}, mode=os.environ.get("WANDB_MODE") or None)
 

@@ -29,7 +29,7 @@ from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide
 from mixdistill.engine.distributed import init_distributed, wrap_for_training
 from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
 from mixdistill.engine.fast import accelerate_teacher
-from mixdistill.engine.logging import RunLogger
+from mixdistill.engine.logging import RunLogger, check_loggers
 from mixdistill.engine.runtime import environment, resolve_runtime, seed_epoch
 from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
@@ -53,6 +53,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / run.CHECKPOINT
         self.best_path = self.run_dir / run.BEST
         self._lock = contextlib.ExitStack()
+        check_loggers(cfg)  # before the run directory gets anything: a missing wandb left a run there
         try:
             self._claim_run_dir()
             self._build(cfg, resume)
