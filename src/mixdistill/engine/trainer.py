@@ -201,8 +201,8 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path} is not a mixdistill training checkpoint")
         diff = run.config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
-            raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} was started with: "
-                              + "; ".join(diff))
+            raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} "
+                              "was started with: " + "; ".join(diff))
         self.distiller.student.load_state_dict(state["model"])
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
         if self.ema is not None:  # train.ema_decay is part of the config --resume compares, so the state is there
