@@ -186,7 +186,8 @@ class TrainConfig(Section):
                             "gradient scaler on a CUDA GPU without it (compute capability 7.x), fp32 otherwise; "
                             "fp16: CUDA only")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student: true | false | auto (CUDA)")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="compile the student with mode=reduce-overhead (CUDA graphs; "
                                                  "needs compile on CUDA)")
     fast_teacher: bool | Literal["auto"] = Field(
