@@ -15,9 +15,16 @@ from mixdistill.studies.stats import counted
 from mixdistill.studies.grid import ResultsFile
 
 
-def test_unknown_study_and_scale(tmp_path):
+def test_unknown_study_and_scale(tmp_path, capsys):
     with pytest.raises(UnknownNameError, match="das2020"):
         get_study("das2021")
+    from mixdistill.cli import main
+
+    for extra in ([], ["--plan"]):  # --plan read the study's config file first: "study config not found"
+        assert main(["study", "wang2023", *extra, "--output-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["mixdistill: error: unknown study 'wang2023'. Did you mean: wang2022, das2020, shen2022? "
+                       "Valid names: choi2023, das2020, shen2022, wang2022"], err
     with pytest.raises(ConfigError, match="scale"):
         run_study("shen2022", scale="huge", output_dir=str(tmp_path), log=lambda *_: None)
 

@@ -412,12 +412,14 @@ def cmd_study(args) -> int:
                           "(--threads, --gpus-per-run)")
     if args.plan or args.plan_tflops is not None:
         from mixdistill.studies.plan import DEFAULT_TFLOPS, plan_study
+        from mixdistill.studies import get_study
         from mixdistill.studies.stats import parse_seeds
 
         tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
         if not tflops > 0:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
         seeds = parse_seeds(args.seeds)
+        get_study(args.name)
         print("--plan: counting one training step of every distinct run on the CPU (about half a second each)",
               file=sys.stderr)
         print(plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,

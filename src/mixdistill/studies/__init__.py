@@ -26,8 +26,9 @@ def study_runs(name: str, scale: str, seeds: list[int], study_dir: Path, data_ro
     from mixdistill.studies.common import load_study_config, scale_config
     from mixdistill.studies.grid import with_augment_params
 
+    study = get_study(name)  # an unknown name: "did you mean", before its config is looked for
     sc = scale_config(load_study_config(name), scale)
-    return with_augment_params(get_study(name).grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
+    return with_augment_params(study.grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
 
 
 def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5, output_dir: str = "runs/studies",
