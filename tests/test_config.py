@@ -48,6 +48,10 @@ def test_bad_config_names_the_key(overrides, fragment):
     (["method=kd", "model.teacher_checkpoint=a", "method.ce_weight=0.5", "method.name=dml"],
      "method.ce_weight: unknown key; method dml takes peers, temperature "
      "(method=dml, unlike method.name=dml, starts the section afresh)"),
+    # kd's kd_weight is close to dkd's ce_weight, but it was left by method.name=dkd: no "did you mean"
+    (["method=kd", "model.teacher_checkpoint=a", "method.kd_weight=0.9", "method.name=dkd"],
+     "method.kd_weight: unknown key; method dkd takes ce_weight, alpha, beta, temperature, warmup, "
+     "mixed_target, logit_stand (method=dkd, unlike method.name=dkd, starts the section afresh)"),
     (["optim.zzz=1"], "optim.zzz: unknown key"),  # nothing close: no hint
 ])
 def test_unknown_key_says_what_was_meant(overrides, message):

@@ -468,10 +468,13 @@ def _format_validation_error(err: ValidationError, keys: list[str] = (), method:
         loc = ".".join(str(x) for x in e["loc"] if x not in ("__root__",))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            close = _close_keys(loc, keys) if keys else []
+            param = loc.removeprefix("method.") if loc.startswith("method.") else None
+            # another method's parameter was left by method.name=OTHER: a close spelling would mislead
+            owners = [n for n, m in METHODS.items() if param in m.Params.model_fields] if param else []
+            close = _close_keys(loc, keys) if keys and not owners else []
             msg = "unknown key" + (f" (did you mean {' or '.join(close)}?)" if close else "")
-            if not close and loc.startswith("method."):
-                stray.append(loc.removeprefix("method."))
+            if not close and param:
+                stray.append(param)
         parts.append(f"{loc}: {msg}" if loc else msg)
     if stray and method:
         params = [k.removeprefix("method.") for k in keys if k.startswith("method.") and k != "method.name"]
