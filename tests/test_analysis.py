@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 import math
 import time
 
@@ -494,6 +495,26 @@ def test_analyze_end_to_end(tiny_runs, tmp_path, capsys):
 
 
 @pytest.mark.checkout
+def test_analyze_says_it_computes_in_fp32_where_the_run_evaluated_itself_otherwise(tiny_runs, tmp_path):
+    import shutil
+
+    from mixdistill.analysis.command import analyze_main
+    from mixdistill.engine.checkpoint import load_checkpoint, save_atomic
+
+    fp32 = tiny_runs["student"]  # trained in fp32: its accuracy is the summary's, and nothing is said
+    assert analyze_main(_parse(fp32, "--out", tmp_path / "a", "--quiet", "--no-teacher")) == 0
+    assert "Computed in fp32" not in (tmp_path / "a" / "report.md").read_text()
+    bf16 = tmp_path / "bf16_run"
+    shutil.copytree(fp32, bf16, ignore=shutil.ignore_patterns("analysis"))
+    state = load_checkpoint(bf16 / "last.pt")
+    state["config"]["train"]["precision"] = "bf16"  # as a run trained with bf16 autocast records it
+    save_atomic(state, bf16 / "last.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 is emulated on an AVX2-only CPU: the resolver warns
+        assert analyze_main(_parse(bf16, "--out", tmp_path / "b", "--quiet", "--no-teacher")) == 0
+    assert "Computed in fp32; the run evaluated itself in bf16" in (tmp_path / "b" / "report.md").read_text()
+
+
 def test_analyze_human_labels_shape_error(tiny_runs, tmp_path):
     from mixdistill.analysis.command import analyze_main
 

@@ -25,7 +25,7 @@ from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
 from mixdistill.data import DATASETS, DeviceLoader, load_dataset
 from mixdistill.data.streaming import stratified_subset
 from mixdistill.engine.run import FinishedRun, open_run
-from mixdistill.engine.runtime import resolve_runtime
+from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError, require_at_least
 from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.models import create_model
@@ -245,6 +245,12 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     runtime = resolve_runtime(device, "fp32", False, False, device_option="--device")
     dev = runtime.device
+    if opened.cfg is not None:  # fp32 throughout (gradients of the attacks, calibration's tails)
+        trained = resolve_runtime(device, evaluation_precision(opened.cfg.train.precision, device), False, False,
+                                  device_option="--device").precision
+        if trained != "fp32":
+            notes.append(f"Computed in fp32; the run evaluated itself in {trained} (its summary's accuracy), which "
+                         "can put a few images on the other side of a decision: `mixdistill eval` scores it so.")
     model = _build_model(arch, state, num_classes, in_channels, "model").to(dev)
     teacher_model = None
     if not no_teacher:
