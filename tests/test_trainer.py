@@ -100,6 +100,19 @@ def test_tensorboard_holds_each_epoch_once_after_a_kill_between_its_log_and_its_
     assert _tensorboard_test_acc(cfg.run_dir) == logged
 
 
+def test_resume_of_a_finished_run_returns_its_summary_and_writes_nothing(tiny_run_overrides, capsys):
+    cfg = load_config(None, tiny_run_overrides + ["name=done", "optim.epochs=1", "train.tensorboard=true"])
+    summary = train(cfg, quiet=True)
+    before = {p.relative_to(cfg.run_dir): p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()}
+    assert train(cfg, resume=True) == summary
+    assert "finished all 1 epochs: nothing to resume" in capsys.readouterr().err
+    after = {p.relative_to(cfg.run_dir): p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()}
+    assert after == before  # no second TensorBoard file, config.yaml and metrics as they were
+    longer = load_config(None, tiny_run_overrides + ["name=done", "optim.epochs=2", "train.tensorboard=true"])
+    with pytest.raises(ConfigError, match="optim.epochs: 1 -> 2"):  # another config still says what differs
+        train(longer, resume=True, quiet=True)
+
+
 def test_resume_with_a_different_config_is_refused(tiny_run_overrides, interrupt_at):
     cfg = load_config(None, tiny_run_overrides + ["name=r", "optim.epochs=2"])
     with interrupt_at(1):

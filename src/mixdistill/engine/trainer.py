@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -633,6 +634,16 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
 
 
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
+    """Train the run ``cfg`` names and return its summary. ``resume`` on a run that finished with this config
+    returns its summary as it stands: nothing is built, evaluated or written."""
+    if resume:
+        summary = run.read_summary(cfg.run_dir)
+        if (summary is not None and (cfg.run_dir / run.CHECKPOINT).exists()
+                and run.saved_config_difference(cfg) == []):
+            if not quiet:
+                print(f"{cfg.run_dir} finished all {summary.get('epochs', cfg.optim.epochs)} epochs: nothing to "
+                      "resume (its summary follows)", file=sys.stderr, flush=True)
+            return summary
     return Trainer(cfg, resume=resume, quiet=quiet).fit()
 
 
