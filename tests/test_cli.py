@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mixdistill.cli import main
 
@@ -396,3 +397,16 @@ def test_prose_after_a_table_is_one_line_in_a_log(capsys, monkeypatch):
     assert main(["models"]) == 0
     footer = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Also accepted")]
     assert len(footer) == 1 and footer[0].endswith("unless model.pretrained=true.")
+
+
+@pytest.mark.checkout
+def test_mixdistills_own_warnings_are_one_line(monkeypatch, capsys):
+    """A warning of mixdistill's (here: bf16 asked for on a CPU that emulates it) prints as one line, without the
+    source file and line Python's default adds; the command goes on."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", "train.precision=bf16", "train.device=cpu",
+                 "--print-config"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixdistill: warning: train.precision=bf16 on a cpu without native "
+                                               "bf16: it is emulated"), err

@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 
 from mixdistill.errors import MixdistillError
 from mixdistill.tables import print_table
@@ -474,7 +475,23 @@ def _drop_stdout() -> None:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, default=warnings.showwarning):
+    """mixdistill's own warnings as one line, ``mixdistill: warning: ...`` (Python's default adds the source file,
+    line number and source line); other libraries' as Python shows them."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    if os.path.abspath(filename).startswith(package + os.sep):
+        print(f"mixdistill: warning: {message}", file=file or sys.stderr)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()  # imports the config layer, and with it the plugins ($MIXDISTILL_PLUGINS)
     except MixdistillError as err:
