@@ -458,6 +458,17 @@ def test_eval_counts_below_one(capsys, tmp_path):
     assert "--batch-size must be at least 1" in one_line_error(capsys, ["eval", "x.pt", "--batch-size", "-1"])
 
 
+@pytest.mark.parametrize("argv", [["demo", "--quick"], ["study", "shen2022", "--scale", "smoke", "--seeds", "1"]])
+def test_a_data_root_that_is_no_folder_is_refused_before_the_grid_makes_its_own(argv, capsys, tmp_path):
+    missing = tmp_path / "no" / "such"
+    out = tmp_path / "out"
+    assert one_line_error(capsys, [*argv, "--data-root", str(missing), "--output-dir", str(out)]).endswith(
+        f"data root {missing} does not exist (a data root given in the config or on the command line is the only "
+        "place looked for fashion_mnist; leave it unset to search $MIXDISTILL_DATA, the usual locations and the "
+        "download cache)")
+    assert not out.exists()  # it made the folder, its grid.lock and runs/ first
+
+
 def test_a_bad_device_flag_is_one_line_naming_it(capsys, tmp_path, fmnist_root):
     from mixdistill.files import save_torch
     from mixdistill.models import create_model

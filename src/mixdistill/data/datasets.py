@@ -208,12 +208,19 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
     )
 
 
-def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Path:
+def check_root_exists(name: str, root: str | Path) -> None:
+    """An explicit data root that is no folder: the error finding the dataset there would raise, without looking
+    for the dataset (a grid checks its runs' roots before it makes its folder)."""
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(
             f"data root {root} does not exist (a data root given in the config or on the command line is the only "
-            f"place looked for {spec.name}; leave it unset to search ${ENV_VAR}, the usual locations and the "
+            f"place looked for {name}; leave it unset to search ${ENV_VAR}, the usual locations and the "
             "download cache)")
+
+
+def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Path:
+    check_root_exists(spec.name, root)
     found = spec.find(root)
     if found is not None:
         return found

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
-from mixdistill.data.datasets import DATASETS
+from mixdistill.data.datasets import DATASETS, check_root_exists
 from mixdistill.engine import teacher_views
 from mixdistill.engine.run import (
     CHECKPOINT,
@@ -202,6 +202,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     if len(set(keys)) != len(keys):
         raise ValueError("grid keys must be unique")
     configs = {run.key: resolve(run, study_dir) for run in runs}  # validate every config before any work starts
+    for dataset, root in sorted({(c.data.dataset, str(c.data.root)) for c in configs.values() if c.data.root}):
+        check_root_exists(dataset, root)  # before the folder, its lock and runs/ are made
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
     if unmatched:
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
