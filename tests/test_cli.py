@@ -299,6 +299,26 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert main(["eval", run_dir + "_subset", "--data-root", data_root, "--device", "cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "note: the whole test split; the run itself evaluated on data.test_subset = 50 images" in out
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=cli_train_subset",
+                 "optim.epochs=1", "data.train_subset=100", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", run_dir + "_train_subset", "--split", "train", "--data-root", data_root,
+                 "--device", "cpu"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: the whole train split; the run trained on data.train_subset = 100 of its images" in out
+
+
+def test_eval_of_another_datasets_images_names_the_mismatch(capsys, tiny_run_overrides, tmp_path):
+    """A network recording 3 input channels on 1-channel images: what does not fit, not a weight shape mismatch."""
+    from mixdistill.files import save_torch
+    from mixdistill.models import create_model
+
+    state = {"model": create_model("cnn5_w8", 10, 3).state_dict(), "arch": "cnn5_w8", "num_classes": 10,
+             "in_channels": 3}
+    ckpt = save_torch(state, tmp_path / "rgb.pt")
+    data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
+    _one_line_error(capsys, ["eval", str(ckpt), "--data", "fashion_mnist", "--data-root", data_root],
+                    "fashion_mnist (test) has 1-channel images but the model takes 3 channels")
 
 
 def test_a_run_of_a_plugin_method_not_loaded_here_says_so(capsys, tiny_run_overrides):

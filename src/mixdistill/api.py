@@ -53,11 +53,6 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     ``data.root``, else where data is looked for). The whole split is evaluated (not the run's
     ``data.test_subset``), in the precision the run trained in unless ``precision`` says otherwise.
     """
-    import torch
-
-    from mixdistill.data import DeviceLoader, load_dataset
-    from mixdistill.engine.evaluate import evaluate as evaluate_model
-    from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
     from mixdistill.errors import require_at_least
 
     if not isinstance(run, (str, Path, dict, FinishedRun)):
@@ -73,19 +68,40 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
             raise ConfigError("evaluate: a dict run must be the summary mixdistill.train returned (with run_dir)")
         run = run["run_dir"]
     opened = run if isinstance(run, FinishedRun) else open_run(run)
+    return evaluate_opened(opened, data, root=root, split=split, device=device, precision=precision,
+                           batch_size=batch_size, arch=arch)
+
+
+def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, device: str, precision: str | None,
+                    batch_size: int, arch: str | None, options: dict[str, str] | None = None) -> dict:
+    """:func:`evaluate` of an opened run, its arguments checked; ``options``: what the error messages call the
+    arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
+    import torch
+
+    from mixdistill.analysis.data import EvalSet, check_compatible
+    from mixdistill.data import DeviceLoader, load_dataset
+    from mixdistill.engine.evaluate import evaluate as evaluate_model
+    from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
+
+    name = {"data": "data=NAME", "device": "device", "precision": "precision", **(options or {})}
     cfg = opened.cfg
     dataset = data or (cfg.data.dataset if cfg else None)
     if dataset is None:
-        raise opened.missing_dataset("data=NAME")
+        raise opened.missing_dataset(name["data"])
     root = str(root) if root is not None else None
     if cfg is not None and dataset == cfg.data.dataset:
         images = opened.split(split, root=root, use_subset=False)
     else:
         images = load_dataset(dataset, split, root=root)
-    model = opened.model(arch, images.spec.num_classes, images.images.shape[1])
+    # the network's own classes and channels where the checkpoint records them: another dataset's images are one
+    # clear error (they were a shape mismatch of the first layer's weights)
+    num_classes = opened.state.get("num_classes") or images.spec.num_classes
+    in_channels = opened.state.get("in_channels") or images.images.shape[1]
+    check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes)
+    model = opened.model(arch, num_classes, in_channels)
     runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
-                                                    if cfg else "auto"), device_option="device",
-                              precision_option="precision" if precision else "train.precision")
+                                                    if cfg else "auto"), device_option=name["device"],
+                              precision_option=name["precision"] if precision else "train.precision")
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -90,46 +90,33 @@ def _add_eval(sub):
 
 
 def cmd_eval(args) -> int:
-    import torch
     from rich.table import Table
 
-    from mixdistill.data import DeviceLoader, load_dataset
-    from mixdistill.engine.evaluate import evaluate
+    from mixdistill.api import evaluate_opened
     from mixdistill.engine.run import open_run
-    from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
     from mixdistill.errors import require_at_least
 
     require_at_least("--batch-size", args.batch_size, 1)
     opened = open_run(args.checkpoint)
     cfg = opened.cfg
-    dataset = args.data or (cfg.data.dataset if cfg else None)
-    if dataset is None:
-        raise opened.missing_dataset("--data")
-    if cfg is not None and dataset == cfg.data.dataset:
-        split = opened.split(args.split, root=args.data_root, use_subset=False)
-    else:
-        split = load_dataset(dataset, args.split, root=args.data_root)
-    arch = args.arch or opened.arch
-    model = opened.model(arch, split.spec.num_classes, split.images.shape[1])
-    runtime = resolve_runtime(args.device, args.precision or (evaluation_precision(cfg.train.precision, args.device)
-                                                              if cfg else "auto"), device_option="--device",
-                              precision_option="--precision" if args.precision else "train.precision")
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(split.images, split.labels, batch_size=args.batch_size, mean=split.spec.mean,
-                          std=split.spec.std, shuffle=False, drop_last=False, device=runtime.device)
-    result = evaluate(model, loader, runtime)
+    result = evaluate_opened(opened, args.data, root=args.data_root, split=args.split, device=args.device,
+                             precision=args.precision, batch_size=args.batch_size, arch=args.arch,
+                             options={"data": "--data", "device": "--device", "precision": "--precision"})
+    dataset, arch = args.data or cfg.data.dataset, args.arch or opened.arch
     table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
-    table.add_row(arch, str(len(split.labels)), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
+    table.add_row(arch, str(result["images"]), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
     console = print_table(table)
-    subset = cfg.data.test_subset if cfg is not None and dataset == cfg.data.dataset and args.split == "test" else None
-    if subset and subset < len(split.labels):
+    own = cfg is not None and dataset == cfg.data.dataset
+    subset = (cfg.data.test_subset if args.split == "test" else cfg.data.train_subset) if own else None
+    if subset and subset < result["images"] and args.split == "test":
         console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
                       f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False,
                       soft_wrap=True)
+    elif subset and subset < result["images"]:
+        console.print(f"note: the whole train split; the run trained on data.train_subset = {subset} of its images",
+                      markup=False, soft_wrap=True)
     if (network := opened.online_network_note()) is not None:
         console.print(f"note: {network}", markup=False, soft_wrap=True)
     return 0
