@@ -269,6 +269,7 @@ def test_start_log_says_what_the_config_does_not(tiny_run_overrides, capsys):
     train(cfg)
     err = capsys.readouterr().err
     assert "lr 0.02 for cnn5_w8 from optim.lr_overrides" in err and "compile: no (" in err
+    assert ": online_cutmix augment=cutmix student=" in err  # the start line names the augmentation it trains with
     cfg = load_config(None, tiny_run_overrides + ["name=cnm", "method=cutnmix", "optim.epochs=1",
                                                   "data.train_subset=128", "train.progress=false"])
     summary = train(cfg)

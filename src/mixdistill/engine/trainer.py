@@ -328,7 +328,7 @@ class Trainer:
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
                            quiet=self.quiet or not main, write=main, loggers=cfg.train.loggers,
                            config=cfg.to_dict())
-        logger.info(f"run {self.run_dir}: {cfg.method.name} student={model_label(cfg)} "
+        logger.info(f"run {self.run_dir}: {cfg.method.name} augment={cfg.augment.name} student={model_label(cfg)} "
                     f"teacher={self._teacher_label()}; {self.runtime.describe()}; "
                     f"{len(self.train_loader)} steps/epoch, {epochs} epochs"
                     + (f"; resuming at epoch {self.start_epoch + 1}" if self.start_epoch else ""))
