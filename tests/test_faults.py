@@ -393,6 +393,13 @@ def test_bad_values_are_config_errors(overrides, fragment):
         load_config("configs/fmnist_cpu_teacher.yaml", overrides)
 
 
+def test_a_numeric_name_is_a_folder_name():
+    """``name=123`` parses as YAML's integer: the folder '123' (it was 'Input should be a valid string')."""
+    assert load_config(None, ["name=123"]).name == "123"
+    with pytest.raises(MixdistillError, match="name: Input should be a valid string"):
+        load_config(None, ["name=true"])
+
+
 @pytest.mark.checkout
 def test_print_config_validates_as_training_does(capsys):
     assert "unknown model (model.student)" in one_line_error(

@@ -271,6 +271,12 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        """``name=123`` parses as a number: a folder name all the same (bools and others stay refused)."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("name")
     @classmethod
     def _one_folder(cls, value: str) -> str:
