@@ -232,3 +232,20 @@ def test_convergence_gate_is_the_median_over_runs(tmp_path):
     assert not gate.passed and "test loss 2.5%" in gate.measured and "1000 steps" in gate.measured
     assert convergence_gate(rows, tmp_path, max_loss=0.03, role="student").passed
     assert not convergence_gate(rows, tmp_path, max_loss=0.03, min_steps=1001, role="student").passed
+
+
+def test_a_gate_resting_on_an_untestable_effect_is_untested_not_failed():
+    from mixdistill.studies.stats import gates_markdown, holds
+
+    one_seed = paired({0: 86.0}, {0: 84.0})
+    assert holds(one_seed.estimate > 0 and one_seed.p < 0.05, one_seed) is None
+    tested = paired({0: 86.0, 1: 87.0, 2: 86.5}, {0: 84.0, 1: 84.5, 2: 85.0})
+    assert holds(tested.estimate > 0 and tested.p < 0.05, tested) is True
+    gate = Gate("KD beats CE", "> 0", "+2.00, p = n/a", None)
+    finding = Finding("x", Effect(1.0, 0.5, 1.5, 0.001, "t", 5, p_holm=0.004), +1, "paper", gates=[gate])
+    assert finding.verdict == "no verdict: precondition untested (KD beats CE)" and finding.outcome == "none"
+    failed = Gate("converged", "plateau", "moving", False)
+    assert Finding("x", finding.effect, +1, "paper", gates=[gate, failed]).verdict == \
+        "no verdict: proxy invalid (converged)"
+    text = "\n".join(gates_markdown([gate]))
+    assert "| untested (fewer than 2 seeds, or no spread) |" in text and "Proxy invalid" not in text

@@ -22,7 +22,7 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (adjust, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
+from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, paired)
 
 NAME = "choi2023"
@@ -186,7 +186,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     kd_vs_ce = paired(acc(method="kd_vanilla", teacher=t0, student=s0), acc(method="ce", teacher=t0, student=s0))
     gate_kd = Gate("KD from a vanilla teacher beats CE", f"{t0} → {s0}: KD − CE > 0, paired p < 0.05",
                    f"{kd_vs_ce.estimate:+.2f} {kd_vs_ce.interval()}, p = {fmt_p(kd_vs_ce.p)}",
-                   kd_vs_ce.estimate > 0 and kd_vs_ce.p < 0.05)
+                   holds(kd_vs_ce.estimate > 0 and kd_vs_ce.p < 0.05, kd_vs_ce))
     smoother = {t: (paired(teacher_stat("entropy", "mixup", t), teacher_stat("entropy", "vanilla", t)),
                     paired(teacher_stat("logit_std", "mixup", t), teacher_stat("logit_std", "vanilla", t)))
                 for t in teachers}
@@ -195,8 +195,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                        "replicates, paired p < 0.05 each",
                        "; ".join(f"{t}: entropy {h.estimate:+.3f} nats (p = {fmt_p(h.p)}), logit std "
                                  f"{s.estimate:+.2f} (p = {fmt_p(s.p)})" for t, (h, s) in smoother.items()),
-                       all(h.estimate > 0 and h.p < 0.05 and s.estimate < 0 and s.p < 0.05
-                           for h, s in smoother.values()))
+                       holds(all(h.estimate > 0 and h.p < 0.05 and s.estimate < 0 and s.p < 0.05
+                                 for h, s in smoother.values()), *(e for pair in smoother.values() for e in pair)))
     gate_conv = convergence_gate(rows, study_dir, role="student")
     lines += gates_markdown([gate_kd, gate_smooth, gate_conv])
 

@@ -24,8 +24,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (adjust, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, ordered_trend, paired)
+from mixdistill.studies.stats import (adjust, holds, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci,
+                                      fmt_p, gates_markdown, ordered_trend, paired)
 
 NAME = "das2020"
 ECE_BINS = 10
@@ -315,7 +315,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                      f"the unaugmented teachers' mean top-class confidence − accuracy ≥ {margin} and p < 0.05 "
                      "(one-sample t over replicates)",
                      f"{over.estimate:+.4f} {over.interval(4)}, p = {fmt_p(over.p)}",
-                     over.estimate >= margin and over.p < 0.05)
+                     holds(over.estimate >= margin and over.p < 0.05, over))
     gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}
     # one-sided: a mixed teacher that is *worse* would explain worse students by itself; a better one (the
     # paper's CutMix teacher is 10 points better) only makes "worse students" the stronger claim

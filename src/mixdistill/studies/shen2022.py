@@ -15,7 +15,7 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (adjust, Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
+from mixdistill.studies.stats import (adjust, holds, Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, paired)
 
 NAME = "shen2022"
@@ -99,7 +99,8 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     for m in (m for m in ONLINE_BASELINES if m in methods):
         e = paired(peer(m), alone)
         premise[m] = Gate(f"{setting}: {m} beats a network alone", f"{m} mean peer − network alone > 0, paired "
-                          f"p < 0.05", f"{e.estimate:+.2f} {e.interval()}, p = {fmt_p(e.p)}", e.estimate > 0 and e.p < 0.05)
+                          f"p < 0.05", f"{e.estimate:+.2f} {e.interval()}, p = {fmt_p(e.p)}",
+                          holds(e.estimate > 0 and e.p < 0.05, e))
     converged = convergence_gate(rows, study_dir, method="ce")
     paper_row = dict(zip(ref["columns"], ref["rows"].get(setting, []))) if scale == "full" else {}
     findings = [Finding(f"{setting}: Cut^nMix (reconstructed) mean peer beats {m}", paired(peer("cutnmix"), peer(m)),

@@ -190,7 +190,12 @@ class Gate:
     name: str
     condition: str  # what must hold
     measured: str  # what we measured
-    passed: bool
+    passed: bool | None  # None: untested (a test it rests on had fewer than 2 units or no spread: see holds)
+
+
+def holds(condition: bool, *effects: Effect) -> bool | None:
+    """A gate's outcome: ``condition``, or None (untested) where an effect it rests on has no p."""
+    return None if any(math.isnan(e.p) for e in effects) else bool(condition)
 
 
 @dataclass
@@ -207,7 +212,8 @@ class Finding:
 
     @property
     def failed_gates(self) -> list[Gate]:
-        return [g for g in self.gates if not g.passed]
+        """The gates that do not hold: failed, or untested."""
+        return [g for g in self.gates if g.passed is not True]
 
     @property
     def p(self) -> float:
@@ -217,8 +223,12 @@ class Finding:
 
     @property
     def verdict(self) -> str:
-        if self.failed_gates:  # the gates table says what was measured
-            return "no verdict: proxy invalid (" + "; ".join(g.name for g in self.failed_gates) + ")"
+        failed = [g.name for g in self.failed_gates if g.passed is False]
+        untested = [g.name for g in self.failed_gates if g.passed is None]
+        if failed:  # the gates table says what was measured
+            return "no verdict: proxy invalid (" + "; ".join(failed) + ")"
+        if untested:
+            return "no verdict: precondition untested (" + "; ".join(untested) + ")"
         e, p = self.effect, self.p
         if math.isnan(p):
             return "untested (" + ("fewer than 2 units" if e.n < 2 else "no spread between units") + ")"
@@ -264,11 +274,14 @@ def gates_markdown(gates: list[Gate]) -> list[str]:
     lines = ["## Gates: the papers' preconditions at this scale", "",
              "A finding gets a verdict only where every gate it rests on holds.", "",
              "| gate | must hold | measured | holds |", "|---|---|---|---|"]
-    lines += [f"| {g.name} | {g.condition} | {g.measured} | {'yes' if g.passed else '**no**'} |" for g in gates]
-    failed = [g for g in gates if not g.passed]
+    shown = {True: "yes", False: "**no**", None: "untested (fewer than 2 seeds, or no spread)"}
+    lines += [f"| {g.name} | {g.condition} | {g.measured} | {shown[g.passed]} |" for g in gates]
+    failed = [g for g in gates if g.passed is False]
     if failed:
         lines += [""] + [f"**Proxy invalid: {g.name}, measured {g.measured}.** The findings resting on it get no "
                          f"verdict." for g in failed]
+    if any(g.passed is None for g in gates):
+        lines += ["", "A gate that could not be tested holds nothing up: the findings resting on it get no verdict."]
     return lines + [""]
 
 

@@ -30,8 +30,9 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (adjust, Finding, Gate, correlation, counted, findings_markdown, fmt_mean_ci,
-                                      fmt_p, gates_markdown, paired, published_difference, rank_correlation)
+from mixdistill.studies.stats import (adjust, holds, Finding, Gate, correlation, counted, findings_markdown,
+                                      fmt_mean_ci, fmt_p, gates_markdown, paired, published_difference,
+                                      rank_correlation)
 
 NAME = "wang2022"
 
@@ -214,7 +215,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         kd_ce = paired(acc(pair, "kd"), acc(pair, "ce"))
         gate_kd = Gate(f"{pair}: KD beats CE", "KD − CE > 0, paired p < 0.05",
                        f"{kd_ce.estimate:+.2f} {kd_ce.interval()}, p = {fmt_p(kd_ce.p)}",
-                       kd_ce.estimate > 0 and kd_ce.p < 0.05)
+                       holds(kd_ce.estimate > 0 and kd_ce.p < 0.05, kd_ce))
         short = [m for m in methods(spec, sc) if not spec["methods"][m].get("long")]
         gate_conv = convergence_gate(rows, study_dir, pair=pair, method="kd")
         gate_conv_ce = convergence_gate(rows, study_dir, pair=pair, method="ce")
