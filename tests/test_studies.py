@@ -90,14 +90,18 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
     _report_checks(report)
     assert "reconstruction of shen2022" in report and "| cutnmix |" in report and "paired t, 2 seeds" in report
     assert "dml beats a network alone" in report and "one beats a network alone" in report
-    assert len(ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()) == 12
+    # the augmentation without the online part: a network alone with CutMix, and the mixed methods against it
+    assert "| ce_cutmix (one network alone, CutMix) |" in report
+    assert "Against one network alone trained with CutMix" in report and "online_cutmix " in report
+    rows = ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()
+    assert len(rows) == 14 and rows["ce_cutmix/seed0"]["config"]["augment"]["name"] == "cutmix"
     capsys.readouterr()
     assert main(args) == 0
-    assert "12 of 12 runs already finished" in capsys.readouterr().out
+    assert "14 of 14 runs already finished" in capsys.readouterr().out
     # other seeds: a range reuses the runs it shares with the earlier seeds and adds the rest
     assert main(args[:4] + ["--seeds", "1-2"] + args[6:]) == 0
     out = capsys.readouterr().out
-    assert "6 of 12 runs already finished" in out and "over 2 seeds" in out
+    assert "7 of 14 runs already finished" in out and "over 2 seeds" in out
     rows = ResultsFile(tmp_path / "shen2022_smoke" / "results.jsonl").read()
     assert {r["labels"]["seed"] for r in rows.values()} == {0, 1, 2}
 
@@ -224,7 +228,7 @@ def test_plan_lists_every_run_with_its_compute(tmp_path, capsys):
     args = ["study", "shen2022", "--scale", "smoke", "--seeds", "2", "--plan", "--output-dir", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "12 runs (plan only, nothing trained)" in out and not (tmp_path / "shen2022_smoke").exists()
+    assert "14 runs (plan only, nothing trained)" in out and not (tmp_path / "shen2022_smoke").exists()
     # ce: one cnn5_w8 on 300 images for 1 epoch and one evaluation of 200 test images. A step is a forward, and a
     # backward that computes both gradients of every layer but the input's of the first convolution (8 filters
     # of 3x3 over a 28x28 grey image); an evaluation is a forward. FLOPs = 2 x MACs.

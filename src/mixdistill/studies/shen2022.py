@@ -21,6 +21,7 @@ from mixdistill.studies.stats import (adjust, holds, Finding, Gate, counted, fin
 NAME = "shen2022"
 # the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
 ONLINE_BASELINES = ("dml", "kdcl", "one", "okddip", "pcl")
+ALONE = {"ce": "one network alone", "ce_cutmix": "one network alone, CutMix"}  # not online: no peers
 
 
 def scale_methods(spec, sc) -> dict[str, dict]:
@@ -48,7 +49,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                 continue
             extra = {k: v for k, v in extra.items() if k != "ablation"}
             tree = merge(merge(base, entry["config"]), extra)
-            if sc.get("peers") and method != "ce":
+            if sc.get("peers") and method not in ALONE:
                 tree = merge(tree, {"method": {"peers": sc["peers"]}})
             if extra["method"]["name"] in sc:  # the scale's settings of that method (its ablations' too)
                 tree = merge(tree, sc[extra["method"]["name"]])
@@ -89,8 +90,8 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     ablations = {m: e["ablation"] for m, e in all_methods.items() if "ablation" in e and m not in entry["skip"]}
     methods = [m for m in all_methods if m not in entry["skip"] and m not in ablations]
 
-    def peer(method) -> dict[int, float]:  # seed -> mean peer accuracy (ce: the network alone)
-        return by_seed(rows, "last_acc" if method == "ce" else "last_acc_mean_peer", method=method)
+    def peer(method) -> dict[int, float]:  # seed -> mean peer accuracy (ce, ce_cutmix: the network alone)
+        return by_seed(rows, "last_acc" if method in ALONE else "last_acc_mean_peer", method=method)
 
     first = next(iter(rows.values()))["summary"]
     alone = peer("ce")
@@ -120,8 +121,10 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
              "| method | mean peer | best peer | ensemble | paired vs alone (mean peer) |" + (" PCL table |" if paper_row else ""),
              "|---|---|---|---|---|" + ("---|" if paper_row else "")]
     for m in methods:
-        if m == "ce":
-            lines.append(f"| ce (one network alone) | {fmt_mean_ci(list(alone.values()))} | - | - | - |"
+        if m in ALONE:
+            e = paired(peer(m), alone)
+            versus = "-" if m == "ce" else f"{e.estimate:+.2f} {e.interval()}"
+            lines.append(f"| {m} ({ALONE[m]}) | {fmt_mean_ci(list(peer(m).values()))} | - | - | {versus} |"
                          + (" - |" if paper_row else ""))
             continue
         e = paired(peer(m), alone)
@@ -129,6 +132,12 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_best_peer', method=m).values()))} | "
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_ensemble', method=m).values()))} | "
                      f"{e.estimate:+.2f} {e.interval()} |" + (f" {paper_row.get(m, '-')} |" if paper_row else ""))
+    mixed = [m for m in ("online_cutmix", "cutnmix") if m in methods]
+    if "ce_cutmix" in methods and mixed:
+        lines += ["", "Against one network alone trained with CutMix, the augmentation without the online part "
+                      "(descriptive, paired by seed): "
+                  + "; ".join(f"{m} {e.estimate:+.2f} {e.interval()}"
+                              for m, e in ((m, paired(peer(m), peer("ce_cutmix"))) for m in mixed)) + "."]
     if ablations and "cutnmix" in methods:
         lines += ["", "Ablations of the reconstruction (one choice changed each; descriptive, not among the findings):",
                   "", "| variant | changed | mean peer | paired vs cutnmix [95% CI] |", "|---|---|---|---|"]
