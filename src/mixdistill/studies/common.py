@@ -190,7 +190,7 @@ def plot_effects(findings, path: str | Path, title: str) -> Path:
                        "r": "correlation (Pearson r or Spearman ρ, as the finding's test says)"}.get(unit, unit),
                       fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title + "\n95% CI, unadjusted; colour: the verdict (Holm-adjusted): green reproduced, orange not "
+    fig.suptitle(title + "\n95% CI, unadjusted; colour: the verdict (Holm-adjusted): green reproduced,\norange not "
                          "significant either way, red significantly against the claim, grey no verdict (a gate failed)",
                  fontsize=8)
     return save_figure(fig, path)
