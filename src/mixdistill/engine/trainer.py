@@ -634,11 +634,12 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
 
 
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Train the run ``cfg`` names and return its summary. ``resume`` on a run that finished with this config
-    returns its summary as it stands: nothing is built, evaluated or written."""
+    """Train the run ``cfg`` names and return its summary. ``resume`` on a run that finished with this config, in
+    this folder, returns its summary as it stands: nothing is built, evaluated or written (a renamed folder's run
+    is resumed, which records its new name)."""
     if resume:
         summary = run.read_summary(cfg.run_dir)
-        if (summary is not None and (cfg.run_dir / run.CHECKPOINT).exists()
+        if (summary is not None and summary.get("name") == cfg.name and (cfg.run_dir / run.CHECKPOINT).exists()
                 and run.saved_config_difference(cfg) == []):
             if not quiet:
                 print(f"{cfg.run_dir} finished all {summary.get('epochs', cfg.optim.epochs)} epochs: nothing to "
