@@ -74,8 +74,8 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
 
 def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, device: str, precision: str | None,
                     batch_size: int, arch: str | None, options: dict[str, str] | None = None) -> dict:
-    """:func:`evaluate` of an opened run, its arguments checked; ``options``: what the error messages call the
-    arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
+    """:func:`evaluate` of an opened run (the caller has checked the arguments' types and ranges); ``options``: what
+    the error messages call the arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
     import torch
 
     from mixdistill.analysis.data import EvalSet, check_compatible

@@ -110,13 +110,11 @@ def cmd_eval(args) -> int:
     console = print_table(table)
     own = cfg is not None and dataset == cfg.data.dataset
     subset = (cfg.data.test_subset if args.split == "test" else cfg.data.train_subset) if own else None
-    if subset and subset < result["images"] and args.split == "test":
-        console.print(f"note: the whole test split; the run itself evaluated on data.test_subset = {subset} images, "
-                      f"so its summary's accuracies differ (`mixdistill analyze` uses the subset)", markup=False,
-                      soft_wrap=True)
-    elif subset and subset < result["images"]:
-        console.print(f"note: the whole train split; the run trained on data.train_subset = {subset} of its images",
-                      markup=False, soft_wrap=True)
+    if subset and subset < result["images"]:
+        note = (f"the run itself evaluated on data.test_subset = {subset} images, so its summary's accuracies differ "
+                "(`mixdistill analyze` uses the subset)" if args.split == "test"
+                else f"the run trained on data.train_subset = {subset} of its images")
+        console.print(f"note: the whole {args.split} split; {note}", markup=False, soft_wrap=True)
     if (network := opened.online_network_note()) is not None:
         console.print(f"note: {network}", markup=False, soft_wrap=True)
     return 0

@@ -112,13 +112,15 @@ def missing_teacher(source: str) -> str:
             f"(`mixdistill teachers` lists them)")
 
 
-def _check_benchmark_teacher(cfg: RunConfig) -> None:
-    """``model.teacher`` that is not the benchmark teacher's architecture: an error (it picks the pair's parameters,
-    DKD's beta, and would otherwise be ignored); so is a benchmark teacher (a CIFAR-100 model) for a dataset of
-    another class count."""
+def _check_teacher_source(cfg: RunConfig) -> None:
+    """``model.teacher_checkpoint`` is a file or a benchmark teacher that fits the config: ``model.teacher`` must be
+    its architecture (it picks the pair's parameters, DKD's beta, and would otherwise be ignored), and the dataset
+    must have its 100 classes (CIFAR-100)."""
     source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
-    if source not in TEACHERS or Path(source).exists():
+    if Path(source).exists():
         return
+    if source not in TEACHERS:
+        raise CheckpointError(missing_teacher(source))
     if arch and arch != TEACHERS[source].arch:
         raise ConfigError(f"model.teacher is '{arch}' but the benchmark teacher {source} is a "
                           f"'{TEACHERS[source].arch}': set model.teacher={TEACHERS[source].arch} or model.teacher=null")
@@ -132,11 +134,9 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     source = cfg.model.teacher_checkpoint
     if source is None:
         return None
-    if not Path(source).exists():
-        if source in TEACHERS:
-            _check_benchmark_teacher(cfg)
-            return load_teacher(source, num_classes=num_classes)
-        raise CheckpointError(missing_teacher(source))
+    _check_teacher_source(cfg)
+    if not Path(source).exists():  # a benchmark teacher
+        return load_teacher(source, num_classes=num_classes)
     state = load_checkpoint(source)
     arch = cfg.model.teacher or state.get("arch")
     if arch is None:
@@ -230,15 +230,17 @@ def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.M
     return create_model(arch or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
 
 
+def _checked_stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """:func:`stand_in_teacher` after :func:`build_teacher`'s checks of the teacher's source, for
+    :func:`check_buildable`: called, as that is, only for a method that loads a teacher."""
+    if cfg.model.teacher_checkpoint is not None:
+        _check_teacher_source(cfg)
+    return stand_in_teacher(cfg, num_classes, in_channels)
+
+
 def check_buildable(cfg: RunConfig) -> None:
     """Build the method as training would, without reading data or weights (models on the meta device,
     the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
-    method_cls = METHODS.get_or_raise(cfg.method.name)
-    if method_cls.needs_teacher and not getattr(method_cls, "online", False):  # training loads no other teacher
-        source = cfg.model.teacher_checkpoint
-        if source is not None and not Path(source).exists() and source not in TEACHERS:
-            raise CheckpointError(missing_teacher(source))
-        _check_benchmark_teacher(cfg)
     check_loggers(cfg)
     runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
     why_no_table = teacher_views.unusable(cfg) if cfg.train.teacher_cache is True else None
@@ -247,7 +249,7 @@ def check_buildable(cfg: RunConfig) -> None:
     spec = DATASETS[cfg.data.dataset]
     with torch.device("meta"):
         distiller = build_distiller(cfg, spec.num_classes or 10, spec.in_channels or 3,
-                                    teacher_builder=stand_in_teacher, pretrained=False)  # nothing downloaded
+                                    teacher_builder=_checked_stand_in_teacher, pretrained=False)  # nothing downloaded
         check_teacher_form(cfg, distiller, runtime.device.type)
         size = cfg.data.image_size or spec.image_size
         if size is not None:  # the methods' shape checks (FitNets' regressor, ReviewKD's levels) run in prepare
