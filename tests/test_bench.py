@@ -325,7 +325,7 @@ def test_cpu_session_reports_a_failed_step_and_runs_the_next(tmp_path, monkeypat
 @pytest.mark.checkout
 def test_the_prepared_gpu_session_runs_its_steps(tmp_path):
     """``gpu_session.sh check`` runs the GPU session's own steps (bench, synthetic CIFAR-100, two epochs of the
-    CRD protocol) on the CPU at toy size: a lent GPU must not be spent finding that a step broke."""
+    CRD protocol, the step profiler) on the CPU at toy size: a lent GPU must not be spent finding that a step broke."""
     import os
     import shutil
     import subprocess
@@ -345,7 +345,10 @@ def test_the_prepared_gpu_session_runs_its_steps(tmp_path):
     assert report["results"][0]["loops"]["project"]["images_per_s"] > 0
     epochs = [json.loads(line) for line in (out / "full_run_metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2] and "test_acc" in epochs[-1]
-    assert "no CUDA device" in (out / "environment.txt").read_text()
+    log = (out / "session.log").read_text()
+    assert "no CUDA device" in log and "profile_step.py" in log and "step failed" not in log
+    assert json.loads((out / "profile_cpu.json").read_text())["loops"]["project"]["wall_ms"] > 0
+    assert len(list(out.iterdir())) <= 8  # a lent machine sends back at most eight files
 
 
 @pytest.mark.checkout
