@@ -9,8 +9,7 @@
 #      logged and the next one runs), every step's output in OUT_DIR/session.log; six result files in all:
 #      - environment: nvidia-smi, torch, CUDA, the GPU's name;
 #      - the CUDA bench, KD resnet32x4 -> resnet8x4 at batch 64: the reference loop, the trainer's defaults
-#        (compile on CUDA), CUDA graphs for the student (train.cuda_graphs=true) and the
-#        bench-only whole-step graphs (bench_cuda_session.json/.md);
+#        (compile on CUDA), the eager teacher and train.cuda_graphs=true (bench_cuda_session.json/.md);
 #      - two epochs of the full CRD protocol (configs/cifar100_crd.yaml: 50,000 CIFAR-100-shaped images,
 #        batch 64) on synthetic data in the real pickle format with a random teacher (a GPU machine reaches no
 #        network, so neither CIFAR-100 nor the pretrained teachers can be fetched there), with the defaults
@@ -40,9 +39,9 @@ case "${1:-}" in
       bench_extra=(--quick --steps 1 --rounds 1 --warmup 0 --compile false)
       profile_extra=(--device cpu --pair cnn5_w16-cnn5_w8 --variants project --steps 1 --warmup 1 --compile false)
     else
-      device=cuda n_train=50000 n_test=10000 budget=200 variants=project,cuda_graphs,cuda_graphs_all
+      device=cuda n_train=50000 n_test=10000 budget=200 variants=project,eager_teacher,cuda_graphs
       bench_extra=()
-      profile_extra=(--device cuda --variants project,cuda_graphs,cuda_graphs_all)
+      profile_extra=(--device cuda --variants project,cuda_graphs)
     fi
     step() {  # step SECONDS CMD...: CMD under a time limit, its output shown and appended to the session log;
       local limit=$1  # a failed step ends a check, not a run

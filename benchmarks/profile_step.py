@@ -3,7 +3,7 @@ per step, for the reference loop and the project's step variants (``mixdistill.b
 ``torch.profiler``. A step whose wall time is far above its kernel time is bound by the host (Python and
 kernel launches), not by the GPU.
 
-    PYTHONPATH=src python benchmarks/profile_step.py --device cuda --variants project,eager_teacher,cuda_graphs,cuda_graphs_all
+    PYTHONPATH=src python benchmarks/profile_step.py --device cuda --variants project,eager_teacher,cuda_graphs
 
 Writes ``profile_<device>.json`` (and prints a table) into ``--out``. The profiled project steps are the
 trainer's public ``Trainer.step`` fed by its ``DeviceLoader`` (the per-step metric bookkeeping of ``train_epoch`` is
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--case", default="kd")
     p.add_argument("--pair", default="resnet32x4-resnet8x4")
-    p.add_argument("--variants", default="project,eager_teacher,cuda_graphs_all")
+    p.add_argument("--variants", default="project,eager_teacher,cuda_graphs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=15)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixdistill.optim import SGD
+from mixdistill.optim import SGD, sgd_kernel
 
 
 def _net(seed: int) -> nn.Module:
@@ -83,3 +83,38 @@ print("dynamo imported:", "torch._dynamo" in sys.modules)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dynamo imported: False" in done.stdout
+
+
+def test_the_fused_kernel_of_cuda_graphs_runs_steps_by_the_same_rule():
+    """train.cuda_graphs picks SGD's fused kernel (one launch); elsewhere the foreach kernels. Same update rule: the
+    weights after a few steps agree to rounding (checked on the CPU's fused kernel; the CUDA one is the same rule)."""
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    foreach_net, fused_net = _net(0), _net(0)
+    foreach_opt = SGD(foreach_net.parameters(), **kw, **sgd_kernel(False))
+    fused_opt = SGD(fused_net.parameters(), **kw, **sgd_kernel(True))
+    assert (foreach_opt.param_groups[0]["foreach"], fused_opt.param_groups[0]["fused"]) == (True, True)
+    _train(foreach_net, foreach_opt, 5, seed=1)
+    _train(fused_net, fused_opt, 5, seed=1)
+    for a, b in zip(foreach_net.state_dict().values(), fused_net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_run_uses_its_own_sgd_kernel_not_the_checkpoints(tiny_run_overrides, interrupt_at):
+    """A checkpoint of a train.cuda_graphs run on a GPU records fused=True in its optimiser groups; resumed where
+    that option is off (here: a CPU) the run steps with the foreach kernels it would have started with."""
+    from mixdistill.config import load_config
+    from mixdistill.engine.checkpoint import load_checkpoint, save_atomic
+    from mixdistill.engine.trainer import Trainer, train
+
+    cfg = load_config(None, tiny_run_overrides + ["name=fused", "optim.epochs=2"])
+    with interrupt_at(1):  # stopped after epoch 1's checkpoint
+        train(cfg, quiet=True)
+    state = load_checkpoint(cfg.run_dir / "last.pt")
+    for group in state["optimizer"]["param_groups"]:
+        group.update(foreach=False, fused=True)
+    save_atomic(state, cfg.run_dir / "last.pt")
+    trainer = Trainer(cfg, resume=True, quiet=True)
+    try:
+        assert all(g["foreach"] is True and g["fused"] is None for g in trainer.optimizer.param_groups)
+    finally:
+        trainer.close()

@@ -28,3 +28,10 @@ class SGD(torch.optim.SGD):
     def step(self, closure=None):
         with torch.set_grad_enabled(self.defaults["differentiable"]):  # the wrapper's one effect in eager mode
             return self._step(closure)
+
+
+def sgd_kernel(cuda_graphs: bool) -> dict:
+    """How SGD updates the parameters: one fused CUDA kernel with train.cuda_graphs (the rest of that step is a
+    few graph replays, and the per-tensor launches of the foreach kernels would be most of what is left),
+    the foreach kernels otherwise. The same update rule either way; the fused kernel may round differently."""
+    return {"foreach": False, "fused": True} if cuda_graphs else {"foreach": True, "fused": None}

@@ -18,8 +18,8 @@ Both loops train on the same synthetic CIFAR-100-shaped data (``write_cifar_like
   ``eager_teacher`` (``train.fast_teacher=false``: what the fast teacher buys), ``int8`` (CPU:
   ``train.int8_teacher=true``), ``compile`` (CPU, where compile is off by default: ``train.compile=true``,
   the student and the folded teacher compiled), ``int8_compile`` (CPU: both), ``cuda_graphs`` (CUDA:
-  ``train.cuda_graphs=true``, the student compiled with ``mode="reduce-overhead"``) and
-  ``cuda_graphs_all`` (CUDA, bench-only experiment: also the teacher as a CUDA graph and SGD's fused kernel).
+  ``train.cuda_graphs=true``: the student compiled with ``mode="reduce-overhead"``, the fast teacher replayed as a
+  CUDA graph, SGD's fused kernel; until 2026-12-04 the last two were the bench-only ``cuda_graphs_all``).
 
 Timing: after warm-up, ``rounds`` rounds; in each round every loop runs ``steps`` steps (one epoch of the
 project's loader), in a rotating order, so background load hits all loops alike. Reported: the median
@@ -54,7 +54,6 @@ from mixdistill.bench.grid import grid_case, grid_markdown
 from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
-from mixdistill.engine.fast import accelerate_teacher
 from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, seed_epoch
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
@@ -74,11 +73,11 @@ PAIRS = {  # name -> (teacher, student)
     "wrn_40_2-wrn_16_2": ("wrn_40_2", "wrn_16_2"),
     "cnn5_w16-cnn5_w8": ("cnn5_w16", "cnn5_w8"),  # --quick
 }
-VARIANTS = ("project", "eager_teacher", "int8", "compile", "int8_compile", "cuda_graphs", "cuda_graphs_all")
+VARIANTS = ("project", "eager_teacher", "int8", "compile", "int8_compile", "cuda_graphs")
 VARIANT_OVERRIDES = {"project": [], "eager_teacher": ["train.fast_teacher=false"],
                      "int8": ["train.int8_teacher=true"], "compile": ["train.compile=true"],
                      "int8_compile": ["train.int8_teacher=true", "train.compile=true"],
-                     "cuda_graphs": ["train.cuda_graphs=true"], "cuda_graphs_all": ["train.cuda_graphs=true"]}
+                     "cuda_graphs": ["train.cuda_graphs=true"]}
 TEACHER_VARIANTS = ("eager_teacher", "int8", "int8_compile")  # skipped for online methods (no teacher)
 CPU_VARIANTS = ("int8", "compile", "int8_compile")  # compile: on CUDA the default already compiles
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # CIFAR-100 (as RepDistiller)
@@ -99,8 +98,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)}")
     p.add_argument("--variants", default="auto",
                    help="project-side loops to time besides the reference: project (the trainer as configured), "
-                        "eager_teacher (train.fast_teacher=false), int8, compile, int8_compile (CPU), cuda_graphs, "
-                        "cuda_graphs_all (CUDA); auto = project,eager_teacher plus int8,compile on CPU, cuda_graphs "
+                        "eager_teacher (train.fast_teacher=false), int8, compile, int8_compile (CPU), cuda_graphs "
+                        "(CUDA); auto = project,eager_teacher plus int8,compile on CPU, cuda_graphs "
                         "on CUDA")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 2 CPU, 100 CUDA)")
@@ -318,18 +317,8 @@ class ProjectLoop:
         self.runtime = self.trainer.runtime
         report = self.trainer.teacher_report
         self.teacher_report = report.to_dict() if report is not None else None
-        if variant == "cuda_graphs_all":
-            self._graphs_all()
         self.epoch = 0
         self.last_record: dict = {}
-
-    def _graphs_all(self):
-        """Bench-only: the teacher replayed as a CUDA graph and SGD's fused kernel (not in the trainer)."""
-        tr = self.trainer
-        if tr.distiller.teacher is not None:
-            self.teacher_report = accelerate_teacher(tr.distiller, self.runtime, cuda_graphs=True).to_dict()
-        for group in tr.optimizer.param_groups:  # one fused SGD kernel instead of foreach launches
-            group["foreach"], group["fused"] = False, True
 
     def warmup(self, steps: int):
         tr = self.trainer
