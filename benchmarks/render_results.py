@@ -50,6 +50,8 @@ def load_all(folder: Path) -> dict[str, dict]:
 
 
 def _rate(loop):
+    if loop and loop.get("error"):
+        return "failed"
     if not loop or not loop.get("rounds_images_per_s"):
         return "-"
     v = loop["images_per_s"]
@@ -87,8 +89,9 @@ def main(argv=None) -> int:
            "`Trainer` with its defaults, which include the fast teacher (`train.fast_teacher`: Conv+BN folded, "
            "channels_last, compiled with the student); **eager_teacher** = `train.fast_teacher=false`; **int8** = "
            "`train.int8_teacher=true` (CPU); **cuda_graphs** = `train.cuda_graphs=true` (student compiled with "
-           "`mode=\"reduce-overhead\"`); **cuda_graphs_all** = cuda_graphs + teacher as a CUDA graph + fused SGD "
-           "(bench-only). Results measured BEFORE the fast teacher was wired into the trainer use the old names: "
+           "`mode=\"reduce-overhead\"`, and since 2026-12-04 also the fast teacher as a CUDA graph and fused SGD); "
+           "**cuda_graphs_all** = the bench-only variant that added those two before the trainer did (results "
+           "measured before 2026-12-04: there **cuda_graphs** is the student's graphs alone). Results measured BEFORE the fast teacher was wired into the trainer use the old names: "
            "there **project** = the trainer without the fast teacher (today's eager_teacher), **fast** = today's "
            "project, **fast_int8** = int8, **fast_graphs** = cuda_graphs, **fast_graphs_all** = cuda_graphs_all. "
            "Teachers have random weights (speed does not depend on them).", ""]
@@ -113,18 +116,23 @@ def main(argv=None) -> int:
             out += table(rep["results"], variants)
         for nm in rep.get("not_measured", []):
             out.append(f"| {nm['case']} | {nm['pair']} | not measured ({nm['why']}) |" + " |" * (2 * len(variants)))
+        failed = [f"{r['label']} {r['pair']} {k}: {loop['error']}" for r in rep["results"]
+                  for k, loop in r["loops"].items() if loop.get("error")]
+        if failed:
+            out += ["", "Failed: " + "; ".join(failed)]
         if rep.get("pick_cost"):
             out += ["", "KD+CutMixPick step time relative to: " + "; ".join(
                 f"{p}: " + ", ".join(f"{k} {v:.2f}x" for k, v in d.items()) for p, d in rep["pick_cost"].items())]
         out += work_lines(rep, variants)
-        if rep.get("sync_check"):
+        if rep.get("sync_check", {}).get("error"):
+            out += ["", f"Host synchronisations in the project's hot loop: not counted ({rep['sync_check']['error']})."]
+        elif rep.get("sync_check"):
             out += ["", f"Host synchronisations in the project's hot loop (cuda sync debug mode, "
                         f"{rep['sync_check']['steps']} KD steps): {rep['sync_check']['synchronizations']}."]
         if rep.get("grid"):
             out += [line.replace("### ", "#### ") for line in grid_markdown(rep["grid"])]
         out.append("")
-    prof = folder / "bench_profile_cuda.json"
-    if prof.exists():
+    for prof in sorted(folder.glob("bench_profile_cuda*.json")):
         p = json.loads(prof.read_text())
         out += [f"## Where the time goes: {p['device']}, {p['case']} {p['pair']}, batch {p['batch_size']} "
                 f"(torch.profiler, {p['steps']} steps)", "",
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
     out += ["## Not measured", "",
             "* The AVX2-only CPU's full bench is `cpu_avx2`; `cpu` is older (before channels_last became the CPU "
             "default).",
-            "* Any other GPU than the H100 above; multi-GPU.", ""]
+            "* Any other GPU than the H100 and H200 above; multi-GPU.", ""]
     (folder / "bench_summary.md").write_text("\n".join(out))
     print("\n".join(out))
     return 0

@@ -436,3 +436,32 @@ def test_grid_filed_day_times_the_filed_day_code_beside_todays_grid(tmp_path, mo
     assert report["ratio"]["filed_day"] == pytest.approx(seconds["filed_day"][0] / seconds["grid"][0])
     text = (tmp_path / "grid_filed_day_t.md").read_text()
     assert f"code of {script.FILED_ON}" in text and f"grid / filed_day: **{report['ratio']['filed_day']:.2f}x**" in text
+
+
+def test_a_case_releases_its_run_folders_even_while_its_loops_live_on(tmp_path, monkeypatch):
+    """The bench's later loops (the CUDA sync check) reuse run names; a trainer kept alive after its case (by
+    compiled graphs, on a GPU: the H200 session's sync check found its folder locked) must not keep its lock."""
+    from mixdistill.bench import steps
+    from mixdistill.engine import run
+
+    kept = []
+
+    class KeptLoop(steps.ProjectLoop):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            kept.append(self)
+
+    claimed = []
+
+    def claim_after_the_cases(results, pick_cost=steps.pick_cost):  # runs after the cases, before the sync check
+        for loop in kept:
+            with run.claim(loop.trainer.run_dir, "a later loop of the same name"):
+                claimed.append(loop.trainer.run_dir.name)
+        return pick_cost(results)
+
+    monkeypatch.setattr(steps, "ProjectLoop", KeptLoop)
+    monkeypatch.setattr(steps, "pick_cost", claim_after_the_cases)
+    assert bench_main(_args(["--quick", "--device", "cpu", "--cases", "kd", "--variants", "project", "--steps", "1",
+                             "--rounds", "1", "--num-workers", "0", "--threads", "1",
+                             "--out", str(tmp_path / "out")])) == 0
+    assert claimed == ["bench_kd_project"]

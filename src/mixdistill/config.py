@@ -188,8 +188,9 @@ class TrainConfig(Section):
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
-    cuda_graphs: bool = Field(False, description="compile the student with mode=reduce-overhead (CUDA graphs; "
-                                                 "needs compile on CUDA)")
+    cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
+                                                 "fast teacher replayed as a graph, SGD's fused kernel (needs compile "
+                                                 "on CUDA; measured for KD, fails for KD+CutMixPick)")
     fast_teacher: bool | Literal["auto"] = Field(
         "auto", description="fold the frozen teacher's Conv+BN pairs and run it channels_last (compiled when "
                             "compile is on); auto = on unless the method reads teacher features (CRD)")

@@ -455,7 +455,7 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
                     loop.run_round()  # one untimed epoch through the trainer's loop (its first metric kernels)
         except Exception as e:
             results[name].error = f"warm-up failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            loops.pop(name)
+            _close(loops.pop(name))
             continue
         results[name].extra["warmup_s"] = round(time.perf_counter() - t0, 2)
     names = list(loops)
@@ -480,7 +480,7 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
                 results[name].last_loss = loop.last_loss
             except Exception as e:
                 results[name].error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                loops.pop(name)
+                _close(loops.pop(name))
                 names.remove(name)
     for name, loop in loops.items():
         teacher = getattr(getattr(getattr(loop, "trainer", None), "distiller", None), "teacher", None)
@@ -504,8 +504,17 @@ def run_case(case, pair, variants, *, device, data_root, ckpt, run_root, ref_loa
         out["ratio_range"][k] = [min(per_round), max(per_round)]
         out["ratio_of_medians"][k] = _median(v.images_per_s) / _median(ref.images_per_s)
         out["ratio_cpu_time"][k] = _median([a / b for a, b in zip(v.images_per_cpu_s, ref.images_per_cpu_s)])
-    del loops
+    for loop in loops.values():
+        _close(loop)
     return out
+
+
+def _close(loop) -> None:
+    """Release a project loop's run folder now (its lock; a later loop of the same name, as the sync check's, would
+    find it taken while compiled graphs keep the trainer alive) rather than whenever it is collected."""
+    trainer = getattr(loop, "trainer", None)
+    if trainer is not None:
+        trainer.close()
 
 
 def machine_peak(device: torch.device, precisions: list[str], repeats: int = 5) -> dict:
@@ -562,19 +571,22 @@ def sync_check(device, data_root, ckpt, run_root, args) -> dict:
     pair = args.pairs.split(",")[0]
     loop = ProjectLoop("kd", "project", *PAIRS[pair], data_root=data_root, teacher_ckpt=ckpt, run_root=run_root,
                        batch_size=args.batch_size, device=str(device), args=args, seed=args.seed)
-    loop.warmup(3)
-    tr = loop.trainer
-    it = iter(tr.train_loader)
-    next(it)  # the iterator's one-off index copy
-    torch.cuda.set_sync_debug_mode("warn")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                x, y, idx = next(it)
-                tr.step(x, y, idx)
+        loop.warmup(3)
+        tr = loop.trainer
+        it = iter(tr.train_loader)
+        next(it)  # the iterator's one-off index copy
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for _ in range(3):
+                    x, y, idx = next(it)
+                    tr.step(x, y, idx)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        _close(loop)
     msgs = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message).lower()]
     return {"steps": 3, "synchronizations": len(msgs), "messages": sorted(set(msgs))[:5]}
 
@@ -630,8 +642,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", "Errors: " + "; ".join(f"{a} {b} {c}: {d}" for a, b, c, d in errors)]
     if report.get("sync_check"):
         s = report["sync_check"]
-        lines += ["", f"Host synchronisations in the project's hot loop (KD, {s['steps']} steps, "
-                      f"cuda sync debug mode): {s['synchronizations']}"]
+        lines += ["", f"Host synchronisations in the project's hot loop: not counted ({s['error']})" if "error" in s
+                  else f"Host synchronisations in the project's hot loop (KD, {s['steps']} steps, "
+                       f"cuda sync debug mode): {s['synchronizations']}"]
     if report.get("grid"):
         lines += grid_markdown(report["grid"])
     for note in report.get("notes", []):
