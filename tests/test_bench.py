@@ -133,6 +133,44 @@ def test_accelerate_teacher_swaps_teacher_only():
     assert [id(p) for p in d.learnable_parameters()] == params_before
 
 
+class _GraphStandIn(torch.nn.Module):
+    """Stands in for a net replayed as a CUDA graph: its output lives in memory that the next replay of any graph
+    sharing ``pool`` overwrites (here: zeroes)."""
+
+    def __init__(self, net, pool: dict):
+        super().__init__()
+        self.net, self.pool = net, pool
+
+    def forward(self, x):
+        if "out" in self.pool:
+            with torch.inference_mode():  # the teacher's output is an inference tensor
+                self.pool["out"].zero_()
+        self.pool["out"] = self.net(x).detach()
+        return self.pool["out"]
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_a_teacher_replaying_cuda_graphs_hands_out_copies_that_later_replays_leave_alone(graphs):
+    """CutMixPick reads the pool's teacher logits after the student's graph has replayed (on an H200 that failed:
+    the teacher graph's output was overwritten). The graph teacher returns a copy; ``graphs=False`` shows that the
+    stand-in does overwrite (the test can fail)."""
+    from mixdistill.augment.pick import cutmix_pick
+    from mixdistill.engine.fast import InferenceTeacher
+    from mixdistill.models import create_model
+
+    torch.manual_seed(0)
+    pool: dict = {}
+    net = create_model("cnn5_w16", 10, 1).eval()
+    teacher = InferenceTeacher(net, compiled=_GraphStandIn(net, pool), graphs=graphs)
+    student = _GraphStandIn(create_model("cnn5_w8", 10, 1), pool)
+    images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    mixed = cutmix_pick(images, labels, teacher=teacher, student=student,
+                        generator=torch.Generator().manual_seed(0), criterion="kl", n_runs=2)
+    with torch.inference_mode():
+        replayed = net(mixed.images)
+    assert torch.equal(mixed.teacher_logits, replayed) == graphs
+
+
 def test_bench_command_bad_input_is_one_line_exit_2(tmp_path, capsys):
     from mixdistill.cli import main
 

@@ -190,7 +190,7 @@ class TrainConfig(Section):
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
                                                  "fast teacher replayed as a graph, SGD's fused kernel (needs compile "
-                                                 "on CUDA; measured for KD, fails for KD+CutMixPick)")
+                                                 "on CUDA; measured for KD only)")
     fast_teacher: bool | Literal["auto"] = Field(
         "auto", description="fold the frozen teacher's Conv+BN pairs and run it channels_last (compiled when "
                             "compile is on); auto = on unless the method reads teacher features (CRD)")

@@ -97,12 +97,16 @@ class InferenceTeacher(nn.Module):
     inside when ``channels_last`` is set, so callers need not change their layout."""
 
     def __init__(self, net: nn.Module, channels_last: bool = False, compiled: nn.Module | None = None,
-                 float_input: bool = False):
+                 float_input: bool = False, graphs: bool = False):
         super().__init__()
         self.net = net
         self.channels_last = channels_last
         self.float_input = float_input  # int8 nets quantize an fp32 input
         self._compiled = compiled  # a torch.compile wrapper of ``net`` (not a registered submodule)
+        # ``compiled`` replays CUDA graphs: its output lives in the graph's memory, which the next replay of any
+        # CUDA graph may overwrite (CutMixPick reads the pool's teacher logits after scoring with the student's
+        # graph: on an H200 that read failed), so the teacher hands out a copy
+        self.graphs = graphs
         self.compile_error: str | None = None
         self.requires_grad_(False)
         super().train(False)
@@ -137,7 +141,8 @@ class InferenceTeacher(nn.Module):
             if self.compile_error is not None:
                 return self.net(x)
             try:
-                return self._compiled(x)
+                out = self._compiled(x)
+                return out.clone() if self.graphs else out
             except Exception as e:  # a backend failure must not stop training: fall back to eager
                 self.compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 warnings.warn(f"compiled teacher failed ({self.compile_error}); using the eager teacher")
@@ -193,8 +198,8 @@ def accelerate_teacher(distiller: nn.Module, runtime, *, fold: bool = True, chan
     ~10 s of compile time). ``int8=True`` (CPU only): quantize the folded teacher, calibrated on
     ``calibration`` batches; its agreement with the fp32 teacher on ``check_batches`` (or the calibration
     batches) goes into the report. ``cuda_graphs=True`` (CUDA): the compiled teacher replays CUDA graphs
-    (``mode="reduce-overhead"``); its outputs are overwritten by the next call, which is safe because
-    ``Distiller.teacher_logits`` clones them. No teacher (online methods): nothing happens.
+    (``mode="reduce-overhead"``) and returns a copy of each output (the graph's own is overwritten by a later
+    replay). No teacher (online methods): nothing happens.
     """
     device = runtime.device
     report = TeacherReport(device=str(device))
@@ -237,7 +242,8 @@ def accelerate_teacher(distiller: nn.Module, runtime, *, fold: bool = True, chan
         compiled = torch.compile(net, dynamic=False, options=options)
         report.compiled = True
         report.compile_mode = "freezing" + (" + CUDA graphs" if cuda_graphs else "")
-    fast = InferenceTeacher(net, channels_last=cl, compiled=compiled, float_input=int8)
+    fast = InferenceTeacher(net, channels_last=cl, compiled=compiled, float_input=int8, graphs=compiled is not None
+                            and cuda_graphs)
     check = check_batches if check_batches is not None else calibration
     if check is not None:
         batches = [x.to(device) for x in check]
