@@ -487,3 +487,31 @@ def test_runs_side_by_side_only_as_many_as_the_cpu_quota_allows(tmp_path, monkey
     runs = [GridRun(f"ce/seed{s}", {**base, "seed": s, "method": {"name": "ce"}}) for s in range(3)]
     rows = list(grid_module._run_local(runs, {r.key: set() for r in runs}, tmp_path, 0, True, None, lambda *_: None))
     assert ran == ["ce/seed0", "ce/seed1", "ce/seed2"] and len(rows) == 3
+
+
+def test_a_failing_grid_stops_the_pools_workers_at_once():
+    """A run's error or Ctrl-C stops the runs still going (each resumes from its checkpoint): the public
+    ``terminate_workers`` where Python has it, the pool's processes otherwise."""
+    import concurrent.futures
+    import time
+
+    class Public:
+        terminated = False
+
+        def terminate_workers(self):
+            self.terminated = True
+
+    public = Public()
+    grid_module._terminate_workers(public)
+    assert public.terminated
+    pool = concurrent.futures.ProcessPoolExecutor(1)
+    try:
+        pool.submit(time.sleep, 60)
+        time.sleep(0.5)
+        workers = list(pool._processes.values())
+        grid_module._terminate_workers(pool)
+        for w in workers:
+            w.join(10)
+        assert workers and all(w.exitcode is not None for w in workers)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

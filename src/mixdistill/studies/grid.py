@@ -380,11 +380,20 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
                                         lambda run: _submit(pool, execute, run, str(study_dir), retries, quiet),
                                         wait_one, log)
     except BaseException:  # Ctrl-C or a run's error: the runs still going stop now (each resumes from its checkpoint)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        _terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(pool) -> None:
+    """Stop a process pool's workers now: ``terminate_workers`` where Python has it (3.14), else each process of
+    the pool's private table (3.10-3.13 have no public way)."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _submit(pool, *call):
