@@ -96,3 +96,11 @@ def test_model_peers_decide_the_peer_count_the_config_records():
     assert again.to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match="method.peers is 4 but model.peers names 2 models"):
         load_config(None, ["method=dml", "method.peers=4", "model.peers=[cnn5_w8,cnn5_w16]"])
+
+
+@pytest.mark.parametrize("method", [["method=ce"], ["method=kd", "model.teacher_checkpoint=t.pt"]])
+def test_peers_with_a_method_that_trains_one_student_are_refused_not_ignored(method):
+    with pytest.raises(ConfigError, match="model.peers names the peers of an online method .*dml.*; method '(ce|kd)' "
+                                          "trains one student"):
+        load_config(None, method + ["model.peers=[cnn5_w8,cnn5_w16]"])
+    assert load_config(None, method + ["model.peers=[cnn5_w8,cnn5_w16]", "model.peers=null"]).model.peers is None

@@ -332,6 +332,11 @@ class RunConfig(Section):
                 check_model_name(name, f"model (model.{key})")
         for name in self.model.peers or []:
             check_model_name(name, "model (model.peers)")
+        if self.model.peers and not getattr(method_cls, "online", False):
+            online = sorted(name for name, cls in METHODS.items() if getattr(cls, "online", False))
+            raise ValueError(f"model.peers names the peers of an online method ({', '.join(online)}); method "
+                             f"'{self.method.name}' trains one student, model.student: unset model.peers "
+                             "(model.peers=null)")
         if self.model.peers and "peers" in (self.method.model_extra or {}):  # an online method's peer count
             if "peers" in self.method._given and self.method.model_extra["peers"] != len(self.model.peers):
                 raise ValueError(f"method.peers is {self.method.model_extra['peers']} but model.peers names "
