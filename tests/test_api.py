@@ -393,3 +393,13 @@ def test_import_mixdistill_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 0, done.stderr
+
+
+def test_a_yaml_string_given_to_the_python_api_is_named_as_a_string():
+    from mixdistill.config import resolve_config
+    from mixdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.milestones: Input should be a valid list \(the Python API takes "
+                                          r"Python values.*optim.milestones='\[1,2\]' is a string\)"):
+        resolve_config(None, {"optim.milestones": "[1,2]"})
+    assert resolve_config(None, {"optim.milestones": [1, 2]}).optim.milestones == [1, 2]

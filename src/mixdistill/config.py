@@ -557,7 +557,15 @@ def resolve_config(config: str | Path | dict | RunConfig | None = None,
         if not isinstance(key, str) or not key:
             raise ConfigError(f"override key {key!r}: expected a dotted config key such as 'optim.epochs'")
         set_dotted(tree, key, copy.deepcopy(value))
-    return build_config(tree)
+    try:
+        return build_config(tree)
+    except ConfigError as err:
+        strings = [f"{k}={v!r}" for k, v in (overrides or {}).items()
+                   if isinstance(v, str) and v.strip()[:1] in ("[", "{") and k in str(err)]
+        if not strings:
+            raise
+        raise ConfigError(f"{err} (the Python API takes Python values, not the command line's YAML text: "
+                          f"{', '.join(strings)} is a string)") from None
 
 
 def describe_options() -> str:
