@@ -120,6 +120,7 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
     assert "KD beats CE" in report and "longer training" in report and "T. stddev correlates" in report
     assert "Every view ran the same 2 seeds" in report and "Students of each pair; 1 epoch (long" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
+    assert "The p values in the figure's legend are each coefficient's own, unadjusted" in report
 
 
 @pytest.mark.slow

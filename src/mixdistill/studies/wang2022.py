@@ -309,5 +309,7 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=
              f"{counted(epochs, 'epoch') if epochs else f'at least {min_steps} steps'}) are means over them.", "",
              "| view (paper order, worst first) | student test loss | teacher T. stddev |", "|---|---|---|"]
     lines += [f"| {n} | {loss:.4f} | {s:.5f} |" for n, loss, s in zip(order, losses, stds)]
-    lines += ["", f"![T. stddev vs student test loss]({figure})", ""]
+    lines += ["", f"![T. stddev vs student test loss]({figure})", "",
+              "The p values in the figure's legend are each coefficient's own, unadjusted; the verdicts use the "
+              "findings table's Holm-adjusted p.", ""]
     return findings, lines
