@@ -6,7 +6,8 @@
 #      its own) as Python 3.12 manylinux wheels into .whl/ (add `/.whl/` to .git/info/exclude).
 #   2. There, from the repository root, with .whl carried along: benchmarks/gpu_session.sh run OUT_DIR
 #      Steps, most important first, each under its own time limit (a step that fails or runs out of time is
-#      logged and the next one runs), every step's output in OUT_DIR/session.log; six result files in all:
+#      logged and the next one runs; the limits add up to 580 s, inside a 10-minute command), every step's
+#      output in OUT_DIR/session.log; six result files in all:
 #      - environment: nvidia-smi, torch, CUDA, the GPU's name;
 #      - the CUDA bench, KD resnet32x4 -> resnet8x4 at batch 64: the reference loop, the trainer's defaults
 #        (compile on CUDA), the eager teacher and train.cuda_graphs=true (bench_cuda_session.json/.md);
@@ -47,7 +48,7 @@ case "${1:-}" in
       local limit=$1  # a failed step ends a check, not a run
       shift
       echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$log"
-      if timeout "$limit" "$@" 2>&1 | tee -a "$log"; then return 0; fi
+      if timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"; then return 0; fi
       echo "=== step failed or ran past ${limit} s: $*" | tee -a "$log"
       if [ "$mode" = check ]; then echo "gpu_session.sh check: failed: $*" >&2; exit 1; fi
     }
@@ -58,15 +59,12 @@ case "${1:-}" in
     export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
     { nvidia-smi || true; python3 -c "import torch; print(torch.__version__, torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"; } 2>&1 | tee -a "$log"
-    step 300 python3 -m mixdistill bench --device "$device" --cases kd --pairs resnet32x4-resnet8x4 \
+    step 250 python3 -m mixdistill bench --device "$device" --cases kd --pairs resnet32x4-resnet8x4 \
       --variants "$variants" --time-budget "$budget" "${bench_extra[@]}" --out "$out" --tag cuda_session
     data=$(mktemp -d)
-    python3 -m mixdistill.data.synthetic cifar100 "$data" "$n_train" "$n_test"
-    python3 - "$data/teacher.pt" <<'PY'
-import sys, torch
-from mixdistill.models import create_model
-torch.save({"model": create_model("resnet32x4", 100).state_dict(), "arch": "resnet32x4"}, sys.argv[1])
-PY
+    step 30 python3 -m mixdistill.data.synthetic cifar100 "$data" "$n_train" "$n_test"
+    step 30 python3 -c "import sys, torch; from mixdistill.models import create_model; torch.save({'model':
+      create_model('resnet32x4', 100).state_dict(), 'arch': 'resnet32x4'}, sys.argv[1])" "$data/teacher.pt"
     full_run() {  # full_run SECONDS NAME OVERRIDES...: two epochs of the CRD protocol, metrics into OUT_DIR
       local limit=$1 name=$2
       shift 2

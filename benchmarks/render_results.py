@@ -89,9 +89,10 @@ def main(argv=None) -> int:
            "`Trainer` with its defaults, which include the fast teacher (`train.fast_teacher`: Conv+BN folded, "
            "channels_last, compiled with the student); **eager_teacher** = `train.fast_teacher=false`; **int8** = "
            "`train.int8_teacher=true` (CPU); **cuda_graphs** = `train.cuda_graphs=true` (student compiled with "
-           "`mode=\"reduce-overhead\"`, and since 2026-12-04 also the fast teacher as a CUDA graph and fused SGD); "
-           "**cuda_graphs_all** = the bench-only variant that added those two before the trainer did (results "
-           "measured before 2026-12-04: there **cuda_graphs** is the student's graphs alone). Results measured BEFORE the fast teacher was wired into the trainer use the old names: "
+           "`mode=\"reduce-overhead\"`, and since commit 06e6684 also the fast teacher as a CUDA graph and fused SGD, "
+           "first measured in `cuda_graphs_h200`); **cuda_graphs_all** = the bench-only variant that added those two "
+           "before the trainer did (in `cuda_h200`, the H200 profile and every earlier file **cuda_graphs** is the "
+           "student's graphs alone). Results measured BEFORE the fast teacher was wired into the trainer use the old names: "
            "there **project** = the trainer without the fast teacher (today's eager_teacher), **fast** = today's "
            "project, **fast_int8** = int8, **fast_graphs** = cuda_graphs, **fast_graphs_all** = cuda_graphs_all. "
            "Teachers have random weights (speed does not depend on them).", ""]

@@ -104,3 +104,9 @@ def test_peers_with_a_method_that_trains_one_student_are_refused_not_ignored(met
                                           "trains one student"):
         load_config(None, method + ["model.peers=[cnn5_w8,cnn5_w16]"])
     assert load_config(None, method + ["model.peers=[cnn5_w8,cnn5_w16]", "model.peers=null"]).model.peers is None
+
+
+def test_cuda_graphs_are_refused_for_online_methods():
+    with pytest.raises(ConfigError, match="train.cuda_graphs=true: not for online methods .'dml' evaluates"):
+        load_config(None, ["method=dml", "train.cuda_graphs=true"])
+    assert load_config(None, ["method=kd", "model.teacher_checkpoint=t.pt", "train.cuda_graphs=true"]).train.cuda_graphs

@@ -510,8 +510,6 @@ def test_a_failing_grid_stops_the_pools_workers_at_once():
         time.sleep(0.5)
         workers = list(pool._processes.values())
         grid_module._terminate_workers(pool)
-        for w in workers:
-            w.join(10)
-        assert workers and all(w.exitcode is not None for w in workers)
+        assert workers and all(w.exitcode is not None for w in workers)  # ended, not only told to
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -118,3 +118,21 @@ def test_a_resumed_run_uses_its_own_sgd_kernel_not_the_checkpoints(tiny_run_over
         assert all(g["foreach"] is True and g["fused"] is None for g in trainer.optimizer.param_groups)
     finally:
         trainer.close()
+
+
+def test_fp16s_scaler_keeps_the_foreach_kernel_so_a_skipped_step_is_seen():
+    """Under fp16's GradScaler a fused optimiser skips an inf step inside its kernel, so ``scaled_step`` (an
+    optimiser step hook) cannot see the skip; train.cuda_graphs therefore fuses SGD only without the scaler."""
+    from mixdistill.engine.trainer import scaled_step
+
+    assert sgd_kernel(True, scaled=True) == sgd_kernel(False) == {"foreach": True, "fused": None}
+    assert sgd_kernel(True)["fused"] is True
+    seen = {}
+    for name, kernel in (("foreach", sgd_kernel(True, scaled=True)), ("fused", sgd_kernel(True))):
+        net = _net(0)
+        before = [p.detach().clone() for p in net.parameters()]
+        opt = SGD(net.parameters(), lr=0.1, momentum=0.9, **kernel)
+        loss = net(torch.randn(2, 3, 8, 8)).sum() * float("inf")
+        seen[name] = scaled_step(torch.amp.GradScaler("cpu"), opt, loss)
+        assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())), name  # both skipped it
+    assert seen == {"foreach": False, "fused": True}  # only the foreach step's skip is seen

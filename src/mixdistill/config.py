@@ -190,7 +190,7 @@ class TrainConfig(Section):
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
                                                  "fast teacher replayed as a graph, SGD's fused kernel (needs compile "
-                                                 "on CUDA; measured for KD only)")
+                                                 "on CUDA; measured for KD only; not for online methods)")
     fast_teacher: bool | Literal["auto"] = Field(
         "auto", description="fold the frozen teacher's Conv+BN pairs and run it channels_last (compiled when "
                             "compile is on); auto = on unless the method reads teacher features (CRD)")
@@ -332,6 +332,10 @@ class RunConfig(Section):
                 check_model_name(name, f"model (model.{key})")
         for name in self.model.peers or []:
             check_model_name(name, "model (model.peers)")
+        if self.train.cuda_graphs and getattr(method_cls, "online", False):
+            raise ValueError(f"train.cuda_graphs=true: not for online methods ('{self.method.name}' evaluates its "
+                             "peers one after another and reads each one's logits after the next one's CUDA graph "
+                             "has replayed, which overwrites them); it is measured for KD")
         if self.model.peers and not getattr(method_cls, "online", False):
             online = sorted(name for name, cls in METHODS.items() if getattr(cls, "online", False))
             raise ValueError(f"model.peers names the peers of an online method ({', '.join(online)}); method "

@@ -30,8 +30,10 @@ class SGD(torch.optim.SGD):
             return self._step(closure)
 
 
-def sgd_kernel(cuda_graphs: bool) -> dict:
+def sgd_kernel(cuda_graphs: bool, scaled: bool = False) -> dict:
     """How SGD updates the parameters: one fused CUDA kernel with train.cuda_graphs (the rest of that step is a
     few graph replays, and the per-tensor launches of the foreach kernels would be most of what is left),
-    the foreach kernels otherwise. The same update rule either way; the fused kernel may round differently."""
-    return {"foreach": False, "fused": True} if cuda_graphs else {"foreach": True, "fused": None}
+    the foreach kernels otherwise. The same update rule either way; the fused kernel may round differently.
+    Not fused under fp16's GradScaler (``scaled``): a fused optimiser skips an inf/NaN step inside its kernel, so
+    the trainer could no longer tell a skipped step (``scaled_step``) and would advance its EMAs on it."""
+    return {"foreach": False, "fused": True} if cuda_graphs and not scaled else {"foreach": True, "fused": None}

@@ -386,14 +386,18 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _terminate_workers(pool) -> None:
-    """Stop a process pool's workers now: ``terminate_workers`` where Python has it (3.14), else each process of
-    the pool's private table (3.10-3.13 have no public way)."""
+def _terminate_workers(pool, wait_s: float = 30.0) -> None:
+    """Stop a process pool's workers now and wait until they have ended (so that none still holds its run's lock
+    or writes when the grid's error is raised): ``terminate_workers`` where Python has it (3.14; it no longer
+    lets the pool's ``shutdown`` wait for them), else each process of the pool's private table."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     if hasattr(pool, "terminate_workers"):
         pool.terminate_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
+    else:
+        for process in processes:
+            process.terminate()
+    for process in processes:
+        process.join(wait_s)
 
 
 def _submit(pool, *call):
