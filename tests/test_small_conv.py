@@ -222,3 +222,28 @@ def test_a_bf16_kd_run_ends_with_the_same_weights_with_the_kernel_or_without(tin
     kernel_wrappers.assert_a_bf16_kd_run_is_the_same_with_or_without(
         "MIXDISTILL_SMALL_CONV", "first-layer conv (engine/small_conv.c)", tiny_run_overrides, monkeypatch, capsys)
     assert (8, False, 28, 28) in small_conv._checked and (8, True, 28, 28) in small_conv._checked
+
+
+@needs_kernel
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_layer_run_twice_before_one_backward_sums_its_gradients_as_autocast_does(bias):
+    """kd_view runs the student on the clean and on the augmented batch, then one backward. Under bf16 autocast ATen's
+    convolution gets one cached bf16 cast of the weight for both calls, so the two gradients meet in bf16; a cast per
+    call met them in fp32 (60 of wang2022's 86 cpu runs ended differently). Two steps: the cast follows each update."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(1, 16, 3, padding=1, bias=bias).to(memory_format=torch.channels_last)
+    ours = small_conv.SmallFirstConv2d(1, 16, 3, padding=1, bias=bias).to(memory_format=torch.channels_last)
+    ours.load_state_dict(plain.state_dict())
+    for step in range(2):
+        a, b = (_channels_last(torch.randn(64, 1, 28, 28)) for _ in range(2))
+        for layer in (plain, ours):
+            layer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = layer(a).float().square().mean() + layer(b).float().abs().mean()
+            loss.backward()
+        for p, q in zip(plain.parameters(), ours.parameters()):
+            assert torch.equal(p.grad, q.grad), (step, p.shape)
+        with torch.no_grad():
+            for layer in (plain, ours):
+                for p in layer.parameters():
+                    p.sub_(0.1 * p.grad)
