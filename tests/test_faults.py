@@ -396,8 +396,10 @@ def test_bad_values_are_config_errors(overrides, fragment):
 def test_a_numeric_name_is_a_folder_name():
     """``name=123`` parses as YAML's integer: the folder '123' (it was 'Input should be a valid string')."""
     assert load_config(None, ["name=123"]).name == "123"
-    with pytest.raises(MixdistillError, match="name: Input should be a valid string"):
-        load_config(None, ["name=true"])
+    for word, value in (("true", "true"), ("off", "false"), ("yes", "true")):
+        with pytest.raises(MixdistillError, match=f"name: reads as the YAML boolean {value} .*quote it"):
+            load_config(None, [f"name={word}"])
+    assert load_config(None, ["name='off'"]).name == "off"
 
 
 @pytest.mark.checkout

@@ -275,8 +275,12 @@ class RunConfig(Section):
     @field_validator("name", mode="before")
     @classmethod
     def _number_as_text(cls, value):
-        """``name=123`` parses as a number: a folder name all the same (bools and others stay refused)."""
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        """``name=123`` parses as a number: a folder name all the same. ``name=off`` (or on, yes, no, true, false)
+        parses as a YAML boolean, which could be a folder name only by guessing its spelling: refused, saying so."""
+        if isinstance(value, bool):
+            raise ValueError(f"reads as the YAML boolean {str(value).lower()} (on the command line off, on, yes, no, "
+                             "true and false are booleans): quote it, e.g. name=\"'off'\", or choose another name")
+        return str(value) if isinstance(value, int) else value
 
     @field_validator("name")
     @classmethod
