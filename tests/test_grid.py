@@ -485,7 +485,8 @@ def test_runs_side_by_side_only_as_many_as_the_cpu_quota_allows(tmp_path, monkey
     monkeypatch.setattr(grid_module, "execute", execute)
     base = {"train": {"threads": 1}}
     runs = [GridRun(f"ce/seed{s}", {**base, "seed": s, "method": {"name": "ce"}}) for s in range(3)]
-    rows = list(grid_module._run_local(runs, {r.key: set() for r in runs}, tmp_path, 0, True, None, lambda *_: None))
+    rows = list(grid_module._run_local(runs, {r.key: set() for r in runs}, set(), tmp_path, 0, True, None,
+                                       lambda *_: None))
     assert ran == ["ce/seed0", "ce/seed1", "ce/seed2"] and len(rows) == 3
 
 
@@ -513,3 +514,38 @@ def test_a_failing_grid_stops_the_pools_workers_at_once():
         assert workers and all(w.exitcode is not None for w in workers)  # ended, not only told to
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])  # one after another in this process; side by side in worker processes
+def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist_root, tmp_path):
+    """A run whose loss becomes NaN is a result of its config and seed (it diverges again), not a crash: its row says
+    so, the runs that need it (students of a diverged teacher) are not started, the others train, and the next
+    invocation trains nothing again; once its config changes, it and its students run."""
+    import copy
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    runs.append(GridRun("ce/seed0", {**copy.deepcopy(runs[1].config), "seed": 0, "method": {"name": "ce"}}, stage=1))
+    diverging = copy.deepcopy(runs)
+    diverging[0].config["optim"] = {**diverging[0].config["optim"], "lr": 1e30}
+    logged = []
+    rows = run_grid(diverging, study, jobs=jobs, threads=1, log=logged.append)
+    assert rows["teacher"]["status"] == "diverged" and "non-finite" in rows["teacher"]["error"]
+    assert "summary" not in rows["teacher"]
+    assert [rows[k]["status"] for k in ("kd/seed0", "kd/seed1")] == ["not run", "not run"]
+    assert "its teacher teacher did not finish" in rows["kd/seed0"]["error"]
+    assert rows["ce/seed0"]["summary"]["last_acc"] is not None
+    assert not (study / "runs" / "kd__seed0").exists(), "a student of a diverged teacher must not start"
+    assert any("diverged teacher: non-finite" in line for line in logged)
+    assert set(ResultsFile(study / "results.jsonl").read()) == {"teacher", "ce/seed0"}, "not-run students: no row"
+
+    logged.clear()
+    rows = run_grid(diverging, study, jobs=jobs, threads=1, log=logged.append)
+    assert any("2 of 4 runs already finished" in line for line in logged), logged
+    assert rows["teacher"]["status"] == "diverged" and rows["kd/seed1"]["status"] == "not run"
+
+    # the teacher's lr fixed: it and its students train
+    rows = run_grid(runs, study, jobs=jobs, threads=1, log=lambda *_: None)
+    assert all(grid_module.finished(row) for row in rows.values())
+    assert (study / "runs" / "teacher.superseded1" / "metrics.jsonl").exists(), "the diverged run is kept aside"

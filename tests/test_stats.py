@@ -7,8 +7,8 @@ import math
 import pytest
 
 from mixdistill.errors import ConfigError
-from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, holm, mean_ci, nested, paired, parse_seeds,
-                                      welch)
+from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, findings_markdown, holm, mean_ci, nested,
+                                      paired, parse_seeds, welch)
 
 
 def test_paired_matches_the_hand_computed_t_interval():
@@ -92,6 +92,37 @@ def test_a_claim_of_no_effect_is_judged_on_its_own_p_outside_holm():
     assert other_way.verdict == "not contradicted (a significant effect, the other way)"
     weak = Finding("x", Effect(0.5, -0.1, 1.1, 0.2, "t", 5), +1, "no gain", no_effect_claim=True)
     assert weak.verdict.startswith("not contradicted (no significant effect")
+
+
+def test_equivalence_is_two_one_sided_paired_t_tests_and_its_90_percent_interval():
+    """TOST by hand: p is the larger of the two one-sided t-test p values against -margin and +margin; the verdict
+    of a claim of no effect is reproduced only when that p is below 0.05, which is when the 90% CI lies inside."""
+    from scipy import stats as sps
+
+    from mixdistill.studies.stats import equivalence
+
+    a, b = {0: 85.1, 1: 85.4, 2: 84.9, 3: 85.3, 4: 85.0}, {0: 85.0, 1: 85.1, 2: 85.0, 3: 85.0, 4: 84.9}
+    d = [a[s] - b[s] for s in a]
+    mean, se = sum(d) / 5, (sum((x - sum(d) / 5) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    for margin in (0.5, 0.2):
+        p_lower = 1 - sps.t.cdf((mean + margin) / se, 4)  # H0: mean difference <= -margin
+        p_upper = sps.t.cdf((mean - margin) / se, 4)  # H0: mean difference >= +margin
+        q = equivalence(a, b, margin)
+        assert q.p == pytest.approx(max(p_lower, p_upper), rel=1e-9) and q.margin == margin
+        half = sps.t.ppf(0.95, 4) * se
+        assert (q.low, q.high) == pytest.approx((mean - half, mean + half))
+        assert (q.p < 0.05) == (-margin < q.low and q.high < margin)
+    no_gain = paired(a, b)  # +0.14, p 0.13: no significant effect
+    assert no_gain.p > 0.05
+    shown = Finding("CE does not gain", no_gain, +1, "no gain", no_effect_claim=True,
+                    equivalence=equivalence(a, b, 0.5))
+    assert shown.verdict.startswith("reproduced (no significant effect, and within ±0.50: TOST p")
+    assert shown.outcome == "reproduced"
+    wide = Finding("CE does not gain", no_gain, +1, "no gain", no_effect_claim=True,
+                   equivalence=equivalence(a, b, 0.2))
+    assert wide.verdict.startswith("not contradicted, not shown (no significant effect, but not shown within ±0.20")
+    assert wide.outcome == "inconclusive"
+    assert "paired TOST within ±0.20, 5 seeds: 90% CI [" in "\n".join(findings_markdown([wide]))
 
 
 def test_identical_differences_on_every_seed_are_untestable_not_p_zero():

@@ -162,6 +162,52 @@ def test_das2020_smoke_study(fmnist_root, tmp_path):
     assert "as_published variant as the paper's notebook; correct variant, for information: mean rho =" in report
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, diverging", [
+    ("das2020", ["teacher/none/r0", "student/cutmix/lenet5/r1"]),  # a teacher replicate and a student
+    ("wang2022", ["student/cnn5_w8-cnn5_w8/kd_cutmix/seed1"]),  # a run that is also one of the nine views
+])
+def test_a_study_with_diverging_runs_reports_the_rest_and_lists_them(name, diverging, fmnist_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Runs made to diverge for real (lr 1e30: NaN at the first step): the study trains everything else, writes
+    its report on the runs that finished with a section listing the others (a diverged teacher's students not
+    run), and exits 1 with one line; invoked again it trains nothing and says the same."""
+    module = get_study(name)
+    grid = module.grid
+
+    def with_diverging_runs(*args, **kwargs):
+        runs = grid(*args, **kwargs)
+        assert set(diverging) <= {r.key for r in runs}
+        for run in runs:
+            if run.key in diverging:
+                run.config.setdefault("optim", {})["lr"] = 1e30
+        return runs
+
+    monkeypatch.setattr(module, "grid", with_diverging_runs)
+    args = ["study", name, "--scale", "smoke", "--seeds", "2", "--output-dir", str(tmp_path), "--data-root",
+            str(fmnist_root), "--jobs", "1"]
+    for invocation in range(2):
+        assert main(args) == 1
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mixdistill: ") and "did not finish" in lines[0], err
+        report = (tmp_path / f"{name}_smoke" / "report.md").read_text()
+        _report_checks(report)
+        section = report[report.index("## Runs that did not finish"):report.index("## Gates")]
+        for key in diverging:
+            assert f"| {key} | diverged | non-finite loss at step" in section
+    rows = ResultsFile(tmp_path / f"{name}_smoke" / "results.jsonl").read()
+    assert {k for k, r in rows.items() if r.get("status")} == set(diverging)
+    assert "runs already finished with this config" in out  # the second invocation trained nothing
+    if name == "das2020":
+        assert "| student/none/lenet5/r0 | not run | its teacher teacher/none/r0 did not finish |" in section
+        assert "4 of 36 runs did not finish (2 diverged, 2 not run)" in lines[0]
+        assert "2 replicates each (seeds 0, 1)" in report
+    else:
+        assert "compared on the 1 seed that finished under every view (seed 1 left out" in report
+        assert "| kd_cutmix | " in report and "paired t, 1 seed" in report
+
+
 def test_gates_withhold_verdicts(tmp_path):
     """A failed gate turns every finding resting on it into 'proxy invalid: <gate>, measured X'."""
     from mixdistill.studies.stats import Effect, Finding, Gate, findings_markdown, gates_markdown

@@ -379,7 +379,7 @@ def _add_study(sub):
 
 
 def cmd_study(args) -> int:
-    from mixdistill.errors import ConfigError, require_at_least
+    from mixdistill.errors import ConfigError, IncompleteStudyError, require_at_least
     from mixdistill.studies import run_study
 
     require_at_least("--threads", args.threads, 1)
@@ -411,9 +411,13 @@ def cmd_study(args) -> int:
         print(plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,
                          data_root=args.data_root, tflops=tflops), end="")
         return 0
-    path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
-                     executor=args.executor, address=args.address, data_root=args.data_root,
-                     gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs)
+    try:
+        path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
+                         executor=args.executor, address=args.address, data_root=args.data_root,
+                         gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs)
+    except IncompleteStudyError as err:  # the grid ran to its end; some runs diverged: the report says which
+        print(f"mixdistill: {err}", file=sys.stderr)
+        return 1
     print(path.read_text())
     return 0
 

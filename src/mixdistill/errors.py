@@ -44,6 +44,11 @@ class NonFiniteLossError(MixdistillError):
     pass
 
 
+class IncompleteStudyError(MixdistillError):
+    """A study's grid ended with runs that did not finish (diverged, or their teacher did); its report, when any run
+    finished, is written and lists them."""
+
+
 class WriteError(MixdistillError):
     """A file could not be written (full disk, read-only filesystem, permissions); nothing already there changed."""
 

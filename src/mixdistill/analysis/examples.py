@@ -102,8 +102,8 @@ def study_views(study_dir: str | Path) -> dict:
     pairs, students, teachers = set(), set(), {}
     for run_key, value in stddev.items():
         row = rows.get(run_key)
-        if row is None:
-            continue  # a run no longer in the study
+        if row is None or "summary" not in row:
+            continue  # a run no longer in the study, or one that ran again and did not finish
         labels, summary = row["labels"], row["summary"]
         name = labels["method"].removeprefix("view_").removeprefix("kd_")
         view = views.setdefault(name, {"t_stddev": [], "test_loss": [], "seeds": []})
@@ -113,7 +113,7 @@ def study_views(study_dir: str | Path) -> dict:
         pairs.add(labels.get("pair"))
         students.add((summary["student"], summary["train_images"], summary["epochs"]))
     for row in rows.values():
-        if row["labels"].get("role") == "teacher":
+        if row["labels"].get("role") == "teacher" and "summary" in row:  # a diverged run has none
             teachers[row["summary"]["student"]] = row["summary"]
     if not views:
         raise ValueError(f"{study_dir}: no run of tstddev.json is in results.jsonl")

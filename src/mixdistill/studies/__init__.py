@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from mixdistill.errors import UnknownNameError
+from mixdistill.errors import IncompleteStudyError, UnknownNameError
 from mixdistill.files import write_text
 
 STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
@@ -39,7 +39,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import run_grid
+    from mixdistill.studies.grid import finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
     seeds = parse_seeds(seeds)
@@ -62,7 +62,38 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     record_timing(study_dir, trained, time.perf_counter() - started,
                   f"{executor}, {threads or 'default'} thread(s) per run"
                   + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
-    text = study.report(rows, study_dir, scale, data_root)
-    path = write_text(study_dir / "report.md", text)
+    unfinished = {key: row for key, row in rows.items() if not finished(row)}
+    if len(unfinished) == len(rows):
+        raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}); no report written")
+    text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale, data_root)
+    path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     log(f"report written to {path}")
+    if unfinished:
+        raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} runs did not finish ({_why(unfinished)}); the "
+                                   f"report leaves them out and lists them: {path}")
     return path
+
+
+def _why(unfinished: dict) -> str:
+    """'2 diverged, 5 not run'."""
+    counts: dict[str, int] = {}
+    for row in unfinished.values():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def with_unfinished_runs(text: str, unfinished: dict, total: int) -> str:
+    """The report ``text`` with a section before its gates listing the runs that did not finish (each with why),
+    which its tables, tests and figures leave out."""
+    if not unfinished:
+        return text
+    lines = [f"## Runs that did not finish: {len(unfinished)} of {total}", "",
+             "Every table, test and figure below leaves them out: a paired comparison counts the seeds where both of "
+             "its arms finished (its test column says how many), a gate or finding with no run left has no verdict. "
+             "A diverged run (its loss or weights became NaN or infinite) diverges again with the same config and "
+             "seed, so the study does not retry it; `--rerun PATTERN` runs it again, and a changed config does.", "",
+             "| run | status | why |", "|---|---|---|"]
+    lines += [f"| {key} | {row['status']} | {row['error'].replace('|', '/')} |" for key, row in unfinished.items()]
+    section = "\n".join(lines) + "\n\n"
+    at = text.find("\n## ")
+    return text + "\n" + section if at < 0 else text[:at + 1] + section + text[at + 1:]

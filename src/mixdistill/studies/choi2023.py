@@ -20,7 +20,7 @@ from mixdistill.analysis.smoothness import logit_std, output_entropy
 from mixdistill.config import merge
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       replicates_text, scale_config, test_logits, timing_markdown)
+                                       replicates_text, scale_config, select, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, paired)
@@ -108,7 +108,7 @@ def _heatmap(effects: dict, teachers, students, path: Path) -> None:
 def _versus(acc, a: dict, b: dict) -> str:
     """``mean [CI]`` of ``a`` and its paired difference to ``b``."""
     e = paired(acc(**a), acc(**b))
-    return f"{fmt_mean_ci(list(acc(**a).values()))} | {e.estimate:+.2f} {e.interval()}"
+    return f"{fmt_mean_ci(list(acc(**a).values()))} | {e.text()}"
 
 
 def _extra_tables(spec, sc, acc, t0, s0) -> list[str]:
@@ -129,7 +129,7 @@ def _extra_tables(spec, sc, acc, t0, s0) -> list[str]:
             plain, mixed = cell[(c, "plain")], cell[(c, "mixup")]
             e = paired(acc(method=mixed, **fp), acc(method=plain, **fp))
             lines.append(f"| {c} | {fmt_mean_ci(list(acc(method=plain, **fp).values()))} | "
-                         f"{fmt_mean_ci(list(acc(method=mixed, **fp).values()))} | {e.estimate:+.2f} {e.interval()} |")
+                         f"{fmt_mean_ci(list(acc(method=mixed, **fp).values()))} | {e.text()} |")
     sweeps = [m for m in extra if m.startswith("mixstd_")]
     if sweeps:  # with the two settings every scale runs: p = 0.9 (PMU, as released) and alpha 1.0 (FMU)
         sweeps = ["mixstd_pmu_p090", "mixstd_vanilla", *sweeps]
@@ -173,7 +173,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                 if r["labels"]["role"] == "teacher" and r["labels"]["condition"] == condition
                 and r["labels"]["teacher"] == teacher}
 
-    replicates = sorted(acc(role="teacher", condition="vanilla", teacher=t0))
+    replicates = sorted({r["labels"]["seed"] for r in select(rows, role="teacher")})
     lines = [f"# choi2023 study ({scale} scale, {dataset})", "",
              f"Teachers {', '.join(teachers)} trained plainly (vanilla) and with choi2023's two-permutation mixup, "
              f"{replicates_text(replicates)}; students "
@@ -185,7 +185,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     # ---- gates
     kd_vs_ce = paired(acc(method="kd_vanilla", teacher=t0, student=s0), acc(method="ce", teacher=t0, student=s0))
     gate_kd = Gate("KD from a vanilla teacher beats CE", f"{t0} → {s0}: KD − CE > 0, paired p < 0.05",
-                   f"{kd_vs_ce.estimate:+.2f} {kd_vs_ce.interval()}, p = {fmt_p(kd_vs_ce.p)}",
+                   f"{kd_vs_ce.text()}, p = {fmt_p(kd_vs_ce.p)}",
                    holds(kd_vs_ce.estimate > 0 and kd_vs_ce.p < 0.05, kd_vs_ce))
     smoother = {t: (paired(teacher_stat("entropy", "mixup", t), teacher_stat("entropy", "vanilla", t)),
                     paired(teacher_stat("logit_std", "mixup", t), teacher_stat("logit_std", "vanilla", t)))
@@ -245,10 +245,10 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     for (t, s), e in pair_effects.items():
         lines.append(f"| {t} → {s} | {fmt_mean_ci(list(acc(method='mix_kd_T4', teacher=t, student=s).values()))} | "
                      f"{fmt_mean_ci(list(acc(method='mix_kd_T1', teacher=t, student=s).values()))} | "
-                     f"{e.estimate:+.2f} {e.interval()} | {fmt_p(e.p)} |")
+                     f"{e.text()} | {fmt_p(e.p)} |")
     lines.append(f"| mean over the {len(pair_effects)} pairs | "
                  f"{fmt_mean_ci(list(pair_mean['T4'].values()))} | {fmt_mean_ci(list(pair_mean['T1'].values()))} | "
-                 f"{pooled.estimate:+.2f} {pooled.interval()} | {fmt_p(pooled.p)} |")
+                 f"{pooled.text()} | {fmt_p(pooled.p)} |")
     _heatmap(pair_effects, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
     lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "", f"## First pair ({t0} → {s0})", "",
               "| student method | teacher | top-1 |", "|---|---|---|"]

@@ -32,7 +32,7 @@ from mixdistill.engine.run import (
     stored_config_difference,
 )
 from mixdistill.engine.trainer import train_or_reuse
-from mixdistill.errors import MixdistillError
+from mixdistill.errors import MixdistillError, NonFiniteLossError, one_line
 from mixdistill.files import hold_lock, remove_orphans, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
@@ -89,15 +89,26 @@ def resolve(run: GridRun, study_dir: Path):
     return build_config(tree)
 
 
+def finished(row: dict) -> bool:
+    """Did the run of ``row`` finish (it has a summary)? Not where it diverged or could not run (``status``)."""
+    return "status" not in row
+
+
 def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) -> dict:
-    """Train (or reuse / resume) one run; a crash is retried from its last checkpoint."""
+    """Train (or reuse / resume) one run; a crash is retried from its last checkpoint. A run whose loss or weights
+    became NaN/inf gets a row saying so (``status: diverged``; the same seed diverges again, so retrying cannot
+    help), and the grid goes on without it."""
     cfg = resolve(run, Path(study_dir))
+    row = {"key": run.key, "labels": run.labels, "stage": run.stage}
     for attempt in range(retries + 1):
         try:
             summary, reused = train_or_reuse(cfg, quiet=quiet)
             # reused: finished there already (its row was lost or damaged), read back, nothing trained
-            return {"key": run.key, "labels": run.labels, "stage": run.stage, "summary": summary,
-                    "attempts": attempt + 1, "config": cfg.to_dict(), **({"reused": True} if reused else {})}
+            return {**row, "summary": summary, "attempts": attempt + 1, "config": cfg.to_dict(),
+                    **({"reused": True} if reused else {})}
+        except NonFiniteLossError as err:
+            return {**row, "status": "diverged", "error": one_line(err), "attempts": attempt + 1,
+                    "config": cfg.to_dict()}
         except MixdistillError:
             raise  # bad input: retrying cannot help
         except Exception:
@@ -173,9 +184,12 @@ def _threads(run: GridRun) -> int:
 
 
 def _holds_row(row: dict, cfg) -> bool:
-    """Does ``cfg``'s run directory still hold the finished run ``row`` reports (its summary and its checkpoint)?
-    Not where a re-run set it aside and was interrupted, where it was removed, or where it ran again since."""
-    return read_summary(cfg.run_dir) == row.get("summary") and (cfg.run_dir / CHECKPOINT).exists()
+    """Does ``cfg``'s run directory still hold the run ``row`` reports (a finished run: its summary and its
+    checkpoint; a diverged one: its unfinished folder)? Not where a re-run set it aside and was interrupted, where
+    it was removed, or where it ran again since."""
+    if row.get("status") == "diverged":
+        return cfg.run_dir.is_dir() and read_summary(cfg.run_dir) is None
+    return finished(row) and read_summary(cfg.run_dir) == row.get("summary") and (cfg.run_dir / CHECKPOINT).exists()
 
 
 def _row_difference(row: dict, cfg) -> list[str]:
@@ -241,15 +255,17 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
-        needs = dependencies(todo, configs, run_dirs)
+        needs = dependencies(runs, configs, run_dirs)
+        failed = {key for key, row in done.items() if not finished(row)}  # diverged in an earlier invocation
         if executor == "local":
-            finished = _run_local(todo, needs, study_dir, retries, quiet, jobs, log)
+            new_rows = _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log)
         elif executor == "ray":
-            finished = _run_ray(todo, needs, study_dir, address, retries, quiet, log) if todo else []
+            new_rows = _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log) if todo else []
         else:
             raise MixdistillError(f"unknown executor '{executor}' (local, ray)")
-        for row in finished:
-            results.append(row)
+        for row in new_rows:
+            if row.get("status") != NOT_RUN:  # a run never started leaves no row: it runs once its teacher does
+                results.append(row)
             done[row["key"]] = row
         return {k: done[k] for k in keys}
 
@@ -315,7 +331,7 @@ def _teacher_run(cfg, run_dirs: dict[Path, str]) -> str | None:
 
 
 def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) -> dict[str, set[str]]:
-    """For each run, the runs of an earlier stage it waits for: the one whose directory holds its teacher's
+    """For each run, the runs of an earlier stage it needs: the one whose directory holds its teacher's
     checkpoint (``run_dirs``: ``_run_dirs(configs)``), when its method distils from a teacher (a CE baseline given
     the same teacher path, as the studies give every student of a pair, does not load it and does not wait)."""
     stage = {r.key: r.stage for r in runs}
@@ -328,38 +344,65 @@ def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) 
     return needs
 
 
-def _in_dependency_order(todo, needs, fits, submit, wait_one, log):
+NOT_RUN = "not run"  # the status of a run whose teacher did not finish (never persisted)
+
+
+def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=()):
     """Start runs in order (earlier stages first, then grid order) once the runs they need have finished and
     ``fits(run, running)`` says there is room beside the runs running; a run that waits for room is not overtaken
-    by later ones (one that waits for its teacher is). Yields each finished run's row. ``submit(run)`` returns a
-    handle, ``wait_one(handles)`` the handle of one finished run and its row (raising the run's error)."""
-    waiting, unfinished, running = list(todo), {r.key for r in todo}, {}
+    by later ones (one that waits for its teacher is). Yields each run's row as it ends. ``submit(run)`` returns a
+    handle, ``wait_one(handles)`` the handle of one finished run and its row (raising the run's error).
+    A run that needs one that did not finish (it diverged, or is in ``failed``) is not started: its row says why
+    (``status: not run``), and the runs that need it in turn follow."""
+    waiting, unfinished, running, failed = list(todo), {r.key for r in todo}, {}, set(failed)
     n = 0
     while waiting or running:
         for run in list(waiting):
+            if needs[run.key] & failed:
+                waiting.remove(run)
+                unfinished.discard(run.key)
+                failed.add(run.key)
+                n += 1
+                why = f"its teacher {', '.join(sorted(needs[run.key] & failed))} did not finish"
+                log(f"[stage {run.stage}] {n}/{len(todo)} not run {run.key}: {why}")
+                yield {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_RUN, "error": why}
+                continue
             if needs[run.key] & unfinished:
                 continue
             if running and not fits(run, list(running.values())):
                 break
             waiting.remove(run)
             running[submit(run)] = run
+        if not running:
+            continue
         handle, row = wait_one(list(running))
         run = running.pop(handle)
         unfinished.discard(run.key)
         n += 1
-        log(f"[stage {run.stage}] {n}/{len(todo)} finished {run.key}")
+        if finished(row):
+            log(f"[stage {run.stage}] {n}/{len(todo)} finished {run.key}")
+        else:
+            failed.add(run.key)
+            log(f"[stage {run.stage}] {n}/{len(todo)} {row['status']} {run.key}: {row['error']}")
         yield row
 
 
-def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
+def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
     """Runs side by side in worker processes: ``jobs`` at a time, or (``jobs`` None) as many as the cores hold at
     their thread counts. One after another in this process when only one fits at a time."""
     cores = available_cpus()
     workers = min(len(todo), jobs or max(1, cores // min((_threads(r) for r in todo), default=1)))
     if workers <= 1:
-        for i, run in enumerate(todo):
-            log(f"[stage {run.stage}] {i + 1}/{len(todo)} {run.key}")
-            yield execute(run, str(study_dir), retries, quiet)
+        rows, started = {}, []
+
+        def run_here(run):
+            started.append(run.key)
+            log(f"[stage {run.stage}] {len(started)}/{len(todo)} {run.key}")
+            rows[run.key] = execute(run, str(study_dir), retries, quiet)
+            return run.key
+
+        yield from _in_dependency_order(todo, needs, lambda run, running: not running, run_here,
+                                        lambda keys: (keys[0], rows.pop(keys[0])), log, failed)
         return
     import concurrent.futures
 
@@ -378,7 +421,7 @@ def _run_local(todo, needs, study_dir, retries, quiet, jobs, log):
     try:
         yield from _in_dependency_order(todo, needs, fits,
                                         lambda run: _submit(pool, execute, run, str(study_dir), retries, quiet),
-                                        wait_one, log)
+                                        wait_one, log, failed)
     except BaseException:  # Ctrl-C or a run's error: the runs still going stop now (each resumes from its checkpoint)
         _terminate_workers(pool)
         raise
@@ -422,7 +465,7 @@ def _submit(pool, *call):
             raise KeyboardInterrupt
 
 
-def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
+def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
     try:
         import ray
     except ImportError:
@@ -447,7 +490,7 @@ def _run_ray(todo, needs, study_dir, address, retries, quiet, log):
             raise
 
     try:  # every run whose teacher is done is submitted at once: Ray packs them by the CPUs they ask for
-        yield from _in_dependency_order(todo, needs, lambda run, running: True, submit, wait_one, log)
+        yield from _in_dependency_order(todo, needs, lambda run, running: True, submit, wait_one, log, failed)
     finally:
         if started_here:
             ray.shutdown()

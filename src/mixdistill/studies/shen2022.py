@@ -100,7 +100,7 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     for m in (m for m in ONLINE_BASELINES if m in methods):
         e = paired(peer(m), alone)
         premise[m] = Gate(f"{setting}: {m} beats a network alone", f"{m} mean peer − network alone > 0, paired "
-                          f"p < 0.05", f"{e.estimate:+.2f} {e.interval()}, p = {fmt_p(e.p)}",
+                          f"p < 0.05", f"{e.text()}, p = {fmt_p(e.p)}",
                           holds(e.estimate > 0 and e.p < 0.05, e))
     converged = convergence_gate(rows, study_dir, method="ce")
     paper_row = dict(zip(ref["columns"], ref["rows"].get(setting, []))) if scale == "full" else {}
@@ -123,7 +123,7 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     for m in methods:
         if m in ALONE:
             e = paired(peer(m), alone)
-            versus = "-" if m == "ce" else f"{e.estimate:+.2f} {e.interval()}"
+            versus = "-" if m == "ce" else f"{e.text()}"
             lines.append(f"| {m} ({ALONE[m]}) | {fmt_mean_ci(list(peer(m).values()))} | - | - | {versus} |"
                          + (" - |" if paper_row else ""))
             continue
@@ -131,12 +131,12 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
         lines.append(f"| {m} | {fmt_mean_ci(list(peer(m).values()))} | "
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_best_peer', method=m).values()))} | "
                      f"{fmt_mean_ci(list(by_seed(rows, 'last_acc_ensemble', method=m).values()))} | "
-                     f"{e.estimate:+.2f} {e.interval()} |" + (f" {paper_row.get(m, '-')} |" if paper_row else ""))
+                     f"{e.text()} |" + (f" {paper_row.get(m, '-')} |" if paper_row else ""))
     mixed = [m for m in ("online_cutmix", "cutnmix") if m in methods]
     if "ce_cutmix" in methods and mixed:
         lines += ["", "Against one network alone trained with CutMix, the augmentation without the online part "
                       "(descriptive, paired by seed): "
-                  + "; ".join(f"{m} {e.estimate:+.2f} {e.interval()}"
+                  + "; ".join(f"{m} {e.text()}"
                               for m, e in ((m, paired(peer(m), peer("ce_cutmix"))) for m in mixed)) + "."]
     if ablations and "cutnmix" in methods:
         lines += ["", "Ablations of the reconstruction (one choice changed each; descriptive, not among the findings):",
@@ -144,7 +144,7 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
         for m, what in ablations.items():
             e = paired(peer(m), peer("cutnmix"))
             lines.append(f"| {m} | {what} | {fmt_mean_ci(list(peer(m).values()))} | "
-                         f"{e.estimate:+.2f} {e.interval()} |")
+                         f"{e.text()} |")
     figure = f"shen2022_{setting}.png"
     plot_intervals({m: list(peer(m).values()) for m in methods}, study_dir / figure,
                    f"{setting}: mean peer accuracy (ce: the network alone)")

@@ -34,11 +34,18 @@ class Effect:
     test: str  # what was tested, with its n
     n: int  # the number of units the test counts (pairs, replicates, points)
     p_holm: float = math.nan  # set by holm()
+    margin: float = math.nan  # an equivalence test's margin (:func:`equivalence`)
 
     def interval(self, digits: int = 2) -> str:
         if math.isnan(self.low):
             return "n/a"
         return f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+    def text(self, digits: int = 2, unit: str = "") -> str:
+        """'+0.42 points [-0.10, +0.94]'; 'n/a' where there is no estimate (no seed ran both conditions)."""
+        if math.isnan(self.estimate):
+            return "n/a"
+        return f"{self.estimate:+.{digits}f}{unit} {self.interval(digits)}"
 
 
 def _nan_effect(estimate: float, test: str, n: int) -> Effect:
@@ -63,6 +70,27 @@ def paired(a: dict, b: dict) -> Effect:
     half = stats.t.ppf(1 - ALPHA / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
     p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
     return Effect(mean, mean - half, mean + half, p, test, len(diffs))
+
+
+def equivalence(a: dict, b: dict, margin: float) -> Effect:
+    """Is ``a - b`` within ±``margin``, over the seeds both have? Two one-sided paired t-tests (TOST, statsmodels'
+    ``ttost_paired``): p is the larger one-sided p, small where the difference is shown to lie inside the margin;
+    the interval is the 90% t-interval of the mean difference, which lies inside ±margin exactly when p < 0.05."""
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.weightstats import ttost_paired
+
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    test = f"paired TOST within ±{margin:.2f}, {counted(len(seeds), 'seed')}"
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        effect = _nan_effect(statistics.fmean(diffs) if diffs else math.nan, test, len(diffs))
+        effect.margin = margin
+        return effect
+    mean = statistics.fmean(diffs)
+    half = stats.t.ppf(1 - ALPHA, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    p = float(ttost_paired(np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds]), -margin, margin)[0])
+    return Effect(mean, mean - half, mean + half, p, test, len(diffs), margin=margin)
 
 
 def welch(a: list[float], b: list[float]) -> Effect:
@@ -209,6 +237,7 @@ class Finding:
     unit: str = "points"
     gates: list[Gate] = field(default_factory=list)
     no_effect_claim: bool = False  # the paper claims there is no effect (CE does not gain from longer training)
+    equivalence: Effect | None = None  # a claim of no effect: the TOST within its margin (:func:`equivalence`)
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -233,11 +262,17 @@ class Finding:
         if math.isnan(p):
             return "untested (" + ("fewer than 2 units" if e.n < 2 else "no spread between units") + ")"
         if self.no_effect_claim:
-            if p >= ALPHA:
+            if p < ALPHA:
+                if e.estimate * self.sign > 0:
+                    return "NOT reproduced (a significant effect where the paper claims none)"
+                return "not contradicted (a significant effect, the other way)"
+            q = self.equivalence
+            if q is None or math.isnan(q.p):
                 return "not contradicted (no significant effect; that does not show there is none)"
-            if e.estimate * self.sign > 0:
-                return "NOT reproduced (a significant effect where the paper claims none)"
-            return "not contradicted (a significant effect, the other way)"
+            if q.p < ALPHA:
+                return f"reproduced (no significant effect, and within ±{q.margin:.2f}: TOST p {fmt_p(q.p)})"
+            return (f"not contradicted, not shown (no significant effect, but not shown within ±{q.margin:.2f}: "
+                    f"TOST p {fmt_p(q.p)})")
         if e.estimate * self.sign > 0:
             return "reproduced" if p < ALPHA else "same direction, not significant"
         return ("NOT reproduced: significant opposite effect" if p < ALPHA
@@ -250,7 +285,7 @@ class Finding:
         if self.failed_gates:
             return "none"
         verdict = self.verdict
-        if verdict == "reproduced":
+        if verdict.startswith("reproduced"):
             return "reproduced"
         return "contrary" if verdict.startswith("NOT reproduced") else "inconclusive"
 
@@ -292,16 +327,25 @@ def findings_markdown(findings: list[Finding]) -> list[str]:
              f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across the {claims} "
              f"findings of this study that claim an effect; verdict at α = {ALPHA} on the Holm-adjusted p"
              + (f". The {none} claim(s) of no effect are judged on their own p (no Holm: adjusting would make a "
-                "claim of no effect easier to keep)" if none else "") + ". \"Not reproduced\" without capitals: "
+                "claim of no effect easier to keep); one is reproduced only where, besides, two one-sided tests "
+                "(TOST) show the difference within the margin the test column states, i.e. its 90% CI lies inside "
+                "it" if none else "") + ". \"Not reproduced\" without capitals: "
              "the estimate points the other way but is not significant; \"NOT reproduced\": significantly so.", "",
              "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |",
              "|---|---|---|---|---|---|---|"]
     for f in findings:
         digits = 3 if f.unit in ("ECE", "r") else 2
         unit = "" if f.unit == "r" else f" {f.unit}"
-        lines.append(f"| {f.claim} | {f.paper} | {f.effect.estimate:+.{digits}f}{unit} {f.effect.interval(digits)} | "
-                     f"{f.effect.test} | {fmt_p(f.effect.p)} | {fmt_p(f.effect.p_holm)} | {f.verdict} |")
+        lines.append(f"| {f.claim} | {f.paper} | {f.effect.text(digits, unit)} | "
+                     f"{f.effect.test}{_equivalence_text(f)} | {fmt_p(f.effect.p)} | {fmt_p(f.effect.p_holm)} | "
+                     f"{f.verdict} |")
     return lines + [""]
+
+
+def _equivalence_text(f: Finding) -> str:
+    """The test column's addition for a claim of no effect: '; paired TOST within ±0.76, 5 seeds: 90% CI [..]'."""
+    q = f.equivalence
+    return "" if q is None else f"; {q.test}: 90% CI {q.interval()}"
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
