@@ -280,6 +280,21 @@ def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
     assert "mean ± std" in out and _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50 86.50", "86.00 ± 0.71"]
 
 
+@pytest.mark.slow
+def test_demo_whose_teacher_diverges_is_one_line_naming_it(fmnist_root, capsys, monkeypatch, tmp_path):
+    import mixdistill.demo as demo
+
+    spec = demo.demo_config()
+    monkeypatch.setattr(demo, "demo_config", lambda: {**spec, "teacher": {**spec["teacher"], "optim": {
+        **spec["teacher"].get("optim", {}), "lr": 1e30}}})
+    args = ["demo", "--quick", "--seeds", "1", "--output-dir", str(tmp_path), "--data-root", str(fmnist_root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixdistill: error: 2 of 3 demo runs did not finish: teacher "
+                                               "(diverged: non-finite loss at step"), err
+    assert err[0].endswith("; kd/seed0 (not run: its teacher's run teacher did not finish)")  # CE needs no teacher
+
+
 @pytest.mark.checkout
 def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=cli", "optim.epochs=1",

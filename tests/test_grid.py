@@ -534,7 +534,7 @@ def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist
     assert rows["teacher"]["status"] == "diverged" and "non-finite" in rows["teacher"]["error"]
     assert "summary" not in rows["teacher"]
     assert [rows[k]["status"] for k in ("kd/seed0", "kd/seed1")] == ["not run", "not run"]
-    assert "its teacher teacher did not finish" in rows["kd/seed0"]["error"]
+    assert "its teacher's run teacher did not finish" in rows["kd/seed0"]["error"]
     assert rows["ce/seed0"]["summary"]["last_acc"] is not None
     assert not (study / "runs" / "kd__seed0").exists(), "a student of a diverged teacher must not start"
     assert any("diverged teacher: non-finite" in line for line in logged)

@@ -200,7 +200,7 @@ def test_a_study_with_diverging_runs_reports_the_rest_and_lists_them(name, diver
     assert {k for k, r in rows.items() if r.get("status")} == set(diverging)
     assert "runs already finished with this config" in out  # the second invocation trained nothing
     if name == "das2020":
-        assert "| student/none/lenet5/r0 | not run | its teacher teacher/none/r0 did not finish |" in section
+        assert "| student/none/lenet5/r0 | not run | its teacher's run teacher/none/r0 did not finish |" in section
         assert "4 of 36 runs did not finish (2 diverged, 2 not run)" in lines[0]
         assert "2 replicates each (seeds 0, 1)" in report
     else:

@@ -363,7 +363,7 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=()):
                 unfinished.discard(run.key)
                 failed.add(run.key)
                 n += 1
-                why = f"its teacher {', '.join(sorted(needs[run.key] & failed))} did not finish"
+                why = f"its teacher's run {', '.join(sorted(needs[run.key] & failed))} did not finish"
                 log(f"[stage {run.stage}] {n}/{len(todo)} not run {run.key}: {why}")
                 yield {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_RUN, "error": why}
                 continue
