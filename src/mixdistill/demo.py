@@ -58,7 +58,8 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
     log(None)
     unfinished = [f"{key} ({row['status']}: {row['error']})" for key, row in rows.items() if not finished(row)]
     if unfinished:  # the demo compares every seed of both methods: nothing to show without them
-        raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} demo runs did not finish: {'; '.join(unfinished)}")
+        raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} demo runs did not finish: "
+                                   f"{'; '.join(unfinished)}")
     teacher = rows["teacher"]["summary"]
     results: dict[str, list[float]] = {}
     student_images = None
