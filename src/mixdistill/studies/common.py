@@ -136,7 +136,9 @@ def plot_intervals(groups: dict[str, list[float]], path: str | Path, title: str,
     ax = fig.add_subplot(1, 1, 1)
     for i, name in enumerate(names):
         values = np.asarray([v for v in groups[name] if v is not None], dtype=float)
-        if len(values) == 0:
+        if len(values) == 0:  # every run of it diverged (the report lists them): say so where its point would be
+            ax.annotate("no run\nfinished", (i, 0.5), xycoords=("data", "axes fraction"), ha="center", va="center",
+                        fontsize=7, color="0.4")
             continue
         ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=9, color="0.6",
                    zorder=2)
