@@ -544,6 +544,30 @@ def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist
     rows = run_grid(diverging, study, jobs=jobs, threads=1, log=logged.append)
     assert any("2 of 4 runs already finished" in line for line in logged), logged
     assert rows["teacher"]["status"] == "diverged" and rows["kd/seed1"]["status"] == "not run"
+    mark = json.loads((study / "runs" / "teacher" / "diverged.json").read_text())
+    assert "non-finite loss at step 1" in mark["error"]
+    from mixdistill.results import collect, run_rows
+
+    columns, listed = run_rows(collect([study / "runs"]))
+    status = {Path(row[0]).name: row[columns.index("status")] for row in listed}
+    assert status == {"teacher": "diverged after epoch 0/1", "ce__seed0": "done"}  # `mixdistill results` says so
+
+    if jobs == 1:  # a re-run of the diverged teacher killed once its new folder exists: that folder is no diverged run
+        original = grid_module.execute
+
+        def killed_once_started(run, *args, **kwargs):
+            grid_module.resolve(run, study).run_dir.mkdir(parents=True)
+            raise Killed
+
+        grid_module.execute = killed_once_started
+        try:
+            with pytest.raises(Killed):
+                run_grid(diverging, study, rerun=["teacher"], jobs=1, threads=1, log=lambda *_: None)
+        finally:
+            grid_module.execute = original
+        logged.clear()
+        rows = run_grid(diverging, study, jobs=1, threads=1, log=logged.append)
+        assert "[stage 0] 1/3 teacher" in logged and rows["teacher"]["status"] == "diverged", "\n".join(logged)
 
     # the teacher's lr fixed: it and its students train
     rows = run_grid(runs, study, jobs=jobs, threads=1, log=lambda *_: None)

@@ -116,13 +116,22 @@ def test_equivalence_is_two_one_sided_paired_t_tests_and_its_90_percent_interval
     assert no_gain.p > 0.05
     shown = Finding("CE does not gain", no_gain, +1, "no gain", no_effect_claim=True,
                     equivalence=equivalence(a, b, 0.5))
-    assert shown.verdict.startswith("reproduced (no significant effect, and within ±0.50: TOST p")
+    assert shown.verdict.startswith("reproduced (no significant effect, within ±0.50: TOST p")
     assert shown.outcome == "reproduced"
     wide = Finding("CE does not gain", no_gain, +1, "no gain", no_effect_claim=True,
                    equivalence=equivalence(a, b, 0.2))
     assert wide.verdict.startswith("not contradicted, not shown (no significant effect, but not shown within ±0.20")
     assert wide.outcome == "inconclusive"
     assert "paired TOST within ±0.20, 5 seeds: 90% CI [" in "\n".join(findings_markdown([wide]))
+    # a significant gain smaller than the margin is the "no gain" the paper means; one that may exceed it is not
+    small = {s: v + d for (s, v), d in zip(b.items(), (0.10, 0.12, 0.09, 0.11, 0.10))}
+    assert paired(small, b).p < 0.05
+    assert Finding("x", paired(small, b), +1, "no gain", no_effect_claim=True,
+                   equivalence=equivalence(small, b, 0.5)).verdict.startswith(
+        "reproduced (a significant but smaller effect, within ±0.50")
+    assert Finding("x", paired(small, b), +1, "no gain", no_effect_claim=True,
+                   equivalence=equivalence(small, b, 0.1)).verdict == (
+        "NOT reproduced (a significant effect where the paper claims none)")
 
 
 def test_identical_differences_on_every_seed_are_untestable_not_p_zero():
@@ -279,4 +288,4 @@ def test_a_gate_resting_on_an_untestable_effect_is_untested_not_failed():
     assert Finding("x", finding.effect, +1, "paper", gates=[gate, failed]).verdict == \
         "no verdict: proxy invalid (converged)"
     text = "\n".join(gates_markdown([gate]))
-    assert "| untested (fewer than 2 seeds, or no spread) |" in text and "Proxy invalid" not in text
+    assert "| untested (fewer than 2 seeds, no spread, or no run finished) |" in text and "Proxy invalid" not in text

@@ -203,6 +203,9 @@ def test_a_study_with_diverging_runs_reports_the_rest_and_lists_them(name, diver
         assert "| student/none/lenet5/r0 | not run | its teacher's run teacher/none/r0 did not finish |" in section
         assert "4 of 36 runs did not finish (2 diverged, 2 not run)" in lines[0]
         assert "2 replicates each (seeds 0, 1)" in report
+        # the unaugmented teachers' reliability diagram: from replicate 1, the first that finished
+        assert "![teacher none](das2020_reliability_teacher_none.png)" in report
+        assert (tmp_path / "das2020_smoke" / "das2020_reliability_teacher_none.png").stat().st_size > 5000
     else:
         assert "compared on the 1 seed that finished under every view (seed 1 left out" in report
         assert "| kd_cutmix | " in report and "paired t, 1 seed" in report

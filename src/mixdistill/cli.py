@@ -338,10 +338,14 @@ def _add_demo(sub):
 
 def cmd_demo(args) -> int:
     from mixdistill.demo import run_demo
-    from mixdistill.errors import require_at_least
+    from mixdistill.errors import IncompleteStudyError, require_at_least
 
     require_at_least("--seeds", args.seeds, 1)
-    return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
+    try:
+        return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
+    except IncompleteStudyError as err:  # a run diverged: as a study, one line and exit 1
+        print(f"mixdistill: {err}", file=sys.stderr)
+        return 1
 
 
 def _add_study(sub):

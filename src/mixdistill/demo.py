@@ -10,10 +10,9 @@ import statistics
 from pathlib import Path
 
 from mixdistill.config import merge
-from mixdistill.errors import IncompleteStudyError
 from mixdistill.resources import demo_config
 from mixdistill.studies.common import mean_std
-from mixdistill.studies.grid import GridRun, finished, run_dir, run_grid
+from mixdistill.studies.grid import GridRun, require_finished, run_dir, run_grid
 from mixdistill.tables import print_table
 
 
@@ -56,10 +55,7 @@ def run_demo(output_dir: str = "runs/demo", seeds: int = 3, data_root: str | Non
 
     rows = run_grid(runs, output_dir, quiet=False, log=log)
     log(None)
-    unfinished = [f"{key} ({row['status']}: {row['error']})" for key, row in rows.items() if not finished(row)]
-    if unfinished:  # the demo compares every seed of both methods: nothing to show without them
-        raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} demo runs did not finish: "
-                                   f"{'; '.join(unfinished)}")
+    rows = require_finished(rows, "demo runs")  # the demo compares every seed of both methods
     teacher = rows["teacher"]["summary"]
     results: dict[str, list[float]] = {}
     student_images = None

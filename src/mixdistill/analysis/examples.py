@@ -41,12 +41,12 @@ def demo_runs(work_dir: str | Path, data_root: str | None = None, quick: bool = 
               threads: int | None = None) -> dict[str, dict]:
     """Train (or reuse) the demo's teacher and its seed-0 KD student in ``work_dir``; their grid rows by role."""
     from mixdistill.demo import demo_grid
-    from mixdistill.studies.grid import run_dir, run_grid
+    from mixdistill.studies.grid import require_finished, run_dir, run_grid
 
     runs = demo_grid(str(work_dir), 1, data_root, quick)
     teacher = runs[0]
     student = next(r for r in runs if r.labels.get("method") == "kd" and r.labels.get("seed") == 0)
-    rows = run_grid([teacher, student], work_dir, quiet=True, threads=threads, log=print)
+    rows = require_finished(run_grid([teacher, student], work_dir, quiet=True, threads=threads, log=print))
     out = {}
     for role, run in (("teacher", teacher), ("kd_student", student)):
         row = rows[run.key]

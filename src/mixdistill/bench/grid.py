@@ -49,7 +49,7 @@ from mixdistill.engine.runtime import resolve_runtime
 from mixdistill.files import save_torch
 from mixdistill.machine import available_cpus
 from mixdistill.models import create_model
-from mixdistill.studies.grid import GridRun, run_grid
+from mixdistill.studies.grid import GridRun, require_finished, run_grid
 
 TEACHER, STUDENT = "cnn5_w16", "cnn5_w8"
 TRAIN_IMAGES, BATCH_SIZE = 3000, 128
@@ -78,8 +78,8 @@ def _time_grid(variant: str, data_root: Path, ckpt: Path, n: int, epochs: int, f
     threads = None if variant == "one_at_a_time" else 1
     jobs = None if variant == "grid" else 1
     started = time.perf_counter()
-    rows = run_grid(_runs(data_root, ckpt, n, epochs, variant, precision), folder, threads=threads, jobs=jobs,
-                    log=lambda *_: None)
+    rows = require_finished(run_grid(_runs(data_root, ckpt, n, epochs, variant, precision), folder, threads=threads,
+                                     jobs=jobs, log=lambda *_: None))
     elapsed = time.perf_counter() - started
     assert len(rows) == n and all(r["summary"]["last_acc"] is not None for r in rows.values())
     if rows_out is not None:
@@ -120,7 +120,8 @@ def time_kd_run_both_ways(ways: dict[str, Callable[[], None]], rounds: int, epoc
                 runs = _runs(data_root, ckpt, 1, epochs, "grid", precision)
                 runs[0].config["train"]["compile"] = False
                 started = time.perf_counter()
-                row = run_grid(runs, tmp / f"r{r}_{way}", threads=threads, jobs=1, log=lambda *_: None)[runs[0].key]
+                row = require_finished(run_grid(runs, tmp / f"r{r}_{way}", threads=threads, jobs=1,
+                                                log=lambda *_: None))[runs[0].key]
                 seconds[way].append(time.perf_counter() - started)
                 ends.setdefault(way, (row["summary"]["last_acc"], row["summary"]["last_test_loss"]))
     if ends[ref] != ends[new]:

@@ -35,6 +35,7 @@ from mixdistill.schema import load_yaml
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
 BEST = "best.pt"  # the best evaluated epoch by train.best_metric (not resumable)
+DIVERGED = "diverged.json"  # written where a run stopped on a NaN/inf loss or weights; removed when it starts again
 # config keys that may differ between a run and its resumption (they do not change the result; ``name`` and
 # ``output_dir``: the run's folder renamed or moved)
 RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.tensorboard", "train.loggers", "data.root",

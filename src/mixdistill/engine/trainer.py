@@ -333,11 +333,16 @@ class Trainer:
         epochs = cfg.optim.total_epochs
         try:
             return self._fit(cfg, main, epochs)
+        except NonFiniteLossError as err:
+            if main:  # what a grid reads to tell this run's folder from one that was merely interrupted
+                write_json(self.run_dir / run.DIVERGED, {"error": str(err), "steps_run": self.step_count})
+            raise
         finally:
             self.close()
 
     def _fit(self, cfg: RunConfig, main: bool, epochs: int) -> dict:
         if main:
+            (self.run_dir / run.DIVERGED).unlink(missing_ok=True)  # resumed, or running again: not diverged yet
             write_yaml(self.run_dir / run.CONFIG, cfg.to_dict())
         logger = RunLogger(self.run_dir, history=self.history, tensorboard=cfg.train.tensorboard,
                            quiet=self.quiet or not main, write=main, loggers=cfg.train.loggers,

@@ -87,11 +87,14 @@ def convergence_gate(rows: dict, study_dir: Path, max_acc: float = 1.0, max_loss
     """Gate: the matching runs had at least ``min_steps`` SGD steps, and over the last quarter of their
     schedule their train accuracy moved less than ``max_acc`` points and their test loss less than
     ``max_loss`` (relative), median over runs."""
-    moves = [plateau(run_dir(study_dir, r["key"]), window) for r in select(rows, **labels)]
+    matching = select(rows, **labels)
+    moves = [plateau(run_dir(study_dir, r["key"]), window) for r in matching]
     moves = [m for m in moves if m is not None]
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every run"
     condition = (f"{what}: at least {min_steps} SGD steps; over the last quarter train accuracy (mean of {window} "
                  f"epochs) moves < {max_acc} point and test loss < {100 * max_loss:.0f}% (median over runs)")
+    if not matching:  # every such run diverged or was not run: nothing measured, so untested, not failed
+        return Gate(f"converged ({what})", condition, "no run finished", None)
     if not moves:
         return Gate(f"converged ({what})", condition, "no evaluation in the last quarter", False)
     acc = statistics.median(abs(m["train_acc_change"]) for m in moves)

@@ -26,13 +26,14 @@ from mixdistill.data.datasets import DATASETS, check_root_exists
 from mixdistill.engine import teacher_views
 from mixdistill.engine.run import (
     CHECKPOINT,
+    DIVERGED,
     read_summary,
     saved_config_difference,
     set_aside,
     stored_config_difference,
 )
 from mixdistill.engine.trainer import train_or_reuse
-from mixdistill.errors import MixdistillError, NonFiniteLossError, one_line
+from mixdistill.errors import IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
 from mixdistill.files import hold_lock, remove_orphans, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
@@ -92,6 +93,15 @@ def resolve(run: GridRun, study_dir: Path):
 def finished(row: dict) -> bool:
     """Did the run of ``row`` finish (it has a summary)? Not where it diverged or could not run (``status``)."""
     return "status" not in row
+
+
+def require_finished(rows: dict[str, dict], what: str = "runs") -> dict[str, dict]:
+    """``rows`` if every run finished; else one line naming each that did not and why (for callers that need
+    them all: the demo, the benchmark's grid)."""
+    unfinished = [f"{key} ({row['status']}: {row['error']})" for key, row in rows.items() if not finished(row)]
+    if unfinished:
+        raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} {what} did not finish: {'; '.join(unfinished)}")
+    return rows
 
 
 def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) -> dict:
@@ -185,10 +195,10 @@ def _threads(run: GridRun) -> int:
 
 def _holds_row(row: dict, cfg) -> bool:
     """Does ``cfg``'s run directory still hold the run ``row`` reports (a finished run: its summary and its
-    checkpoint; a diverged one: its unfinished folder)? Not where a re-run set it aside and was interrupted, where
-    it was removed, or where it ran again since."""
+    checkpoint; a diverged one: the mark the trainer left when it stopped)? Not where a re-run set it aside and was
+    interrupted, where it was removed, or where it ran again since."""
     if row.get("status") == "diverged":
-        return cfg.run_dir.is_dir() and read_summary(cfg.run_dir) is None
+        return (cfg.run_dir / DIVERGED).exists() and read_summary(cfg.run_dir) is None
     return finished(row) and read_summary(cfg.run_dir) == row.get("summary") and (cfg.run_dir / CHECKPOINT).exists()
 
 
@@ -238,7 +248,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             cfg = configs[run.key]
             if run.key not in done:
                 continue
-            teacher = _teacher_run(cfg, run_dirs)
+            teacher = _teacher_used(cfg, run_dirs)
             if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
                 again[run.key] = "re-running as asked"
             elif diff := _row_difference(done[run.key], cfg):
@@ -330,16 +340,20 @@ def _teacher_run(cfg, run_dirs: dict[Path, str]) -> str | None:
     return run_dirs.get(Path(os.path.abspath(ckpt)).parent) if ckpt else None
 
 
+def _teacher_used(cfg, run_dirs: dict[Path, str]) -> str | None:
+    """The key of the grid run ``cfg`` distils from: its teacher's run where its method loads a teacher (a CE
+    baseline given the same teacher path, as the studies give every student of a pair, does not load it)."""
+    return _teacher_run(cfg, run_dirs) if getattr(METHODS.get_or_raise(cfg.method.name), "needs_teacher",
+                                                  False) else None
+
+
 def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) -> dict[str, set[str]]:
-    """For each run, the runs of an earlier stage it needs: the one whose directory holds its teacher's
-    checkpoint (``run_dirs``: ``_run_dirs(configs)``), when its method distils from a teacher (a CE baseline given
-    the same teacher path, as the studies give every student of a pair, does not load it and does not wait)."""
+    """For each run, the runs of an earlier stage it needs: the one it distils from (:func:`_teacher_used`;
+    ``run_dirs``: ``_run_dirs(configs)``)."""
     stage = {r.key: r.stage for r in runs}
     needs = {}
     for run in runs:
-        cfg = configs[run.key]
-        teacher = _teacher_run(cfg, run_dirs) if getattr(METHODS.get_or_raise(cfg.method.name), "needs_teacher",
-                                                         False) else None
+        teacher = _teacher_used(configs[run.key], run_dirs)
         needs[run.key] = {teacher} if teacher in stage and stage[teacher] < run.stage else set()
     return needs
 
@@ -347,13 +361,14 @@ def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) 
 NOT_RUN = "not run"  # the status of a run whose teacher did not finish (never persisted)
 
 
-def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=()):
+def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), log_starts=False):
     """Start runs in order (earlier stages first, then grid order) once the runs they need have finished and
     ``fits(run, running)`` says there is room beside the runs running; a run that waits for room is not overtaken
     by later ones (one that waits for its teacher is). Yields each run's row as it ends. ``submit(run)`` returns a
     handle, ``wait_one(handles)`` the handle of one finished run and its row (raising the run's error).
     A run that needs one that did not finish (it diverged, or is in ``failed``) is not started: its row says why
-    (``status: not run``), and the runs that need it in turn follow."""
+    (``status: not run``), and the runs that need it in turn follow. ``log_starts``: a line as each run starts
+    too (one run at a time: its number is the one it ends with)."""
     waiting, unfinished, running, failed = list(todo), {r.key for r in todo}, {}, set(failed)
     n = 0
     while waiting or running:
@@ -372,6 +387,8 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=()):
             if running and not fits(run, list(running.values())):
                 break
             waiting.remove(run)
+            if log_starts:
+                log(f"[stage {run.stage}] {n + len(running) + 1}/{len(todo)} {run.key}")
             running[submit(run)] = run
         if not running:
             continue
@@ -393,16 +410,14 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
     cores = available_cpus()
     workers = min(len(todo), jobs or max(1, cores // min((_threads(r) for r in todo), default=1)))
     if workers <= 1:
-        rows, started = {}, []
+        rows = {}
 
         def run_here(run):
-            started.append(run.key)
-            log(f"[stage {run.stage}] {len(started)}/{len(todo)} {run.key}")
             rows[run.key] = execute(run, str(study_dir), retries, quiet)
             return run.key
 
         yield from _in_dependency_order(todo, needs, lambda run, running: not running, run_here,
-                                        lambda keys: (keys[0], rows.pop(keys[0])), log, failed)
+                                        lambda keys: (keys[0], rows.pop(keys[0])), log, failed, log_starts=True)
         return
     import concurrent.futures
 

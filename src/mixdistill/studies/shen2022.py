@@ -93,6 +93,8 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     def peer(method) -> dict[int, float]:  # seed -> mean peer accuracy (ce, ce_cutmix: the network alone)
         return by_seed(rows, "last_acc" if method in ALONE else "last_acc_mean_peer", method=method)
 
+    if not rows:  # every run of this setting diverged or was not run (the report's first section lists them)
+        return [], [], [f"## {setting}", "", "No run of this setting finished.", ""]
     first = next(iter(rows.values()))["summary"]
     alone = peer("ce")
     # the premise of "Cut^nMix beats X" is that X, an online-KD method, works here: it beats a network alone

@@ -262,15 +262,16 @@ class Finding:
         if math.isnan(p):
             return "untested (" + ("fewer than 2 units" if e.n < 2 else "no spread between units") + ")"
         if self.no_effect_claim:
+            q = self.equivalence
+            if q is not None and q.p < ALPHA:  # shown within the margin: an effect too small to be the one claimed
+                small = "a significant but smaller effect" if p < ALPHA else "no significant effect"
+                return f"reproduced ({small}, within ±{q.margin:.2f}: TOST p {fmt_p(q.p)})"
             if p < ALPHA:
                 if e.estimate * self.sign > 0:
                     return "NOT reproduced (a significant effect where the paper claims none)"
                 return "not contradicted (a significant effect, the other way)"
-            q = self.equivalence
             if q is None or math.isnan(q.p):
                 return "not contradicted (no significant effect; that does not show there is none)"
-            if q.p < ALPHA:
-                return f"reproduced (no significant effect, and within ±{q.margin:.2f}: TOST p {fmt_p(q.p)})"
             return (f"not contradicted, not shown (no significant effect, but not shown within ±{q.margin:.2f}: "
                     f"TOST p {fmt_p(q.p)})")
         if e.estimate * self.sign > 0:
@@ -309,7 +310,7 @@ def gates_markdown(gates: list[Gate]) -> list[str]:
     lines = ["## Gates: the papers' preconditions at this scale", "",
              "A finding gets a verdict only where every gate it rests on holds.", "",
              "| gate | must hold | measured | holds |", "|---|---|---|---|"]
-    shown = {True: "yes", False: "**no**", None: "untested (fewer than 2 seeds, or no spread)"}
+    shown = {True: "yes", False: "**no**", None: "untested (fewer than 2 seeds, no spread, or no run finished)"}
     lines += [f"| {g.name} | {g.condition} | {g.measured} | {shown[g.passed]} |" for g in gates]
     failed = [g for g in gates if g.passed is False]
     if failed:

@@ -23,7 +23,7 @@ from mixdistill.config import merge
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.build import build_distiller
 from mixdistill.engine.run import open_run
-from mixdistill.errors import ConfigError
+from mixdistill.errors import ConfigError, IncompleteStudyError
 from mixdistill.files import read_cache, write_json
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
@@ -185,7 +185,10 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     sc = scale_config(spec, scale)
     ref = reference(NAME)
     pairs = [_pair_key(p) for p in sc["pairs"]]
-    first = next(r for r in rows.values() if r["labels"]["role"] == "student")["summary"]
+    first = next((r for r in rows.values() if r["labels"]["role"] == "student"), None)
+    if first is None:  # no student finished: nothing this report compares
+        raise IncompleteStudyError("no student run of wang2022 finished; no report written")
+    first = first["summary"]
     dataset = first["dataset"]
     paper_ds = ref["dataset"].upper().replace("CIFAR", "CIFAR-")
 
@@ -244,7 +247,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         findings.append(Finding(f"{pair}: KD+CutMixPick gains from longer training",
                                 paired(acc(pair, "kd_cutmixpick_long"), acc(pair, "kd_cutmixpick")), +1,
                                 paper_gain(pair, "kd_cutmixpick_long", "kd_cutmixpick"), gates=g))
-        if acc(pair, "crd_cutmixpick") and acc(pair, "crd_kd"):
+        if {"crd_cutmixpick", "crd_kd"} <= set(methods(spec, sc)):
             findings.append(Finding(f"{pair}: CRD+CutMixPick beats CRD+KD",
                                     paired(acc(pair, "crd_cutmixpick"), acc(pair, "crd_kd")), +1,
                                     paper_gain(pair, "crd_cutmixpick", "crd_kd"), gates=g))
