@@ -134,6 +134,31 @@ def test_equivalence_is_two_one_sided_paired_t_tests_and_its_90_percent_interval
         "NOT reproduced (a significant effect where the paper claims none)")
 
 
+def test_claims_over_units_by_hand():
+    """over_units: one-sample t of the units' estimates; mean_correlation: t over Fisher z, back-transformed;
+    all_hold: fails where one fails, untested where none fails and one is untested."""
+    from scipy import stats as sps
+
+    from mixdistill.studies.stats import all_hold, mean_correlation, over_units
+
+    effects = {p: Effect(d, math.nan, math.nan, math.nan, "t", 2) for p, d in (("a", 0.5), ("b", 1.0), ("c", 0.3))}
+    effects["d"] = Effect(math.nan, math.nan, math.nan, math.nan, "t", 0)  # no seed ran both: left out
+    pooled = over_units(effects)
+    t = sps.ttest_1samp([0.5, 1.0, 0.3], 0.0)
+    assert pooled.estimate == pytest.approx(0.6) and pooled.p == pytest.approx(t.pvalue) and pooled.n == 3
+    half = sps.t.ppf(0.975, 2) * sps.tstd([0.5, 1.0, 0.3]) / 3 ** 0.5
+    assert (pooled.low, pooled.high) == pytest.approx((0.6 - half, 0.6 + half))
+    rs = {p: Effect(r, math.nan, math.nan, math.nan, "Pearson", 9) for p, r in (("a", 0.9), ("b", 0.5), ("c", 0.7))}
+    z = [math.atanh(r) for r in (0.9, 0.5, 0.7)]
+    mean = mean_correlation(rs)
+    assert mean.estimate == pytest.approx(math.tanh(sum(z) / 3))
+    assert mean.p == pytest.approx(sps.ttest_1samp(z, 0.0).pvalue) and mean.low < mean.estimate < mean.high
+    ok, bad, unknown = Gate("x", "", "", True), Gate("y", "", "", False), Gate("z", "", "", None)
+    assert all_hold("all", [ok, ok]).passed is True and all_hold("all", [ok, unknown]).passed is None
+    both = all_hold("all", [ok, bad, unknown])
+    assert both.passed is False and both.measured == "1 of 3 hold; fails: y; untested: z"
+
+
 def test_identical_differences_on_every_seed_are_untestable_not_p_zero():
     e = paired({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})
     assert e.estimate == 0.5 and math.isnan(e.p) and e.interval() == "n/a" and "no spread" in e.test

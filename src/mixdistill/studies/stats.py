@@ -197,6 +197,52 @@ def ordered_trend(expected: list[float], blocks: list[list[float]], what: str = 
     return Effect(rho, math.nan, math.nan, min(1.0, 2 * float(min(up, down))), test, len(usable))
 
 
+def over_units(effects: dict[str, Effect], unit: str = "pair") -> Effect:
+    """One effect from several units' own (each a pair of architectures, with its own paired effect over seeds):
+    the mean of their estimates, one-sample t over the units (a unit without an estimate is left out). The
+    claim "X beats Y" across architectures is then tested with the architectures as the sample, as a paper's
+    table of pairs reads; each unit's effect stays in the report as descriptive."""
+    estimates = {k: e.estimate for k, e in effects.items() if not math.isnan(e.estimate)}
+    effect = paired(estimates, {k: 0.0 for k in estimates})
+    effect.test = f"one-sample t over {counted(len(estimates), unit)} (each {unit}'s mean paired difference)"
+    return effect
+
+
+def equivalence_over_units(effects: dict[str, Effect], margin: float, unit: str = "pair") -> Effect:
+    """:func:`equivalence` of the units' estimates (as :func:`over_units`) with zero."""
+    estimates = {k: e.estimate for k, e in effects.items() if not math.isnan(e.estimate)}
+    effect = equivalence(estimates, {k: 0.0 for k in estimates}, margin)
+    effect.test = f"TOST within ±{margin:.2f} over {counted(len(estimates), unit)}"
+    return effect
+
+
+def mean_correlation(effects: dict[str, Effect], unit: str = "pair") -> Effect:
+    """Several units' Pearson r as one: the mean of their Fisher z, one-sample t over the units, the estimate and
+    95% interval back-transformed (tanh)."""
+    from scipy import stats
+
+    z = [math.atanh(max(-0.999999, min(0.999999, e.estimate))) for e in effects.values() if not math.isnan(e.estimate)]
+    test = f"t over Fisher z of {counted(len(z), unit)}' Pearson r"
+    if len(z) < 2 or statistics.stdev(z) == 0:
+        return _nan_effect(math.tanh(statistics.fmean(z)) if z else math.nan, test, len(z))
+    mean, se = statistics.fmean(z), statistics.stdev(z) / math.sqrt(len(z))
+    half = stats.t.ppf(1 - ALPHA / 2, len(z) - 1) * se
+    p = float(stats.ttest_1samp(z, 0.0).pvalue)
+    return Effect(math.tanh(mean), math.tanh(mean - half), math.tanh(mean + half), p, test, len(z))
+
+
+def all_hold(name: str, gates: list[Gate]) -> Gate:
+    """One gate from several (a condition on every pair): holds where each does; untested where none fails and
+    one is untested."""
+    failed = [g.name for g in gates if g.passed is False]
+    untested = [g.name for g in gates if g.passed is None]
+    passed = False if failed else None if untested else True
+    measured = (f"{len(gates) - len(failed) - len(untested)} of {len(gates)} hold"
+                + (f"; fails: {'; '.join(failed)}" if failed else "")
+                + (f"; untested: {'; '.join(untested)}" if untested else ""))
+    return Gate(name, "every one of them holds (each in the rows above)", measured, passed)
+
+
 def holm(effects: list[Effect]) -> None:
     """Holm's step-down adjustment across ``effects`` (those without a p keep NaN)."""
     from statsmodels.stats.multitest import multipletests

@@ -30,9 +30,10 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (adjust, holds, Finding, Gate, correlation, counted, equivalence,
-                                      findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, paired,
-                                      published_difference, rank_correlation)
+from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, equivalence,
+                                      equivalence_over_units, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
+                                      mean_correlation, ordered_trend, over_units, paired, published_difference,
+                                      rank_correlation)
 
 NAME = "wang2022"
 
@@ -201,7 +202,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              f"differences are paired by seed. The paper's numbers are {paper_ds} (240 epochs, long = 960) and appear "
              f"only as the direction and size of each claim.", ""]
     lines += timing_markdown(study_dir, rows)
-    gates, findings, tables, kd_converged = [], [], [], {}
+    gates, findings, tables, kd_converged, kd_beats_ce, gates_of = [], [], [], {}, {}, {}
     paper_rows = {"kd": "kd", "kd_cutmix": "kd_cutmix", "kd_cutmixpick": "kd_cutmixpick", "ce": "student_ce",
                   "kd_cutmixpick_long": "kd_cutmixpick_960", "kd_long": "kd_960", "crd_kd": "crd_kd",
                   "crd_cutmixpick": "crd_cutmixpick", "crd_cutmixpick_long": "crd_cutmixpick_960"}
@@ -213,6 +214,17 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
             return f"{published_difference(va, vb)} ({paper_ds}, {ref['pairs'][col]})"
         va, vb = (v[0] if isinstance(v, list) else v for v in (va, vb))
         return f"{va - vb:+.2f} ({paper_ds}, {ref['pairs'][col]})"
+
+    def paper_mean_gain(a, b) -> str:  # a claim over several pairs: the paper's mean over its pairs
+        diffs = [(va[0] if isinstance(va, list) else va) - (vb[0] if isinstance(vb, list) else vb)
+                 for va, vb in zip(ref["rows"][paper_rows[a]], ref["rows"][paper_rows[b]])]
+        return f"{statistics.fmean(diffs):+.2f}, mean over the paper's {len(diffs)} pairs ({paper_ds})"
+
+    per_pair: dict[str, list] = {}  # claim (without its pair) -> [(pair, its finding, the paper's (a, b) or None)]
+
+    def add(pair, finding, paper_methods=None):
+        per_pair.setdefault(finding.claim.split(": ", 1)[1], []).append((pair, finding, paper_methods))
+        findings.append(finding)
 
     # "CE does not gain from longer training" is judged by equivalence within the gain the paper calls a gain: KD's
     # from 960 epochs, its mean over the paper's pairs (0.65 points)
@@ -228,29 +240,31 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         gate_conv_ce = convergence_gate(rows, study_dir, pair=pair, method="ce")
         gates += [gate_kd, gate_conv, gate_conv_ce]
         kd_converged[pair] = gate_conv
+        kd_beats_ce[pair], gates_of[pair] = kd_ce, (gate_kd, gate_conv, gate_conv_ce)
         g = [gate_kd, gate_conv]
         for m in ("kd_cutmix", "kd_cutmixpick", "kd_cutmixpick_tent"):  # the paper's tables; the rest are views
             paper = paper_gain(pair, m, "kd") if m in paper_rows else "gains (paper, CIFAR-100 figures)"
-            findings.append(Finding(f"{pair}: {m} beats KD", paired(acc(pair, m), acc(pair, "kd")), +1, paper,
-                                    gates=g))
-        findings.append(Finding(f"{pair}: KD gains from longer training", paired(acc(pair, "kd_long"), acc(pair, "kd")),
-                                +1, paper_gain(pair, "kd_long", "kd"), gates=[gate_kd, gate_conv]))
+            add(pair, Finding(f"{pair}: {m} beats KD", paired(acc(pair, m), acc(pair, "kd")), +1, paper, gates=g),
+                (m, "kd") if m in paper_rows else None)
+        add(pair, Finding(f"{pair}: KD gains from longer training", paired(acc(pair, "kd_long"), acc(pair, "kd")),
+                          +1, paper_gain(pair, "kd_long", "kd"), gates=[gate_kd, gate_conv]), ("kd_long", "kd"))
         gain = {s: (acc(pair, "kd_long")[s] - acc(pair, "kd")[s]) for s in acc(pair, "kd_long") if s in acc(pair, "kd")}
         ce_gain = {s: (acc(pair, "ce_long")[s] - acc(pair, "ce")[s]) for s in acc(pair, "ce_long") if s in acc(pair, "ce")}
-        findings.append(Finding(f"{pair}: KD gains more from longer training than CE", paired(gain, ce_gain), +1,
-                                "KD gains, CE does not (CIFAR-100)", gates=[gate_kd, gate_conv, gate_conv_ce]))
-        findings.append(Finding(f"{pair}: CE does not gain from longer training", paired(acc(pair, "ce_long"),
-                                                                                        acc(pair, "ce")),
-                                +1, f"no gain (CIFAR-100); margin ±{no_gain_margin:.2f}, the paper's mean KD gain "
-                                    f"from longer training", no_effect_claim=True, gates=[gate_conv_ce],
-                                equivalence=equivalence(acc(pair, "ce_long"), acc(pair, "ce"), no_gain_margin)))
-        findings.append(Finding(f"{pair}: KD+CutMixPick gains from longer training",
-                                paired(acc(pair, "kd_cutmixpick_long"), acc(pair, "kd_cutmixpick")), +1,
-                                paper_gain(pair, "kd_cutmixpick_long", "kd_cutmixpick"), gates=g))
+        add(pair, Finding(f"{pair}: KD gains more from longer training than CE", paired(gain, ce_gain), +1,
+                          "KD gains, CE does not (CIFAR-100)", gates=[gate_kd, gate_conv, gate_conv_ce]))
+        add(pair, Finding(f"{pair}: CE does not gain from longer training", paired(acc(pair, "ce_long"),
+                                                                                  acc(pair, "ce")),
+                          +1, f"no gain (CIFAR-100); margin ±{no_gain_margin:.2f}, the paper's mean KD gain "
+                              f"from longer training", no_effect_claim=True, gates=[gate_conv_ce],
+                          equivalence=equivalence(acc(pair, "ce_long"), acc(pair, "ce"), no_gain_margin)))
+        add(pair, Finding(f"{pair}: KD+CutMixPick gains from longer training",
+                          paired(acc(pair, "kd_cutmixpick_long"), acc(pair, "kd_cutmixpick")), +1,
+                          paper_gain(pair, "kd_cutmixpick_long", "kd_cutmixpick"), gates=g),
+            ("kd_cutmixpick_long", "kd_cutmixpick"))
         if {"crd_cutmixpick", "crd_kd"} <= set(methods(spec, sc)):
-            findings.append(Finding(f"{pair}: CRD+CutMixPick beats CRD+KD",
-                                    paired(acc(pair, "crd_cutmixpick"), acc(pair, "crd_kd")), +1,
-                                    paper_gain(pair, "crd_cutmixpick", "crd_kd"), gates=g))
+            add(pair, Finding(f"{pair}: CRD+CutMixPick beats CRD+KD",
+                              paired(acc(pair, "crd_cutmixpick"), acc(pair, "crd_kd")), +1,
+                              paper_gain(pair, "crd_cutmixpick", "crd_kd"), gates=g), ("crd_cutmixpick", "crd_kd"))
         tables += [f"## {pair}", "", "| method | top-1 | paired vs KD [95% CI] |", "|---|---|---|"]
         teacher = [r["summary"]["teacher_acc"] for r in rows.values()
                    if r["labels"].get("pair") == pair and r["summary"]["teacher_acc"] is not None]
@@ -264,7 +278,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                        f"{pair} students, {dataset}")
         tables += ["", f"![{pair} students]({figure})", ""]
         del short
-    view_lines, view_pairs = [], [_pair_key(p) for p in _view_pairs(sc)]
+    view_lines, view_pairs, view_runs = [], [_pair_key(p) for p in _view_pairs(sc)], {}
     for pair in view_pairs:
         # a pair of the main grid is judged under its KD students' convergence gate, another by its identity view's
         gate = kd_converged.get(pair) or convergence_gate(rows, study_dir, pair=pair,
@@ -273,19 +287,92 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
             gates.append(gate)
         figure = ("wang2022_tstddev_vs_loss.png" if len(view_pairs) == 1
                   else f"wang2022_tstddev_vs_loss_{pair}.png")
-        view_findings, lines_ = _views(spec, rows, study_dir, pair, data_root, sc.get("tstddev_steps", 100), gate,
-                                       sc.get("tstddev_epochs"), figure)
+        view_findings, lines_, losses = _views(spec, rows, study_dir, pair, data_root, sc.get("tstddev_steps", 100),
+                                               gate, sc.get("tstddev_epochs"), figure)
+        view_runs[pair] = (view_findings, losses, gate)
         findings += view_findings
         view_lines += lines_
+    described = []  # each pair's own findings where the claims are judged over several pairs
+    if len(pairs) > 1:
+        described += [f for entries in per_pair.values() for _, f, _ in entries]
+        findings = [f for f in findings if id(f) not in {id(d) for d in described}]
+        findings += _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, no_gain_margin)
+    if len(view_runs) > 1:
+        described += [f for fs, _, _ in view_runs.values() for f in fs]
+        findings = [f for f in findings if id(f) not in {id(d) for d in described}]
+        findings += _over_view_pairs(spec, view_runs, gates)
     adjust(findings)
     lines += gates_markdown(gates) + findings_markdown(findings)
     plot_effects(findings, study_dir / "wang2022_effects.png", f"wang2022 findings ({dataset})")
-    lines += ["![effects](wang2022_effects.png)", ""] + tables + view_lines
+    lines += ["![effects](wang2022_effects.png)", ""] + _each_pair_markdown(described) + tables + view_lines
     return "\n".join(lines) + "\n"
 
 
+def _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, margin) -> list[Finding]:
+    """The claims judged over several pairs (the full scale's seven): each the mean of the pairs' own paired effects,
+    tested over the pairs (:func:`over_units`), resting on the pooled gates (KD beats CE over the pairs; every pair's
+    KD and CE students converged), which are added to ``gates``."""
+    n = counted(len(pairs), "pair")
+    kd = over_units(kd_beats_ce)
+    gate_kd = Gate(f"KD beats CE over the {n}", "mean over the pairs of KD − CE > 0, p < 0.05 (one-sample t over "
+                   "the pairs)", f"{kd.text()}, p = {fmt_p(kd.p)}", holds(kd.estimate > 0 and kd.p < 0.05, kd))
+    gate_conv = all_hold("converged (method=kd) on every pair", [gates_of[p][1] for p in pairs])
+    gate_conv_ce = all_hold("converged (method=ce) on every pair", [gates_of[p][2] for p in pairs])
+    gates += [gate_kd, gate_conv, gate_conv_ce]
+    pooled = {}  # id of a pair's gate -> the pooled gate of its kind
+    for p in pairs:
+        for own, over in zip(gates_of[p], (gate_kd, gate_conv, gate_conv_ce)):
+            pooled[id(own)] = over
+    findings = []
+    for claim, entries in per_pair.items():
+        first, paper_methods = entries[0][1], entries[0][2]
+        effects = {p: f.effect for p, f, _ in entries}
+        on = []
+        for g in first.gates:
+            if all(pooled[id(g)] is not o for o in on):
+                on.append(pooled[id(g)])
+        findings.append(Finding(f"over the {n}: {claim}", over_units(effects), first.sign,
+                                paper_mean_gain(*paper_methods) if paper_methods else first.paper, first.unit,
+                                on, first.no_effect_claim,
+                                equivalence_over_units(effects, margin) if first.no_effect_claim else None))
+    return findings
+
+
+def _over_view_pairs(spec, view_runs, gates) -> list[Finding]:
+    """The nine views' two claims over several view pairs (the released scripts' nine): the order by Page's L with
+    the pairs as blocks (each pair's view means), the correlation as the mean of the pairs' Fisher z; resting on
+    every view pair's convergence gate, pooled into one added to ``gates``."""
+    order = spec["paper_view_order"]
+    blocks = [losses for _, losses, _ in view_runs.values() if losses]
+    trend = ordered_trend(list(range(len(order), 0, -1)), blocks)
+    trend.test = f"Page's L, {counted(len(blocks), 'pair')} × {len(order)} views (each pair's view means)"
+    gate = all_hold("converged on every view pair", [g for _, _, g in view_runs.values()])
+    gates.append(gate)
+    firsts = next(iter(view_runs.values()))[0]
+    n = counted(len(view_runs), "view pair")
+    return [Finding(f"over the {n}: student test loss follows the paper's order of the nine views", trend, +1,
+                    firsts[0].paper, unit="r", gates=[gate]),
+            Finding(f"over the {n}: teacher T. stddev correlates with student test loss",
+                    mean_correlation({p: fs[1].effect for p, (fs, _, _) in view_runs.items()}), +1, firsts[1].paper,
+                    unit="r", gates=[gate])]
+
+
+def _each_pair_markdown(described: list[Finding]) -> list[str]:
+    """The pairs' own findings where the claims are judged over the pairs: descriptive, p unadjusted."""
+    if not described:
+        return []
+    lines = ["## Each pair on its own", "",
+             "Descriptive: each pair's effect over its seeds, p unadjusted; the findings above judge each claim over "
+             "the pairs.", "", "| finding | effect [95% CI] | test | p |", "|---|---|---|---|"]
+    for f in described:
+        digits = 3 if f.unit in ("ECE", "r") else 2
+        unit = "" if f.unit == "r" else f" {f.unit}"
+        lines.append(f"| {f.claim} | {f.effect.text(digits, unit)} | {f.effect.test} | {fmt_p(f.effect.p)} |")
+    return lines + [""]
+
+
 def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=None,
-           figure="wang2022_tstddev_vs_loss.png") -> tuple[list[Finding], list[str]]:
+           figure="wang2022_tstddev_vs_loss.png") -> tuple[list[Finding], list[str], list[float]]:
     views = _view_entries(spec)
     order = spec["paper_view_order"]  # worst (highest student test loss) first
     per_view = {view: by_seed(rows, "last_test_loss", pair=pair, method=views[view][0]) for view in order}
@@ -323,8 +410,8 @@ def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=
              "| view (paper order, worst first) | student test loss | teacher T. stddev |", "|---|---|---|"]
     lines += [f"| {n} | {loss:.4f} | {s:.5f} |" for n, loss, s in zip(order, losses, stds)]
     if not seeds:
-        return findings, lines + [""]
+        return findings, lines + [""], losses
     lines += ["", f"![T. stddev vs student test loss]({figure})", "",
               "The p values in the figure's legend are each coefficient's own, unadjusted; the verdicts use the "
               "findings table's Holm-adjusted p.", ""]
-    return findings, lines
+    return findings, lines, losses
