@@ -35,7 +35,9 @@ def test_help_defaults(capsys, monkeypatch):
                            (["teachers", "--help"], "network timeout in seconds (default: 30)\n"),
                            (["analyze", "--help"], "(CUDA when available, as train), cpu, cuda or cuda:N "
                                                    "(default: auto)\n"),
-                           (["demo", "--help"], "student seeds (CE and KD each) (default: 3)\n")):
+                           (["demo", "--help"], "student seeds (CE and KD each) (default: 3)\n"),
+                           (["study", "--help"], "exit status: 0 every run finished and the report is written; 1 some "
+                                                 "runs did not finish")):
         with pytest.raises(SystemExit):
             main(argv)
         assert expected in capsys.readouterr().out, argv

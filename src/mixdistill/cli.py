@@ -349,7 +349,11 @@ def cmd_demo(args) -> int:
 
 
 def _add_study(sub):
-    p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT)
+    p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT,
+                       epilog="exit status: 0 every run finished and the report is written; 1 some runs did not "
+                              "finish (they diverged, or their teacher did): the report is written on the rest and "
+                              "lists them; 2 bad input (one line, nothing trained); 130 interrupted (the same command "
+                              "again keeps the finished runs and resumes the others)")
     p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (seconds), or another scale the study's grid file defines "
