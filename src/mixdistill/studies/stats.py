@@ -204,7 +204,8 @@ def over_units(effects: dict[str, Effect], unit: str = "pair") -> Effect:
     table of pairs reads; each unit's effect stays in the report as descriptive."""
     estimates = {k: e.estimate for k, e in effects.items() if not math.isnan(e.estimate)}
     effect = paired(estimates, {k: 0.0 for k in estimates})
-    effect.test = f"one-sample t over {counted(len(estimates), unit)} (each {unit}'s mean paired difference)"
+    effect.test = (f"one-sample t over {counted(len(estimates), unit)} (each {unit}'s mean paired difference)"
+                   + (", no spread between them" if "no spread" in effect.test else ""))
     return effect
 
 
@@ -216,13 +217,18 @@ def equivalence_over_units(effects: dict[str, Effect], margin: float, unit: str 
     return effect
 
 
+def _fisher_z(r: float) -> float:
+    """atanh(r), with |r| held below 0.995 (z 3.0) so that one perfect correlation does not outweigh the rest."""
+    return math.atanh(max(-0.995, min(0.995, r)))
+
+
 def mean_correlation(effects: dict[str, Effect], unit: str = "pair") -> Effect:
     """Several units' Pearson r as one: the mean of their Fisher z, one-sample t over the units, the estimate and
     95% interval back-transformed (tanh)."""
     from scipy import stats
 
-    z = [math.atanh(max(-0.999999, min(0.999999, e.estimate))) for e in effects.values() if not math.isnan(e.estimate)]
-    test = f"t over Fisher z of {counted(len(z), unit)}' Pearson r"
+    z = [_fisher_z(e.estimate) for e in effects.values() if not math.isnan(e.estimate)]
+    test = f"t over the Fisher z of {counted(len(z), unit)} (Pearson r each)"
     if len(z) < 2 or statistics.stdev(z) == 0:
         return _nan_effect(math.tanh(statistics.fmean(z)) if z else math.nan, test, len(z))
     mean, se = statistics.fmean(z), statistics.stdev(z) / math.sqrt(len(z))
@@ -236,7 +242,7 @@ def all_hold(name: str, gates: list[Gate]) -> Gate:
     one is untested."""
     failed = [g.name for g in gates if g.passed is False]
     untested = [g.name for g in gates if g.passed is None]
-    passed = False if failed else None if untested else True
+    passed = False if failed else None if untested or not gates else True
     measured = (f"{len(gates) - len(failed) - len(untested)} of {len(gates)} hold"
                 + (f"; fails: {'; '.join(failed)}" if failed else "")
                 + (f"; untested: {'; '.join(untested)}" if untested else ""))
