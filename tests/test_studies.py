@@ -144,7 +144,8 @@ def test_wang2022_views_on_several_pairs_over_epochs(fmnist_root, tmp_path, monk
     # the two claims are judged over the view pairs; each pair's own is descriptive
     assert "| over the 2 view pairs: student test loss follows the paper's order of the nine views |" in report
     assert "Page's L, 2 pairs × 9 views (each pair's view means)" in report
-    assert "t over the Fisher z of 2 pairs (Pearson r each)" in report and "Holm-adjusted across the 2 findings" in report
+    assert "t over the Fisher z of 2 pairs (Pearson r each)" in report
+    assert "Holm-adjusted across the 2 findings" in report
     assert "| cnn5_w8-lenet5: teacher T. stddev correlates with student test loss |" in report.split(
         "## Each pair on its own")[1]
     rows = ResultsFile(path.parent / "results.jsonl").read()
