@@ -187,6 +187,7 @@ def test_exact_spearman_p_counts_every_order_up_to_nine_points():
     rhos = [float(stats.spearmanr(x, perm).statistic) for perm in itertools.permutations(y)]
     e = rank_correlation(x, y)
     assert e.estimate == pytest.approx(rho) and "exact p" in e.test
+    assert e.interval() == "(rank test: no CI)"  # the findings table says why there is none, not "n/a"
     assert e.p == pytest.approx(sum(abs(r) >= abs(rho) - 1e-9 for r in rhos) / len(rhos))
     nine = rank_correlation([1, 2, 3, 4, 5, 6, 7, 8, 9], [2, 1, 3, 5, 4, 6, 9, 7, 8])
     assert "exact p" in nine.test and nine.p > stats.spearmanr(range(9), [2, 1, 3, 5, 4, 6, 9, 7, 8]).pvalue

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from mixdistill.errors import ConfigError
 
 ALPHA = 0.05
+RANK_TESTS = ("Spearman", "Page's L")  # tests of an order: an estimate (mean rho) and p, no confidence interval
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Effect:
 
     def interval(self, digits: int = 2) -> str:
         if math.isnan(self.low):
-            return "n/a"
+            return "(rank test: no CI)" if self.test.startswith(RANK_TESTS) else "n/a"
         return f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
     def text(self, digits: int = 2, unit: str = "") -> str:
