@@ -189,6 +189,33 @@ def test_wang2022_claims_over_several_pairs_are_judged_over_the_pairs(fmnist_roo
 
 
 @pytest.mark.slow
+def test_shen2022_claims_over_several_settings_are_judged_over_the_settings(fmnist_root, tmp_path):
+    """At full scale (six settings) each claim is one finding over the settings (one-sample t of each setting's mean
+    paired difference), on premise gates over the settings; each setting's own effects are descriptive."""
+    import statistics
+
+    path, report = _smoke_report("shen2022", 2, fmnist_root, tmp_path, scale="smoke_settings")
+    rows = ResultsFile(path.parent / "results.jsonl").read().values()
+    settings = ["cnn5_w8-fashion_mnist", "cnn5_w16-fashion_mnist", "cnn5_w32-fashion_mnist"]
+
+    def peer(setting, method):
+        return {r["labels"]["seed"]: r["summary"]["last_acc_mean_peer"] for r in rows
+                if r["labels"]["setting"] == setting and r["labels"]["method"] == method}
+
+    means = [statistics.fmean(peer(s, "cutnmix")[i] - peer(s, "dml")[i] for i in (0, 1)) for s in settings]
+    line = next(x for x in report.splitlines()
+                if x.startswith("| over the 3 settings: Cut^nMix (reconstructed) mean peer beats dml |"))
+    assert f"| {statistics.fmean(means):+.2f} points [" in line
+    assert "one-sample t over 3 settings (each setting's mean paired difference)" in line
+    assert "Holm-adjusted across the 4 findings" in report
+    assert "| dml beats a network alone over the 3 settings |" in report
+    assert "| converged (method=ce) on every setting |" in report
+    assert "| cnn5_w16-fashion_mnist: converged (method=ce) |" in report
+    described = report.split("## Each setting on its own")[1].split("## cnn5_w8")[0]
+    assert all(f"| {s}: dml beats a network alone |" in described for s in settings)
+
+
+@pytest.mark.slow
 def test_das2020_smoke_study(fmnist_root, tmp_path):
     path, report = _smoke_report("das2020", 2, fmnist_root, tmp_path)
     assert "| mixup |" in report and "unaugmented teacher over-confident" in report and "as_published" in report

@@ -15,8 +15,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
-from mixdistill.studies.stats import (adjust, holds, Finding, Gate, counted, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, paired)
+from mixdistill.studies.stats import (adjust, all_hold, each_unit_markdown, holds, Finding, Gate, counted,
+                                      findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, over_units, paired)
 
 NAME = "shen2022"
 # the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
@@ -70,15 +70,19 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
              "shen2022's own numbers were not available: the paper column is the PCL paper's table of the baselines "
              "(CIFAR), shown only at full scale.", ""]
     lines += timing_markdown(study_dir, rows)
-    findings, gates, sections = [], [], []
+    findings, gates, sections, parts = [], [], [], {}
     for setting, entry in settings(sc).items():
         part = {k: r for k, r in rows.items() if r["labels"].get("setting", setting) == setting}
-        g, f, text = _setting(spec, ref, setting, entry, part, study_dir, scale)
+        g, f, text, premise = _setting(spec, ref, setting, entry, part, study_dir, scale)
         gates += g
         findings += f
         sections += text
+        parts[setting] = (g, f, premise)
+    described = []
+    if len(parts) > 1:  # the full scale's six: each claim judged over the settings, each setting's own described
+        findings, gates, described = _over_settings(parts)
     adjust(findings)
-    lines += gates_markdown(gates) + findings_markdown(findings) + sections
+    lines += gates_markdown(gates) + findings_markdown(findings) + each_unit_markdown(described, "setting") + sections
     plot_effects(findings, study_dir / "shen2022_effects.png", "shen2022 findings")
     lines += ["![effects](shen2022_effects.png)", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -94,13 +98,13 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
         return by_seed(rows, "last_acc" if method in ALONE else "last_acc_mean_peer", method=method)
 
     if not rows:  # every run of this setting diverged or was not run (the report's first section lists them)
-        return [], [], [f"## {setting}", "", "No run of this setting finished.", ""]
+        return [], [], [f"## {setting}", "", "No run of this setting finished.", ""], {}
     first = next(iter(rows.values()))["summary"]
     alone = peer("ce")
     # the premise of "Cut^nMix beats X" is that X, an online-KD method, works here: it beats a network alone
-    premise = {}
+    premise, premise_effects = {}, {}
     for m in (m for m in ONLINE_BASELINES if m in methods):
-        e = paired(peer(m), alone)
+        e = premise_effects[m] = paired(peer(m), alone)
         premise[m] = Gate(f"{setting}: {m} beats a network alone", f"{m} mean peer − network alone > 0, paired "
                           f"p < 0.05", f"{e.text()}, p = {fmt_p(e.p)}",
                           holds(e.estimate > 0 and e.p < 0.05, e))
@@ -151,4 +155,47 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     plot_intervals({m: list(peer(m).values()) for m in methods}, study_dir / figure,
                    f"{setting}: mean peer accuracy (ce: the network alone)")
     lines += ["", f"![{setting}]({figure})", ""]
-    return [*premise.values(), converged], findings, lines
+    return [*premise.values(), converged], findings, lines, premise_effects
+
+
+def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding]]:
+    """(findings, gates, described) where a scale has several settings: each claim one finding over the settings
+    that ran it (a one-sample t of each setting's mean paired difference, :func:`over_units`), resting on "X beats
+    a network alone over the settings" (the mean) and on every setting's networks alone having converged; each
+    setting's premise effects and findings are described, not judged. ``parts``: setting -> (its gates: the
+    premise gates then its convergence gate, its findings, its premise effects)."""
+    n = counted(len(parts), "setting")
+    for setting, (gates, _, _) in parts.items():
+        if gates:  # its convergence gate, named by its setting among the others'
+            gates[-1].name = f"{setting}: {gates[-1].name}"
+    converged = all_hold("converged (method=ce) on every setting", [g[-1] for g, _, _ in parts.values() if g])
+    premise: dict[str, Gate] = {}
+    for m in dict.fromkeys(m for _, _, effects in parts.values() for m in effects):
+        e = over_units({s: effects[m] for s, (_, _, effects) in parts.items() if m in effects}, "setting")
+        premise[m] = Gate(f"{m} beats a network alone over the {n}", f"mean over the settings of {m} mean peer − "
+                          "network alone > 0, p < 0.05 (one-sample t over the settings)", f"{e.text()}, p = "
+                          f"{fmt_p(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
+    pooled = {}  # id of a setting's gate -> its gate over the settings
+    for gates, _, effects in parts.values():
+        pooled.update({id(g): premise[m] for g, m in zip(gates, effects)})
+        if gates:
+            pooled[id(gates[-1])] = converged
+    claims: dict[str, list] = {}
+    for setting, (_, findings, _) in parts.items():
+        for f in findings:
+            claims.setdefault(f.claim.split(": ", 1)[1], []).append((setting, f))
+    out = []
+    for claim, entries in claims.items():
+        first = entries[0][1]
+        on = []
+        for g in first.gates:
+            if all(pooled[id(g)] is not o for o in on):
+                on.append(pooled[id(g)])
+        out.append(Finding(f"over the {counted(len(entries), 'setting')}: {claim}",
+                           over_units({s: f.effect for s, f in entries}, "setting"), first.sign, first.paper,
+                           first.unit, on))
+    described = [Finding(f"{s}: {m} beats a network alone", e, +1, "")
+                 for s, (_, _, effects) in parts.items() for m, e in effects.items()]
+    described += [f for entries in claims.values() for _, f in entries]
+    gates = [g for gates, _, _ in parts.values() for g in gates[-1:]] + list(premise.values()) + [converged]
+    return out, gates, described

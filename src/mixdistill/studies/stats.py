@@ -402,6 +402,21 @@ def _equivalence_text(f: Finding) -> str:
     return "" if q is None else f"; {q.test}: 90% CI {q.interval()}"
 
 
+def each_unit_markdown(described: list[Finding], unit: str = "pair") -> list[str]:
+    """The units' own findings (each pair's, each setting's) where the claims are judged over the units:
+    descriptive, p unadjusted."""
+    if not described:
+        return []
+    lines = [f"## Each {unit} on its own", "",
+             f"Descriptive: each {unit}'s effect over its seeds, p unadjusted; the findings above judge each claim "
+             f"over the {unit}s.", "", "| finding | effect [95% CI] | test | p |", "|---|---|---|---|"]
+    for f in described:
+        digits = 3 if f.unit in ("ECE", "r") else 2
+        text_unit = "" if f.unit == "r" else f" {f.unit}"
+        lines.append(f"| {f.claim} | {f.effect.text(digits, text_unit)} | {f.effect.test} | {fmt_p(f.effect.p)} |")
+    return lines + [""]
+
+
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
     """(mean, low, high): the mean and its 95% t-interval (NaN bounds with fewer than 2 values)."""
     from scipy import stats

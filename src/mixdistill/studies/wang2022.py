@@ -30,10 +30,10 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
-from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, equivalence,
-                                      equivalence_over_units, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
-                                      mean_correlation, ordered_trend, over_units, paired, published_difference,
-                                      rank_correlation)
+from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, each_unit_markdown,
+                                      equivalence, equivalence_over_units, findings_markdown, fmt_mean_ci, fmt_p,
+                                      gates_markdown, mean_correlation, ordered_trend, over_units, paired,
+                                      published_difference, rank_correlation)
 
 NAME = "wang2022"
 
@@ -305,7 +305,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     adjust(findings)
     lines += gates_markdown(gates) + findings_markdown(findings)
     plot_effects(findings, study_dir / "wang2022_effects.png", f"wang2022 findings ({dataset})")
-    lines += ["![effects](wang2022_effects.png)", ""] + _each_pair_markdown(described) + tables + view_lines
+    lines += ["![effects](wang2022_effects.png)", ""] + each_unit_markdown(described, "pair") + tables + view_lines
     return "\n".join(lines) + "\n"
 
 
@@ -358,19 +358,6 @@ def _over_view_pairs(spec, view_runs, gates) -> list[Finding]:
                     mean_correlation({p: fs[1].effect for p, (fs, _, _) in view_runs.items()}), +1,
                     f"{firsts[1].paper}, one pair (wrn_40_2 → wrn_16_2)", unit="r", gates=[gate])]
 
-
-def _each_pair_markdown(described: list[Finding]) -> list[str]:
-    """The pairs' own findings where the claims are judged over the pairs: descriptive, p unadjusted."""
-    if not described:
-        return []
-    lines = ["## Each pair on its own", "",
-             "Descriptive: each pair's effect over its seeds, p unadjusted; the findings above judge each claim over "
-             "the pairs.", "", "| finding | effect [95% CI] | test | p |", "|---|---|---|---|"]
-    for f in described:
-        digits = 3 if f.unit in ("ECE", "r") else 2
-        unit = "" if f.unit == "r" else f" {f.unit}"
-        lines.append(f"| {f.claim} | {f.effect.text(digits, unit)} | {f.effect.test} | {fmt_p(f.effect.p)} |")
-    return lines + [""]
 
 
 def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=None,
