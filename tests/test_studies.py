@@ -107,6 +107,32 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, tmp_path, capsys):
+    args = ["study", "shen2022", "--scale", "smoke", "--output-dir", str(tmp_path), "--data-root", str(fmnist_root)]
+    study = tmp_path / "shen2022_smoke"
+    assert main(args + ["--report-only"]) == 1  # nothing has run: one line, nothing written
+    assert "has no finished run yet" in capsys.readouterr().err and not study.exists()
+    assert main(args + ["--seeds", "1"]) == 0
+    full = (study / "report.md").read_text()
+    def trained():  # what training writes (the report and its figures are written again, by design)
+        return {p: p.stat().st_mtime_ns for p in [*study.glob("runs/**/*"), study / "results.jsonl",
+                                                   study / "timing.jsonl"] if p.is_file()}
+
+    files = trained()
+    capsys.readouterr()
+    assert main(args + ["--seeds", "1", "--report-only"]) == 0
+    assert (study / "report.md").read_text() == full, "the same runs: the same report"
+    assert main(args + ["--seeds", "2", "--report-only"]) == 1  # seed 1 has not run: listed, not trained
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "7 of 14 runs did not finish (7 not run yet)" in err[0], err
+    report = (study / "report.md").read_text()
+    _report_checks(report)
+    assert "| dml/seed1 | not run yet | no finished run with this config yet |" in report
+    assert trained() == files
+    assert not (study / "runs" / "dml__seed1").exists()
+
+
+@pytest.mark.slow
 def test_choi2023_smoke_study(fmnist_root, tmp_path):
     path, report = _smoke_report("choi2023", "3,7", fmnist_root, tmp_path)
     assert "T = 1 beats T = 4" in report and "mixstd_pmu_exact" in report and "mixup teachers are smoother" in report
@@ -557,6 +583,7 @@ def test_the_replicate_count_reads_right_for_one_seed():
     (["--gpus-per-run", "1", "--address", "a"], {}, "--address and --gpus-per-run are for --executor ray"),
     (["--executor", "ray", "--jobs", "2"], {}, "--jobs is for the local executor"),
     ([], {"WORLD_SIZE": "2"}, "not under torchrun"),
+    (["--report-only", "--rerun", "ce/*", "--jobs", "2"], {}, "--report-only trains nothing, so --rerun and --jobs"),
 ])
 def test_study_options_that_would_do_nothing_are_one_line(extra, env, fragment, tmp_path, capsys, monkeypatch):
     for key, value in env.items():

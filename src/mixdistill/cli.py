@@ -377,6 +377,9 @@ def _add_study(sub):
                         "scale's threads_per_run (1 at the cpu scale), else torch's default")
     p.add_argument("--jobs", type=int, default=None,
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report of the runs finished so far and train nothing (a study still running in "
+                        "another process goes on); the runs not finished yet are listed in it")
     p.add_argument("--plan", action="store_true",
                    help="list every run of the grid with its key, epochs and compute (FLOPs counted on one step, "
                         "one evaluation and the set-up of each distinct config; GPU-hours at --plan-tflops), then "
@@ -404,6 +407,12 @@ def cmd_study(args) -> int:
     elif args.jobs is not None:
         raise ConfigError("--jobs is for the local executor; Ray places each run by its CPU and GPU requests "
                           "(--threads, --gpus-per-run)")
+    if args.report_only:
+        given = [flag for flag, value in (("--rerun", args.rerun), ("--jobs", args.jobs), ("--plan", args.plan),
+                                          ("--executor ray", args.executor == "ray")) if value]
+        if given:
+            raise ConfigError(f"--report-only trains nothing, so {' and '.join(given)} would do nothing: leave "
+                              f"{'it' if len(given) == 1 else 'them'} out (--threads and --seeds say which runs)")
     if args.plan or args.plan_tflops is not None:
         from mixdistill.studies.plan import DEFAULT_TFLOPS, plan_study
         from mixdistill.studies import get_study
@@ -422,8 +431,9 @@ def cmd_study(args) -> int:
     try:
         path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,
                          executor=args.executor, address=args.address, data_root=args.data_root,
-                         gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs)
-    except IncompleteStudyError as err:  # the grid ran to its end; some runs diverged: the report says which
+                         gpus_per_run=args.gpus_per_run, rerun=args.rerun, threads=args.threads, jobs=args.jobs,
+                         report_only=args.report_only)
+    except IncompleteStudyError as err:  # runs diverged (or, --report-only, have not run yet): the report lists them
         print(f"mixdistill: {err}", file=sys.stderr)
         return 1
     print(path.read_text())

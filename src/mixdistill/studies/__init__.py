@@ -34,12 +34,14 @@ def study_runs(name: str, scale: str, seeds: list[int], study_dir: Path, data_ro
 def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5, output_dir: str = "runs/studies",
               executor: str = "local", address: str | None = None, data_root: str | None = None,
               gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
-              jobs: int | None = None, log=print) -> Path:
+              jobs: int | None = None, report_only: bool = False, log=print) -> Path:
     """``seeds``: a count (5: seeds 0..4), a range ("10-14"), a list ("3,7,9" or [3, 7, 9]).
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
-    ``jobs``: runs side by side with the local executor (default: as many as the cores hold)."""
+    ``jobs``: runs side by side with the local executor (default: as many as the cores hold).
+    ``report_only``: the report of the runs finished so far, training nothing (a grid running in the same folder
+    goes on); the others are listed as not run yet."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import finished, run_grid
+    from mixdistill.studies.grid import current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
     seeds = parse_seeds(seeds)
@@ -53,15 +55,20 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
     results = study_dir / "results.jsonl"
-    lines_before = len(results.read_text().splitlines()) if results.exists() else 0
-    started = time.perf_counter()
-    rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
-                    log=log)
-    appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
-    trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
-    record_timing(study_dir, trained, time.perf_counter() - started,
-                  f"{executor}, {threads or 'default'} thread(s) per run"
-                  + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
+    if report_only:
+        if not results.exists():
+            raise IncompleteStudyError(f"--report-only: {study_dir} has no finished run yet (no results.jsonl)")
+        rows = current_rows(runs, study_dir, threads)
+    else:
+        lines_before = len(results.read_text().splitlines()) if results.exists() else 0
+        started = time.perf_counter()
+        rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
+                        log=log)
+        appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
+        trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
+        record_timing(study_dir, trained, time.perf_counter() - started,
+                      f"{executor}, {threads or 'default'} thread(s) per run"
+                      + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
     unfinished = {key: row for key, row in rows.items() if not finished(row)}
     if len(unfinished) == len(rows):
         raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}); no report written "

@@ -280,6 +280,26 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         return {k: done[k] for k in keys}
 
 
+NOT_YET = "not run yet"  # --report-only: a run with no finished row for today's config
+
+
+def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None = None) -> dict[str, dict]:
+    """What ``run_grid`` would reuse now, trained and written nothing: each run's row where its folder holds it and
+    its config is today's (finished or diverged); the others a row saying they have not run yet."""
+    study_dir = Path(study_dir)
+    runs = with_teacher_views(with_threads(runs, threads), study_dir)
+    rows = ResultsFile(study_dir / "results.jsonl").read()
+    out = {}
+    for run in runs:
+        cfg, row = resolve(run, study_dir), rows.get(run.key)
+        if row is not None and _holds_row(row, cfg) and not _row_difference(row, cfg):
+            out[run.key] = row
+        else:
+            out[run.key] = {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_YET,
+                            "error": "no finished run with this config yet"}
+    return out
+
+
 def worker_pool(workers: int):
     """A pool of ``workers`` spawned processes (a fresh interpreter each: torch's threads are not forked) that end
     when this process does (``exit_with_parent``)."""
