@@ -517,6 +517,25 @@ def test_a_failing_grid_stops_the_pools_workers_at_once():
 
 
 @pytest.mark.slow
+def test_current_rows_are_what_the_grid_would_reuse(fmnist_root, tmp_path):
+    """--report-only's rows: a finished run counts while its folder and config are today's and its teacher's run is
+    too; a student of a teacher whose config changed is not run yet (the grid would train both again)."""
+    import copy
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    runs.append(GridRun("ce/seed0", {**copy.deepcopy(runs[1].config), "seed": 0, "method": {"name": "ce"}}, stage=1))
+    done = run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    assert grid_module.current_rows(runs, study, threads=1) == done
+    assert {r.get("status") for r in grid_module.current_rows(runs, study).values()} == {"not run yet"}  # threads
+    changed = copy.deepcopy(runs)
+    changed[0].config["optim"] = {**changed[0].config["optim"], "lr": 0.01}
+    now = grid_module.current_rows(changed, study, threads=1)
+    assert [now[k].get("status") for k in ("teacher", "kd/seed0", "kd/seed1")] == ["not run yet"] * 3
+    assert now["ce/seed0"] == done["ce/seed0"]  # it does not distil from the teacher
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])  # one after another in this process; side by side in worker processes
 def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist_root, tmp_path):
     """A run whose loss becomes NaN is a result of its config and seed (it diverges again), not a crash: its row says
@@ -546,6 +565,8 @@ def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist
     assert rows["teacher"]["status"] == "diverged" and rows["kd/seed1"]["status"] == "not run"
     mark = json.loads((study / "runs" / "teacher" / "diverged.json").read_text())
     assert "non-finite loss at step 1" in mark["error"]
+    now = grid_module.current_rows(diverging, study, threads=1)  # what --report-only reads: as the grid says
+    assert [now[k].get("status") for k in ("teacher", "kd/seed0", "ce/seed0")] == ["diverged", "not run", None]
     from mixdistill.results import collect, run_rows
 
     columns, listed = run_rows(collect([study / "runs"]))

@@ -379,7 +379,8 @@ def _add_study(sub):
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the runs finished so far and train nothing (a study still running in "
-                        "another process goes on); the runs not finished yet are listed in it")
+                        "another process goes on); the runs not finished yet are listed in it. Give the --seeds and "
+                        "--threads the study runs with: they are part of each run's config")
     p.add_argument("--plan", action="store_true",
                    help="list every run of the grid with its key, epochs and compute (FLOPs counted on one step, "
                         "one evaluation and the set-up of each distinct config; GPU-hours at --plan-tflops), then "
@@ -409,6 +410,7 @@ def cmd_study(args) -> int:
                           "(--threads, --gpus-per-run)")
     if args.report_only:
         given = [flag for flag, value in (("--rerun", args.rerun), ("--jobs", args.jobs), ("--plan", args.plan),
+                                          ("--plan-tflops", args.plan_tflops is not None),
                                           ("--executor ray", args.executor == "ray")) if value]
         if given:
             raise ConfigError(f"--report-only trains nothing, so {' and '.join(given)} would do nothing: leave "

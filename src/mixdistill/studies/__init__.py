@@ -71,8 +71,9 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
                       + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
     unfinished = {key: row for key, row in rows.items() if not finished(row)}
     if len(unfinished) == len(rows):
-        raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}); no report written "
-                                   "(an earlier one, if any, is left as it was)")
+        hint = (" (with --report-only, give the --seeds and --threads the study runs with)" if report_only else "")
+        raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}){hint}; no report "
+                                   "written (an earlier one, if any, is left as it was)")
     text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale, data_root)
     path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     log(f"report written to {path}")

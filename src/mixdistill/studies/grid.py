@@ -284,20 +284,27 @@ NOT_YET = "not run yet"  # --report-only: a run with no finished row for today's
 
 
 def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None = None) -> dict[str, dict]:
-    """What ``run_grid`` would reuse now, trained and written nothing: each run's row where its folder holds it and
-    its config is today's (finished or diverged); the others a row saying they have not run yet."""
+    """What ``run_grid`` would reuse now, trained and written nothing: each run's row where its folder holds it, its
+    config is today's (finished or diverged) and so is its teacher's run; the others a row saying they have not run
+    yet (or, a diverged teacher's students, that they will not)."""
     study_dir = Path(study_dir)
     runs = with_teacher_views(with_threads(runs, threads), study_dir)
-    rows = ResultsFile(study_dir / "results.jsonl").read()
-    out = {}
-    for run in runs:
-        cfg, row = resolve(run, study_dir), rows.get(run.key)
-        if row is not None and _holds_row(row, cfg) and not _row_difference(row, cfg):
+    configs = {run.key: resolve(run, study_dir) for run in runs}
+    run_dirs, rows, out = _run_dirs(configs), ResultsFile(study_dir / "results.jsonl").read(), {}
+    for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
+        cfg, row = configs[run.key], rows.get(run.key)
+        teacher = _teacher_used(cfg, run_dirs)
+        teacher_row = out.get(teacher) if teacher is not None else None
+        if teacher_row is not None and teacher_row.get("status") in ("diverged", NOT_RUN):
+            out[run.key] = {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_RUN,
+                            "error": f"its teacher's run {teacher} did not finish"}
+        elif (row is not None and _holds_row(row, cfg) and not _row_difference(row, cfg)
+              and (teacher_row is None or finished(teacher_row))):  # a teacher to train anew: its students too
             out[run.key] = row
         else:
             out[run.key] = {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_YET,
                             "error": "no finished run with this config yet"}
-    return out
+    return {run.key: out[run.key] for run in runs}
 
 
 def worker_pool(workers: int):

@@ -164,7 +164,6 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
     a network alone over the settings" (the mean) and on every setting's networks alone having converged; each
     setting's premise effects and findings are described, not judged. ``parts``: setting -> (its gates: the
     premise gates then its convergence gate, its findings, its premise effects)."""
-    n = counted(len(parts), "setting")
     for setting, (gates, _, _) in parts.items():
         if gates:  # its convergence gate, named by its setting among the others'
             gates[-1].name = f"{setting}: {gates[-1].name}"
@@ -172,8 +171,9 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
     premise: dict[str, Gate] = {}
     for m in dict.fromkeys(m for _, _, effects in parts.values() for m in effects):
         e = over_units({s: effects[m] for s, (_, _, effects) in parts.items() if m in effects}, "setting")
-        premise[m] = Gate(f"{m} beats a network alone over the {n}", f"mean over the settings of {m} mean peer − "
-                          "network alone > 0, p < 0.05 (one-sample t over the settings)", f"{e.text()}, p = "
+        premise[m] = Gate(f"{m} beats a network alone over {counted(e.n, 'setting')}",
+                          f"mean over the settings of {m} mean peer − network alone > 0, p < 0.05 (one-sample t over "
+                          "the settings)", f"{e.text()}, p = "
                           f"{fmt_p(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
     pooled = {}  # id of a setting's gate -> its gate over the settings
     for gates, _, effects in parts.values():
@@ -191,8 +191,8 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
         for g in first.gates:
             if all(pooled[id(g)] is not o for o in on):
                 on.append(pooled[id(g)])
-        out.append(Finding(f"over the {counted(len(entries), 'setting')}: {claim}",
-                           over_units({s: f.effect for s, f in entries}, "setting"), first.sign, first.paper,
+        effect = over_units({s: f.effect for s, f in entries}, "setting")  # the settings with an estimate
+        out.append(Finding(f"over {counted(effect.n, 'setting')}: {claim}", effect, first.sign, first.paper,
                            first.unit, on))
     described = [Finding(f"{s}: {m} beats a network alone", e, +1, "")
                  for s, (_, _, effects) in parts.items() for m, e in effects.items()]

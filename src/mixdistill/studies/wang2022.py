@@ -313,10 +313,10 @@ def _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, 
     """The claims judged over several pairs (the full scale's seven): each the mean of the pairs' own paired effects,
     tested over the pairs (:func:`over_units`), resting on the pooled gates (KD beats CE over the pairs; every pair's
     KD and CE students converged), which are added to ``gates``."""
-    n = counted(len(pairs), "pair")
     kd = over_units(kd_beats_ce)
-    gate_kd = Gate(f"KD beats CE over the {n}", "mean over the pairs of KD − CE > 0, p < 0.05 (one-sample t over "
-                   "the pairs)", f"{kd.text()}, p = {fmt_p(kd.p)}", holds(kd.estimate > 0 and kd.p < 0.05, kd))
+    gate_kd = Gate(f"KD beats CE over {counted(kd.n, 'pair')}", "mean over the pairs of KD − CE > 0, p < 0.05 "
+                   "(one-sample t over the pairs)", f"{kd.text()}, p = {fmt_p(kd.p)}",
+                   holds(kd.estimate > 0 and kd.p < 0.05, kd))
     gate_conv = all_hold("converged (method=kd) on every pair", [gates_of[p][1] for p in pairs])
     gate_conv_ce = all_hold("converged (method=ce) on every pair", [gates_of[p][2] for p in pairs])
     # each pair's KD-beats-CE gate holds nothing up here (the gate is the mean's): it moves to the descriptive rows
@@ -333,7 +333,8 @@ def _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, 
         for g in first.gates:
             if all(pooled[id(g)] is not o for o in on):
                 on.append(pooled[id(g)])
-        findings.append(Finding(f"over the {n}: {claim}", over_units(effects), first.sign,
+        effect = over_units(effects)  # the pairs with an estimate
+        findings.append(Finding(f"over {counted(effect.n, 'pair')}: {claim}", effect, first.sign,
                                 paper_mean_gain(*paper_methods) if paper_methods else first.paper, first.unit,
                                 on, first.no_effect_claim,
                                 equivalence_over_units(effects, margin) if first.no_effect_claim else None))
