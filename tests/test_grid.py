@@ -216,6 +216,41 @@ def test_a_second_grid_in_a_folder_in_use_stops_before_touching_a_run(fmnist_roo
     assert run_grid(changed, study, jobs=1, log=lambda *_: None)["kd/seed0"]["config"]["method"]["temperature"] == 2.0
 
 
+def test_a_grid_starting_while_a_report_is_written_leaves_the_report_writers_files(fmnist_root, tmp_path):
+    """A report (--report-only beside a running study, or a study's end) is written under report.lock; a grid that
+    starts meanwhile removes what interrupted writes left only once the writer is done, not its live temporary
+    file. An orphan is still removed."""
+    import threading
+    import time
+
+    from mixdistill.files import TMP_SUFFIX, hold_lock
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    study.mkdir()
+    live, seen = study / f".report.md.1{TMP_SUFFIX}", []
+    holding = threading.Event()
+
+    def writer():
+        with hold_lock(study / grid_module.REPORT_LOCK, "writing the report", wait=True):
+            live.write_text("half a report")
+            holding.set()
+            time.sleep(1.5)
+            seen.append(live.exists())  # still there: the grid did not take it for an orphan
+            live.unlink()  # (renamed into place)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    holding.wait(10)
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
+    thread.join(10)
+    assert seen == [True]
+    orphan = study / f".report.md.2{TMP_SUFFIX}"
+    orphan.write_text("left by a killed writer")
+    run_grid(runs, study, jobs=1, log=lambda *_: None)
+    assert not orphan.exists()
+
+
 def test_a_row_counts_only_where_its_folder_still_holds_the_run_it_reports(fmnist_root, tmp_path):
     import yaml
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from mixdistill.errors import IncompleteStudyError, UnknownNameError
-from mixdistill.files import write_text
+from mixdistill.files import hold_lock, write_text
 
 STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
            "shen2022": "mixdistill.studies.shen2022", "wang2022": "mixdistill.studies.wang2022"}
@@ -41,7 +41,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
     ``report_only``: the report of the runs finished so far, training nothing (a grid running in the same folder
     goes on); the others are listed as not run yet."""
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import current_rows, finished, run_grid
+    from mixdistill.studies.grid import REPORT_LOCK, current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
     seeds = parse_seeds(seeds)
@@ -74,8 +74,11 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
         hint = (" (with --report-only, give the --seeds and --threads the study runs with)" if report_only else "")
         raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}){hint}; no report "
                                    "written (an earlier one, if any, is left as it was)")
-    text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale, data_root)
-    path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
+    # one report writer at a time, and a grid starting meanwhile does not take its temporary files for orphans
+    with hold_lock(study_dir / REPORT_LOCK, "writing the report", wait=True):
+        text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale,
+                            data_root)
+        path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     log(f"report written to {path}")
     if unfinished:
         raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} runs did not finish ({_why(unfinished)}); the "

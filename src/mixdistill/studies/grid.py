@@ -52,6 +52,7 @@ class GridRun:
 
 
 GRID_LOCK = "grid.lock"  # held by the process running a grid in that folder
+REPORT_LOCK = "report.lock"  # held while a report is written (a grid's end, --report-only beside a running grid)
 
 
 def run_dir(study_dir: str | Path, key: str) -> Path:
@@ -233,7 +234,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
     # one invocation at a time per folder: a second one would re-run or set aside the runs the first is training
     with hold_lock(study_dir / GRID_LOCK, f"running a grid of {len(runs)} runs"):
-        remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left
+        with hold_lock(study_dir / REPORT_LOCK, "removing what interrupted writes left", wait=True):
+            remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
         results = ResultsFile(study_dir / "results.jsonl")
         # a row counts where its run's folder still holds that run; the others are left to train_or_reuse (a
         # re-run interrupted after it set the old run aside is resumed, a finished one not yet in a row reused)
