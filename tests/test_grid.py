@@ -374,6 +374,11 @@ def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
     assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"}
     assert all(r["summary"]["last_acc"] is not None for r in rows.values())
     assert len(ResultsFile(study / "results.jsonl").read()) == 3
+    # a teacher that diverges in a Ray task: a row saying so, its students not started
+    diverging = with_study_dir(tiny_grid(fmnist_root), tmp_path / "diverging")
+    diverging[0].config["optim"] = {**diverging[0].config["optim"], "lr": 1e30}
+    rows = run_grid(diverging, tmp_path / "diverging", executor="ray", log=lambda *_: None)
+    assert [rows[k]["status"] for k in ("teacher", "kd/seed0", "kd/seed1")] == ["diverged", "not run", "not run"]
 
 
 def test_a_row_from_before_an_option_existed_matches_at_that_options_default(fmnist_root, tmp_path):
