@@ -23,7 +23,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        replicates_text, scale_config, select, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, paired)
+                                      gates_markdown, paired, signed)
 
 NAME = "choi2023"
 
@@ -85,7 +85,8 @@ def _heatmap(effects: dict, teachers, students, path: Path) -> None:
     import numpy as np
 
     grid = np.array([[effects[(t, s)].estimate for s in students] for t in teachers])
-    bound = max(0.5, float(np.nanmax(np.abs(grid))))
+    finite = np.abs(grid[np.isfinite(grid)])  # a pair none of whose runs finished has no estimate
+    bound = max(0.5, float(finite.max()) if finite.size else 0.0)
     fig = new_figure(max(5.0, 2.6 + 1.6 * len(students)), max(3.2, 1.6 + 1.0 * len(teachers)))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
@@ -97,7 +98,7 @@ def _heatmap(effects: dict, teachers, students, path: Path) -> None:
         for j, s in enumerate(students):
             e = effects[(t, s)]
             star = "*" if e.p < ALPHA else ""
-            ax.text(j, i, f"{e.estimate:+.2f}{star}\n{e.interval()}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{signed(e.estimate)}{star}\n{e.interval()}", ha="center", va="center", fontsize=7,
                     color="white" if abs(e.estimate) > 0.6 * bound else "black")
     ax.set_title("Mix-S top-1: T = 1 minus T = 4 (points; 95% CI; * the pair's own p < 0.05, unadjusted)",
                  fontsize=9)
@@ -193,8 +194,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gate_smooth = Gate("mixup teachers are smoother",
                        "for every teacher: test-set output entropy higher and logit std lower for the mixup-trained "
                        "replicates, paired p < 0.05 each",
-                       "; ".join(f"{t}: entropy {h.estimate:+.3f} nats (p = {fmt_p(h.p)}), logit std "
-                                 f"{s.estimate:+.2f} (p = {fmt_p(s.p)})" for t, (h, s) in smoother.items()),
+                       "; ".join(f"{t}: entropy {signed(h.estimate, 3)} nats (p = {fmt_p(h.p)}), logit std "
+                                 f"{signed(s.estimate)} (p = {fmt_p(s.p)})" for t, (h, s) in smoother.items()),
                        holds(all(h.estimate > 0 and h.p < 0.05 and s.estimate < 0 and s.p < 0.05
                                  for h, s in smoother.values()), *(e for pair in smoother.values() for e in pair)))
     gate_conv = convergence_gate(rows, study_dir, role="student")

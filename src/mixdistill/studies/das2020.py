@@ -26,7 +26,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        replicates_text, scale_config, select, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, holds, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci,
-                                      fmt_p, gates_markdown, ordered_trend, paired)
+                                      fmt_p, gates_markdown, ordered_trend, paired, signed)
 
 NAME = "das2020"
 ECE_BINS = 10
@@ -100,7 +100,7 @@ def class_discrimination_order(paper_cd: dict[str, float], ours_cd: dict[str, di
     correct = ordered_trend(paper, blocks("correct")).estimate
     return ordered_trend(paper, blocks(CD_ORDER_VARIANT),
                          f"students' CD per teacher condition, {CD_ORDER_VARIANT} variant as the paper's notebook; "
-                         f"correct variant, for information: mean rho = {correct:+.3f}")
+                         f"correct variant, for information: mean rho = {signed(correct, 3)}")
 
 
 # ------------------------------------------------------------------------------------ shifted test sets
@@ -322,14 +322,14 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gate_over = Gate("unaugmented teacher over-confident",
                      f"the unaugmented teachers' mean top-class confidence − accuracy ≥ {margin} and p < 0.05 "
                      "(one-sample t over replicates)",
-                     f"{over.estimate:+.4f} {over.interval(4)}, p = {fmt_p(over.p)}",
+                     f"{over.text(4)}, p = {fmt_p(over.p)}",
                      holds(over.estimate >= margin and over.p < 0.05, over))
     gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}  # NaN: no replicate has both
     # one-sided: a mixed teacher that is *worse* would explain worse students by itself; a better one (the
     # paper's CutMix teacher is 10 points better) only makes "worse students" the stronger claim
     gate_acc = Gate("mixed teachers not less accurate",
                     f"acc(mixed) − acc(none) ≥ −{gates_cfg['accuracy_within']} point for the mixup and cutmix teachers "
-                    f"(mean over replicates)", ", ".join(f"{m} {d:+.2f}" for m, d in gaps.items()),
+                    f"(mean over replicates)", ", ".join(f"{m} {signed(d)}" for m, d in gaps.items()),
                     None if any(math.isnan(d) for d in gaps.values())
                     else all(d >= -gates_cfg["accuracy_within"] for d in gaps.values()))
     gate_conv = {s: convergence_gate(rows, study_dir, role="student", student=s) for s in students}

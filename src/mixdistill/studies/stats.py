@@ -46,7 +46,7 @@ class Effect:
         """'+0.42 points [-0.10, +0.94]'; 'n/a' where there is no estimate (no seed ran both conditions)."""
         if math.isnan(self.estimate):
             return "n/a"
-        return f"{self.estimate:+.{digits}f}{unit} {self.interval(digits)}"
+        return f"{signed(self.estimate, digits)}{unit} {self.interval(digits)}"
 
 
 def _nan_effect(estimate: float, test: str, n: int) -> Effect:
@@ -348,6 +348,11 @@ def adjust(findings: list[Finding]) -> None:
     """Holm across a study's findings that claim an effect. A claim of *no* effect keeps its own p: raising it
     would make the claim easier to keep, the opposite of what a correction is for."""
     holm([f.effect for f in findings if not f.no_effect_claim])
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """'+0.42'; 'n/a' for NaN (no unit had both conditions: every run of one diverged)."""
+    return "n/a" if math.isnan(x) else f"{x:+.{digits}f}"
 
 
 def fmt_p(p: float) -> str:
