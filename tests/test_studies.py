@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,7 @@ def test_das2020_smoke_study(fmnist_root, tmp_path):
 @pytest.mark.parametrize("name, diverging", [
     ("das2020", ["teacher/none/r0", "student/cutmix/lenet5/r1"]),  # a teacher replicate and a student
     ("wang2022", ["student/cnn5_w8-cnn5_w8/kd_cutmix/seed1"]),  # a run that is also one of the nine views
+    ("das2020", ["teacher/mixup/r0", "teacher/mixup/r1"]),  # a whole teacher condition: its effects have no estimate
 ])
 def test_a_study_with_diverging_runs_reports_the_rest_and_lists_them(name, diverging, fmnist_root, tmp_path,
                                                                      monkeypatch, capsys):
@@ -288,7 +290,10 @@ def test_a_study_with_diverging_runs_reports_the_rest_and_lists_them(name, diver
     rows = ResultsFile(tmp_path / f"{name}_smoke" / "results.jsonl").read()
     assert {k for k, r in rows.items() if r.get("status")} == set(diverging)
     assert "runs already finished with this config" in out  # the second invocation trained nothing
-    if name == "das2020":
+    assert not re.search(r"[+-]nan\b", report), "an effect with no estimate reads n/a"
+    if name == "das2020" and "teacher/mixup/r0" in diverging:
+        assert "mixup n/a" in report and "![teacher mixup]" not in report  # the accuracy gate; no diagram drawn
+    elif name == "das2020":
         assert "| student/none/lenet5/r0 | not run | its teacher's run teacher/none/r0 did not finish |" in section
         assert "4 of 36 runs did not finish (2 diverged, 2 not run)" in lines[0]
         assert "2 replicates each (seeds 0, 1)" in report
