@@ -16,7 +16,8 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
 from mixdistill.studies.stats import (adjust, all_hold, each_unit_markdown, holds, Finding, Gate, counted,
-                                      findings_markdown, fmt_mean_ci, fmt_p, gates_markdown, over_units, paired)
+                                      finding_over_units, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
+                                      over_units, paired)
 
 NAME = "shen2022"
 # the online-KD methods whose gain over a network alone is the premise of "Cut^nMix beats X"
@@ -180,22 +181,13 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
         pooled.update({id(g): premise[m] for g, m in zip(gates, effects)})
         if gates:
             pooled[id(gates[-1])] = converged
-    claims: dict[str, list] = {}
+    claims: dict[str, dict[str, Finding]] = {}  # claim (without its setting) -> setting -> its finding
     for setting, (_, findings, _) in parts.items():
         for f in findings:
-            claims.setdefault(f.claim.split(": ", 1)[1], []).append((setting, f))
-    out = []
-    for claim, entries in claims.items():
-        first = entries[0][1]
-        on = []
-        for g in first.gates:
-            if all(pooled[id(g)] is not o for o in on):
-                on.append(pooled[id(g)])
-        effect = over_units({s: f.effect for s, f in entries}, "setting")  # the settings with an estimate
-        out.append(Finding(f"over {counted(effect.n, 'setting')}: {claim}", effect, first.sign, first.paper,
-                           first.unit, on))
+            claims.setdefault(f.claim.split(": ", 1)[1], {})[setting] = f
+    out = [finding_over_units(claim, own, pooled, "setting") for claim, own in claims.items()]
     described = [Finding(f"{s}: {m} beats a network alone", e, +1, "")
                  for s, (_, _, effects) in parts.items() for m, e in effects.items()]
-    described += [f for entries in claims.values() for _, f in entries]
+    described += [f for own in claims.values() for f in own.values()]
     gates = [g for gates, _, _ in parts.values() for g in gates[-1:]] + list(premise.values()) + [converged]
     return out, gates, described

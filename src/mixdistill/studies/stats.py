@@ -292,6 +292,10 @@ class Finding:
     no_effect_claim: bool = False  # the paper claims there is no effect (CE does not gain from longer training)
     equivalence: Effect | None = None  # a claim of no effect: the TOST within its margin (:func:`equivalence`)
 
+    def effect_text(self) -> str:
+        """The effect cell of a findings table: three decimals for ECE and r, the unit after points."""
+        return self.effect.text(3 if self.unit in ("ECE", "r") else 2, "" if self.unit == "r" else f" {self.unit}")
+
     @property
     def failed_gates(self) -> list[Gate]:
         """The gates that do not hold: failed, or untested."""
@@ -393,9 +397,7 @@ def findings_markdown(findings: list[Finding]) -> list[str]:
              "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |",
              "|---|---|---|---|---|---|---|"]
     for f in findings:
-        digits = 3 if f.unit in ("ECE", "r") else 2
-        unit = "" if f.unit == "r" else f" {f.unit}"
-        lines.append(f"| {f.claim} | {f.paper} | {f.effect.text(digits, unit)} | "
+        lines.append(f"| {f.claim} | {f.paper} | {f.effect_text()} | "
                      f"{f.effect.test}{_equivalence_text(f)} | {fmt_p(f.effect.p)} | {fmt_p(f.effect.p_holm)} | "
                      f"{f.verdict} |")
     return lines + [""]
@@ -407,6 +409,24 @@ def _equivalence_text(f: Finding) -> str:
     return "" if q is None else f"; {q.test}: 90% CI {q.interval()}"
 
 
+def finding_over_units(claim: str, own: dict[str, Finding], over: dict[int, Gate], unit: str = "pair",
+                       paper: str | None = None, margin: float | None = None) -> Finding:
+    """One finding of ``claim`` from the units' own (``own``: unit -> its finding): its effect over the units
+    (:func:`over_units`), resting on the gates over the units that stand for the gates the units' findings rest on
+    (``over``: id of a unit's gate -> its gate over the units); a claim of no effect with its TOST over the units
+    within ``margin``."""
+    first = next(iter(own.values()))
+    effects = {k: f.effect for k, f in own.items()}
+    effect = over_units(effects, unit)  # the units with an estimate
+    gates: list[Gate] = []
+    for g in first.gates:
+        if all(over[id(g)] is not o for o in gates):
+            gates.append(over[id(g)])
+    tost = equivalence_over_units(effects, margin, unit) if first.no_effect_claim and margin is not None else None
+    return Finding(f"over {counted(effect.n, unit)}: {claim}", effect, first.sign, paper or first.paper, first.unit,
+                   gates, first.no_effect_claim, tost)
+
+
 def each_unit_markdown(described: list[Finding], unit: str = "pair") -> list[str]:
     """The units' own findings (each pair's, each setting's) where the claims are judged over the units:
     descriptive, p unadjusted."""
@@ -415,10 +435,7 @@ def each_unit_markdown(described: list[Finding], unit: str = "pair") -> list[str
     lines = [f"## Each {unit} on its own", "",
              f"Descriptive: each {unit}'s effect over its seeds, p unadjusted; the findings above judge each claim "
              f"over the {unit}s.", "", "| finding | effect [95% CI] | test | p |", "|---|---|---|---|"]
-    for f in described:
-        digits = 3 if f.unit in ("ECE", "r") else 2
-        text_unit = "" if f.unit == "r" else f" {f.unit}"
-        lines.append(f"| {f.claim} | {f.effect.text(digits, text_unit)} | {f.effect.test} | {fmt_p(f.effect.p)} |")
+    lines += [f"| {f.claim} | {f.effect_text()} | {f.effect.test} | {fmt_p(f.effect.p)} |" for f in described]
     return lines + [""]
 
 

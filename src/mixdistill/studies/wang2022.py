@@ -31,7 +31,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, each_unit_markdown,
-                                      equivalence, equivalence_over_units, findings_markdown, fmt_mean_ci, fmt_p,
+                                      equivalence, finding_over_units, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, mean_correlation, ordered_trend, over_units, paired,
                                       published_difference, rank_correlation)
 
@@ -292,16 +292,17 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         view_runs[pair] = (view_findings, losses, gate)
         findings += view_findings
         view_lines += lines_
-    described = []  # each pair's own findings where the claims are judged over several pairs
+    described, over = [], []  # each pair's own findings, and the claims judged over several pairs instead
     if len(pairs) > 1:
         described += [Finding(f"{p}: KD beats CE", kd_beats_ce[p], +1, "") for p in pairs]  # the gate's units
         described += [f for entries in per_pair.values() for _, f, _ in entries]
-        findings = [f for f in findings if id(f) not in {id(d) for d in described}]
-        findings += _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, no_gain_margin)
+        over += _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, no_gain_margin)
     if len(view_runs) > 1:
         described += [f for fs, _, _ in view_runs.values() for f in fs]
-        findings = [f for f in findings if id(f) not in {id(d) for d in described}]
-        findings += _over_view_pairs(spec, view_runs, gates)
+        over += _over_view_pairs(spec, view_runs, gates)
+    if described:
+        left_out = {id(f) for f in described}
+        findings = [f for f in findings if id(f) not in left_out] + over
     adjust(findings)
     lines += gates_markdown(gates) + findings_markdown(findings)
     plot_effects(findings, study_dir / "wang2022_effects.png", f"wang2022 findings ({dataset})")
@@ -325,20 +326,9 @@ def _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, 
     for p in pairs:
         for own, over in zip(gates_of[p], (gate_kd, gate_conv, gate_conv_ce)):
             pooled[id(own)] = over
-    findings = []
-    for claim, entries in per_pair.items():
-        first, paper_methods = entries[0][1], entries[0][2]
-        effects = {p: f.effect for p, f, _ in entries}
-        on = []
-        for g in first.gates:
-            if all(pooled[id(g)] is not o for o in on):
-                on.append(pooled[id(g)])
-        effect = over_units(effects)  # the pairs with an estimate
-        findings.append(Finding(f"over {counted(effect.n, 'pair')}: {claim}", effect, first.sign,
-                                paper_mean_gain(*paper_methods) if paper_methods else first.paper, first.unit,
-                                on, first.no_effect_claim,
-                                equivalence_over_units(effects, margin) if first.no_effect_claim else None))
-    return findings
+    return [finding_over_units(claim, {p: f for p, f, _ in entries}, pooled, "pair",
+                               paper_mean_gain(*entries[0][2]) if entries[0][2] else None, margin)
+            for claim, entries in per_pair.items()]
 
 
 def _over_view_pairs(spec, view_runs, gates) -> list[Finding]:
@@ -358,7 +348,6 @@ def _over_view_pairs(spec, view_runs, gates) -> list[Finding]:
             Finding(f"over the {n}: teacher T. stddev correlates with student test loss",
                     mean_correlation({p: fs[1].effect for p, (fs, _, _) in view_runs.items()}), +1,
                     f"{firsts[1].paper}, one pair (wrn_40_2 → wrn_16_2)", unit="r", gates=[gate])]
-
 
 
 def _views(spec, rows, study_dir, pair, data_root, min_steps, gate_conv, epochs=None,
