@@ -20,7 +20,7 @@ from mixdistill.analysis.smoothness import logit_std, output_entropy
 from mixdistill.config import merge
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       replicates_text, scale_config, select, test_logits, timing_markdown)
+                                       replicates_text, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, paired, signed)
@@ -174,7 +174,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                 if r["labels"]["role"] == "teacher" and r["labels"]["condition"] == condition
                 and r["labels"]["teacher"] == teacher}
 
-    replicates = sorted({r["labels"]["seed"] for r in select(rows, role="teacher")})
+    replicates = sorted(acc(role="teacher"))  # a replicate counts where any of its teachers finished
     lines = [f"# choi2023 study ({scale} scale, {dataset})", "",
              f"Teachers {', '.join(teachers)} trained plainly (vanilla) and with choi2023's two-permutation mixup, "
              f"{replicates_text(replicates)}; students "

@@ -23,7 +23,7 @@ from mixdistill.errors import MixdistillError
 from mixdistill.files import read_cache, write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       replicates_text, scale_config, select, test_outputs, timing_markdown)
+                                       replicates_text, scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun, run_dir
 from mixdistill.studies.stats import (adjust, holds, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci,
                                       fmt_p, gates_markdown, ordered_trend, paired, signed)
@@ -299,7 +299,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
                 if all(r["labels"].get(k) == v for k, v in labels.items())}
 
     dataset = next(iter(rows.values()))["summary"]["dataset"]
-    replicates = sorted({r["labels"]["seed"] for r in select(rows, role="teacher")})
+    replicates = sorted(values("acc", role="teacher"))  # a replicate counts where any of its teachers finished
     paper_ds = ref["dataset"].upper().replace("CIFAR", "CIFAR-")
     lines = [f"# das2020 study ({scale} scale, {dataset})", "",
              f"Teachers ({sc['teacher']['model']['student']}) trained under each condition, "

@@ -91,6 +91,11 @@ def resolve(run: GridRun, study_dir: Path):
     return build_config(tree)
 
 
+def _row(run: GridRun, **fields) -> dict:
+    """A row of ``results.jsonl`` (or one the grid reports without writing it) for ``run``."""
+    return {"key": run.key, "labels": run.labels, "stage": run.stage, **fields}
+
+
 def finished(row: dict) -> bool:
     """Did the run of ``row`` finish (it has a summary)? Not where it diverged or could not run (``status``)."""
     return "status" not in row
@@ -110,16 +115,14 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
     became NaN/inf gets a row saying so (``status: diverged``; the same seed diverges again, so retrying cannot
     help), and the grid goes on without it."""
     cfg = resolve(run, Path(study_dir))
-    row = {"key": run.key, "labels": run.labels, "stage": run.stage}
     for attempt in range(retries + 1):
         try:
             summary, reused = train_or_reuse(cfg, quiet=quiet)
             # reused: finished there already (its row was lost or damaged), read back, nothing trained
-            return {**row, "summary": summary, "attempts": attempt + 1, "config": cfg.to_dict(),
-                    **({"reused": True} if reused else {})}
+            return _row(run, summary=summary, attempts=attempt + 1, config=cfg.to_dict(),
+                        **({"reused": True} if reused else {}))
         except NonFiniteLossError as err:
-            return {**row, "status": "diverged", "error": one_line(err), "attempts": attempt + 1,
-                    "config": cfg.to_dict()}
+            return _row(run, status="diverged", error=one_line(err), attempts=attempt + 1, config=cfg.to_dict())
         except MixdistillError:
             raise  # bad input: retrying cannot help
         except Exception:
@@ -298,14 +301,12 @@ def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None
         teacher = _teacher_used(cfg, run_dirs)
         teacher_row = out.get(teacher) if teacher is not None else None
         if teacher_row is not None and teacher_row.get("status") in ("diverged", NOT_RUN):
-            out[run.key] = {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_RUN,
-                            "error": f"its teacher's run {teacher} did not finish"}
+            out[run.key] = _row(run, status=NOT_RUN, error=f"its teacher's run {teacher} did not finish")
         elif (row is not None and _holds_row(row, cfg) and not _row_difference(row, cfg)
               and (teacher_row is None or finished(teacher_row))):  # a teacher to train anew: its students too
             out[run.key] = row
         else:
-            out[run.key] = {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_YET,
-                            "error": "no finished run with this config yet"}
+            out[run.key] = _row(run, status=NOT_YET, error="no finished run with this config yet")
     return {run.key: out[run.key] for run in runs}
 
 
@@ -409,7 +410,7 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), lo
                 n += 1
                 why = f"its teacher's run {', '.join(sorted(needs[run.key] & failed))} did not finish"
                 log(f"[stage {run.stage}] {n}/{len(todo)} not run {run.key}: {why}")
-                yield {"key": run.key, "labels": run.labels, "stage": run.stage, "status": NOT_RUN, "error": why}
+                yield _row(run, status=NOT_RUN, error=why)
                 continue
             if needs[run.key] & unfinished:
                 continue
