@@ -634,3 +634,54 @@ def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist
     rows = run_grid(runs, study, jobs=jobs, threads=1, log=lambda *_: None)
     assert all(grid_module.finished(row) for row in rows.values())
     assert (study / "runs" / "teacher.superseded1" / "metrics.jsonl").exists(), "the diverged run is kept aside"
+
+
+def _drop_rows(study, *keys):
+    path = study / "results.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line)["key"] not in keys))
+
+
+def test_a_student_is_trained_anew_with_its_teacher_even_where_its_row_is_lost(fmnist_root, tmp_path, monkeypatch):
+    """A teacher that trains anew takes its students' folders with it, also those with no row to go by (the row was
+    lost, or the run was killed before it finished): they were made with the old teacher, so reusing or resuming
+    them would report a student of a teacher that is no longer there."""
+    import copy
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    _drop_rows(study, "kd/seed0", "kd/seed1")  # kd/seed0 finished, its row lost; kd/seed1 as killed before its end
+    (study / "runs" / "kd__seed1" / "summary.json").unlink()
+    changed = copy.deepcopy(runs)
+    changed[0].config["optim"] = {**changed[0].config["optim"], "lr": 0.01}
+    original, calls, logged = grid_module.execute, [], []
+
+    def counting(run, *args, **kwargs):
+        calls.append(run.key)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", counting)
+    rows = run_grid(changed, study, jobs=1, threads=1, log=logged.append)
+    assert calls == ["teacher", "kd/seed0", "kd/seed1"]
+    assert not rows["kd/seed0"].get("reused"), "a student of the old teacher was reported as this teacher's"
+    for key in ("kd/seed0", "kd/seed1"):
+        folder = key.replace("/", "__")
+        assert any(line.startswith(f"{key}: its teacher is trained anew") for line in logged), logged
+        assert (study / "runs" / f"{folder}.superseded1").is_dir(), "the old student is kept aside"
+        summary = json.loads((study / "runs" / folder / "summary.json").read_text())
+        assert rows[key]["summary"] == summary and summary["epochs"] == 1
+
+
+def test_current_rows_read_a_finished_run_whose_row_was_lost_as_the_grid_would(fmnist_root, tmp_path):
+    """--report-only and the grid decide with one function: a finished run whose row was lost is read back from its
+    folder (the grid reuses it: nothing trains), and its students count."""
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    done = run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    _drop_rows(study, "teacher")
+    now = grid_module.current_rows(runs, study, threads=1)
+    assert now["teacher"]["summary"] == done["teacher"]["summary"] and now["teacher"]["reused"]
+    assert now["kd/seed0"] == done["kd/seed0"] and now["kd/seed1"] == done["kd/seed1"]
+    again = run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    assert again == now, "the grid reads back what --report-only showed, and trains nothing"

@@ -684,6 +684,13 @@ def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> tuple[d
     return train(cfg, resume=resume, quiet=quiet), False  # a damaged summary.json is written again
 
 
+def reusable_summary(cfg: RunConfig) -> dict | None:
+    """The summary :func:`train_or_reuse` would return without training anything (a finished run of this config in
+    its folder), else None."""
+    summary = run.read_summary(cfg.run_dir)
+    return summary if summary is not None and _why_set_aside(cfg, summary) is None else None
+
+
 def _why_set_aside(cfg: RunConfig, summary: dict | None) -> str | None:
     """Why the run directory of ``cfg`` (whose readable summary is ``summary``) can be neither reused nor resumed:
     another config; finished without the checkpoint its readers (students, eval, analyze) need; unfinished with a

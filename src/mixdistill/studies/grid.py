@@ -32,7 +32,7 @@ from mixdistill.engine.run import (
     set_aside,
     stored_config_difference,
 )
-from mixdistill.engine.trainer import train_or_reuse
+from mixdistill.engine.trainer import reusable_summary, train_or_reuse
 from mixdistill.errors import IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
 from mixdistill.files import hold_lock, remove_orphans, write_text
 from mixdistill.machine import available_cpus
@@ -96,6 +96,11 @@ def _row(run: GridRun, **fields) -> dict:
     return {"key": run.key, "labels": run.labels, "stage": run.stage, **fields}
 
 
+def _finished_row(run: GridRun, cfg, summary: dict, attempts: int = 1, reused: bool = False) -> dict:
+    """The row of a finished run (``reused``: read back from its folder, nothing trained)."""
+    return _row(run, summary=summary, attempts=attempts, config=cfg.to_dict(), **({"reused": True} if reused else {}))
+
+
 def finished(row: dict) -> bool:
     """Did the run of ``row`` finish (it has a summary)? Not where it diverged or could not run (``status``)."""
     return "status" not in row
@@ -119,8 +124,7 @@ def execute(run: GridRun, study_dir: str, retries: int = 1, quiet: bool = True) 
         try:
             summary, reused = train_or_reuse(cfg, quiet=quiet)
             # reused: finished there already (its row was lost or damaged), read back, nothing trained
-            return _row(run, summary=summary, attempts=attempt + 1, config=cfg.to_dict(),
-                        **({"reused": True} if reused else {}))
+            return _finished_row(run, cfg, summary, attempt + 1, reused)
         except NonFiniteLossError as err:
             return _row(run, status="diverged", error=one_line(err), attempts=attempt + 1, config=cfg.to_dict())
         except MixdistillError:
@@ -216,6 +220,44 @@ def _row_difference(row: dict, cfg) -> list[str]:
     return saved_config_difference(cfg) or []
 
 
+@dataclass
+class _Plan:
+    """What a grid keeps and what it sets aside, decided before anything trains; a run in neither trains (a run
+    killed midway is resumed)."""
+    kept: dict[str, dict] = field(default_factory=dict)  # key -> its row: the run its folder holds, still current
+    reusable: dict[str, dict] = field(default_factory=dict)  # key -> summary: finished and current, its row lost
+    again: dict[str, str] = field(default_factory=dict)  # key -> why its folder is set aside and it trains anew
+
+
+def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], rerun=()) -> _Plan:
+    """How ``run_grid`` treats each run given ``results.jsonl``'s ``rows`` (``current_rows`` reads the same plan).
+    A run is current where its folder holds a finished (or diverged) run of today's config, not named by ``rerun``,
+    and the run it distils from is current too: a teacher that trains anew (or is resumed) takes its students'
+    folders with it, rows or not, since they were made with another teacher. A finished run whose row was lost is
+    read back from its folder (``train_or_reuse``) on the same terms."""
+    needs, plan = dependencies(runs, configs, _run_dirs(configs)), _Plan()
+    for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
+        key, cfg = run.key, configs[run.key]
+        row = rows.get(key)
+        row = row if row is not None and _holds_row(row, cfg) else None
+        summary = reusable_summary(cfg) if row is None else None
+        if any(t not in plan.kept and t not in plan.reusable for t in needs[key]):
+            if cfg.run_dir.exists():
+                plan.again[key] = "its teacher is trained anew; re-running it"
+        elif row is None and summary is None:
+            continue  # never ran, or killed midway: it trains (train_or_reuse resumes it)
+        elif any(fnmatch.fnmatchcase(key, p) for p in rerun):
+            plan.again[key] = "re-running as asked"
+        elif row is not None and (diff := _row_difference(row, cfg)):
+            plan.again[key] = (f"finished with a different config ({'; '.join(diff[:3])}"
+                               f"{'; ...' if len(diff) > 3 else ''}); re-running it")
+        elif row is not None:
+            plan.kept[key] = row
+        else:
+            plan.reusable[key] = summary
+    return plan
+
+
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
              retries: int = 1, quiet: bool = True, rerun: list[str] = (), threads: int | None = None,
              jobs: int | None = None, log=print) -> dict[str, dict]:
@@ -240,37 +282,17 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         with hold_lock(study_dir / REPORT_LOCK, "removing what interrupted writes left", wait=True):
             remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
         results = ResultsFile(study_dir / "results.jsonl")
-        # a row counts where its run's folder still holds that run; the others are left to train_or_reuse (a
-        # re-run interrupted after it set the old run aside is resumed, a finished one not yet in a row reused)
-        done = {key: row for key, row in results.read().items() if key in configs and _holds_row(row, configs[key])}
-        again: dict[str, str] = {}  # key -> why it runs again
-
-        def _trains_anew(key: str) -> bool:  # a teacher that runs again, or runs with no finished run to reuse
-            return key in again or (key not in done and not (configs[key].run_dir / "summary.json").exists())
-
-        run_dirs = _run_dirs(configs)
-        for run in sorted(runs, key=lambda r: r.stage):
-            cfg = configs[run.key]
-            if run.key not in done:
-                continue
-            teacher = _teacher_used(cfg, run_dirs)
-            if any(fnmatch.fnmatchcase(run.key, p) for p in rerun):
-                again[run.key] = "re-running as asked"
-            elif diff := _row_difference(done[run.key], cfg):
-                again[run.key] = (f"finished with a different config ({'; '.join(diff[:3])}"
-                                  f"{'; ...' if len(diff) > 3 else ''}); re-running it")
-            elif teacher is not None and _trains_anew(teacher):
-                again[run.key] = "its teacher is trained anew; re-running it"
-        for key, why in again.items():
-            del done[key]
+        plan = _plan(runs, configs, results.read(), rerun)
+        for key, why in plan.again.items():
             moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
             log(f"{key}: {why}{moved}")
+        done = dict(plan.kept)  # the runs plan.reusable names are read back by execute (train_or_reuse)
         skipped = sum(r.key in done for r in runs)
         if skipped:
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
-        needs = dependencies(runs, configs, run_dirs)
+        needs = dependencies(runs, configs, _run_dirs(configs))
         failed = {key for key, row in done.items() if not finished(row)}  # diverged in an earlier invocation
         if executor == "local":
             new_rows = _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log)
@@ -289,22 +311,22 @@ NOT_YET = "not run yet"  # --report-only: a run with no finished row for today's
 
 
 def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None = None) -> dict[str, dict]:
-    """What ``run_grid`` would reuse now, trained and written nothing: each run's row where its folder holds it, its
-    config is today's (finished or diverged) and so is its teacher's run; the others a row saying they have not run
-    yet (or, a diverged teacher's students, that they will not)."""
+    """What ``run_grid`` would reuse now (its :func:`_plan`), trained and written nothing: each current run's row (a
+    finished run whose row was lost: read back from its folder); the others a row saying they have not run yet (or,
+    a diverged teacher's students, that they will not)."""
     study_dir = Path(study_dir)
     runs = with_teacher_views(with_threads(runs, threads), study_dir)
     configs = {run.key: resolve(run, study_dir) for run in runs}
-    run_dirs, rows, out = _run_dirs(configs), ResultsFile(study_dir / "results.jsonl").read(), {}
+    plan = _plan(runs, configs, ResultsFile(study_dir / "results.jsonl").read())
+    needs, out = dependencies(runs, configs, _run_dirs(configs)), {}
     for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
-        cfg, row = configs[run.key], rows.get(run.key)
-        teacher = _teacher_used(cfg, run_dirs)
-        teacher_row = out.get(teacher) if teacher is not None else None
-        if teacher_row is not None and teacher_row.get("status") in ("diverged", NOT_RUN):
-            out[run.key] = _row(run, status=NOT_RUN, error=f"its teacher's run {teacher} did not finish")
-        elif (row is not None and _holds_row(row, cfg) and not _row_difference(row, cfg)
-              and (teacher_row is None or finished(teacher_row))):  # a teacher to train anew: its students too
-            out[run.key] = row
+        not_run = sorted(t for t in needs[run.key] if out[t].get("status") in ("diverged", NOT_RUN))
+        if run.key in plan.kept:
+            out[run.key] = plan.kept[run.key]
+        elif run.key in plan.reusable:
+            out[run.key] = _finished_row(run, configs[run.key], plan.reusable[run.key], reused=True)
+        elif not_run:
+            out[run.key] = _row(run, status=NOT_RUN, error=f"its teacher's run {', '.join(not_run)} did not finish")
         else:
             out[run.key] = _row(run, status=NOT_YET, error="no finished run with this config yet")
     return {run.key: out[run.key] for run in runs}
