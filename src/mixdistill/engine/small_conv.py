@@ -161,25 +161,30 @@ class _FirstLayerConv(torch.autograd.Function):
                                                    False, [0, 0], 1, mask)
 
 
-_casts: dict[int, tuple] = {}  # id(parameter) -> (weakref to it, its version, its bf16 cast)
+# layer -> {parameter name: (the parameter, its version, its bf16 cast)}. Keyed weakly by the layer: a cast's autograd
+# graph holds its parameter, so a table keyed by the parameter would keep every layer's weights alive for good.
+_casts: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def _autocast_cast(t: torch.Tensor | None) -> torch.Tensor | None:
-    """``t`` in bf16 as bf16 autocast gives it to ATen's convolution. Autocast casts a parameter (a leaf that
-    requires grad) once per version and hands every later call the same cast, so a layer run twice before one
-    backward (kd_view's clean and augmented batches) sums its two gradients in bf16 before the cast's backward
-    takes them to fp32; a cast per call would sum them in fp32 instead (other floats: 60 of wang2022's 86 runs
-    differed so before this cache). Kept here per parameter version: an optimiser step makes a new one."""
+def _autocast_cast(layer: nn.Module, name: str) -> torch.Tensor | None:
+    """``layer``'s parameter ``name`` in bf16 as bf16 autocast gives it to ATen's convolution. Autocast casts a
+    parameter (a leaf that requires grad) once per version and hands every later call the same cast, so a layer run
+    twice before one backward (kd_view's clean and augmented batches) sums its two gradients in bf16 before the
+    cast's backward takes them to fp32; a cast per call would sum them in fp32 instead (other floats: 60 of
+    wang2022's 86 runs differed so before this cache). Kept here per parameter version: an optimiser step makes a
+    new one."""
+    t = getattr(layer, name)
     if t is None or t.dtype == torch.bfloat16:
         return t
     if not (t.is_leaf and t.requires_grad and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.is_autocast_cache_enabled()):
         return t.to(torch.bfloat16)
-    hit = _casts.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
+    own = _casts.setdefault(layer, {})
+    hit = own.get(name)
+    if hit is not None and hit[0] is t and hit[1] == t._version:
         return hit[2]
     cast = t.to(torch.bfloat16)
-    _casts[id(t)] = (weakref.ref(t), t._version, cast)
+    own[name] = (t, t._version, cast)
     return cast
 
 
@@ -190,7 +195,7 @@ class SmallFirstConv2d(nn.Conv2d):
         if not _eligible(x, self.weight):
             return super().forward(x)
         x = x.to(torch.bfloat16)  # what bf16 autocast gives the convolution
-        weight, bias = _autocast_cast(self.weight), _autocast_cast(self.bias)
+        weight, bias = _autocast_cast(self, "weight"), _autocast_cast(self, "bias")
         if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return _FirstLayerConv.apply(x, weight, bias)
