@@ -87,6 +87,32 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_overwritten_by_another
     assert json.loads((run_dir.with_name("renamed") / "summary.json").read_text())["name"] == "renamed"
 
 
+def test_a_run_saved_with_peers_its_method_ignored_still_resumes_and_opens(capsys, tiny_run_overrides, tmp_path):
+    """Until 2026-12-04 ``model.peers`` beside a method that trains one student was accepted and ignored, and saved in
+    the run's config.yaml and checkpoint; today's schema refuses it, which made such a run impossible to resume (its
+    checkpoint's config did not validate) or open (eval, analyze). It is read as the run it was: without them."""
+    import yaml
+
+    from mixdistill.engine.checkpoint import save_atomic
+    from mixdistill.engine.run import open_run
+
+    train = ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=old", "optim.epochs=1"]
+    assert main([*train, "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "old"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["model"]["peers"] = ["cnn5_w8", "cnn5_w16"]  # as an older mixdistill wrote it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    state = load_checkpoint(run_dir / "last.pt")
+    state["config"]["model"]["peers"] = ["cnn5_w8", "cnn5_w16"]
+    save_atomic(state, run_dir / "last.pt")
+    opened = open_run(run_dir)
+    assert opened.config_error is None and opened.cfg.model.peers is None
+    assert main([*train, "--resume", "--quiet"]) == 0  # finished: its summary, nothing trained
+    (run_dir / "summary.json").unlink()  # as killed after its last checkpoint: resumed from it
+    assert main([*train, "--resume", "--quiet"]) == 0 and (run_dir / "summary.json").exists()
+    capsys.readouterr()
+
+
 @pytest.mark.checkout
 @pytest.mark.slow
 def test_two_processes_into_one_run_directory_during_the_first_epoch(tmp_path):

@@ -521,6 +521,19 @@ def build_config(tree: dict) -> RunConfig:
         raise ConfigError(_format_validation_error(err, config_keys(method), method)) from None
 
 
+def stored_config(tree: dict) -> RunConfig:
+    """A config a run stored (its config.yaml, its checkpoint, a study's results row), read through today's schema.
+    What an older mixdistill accepted and ignored, and today's refuses, is dropped, so such a run still resumes,
+    opens and compares as the run it was: ``model.peers`` beside a method that trains one student (ignored until
+    2026-12-04)."""
+    model, method = tree.get("model"), tree.get("method")
+    name = method.get("name", "ce") if isinstance(method, dict) else method
+    if (isinstance(model, dict) and model.get("peers") is not None and isinstance(name, str)
+            and name in METHODS and not getattr(METHODS[name], "online", False)):
+        tree = {**tree, "model": {**model, "peers": None}}
+    return build_config(tree)
+
+
 def read_config_file(path: str | Path) -> dict:
     """A YAML config file's tree (not yet validated)."""
     path = Path(path)

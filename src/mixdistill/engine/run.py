@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mixdistill.config import RunConfig, build_config
+from mixdistill.config import RunConfig, stored_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.data.datasets import Split
 from mixdistill.engine.build import build_teacher
@@ -77,7 +77,7 @@ def stored_config_difference(tree: dict, cfg: RunConfig) -> list[str]:
     today's schema first, so an option added since at its behaviour-keeping default is no difference. A tree that
     no longer validates counts as different."""
     try:
-        stored = build_config(tree).to_dict()
+        stored = stored_config(tree).to_dict()
     except Exception as err:  # written by an older mixdistill whose schema differs
         return [f"saved config no longer valid ({type(err).__name__})"]
     return config_difference(stored, cfg.to_dict())
@@ -172,7 +172,7 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
                 unreadable.append(d)
             continue
         try:
-            tree = build_config(tree).to_dict()
+            tree = stored_config(tree).to_dict()
         except Exception:  # noqa: BLE001 - an older mixdistill's schema (listed as it was written), or not ours
             if not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml): not a run
                 continue
@@ -292,7 +292,7 @@ def open_run(path: str | Path) -> FinishedRun:
     cfg, error = None, None
     if isinstance(state.get("config"), dict):
         try:
-            cfg = build_config(state["config"])
+            cfg = stored_config(state["config"])
         except UnknownNameError as err:  # most likely a plugin's method or augmentation, its plugin not loaded here
             error = f"unknown {err.kind} '{err.name}': a plugin's? name its module in ${PLUGINS_ENV}"
         except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs

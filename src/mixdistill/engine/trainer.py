@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mixdistill.config import RunConfig, build_config, metric_lower_is_better
+from mixdistill.config import RunConfig, metric_lower_is_better, stored_config
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
 from mixdistill.engine.build import base_lr, build_distiller, build_loaders, check_teacher_form, model_label
@@ -212,7 +212,7 @@ class Trainer:
         state = load_checkpoint(self.checkpoint_path)
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not a mixdistill training checkpoint")
-        diff = run.config_difference(build_config(state["config"]).to_dict(), self.cfg.to_dict())
+        diff = run.config_difference(stored_config(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
             raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} "
                               "was started with: " + "; ".join(diff))
