@@ -1,6 +1,6 @@
 """The README's analysis figures, from real Fashion-MNIST runs (CPU).
 
-    python -m mixdistill.analysis.examples OUTDIR [--workdir DIR] [--study DIR] [--data-root DIR]
+    python -m mixdistill.figures OUTDIR [--workdir DIR] [--study DIR] [--data-root DIR]
 
 1. Trains, or reuses, two runs of ``mixdistill demo`` (the same configs, from ``resources/demo.yaml``): the
    teacher (cnn5_w16, CE on the 60,000 training images, 3 epochs) and the seed-0 KD student (cnn5_w8, KD
@@ -30,7 +30,7 @@ from pathlib import Path
 from mixdistill.analysis.command import analyze
 from mixdistill.analysis.teacher_stats import correlations, plot_tstddev_vs_loss
 
-CHECKOUT_STUDY = Path(__file__).resolve().parents[3] / "docs" / "results" / "studies" / "wang2022_cpu"
+CHECKOUT_STUDY = Path(__file__).resolve().parents[2] / "docs" / "results" / "studies" / "wang2022_cpu"
 
 
 def _sizes(summary: dict) -> str:
@@ -174,7 +174,7 @@ def make_examples(out_dir: str | Path, work_dir: str | Path, *, study_dir: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixdistill.analysis.examples", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mixdistill.figures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="where the PNGs go (e.g. docs/figures)")
     parser.add_argument("--workdir", default="runs/demo",

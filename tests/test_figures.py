@@ -1,10 +1,10 @@
-"""mixdistill.analysis.examples, the script behind the README's analysis figures."""
+"""mixdistill.figures, the script behind the README's analysis figures."""
 
 import json
 
 import pytest
 
-from mixdistill.analysis import examples
+from mixdistill import figures
 
 
 def _fake_study(folder, views=("identity", "cutmix", "cutmixpick_tent"), seeds=(0, 1)):
@@ -30,23 +30,23 @@ def _fake_study(folder, views=("identity", "cutmix", "cutmixpick_tent"), seeds=(
 
 
 def test_study_views_averages_seeds_per_view(tmp_path):
-    v = examples.study_views(_fake_study(tmp_path / "study"))
+    v = figures.study_views(_fake_study(tmp_path / "study"))
     assert v["views"] == ["identity", "cutmix", "cutmixpick_tent"]
     assert v["t_stddev"] == pytest.approx([0.02, 0.018, 0.016])
     assert v["test_loss"] == pytest.approx([1.005, 0.905, 0.805])
     assert v["seeds"] == [2] and v["pairs"] == ["t-s"] and v["students"] == [("s", 100, 2)]
-    path, _ = examples.plot_study_views(tmp_path / "study", tmp_path / "fig.png")
+    path, _ = figures.plot_study_views(tmp_path / "study", tmp_path / "fig.png")
     assert path.stat().st_size > 0
 
 
 @pytest.mark.slow
-def test_examples_at_smoke_sizes(fmnist_root, tmp_path, capsys):
+def test_figures_at_smoke_sizes(fmnist_root, tmp_path, capsys):
     study = _fake_study(tmp_path / "study")
     kwargs = dict(study_dir=study, data_root=str(fmnist_root), quick=True)
-    figures = examples.make_examples(tmp_path / "out", tmp_path / "work", **kwargs)
-    assert sorted(p.name for p in figures.values()) == ["reliability_diagram.png", "tsne.png",
-                                                          "tstddev_vs_student_loss.png"]
-    assert all(p.parent == tmp_path / "out" and p.stat().st_size > 0 for p in figures.values())
+    made = figures.make_examples(tmp_path / "out", tmp_path / "work", **kwargs)
+    assert sorted(p.name for p in made.values()) == ["reliability_diagram.png", "tsne.png",
+                                                       "tstddev_vs_student_loss.png"]
+    assert all(p.parent == tmp_path / "out" and p.stat().st_size > 0 for p in made.values())
     record = json.loads((tmp_path / "work" / "examples.json").read_text())
     assert record["teacher"]["summary"]["student"] == "cnn5_w16"
     assert record["kd_student"]["summary"]["method"] == "kd"
@@ -54,5 +54,5 @@ def test_examples_at_smoke_sizes(fmnist_root, tmp_path, capsys):
     for role in ("teacher", "kd_student"):
         assert (tmp_path / "work" / "analysis" / role / "report.md").exists()
     capsys.readouterr()
-    examples.make_examples(tmp_path / "out", tmp_path / "work", **kwargs)  # the runs are reused
+    figures.make_examples(tmp_path / "out", tmp_path / "work", **kwargs)  # the runs are reused
     assert "2 of 2 runs already finished" in capsys.readouterr().out
