@@ -12,7 +12,7 @@ from pathlib import Path
 from mixdistill.config import merge
 from mixdistill.resources import demo_config
 from mixdistill.studies.common import mean_std
-from mixdistill.studies.grid import GridRun, require_finished, run_dir, run_grid
+from mixdistill.studies.grid import GridRun, checkpoint_of, require_finished, run_grid
 from mixdistill.tables import print_table
 
 
@@ -25,7 +25,7 @@ def demo_grid(output_dir: str, seeds: int, data_root: str | None, quick: bool) -
         teacher = merge(teacher, spec["quick"]["teacher"])
         students = merge(students, spec["quick"]["students"])
     runs = [GridRun("teacher", teacher, stage=0, labels={"role": "teacher"})]
-    teacher_ckpt = str(run_dir(output_dir, runs[0].key) / "last.pt")
+    teacher_ckpt = checkpoint_of(output_dir, runs[0].key)
     for seed in range(seeds):
         for method_name, method in spec["students"]["methods"].items():
             tree = merge(merge(common, students), {"seed": seed, "method": method,

@@ -21,7 +21,7 @@ from mixdistill.config import merge
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_logits, timing_markdown)
-from mixdistill.studies.grid import GridRun, run_dir
+from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, paired, signed)
 
@@ -34,7 +34,7 @@ def first_pair(sc) -> tuple[str, str]:
 
 
 def _ckpt(study_dir: Path, condition: str, teacher: str, r: int) -> str:
-    return str(run_dir(study_dir, f"teacher/{condition}/{teacher}/r{r}") / "last.pt")
+    return checkpoint_of(study_dir, f"teacher/{condition}/{teacher}/r{r}")
 
 
 def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -> list[GridRun]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mixdistill.analysis.plots import new_figure, save_figure
 from mixdistill.data import DeviceLoader
-from mixdistill.engine.run import open_run
+from mixdistill.engine.run import METRICS, SUMMARY, open_run
 from mixdistill.engine.runtime import cpu_has_native_bf16
 from mixdistill.errors import ConfigError
 from mixdistill.files import append_text
@@ -62,7 +62,7 @@ def plateau(run_dir: str | Path, window: int = 5) -> dict | None:
     and the last. None when the run has no evaluation there or at its end."""
     import json
 
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     history = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     if not history:
         return None
@@ -225,7 +225,7 @@ def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> di
     starts = [end - e["wall_s"] - 2 for end, e in zip(ends, entries)]
     counts: dict[int, int] = {}
     for key in rows:
-        summary = run_dir(study_dir, key) / "summary.json"
+        summary = run_dir(study_dir, key) / SUMMARY
         if not summary.exists():
             continue
         written = summary.stat().st_mtime

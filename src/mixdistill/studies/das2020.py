@@ -24,7 +24,7 @@ from mixdistill.files import read_cache, write_json
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_outputs, timing_markdown)
-from mixdistill.studies.grid import GridRun, run_dir
+from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, holds, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci,
                                       fmt_p, gates_markdown, ordered_trend, paired, signed)
 
@@ -56,7 +56,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
             if condition not in only.get(student, spec["conditions"]):
                 continue
             for r in seeds:
-                ckpt = str(run_dir(study_dir, f"teacher/{condition}/r{r}") / "last.pt")
+                ckpt = checkpoint_of(study_dir, f"teacher/{condition}/r{r}")
                 tree = merge(merge(merge(base, sc["student"]), sc.get("student_overrides", {}).get(student, {})), {
                     "seed": r, "method": spec["student_method"], "augment": {"name": "none"},
                     "data": {"crop_padding": 0, "flip": False},  # students see un-augmented images

@@ -60,6 +60,11 @@ def run_dir(study_dir: str | Path, key: str) -> Path:
     return Path(study_dir) / "runs" / GridRun(key, {}).run_name()
 
 
+def checkpoint_of(study_dir: str | Path, key: str) -> str:
+    """The checkpoint run ``key`` of the grid in ``study_dir`` leaves (its students' ``model.teacher_checkpoint``)."""
+    return str(run_dir(study_dir, key) / CHECKPOINT)
+
+
 class ResultsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -29,7 +29,7 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        scale_config, timing_markdown)
-from mixdistill.studies.grid import GridRun, run_dir
+from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, each_unit_markdown,
                                       equivalence, finding_over_units, findings_markdown, fmt_mean_ci, fmt_p,
                                       gates_markdown, mean_correlation, ordered_trend, over_units, paired,
@@ -84,7 +84,7 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                 runs.append(GridRun(key, merge(merge(base, sc["teacher"]), {
                     "model": {"student": pair[0]}, "method": {"name": "ce"}, "augment": {"name": "none"},
                     "seed": 0}), stage=0, labels={"role": "teacher", "teacher": pair[0]}))
-            ckpt = str(run_dir(study_dir, key) / "last.pt")
+            ckpt = checkpoint_of(study_dir, key)
         entries = methods(spec, sc) if pair in pairs else {}
         if pair in view_pairs:  # the nine-view study: each view's run, every seed
             for key, entry in _view_entries(spec).values():
@@ -135,7 +135,7 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
 
 
 def _t_stddev_key(study_dir: Path, run_key: str, min_steps: int, epochs: int | None) -> str:
-    ckpt = run_dir(study_dir, run_key) / "last.pt"
+    ckpt = checkpoint_of(study_dir, run_key)
     length = f"{epochs}ep" if epochs else min_steps
     return f"{run_key}/{length}/{os.stat(ckpt).st_mtime_ns}"
 
