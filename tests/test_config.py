@@ -106,6 +106,22 @@ def test_peers_with_a_method_that_trains_one_student_are_refused_not_ignored(met
     assert load_config(None, method + ["model.peers=[cnn5_w8,cnn5_w16]", "model.peers=null"]).model.peers is None
 
 
+@pytest.mark.parametrize("method", [["method=ce"], ["method=kd", "model.teacher_checkpoint=t.pt"]])
+def test_a_stored_config_is_read_as_the_run_it_was(method):
+    """stored_config drops peers an older mixdistill ignored beside a one-student method, and only those: what
+    today's schema accepts (an empty list; an online method's peers) reads back as it was stored."""
+    from mixdistill.config import stored_config
+    from mixdistill.engine.run import config_difference
+
+    tree = load_config(None, method).to_dict()
+    old = {**tree, "model": {**tree["model"], "peers": ["cnn5_w8", "cnn5_w16"]}}
+    assert config_difference(stored_config(old).to_dict(), tree) == []
+    empty = load_config(None, method + ["model.peers=[]"]).to_dict()
+    assert config_difference(stored_config(empty).to_dict(), empty) == []
+    online = load_config(None, ["method=dml", "model.peers=[cnn5_w8,cnn5_w16]"]).to_dict()
+    assert stored_config(online).model.peers == ["cnn5_w8", "cnn5_w16"]
+
+
 def test_cuda_graphs_are_refused_for_online_methods():
     with pytest.raises(ConfigError, match="train.cuda_graphs=true: not for online methods .'dml' evaluates"):
         load_config(None, ["method=dml", "train.cuda_graphs=true"])

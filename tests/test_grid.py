@@ -685,3 +685,50 @@ def test_current_rows_read_a_finished_run_whose_row_was_lost_as_the_grid_would(f
     assert now["kd/seed0"] == done["kd/seed0"] and now["kd/seed1"] == done["kd/seed1"]
     again = run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
     assert again == now, "the grid reads back what --report-only showed, and trains nothing"
+
+
+def test_a_teacher_resumed_after_its_last_epoch_keeps_its_students(fmnist_root, tmp_path, monkeypatch):
+    """A teacher whose summary was lost is resumed from its last checkpoint: after its last epoch that changes no
+    weight, so its students stay; one whose checkpoint is from before its end trains on, so its students go."""
+    import torch
+
+    from mixdistill.engine.checkpoint import save_atomic
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    done = run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    original, calls, logged = grid_module.execute, [], []
+
+    def counting(run, *args, **kwargs):
+        calls.append(run.key)
+        return original(run, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", counting)
+    teacher = study / "runs" / "teacher"
+    (teacher / "summary.json").write_text("")  # damaged
+    rows = run_grid(runs, study, jobs=1, threads=1, log=logged.append)
+    assert calls == ["teacher"] and not list((study / "runs").glob("*.superseded*")), logged
+    assert rows["kd/seed0"] == done["kd/seed0"] and rows["teacher"]["summary"]["last_acc"] == \
+        done["teacher"]["summary"]["last_acc"]
+    calls.clear()
+    _drop_rows(study, "teacher")
+    (teacher / "summary.json").unlink()
+    state = torch.load(teacher / "last.pt", weights_only=True)
+    state["epoch"] = 0  # as killed before its one epoch ended
+    save_atomic(state, teacher / "last.pt")
+    rows = run_grid(runs, study, jobs=1, threads=1, log=logged.append)
+    assert calls == ["teacher", "kd/seed0", "kd/seed1"]
+    assert (study / "runs" / "kd__seed0.superseded1").is_dir() and (study / "runs" / "kd__seed1.superseded1").is_dir()
+
+
+def test_a_teacher_staged_with_its_students_is_refused(fmnist_root, tmp_path):
+    """Stages order the runs: a student staged with (or before) the run it distils from would start before that
+    run finished."""
+    import dataclasses
+
+    study = tmp_path / "study"
+    runs = with_study_dir(tiny_grid(fmnist_root), study)
+    runs[0] = dataclasses.replace(runs[0], stage=1)
+    with pytest.raises(ValueError, match=r"grid run kd/seed0 \(stage 1\) distils from run teacher \(stage 1\)"):
+        run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
+    assert not study.exists(), "refused before anything is written"

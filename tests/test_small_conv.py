@@ -249,19 +249,18 @@ def test_a_layer_run_twice_before_one_backward_sums_its_gradients_as_autocast_do
                     p.sub_(0.1 * p.grad)
 
 
-@needs_kernel
 def test_a_layer_dropped_after_training_is_freed_with_its_cached_casts():
     """The bf16 casts kept per parameter version hold their parameters through autograd: kept in a table keyed by the
     parameter, every layer a process ever trained (a grid's runs one after another) stayed alive."""
     import gc
     import weakref
 
-    layer = small_conv.SmallFirstConv2d(1, 16, 3, padding=1).to(memory_format=torch.channels_last)
-    x = _channels_last(torch.randn(8, 1, 28, 28))
+    layer = small_conv.SmallFirstConv2d(1, 16, 3, padding=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert small_conv._eligible(x, layer.weight), "the kernel runs this layer"
-        layer(x).float().mean().backward()
+        cast = small_conv._autocast_cast(layer, "weight")
+        assert cast.dtype == torch.bfloat16 and small_conv._autocast_cast(layer, "weight") is cast  # cached
+        cast.float().sum().backward()
     weight = weakref.ref(layer.weight)
-    del layer
+    del layer, cast
     gc.collect()
     assert weight() is None

@@ -528,7 +528,7 @@ def stored_config(tree: dict) -> RunConfig:
     2026-12-04)."""
     model, method = tree.get("model"), tree.get("method")
     name = method.get("name", "ce") if isinstance(method, dict) else method
-    if (isinstance(model, dict) and model.get("peers") is not None and isinstance(name, str)
+    if (isinstance(model, dict) and model.get("peers") and isinstance(name, str)
             and name in METHODS and not getattr(METHODS[name], "online", False)):
         tree = {**tree, "model": {**model, "peers": None}}
     return build_config(tree)

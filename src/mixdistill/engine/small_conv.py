@@ -162,7 +162,8 @@ class _FirstLayerConv(torch.autograd.Function):
 
 
 # layer -> {parameter name: (the parameter, its version, its bf16 cast)}. Keyed weakly by the layer: a cast's autograd
-# graph holds its parameter, so a table keyed by the parameter would keep every layer's weights alive for good.
+# graph holds its parameter, so a table keyed by the parameter would keep every layer's weights alive for good. (Two
+# layers sharing one parameter would get a cast each, unlike autocast; no network here ties first layers.)
 _casts: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 

@@ -691,6 +691,21 @@ def reusable_summary(cfg: RunConfig) -> dict | None:
     return summary if summary is not None and _why_set_aside(cfg, summary) is None else None
 
 
+def keeps_final_weights(cfg: RunConfig) -> bool:
+    """Does the folder of ``cfg`` hold its run's final weights, to be reused or resumed as they are: finished, or
+    killed after its last epoch's checkpoint (resuming it only evaluates and writes the summary)? The runs that
+    distil from it are still its students then."""
+    summary = run.read_summary(cfg.run_dir)
+    if not (cfg.run_dir / run.CHECKPOINT).exists() or _why_set_aside(cfg, summary) is not None:
+        return False
+    if summary is not None:
+        return True
+    try:
+        return load_checkpoint(cfg.run_dir / run.CHECKPOINT).get("epoch", 0) >= cfg.optim.total_epochs
+    except CheckpointError:
+        return False
+
+
 def _why_set_aside(cfg: RunConfig, summary: dict | None) -> str | None:
     """Why the run directory of ``cfg`` (whose readable summary is ``summary``) can be neither reused nor resumed:
     another config; finished without the checkpoint its readers (students, eval, analyze) need; unfinished with a

@@ -32,7 +32,7 @@ from mixdistill.engine.run import (
     set_aside,
     stored_config_difference,
 )
-from mixdistill.engine.trainer import reusable_summary, train_or_reuse
+from mixdistill.engine.trainer import keeps_final_weights, reusable_summary, train_or_reuse
 from mixdistill.errors import IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
 from mixdistill.files import hold_lock, remove_orphans, write_text
 from mixdistill.machine import available_cpus
@@ -234,32 +234,40 @@ class _Plan:
     again: dict[str, str] = field(default_factory=dict)  # key -> why its folder is set aside and it trains anew
 
 
-def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], rerun=()) -> _Plan:
-    """How ``run_grid`` treats each run given ``results.jsonl``'s ``rows`` (``current_rows`` reads the same plan).
-    A run is current where its folder holds a finished (or diverged) run of today's config, not named by ``rerun``,
-    and the run it distils from is current too: a teacher that trains anew (or is resumed) takes its students'
-    folders with it, rows or not, since they were made with another teacher. A finished run whose row was lost is
-    read back from its folder (``train_or_reuse``) on the same terms."""
-    needs, plan = dependencies(runs, configs, _run_dirs(configs)), _Plan()
+def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], needs: dict[str, set[str]],
+          rerun=()) -> _Plan:
+    """How ``run_grid`` treats each run given ``results.jsonl``'s ``rows`` and :func:`dependencies`' ``needs``
+    (``current_rows`` reads the same plan). A run is current where its folder holds a finished (or diverged) run of
+    today's config, not named by ``rerun``, and the run it distils from keeps its weights: a teacher trained anew
+    takes its students' folders with it, rows or not, since they were made with another teacher (one resumed
+    after its last epoch, as where only its summary was lost, keeps them). A finished run whose row was lost is read
+    back from its folder (``train_or_reuse``) on the same terms."""
+    plan, teachers = _Plan(), set().union(*needs.values())
+    same_weights = set()  # runs whose weights stay as they are: their students are still theirs
     for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
         key, cfg = run.key, configs[run.key]
         row = rows.get(key)
         row = row if row is not None and _holds_row(row, cfg) else None
         summary = reusable_summary(cfg) if row is None else None
-        if any(t not in plan.kept and t not in plan.reusable for t in needs[key]):
+        if any(t not in same_weights for t in needs[key]):
             if cfg.run_dir.exists():
                 plan.again[key] = "its teacher is trained anew; re-running it"
-        elif row is None and summary is None:
-            continue  # never ran, or killed midway: it trains (train_or_reuse resumes it)
-        elif any(fnmatch.fnmatchcase(key, p) for p in rerun):
+            continue
+        if row is None and summary is None:  # never ran, or killed midway: it trains (train_or_reuse resumes it)
+            if key in teachers and keeps_final_weights(cfg):
+                same_weights.add(key)
+            continue
+        if any(fnmatch.fnmatchcase(key, p) for p in rerun):
             plan.again[key] = "re-running as asked"
         elif row is not None and (diff := _row_difference(row, cfg)):
             plan.again[key] = (f"finished with a different config ({'; '.join(diff[:3])}"
                                f"{'; ...' if len(diff) > 3 else ''}); re-running it")
-        elif row is not None:
-            plan.kept[key] = row
         else:
-            plan.reusable[key] = summary
+            if row is not None:
+                plan.kept[key] = row
+            else:
+                plan.reusable[key] = summary
+            same_weights.add(key)
     return plan
 
 
@@ -277,6 +285,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     if len(set(keys)) != len(keys):
         raise ValueError("grid keys must be unique")
     configs = {run.key: resolve(run, study_dir) for run in runs}  # validate every config before any work starts
+    needs = dependencies(runs, configs, _run_dirs(configs))
     for dataset, root in sorted({(c.data.dataset, str(c.data.root)) for c in configs.values() if c.data.root}):
         check_root_exists(dataset, root)  # before the folder, its lock and runs/ are made
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
@@ -287,7 +296,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         with hold_lock(study_dir / REPORT_LOCK, "removing what interrupted writes left", wait=True):
             remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
         results = ResultsFile(study_dir / "results.jsonl")
-        plan = _plan(runs, configs, results.read(), rerun)
+        plan = _plan(runs, configs, results.read(), needs, rerun)
         for key, why in plan.again.items():
             moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
             log(f"{key}: {why}{moved}")
@@ -297,7 +306,6 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
-        needs = dependencies(runs, configs, _run_dirs(configs))
         failed = {key for key, row in done.items() if not finished(row)}  # diverged in an earlier invocation
         if executor == "local":
             new_rows = _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log)
@@ -322,8 +330,8 @@ def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None
     study_dir = Path(study_dir)
     runs = with_teacher_views(with_threads(runs, threads), study_dir)
     configs = {run.key: resolve(run, study_dir) for run in runs}
-    plan = _plan(runs, configs, ResultsFile(study_dir / "results.jsonl").read())
-    needs, out = dependencies(runs, configs, _run_dirs(configs)), {}
+    needs = dependencies(runs, configs, _run_dirs(configs))
+    plan, out = _plan(runs, configs, ResultsFile(study_dir / "results.jsonl").read(), needs), {}
     for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
         not_run = sorted(t for t in needs[run.key] if out[t].get("status") in ("diverged", NOT_RUN))
         if run.key in plan.kept:
@@ -405,13 +413,16 @@ def _teacher_used(cfg, run_dirs: dict[Path, str]) -> str | None:
 
 
 def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) -> dict[str, set[str]]:
-    """For each run, the runs of an earlier stage it needs: the one it distils from (:func:`_teacher_used`;
-    ``run_dirs``: ``_run_dirs(configs)``)."""
+    """For each run, the runs it needs: the one it distils from (:func:`_teacher_used`; ``run_dirs``:
+    ``_run_dirs(configs)``), which must be of an earlier stage (it has to finish before its students start)."""
     stage = {r.key: r.stage for r in runs}
     needs = {}
     for run in runs:
         teacher = _teacher_used(configs[run.key], run_dirs)
-        needs[run.key] = {teacher} if teacher in stage and stage[teacher] < run.stage else set()
+        if teacher is not None and stage[teacher] >= run.stage:
+            raise ValueError(f"grid run {run.key} (stage {run.stage}) distils from run {teacher} (stage "
+                             f"{stage[teacher]}): a teacher's stage must come before its students'")
+        needs[run.key] = {teacher} if teacher is not None else set()
     return needs
 
 
