@@ -199,6 +199,14 @@ def test_train_without_a_config_asks_for_the_config_alone(capsys):
     assert e.value.code == 2 and "required: config\n" in err  # overrides are optional
 
 
+def test_train_options_that_are_config_keys_point_to_the_override(capsys):
+    """``--output-dir X`` / ``--seed 3`` are how other tools take them; train takes key=value overrides."""
+    with pytest.raises(SystemExit) as e:
+        main(["train", "configs/fmnist_cpu_teacher.yaml", "--seed", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --seed 3 (train's settings are key=value overrides" in err
+
+
 @pytest.mark.checkout
 def test_missing_dataset_names_every_way(capsys, tmp_path, monkeypatch):
     import torch

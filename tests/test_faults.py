@@ -87,6 +87,39 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_overwritten_by_another
     assert json.loads((run_dir.with_name("renamed") / "summary.json").read_text())["name"] == "renamed"
 
 
+def test_ctrl_c_or_sigterm_of_train_says_what_the_same_command_does_next(capsys, tiny_run_overrides, monkeypatch):
+    """Ctrl-C in the first epoch: no checkpoint yet, so the advice is to start again, not --resume (which then
+    failed). SIGTERM (kill, a scheduler's preemption) stops as Ctrl-C does, with its own word and status (it was
+    silent: Python's default)."""
+    import signal
+
+    from mixdistill.engine.trainer import Trainer
+
+    original = Trainer._train_epoch
+    stop = {}
+
+    def stopping(self, epoch, *args):
+        if epoch == stop["at"]:
+            if stop["how"] == "sigint":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stopping)
+    train = ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=stopped"]
+    stop.update(at=0, how="sigint")
+    assert main([*train, "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mixdistill: interrupted (before its first checkpoint: the same command without --resume starts it again)")
+    stop.update(at=1, how="sigterm")
+    assert main([*train, "--quiet"]) == 143  # started again, as it said; stopped after its first checkpoint
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mixdistill: terminated (the same command with --resume continues from the last checkpoint)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "main() puts the handler back"
+    stop.update(at=None)
+    assert main([*train, "--resume", "--quiet"]) == 0
+
+
 def test_a_run_saved_with_peers_its_method_ignored_still_resumes_and_opens(capsys, tiny_run_overrides, tmp_path):
     """Until 2026-12-04 ``model.peers`` beside a method that trains one student was accepted and ignored, and saved in
     the run's config.yaml and checkpoint; today's schema refuses it, which made such a run impossible to resume (its

@@ -435,9 +435,12 @@ def test_side_by_side_workers_end_when_the_study_process_is_killed(tmp_path):
 
 
 @pytest.mark.checkout
-def test_ctrl_c_of_a_grid_is_one_line_and_stops_its_workers(fmnist_root, tmp_path):
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_ctrl_c_of_a_grid_is_one_line_and_stops_its_workers(how, fmnist_root, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group) while the workers start: the grid's process says it was
-    interrupted and stops its workers; no worker prints a traceback from wherever it was (importing torch)."""
+    interrupted and stops its workers; no worker prints a traceback from wherever it was (importing torch).
+    SIGTERM to the grid's process alone (kill, timeout, a scheduler) does the same (it ended the process silently
+    and left the workers to exit_with_parent's next look)."""
     import os
     import signal
     import subprocess
@@ -453,12 +456,15 @@ def test_ctrl_c_of_a_grid_is_one_line_and_stops_its_workers(fmnist_root, tmp_pat
     deadline = time.monotonic() + 120
     while "side by side" not in out.read_text() and demo.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(demo.pid, signal.SIGINT)  # the workers are being spawned now
-    assert demo.wait(timeout=60) == 130, out.read_text()
+    if how == "ctrl_c":
+        os.killpg(demo.pid, signal.SIGINT)  # the workers are being spawned now
+    else:
+        os.kill(demo.pid, signal.SIGTERM)
+    assert demo.wait(timeout=60) == (130 if how == "ctrl_c" else 143), out.read_text()
     text = out.read_text()
-    assert "Traceback" not in text and "KeyboardInterrupt" not in text
-    assert text.endswith("mixdistill: interrupted (the same command again keeps the finished runs and resumes the "
-                         "others)\n")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "Terminated" not in text
+    assert text.endswith(f"mixdistill: {'interrupted' if how == 'ctrl_c' else 'terminated'} (the same command again "
+                         "keeps the finished runs and resumes the others)\n")
 
     def in_session():  # the demo's processes: their session is the demo's pid
         found = []

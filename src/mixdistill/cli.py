@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from mixdistill.errors import MixdistillError
@@ -51,7 +54,14 @@ def cmd_train(args) -> int:
         check_buildable(cfg)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    try:
+        summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt as err:
+        from mixdistill.engine.run import CHECKPOINT
+
+        if not (cfg.run_dir / CHECKPOINT).exists():  # stopped in its first epoch: --resume would find nothing
+            err.again = " (before its first checkpoint: the same command without --resume starts it again)"
+        raise
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 evaluated: the others' table is empty
         _print_summary_table([summary])
     return 0
@@ -356,7 +366,8 @@ def _add_study(sub):
                               "again keeps the finished runs and resumes the others)")
     p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
-                                                "smoke (seconds), or another scale the study's grid file defines "
+                                                "smoke (for tests: seconds a run), or another scale the study's grid "
+                                                "file defines "
                                                 "(wang2022: full_tinyimagenet; smoke_* scales for the tests)")
     p.add_argument("--seeds", default="5", help="seeds per configuration: a count (5 = seeds 0-4), a range (10-14) "
                                                 "or a list (3,7,9), e.g. to check a report on seeds it was not tuned on")
@@ -494,8 +505,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
         default(message, category, filename, lineno, file, line)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's preemption, ``timeout``), raised where the process is, so that it stops as a
+    Ctrl-C does: a grid stops its workers, the line says what the same command does next."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -510,6 +542,9 @@ def _main(argv: list[str] | None) -> int:
     if extra:  # key=value overrides may come after options (`train CFG --quiet a=1`)
         if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
             args.overrides += extra
+        elif hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)} (train's settings are key=value overrides: "
+                         "e.g. output_dir=runs seed=3 optim.epochs=3)")
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     hint = None
@@ -522,12 +557,13 @@ def _main(argv: list[str] | None) -> int:
     except MixdistillError as err:
         print(f"mixdistill: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         again = {"train": " (the same command with --resume continues from the last checkpoint)",
                  "study": " (the same command again keeps the finished runs and resumes the others)",
                  "demo": " (the same command again keeps the finished runs and resumes the others)"}
-        print(f"mixdistill: interrupted{again.get(args.command, '')}", file=sys.stderr)
-        return 130
+        stopped, status = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        print(f"mixdistill: {stopped}{getattr(err, 'again', None) or again.get(args.command, '')}", file=sys.stderr)
+        return status
     except OSError as err:  # the files mixdistill writes raise WriteError; these come from standard output
         if err.errno not in OUTPUT_ERRNOS:
             raise

@@ -529,23 +529,25 @@ def _terminate_workers(pool, wait_s: float = 30.0) -> None:
 def _submit(pool, *call):
     """``pool.submit(*call)`` with SIGINT blocked in this thread: the workers it starts inherit the mask (across
     exec), so a Ctrl-C reaches this process alone, which stops them, instead of each worker printing a traceback
-    from wherever it was, often importing torch. A Ctrl-C meanwhile (delivered through the pool's other threads) is
-    held until the submit is done: raised inside it, it cut a worker's start-up data short (EOFError there)."""
+    from wherever it was, often importing torch. A Ctrl-C or SIGTERM meanwhile (delivered through the pool's other
+    threads) is held until the submit is done, then handled as it would have been: raised inside it, it cut a
+    worker's start-up data short (EOFError there). (SIGTERM is not blocked: the pool stops its workers with it.)"""
     import signal
     import threading
 
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return pool.submit(*call)
-    interrupted = []
-    handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    held = []
+    handlers = {sig: signal.signal(sig, lambda sig, _: held.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return pool.submit(*call)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signal.signal(signal.SIGINT, handler)
-        if interrupted:
-            raise KeyboardInterrupt
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(held[0])  # its own handler now: KeyboardInterrupt, Terminated, or the default
 
 
 def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
