@@ -515,6 +515,14 @@ def test_analyze_says_it_computes_in_fp32_where_the_run_evaluated_itself_otherwi
     assert "Computed in fp32; the run evaluated itself in bf16" in (tmp_path / "b" / "report.md").read_text()
 
 
+def test_analyze_refuses_no_teacher_beside_a_teacher(tmp_path):
+    """--no-teacher with --teacher dropped the teacher without a word; refused before the run is opened."""
+    from mixdistill.analysis.command import analyze_main
+
+    with pytest.raises(ConfigError, match="--no-teacher skips the teacher that --teacher names"):
+        analyze_main(_parse(tmp_path / "nowhere", "--no-teacher", "--teacher", tmp_path / "t.pt", "--quiet"))
+
+
 def test_analyze_human_labels_shape_error(tiny_runs, tmp_path):
     from mixdistill.analysis.command import analyze_main
 

@@ -126,3 +126,23 @@ def test_cuda_graphs_are_refused_for_online_methods():
     with pytest.raises(ConfigError, match="train.cuda_graphs=true: not for online methods .'dml' evaluates"):
         load_config(None, ["method=dml", "train.cuda_graphs=true"])
     assert load_config(None, ["method=kd", "model.teacher_checkpoint=t.pt", "train.cuda_graphs=true"]).train.cuda_graphs
+
+
+def test_a_config_file_may_name_its_method_and_augmentation_alone(tmp_path):
+    """``method: kd`` / ``augment: none`` in a file mean what ``method=kd`` / ``augment=none`` mean on the command line
+    (the README's own wording); they were refused naming pydantic's classes."""
+    path = tmp_path / "run.yaml"
+    path.write_text("method: kd\naugment: cutmix\nmodel:\n  teacher_checkpoint: t.pt\n")
+    cfg = load_config(path)
+    assert (cfg.method.name, cfg.augment.name) == ("kd", "cutmix")
+    overrides = ["method=kd", "augment=cutmix", "model.teacher_checkpoint=t.pt"]
+    assert cfg.to_dict() == load_config(None, overrides).to_dict()
+    path.write_text("augment: none\n")
+    assert load_config(path).augment.name == "none"
+
+
+def test_an_override_given_twice_takes_its_last_value_and_a_folder_for_a_config_is_one_line(tmp_path):
+    """A script adds to a base list of overrides (the README says so); a key a file gives twice is refused."""
+    assert load_config(None, ["seed=1", "name=a", "seed=2"]).seed == 2
+    with pytest.raises(ConfigError, match=f"config {tmp_path} is a folder: name a YAML file"):
+        load_config(tmp_path)

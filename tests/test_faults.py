@@ -462,7 +462,7 @@ def test_a_numeric_name_is_a_folder_name():
 
 
 @pytest.mark.checkout
-def test_print_config_validates_as_training_does(capsys):
+def test_print_config_validates_as_training_does(capsys, tmp_path):
     assert "unknown model (model.student)" in one_line_error(
         capsys, ["train", "configs/fmnist_cpu_teacher.yaml", "model.student=resnet99", "--print-config"])
     assert "scores the pool with the teacher" in one_line_error(
@@ -501,6 +501,22 @@ def test_print_config_validates_as_training_does(capsys):
     assert "resnet32x4 is a benchmark teacher, a CIFAR-100 model (100 classes); fashion_mnist has 10" in \
         one_line_error(capsys, ["train", "configs/fmnist_cpu.yaml", "model.teacher_checkpoint=resnet32x4",
                                 "model.teacher=null", "--print-config"])
+    # a teacher file that records no architecture needs model.teacher, and one that records it must agree: refused
+    # as at its load (--print-config passed both, and built the teacher as the student)
+    from mixdistill.models import create_model
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": create_model("cnn5_w16", num_classes=10, in_channels=1).state_dict()}, plain)
+    assert f"{plain} does not record its architecture: set model.teacher" in one_line_error(
+        capsys, ["train", "configs/fmnist_cpu.yaml", f"model.teacher_checkpoint={plain}", "--print-config"])
+    assert main(["train", "configs/fmnist_cpu.yaml", f"model.teacher_checkpoint={plain}", "model.teacher=cnn5_w16",
+                 "--print-config"]) == 0
+    capsys.readouterr()
+    recorded = tmp_path / "recorded.pt"
+    torch.save({"arch": "cnn5_w16", "model": {}}, recorded)
+    assert f"model.teacher is 'cnn5_w8' but {recorded} holds a 'cnn5_w16'" in one_line_error(
+        capsys, ["train", "configs/fmnist_cpu.yaml", f"model.teacher_checkpoint={recorded}", "model.teacher=cnn5_w8",
+                 "--print-config"])
     # a method without a teacher loads none: a config's teacher file that is not there yet is no error (training
     # accepts it), for CE as for an online method
     for method in ("ce", "dml"):

@@ -272,6 +272,12 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("method", "augment", mode="before")
+    @classmethod
+    def _name_alone(cls, value):
+        """``method: kd`` in a file means ``method: {name: kd}``, as ``method=kd`` does on the command line."""
+        return {"name": value} if isinstance(value, str) else value
+
     @field_validator("name", mode="before")
     @classmethod
     def _number_as_text(cls, value):
@@ -537,6 +543,8 @@ def stored_config(tree: dict) -> RunConfig:
 def read_config_file(path: str | Path) -> dict:
     """A YAML config file's tree (not yet validated)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder: name a YAML file (configs/ holds examples)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

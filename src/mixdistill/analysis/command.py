@@ -187,6 +187,9 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         raise ConfigError(f"--tsne-samples must be >= 2, got {tsne_samples}")
     if teacher_stats and teacher_stats != "run" and teacher_stats not in AUGMENTATIONS:
         raise UnknownNameError("augmentation (--teacher-stats)", teacher_stats, [*AUGMENTATIONS, "run"])
+    if no_teacher and (teacher or teacher_arch):
+        raise ConfigError(f"--no-teacher skips the teacher that {'--teacher' if teacher else '--teacher-arch'} names: "
+                          "give one of them")
     opened, run_dir = _resolve_target(target)
     ckpt_path, state = opened.checkpoint, opened.state
     out_dir = Path(out).expanduser() if out else run_dir / "analysis"

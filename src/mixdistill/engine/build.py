@@ -138,14 +138,20 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     if not Path(source).exists():  # a benchmark teacher
         return load_teacher(source, num_classes=num_classes)
     state = load_checkpoint(source)
-    arch = cfg.model.teacher or state.get("arch")
+    teacher = create_model(_file_teacher_arch(cfg, state), num_classes=num_classes, in_channels=in_channels)
+    load_weights(teacher, state)
+    return teacher.eval()
+
+
+def _file_teacher_arch(cfg: RunConfig, state: dict) -> str:
+    """The architecture of the teacher checkpoint file ``model.teacher_checkpoint`` (read: ``state``): the one it
+    records, or ``model.teacher`` where it records none; they must agree."""
+    source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher or state.get("arch")
     if arch is None:
         raise ConfigError(f"{source} does not record its architecture: set model.teacher to its model name")
     if cfg.model.teacher and state.get("arch") and state["arch"] != cfg.model.teacher:
         raise ConfigError(f"model.teacher is '{cfg.model.teacher}' but {source} holds a '{state['arch']}'")
-    teacher = create_model(arch, num_classes=num_classes, in_channels=in_channels)
-    load_weights(teacher, state)
-    return teacher.eval()
+    return arch
 
 
 def check_teacher_form(cfg: RunConfig, distiller, device_type: str) -> None:
@@ -233,8 +239,12 @@ def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.M
 def _checked_stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
     """:func:`stand_in_teacher` after :func:`build_teacher`'s checks of the teacher's source, for
     :func:`check_buildable`: called, as that is, only for a method that loads a teacher."""
-    if cfg.model.teacher_checkpoint is not None:
+    source = cfg.model.teacher_checkpoint
+    if source is not None:
         _check_teacher_source(cfg)
+        if Path(source).exists():  # the architecture training would take from it
+            arch = _file_teacher_arch(cfg, load_checkpoint(source))
+            return create_model(arch, num_classes=num_classes, in_channels=in_channels)
     return stand_in_teacher(cfg, num_classes, in_channels)
 
 
