@@ -192,6 +192,19 @@ def test_missing_config_file(capsys):
     _one_line_error(capsys, ["train", "nope.yaml"], "config file not found")
 
 
+def test_eval_of_a_foreign_checkpoint_asks_for_all_it_lacks_and_a_wrong_arch_is_named(capsys, tmp_path, fmnist_root):
+    from mixdistill.models import create_model
+
+    weights = create_model("cnn5_w8", num_classes=10, in_channels=1).state_dict()
+    torch.save({"model": weights}, tmp_path / "plain.pt")  # records neither its dataset nor its architecture
+    _one_line_error(capsys, ["eval", str(tmp_path / "plain.pt")],
+                    "does not record its dataset: pass --data NAME and --arch NAME")
+    torch.save({"model": weights, "arch": "cnn5_w8", "num_classes": 10, "in_channels": 1}, tmp_path / "known.pt")
+    _one_line_error(capsys, ["eval", str(tmp_path / "known.pt"), "--data", "fashion_mnist", "--data-root",
+                             str(fmnist_root), "--arch", "resnet8"],
+                    f"{tmp_path / 'known.pt'} holds a 'cnn5_w8', not a 'resnet8': leave the architecture out")
+
+
 def test_train_without_a_config_asks_for_the_config_alone(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train"])

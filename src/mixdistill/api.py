@@ -83,11 +83,11 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     from mixdistill.engine.evaluate import evaluate as evaluate_model
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
 
-    name = {"data": "data=NAME", "device": "device", "precision": "precision", **(options or {})}
+    name = {"data": "data=NAME", "arch": "arch=NAME", "device": "device", "precision": "precision", **(options or {})}
     cfg = opened.cfg
     dataset = data or (cfg.data.dataset if cfg else None)
-    if dataset is None:
-        raise opened.missing_dataset(name["data"])
+    if dataset is None:  # both at once where both are missing (a foreign checkpoint)
+        raise opened.missing_dataset(name["data"] + ("" if arch or opened.arch else f" and {name['arch']}"))
     root = str(root) if root is not None else None
     if cfg is not None and dataset == cfg.data.dataset:
         images = opened.split(split, root=root, use_subset=False)

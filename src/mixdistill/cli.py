@@ -111,7 +111,8 @@ def cmd_eval(args) -> int:
     cfg = opened.cfg
     result = evaluate_opened(opened, args.data, root=args.data_root, split=args.split, device=args.device,
                              precision=args.precision, batch_size=args.batch_size, arch=args.arch,
-                             options={"data": "--data", "device": "--device", "precision": "--precision"})
+                             options={"data": "--data NAME", "arch": "--arch NAME", "device": "--device",
+                                      "precision": "--precision"})
     dataset, arch = args.data or cfg.data.dataset, args.arch or opened.arch
     table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):

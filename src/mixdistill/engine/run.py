@@ -256,6 +256,10 @@ class FinishedRun:
     def model(self, arch: str | None = None, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
         """The run's final network, weights loaded, in eval mode (``arch`` etc. for a checkpoint that does not
         record them)."""
+        recorded = self.state.get("arch")
+        if arch and recorded and arch != recorded:  # its weights would not load: a slip, named as such
+            raise ConfigError(f"{self.checkpoint} holds a '{recorded}', not a '{arch}': leave the architecture out "
+                              "(--arch; arch= in Python), the checkpoint records it")
         arch = arch or self.arch
         if arch is None:
             raise ConfigError(f"{self.checkpoint} does not record its architecture: pass it (--arch; arch= in Python)")
