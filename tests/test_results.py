@@ -80,6 +80,10 @@ def test_command_prints_the_table_and_writes_every_run_to_csv(runs_root, tmp_pat
     assert {k: float(table["ce_s0"][k]) for k in ("best_acc", "last_top5", "train_time_s", "epochs")} == \
         {k: s0[k] for k in ("best_acc", "last_top5", "train_time_s", "epochs")}
     assert table["mixup_s0"]["augment.name"] == "mixup" and table["ce_s0"]["optim.milestones"] == "[]"
+    # a --csv path it cannot write is one line, before the table (it printed the table, then failed)
+    assert main(["results", str(runs_root), "--csv", "/proc/self/no/such/x.csv"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured
 
 
 def test_no_runs_is_one_line(tmp_path, capsys):

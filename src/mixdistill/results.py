@@ -249,6 +249,7 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
     unreadable: list[Path] = []
     records = records_with(roots, metric, unreadable=unreadable)
     columns, rows = (run_rows if per_run else group_rows)(records, sort, metric)
+    written = write_text(Path(csv_path), csv_text(records)) if csv_path else None  # a path it cannot write: one line
     finished = sum(r.summary is not None for r in records)
     table = Table(title=f"{counted(len(records), 'run')} ({finished} finished) below {', '.join(roots or ['runs'])}")
     for col in columns:
@@ -260,6 +261,6 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
         console.print(f"note: left out {counted(len(unreadable), 'folder')} whose config.yaml cannot be read: "
                       + ", ".join(map(str, unreadable[:3])) + (", ..." if len(unreadable) > 3 else ""),
                       markup=False, soft_wrap=True)
-    if csv_path:
-        console.print(f"wrote {write_text(Path(csv_path), csv_text(records))}", markup=False, soft_wrap=True)
+    if written:
+        console.print(f"wrote {written}", markup=False, soft_wrap=True)
     return 0
