@@ -146,3 +146,11 @@ def test_an_override_given_twice_takes_its_last_value_and_a_folder_for_a_config_
     assert load_config(None, ["seed=1", "name=a", "seed=2"]).seed == 2
     with pytest.raises(ConfigError, match=f"config {tmp_path} is a folder: name a YAML file"):
         load_config(tmp_path)
+
+
+def test_a_malformed_list_or_a_missing_key_in_an_override_is_named():
+    with pytest.raises(ConfigError, match=r"override optim.milestones=\[1,: not a valid YAML list or mapping"):
+        load_config(None, ["optim.milestones=[1,"])
+    with pytest.raises(ConfigError, match="override '=3' names no key"):
+        load_config(None, ["=3"])
+    assert load_config(None, ["output_dir=d: e: f"]).output_dir == "d: e: f"  # text that is no YAML stays text

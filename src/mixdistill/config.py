@@ -439,9 +439,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override '{item}' names no key: write key=value, e.g. optim.epochs=3")
         try:
             value = load_yaml(raw) if raw != "" else None
-        except yaml.YAMLError:
+        except yaml.YAMLError as err:
+            if raw.lstrip()[:1] in ("[", "{"):  # meant as a list or a section, not as text
+                raise ConfigError(f"override {item}: not a valid YAML list or mapping: "
+                                  f"{yaml_error_line(err)}") from None
             value = raw
         parsed.append((key.strip(), value))
     return switches_first(parsed)
