@@ -513,7 +513,9 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
+    # under torchrun SIGTERM is how its agent stops the ranks, which may be waiting inside a collective, where no
+    # Python handler runs: left to end them at once
+    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ:
         yield
         return
 
