@@ -203,6 +203,10 @@ def test_eval_of_a_foreign_checkpoint_asks_for_all_it_lacks_and_a_wrong_arch_is_
     _one_line_error(capsys, ["eval", str(tmp_path / "known.pt"), "--data", "fashion_mnist", "--data-root",
                              str(fmnist_root), "--arch", "resnet8"],
                     f"{tmp_path / 'known.pt'} holds a 'cnn5_w8', not a 'resnet8': leave the architecture out")
+    # a foreign file's own name for its network (PyTorch's ImageNet example saves 'arch') is no model here: --arch wins
+    torch.save({"state_dict": weights, "arch": "cnn5"}, tmp_path / "foreign.pth")
+    assert main(["eval", str(tmp_path / "foreign.pth"), "--data", "fashion_mnist", "--data-root", str(fmnist_root),
+                 "--arch", "cnn5_w8"]) == 0
 
 
 def test_train_without_a_config_asks_for_the_config_alone(capsys):

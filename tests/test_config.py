@@ -1,6 +1,6 @@
 import pytest
 
-from mixdistill.config import describe_options, load_config
+from mixdistill.config import describe_options, load_config, resolve_config
 from mixdistill.errors import ConfigError, UnknownNameError
 
 
@@ -139,6 +139,13 @@ def test_a_config_file_may_name_its_method_and_augmentation_alone(tmp_path):
     assert cfg.to_dict() == load_config(None, overrides).to_dict()
     path.write_text("augment: none\n")
     assert load_config(path).augment.name == "none"
+    path.write_text("method: kd\nmodel:\n  teacher_checkpoint: t.pt\n")  # its parameters then set by dotted keys
+    assert load_config(path, ["method.temperature=2"]).method.params().temperature == 2
+    path.write_text("method: mix_kd\nmodel:\n  teacher_checkpoint: t.pt\n")  # the method's default augmentation
+    assert load_config(path).augment.name == load_config(None, ["method=mix_kd", "model.teacher_checkpoint=t.pt"]) \
+        .augment.name
+    assert resolve_config({"method": "kd", "model": {"teacher_checkpoint": "t.pt"}},
+                          {"method.temperature": 3}).method.params().temperature == 3
 
 
 def test_an_override_given_twice_takes_its_last_value_and_a_folder_for_a_config_is_one_line(tmp_path):

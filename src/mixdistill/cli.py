@@ -515,7 +515,8 @@ class Terminated(KeyboardInterrupt):
 def _sigterm_as_interrupt():
     # under torchrun SIGTERM is how its agent stops the ranks, which may be waiting inside a collective, where no
     # Python handler runs: left to end them at once
-    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ:
+    if (threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ
+            or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):  # a parent that asked us to ignore it
         yield
         return
 
@@ -530,7 +531,7 @@ def _sigterm_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings(), _sigterm_as_interrupt():
+    with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -556,7 +557,8 @@ def _main(argv: list[str] | None) -> int:
 
         hint = ROOT_HINT.set(DATA_ROOT_HINTS[args.command])
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():  # here, inside the handlers below (start-up, importing torch: the default)
+            return int(args.func(args) or 0)
     except MixdistillError as err:
         print(f"mixdistill: error: {err}", file=sys.stderr)
         return 2

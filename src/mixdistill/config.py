@@ -272,12 +272,6 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    @field_validator("method", "augment", mode="before")
-    @classmethod
-    def _name_alone(cls, value):
-        """``method: kd`` in a file means ``method: {name: kd}``, as ``method=kd`` does on the command line."""
-        return {"name": value} if isinstance(value, str) else value
-
     @field_validator("name", mode="before")
     @classmethod
     def _number_as_text(cls, value):
@@ -307,6 +301,7 @@ class RunConfig(Section):
         mixup, kd_view: cutmix, cutnmix: cut_n_mix ...), so the resolved config shows what runs."""
         if not isinstance(tree, dict):
             return tree
+        tree = named_sections(tree)
         augment = tree.get("augment") or {}
         method = tree.get("method") or {}
         if isinstance(augment, dict) and "name" not in augment and isinstance(method, dict):
@@ -428,6 +423,12 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
 
 
 _NAMED_SECTIONS = {"method", "augment"}
+
+
+def named_sections(tree: dict) -> dict:
+    """``method: kd`` / ``augment: none`` (a file's tree, the API's) as ``{name: ...}``, what ``method=kd`` sets on
+    the command line, so that dotted keys (``method.temperature=2``) then set its parameters."""
+    return {**tree, **{key: {"name": tree[key]} for key in _NAMED_SECTIONS if isinstance(tree.get(key), str)}}
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -562,7 +563,7 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
-    return tree
+    return named_sections(tree)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -580,7 +581,7 @@ def resolve_config(config: str | Path | dict | RunConfig | None = None,
     if isinstance(config, RunConfig):
         tree = config.to_dict()
     elif isinstance(config, dict):
-        tree = copy.deepcopy(config)
+        tree = named_sections(copy.deepcopy(config))
     elif isinstance(config, (str, os.PathLike)):
         tree = read_config_file(config)
     elif config is None:

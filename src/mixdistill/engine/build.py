@@ -242,8 +242,8 @@ def _checked_stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int
     source = cfg.model.teacher_checkpoint
     if source is not None:
         _check_teacher_source(cfg)
-        if Path(source).exists():  # the architecture training would take from it
-            arch = _file_teacher_arch(cfg, load_checkpoint(source))
+        if cfg.model.teacher is None and Path(source).exists():  # the architecture training would take from it
+            arch = _file_teacher_arch(cfg, load_checkpoint(source))  # (with model.teacher set, no file is read)
             return create_model(arch, num_classes=num_classes, in_channels=in_channels)
     return stand_in_teacher(cfg, num_classes, in_channels)
 

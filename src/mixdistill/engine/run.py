@@ -29,7 +29,7 @@ from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
 from mixdistill.methods import METHODS, PLUGINS_ENV
-from mixdistill.models import create_model
+from mixdistill.models import MODELS, create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.schema import load_yaml
 
@@ -257,7 +257,10 @@ class FinishedRun:
         """The run's final network, weights loaded, in eval mode (``arch`` etc. for a checkpoint that does not
         record them)."""
         recorded = self.state.get("arch")
-        if arch and recorded and arch != recorded:  # its weights would not load: a slip, named as such
+        # a name this library gave or knows: another one is a slip, named as such (its weights would not load); a
+        # foreign file may name its network its own way (PyTorch's ImageNet example: 'resnet18'), and arch wins
+        known = self.cfg is not None or "format" in self.state or recorded in MODELS
+        if arch and recorded and arch != recorded and known:
             raise ConfigError(f"{self.checkpoint} holds a '{recorded}', not a '{arch}': leave the architecture out "
                               "(--arch; arch= in Python), the checkpoint records it")
         arch = arch or self.arch
