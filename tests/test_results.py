@@ -38,6 +38,14 @@ def _summary(root, name):
     return json.loads((root / name / "summary.json").read_text())
 
 
+def test_a_finished_run_whose_summary_is_damaged_says_so(runs_root, tmp_path):
+    """It read as a run killed after its last epoch, with nothing saying why."""
+    shutil.copytree(runs_root / "ce_s0", tmp_path / "runs" / "ce_s0")
+    (tmp_path / "runs" / "ce_s0" / "summary.json").write_text("{")
+    _, rows = run_rows(collect([tmp_path / "runs"]))
+    assert rows[0][-1] == "epoch 2/2, summary.json damaged"
+
+
 def test_seeds_of_one_config_are_pooled(runs_root):
     columns, rows = group_rows(collect([runs_root]))
     assert columns == ["config (what differs)", "runs", "seeds", "last top-1 % [95% CI]", "std", "best top-1 %",

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from mixdistill.config import metric_lower_is_better
-from mixdistill.engine.run import DIVERGED, RESUME_FREE_KEYS, RunRecord, find_runs
+from mixdistill.engine.run import DIVERGED, RESUME_FREE_KEYS, SUMMARY, RunRecord, find_runs
 from mixdistill.errors import ConfigError
 from mixdistill.files import write_text
 from mixdistill.studies.stats import counted, mean_ci, mean_ci_text
@@ -85,11 +85,13 @@ def _fmean(values) -> float | None:
 
 
 def _epochs(record: RunRecord) -> str:
-    """An unfinished run's status: 'epoch 3/15' (killed, or still running), 'diverged after epoch 3/15'."""
+    """An unfinished run's status: 'epoch 3/15' (killed, or still running), 'diverged after epoch 3/15', 'epoch 15/15,
+    summary.json damaged' (finished, but its summary cannot be read: `train --resume` writes it again)."""
     optim = record.config.get("optim", {})
     total = optim.get("epochs", 0) * optim.get("epoch_factor", 1)
     diverged = "diverged after " if (record.path / DIVERGED).exists() else ""
-    return f"{diverged}epoch {record.last_epoch or 0}/{total}"
+    damaged = ", summary.json damaged" if (record.path / SUMMARY).exists() else ""
+    return f"{diverged}epoch {record.last_epoch or 0}/{total}{damaged}"
 
 
 def collect(roots: list[str | Path], unreadable: list[Path] | None = None) -> list[RunRecord]:
