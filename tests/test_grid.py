@@ -738,3 +738,52 @@ def test_a_teacher_staged_with_its_students_is_refused(fmnist_root, tmp_path):
     with pytest.raises(ValueError, match=r"grid run kd/seed0 \(stage 1\) distils from run teacher \(stage 1\)"):
         run_grid(runs, study, jobs=1, threads=1, log=lambda *_: None)
     assert not study.exists(), "refused before anything is written"
+
+
+def test_report_only_beside_a_running_grid_computes_t_stddev_in_its_own_process(tmp_path, monkeypatch):
+    """wang2022's report fills its T. stddev table side by side in worker processes; beside a grid another process
+    runs in the folder (--report-only), those workers would take the grid's cores: it computes them in turn."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mixdistill.machine
+    from mixdistill.files import held_elsewhere, hold_lock
+    from mixdistill.studies import wang2022
+
+    study = tmp_path / "study"
+    keys = ["student/a/v/seed0", "student/a/v/seed1"]
+    for key in keys:
+        folder = grid_module.run_dir(study, key)
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"")
+    rows = {key: {"config": {"train": {"threads": 1}}} for key in keys}
+    monkeypatch.setattr(mixdistill.machine, "available_cpus", lambda: 2)
+
+    class PoolStarted(Exception):
+        pass
+
+    def no_pool(workers):
+        raise PoolStarted(workers)
+
+    monkeypatch.setattr(grid_module, "worker_pool", no_pool)
+    lock = study / grid_module.GRID_LOCK
+    assert not held_elsewhere(lock)
+    with pytest.raises(PoolStarted):  # nobody else in the folder: side by side
+        wang2022._fill_t_stddev_cache(study, rows, keys, None, 10, None)
+    with hold_lock(lock, "running a grid"):
+        assert not held_elsewhere(lock), "this process's own lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mixdistill.files import hold_lock\n"
+                               f"with hold_lock({str(lock)!r}, 'running a grid'):\n print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert held_elsewhere(lock)
+        wang2022._fill_t_stddev_cache(study, rows, keys, None, 10, None)  # no pool: each computed in turn later
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # as a grid killed without releasing: its holder file stays
+        holder.wait()
+    time.sleep(0.1)
+    assert (study / "grid.lock.holder").exists() and not held_elsewhere(lock), "a dead holder holds nothing"

@@ -168,6 +168,28 @@ def describe_holder(lock_path: str | Path) -> str:
         return "another process"
 
 
+def held_elsewhere(lock_path: str | Path) -> bool:
+    """Does another live process hold ``lock_path`` now, as its holder file says (:func:`hold_lock` writes it and
+    removes it on release; a holder killed without releasing leaves it, so the pid is checked where it is on this
+    host)? Takes no lock, so it cannot stop that process or one starting meanwhile."""
+    try:
+        info = json.loads(_holder_path(Path(lock_path)).read_text())
+        pid, host = int(info["pid"]), info["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @contextmanager
 def hold_lock(lock_path: str | Path, what: str, *, wait: bool = False) -> Iterator[None]:
     """Hold the inter-process lock ``lock_path`` for the body. ``wait=False``: if another process holds it,

@@ -158,8 +158,9 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
     runner's rule), each result kept as soon as it is done. One at a time in this process when only one fits."""
     import concurrent.futures
 
+    from mixdistill.files import held_elsewhere
     from mixdistill.machine import available_cpus
-    from mixdistill.studies.grid import worker_pool
+    from mixdistill.studies.grid import GRID_LOCK, worker_pool
 
     path = study_dir / "tstddev.json"
     cache = read_cache(path)
@@ -171,7 +172,7 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
     threads = max(((rows[k].get("config") or {}).get("train", {}).get("threads") or 1  # old rows carry no config
                    for k in todo.values()), default=1)
     workers = min(len(todo), available_cpus() // threads)
-    if workers <= 1:
+    if workers <= 1 or held_elsewhere(study_dir / GRID_LOCK):  # --report-only beside a running grid: its cores
         return  # _cached_t_stddev computes each in turn
     with worker_pool(workers) as pool:
         futures = {pool.submit(_t_stddev, study_dir, run_key, data_root, min_steps, epochs): key
