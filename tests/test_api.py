@@ -155,6 +155,19 @@ def test_evaluate_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="pass num_classes and in_channels"):
         foreign.model("cnn5_w8")
     assert foreign.model("cnn5_w8", 10, 1).training is False
+    # open_run takes what evaluate takes, and names a wrong type; flags are booleans ("no" resumed)
+    assert mixdistill.open_run({"run_dir": str(tmp_path / "m.pt")}).checkpoint == tmp_path / "m.pt"
+    with pytest.raises(ConfigError, match="open_run: a run directory, a checkpoint file or the summary train "
+                                          "returned, got int"):
+        mixdistill.open_run(3)
+    for flag in ("resume", "quiet"):
+        with pytest.raises(ConfigError, match=f"train: {flag} is True or False, got 'no'"):
+            mixdistill.train(None, **{flag: "no"})
+    # a run stopped before its first checkpoint is called that (it was "a directory without last.pt")
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(MixdistillError, match="is a run stopped before its first checkpoint"):
+        mixdistill.evaluate(tmp_path / "stopped")
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -311,6 +324,20 @@ def test_a_tuple_parameter_reaches_the_augmentation_as_a_tuple(registries):
     for params in ({}, {"patch": [6, 3]}):
         make_augment("patches", **params)(images, labels, generator=torch.Generator())
     assert seen == [(4, 4), (6, 3)]
+
+
+def test_an_augmentation_that_returns_no_record_is_named(registries, fmnist_root, tmp_path):
+    """A plugin's augmentation returning the images alone failed as "'Tensor' object has no attribute 'images'"
+    inside the method's loss."""
+    @mixdistill.register_augment("images_back")
+    def images_back(images, labels, *, generator, s: float = 0.1):
+        return images
+
+    with pytest.raises(ConfigError, match="augmentation images_back returned a Tensor, not a MixedBatch"):
+        mixdistill.train(None, {"data.root": str(fmnist_root), "output_dir": str(tmp_path), "augment": "images_back",
+                                "model.student": "cnn5_w8", "optim.epochs": 1, "optim.milestones": [],
+                                "data.train_subset": 128, "train.progress": False, "train.tensorboard": False,
+                                "train.device": "cpu"}, quiet=True)
 
 
 # ------------------------------------------------------------------------------------------- plugins

@@ -167,6 +167,10 @@ def test_models_table(capsys, monkeypatch):
     assert _row(out, "cnn5_w8")[2] == "3x28x28"
     assert main(["models", "--image-size", "0"]) == 2
     assert "--image-size must be at least 1" in capsys.readouterr().err
+    # an input smaller than a network's layers take: its MACs are '-', said under the table (a torch traceback)
+    assert main(["models", "--macs", "--image-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "-: lenet5 cannot take a 8x8 input" in out and "wrn_40_2" in out
 
 
 def _one_line_error(capsys, argv, fragment):

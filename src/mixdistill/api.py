@@ -33,6 +33,9 @@ def train(config: str | Path | dict | RunConfig | None = None, overrides: dict[s
 
     from mixdistill.engine.trainer import train as train_run
 
+    for name, flag in (("resume", resume), ("quiet", quiet)):
+        if not isinstance(flag, bool):  # "no" would be truthy
+            raise ConfigError(f"train: {name} is True or False, got {flag!r}")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise ConfigError(f"train: overrides are a dict of dotted keys and Python values ({{'optim.epochs': 2}}), "
                           f"got {type(overrides).__name__} (key=value strings are the command line's)")

@@ -163,12 +163,18 @@ def cmd_models(args) -> int:
     columns = ["model", "classes", "input", "params (M)"] + (["MACs / image (M)"] if args.macs else [])
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
+    too_small = []
     for name in list_models():
         s = model_summary(name, args.num_classes, args.in_channels, args.image_size, macs=args.macs)
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
-        table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}"] if args.macs else []))
+        if args.macs and s["macs"] is None:
+            too_small.append(name)
+        table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}" if s["macs"] is not None else "-"] if args.macs else []))
     console = print_table(table)
+    if too_small:
+        console.print(f"-: {', '.join(too_small)} cannot take a {args.image_size}x{args.image_size} input (a layer's "
+                      "kernel is larger than what reaches it)", markup=False, soft_wrap=True)
     console.print("Also accepted wherever a model is named: timm:NAME (any timm.list_models() name; pip install "
                   "'mixdistill[timm]') and tv:NAME (any torchvision.models.list_models() classification model), "
                   "built without downloading weights unless model.pretrained=true.", markup=False, soft_wrap=True)

@@ -126,7 +126,12 @@ class Distiller(nn.Module):
                 batch.teacher_logits = self.teacher_views.logits(images, info.indices, info.views, self.teacher_logits)
             return batch
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
-        return self.augment(images, labels, generator=info.generator, **models)
+        batch = self.augment(images, labels, generator=info.generator, **models)
+        if not isinstance(batch, MixedBatch):  # a plugin's: said here, not as an attribute error in a method
+            name = getattr(getattr(self.augment, "func", self.augment), "__name__", repr(self.augment))
+            raise ConfigError(f"augmentation {name} returned a {type(batch).__name__}, not a MixedBatch (the record "
+                              "of what it mixed: mixdistill.augment.MixedBatch; see the built-in ones)")
+        return batch
 
     def evaluation_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named logits the trainer evaluates every epoch (online methods: every peer and the ensemble)."""

@@ -288,11 +288,20 @@ class FinishedRun:
                             std=split.spec.std, shuffle=False, drop_last=False, device=device)
 
 
-def open_run(path: str | Path) -> FinishedRun:
-    """A run directory (its ``last.pt``) or a checkpoint file, opened: the one way every command reads a run."""
+def open_run(path: str | Path | dict) -> FinishedRun:
+    """A run directory (its ``last.pt``), a checkpoint file or the summary ``train`` returned (its ``run_dir``),
+    opened: the one way every command reads a run."""
+    if isinstance(path, dict) and "run_dir" in path:
+        path = path["run_dir"]
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"open_run: a run directory, a checkpoint file or the summary train returned, got "
+                          f"{type(path).__name__}")
     path = Path(path).expanduser()
     if path.is_dir():
         if not (path / CHECKPOINT).is_file():
+            if (path / CONFIG).is_file():
+                raise CheckpointError(f"{path} is a run stopped before its first checkpoint (no {CHECKPOINT} yet): "
+                                      "nothing to open; train it (the same command again starts it)")
             raise CheckpointError(f"{path} is a directory without {CHECKPOINT}: pass a run directory or a checkpoint")
         path = path / CHECKPOINT
     state = load_checkpoint(path)

@@ -164,7 +164,7 @@ def model_summary(name: str, num_classes: int | None = None, in_channels: int | 
     """Parameters (and with ``macs``, multiply-accumulates per image) of model ``name``; each of
     ``num_classes``, ``in_channels``, ``image_size`` left None is the model's :func:`native_input`. The model
     is built on PyTorch's meta device: no weights are allocated and nothing is computed, so this is cheap at
-    any size."""
+    any size. ``macs`` is None where the input is smaller than the network's layers take (a 5x5 kernel on 2x2)."""
     native = native_input(name)
     num_classes = native[0] if num_classes is None else num_classes
     in_channels = native[1] if in_channels is None else in_channels
@@ -173,7 +173,10 @@ def model_summary(name: str, num_classes: int | None = None, in_channels: int | 
     out = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
            "params": count_parameters(model)}
     if macs:
-        out["macs"] = count_macs(model, (1, in_channels, image_size, image_size))
+        try:
+            out["macs"] = count_macs(model, (1, in_channels, image_size, image_size))
+        except RuntimeError:  # torch's shape check, raised on the meta device as on a real one
+            out["macs"] = None
     return out
 
 
