@@ -515,6 +515,21 @@ def test_analyze_says_it_computes_in_fp32_where_the_run_evaluated_itself_otherwi
     assert "Computed in fp32; the run evaluated itself in bf16" in (tmp_path / "b" / "report.md").read_text()
 
 
+def test_a_run_whose_config_does_not_validate_here_is_analysed_saying_so(tiny_runs, tmp_path):
+    """A plugin's run opened without its plugin: analysed as a foreign checkpoint (whole split, no teacher), which
+    the report's Notes now say (they said nothing)."""
+    from mixdistill.analysis.command import analyze_main
+    from mixdistill.engine.checkpoint import load_checkpoint, save_atomic
+
+    state = load_checkpoint(tiny_runs["student"] / "last.pt")
+    state["config"]["method"]["name"] = "plugin_method_not_loaded"
+    save_atomic(state, tmp_path / "plugin.pt")
+    assert analyze_main(_parse(tmp_path / "plugin.pt", "--dataset", "fashion_mnist", "--data-root",
+                               tiny_runs["root"], "--out", tmp_path / "out", "--quiet")) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "saved config does not validate here (unknown method 'plugin_method_not_loaded'" in report
+
+
 def test_analyze_refuses_no_teacher_beside_a_teacher(tmp_path):
     """--no-teacher with --teacher dropped the teacher without a word; refused before the run is opened."""
     from mixdistill.analysis.command import analyze_main

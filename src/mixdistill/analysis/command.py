@@ -197,6 +197,9 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     data_cfg = config.get("data", {}) or {}
     model_cfg = config.get("model", {}) or {}
     notes: list[str] = reconstruction_notes(config)
+    if opened.config_error:  # what its config would have said (its subset, its teacher) is not known here
+        notes.append(f"The run's saved config does not validate here ({opened.config_error}): analysed as a foreign "
+                     "checkpoint, on the whole split, without its teacher.")
     if (network := opened.online_network_note()) is not None:
         notes.append(f"{network[0].upper()}{network[1:]}.")
 
