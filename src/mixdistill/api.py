@@ -66,10 +66,6 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     require_at_least("batch_size", batch_size, 1)
     if split not in ("train", "test"):
         raise ConfigError(f"split: 'train' or 'test', got {split!r}")
-    if isinstance(run, dict):
-        if "run_dir" not in run:
-            raise ConfigError("evaluate: a dict run must be the summary mixdistill.train returned (with run_dir)")
-        run = run["run_dir"]
     opened = run if isinstance(run, FinishedRun) else open_run(run)
     return evaluate_opened(opened, data, root=root, split=split, device=device, precision=precision,
                            batch_size=batch_size, arch=arch)

@@ -409,6 +409,8 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict. Assigning a scalar to a section that has a ``name`` (method,
     augment) switches that section to the new name with default parameters."""
     keys = dotted_key.split(".")
+    if len(keys) > 1:
+        tree.update(named_sections(tree))  # a file's `method: kd`, before a dotted key sets one of its parameters
     node = tree
     for key in keys[:-1]:
         child = node.setdefault(key, {})
@@ -427,7 +429,7 @@ _NAMED_SECTIONS = {"method", "augment"}
 
 def named_sections(tree: dict) -> dict:
     """``method: kd`` / ``augment: none`` (a file's tree, the API's) as ``{name: ...}``, what ``method=kd`` sets on
-    the command line, so that dotted keys (``method.temperature=2``) then set its parameters."""
+    the command line (:func:`set_dotted` does the same before a dotted key sets one of its parameters)."""
     return {**tree, **{key: {"name": tree[key]} for key in _NAMED_SECTIONS if isinstance(tree.get(key), str)}}
 
 
@@ -563,7 +565,7 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
-    return named_sections(tree)
+    return tree
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -581,7 +583,7 @@ def resolve_config(config: str | Path | dict | RunConfig | None = None,
     if isinstance(config, RunConfig):
         tree = config.to_dict()
     elif isinstance(config, dict):
-        tree = named_sections(copy.deepcopy(config))
+        tree = copy.deepcopy(config)
     elif isinstance(config, (str, os.PathLike)):
         tree = read_config_file(config)
     elif config is None:

@@ -160,22 +160,30 @@ def _holder_path(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + ".holder")
 
 
-def describe_holder(lock_path: str | Path) -> str:
+def _holder(lock_path: str | Path) -> dict | None:
+    """What :func:`hold_lock` wrote beside ``lock_path`` about its holder (pid, host, what, since), or None."""
     try:
         info = json.loads(_holder_path(Path(lock_path)).read_text())
-        return f"pid {info['pid']} on {info['host']} ({info.get('what', '?')}, since {info.get('since', '?')})"
-    except (OSError, ValueError, KeyError):
+        return info if isinstance(info, dict) and "pid" in info and "host" in info else None
+    except (OSError, ValueError):
+        return None
+
+
+def describe_holder(lock_path: str | Path) -> str:
+    info = _holder(lock_path)
+    if info is None:
         return "another process"
+    return f"pid {info['pid']} on {info['host']} ({info.get('what', '?')}, since {info.get('since', '?')})"
 
 
 def held_elsewhere(lock_path: str | Path) -> bool:
     """Does another live process hold ``lock_path`` now, as its holder file says (:func:`hold_lock` writes it and
     removes it on release; a holder killed without releasing leaves it, so the pid is checked where it is on this
     host)? Takes no lock, so it cannot stop that process or one starting meanwhile."""
+    info = _holder(lock_path)
     try:
-        info = json.loads(_holder_path(Path(lock_path)).read_text())
         pid, host = int(info["pid"]), info["host"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (TypeError, ValueError):  # none, or not a pid
         return False
     if host != socket.gethostname():
         return True

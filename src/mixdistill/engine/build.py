@@ -225,12 +225,12 @@ def check_stage_maps(distiller, cfg: RunConfig) -> None:
 
 def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
     """A ``teacher_builder`` that loads no weights: the teacher's architecture (``model.teacher``, a benchmark
-    teacher's, the one its checkpoint file records, else the student's) at fresh weights, for building a run to
-    check it or count its work."""
+    teacher's, the one its checkpoint file records (one that records none is refused, as training refuses it),
+    else, no file there yet, the student's) at fresh weights, for building a run to check it or count its work."""
     source, arch = cfg.model.teacher_checkpoint, cfg.model.teacher
     if arch is None and source is not None:
         if Path(source).exists():  # a directory too: the checkpoint reader names the files in it
-            arch = load_checkpoint(source).get("arch")
+            arch = _file_teacher_arch(cfg, load_checkpoint(source))  # as training takes it (it must record one)
         elif source in TEACHERS:
             arch = TEACHERS[source].arch
     return create_model(arch or cfg.model.student, num_classes=num_classes, in_channels=in_channels)
@@ -239,12 +239,8 @@ def stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.M
 def _checked_stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
     """:func:`stand_in_teacher` after :func:`build_teacher`'s checks of the teacher's source, for
     :func:`check_buildable`: called, as that is, only for a method that loads a teacher."""
-    source = cfg.model.teacher_checkpoint
-    if source is not None:
+    if cfg.model.teacher_checkpoint is not None:
         _check_teacher_source(cfg)
-        if cfg.model.teacher is None and Path(source).exists():  # the architecture training would take from it
-            arch = _file_teacher_arch(cfg, load_checkpoint(source))  # (with model.teacher set, no file is read)
-            return create_model(arch, num_classes=num_classes, in_channels=in_channels)
     return stand_in_teacher(cfg, num_classes, in_channels)
 
 

@@ -291,7 +291,9 @@ class FinishedRun:
 def open_run(path: str | Path | dict) -> FinishedRun:
     """A run directory (its ``last.pt``), a checkpoint file or the summary ``train`` returned (its ``run_dir``),
     opened: the one way every command reads a run."""
-    if isinstance(path, dict) and "run_dir" in path:
+    if isinstance(path, dict):
+        if "run_dir" not in path:
+            raise ConfigError("a dict run must be the summary mixdistill.train returned (with run_dir)")
         path = path["run_dir"]
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"open_run: a run directory, a checkpoint file or the summary train returned, got "

@@ -695,13 +695,13 @@ def keeps_final_weights(cfg: RunConfig) -> bool:
     """Does the folder of ``cfg`` hold its run's final weights, to be reused or resumed as they are: finished, or
     killed after its last epoch's checkpoint (resuming it only evaluates and writes the summary)? The runs that
     distil from it are still its students then."""
-    summary = run.read_summary(cfg.run_dir)
-    if not (cfg.run_dir / run.CHECKPOINT).exists() or _why_set_aside(cfg, summary) is not None:
-        return False
+    checkpoint, summary = cfg.run_dir / run.CHECKPOINT, run.read_summary(cfg.run_dir)
     if summary is not None:
-        return True
+        return checkpoint.exists() and _why_set_aside(cfg, summary) is None
+    if not checkpoint.exists() or run.saved_config_difference(cfg):  # _why_set_aside's other reasons, the
+        return False  # checkpoint read once below (an unreadable one is its last)
     try:
-        return load_checkpoint(cfg.run_dir / run.CHECKPOINT).get("epoch", 0) >= cfg.optim.total_epochs
+        return load_checkpoint(checkpoint).get("epoch", 0) >= cfg.optim.total_epochs
     except CheckpointError:
         return False
 

@@ -225,6 +225,17 @@ def _row_difference(row: dict, cfg) -> list[str]:
     return saved_config_difference(cfg) or []
 
 
+def _resolved(runs: list[GridRun], study_dir: Path, threads: int | None):
+    """The runs as the grid runs them (thread counts explicit, shared teacher tables), each one's resolved config,
+    and what each needs (:func:`dependencies`)."""
+    runs = with_teacher_views(with_threads(runs, threads), study_dir)
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("grid keys must be unique")
+    configs = {run.key: resolve(run, study_dir) for run in runs}
+    return runs, configs, dependencies(runs, configs, _run_dirs(configs))
+
+
 @dataclass
 class _Plan:
     """What a grid keeps and what it sets aside, decided before anything trains; a run in neither trains (a run
@@ -280,12 +291,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
     at that thread count); a Ray task asks for as many CPUs as its run has threads."""
     study_dir = Path(study_dir)
-    runs = with_teacher_views(with_threads(runs, threads), study_dir)
+    runs, configs, needs = _resolved(runs, study_dir, threads)  # every config validated before any work starts
     keys = [r.key for r in runs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("grid keys must be unique")
-    configs = {run.key: resolve(run, study_dir) for run in runs}  # validate every config before any work starts
-    needs = dependencies(runs, configs, _run_dirs(configs))
     for dataset, root in sorted({(c.data.dataset, str(c.data.root)) for c in configs.values() if c.data.root}):
         check_root_exists(dataset, root)  # before the folder, its lock and runs/ are made
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
@@ -328,9 +335,7 @@ def current_rows(runs: list[GridRun], study_dir: str | Path, threads: int | None
     finished run whose row was lost: read back from its folder); the others a row saying they have not run yet (or,
     a diverged teacher's students, that they will not)."""
     study_dir = Path(study_dir)
-    runs = with_teacher_views(with_threads(runs, threads), study_dir)
-    configs = {run.key: resolve(run, study_dir) for run in runs}
-    needs = dependencies(runs, configs, _run_dirs(configs))
+    runs, configs, needs = _resolved(runs, study_dir, threads)
     plan, out = _plan(runs, configs, ResultsFile(study_dir / "results.jsonl").read(), needs), {}
     for run in sorted(runs, key=lambda r: r.stage):  # a teacher before its students
         not_run = sorted(t for t in needs[run.key] if out[t].get("status") in ("diverged", NOT_RUN))
