@@ -324,3 +324,14 @@ def test_teachers_errors_are_one_line_and_exit_2(tmp_path, capsys, no_proxy):
         assert "missing" not in captured.out  # no table after an error
         if args is argv:
             assert "--archive" in captured.err  # the way round a download that cannot work here
+
+
+def test_download_and_archive_together_are_refused(archive, tmp_path, capsys):
+    """One archive per call: --download beside --archive was accepted and did both."""
+    from mixdistill.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["teachers", "--download", "--archive", str(archive[0]), "--cache-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "not allowed with argument --download" in capsys.readouterr().err
+    assert not (tmp_path / "teachers").exists()  # nothing unpacked

@@ -368,8 +368,9 @@ def load_teacher(
 # ----------------------------------------------------------------------------------------------- CLI
 def add_teachers_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the options of ``mixdistill teachers`` on ``parser`` (returned for chaining)."""
-    parser.add_argument("--download", action="store_true", help="download and unpack the teacher archive")
-    parser.add_argument("--archive", metavar="PATH", help=f"unpack a local copy of {TEACHER_ARCHIVE_NAME}")
+    source = parser.add_mutually_exclusive_group()  # one archive: the download or a local copy
+    source.add_argument("--download", action="store_true", help="download and unpack the teacher archive")
+    source.add_argument("--archive", metavar="PATH", help=f"unpack a local copy of {TEACHER_ARCHIVE_NAME}")
     parser.add_argument(
         "--cache-dir", metavar="DIR", default=None,
         help="cache folder (default: $MIXDISTILL_CACHE or ~/.cache/mixdistill); teachers go to DIR/teachers",
