@@ -6,10 +6,11 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from mixdistill.errors import CheckpointError, MixdistillError, UnknownNameError
+from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, UnknownNameError
 from mixdistill.models import (MODELS, count_macs, count_parameters, create_model, list_models, load_weights,
                                model_summary)
 
@@ -353,3 +354,11 @@ def test_torch_compile_traces_the_textbook_order(name):
              if n.op in ("call_function", "call_method")]
     first = lambda word: next(i for i, c in enumerate(calls) if word in c)  # noqa: E731
     assert first("relu") < first("max_pool")
+
+
+@pytest.mark.parametrize("num_classes, in_channels", [(0, 3), (-1, 3), (10, 0), (True, 3), (10.0, 3)])
+def test_create_model_refuses_counts_below_one_or_not_whole(num_classes, in_channels):
+    """0 classes built a model with an empty classifier (torch only warned); -1, True and 10.0 were torch errors."""
+    with pytest.raises(ConfigError, match="must be a whole number of at least 1"):
+        create_model("resnet8", num_classes, in_channels)
+    assert create_model("resnet8", np.int64(10), 1).fc.out_features == 10  # numpy's integers are whole numbers

@@ -12,12 +12,13 @@ model behind the same interface, with the library's own state-dict keys (``model
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 from . import cnn, das2020, external, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
 from ._base import ZooModel
 from .checkpoint import load_weights
@@ -83,14 +84,15 @@ def check_model_name(name: str, kind: str = "model") -> None:
 def create_model(name: str, num_classes: int = 100, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
     """Model ``name`` (a zoo name, ``timm:NAME`` or ``tv:NAME``). ``pretrained``: the library's pretrained
     weights for a ``timm:`` / ``tv:`` model (a download); the zoo's own models have none to offer."""
+    for what, count in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise ConfigError(f"create_model: {what} must be a whole number of at least 1 (got {count!r})")
     if is_external(name):
         return external.create_external(name, num_classes=num_classes, in_channels=in_channels,
                                         pretrained=pretrained)
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
     if pretrained:
-        from ..errors import ConfigError
-
         raise ConfigError(f"pretrained weights come from timm or torchvision: model '{name}' is the zoo's own "
                           "(use timm:NAME or tv:NAME, or load a checkpoint)")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels)
