@@ -211,6 +211,9 @@ def test_register_method_refuses_what_training_could_not_use(registries):
     assert METHODS["x"] is other
     with pytest.raises(ValueError, match="built in"):
         mixdistill.unregister_method("ce")
+    with pytest.raises(ValueError, match=r"method 'y' is not registered \(registered: .*\bx\b"):
+        mixdistill.unregister_method("y")  # was a silent no-op: a misspelt name left 'x' registered
+    assert METHODS["x"] is other
 
     # the method section's own key, and a default outside its own range (pydantic leaves defaults unchecked)
     class NamedParams(MethodParams):
@@ -285,6 +288,9 @@ def test_register_augment_refuses_untyped_or_misfit_parameters(registries):
     mixdistill.register_augment("noise", noise)
     with pytest.raises(ValueError, match="registered already"):
         mixdistill.register_augment("noise", noise)
+    with pytest.raises(ValueError, match=r"augmentation 'nosie' is not registered \(registered: .*\bnoise\b"):
+        mixdistill.unregister_augment("nosie")
+    assert "noise" in AUGMENTATIONS
 
     def noise2(images, labels, *, generator, level: int = 2):
         return noise(images, labels, generator=generator)

@@ -79,7 +79,9 @@ def unregister_method(name: str) -> None:
     """Remove a method registered with :func:`register_method` (built-in ones stay)."""
     if name in BUILT_IN:
         raise ValueError(f"method '{name}' is built in")
-    METHODS.pop(name, None)
+    if name not in METHODS:  # a misspelt name would leave the method registered
+        raise ValueError(f"method '{name}' is not registered (registered: {', '.join(sorted(METHODS))})")
+    del METHODS[name]
 
 
 def load_plugins() -> list[str]:

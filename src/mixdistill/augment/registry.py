@@ -268,6 +268,8 @@ def unregister_augment(name: str) -> None:
     """Remove an augmentation registered with :func:`register_augment` (built-in ones stay)."""
     if name in BUILT_IN:
         raise ValueError(f"augmentation '{name}' is built in")
-    AUGMENTATIONS.pop(name, None)
+    if name not in AUGMENTATIONS:  # a misspelt name would leave the augmentation registered
+        raise ValueError(f"augmentation '{name}' is not registered (registered: {', '.join(sorted(AUGMENTATIONS))})")
+    del AUGMENTATIONS[name]
     _OWN_PARAM_TYPES.pop(name, None)
     _params_model.cache_clear()
