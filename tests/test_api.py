@@ -163,6 +163,10 @@ def test_evaluate_errors_are_one_line(tmp_path):
     for flag in ("resume", "quiet"):
         with pytest.raises(ConfigError, match=f"train: {flag} is True or False, got 'no'"):
             mixdistill.train(None, **{flag: "no"})
+    # the summary train returned, given back to it, is named (each of its keys was "unknown key")
+    summary = {"name": "r", "last_acc": 91.0, "run_dir": str(tmp_path / "r")}
+    with pytest.raises(ConfigError, match=r"got a run's summary .*'.*r/config.yaml' \(resume=True"):
+        mixdistill.train(summary)
     # a run stopped before its first checkpoint is called that (it was "a directory without last.pt")
     (tmp_path / "stopped").mkdir()
     (tmp_path / "stopped" / "config.yaml").write_text("seed: 0\n")

@@ -39,6 +39,10 @@ def train(config: str | Path | dict | RunConfig | None = None, overrides: dict[s
     if overrides is not None and not isinstance(overrides, Mapping):
         raise ConfigError(f"train: overrides are a dict of dotted keys and Python values ({{'optim.epochs': 2}}), "
                           f"got {type(overrides).__name__} (key=value strings are the command line's)")
+    if isinstance(config, Mapping) and {"run_dir", "last_acc"} <= config.keys():  # what train returned
+        raise ConfigError("train: got a run's summary (what train returns), not a config: pass the run's "
+                          f"config file, {str(Path(config['run_dir']) / 'config.yaml')!r} (resume=True to continue "
+                          "the run)")
     cfg = resolve_config(config, {**(overrides or {}), **more})
     summary = train_run(cfg, resume=resume, quiet=quiet)
     return {**summary, "run_dir": str(cfg.run_dir.resolve())}
