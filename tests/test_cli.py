@@ -193,7 +193,11 @@ def test_bad_config_key_is_named(capsys):
 
 
 def test_missing_config_file(capsys):
-    _one_line_error(capsys, ["train", "nope.yaml"], "config file not found")
+    assert main(["train", "nope.yaml"]) == 2
+    assert capsys.readouterr().err == "mixdistill: error: config file not found: nope.yaml\n"
+    # overrides given without a config: the first is taken as the file, which the error now says
+    _one_line_error(capsys, ["train", "method=ce", "optim.epochs=1"],
+                    "config file not found: method=ce (the first argument is a YAML config file")
 
 
 def test_eval_of_a_foreign_checkpoint_asks_for_all_it_lacks_and_a_wrong_arch_is_named(capsys, tmp_path, fmnist_root):

@@ -554,7 +554,9 @@ def read_config_file(path: str | Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config {path} is a folder: name a YAML file (configs/ holds examples)")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        hint = (" (the first argument is a YAML config file, e.g. configs/fmnist_cpu.yaml; key=value overrides "
+                "follow it)") if "=" in path.name else ""
+        raise ConfigError(f"config file not found: {path}{hint}")
     try:
         tree = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
