@@ -326,8 +326,11 @@ def test_failed_download_is_caught(no_default_roots, monkeypatch, error, cause):
     monkeypatch.setitem(DATASETS, "cifar100", datasets.dataclasses.replace(DATASETS["cifar100"], download=offline))
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset("cifar100", "train", download=True)
-    assert f"failed: {cause}" in str(e.value) and "--data-root" in str(e.value)
-    assert "internet" in str(e.value) and "\n" not in str(e.value)
+    assert f"failed: {cause}" in str(e.value) and "--data-root" in str(e.value) and "\n" not in str(e.value)
+    assert "let it download" not in str(e.value)  # it did, and the message says why that failed
+    with pytest.raises(DatasetNotFoundError, match=r"download disabled.*or let it download from the internet "
+                                                   r"\(data.download=true"):
+        load_dataset("cifar100", "train", download=False)
 
 
 def test_download_into_cache(no_default_roots, monkeypatch):

@@ -63,7 +63,7 @@ class DatasetSpec:
     reader: Callable[[Path, str], tuple[torch.Tensor, torch.Tensor]]  # (folder, split) -> (images, labels)
     find: Callable[[Path], Path | None]  # folder -> the folder holding the files, or None
     download: Callable[[Path], None] | None = None  # download into a folder, or None if not possible
-    how_to_get: str = ""  # the dataset-specific way to obtain the files, for the not-found message
+    how_to_get: str = ""  # the dataset-specific way to obtain the files besides a download, for the not-found message
     num_train: int | None = None  # images in the training split (None: unknown until read)
     num_test: int | None = None  # images in the test (ImageNet: validation) split
 
@@ -106,23 +106,18 @@ DATASETS: dict[str, DatasetSpec] = {
         name="cifar10", num_train=50000, num_test=10000, num_classes=10, in_channels=3, image_size=32,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4,
         reader=readers.read_cifar10, find=lambda d: readers.find_cifar(d, 10), download=_download_cifar10,
-        how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     "cifar100": DatasetSpec(
         name="cifar100", num_train=50000, num_test=10000, num_classes=100, in_channels=3, image_size=32,
         mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
         reader=readers.read_cifar100, find=lambda d: readers.find_cifar(d, 100), download=_download_cifar100,
-        how_to_get="let it download from the internet (data.download=true, the default)",
     ),
     # 2 pixels of crop padding at 28x28: the usual 4 (from CIFAR's 32x32) cuts into the centred garments
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist", num_train=60000, num_test=10000, num_classes=10, in_channels=1, image_size=28,
         mean=(0.2860,), std=(0.3530,), crop_padding=2,
         reader=readers.read_mnist_like, find=readers.find_idx, download=_download_fashion_mnist,
-        how_to_get=(
-            f"on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs {DEBIAN_FASHION_MNIST}), "
-            "or let it download from the internet (data.download=true, the default)"
-        ),
+        how_to_get=f"on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs {DEBIAN_FASHION_MNIST})",
     ),
     # sizes, channels and classes come from the files; 0.5 mean/std for every channel
     "imagefolder": DatasetSpec(
@@ -203,8 +198,8 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
     looked = ", ".join(where if folder is None else f"{where} {folder}" for where, folder in candidates)
     raise DatasetNotFoundError(
         f"dataset '{name}' not found (looked in: {looked}{download_note}). "
-        f"To fix, {ROOT_HINT.get()}, or set the environment variable {ENV_VAR} to that folder, "
-        f"or {spec.how_to_get}."
+        f"To fix, {ROOT_HINT.get()}, or set the environment variable {ENV_VAR} to that folder"
+        + "".join(f", or {way}" for way in _other_ways(spec, tried_download=download)) + "."
     )
 
 
@@ -229,7 +224,16 @@ def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Pat
         return note
     raise DatasetNotFoundError(
         f"dataset '{spec.name}' not found in data root {root}{note} (a given data root is the only place looked; "
-        f"leave it unset to search ${ENV_VAR}, the usual locations and the download cache, or {spec.how_to_get})")
+        f"leave it unset to search ${ENV_VAR}, the usual locations and the download cache"
+        + "".join(f", or {way}" for way in _other_ways(spec, tried_download=download)) + ")")
+
+
+def _other_ways(spec: DatasetSpec, tried_download: bool) -> list[str]:
+    """The not-found message's other ways to the files: the dataset's own, and a download where it was disabled (one
+    that was tried and failed says why in the message)."""
+    download = ["let it download from the internet (data.download=true, the default)"] if (
+        spec.download is not None and not tried_download) else []
+    return [spec.how_to_get] * bool(spec.how_to_get) + download
 
 
 def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
