@@ -13,7 +13,7 @@ import mixdistill.distill  # noqa: F401  (registration)
 import mixdistill.online  # noqa: F401  (registration)
 from mixdistill.augment.registry import AUGMENTATIONS, NAME_PATTERN
 from mixdistill.errors import MixdistillError
-from mixdistill.registry import METHODS
+from mixdistill.registry import METHODS, remove_registered
 
 __all__ = ["METHODS", "load_plugins", "register_method", "unregister_method"]
 
@@ -77,11 +77,7 @@ def _check_params(name: str, cls) -> None:
 
 def unregister_method(name: str) -> None:
     """Remove a method registered with :func:`register_method` (built-in ones stay)."""
-    if name in BUILT_IN:
-        raise ValueError(f"method '{name}' is built in")
-    if name not in METHODS:  # a misspelt name would leave the method registered
-        raise ValueError(f"method '{name}' is not registered (registered: {', '.join(sorted(METHODS))})")
-    del METHODS[name]
+    remove_registered(METHODS, "method", name, BUILT_IN)
 
 
 def load_plugins() -> list[str]:

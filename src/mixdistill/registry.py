@@ -28,4 +28,14 @@ class Registry(dict):
         return self[name]
 
 
+def remove_registered(registry: dict, kind: str, name: str, built_in) -> None:
+    """Remove the plugin ``name`` from ``registry``; a built-in name, or one not registered (a misspelt name would
+    leave the plugin registered), is a ValueError."""
+    if name in built_in:
+        raise ValueError(f"{kind} '{name}' is built in")
+    if name not in registry:
+        raise ValueError(f"{kind} '{name}' is not registered (registered: {', '.join(sorted(registry))})")
+    del registry[name]
+
+
 METHODS = Registry("method")

@@ -13,6 +13,7 @@ from pydantic import (Field, NonNegativeInt, PositiveInt, StrictBool, TypeAdapte
                       create_model)
 
 from ..errors import ConfigError, UnknownNameError
+from ..registry import remove_registered
 from ..schema import Schema
 from .mix import BOX_ROUNDINGS, autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity, mixup, mixup_two_perm, pmu
 from .pick import PICK_CRITERIA, cutmix_pick
@@ -266,10 +267,6 @@ def register_augment(name: str, fn=None, *, replace: bool = False):
 
 def unregister_augment(name: str) -> None:
     """Remove an augmentation registered with :func:`register_augment` (built-in ones stay)."""
-    if name in BUILT_IN:
-        raise ValueError(f"augmentation '{name}' is built in")
-    if name not in AUGMENTATIONS:  # a misspelt name would leave the augmentation registered
-        raise ValueError(f"augmentation '{name}' is not registered (registered: {', '.join(sorted(AUGMENTATIONS))})")
-    del AUGMENTATIONS[name]
+    remove_registered(AUGMENTATIONS, "augmentation", name, BUILT_IN)
     _OWN_PARAM_TYPES.pop(name, None)
     _params_model.cache_clear()
