@@ -194,13 +194,51 @@ def test_image_folder_mixed_sizes(tmp_path):
     assert "1.png" in msg and "8x8" in msg and "3.png" in msg and "7x9" in msg
 
 
-def test_image_folder_mode_from_first_image(tmp_path):
+def test_image_folder_is_colour_when_any_image_is(tmp_path):
+    """The mode was the first image's: one greyscale image first turned a colour folder grey (and the model with it)."""
     gray = RNG.integers(0, 256, (5, 5), dtype=np.uint8)
     save_png(tmp_path / "a" / "1.png", gray)
-    save_png(tmp_path / "b" / "2.png", np.stack([gray] * 3, -1))  # RGB, converted to L
+    save_png(tmp_path / "b" / "2.png", np.stack([gray] * 3, -1))
     x, y = readers.read_image_folder(tmp_path)
-    assert x.shape == (2, 1, 5, 5) and y.tolist() == [0, 1]
-    assert np.array_equal(x[0, 0].numpy(), gray) and np.array_equal(x[1, 0].numpy(), gray)
+    assert x.shape == (2, 3, 5, 5) and y.tolist() == [0, 1]
+    assert all(np.array_equal(x[i, c].numpy(), gray) for i in range(2) for c in range(3))
+    (tmp_path / "b" / "2.png").unlink()
+    save_png(tmp_path / "b" / "2.png", gray)
+    assert readers.read_image_folder(tmp_path)[0].shape == (2, 1, 5, 5)  # every image grey: one channel
+
+
+def test_image_folder_splits_share_one_mode_and_size(tmp_path):
+    """A greyscale train split beside a test split with one colour image: both read as RGB (the test split alone
+    was RGB, and normalising it with the train split's one-channel statistics failed); sizes must agree."""
+    gray = RNG.integers(0, 256, (6, 6), dtype=np.uint8)
+    for split in ("train", "test"):
+        for c in ("x", "y"):
+            save_png(tmp_path / split / c / "0.png", gray)
+    save_png(tmp_path / "test" / "y" / "1.png", np.stack([gray] * 3, -1))
+    for split in ("train", "test"):
+        assert readers.read_image_folder_split(tmp_path, split)[0].shape[1] == 3
+    save_png(tmp_path / "test" / "y" / "1.png", np.stack([RNG.integers(0, 256, (8, 8), dtype=np.uint8)] * 3, -1))
+    (tmp_path / "test" / "x" / "0.png").unlink()
+    (tmp_path / "test" / "y" / "0.png").unlink()
+    save_png(tmp_path / "test" / "x" / "0.png", np.zeros((8, 8), np.uint8))
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match="train and test images differ in size.* is 6x6 .* is 8x8|"
+                                            "train and test images differ in size.* is 8x8 .* is 6x6"):
+            readers.read_image_folder_split(tmp_path, split)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """PIL's convert clipped every 16-bit value above 255 (a ramp read as 99.6% white)."""
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 3)
+    Image.fromarray(ramp).save(tmp_path / "r.png")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "r.png").rename(tmp_path / "a" / "r.png")
+    x, _ = readers.read_image_folder(tmp_path)
+    assert x.shape == (1, 1, 8, 8) and np.array_equal(x[0, 0].numpy(), (ramp >> 8).astype(np.uint8))
+    assert readers.read_image_folder(tmp_path, mode="RGB")[0].shape == (1, 3, 8, 8)
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "a" / "f.tif")
+    with pytest.raises(DataError, match=r"f.tif holds 32-bit floats \(PIL mode F\)"):
+        readers.read_image_folder(tmp_path)
 
 
 def test_image_folder_unreadable_file(tmp_path):
@@ -231,14 +269,39 @@ def test_tiny_imagenet(tmp_path):
         val.append((arr, sorted(wnids).index(w)))
     (d / "val" / "val_annotations.txt").write_text("\n".join(val_rows) + "\n")
 
-    x, y = readers.read_tiny_imagenet(tmp_path, "train")
+    x, y = readers.read_tiny_imagenet(tmp_path, "train", num_classes=3)
     assert x.shape == (7, 3, 64, 64) and y.tolist() == [0, 0, 0, 1, 1, 2, 2]
     assert np.array_equal(x[0].numpy(), train[("n01", 0)].transpose(2, 0, 1))
     assert np.array_equal(x[2].numpy(), np.stack([gray] * 3))
     assert np.array_equal(x[6].numpy(), train[("n03", 1)].transpose(2, 0, 1))
-    x, y = readers.read_tiny_imagenet(d, "test")
+    x, y = readers.read_tiny_imagenet(d, "test", num_classes=3)
     assert y.tolist() == [label for _, label in val]
     assert np.array_equal(x.numpy(), np.stack([a.transpose(2, 0, 1) for a, _ in val]))
+
+    # what was accepted: 3 wnids for the dataset's 200 classes, an empty class, a val file listed twice
+    with pytest.raises(DataError, match="lists 3 wnids; Tiny-ImageNet has 200"):
+        load_dataset("tiny_imagenet", "train", root=tmp_path, download=False)
+    (d / "val" / "val_annotations.txt").write_text("\n".join(val_rows + [val_rows[0]]) + "\n")
+    with pytest.raises(DataError, match="lists val_0.JPEG more than once"):
+        readers.read_tiny_imagenet(d, "test", num_classes=3)
+    for f in (d / "train" / "n02" / "images").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="n02/images holds no image files"):
+        readers.read_tiny_imagenet(d, "train", num_classes=3)
+
+
+def test_a_named_dataset_of_another_image_shape_is_refused(tmp_path):
+    """32x32 IDX files read as fashion_mnist (28x28) were accepted, and each split could differ from the other."""
+    from mixdistill.data.synthetic import write_idx
+
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 32, 32), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="fashion_mnist train split in .* holds 1x32x32 images, not fashion_mnist's "
+                                        "1x28x28"):
+        load_dataset("fashion_mnist", "train", root=tmp_path, download=False)
+    assert load_dataset("fashion_mnist", "test", root=tmp_path, download=False).images.shape == (4, 1, 28, 28)
 
 
 # ------------------------------------------------------------------------------- registry and roots

@@ -129,7 +129,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "tiny_imagenet": DatasetSpec(
         name="tiny_imagenet", num_train=100000, num_test=10000, num_classes=200, in_channels=3, image_size=64,
         mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262), crop_padding=8,
-        reader=readers.read_tiny_imagenet, find=readers.find_tiny_imagenet,
+        reader=lambda d, split: readers.read_tiny_imagenet(d, split, 200), find=readers.find_tiny_imagenet,
         how_to_get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into that folder",
     ),
     # ILSVRC-2012 as torchvision's ImageFolder layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): streamed only
@@ -261,6 +261,10 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
     spec = DATASETS[name]
     folder = find_root(name, root, download)
     images, labels = spec.reader(folder, split)
+    if spec.num_classes is not None and tuple(images.shape[1:]) != (spec.in_channels, *_size(spec.image_size)):
+        _, C, H, W = images.shape  # the zoo's nets and the normalisation are built for the dataset's own shape
+        raise DataError(f"the {name} {split} split in {folder} holds {C}x{H}x{W} images, not {name}'s "
+                        f"{spec.in_channels}x{'x'.join(map(str, _size(spec.image_size)))}")
     if spec.num_classes is None:  # imagefolder: fill in what the files say
         _, C, H, W = images.shape
         spec = dataclasses.replace(
@@ -274,6 +278,10 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         )
     _check_labels(labels, spec.num_classes, f"{name} {split} split in {folder}")
     return Split(images, labels, spec, folder)
+
+
+def _size(image_size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from mixdistill.errors import DataError, DatasetNotFoundError
 from mixdistill.machine import available_cpus
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _to_tensors(images: np.ndarray, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,43 +196,71 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
 
 
+def _open(path: Path):
+    try:
+        return Image.open(path)
+    except Exception as e:
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+
+
+def _in_threads(fn, items) -> list:
+    """``fn`` over ``items`` in threads (PIL decodes without the GIL); the first error, in item order, is raised."""
+    with ThreadPoolExecutor(max_workers=min(8, available_cpus())) as pool:
+        return list(pool.map(fn, items))
+
+
+def image_mode(paths: list[Path]) -> str:
+    """'L' when every image is greyscale, else 'RGB': one colour image makes the whole set colour (it was the
+    first image's mode, so one greyscale image first turned a colour dataset grey). Reads the files' headers only."""
+    def mode_of(path: Path) -> str:
+        with _open(path) as im:
+            return im.mode
+
+    return "L" if set(_in_threads(mode_of, paths)) <= set(GRAY_MODES) else "RGB"
+
+
+def _pixels(im: Image.Image, path: Path, mode: str) -> np.ndarray:
+    """``im`` as uint8 [H, W] ('L') or [H, W, 3] ('RGB')."""
+    if im.mode in SIXTEEN_BIT:  # PIL's convert clips 16-bit values at 255: keep their top 8 bits (torchvision.io's
+        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)  # scale, 65535 -> 255)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        raise DataError(f"{path} holds 32-bit {'floats' if im.mode == 'F' else 'integers'} (PIL mode {im.mode}), "
+                        "whose range to 0-255 is not known: save it as 8- or 16-bit")
+    return np.asarray(im.convert(mode))
+
+
 def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:
     """Decode image files into one uint8 array [N, C, H, W] (threads; PIL decodes without the GIL).
 
-    ``mode`` is 'L' or 'RGB'; None picks 'L' if the first image is grayscale, else 'RGB'. Every image is
-    converted to that mode. All images must have the first image's size.
+    ``mode`` is 'L' or 'RGB'; None: :func:`image_mode` of ``paths``. Every image is converted to that mode (16-bit
+    ones scaled, not clipped). All images must have the first image's size.
     """
     if not paths:
         raise DataError("no images to decode")
-    try:
-        with Image.open(paths[0]) as im:
-            size = im.size
-            if mode is None:
-                mode = "L" if im.mode in GRAY_MODES else "RGB"
-    except Exception as e:
-        raise DataError(f"cannot decode image {paths[0]}: {type(e).__name__}: {e}") from None
+    mode = image_mode(paths) if mode is None else mode
+    with _open(paths[0]) as im:
+        size = im.size
     channels = 1 if mode == "L" else 3
     out = np.empty((len(paths), channels, size[1], size[0]), dtype=np.uint8)
 
     def decode(i: int) -> None:
         path = paths[i]
-        try:
-            with Image.open(path) as im:
-                if im.size != size:
-                    raise DataError(
-                        f"images of different sizes: {paths[0]} is {size[0]}x{size[1]} but "
-                        f"{path} is {im.size[0]}x{im.size[1]} (width x height); resize them to one size"
-                    )
-                arr = np.asarray(im.convert(mode))
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+        with _open(path) as im:
+            if im.size != size:
+                raise DataError(
+                    f"images of different sizes: {paths[0]} is {size[0]}x{size[1]} but "
+                    f"{path} is {im.size[0]}x{im.size[1]} (width x height); resize them to one size"
+                )
+            try:
+                arr = _pixels(im, path, mode)
+            except DataError:
+                raise
+            except Exception as e:
+                raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(max_workers=min(8, available_cpus())) as pool:
-        for _ in pool.map(decode, range(len(paths))):  # re-raises the first error in file order
-            pass
+    _in_threads(decode, range(len(paths)))
     return out
 
 
@@ -242,13 +272,8 @@ def folder_classes(root) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_image_folder(root, classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``root/<class>/<image>``, classes sorted by name (or given), everything decoded into memory.
-
-    Grayscale or RGB is chosen from the first image and applied to all; sizes must all be equal.
-    """
-    root = Path(root)
-    classes = folder_classes(root) if classes is None else classes
+def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The image files of ``root/<class>/`` and their labels (the class's index in ``classes``)."""
     paths, labels = [], []
     for label, cls in enumerate(classes):
         if not (root / cls).is_dir():
@@ -264,7 +289,18 @@ def read_image_folder(root, classes: list[str] | None = None) -> tuple[torch.Ten
         raise DataError(f"{root} has class folders not in the class list: {', '.join(sorted(extra))}")
     if not paths:
         raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders of {root}")
-    return _to_tensors(decode_images(paths), labels)
+    return paths, labels
+
+
+def read_image_folder(root, classes: list[str] | None = None, mode: str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``root/<class>/<image>``, classes sorted by name (or given), everything decoded into memory.
+
+    ``mode``: 'L' or 'RGB'; None: greyscale when every image is, else RGB. Sizes must all be equal.
+    """
+    root = Path(root)
+    paths, labels = _folder_files(root, folder_classes(root) if classes is None else classes)
+    return _to_tensors(decode_images(paths, mode), labels)
 
 
 def find_image_folder(root) -> Path | None:
@@ -274,15 +310,25 @@ def find_image_folder(root) -> Path | None:
 
 
 def read_image_folder_split(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``root/train`` for the train split, ``root/test`` (or ``root/val``) for test; classes from train."""
+    """``root/train`` for the train split, ``root/test`` (or ``root/val``) for test; classes from train. Both
+    splits are read in one mode (greyscale when every image of both is) and must have one image size."""
     root = Path(root)
     classes = folder_classes(root / "train")
-    if split == "train":
-        return read_image_folder(root / "train", classes)
-    for name in ("test", "val"):
-        if (root / name).is_dir():
-            return read_image_folder(root / name, classes)
-    raise DatasetNotFoundError(f"image folder {root} has no test/ or val/ folder for the test split")
+    test = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if test is None:
+        raise DatasetNotFoundError(f"image folder {root} has no test/ or val/ folder for the test split")
+    train_paths, train_labels = _folder_files(root / "train", classes)
+    test_paths, test_labels = _folder_files(test, classes)
+    mode = image_mode(train_paths + test_paths)
+    paths, labels, other = ((train_paths, train_labels, test_paths) if split == "train"
+                            else (test_paths, test_labels, train_paths))
+    images = decode_images(paths, mode)
+    with _open(other[0]) as im:
+        if im.size != (images.shape[3], images.shape[2]):
+            raise DataError(f"the train and test images differ in size: {paths[0]} is {images.shape[3]}x"
+                            f"{images.shape[2]} but {other[0]} is {im.size[0]}x{im.size[1]} (width x height); "
+                            "resize them to one size")
+    return _to_tensors(images, labels)
 
 
 # -------------------------------------------------------------------------------------- Tiny-ImageNet
@@ -296,8 +342,9 @@ def find_tiny_imagenet(root) -> Path | None:
     return None
 
 
-def read_tiny_imagenet(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiny-ImageNet-200; the test split is the labelled ``val`` set. Labels index the sorted wnids."""
+def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny-ImageNet-200; the test split is the labelled ``val`` set. Labels index the sorted wnids, of which
+    ``wnids.txt`` must list ``num_classes`` (a tree of 3 trained a 200-way classifier)."""
     d = find_tiny_imagenet(root)
     if d is None:
         raise DatasetNotFoundError(f"no Tiny-ImageNet (wnids.txt, train/, val/val_annotations.txt) in {root}")
@@ -305,6 +352,10 @@ def read_tiny_imagenet(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         wnids = sorted({w.strip() for w in (d / "wnids.txt").read_text().split() if w.strip()})
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {d / 'wnids.txt'}: {e}") from None
+    if len(wnids) != num_classes:
+        raise DataError(f"{d / 'wnids.txt'} lists {len(wnids)} wnids; Tiny-ImageNet has {num_classes} (a subset of "
+                        "its classes is an image folder: train/<wnid>/*.JPEG, test/<wnid>/*.JPEG and "
+                        "data.dataset=imagefolder)")
     index = {w: i for i, w in enumerate(wnids)}
     paths, labels = [], []
     if split == "train":
@@ -313,6 +364,8 @@ def read_tiny_imagenet(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             if not img_dir.is_dir():
                 raise DataError(f"Tiny-ImageNet: missing folder {img_dir}")
             files = sorted(p for p in img_dir.iterdir() if _is_image(p))
+            if not files:
+                raise DataError(f"Tiny-ImageNet: {img_dir} holds no image files")
             paths += files
             labels += [index[w]] * len(files)
     else:
@@ -329,6 +382,9 @@ def read_tiny_imagenet(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             if len(fields) < 2 or fields[1] not in index:
                 raise DataError(f"{ann}, line {n}: expected '<file>\\t<wnid>...' with a wnid from wnids.txt")
             rows.append((fields[0], index[fields[1]]))
+        twice = sorted(name for name, n in Counter(name for name, _ in rows).items() if n > 1)[:3]
+        if twice:
+            raise DataError(f"{ann} lists {', '.join(twice)} more than once")
         for name, label in sorted(rows):
             paths.append(d / "val" / "images" / name)
             labels.append(label)
