@@ -480,3 +480,38 @@ def test_mixdistills_own_warnings_are_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mixdistill: warning: train.precision=bf16 on a cpu without native "
                                                "bf16: it is emulated"), err
+
+
+def test_eval_on_other_data_uses_the_networks_own_input(capsys, tiny_run_overrides, tmp_path):
+    """eval --data OTHER normalised with OTHER's statistics: the run's own test images written as an image folder
+    scored other numbers than the run itself (analyze used the run's); nor were image size and classes checked."""
+    import numpy as np
+    from PIL import Image
+
+    import mixdistill
+    from mixdistill.data import load_dataset
+    from mixdistill.errors import DataError
+
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=r", "optim.epochs=1",
+                 "--quiet"]) == 0
+    run_dir = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir=")) + "/r"
+    data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
+    test = load_dataset("fashion_mnist", "test", root=data_root)
+
+    def folder(name, classes=10, size=28):
+        for split in ("train", "test"):
+            for i, (image, label) in enumerate(zip(test.images, test.labels)):
+                if int(label) < classes and (split == "test" or i < 40):
+                    path = tmp_path / name / split / f"c{int(label)}" / f"{i}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.asarray(image[0])).resize((size, size)).save(path)
+        return tmp_path / name
+
+    own = mixdistill.evaluate(run_dir, root=data_root, device="cpu")
+    other = mixdistill.evaluate(run_dir, "imagefolder", root=folder("same"), device="cpu")
+    assert other["images"] == own["images"] == 200 and other["acc"] == own["acc"]
+    assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)
+    with pytest.raises(DataError, match="imagefolder has 3 classes but the network 10"):
+        mixdistill.evaluate(run_dir, "imagefolder", root=folder("three", classes=3), device="cpu")
+    with pytest.raises(DataError, match="has 32x32 images but the model was trained on 28x28"):
+        mixdistill.evaluate(run_dir, "imagefolder", root=folder("big", size=32), device="cpu")

@@ -82,7 +82,8 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     import torch
 
     from mixdistill.analysis.data import EvalSet, check_compatible
-    from mixdistill.data import DeviceLoader, load_dataset
+    from mixdistill.data import DATASETS, DeviceLoader, load_dataset
+    from mixdistill.errors import DataError
     from mixdistill.engine.evaluate import evaluate as evaluate_model
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
 
@@ -100,7 +101,19 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     # clear error (they were a shape mismatch of the first layer's weights)
     num_classes = opened.state.get("num_classes") or images.spec.num_classes
     in_channels = opened.state.get("in_channels") or images.images.shape[1]
-    check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes)
+    mean, std, image_size = images.spec.mean, images.spec.std, None
+    if cfg is not None and dataset != cfg.data.dataset:
+        # the network's own input: the normalisation it trained with (another dataset's gave other numbers than
+        # analyze's for the same images) and, where its dataset fixes it, its image size; and its classes
+        trained = DATASETS[cfg.data.dataset]
+        mean, std = (trained.mean * in_channels, trained.std * in_channels) if len(trained.mean) == 1 else (
+            trained.mean, trained.std)
+        image_size = cfg.data.image_size or trained.image_size
+        if images.spec.num_classes != num_classes:
+            raise DataError(f"{dataset} has {images.spec.num_classes} classes but the network {num_classes}: its "
+                            "labels would not name its classes")
+    check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes,
+                     image_size)
     model = opened.model(arch, num_classes, in_channels)
     runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
                                                     if cfg else "auto"), device_option=name["device"],
@@ -108,6 +121,6 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(images.images, images.labels, batch_size=batch_size, mean=images.spec.mean,
-                          std=images.spec.std, shuffle=False, drop_last=False, device=runtime.device)
+    loader = DeviceLoader(images.images, images.labels, batch_size=batch_size, mean=mean, std=std, shuffle=False,
+                          drop_last=False, device=runtime.device)
     return {**evaluate_model(model, loader, runtime), "images": len(images.labels)}
