@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -587,3 +588,28 @@ def test_real_fashion_mnist(monkeypatch):
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     assert abs(train.images.float().mean().item() / 255 - 0.2860) < 1e-3
+
+
+def test_a_partly_present_dataset_is_named_and_nothing_downloaded_over_it(tmp_path, monkeypatch):
+    """A data root with one file missing was downloaded into: the user's 12 images were replaced by the real
+    dataset without a word (CIFAR's archive unpacks over the user's batches)."""
+    downloads = []
+    for name in ("fashion_mnist", "cifar10"):
+        monkeypatch.setitem(DATASETS, name, datasets.dataclasses.replace(DATASETS[name],
+                                                                         download=downloads.append))
+    write_idx(tmp_path / "fm", gz=True)
+    (tmp_path / "fm" / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_cifar10(tmp_path / "c10")
+    (tmp_path / "c10" / "cifar-10-batches-py" / "data_batch_4").unlink()
+    (tmp_path / "c10" / "cifar-10-batches-py" / "test_batch").unlink()
+    for name, root, missing in (("fashion_mnist", tmp_path / "fm", "t10k-labels-idx1-ubyte[.gz] missing"),
+                                ("cifar10", tmp_path / "c10", "data_batch_4 and 1 more missing")):
+        for download in (True, False):
+            with pytest.raises(DatasetNotFoundError, match=rf"'{name}' is partly in data root .*{re.escape(missing)}; "
+                                                           "nothing downloaded there"):
+                load_dataset(name, "train", root=root, download=download)
+    assert downloads == []
+    (tmp_path / "empty").mkdir()  # none of it there: downloaded as before
+    with pytest.raises(DatasetNotFoundError, match="the download finished but the files are not there"):
+        load_dataset("cifar10", "train", root=tmp_path / "empty")
+    assert downloads == [tmp_path / "empty"]

@@ -63,6 +63,7 @@ class DatasetSpec:
     reader: Callable[[Path, str], tuple[torch.Tensor, torch.Tensor]]  # (folder, split) -> (images, labels)
     find: Callable[[Path], Path | None]  # folder -> the folder holding the files, or None
     download: Callable[[Path], None] | None = None  # download into a folder, or None if not possible
+    missing: Callable[[Path], list[Path]] = lambda folder: []  # what a partly present copy in a folder lacks
     how_to_get: str = ""  # the dataset-specific way to obtain the files besides a download, for the not-found message
     num_train: int | None = None  # images in the training split (None: unknown until read)
     num_test: int | None = None  # images in the test (ImageNet: validation) split
@@ -106,17 +107,20 @@ DATASETS: dict[str, DatasetSpec] = {
         name="cifar10", num_train=50000, num_test=10000, num_classes=10, in_channels=3, image_size=32,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4,
         reader=readers.read_cifar10, find=lambda d: readers.find_cifar(d, 10), download=_download_cifar10,
+        missing=lambda d: readers.cifar_missing(d, 10),
     ),
     "cifar100": DatasetSpec(
         name="cifar100", num_train=50000, num_test=10000, num_classes=100, in_channels=3, image_size=32,
         mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
         reader=readers.read_cifar100, find=lambda d: readers.find_cifar(d, 100), download=_download_cifar100,
+        missing=lambda d: readers.cifar_missing(d, 100),
     ),
     # 2 pixels of crop padding at 28x28: the usual 4 (from CIFAR's 32x32) cuts into the centred garments
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist", num_train=60000, num_test=10000, num_classes=10, in_channels=1, image_size=28,
         mean=(0.2860,), std=(0.3530,), crop_padding=2,
         reader=readers.read_mnist_like, find=readers.find_idx, download=_download_fashion_mnist,
+        missing=readers.idx_missing,
         how_to_get=f"on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs {DEBIAN_FASHION_MNIST})",
     ),
     # sizes, channels and classes come from the files; 0.5 mean/std for every channel
@@ -219,6 +223,10 @@ def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Pat
     found = spec.find(root)
     if found is not None:
         return found
+    if missing := spec.missing(root):  # a download would go beside the user's files, or over them (CIFAR's)
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DatasetNotFoundError(f"dataset '{spec.name}' is partly in data root {root}: {missing[0]}{more} "
+                                   "missing; nothing downloaded there (complete it, or give another data root)")
     note = _download_into(spec, root) if download else ("; download disabled" if spec.download else "")
     if isinstance(note, Path):
         return note

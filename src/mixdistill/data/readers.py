@@ -51,6 +51,16 @@ def find_cifar(root, num_classes: int = 10) -> Path | None:
     return None
 
 
+def cifar_missing(root, num_classes: int = 10) -> list[Path]:
+    """The files a partly present CIFAR copy in ``root`` lacks (none of it there, or all of it: [])."""
+    folder, train_files, test_files, _ = CIFAR_LAYOUT[num_classes]
+    for d in (Path(root), Path(root) / folder):
+        there = [(d / f).is_file() for f in train_files + test_files]
+        if any(there) and not all(there):
+            return [d / f for f, ok in zip(train_files + test_files, there) if not ok]
+    return []
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays, and nothing else: a crafted data file
     cannot run code (the plain unpickler would call whatever global the file names)."""
@@ -168,6 +178,18 @@ def find_idx(root) -> Path | None:
         if all(_idx_file(d, s, k) for s in IDX_PREFIX for k in ("images", "labels")):
             return d if sub != "." else root
     return None
+
+
+def idx_missing(root) -> list[Path]:
+    """The files a partly present (Fashion-)MNIST copy in ``root`` lacks (none of it there, or all of it: [])."""
+    for sub in IDX_SUBDIRS:
+        d = Path(root) / sub
+        wanted = [(s, k) for s in IDX_PREFIX for k in ("images", "labels")]
+        there = [_idx_file(d, s, k) is not None for s, k in wanted]
+        if any(there) and not all(there):
+            return [d / f"{IDX_PREFIX[s]}-{k}-idx{3 if k == 'images' else 1}-ubyte[.gz]"
+                    for (s, k), ok in zip(wanted, there) if not ok]
+    return []
 
 
 def read_idx_pair(images_path, labels_path) -> tuple[torch.Tensor, torch.Tensor]:
