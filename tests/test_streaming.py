@@ -377,3 +377,25 @@ def test_decoding_workers_default_to_the_cpus_this_process_may_use(tree, monkeyp
 
     monkeypatch.setattr(streaming, "available_cpus", lambda: cpus)
     assert StreamingImageFolder(tree, "train", batch_size=2).num_workers == workers
+
+
+def test_an_image_size_too_small_for_the_network_or_too_large_is_one_line_before_training(tree, tmp_path):
+    """data.image_size=2 for LeNet-5 was a torch traceback at the first step; 100000 filled the machine's memory."""
+    from mixdistill.config import load_config
+    from mixdistill.engine.build import check_buildable
+    from mixdistill.engine.trainer import train
+    from mixdistill.errors import ConfigError
+
+    common = [f"data.root={tree}", f"output_dir={tmp_path / 'runs'}", "data.dataset=imagenet", "data.loader=streaming",
+              "data.batch_size=6", "model.student=lenet5", "data.num_workers=0", "optim.epochs=1",
+              "optim.milestones=[]", "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"]
+    cfg = load_config(None, common + ["data.image_size=8"])
+    message = r"lenet5 cannot take 8x8 images: they are too small for its pooling or kernels \(.*Kernel size"
+    with pytest.raises(ConfigError, match=message):
+        check_buildable(cfg)  # --print-config
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, quiet=True)
+    assert not (tmp_path / "runs" / "run" / "config.yaml").exists()
+    check_buildable(load_config(None, common + ["data.image_size=32"]))
+    with pytest.raises(ConfigError, match="data.image_size: Input should be less than or equal to 4096"):
+        load_config(None, common + ["data.image_size=100000"])

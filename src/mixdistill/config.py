@@ -49,8 +49,9 @@ class DataConfig(Section):
     loader: Literal["memory", "streaming"] = Field(
         "memory", description="memory: the whole uint8 dataset on the device; streaming: worker processes decode "
         "image files per batch (ImageNet; image-folder datasets only)")
-    image_size: int | None = Field(None, gt=0, description="streaming: train crop / eval centre crop; null = the "
-                                   "dataset's (imagenet: 224; an image folder has none: set it)")
+    image_size: int | None = Field(None, gt=0, le=4096, description="streaming: train crop / eval centre crop, at "
+                                   "most 4096 (100000 filled the machine's memory); null = the dataset's (imagenet: "
+                                   "224; an image folder has none: set it)")
     num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, the CPUs "
                                     "this process may use)")
 

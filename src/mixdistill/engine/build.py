@@ -57,6 +57,7 @@ class Loaders:
     std: tuple
     num_train: int
     augmented_by_loader: bool
+    image_size: tuple[int, int]  # (H, W) of the images the networks take
 
 
 def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
@@ -75,7 +76,8 @@ def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
     clean = lambda: DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, shuffle=False,  # noqa: E731
                                  drop_last=False, with_indices=True, **common)
     return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
-                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip)
+                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip,
+                   tuple(train.images.shape[-2:]))
 
 
 def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
@@ -99,7 +101,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
                                          with_indices=True, subset=d.train_subset, **common)
     return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
-                   train.num_samples, True)
+                   train.num_samples, True, (size, size))
 
 
 def missing_teacher(source: str) -> str:
@@ -262,6 +264,7 @@ def check_buildable(cfg: RunConfig) -> None:
             h, w = (size, size) if isinstance(size, int) else size
             batch = (torch.zeros(2, spec.in_channels or 3, h, w), torch.zeros(2, dtype=torch.long),
                      torch.zeros(2, dtype=torch.long))
+            check_input_size(distiller, spec.in_channels or 3, size, model_label(cfg))
             try:
                 samples = cfg.data.train_subset or spec.num_train or 2
                 distiller.prepare(TrainSet(num_samples=samples, num_classes=spec.num_classes or 10,
@@ -270,6 +273,30 @@ def check_buildable(cfg: RunConfig) -> None:
                 raise
             except Exception:  # noqa: BLE001 - what the meta device cannot run is checked when training starts
                 pass
+
+
+# what torch says when an image is too small for a network's pools or kernels
+TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
+def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -> None:
+    """A network that cannot take ``size`` images (too small for its pools or kernels: ``data.image_size=2``) is a
+    ConfigError before anything trains; it was a torch traceback at the first step. One no-grad evaluation forward
+    of one image, on the distiller's device (meta too), in eval mode."""
+    h, w = (size, size) if isinstance(size, int) else size
+    device = next(distiller.parameters()).device
+    was_training = distiller.training
+    distiller.eval()
+    try:
+        with torch.no_grad():
+            distiller.evaluation_logits(torch.zeros(1, in_channels, h, w, device=device))
+    except RuntimeError as err:
+        if not any(phrase in str(err) for phrase in TOO_SMALL):
+            raise
+        raise ConfigError(f"{label} cannot take {h}x{w} images: they are too small for its pooling or kernels "
+                          f"({str(err).splitlines()[0]})") from None
+    finally:
+        distiller.train(was_training)
 
 
 def base_lr(cfg: RunConfig) -> float:

@@ -23,7 +23,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mixdistill.config import RunConfig, metric_lower_is_better, stored_config
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
-from mixdistill.engine.build import base_lr, build_distiller, build_loaders, check_teacher_form, model_label
+from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_input_size, check_teacher_form,
+                                     model_label)
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
@@ -81,6 +82,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model initialisation
         self.distiller = build_distiller(cfg, self.num_classes, self.in_channels, data.mean,
                                          data.std).to(self.runtime.device)
+        check_input_size(self.distiller, self.in_channels, data.image_size, model_label(cfg))
         self.teacher_report = self._accelerate_teacher(data)
         self.distiller.prepare(TrainSet(num_samples=data.num_train, num_classes=self.num_classes,
                                         clean_batches=lambda: iter(data.clean()),
