@@ -613,3 +613,24 @@ def test_a_partly_present_dataset_is_named_and_nothing_downloaded_over_it(tmp_pa
     with pytest.raises(DatasetNotFoundError, match="the download finished but the files are not there"):
         load_dataset("cifar10", "train", root=tmp_path / "empty")
     assert downloads == [tmp_path / "empty"]
+
+
+def test_unreadable_folders_and_impossible_idx_headers_are_data_errors(tmp_path, monkeypatch):
+    """A class folder the user may not list was a PermissionError traceback; an IDX header whose dimensions multiply
+    past 2**63 overflowed numpy's product and ended in a reshape ValueError."""
+    write_image_folder(tmp_path / "f")
+    locked = tmp_path / "f" / "train" / "cat"
+    listing = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError, match=r"cannot read folder .*train/cat: Permission denied"):
+        readers.read_image_folder_split(tmp_path / "f", "train")
+    header = bytes([0, 0, 0x08, 4]) + np.array([65536] * 4, ">u4").tobytes()
+    (tmp_path / "x-idx3-ubyte").write_bytes(header)
+    with pytest.raises(DataError, match=r"header says \[65536, 65536, 65536, 65536\]"):
+        readers.read_idx(tmp_path / "x-idx3-ubyte")

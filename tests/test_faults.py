@@ -665,3 +665,35 @@ def test_standard_output_that_cannot_be_written_is_one_line_or_silence(capsys, m
     proc.stdout.close()  # the reader is gone before the table is written
     err = proc.stderr.read()
     assert proc.wait() == 1 and err == b""
+
+
+def test_resume_after_the_data_gained_a_class_names_it(capsys, tmp_path):
+    """A class folder added to an image folder between a run's stop and its --resume: a 'size mismatch for
+    fc.weight' traceback (the config, the same, passed the resume check); now one line."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def add_class(name):
+        for split, n in (("train", 8), ("test", 2)):
+            for i in range(n):
+                path = tmp_path / "data" / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+
+    for name in ("a", "b"):
+        add_class(name)
+    train = ["train", "configs/fmnist_cpu_teacher.yaml", "data.dataset=imagefolder", f"data.root={tmp_path / 'data'}",
+             f"output_dir={tmp_path / 'runs'}", "name=r", "model.student=cnn5_w8", "data.batch_size=4",
+             "optim.epochs=1", "optim.milestones=[]", "train.progress=false", "train.tensorboard=false",
+             "train.device=cpu", "--quiet"]
+    assert main(train) == 0
+    (tmp_path / "runs" / "r" / "summary.json").unlink()  # as killed after its last checkpoint
+    add_class("c")
+    before = (tmp_path / "runs" / "r" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*train, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixdistill: error: --resume (resume=True in Python): the data has 3 classes but ")
+    assert "was started on data with 2: its files changed since" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "runs" / "r" / "last.pt").read_bytes() == before

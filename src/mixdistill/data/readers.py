@@ -9,6 +9,7 @@ Files that exist but cannot be read raise :class:`DataError` naming the file.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zlib
 from collections import Counter
@@ -152,7 +153,7 @@ def read_idx(path) -> np.ndarray:
     if len(data) < offset:
         raise DataError(f"cannot read {path}: truncated header")
     dims = [int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4)]
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python's integers: a crafted header's product overflowed int64
     if len(data) - offset != expected:
         raise DataError(
             f"cannot read {path}: header says {dims} ({expected} bytes of data) "
@@ -291,7 +292,14 @@ def folder_classes(root) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"no such folder: {root}")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in _entries(root) if p.is_dir() and not p.name.startswith("."))
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:  # permissions: one line, not a traceback
+        raise DataError(f"cannot read folder {folder}: {e.strerror or e}") from None
 
 
 def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -300,7 +308,7 @@ def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]
     for label, cls in enumerate(classes):
         if not (root / cls).is_dir():
             continue
-        files = sorted(p for p in (root / cls).iterdir() if _is_image(p))
+        files = sorted(p for p in _entries(root / cls) if _is_image(p))
         if not files:
             raise DataError(f"class folder {root / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
                             "remove it or add its images (an empty class would silently change the class count)")
@@ -385,7 +393,7 @@ def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.
             img_dir = d / "train" / w / "images"
             if not img_dir.is_dir():
                 raise DataError(f"Tiny-ImageNet: missing folder {img_dir}")
-            files = sorted(p for p in img_dir.iterdir() if _is_image(p))
+            files = sorted(p for p in _entries(img_dir) if _is_image(p))
             if not files:
                 raise DataError(f"Tiny-ImageNet: {img_dir} holds no image files")
             paths += files

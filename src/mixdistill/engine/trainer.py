@@ -218,6 +218,11 @@ class Trainer:
         if diff:
             raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} "
                               "was started with: " + "; ".join(diff))
+        for what, now in (("classes", self.num_classes), ("input channels", self.in_channels)):
+            then = state.get("num_classes" if what == "classes" else "in_channels")
+            if then is not None and then != now:  # the same config, other files (a class folder added)
+                raise ConfigError(f"--resume (resume=True in Python): the data has {now} {what} but {self.run_dir} "
+                                  f"was started on data with {then}: its files changed since")
         self.distiller.student.load_state_dict(state["model"])
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
         if self.ema is not None:  # train.ema_decay is part of the config --resume compares, so the state is there
