@@ -1,6 +1,7 @@
 """Tests of mixdistill.data: readers on tiny archives in the real layouts, root resolution, transforms, loader."""
 
 import gzip
+import os
 import pickle
 import re
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mixdistill.data import DATASETS, DeviceLoader, datasets, load_dataset, normalize, random_crop_flip, readers
+from mixdistill.data import (DATASETS, DeviceLoader, datasets, load_dataset, normalize, random_crop_flip, readers,
+                             streaming)
 from mixdistill.errors import DataError, DatasetNotFoundError, UnknownNameError
 
 RNG = np.random.default_rng(0)
@@ -349,6 +351,10 @@ def test_root_order(no_default_roots, monkeypatch):
     # an explicit root is the only place looked: missing, or without the files, is an error (no fallback)
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
         n(root=tmp / "missing")
+    (tmp / "file").write_text("")
+    with pytest.raises(DatasetNotFoundError, match="data root .*file is a file: give the folder holding "
+                                                   "fashion_mnist's files"):
+        n(root=tmp / "file")  # it was "does not exist"
     (tmp / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError, match="only place looked"):
         n(root=tmp / "empty")
@@ -620,17 +626,34 @@ def test_unreadable_folders_and_impossible_idx_headers_are_data_errors(tmp_path,
     past 2**63 overflowed numpy's product and ended in a reshape ValueError."""
     write_image_folder(tmp_path / "f")
     locked = tmp_path / "f" / "train" / "cat"
-    listing = Path.iterdir
+    listing = os.scandir
 
-    def iterdir(self):
-        if self == locked:
-            raise PermissionError(13, "Permission denied", str(self))
-        return listing(self)
+    def scandir(path="."):  # as chmod 0 does for a user other than root (the tests may run as root)
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
 
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+    for split in ("train", "test"):  # the test split reads the train split's folders too (one mode for both)
+        with pytest.raises(DataError, match=r"cannot read folder .*train/cat: Permission denied"):
+            readers.read_image_folder_split(tmp_path / "f", split)
     with pytest.raises(DataError, match=r"cannot read folder .*train/cat: Permission denied"):
-        readers.read_image_folder_split(tmp_path / "f", "train")
+        streaming.StreamingImageFolder(tmp_path / "f", "train", image_size=4, batch_size=2, num_workers=0)
     header = bytes([0, 0, 0x08, 4]) + np.array([65536] * 4, ">u4").tobytes()
     (tmp_path / "x-idx3-ubyte").write_bytes(header)
     with pytest.raises(DataError, match=r"header says \[65536, 65536, 65536, 65536\]"):
         readers.read_idx(tmp_path / "x-idx3-ubyte")
+
+
+def test_in_memory_and_streaming_image_folders_read_the_same_files(tmp_path):
+    """The in-memory reader took a class folder's top-level files only: images in sub-folders (Tiny-ImageNet's
+    train/<wnid>/images/) were dropped, or the class called empty, while the streaming loader read them."""
+    for split in ("train", "test"):
+        save_png(tmp_path / split / "a" / "0.png", np.full((4, 4), 10, np.uint8))
+        save_png(tmp_path / split / "a" / "more" / "1.png", np.full((4, 4), 20, np.uint8))
+        save_png(tmp_path / split / "b" / "images" / "2.png", np.full((4, 4), 30, np.uint8))
+        save_png(tmp_path / split / "b" / ".hidden" / "3.png", np.full((4, 4), 40, np.uint8))
+    x, y = readers.read_image_folder_split(tmp_path, "train")
+    assert x[:, 0, 0, 0].tolist() == [10, 20, 30] and y.tolist() == [0, 0, 1]
+    paths, labels = streaming.scan_image_folder(tmp_path / "train", ["a", "b"])
+    assert paths == ["a/0.png", "a/more/1.png", "b/images/2.png"] and labels.tolist() == y.tolist()

@@ -211,6 +211,8 @@ def check_root_exists(name: str, root: str | Path) -> None:
     """An explicit data root that is no folder: the error finding the dataset there would raise, without looking
     for the dataset (a grid checks its runs' roots before it makes its folder)."""
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(f"data root {root} is a file: give the folder holding {name}'s files")
     if not root.is_dir():
         raise DatasetNotFoundError(
             f"data root {root} does not exist (a data root given in the config or on the command line is the only "

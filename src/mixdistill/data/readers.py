@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import zlib
 from collections import Counter
@@ -302,24 +303,49 @@ def _entries(folder: Path) -> list[Path]:
         raise DataError(f"cannot read folder {folder}: {e.strerror or e}") from None
 
 
-def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    """The image files of ``root/<class>/`` and their labels (the class's index in ``classes``)."""
+def image_files(folder: str) -> list[str]:
+    """The image files below ``folder``, sub-folders too (as torchvision's ImageFolder reads them; hidden files and
+    folders left out), as paths relative to it in sorted walk order. A folder that cannot be listed is a DataError
+    (``os.walk`` skipped it, and its class was called empty)."""
+    def refuse(err: OSError):
+        raise DataError(f"cannot read folder {err.filename}: {err.strerror or err}")
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=refuse):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, folder)
+        for name in sorted(filenames):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:
+                found.append(name if rel == "." else os.path.join(rel, name))
+    return found
+
+
+def scan_image_folder(folder, classes) -> tuple[list[str], list[int]]:
+    """``(paths relative to folder, labels)`` of ``folder/<class>/**/<image>``, classes in the given order (label =
+    position). A class folder not in ``classes``, or one without images, is an error; a missing one is allowed."""
+    folder = Path(folder)
+    extra = set(folder_classes(folder)) - set(classes)
+    if extra:
+        raise DataError(f"{folder} has class folders not in the training classes: {', '.join(sorted(extra))}")
     paths, labels = [], []
     for label, cls in enumerate(classes):
-        if not (root / cls).is_dir():
+        if not (folder / cls).is_dir():
             continue
-        files = sorted(p for p in _entries(root / cls) if _is_image(p))
+        files = image_files(str(folder / cls))
         if not files:
-            raise DataError(f"class folder {root / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
+            raise DataError(f"class folder {folder / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
                             "remove it or add its images (an empty class would silently change the class count)")
-        paths += files
+        paths += [os.path.join(cls, f) for f in files]
         labels += [label] * len(files)
-    extra = set(folder_classes(root)) - set(classes)
-    if extra:
-        raise DataError(f"{root} has class folders not in the class list: {', '.join(sorted(extra))}")
     if not paths:
-        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders of {root}")
+        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders of {folder}")
     return paths, labels
+
+
+def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The image files of ``root/<class>/`` (sub-folders too) and their labels (the class's index in ``classes``)."""
+    paths, labels = scan_image_folder(root, classes)
+    return [root / p for p in paths], labels
 
 
 def read_image_folder(root, classes: list[str] | None = None, mode: str | None = None

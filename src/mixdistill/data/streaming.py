@@ -62,7 +62,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mixdistill.data.loader import epoch_order, epoch_seed, num_batches, samples_per_rank
-from mixdistill.data.readers import IMG_EXTENSIONS, folder_classes
+from mixdistill.data import readers
+from mixdistill.data.readers import folder_classes
 from mixdistill.data.transforms import normalize
 from mixdistill.errors import DataError, DatasetNotFoundError
 from mixdistill.machine import available_cpus
@@ -97,38 +98,9 @@ def find_split_folder(root, split: str) -> Path:
     raise DatasetNotFoundError(f"image folder {root}: no {wanted} folder for the {split} split")
 
 
-def _image_files(folder: str) -> list[str]:
-    """Image files under ``folder``, recursively, as paths relative to ``folder``, in sorted walk order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, folder)
-        for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:
-                found.append(name if rel == "." else os.path.join(rel, name))
-    return found
-
-
 def scan_image_folder(folder, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """``(paths relative to folder, int64 labels)`` of ``folder/<class>/**/<image>``, classes in the given
-    order (label = position). A class folder not in ``classes`` is an error; a missing one is allowed."""
-    folder = Path(folder)
-    extra = set(folder_classes(folder)) - set(classes)
-    if extra:
-        raise DataError(f"{folder} has class folders not in the training classes: {', '.join(sorted(extra))}")
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, cls in enumerate(classes):
-        if not (folder / cls).is_dir():
-            continue
-        files = _image_files(str(folder / cls))
-        if not files:
-            raise DataError(f"class folder {folder / cls} holds no image files ({', '.join(IMG_EXTENSIONS)}); "
-                            "remove it or add its images (an empty class would silently change the class count)")
-        paths += [os.path.join(cls, f) for f in files]
-        labels += [label] * len(files)
-    if not paths:
-        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders of {folder}")
+    """:func:`readers.scan_image_folder`, its labels as an int64 array."""
+    paths, labels = readers.scan_image_folder(folder, classes)
     return paths, np.asarray(labels, dtype=np.int64)
 
 
