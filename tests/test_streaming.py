@@ -399,3 +399,25 @@ def test_an_image_size_too_small_for_the_network_or_too_large_is_one_line_before
     check_buildable(load_config(None, common + ["data.image_size=32"]))
     with pytest.raises(ConfigError, match="data.image_size: Input should be less than or equal to 4096"):
         load_config(None, common + ["data.image_size=100000"])
+
+
+def test_eval_of_a_streaming_run_reads_its_images_as_the_run_did(tree, tmp_path, capsys):
+    """eval of a streaming run loaded its test split into memory at the files' own sizes: ImageNet 'does not fit in
+    memory; stream it', an image folder of mixed sizes refused, one of large images scored at their size."""
+    import mixdistill
+    from mixdistill.cli import main
+    from mixdistill.config import load_config
+    from mixdistill.engine.trainer import train
+
+    cfg = load_config(None, [f"data.root={tree}", f"output_dir={tmp_path / 'runs'}", "data.dataset=imagenet",
+                             "data.loader=streaming", "data.image_size=32", "data.batch_size=6",
+                             "data.eval_batch_size=4", "data.num_workers=0", "model.student=lenet5",
+                             "optim.epochs=1", "optim.milestones=[]", "train.progress=false",
+                             "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"])
+    summary = train(cfg, quiet=True)
+    scored = mixdistill.evaluate(cfg.run_dir, device="cpu", batch_size=4)
+    assert scored["images"] == len(CLASSES) * PER_CLASS_VAL and scored["acc"] == summary["last_acc"]
+    assert scored["loss"] == pytest.approx(summary["last_test_loss"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["analyze", str(cfg.run_dir)]) == 2
+    assert "a streaming run's (data.loader=streaming) are resized and cropped per batch" in capsys.readouterr().err

@@ -84,6 +84,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     from mixdistill.analysis.data import EvalSet, check_compatible
     from mixdistill.data import DATASETS, DeviceLoader, load_dataset
     from mixdistill.errors import DataError
+    from mixdistill.engine.build import streaming_eval_loader
     from mixdistill.engine.evaluate import evaluate as evaluate_model
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
 
@@ -93,6 +94,18 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     if dataset is None:  # both at once where both are missing (a foreign checkpoint)
         raise opened.missing_dataset(name["data"] + ("" if arch or opened.arch else f" and {name['arch']}"))
     root = str(root) if root is not None else None
+    runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
+                                                    if cfg else "auto"), device_option=name["device"],
+                              precision_option=name["precision"] if precision else "train.precision")
+    if cfg is not None and dataset == cfg.data.dataset and cfg.data.loader == "streaming":
+        # as the run evaluated itself: resized and centre-cropped by the decoding workers (its images do not fit in
+        # memory, and an image folder's have sizes of their own)
+        loader = streaming_eval_loader(cfg, split, root=root, batch_size=batch_size, device=runtime.device,
+                                       channels_last=runtime.channels_last, use_subset=False)
+        model = opened.model(arch, loader.num_classes, loader.in_channels).to(runtime.device)
+        if runtime.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return {**evaluate_model(model, loader, runtime), "images": loader.num_samples}
     if cfg is not None and dataset == cfg.data.dataset:
         images = opened.split(split, root=root, use_subset=False)
     else:
@@ -115,9 +128,6 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes,
                      image_size)
     model = opened.model(arch, num_classes, in_channels)
-    runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
-                                                    if cfg else "auto"), device_option=name["device"],
-                              precision_option=name["precision"] if precision else "train.precision")
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -217,6 +217,11 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
 
     # evaluation set
     subset_rows = None  # the rows of the whole test split that the run's test subset keeps
+    if (data is None or data == train_name) and data_cfg.get("loader") == "streaming":
+        raise ConfigError("analyze holds the test images in memory, at the size the run saw them; a streaming run's "
+                          "(data.loader=streaming) are resized and cropped per batch by its decoding workers, which "
+                          "analyze does not do: `mixdistill eval` scores the run, and --data takes a folder of "
+                          "images at its size")
     if data is None or data == train_name:
         split = load_dataset(train_name, "test", root=train_root)
         spec = split.spec  # imagefolder: filled in from the files

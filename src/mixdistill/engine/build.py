@@ -94,14 +94,34 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
         train = StreamingImageFolder(root, "train", batch_size=batch_size, flip=d.flip, seed=cfg.seed,
                                      with_indices=True, rank=dist.rank, world_size=dist.world_size,
                                      subset=d.train_subset, **common)
-        test = StreamingImageFolder(root, "val" if d.dataset == "imagenet" else "test", augment=False,
-                                    batch_size=d.eval_batch_size, subset=d.test_subset, **common)
     except ValueError as e:  # e.g. a subset larger than the split
         raise ConfigError(f"data: {e}") from None
+    test = streaming_eval_loader(cfg, "test", root=root, batch_size=d.eval_batch_size, device=runtime.device,
+                                 channels_last=runtime.channels_last)
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
                                          with_indices=True, subset=d.train_subset, **common)
     return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
                    train.num_samples, True, (size, size))
+
+
+def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: int, device, channels_last: bool,
+                          use_subset: bool = True) -> StreamingImageFolder:
+    """A streaming run's ``split`` as its evaluation reads it (resized to image_size·8/7, centre crop, in order;
+    ImageNet's test split is val/), from ``root`` or the run's data.root; ``use_subset``: its data.*_subset."""
+    d = cfg.data
+    spec = DATASETS[d.dataset]
+    size = d.image_size or spec.image_size
+    if not isinstance(size, int):
+        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
+    folder = find_root(d.dataset, root or d.root, download=False)
+    subset = (d.test_subset if split == "test" else d.train_subset) if use_subset else None
+    try:
+        return StreamingImageFolder(folder, "val" if d.dataset == "imagenet" and split == "test" else split,
+                                    augment=False, batch_size=batch_size, subset=subset, image_size=size,
+                                    mean=spec.mean, std=spec.std, num_workers=d.num_workers, device=device,
+                                    channels_last=channels_last, subset_seed=d.subset_seed)
+    except ValueError as e:  # e.g. a subset larger than the split
+        raise ConfigError(f"data: {e}") from None
 
 
 def missing_teacher(source: str) -> str:
