@@ -515,3 +515,24 @@ def test_eval_on_other_data_uses_the_networks_own_input(capsys, tiny_run_overrid
         mixdistill.evaluate(run_dir, "imagefolder", root=folder("three", classes=3), device="cpu")
     with pytest.raises(DataError, match="has 32x32 images but the model was trained on 28x28"):
         mixdistill.evaluate(run_dir, "imagefolder", root=folder("big", size=32), device="cpu")
+
+
+def test_a_teacher_of_other_classes_is_named_as_the_command_line_sees_it(capsys, tiny_run_overrides, tmp_path):
+    """It said '... create the model with num_classes=10': advice for the Python API, not for a KD run."""
+    import numpy as np
+    from PIL import Image
+
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=t", "optim.epochs=1",
+                 "--quiet"]) == 0
+    teacher = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir=")) + "/t/last.pt"
+    for split in ("train", "test"):
+        for c in ("a", "b", "c"):
+            path = tmp_path / "three" / split / c / "0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    capsys.readouterr()
+    _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=s", "method=kd",
+                             f"model.teacher_checkpoint={teacher}", "data.dataset=imagefolder",
+                             f"data.root={tmp_path / 'three'}", "data.batch_size=1"],
+                    f"the teacher {teacher} has 10 classes but imagefolder here 3: a teacher is trained on its "
+                    "student's data")

@@ -160,6 +160,11 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     if not Path(source).exists():  # a benchmark teacher
         return load_teacher(source, num_classes=num_classes)
     state = load_checkpoint(source)
+    for what, recorded, here in (("classes", state.get("num_classes"), num_classes),
+                                 ("input channels", state.get("in_channels"), in_channels)):
+        if recorded is not None and recorded != here:  # load_weights would advise the Python API's num_classes=
+            raise ConfigError(f"the teacher {source} has {recorded} {what} but {cfg.data.dataset} here {here}: "
+                              "a teacher is trained on its student's data")
     teacher = create_model(_file_teacher_arch(cfg, state), num_classes=num_classes, in_channels=in_channels)
     load_weights(teacher, state)
     return teacher.eval()
