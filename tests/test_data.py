@@ -657,3 +657,33 @@ def test_in_memory_and_streaming_image_folders_read_the_same_files(tmp_path):
     assert x[:, 0, 0, 0].tolist() == [10, 20, 30] and y.tolist() == [0, 0, 1]
     paths, labels = streaming.scan_image_folder(tmp_path / "train", ["a", "b"])
     assert paths == ["a/0.png", "a/more/1.png", "b/images/2.png"] and labels.tolist() == y.tolist()
+
+
+def test_cifar_labels_that_are_not_whole_numbers_are_refused(tmp_path):
+    """Float labels were truncated: 0.7 read as class 0."""
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch = pickle.loads(path.read_bytes())
+    batch[b"labels"] = [0.7] * len(batch[b"labels"])
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match="test_batch: its 'labels' are float64, not whole numbers"):
+        readers.read_cifar10(tmp_path, "test")
+    assert len(readers.read_cifar10(tmp_path, "train")[1]) == 15
+
+
+def test_an_image_folder_of_one_class_is_refused(tmp_path):
+    """It trained to 100% accuracy and a loss of 0 without a word."""
+    write_image_folder(tmp_path, classes=("only",))
+    with pytest.raises(DataError, match="train holds 1 class folder: a classifier needs two or more"):
+        load_dataset("imagefolder", "train", root=tmp_path)
+    from mixdistill.config import load_config
+    from mixdistill.engine.trainer import train
+
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.dataset=imagefolder", "data.loader=streaming",
+                             "data.image_size=8", "data.num_workers=0", "data.batch_size=2",
+                             f"output_dir={tmp_path / 'runs'}", "train.device=cpu", "optim.epochs=1",
+                             "optim.milestones=[]"])
+    with pytest.raises(DataError, match="train holds 1 class folder: a classifier needs two or more"):
+        train(cfg, quiet=True)  # streaming
+    write_image_folder(tmp_path / "two", classes=("a", "b"))
+    assert load_dataset("imagefolder", "test", root=tmp_path / "two").spec.num_classes == 2

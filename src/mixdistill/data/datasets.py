@@ -276,10 +276,13 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         raise DataError(f"the {name} {split} split in {folder} holds {C}x{H}x{W} images, not {name}'s "
                         f"{spec.in_channels}x{'x'.join(map(str, _size(spec.image_size)))}")
     if spec.num_classes is None:  # imagefolder: fill in what the files say
+        if len(classes := readers.folder_classes(folder / "train")) < 2:  # it trained to 100% and a loss of 0
+            raise DataError(f"{folder / 'train'} holds {len(classes)} class folder{'s' * (len(classes) != 1)}: a "
+                            "classifier needs two or more")
         _, C, H, W = images.shape
         spec = dataclasses.replace(
             spec,
-            num_classes=len(readers.folder_classes(folder / "train")),
+            num_classes=len(classes),
             in_channels=C,
             image_size=H if H == W else (H, W),
             mean=spec.mean * C if len(spec.mean) == 1 else spec.mean,

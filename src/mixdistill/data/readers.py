@@ -115,6 +115,8 @@ def read_cifar(root, split: str, num_classes: int = 10) -> tuple[torch.Tensor, t
                 f"cannot read {path}: expected uint8 data [N, 3072] and N labels, "
                 f"got data {data.dtype} {list(data.shape)} and {len(lab)} labels"
             )
+        if len(lab) and not np.issubdtype(lab.dtype, np.integer):  # 0.7 was read as class 0
+            raise DataError(f"cannot read {path}: its {label_key!r} are {lab.dtype}, not whole numbers")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     return _to_tensors(np.concatenate(images), np.concatenate(labels))

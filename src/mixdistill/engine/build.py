@@ -22,7 +22,7 @@ from mixdistill.engine.distributed import local_batch_size
 from mixdistill.engine.logging import check_loggers
 from mixdistill.engine import teacher_views
 from mixdistill.engine.runtime import Runtime, resolve_runtime
-from mixdistill.errors import CheckpointError, ConfigError
+from mixdistill.errors import CheckpointError, ConfigError, DataError
 from mixdistill.methods import METHODS
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
@@ -96,6 +96,8 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
                                      subset=d.train_subset, **common)
     except ValueError as e:  # e.g. a subset larger than the split
         raise ConfigError(f"data: {e}") from None
+    if train.num_classes < 2:  # as the in-memory reader says
+        raise DataError(f"{root / 'train'} holds 1 class folder: a classifier needs two or more")
     test = streaming_eval_loader(cfg, "test", root=root, batch_size=d.eval_batch_size, device=runtime.device,
                                  channels_last=runtime.channels_last)
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
