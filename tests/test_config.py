@@ -31,6 +31,7 @@ def test_switching_method_resets_the_files_params_and_keeps_the_command_lines(tm
     (["method=kd"], "needs a teacher"),
     (["optim.milestones=[1,300]"], "milestones"),
     (["nonsense"], "key=value"),
+    (["data.root=''"], "data.root: String should have at least 1 character"),  # it was the current directory
 ])
 def test_bad_config_names_the_key(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("[", r"\[")):

@@ -36,8 +36,8 @@ class Section(Schema):
 
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
-    root: str | None = Field(None, description="data directory (relative: from the current directory; unset: "
-                                               "MIXDISTILL_DATA, the Debian path, download)")
+    root: str | None = Field(None, min_length=1, description="data directory (relative: from the current "
+                             "directory; unset: MIXDISTILL_DATA, the Debian path, download)")
     train_subset: int | None = Field(None, gt=0, description="class-stratified subset of the training set")
     test_subset: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)
