@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import warnings
 import math
 import time
@@ -496,8 +497,6 @@ def test_analyze_end_to_end(tiny_runs, tmp_path, capsys):
 
 @pytest.mark.checkout
 def test_analyze_says_it_computes_in_fp32_where_the_run_evaluated_itself_otherwise(tiny_runs, tmp_path):
-    import shutil
-
     from mixdistill.analysis.command import analyze_main
     from mixdistill.engine.checkpoint import load_checkpoint, save_atomic
 
@@ -598,6 +597,14 @@ def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
     assert shifted["class_discrimination"]["softmax/correct"]["cd"] == pytest.approx(
         plain["class_discrimination"]["softmax/correct"]["cd"])
     assert "teacher" not in plain and (tmp_path / "plain" / "report.md").is_file()
+    # without --out, another evaluation set writes beside the run's own analysis/ (it replaced its report)
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    shutil.copy(ckpt, run / "last.pt")
+    (run / "analysis" / "report.md").write_text("the run's own")
+    analyze(run / "last.pt", data=str(tmp_path / "shift_data.npy"), no_teacher=True)
+    assert (run / "analysis" / "report.md").read_text() == "the run's own"
+    assert (run / "analysis_shift" / "report.md").is_file()
     own = analyze(ckpt, data=str(tmp_path), out=tmp_path / "own", no_teacher=True, normalize="data")
     pixels = test.images.double() / 255
     assert own["normalization"]["mean"][0] == pytest.approx(float(pixels.mean()))

@@ -192,7 +192,6 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
                           "give one of them")
     opened, run_dir = _resolve_target(target)
     ckpt_path, state = opened.checkpoint, opened.state
-    out_dir = Path(out).expanduser() if out else run_dir / "analysis"
     config = opened.cfg.to_dict() if opened.cfg else {}  # validated; {} for a foreign checkpoint
     data_cfg = config.get("data", {}) or {}
     model_cfg = config.get("model", {}) or {}
@@ -210,6 +209,10 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     if train_name not in DATASETS:
         raise ConfigError(f"unknown training dataset '{train_name}'; valid: {', '.join(DATASETS)}")
     spec = DATASETS[train_name]
+    # another evaluation set gets its own folder: it replaced the run's own analysis/report.md
+    own_data = data is None or data == train_name
+    out_dir = Path(out).expanduser() if out else run_dir / (
+        "analysis" if own_data else f"analysis_{Path(data).name.removesuffix('.npy').removesuffix('_data') or 'data'}")
     train_root = data_root if (data_root and (data is None or data == train_name)) else data_cfg.get("root")
     arch = arch or state.get("arch")
     if arch is None:
