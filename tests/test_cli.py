@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -536,3 +537,37 @@ def test_a_teacher_of_other_classes_is_named_as_the_command_line_sees_it(capsys,
                              f"data.root={tmp_path / 'three'}", "data.batch_size=1"],
                     f"the teacher {teacher} has 10 classes but imagefolder here 3: a teacher is trained on its "
                     "student's data")
+
+
+def test_an_image_folder_run_records_its_class_names_and_eval_checks_them(tmp_path, capsys):
+    """eval on a folder whose classes were renamed scored the labels by position without a word."""
+    import numpy as np
+    from PIL import Image
+
+    import mixdistill
+    from mixdistill.errors import DataError
+
+    def folder(name, classes):
+        for split in ("train", "test"):
+            for c in classes:
+                for i in range(2):
+                    path = tmp_path / name / split / c / f"{i}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
+        return tmp_path / name
+
+    summary = mixdistill.train(None, {"data.dataset": "imagefolder", "data.root": str(folder("f", ("ant", "bee"))),
+                                      "output_dir": str(tmp_path / "runs"), "model.student": "cnn5_w8",
+                                      "data.batch_size": 2, "optim.epochs": 1, "optim.milestones": [],
+                                      "train.device": "cpu", "train.progress": False, "train.tensorboard": False},
+                               quiet=True)
+    assert mixdistill.open_run(summary).state["class_names"] == ["ant", "bee"]
+    assert mixdistill.evaluate(summary, device="cpu")["images"] == 4
+    with pytest.raises(DataError, match=r"imagefolder \(test\): class 1 is 'wasp' where the network learnt 'bee'"):
+        mixdistill.evaluate(summary, "imagefolder", root=folder("g", ("ant", "wasp")), device="cpu")
+    # --resume on the same folder with a class renamed (the same count): named too
+    for split in ("train", "test"):
+        (tmp_path / "f" / split / "bee").rename(tmp_path / "f" / split / "wasp")
+    Path(summary["run_dir"], "summary.json").unlink()  # as killed after its last checkpoint
+    with pytest.raises(DataError, match="changed since it started: class 1 is 'wasp' where the network learnt 'bee'"):
+        mixdistill.train(Path(summary["run_dir"]) / "config.yaml", resume=True, quiet=True)

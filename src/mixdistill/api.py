@@ -83,6 +83,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
 
     from mixdistill.analysis.data import EvalSet, check_compatible
     from mixdistill.data import DATASETS, DeviceLoader, load_dataset
+    from mixdistill.data.datasets import check_class_names
     from mixdistill.errors import DataError
     from mixdistill.engine.build import streaming_eval_loader
     from mixdistill.engine.evaluate import evaluate as evaluate_model
@@ -102,6 +103,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
         # memory, and an image folder's have sizes of their own)
         loader = streaming_eval_loader(cfg, split, root=root, batch_size=batch_size, device=runtime.device,
                                        channels_last=runtime.channels_last, use_subset=False)
+        check_class_names(opened.state.get("class_names"), loader.classes, f"{dataset} ({split})")
         model = opened.model(arch, loader.num_classes, loader.in_channels).to(runtime.device)
         if runtime.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -127,6 +129,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
                             "labels would not name its classes")
     check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes,
                      image_size)
+    check_class_names(opened.state.get("class_names"), images.spec.class_names, f"{dataset} ({split})")
     model = opened.model(arch, num_classes, in_channels)
     model.to(runtime.device)
     if runtime.channels_last:

@@ -67,6 +67,7 @@ class DatasetSpec:
     how_to_get: str = ""  # the dataset-specific way to obtain the files besides a download, for the not-found message
     num_train: int | None = None  # images in the training split (None: unknown until read)
     num_test: int | None = None  # images in the test (ImageNet: validation) split
+    class_names: tuple[str, ...] | None = None  # an image folder's, label order (its folder names, sorted)
 
     def padding_for(self, configured: int | None) -> int:
         """The crop padding of a run whose ``data.crop_padding`` is ``configured`` (None: this dataset's)."""
@@ -283,6 +284,7 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         spec = dataclasses.replace(
             spec,
             num_classes=len(classes),
+            class_names=tuple(classes),
             in_channels=C,
             image_size=H if H == W else (H, W),
             mean=spec.mean * C if len(spec.mean) == 1 else spec.mean,
@@ -291,6 +293,17 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         )
     _check_labels(labels, spec.num_classes, f"{name} {split} split in {folder}")
     return Split(images, labels, spec, folder)
+
+
+def check_class_names(recorded, found, where: str) -> None:
+    """An image folder's classes are its folder names in sorted order; a network trained on ``recorded`` scores
+    labels by position, so ``found`` (another folder's, or the same folder's now) must be the same names."""
+    if recorded and found and list(recorded) != list(found):
+        first = next((i for i, (a, b) in enumerate(zip(recorded, found)) if a != b), min(len(recorded), len(found)))
+        was = recorded[first] if first < len(recorded) else "nothing"
+        now = found[first] if first < len(found) else "nothing"
+        raise DataError(f"{where}: class {first} is '{now}' where the network learnt '{was}' (an image folder's "
+                        "labels are its class folders in sorted order: the same names are needed)")
 
 
 def _size(image_size) -> tuple[int, int]:

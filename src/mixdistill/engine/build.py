@@ -58,6 +58,7 @@ class Loaders:
     num_train: int
     augmented_by_loader: bool
     image_size: tuple[int, int]  # (H, W) of the images the networks take
+    class_names: tuple[str, ...] | None  # an image folder's class folders, in label order; None: a named dataset's
 
 
 def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
@@ -77,7 +78,7 @@ def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
                                  drop_last=False, with_indices=True, **common)
     return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
                    train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip,
-                   tuple(train.images.shape[-2:]))
+                   tuple(train.images.shape[-2:]), train.spec.class_names)
 
 
 def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
@@ -103,7 +104,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
                                          with_indices=True, subset=d.train_subset, **common)
     return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
-                   train.num_samples, True, (size, size))
+                   train.num_samples, True, (size, size), tuple(train.classes))
 
 
 def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: int, device, channels_last: bool,

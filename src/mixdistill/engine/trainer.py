@@ -21,6 +21,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mixdistill.config import RunConfig, metric_lower_is_better, stored_config
+from mixdistill.data.datasets import check_class_names
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
 from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_input_size, check_teacher_form,
@@ -75,6 +76,7 @@ class Trainer:
         self.amp_skipped = 0  # optimiser steps the scaler skipped (inf/nan gradients), this process
         data = build_loaders(cfg, self.runtime, self.dist)
         self.num_classes, self.in_channels = data.num_classes, data.in_channels
+        self.class_names = data.class_names
         self.train_images = data.num_train
         self.train_loader, self.test_loader = data.train, data.test
         if len(self.train_loader) == 0:
@@ -223,6 +225,8 @@ class Trainer:
             if then is not None and then != now:  # the same config, other files (a class folder added)
                 raise ConfigError(f"--resume (resume=True in Python): the data has {now} {what} but {self.run_dir} "
                                   f"was started on data with {then}: its files changed since")
+        check_class_names(state.get("class_names"), self.class_names,
+                          f"--resume (resume=True in Python): the data of {self.run_dir} changed since it started")
         self.distiller.student.load_state_dict(state["model"])
         self.distiller.load_state_dict_extra(state.get("distiller_extra", {}))
         if self.ema is not None:  # train.ema_decay is part of the config --resume compares, so the state is there
@@ -246,6 +250,7 @@ class Trainer:
             "arch": self.distiller.student_arch,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
+            "class_names": list(self.class_names) if self.class_names else None,
             "model": self.distiller.student.state_dict(),
             "distiller_extra": self.distiller.state_dict_extra(),
             "optimizer": self.optimizer.state_dict(),
