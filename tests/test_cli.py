@@ -512,6 +512,10 @@ def test_eval_on_other_data_uses_the_networks_own_input(capsys, tiny_run_overrid
     other = mixdistill.evaluate(run_dir, "imagefolder", root=folder("same"), device="cpu")
     assert other["images"] == own["images"] == 200 and other["acc"] == own["acc"]
     assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)
+    np.save(tmp_path / "pair_data.npy", test.images[:, 0].numpy())  # a CIFAR-10.1 style pair, as analyze takes
+    np.save(tmp_path / "pair_labels.npy", test.labels.numpy())
+    pair = mixdistill.evaluate(run_dir, str(tmp_path / "pair_data.npy"), device="cpu")
+    assert pair["images"] == 200 and pair["acc"] == own["acc"] and pair["loss"] == pytest.approx(own["loss"], rel=1e-5)
     with pytest.raises(DataError, match="imagefolder has 3 classes but the network 10"):
         mixdistill.evaluate(run_dir, "imagefolder", root=folder("three", classes=3), device="cpu")
     with pytest.raises(DataError, match="has 32x32 images but the model was trained on 28x28"):

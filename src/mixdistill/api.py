@@ -81,7 +81,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     the error messages call the arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
     import torch
 
-    from mixdistill.analysis.data import EvalSet, check_compatible
+    from mixdistill.analysis.data import EvalSet, check_compatible, load_eval_set
     from mixdistill.data import DATASETS, DeviceLoader, load_dataset
     from mixdistill.data.datasets import check_class_names
     from mixdistill.errors import DataError
@@ -108,15 +108,23 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
         if runtime.channels_last:
             model.to(memory_format=torch.channels_last)
         return {**evaluate_model(model, loader, runtime), "images": loader.num_samples}
-    if cfg is not None and dataset == cfg.data.dataset:
-        images = opened.split(split, root=root, use_subset=False)
+    if dataset not in DATASETS:  # a path, as analyze's --data takes: a CIFAR-10.1 style .npy pair, an image folder
+        if cfg is None:
+            raise ConfigError(f"{name['data']} {dataset}: not a dataset name ({', '.join(DATASETS)}); a path is "
+                              "normalised as the run's own dataset, which this checkpoint does not record")
+        if split != "test":
+            raise ConfigError(f"{name['data']} {dataset}: a path is one set, evaluated as the test split")
+        found = load_eval_set(dataset)
+        images, labels, where, data_spec = found.images, found.labels, found.name, None
     else:
-        images = load_dataset(dataset, split, root=root)
+        read = (opened.split(split, root=root, use_subset=False) if cfg is not None and dataset == cfg.data.dataset
+                else load_dataset(dataset, split, root=root))
+        images, labels, where, data_spec = read.images, read.labels, f"{dataset} ({split})", read.spec
     # the network's own classes and channels where the checkpoint records them: another dataset's images are one
     # clear error (they were a shape mismatch of the first layer's weights)
-    num_classes = opened.state.get("num_classes") or images.spec.num_classes
-    in_channels = opened.state.get("in_channels") or images.images.shape[1]
-    mean, std, image_size = images.spec.mean, images.spec.std, None
+    num_classes = opened.state.get("num_classes") or data_spec.num_classes
+    in_channels = opened.state.get("in_channels") or images.shape[1]
+    image_size = None
     if cfg is not None and dataset != cfg.data.dataset:
         # the network's own input: the normalisation it trained with (another dataset's gave other numbers than
         # analyze's for the same images) and, where its dataset fixes it, its image size; and its classes
@@ -124,16 +132,17 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
         mean, std = (trained.mean * in_channels, trained.std * in_channels) if len(trained.mean) == 1 else (
             trained.mean, trained.std)
         image_size = cfg.data.image_size or trained.image_size
-        if images.spec.num_classes != num_classes:
-            raise DataError(f"{dataset} has {images.spec.num_classes} classes but the network {num_classes}: its "
+        if data_spec is not None and data_spec.num_classes != num_classes:
+            raise DataError(f"{dataset} has {data_spec.num_classes} classes but the network {num_classes}: its "
                             "labels would not name its classes")
-    check_compatible(EvalSet(images.images, images.labels, f"{dataset} ({split})"), in_channels, num_classes,
-                     image_size)
-    check_class_names(opened.state.get("class_names"), images.spec.class_names, f"{dataset} ({split})")
+    else:
+        mean, std = data_spec.mean, data_spec.std
+    check_compatible(EvalSet(images, labels, where), in_channels, num_classes, image_size)
+    check_class_names(opened.state.get("class_names"), data_spec and data_spec.class_names, where)
     model = opened.model(arch, num_classes, in_channels)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(images.images, images.labels, batch_size=batch_size, mean=mean, std=std, shuffle=False,
-                          drop_last=False, device=runtime.device)
-    return {**evaluate_model(model, loader, runtime), "images": len(images.labels)}
+    loader = DeviceLoader(images, labels, batch_size=batch_size, mean=mean, std=std, shuffle=False, drop_last=False,
+                          device=runtime.device)
+    return {**evaluate_model(model, loader, runtime), "images": len(labels)}

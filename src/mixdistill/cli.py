@@ -89,7 +89,9 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test set", formatter_class=HELP_FORMAT)
     p.add_argument("checkpoint", help="a mixdistill checkpoint (last.pt) or a {'model': state_dict} file")
     p.add_argument("--arch", default=None, help="model name, for checkpoints that do not record it")
-    p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint was trained on)")
+    p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint was trained on), or "
+                                                "a path, as analyze takes: a CIFAR-10.1 style .npy pair or an image "
+                                                "folder (normalised as the run's own dataset)")
     p.add_argument("--data-root", default=None, help="data directory")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
