@@ -281,6 +281,20 @@ def test_tiny_imagenet(tmp_path):
     assert y.tolist() == [label for _, label in val]
     assert np.array_equal(x.numpy(), np.stack([a.transpose(2, 0, 1) for a, _ in val]))
 
+    # val/ sorted into wnid folders, as many preparation scripts leave it: the same set
+    (d / "sorted").mkdir()
+    for w in wnids:
+        (d / "sorted" / w).mkdir()
+    for i, (w, (arr, _)) in enumerate(zip(["n02", "n03", "n01", "n02"], val)):
+        (d / "val" / "images" / f"val_{i}.JPEG").rename(d / "sorted" / w / f"val_{i}.JPEG")
+    (d / "val").rename(d / "released")
+    (d / "sorted").rename(d / "val")
+    x2, y2 = readers.read_tiny_imagenet(d, "test", num_classes=3)
+    order = sorted(range(4), key=lambda i: (val[i][1], i))  # class by class, files sorted
+    assert y2.tolist() == [val[i][1] for i in order] and torch.equal(x2, x[order])
+    (d / "val").rename(d / "sorted")
+    (d / "released").rename(d / "val")
+
     # what was accepted: 3 wnids for the dataset's 200 classes, an empty class, a val file listed twice
     with pytest.raises(DataError, match="lists 3 wnids; Tiny-ImageNet has 200"):
         load_dataset("tiny_imagenet", "train", root=tmp_path, download=False)

@@ -395,17 +395,18 @@ def read_image_folder_split(root, split: str) -> tuple[torch.Tensor, torch.Tenso
 def find_tiny_imagenet(root) -> Path | None:
     root = Path(root)
     for d in (root, root / "tiny-imagenet-200"):
-        if (d / "wnids.txt").is_file() and (d / "train").is_dir() and (d / "val" / "val_annotations.txt").is_file():
+        if (d / "wnids.txt").is_file() and (d / "train").is_dir() and (d / "val").is_dir():
             return d
     return None
 
 
 def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiny-ImageNet-200; the test split is the labelled ``val`` set. Labels index the sorted wnids, of which
+    """Tiny-ImageNet-200; the test split is the labelled ``val`` set, as released (``val/images/`` and
+    ``val/val_annotations.txt``) or sorted into ``val/<wnid>/`` folders. Labels index the sorted wnids, of which
     ``wnids.txt`` must list ``num_classes`` (a tree of 3 trained a 200-way classifier)."""
     d = find_tiny_imagenet(root)
     if d is None:
-        raise DatasetNotFoundError(f"no Tiny-ImageNet (wnids.txt, train/, val/val_annotations.txt) in {root}")
+        raise DatasetNotFoundError(f"no Tiny-ImageNet (wnids.txt, train/, val/) in {root}")
     try:
         wnids = sorted({w.strip() for w in (d / "wnids.txt").read_text().split() if w.strip()})
     except (OSError, UnicodeDecodeError) as e:
@@ -426,6 +427,11 @@ def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.
                 raise DataError(f"Tiny-ImageNet: {img_dir} holds no image files")
             paths += files
             labels += [index[w]] * len(files)
+    elif not (d / "val" / "val_annotations.txt").is_file():  # val/ sorted into wnid folders
+        if not set(folder_classes(d / "val")) & set(wnids):
+            raise DataError(f"Tiny-ImageNet: {d / 'val'} holds neither val_annotations.txt nor wnid folders")
+        found, labels = scan_image_folder(d / "val", wnids)
+        paths = [d / "val" / p for p in found]
     else:
         ann = d / "val" / "val_annotations.txt"
         try:
