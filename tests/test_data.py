@@ -4,6 +4,7 @@ import gzip
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,23 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     x, _ = readers.read_image_folder(tmp_path)
     assert x.shape == (1, 1, 8, 8) and np.array_equal(x[0, 0].numpy(), (ramp >> 8).astype(np.uint8))
     assert readers.read_image_folder(tmp_path, mode="RGB")[0].shape == (1, 3, 8, 8)
+    # Pillow before 10.3 opens a 16-bit PNG as 32-bit 'I': scaled the same; 8-bit values in 'I' kept; wider refused
+    as_i = Image.fromarray(ramp.astype(np.int32))
+    assert as_i.mode == "I" and np.array_equal(np.asarray(readers.in_mode(as_i, "L", "x")), ramp >> 8)
+    small = np.arange(64, dtype=np.int32).reshape(8, 8)
+    assert np.array_equal(np.asarray(readers.in_mode(Image.fromarray(small), "L", "x")), small)
+    with pytest.raises(DataError, match=r"x holds 32-bit integers \(PIL mode I, 0..70000\)"):
+        readers.in_mode(Image.fromarray(np.array([[0, 70000]], np.int32)), "L", "x")
+    # the streaming loader decodes through the same function (it clipped: 40000 read as 255)
+    for split in ("train", "test"):
+        for c in ("x", "y"):
+            (tmp_path / "s" / split / c).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "s" / split / c / "0.png")
+    images, _ = next(iter(streaming.StreamingImageFolder(tmp_path / "s", "test", image_size=4, batch_size=2,
+                                                         num_workers=0, augment=False, mean=(0.0,), std=(1.0,),
+                                                         mode="L")))
+    assert torch.allclose(images, torch.full_like(images, (40000 >> 8) / 255))
+    shutil.rmtree(tmp_path / "s")  # not a class of the folder below
     Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "a" / "f.tif")
     with pytest.raises(DataError, match=r"f.tif holds 32-bit floats \(PIL mode F\)"):
         readers.read_image_folder(tmp_path)

@@ -237,23 +237,40 @@ def _in_threads(fn, items) -> list:
 
 def image_mode(paths: list[Path]) -> str:
     """'L' when every image is greyscale, else 'RGB': one colour image makes the whole set colour (it was the
-    first image's mode, so one greyscale image first turned a colour dataset grey). Reads the files' headers only."""
-    def mode_of(path: Path) -> str:
-        with _open(path) as im:
-            return im.mode
+    first image's mode, so one greyscale image first turned a colour dataset grey). Reads headers, in order, up to
+    the first colour image (one, for a colour folder); a file that cannot be opened is left to the decoding."""
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                if im.mode not in GRAY_MODES:
+                    return "RGB"
+        except Exception:  # noqa: BLE001 - reported, naming the file, when its split is decoded
+            pass
+    return "L"
 
-    return "L" if set(_in_threads(mode_of, paths)) <= set(GRAY_MODES) else "RGB"
+
+def in_mode(im: Image.Image, mode: str, path) -> Image.Image:
+    """``im`` as an 8-bit ``mode`` ('L' or 'RGB') image: PIL's convert, except that 16-bit images are scaled to 8
+    bits (their top 8 bits, torchvision.io's scale, 65535 -> 255) where convert clips them at 255, and 32-bit ones,
+    whose range is not known, are refused. Pillow before 10.3 opens a 16-bit PNG as 32-bit 'I': values within
+    0-255 are taken as they are, within 0-65535 as 16 bits."""
+    if im.mode in SIXTEEN_BIT or im.mode == "I":
+        values = np.asarray(im)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if im.mode == "I" and not 0 <= low <= high <= 65535:
+            raise DataError(f"{path} holds 32-bit integers (PIL mode I, {low}..{high}), whose range to 0-255 is not "
+                            "known: save it as 8- or 16-bit")
+        if im.mode in SIXTEEN_BIT or high > 255:
+            im = Image.fromarray((values.astype(np.int64) >> 8).astype(np.uint8))
+    elif im.mode == "F":
+        raise DataError(f"{path} holds 32-bit floats (PIL mode F), whose range to 0-255 is not known: save it as "
+                        "8- or 16-bit")
+    return im if im.mode == mode else im.convert(mode)
 
 
 def _pixels(im: Image.Image, path: Path, mode: str) -> np.ndarray:
     """``im`` as uint8 [H, W] ('L') or [H, W, 3] ('RGB')."""
-    if im.mode in SIXTEEN_BIT:  # PIL's convert clips 16-bit values at 255: keep their top 8 bits (torchvision.io's
-        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)  # scale, 65535 -> 255)
-        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
-    if im.mode in ("I", "F"):
-        raise DataError(f"{path} holds 32-bit {'floats' if im.mode == 'F' else 'integers'} (PIL mode {im.mode}), "
-                        "whose range to 0-255 is not known: save it as 8- or 16-bit")
-    return np.asarray(im.convert(mode))
+    return np.asarray(in_mode(im, mode, path))
 
 
 def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:

@@ -185,7 +185,7 @@ class _ImageFiles(torch.utils.data.Dataset):
                 if self.jpeg_draft:  # keep the crop at >= S x S pixels after the reduced decode
                     fx, fy = _draft(im, self.mode, W * S / w, H * S / h)
                     box = (left * fx, top * fy, min((left + w) * fx, im.size[0]), min((top + h) * fy, im.size[1]))
-                im = im if im.mode == self.mode else im.convert(self.mode)
+                im = readers.in_mode(im, self.mode, self.path(index))  # 16-bit scaled, not clipped
                 out = im.resize((S, S), Image.BILINEAR, box=box)
             else:
                 W, H = im.size
@@ -193,7 +193,7 @@ class _ImageFiles(torch.utils.data.Dataset):
                 new_w, new_h = (R, int(R * H / W)) if W <= H else (int(R * W / H), R)
                 if self.jpeg_draft:
                     _draft(im, self.mode, new_w, new_h)
-                im = im if im.mode == self.mode else im.convert(self.mode)
+                im = readers.in_mode(im, self.mode, self.path(index))  # 16-bit scaled, not clipped
                 im = im.resize((new_w, new_h), Image.BILINEAR)
                 top, left = int(round((new_h - S) / 2.0)), int(round((new_w - S) / 2.0))
                 out = im.crop((left, top, left + S, top + S))
