@@ -647,10 +647,15 @@ def test_a_partly_present_dataset_is_named_and_nothing_downloaded_over_it(tmp_pa
                                                            "nothing downloaded there"):
                 load_dataset(name, "train", root=root, download=download)
     assert downloads == []
+    write_idx(tmp_path / "tv" / "FashionMNIST" / "raw", gz=False)  # torchvision's own folder, its download cut short:
+    (tmp_path / "tv" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").unlink()  # downloaded again, as before
+    with pytest.raises(DatasetNotFoundError, match="the download finished but the files are not there"):
+        load_dataset("fashion_mnist", "train", root=tmp_path / "tv")
+    assert downloads == [tmp_path / "tv"]
     (tmp_path / "empty").mkdir()  # none of it there: downloaded as before
     with pytest.raises(DatasetNotFoundError, match="the download finished but the files are not there"):
         load_dataset("cifar10", "train", root=tmp_path / "empty")
-    assert downloads == [tmp_path / "empty"]
+    assert downloads == [tmp_path / "tv", tmp_path / "empty"]
 
 
 def test_unreadable_folders_and_impossible_idx_headers_are_data_errors(tmp_path, monkeypatch):

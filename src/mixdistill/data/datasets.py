@@ -229,7 +229,8 @@ def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Pat
     if missing := spec.missing(root):  # a download would go beside the user's files, or over them (CIFAR's)
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DatasetNotFoundError(f"dataset '{spec.name}' is partly in data root {root}: {missing[0]}{more} "
-                                   "missing; nothing downloaded there (complete it, or give another data root)")
+                                   "missing; nothing downloaded there (complete it, delete it to download it again, or give another "
+                                   "data root)")
     note = _download_into(spec, root) if download else ("; download disabled" if spec.download else "")
     if isinstance(note, Path):
         return note

@@ -135,7 +135,8 @@ def read_cifar100(root, split: str):
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_PREFIX = {"train": "train", "test": "t10k"}
 # where (Fashion-)MNIST files may sit under a root: the root itself, torchvision's layout, common names
-IDX_SUBDIRS = (".", "FashionMNIST/raw", "fashion-mnist", "fashion_mnist")
+TORCHVISION_IDX_FOLDER = "FashionMNIST/raw"
+IDX_SUBDIRS = (".", TORCHVISION_IDX_FOLDER, "fashion-mnist", "fashion_mnist")
 
 
 def read_idx(path) -> np.ndarray:
@@ -185,8 +186,9 @@ def find_idx(root) -> Path | None:
 
 
 def idx_missing(root) -> list[Path]:
-    """The files a partly present (Fashion-)MNIST copy in ``root`` lacks (none of it there, or all of it: [])."""
-    for sub in IDX_SUBDIRS:
+    """The files a partly present (Fashion-)MNIST copy in ``root`` lacks (none of it there, or all of it: []); not
+    in torchvision's own folder, where an interrupted download is finished by downloading again."""
+    for sub in (s for s in IDX_SUBDIRS if s != TORCHVISION_IDX_FOLDER):
         d = Path(root) / sub
         wanted = [(s, k) for s in IDX_PREFIX for k in ("images", "labels")]
         there = [_idx_file(d, s, k) is not None for s, k in wanted]
