@@ -32,7 +32,7 @@ def test_every_command_has_help(command, capsys, monkeypatch):
 def test_help_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")
     for argv, expected in ((["eval", "--help"], "--data DATA           dataset name (default: the one the checkpoint "
-                                                "was trained on)\n"),
+                                                "was trained on), or a path"),
                            (["teachers", "--help"], "network timeout in seconds (default: 30)\n"),
                            (["analyze", "--help"], "(CUDA when available, as train), cpu, cuda or cuda:N "
                                                    "(default: auto)\n"),
@@ -516,8 +516,13 @@ def test_eval_on_other_data_uses_the_networks_own_input(capsys, tiny_run_overrid
     np.save(tmp_path / "pair_labels.npy", test.labels.numpy())
     pair = mixdistill.evaluate(run_dir, str(tmp_path / "pair_data.npy"), device="cpu")
     assert pair["images"] == 200 and pair["acc"] == own["acc"] and pair["loss"] == pytest.approx(own["loss"], rel=1e-5)
-    with pytest.raises(DataError, match="imagefolder has 3 classes but the network 10"):
+    with pytest.raises(DataError, match=r"imagefolder \(test\) has 3 classes but the network 10"):
         mixdistill.evaluate(run_dir, "imagefolder", root=folder("three", classes=3), device="cpu")
+    with pytest.raises(DataError, match=r"three \(image folder, test\) has 3 classes but the network 10"):
+        mixdistill.evaluate(run_dir, str(tmp_path / "three"), device="cpu")  # the same folder as a path
+    capsys.readouterr()  # analyze makes the same checks (one function): it scored 10 classes on 3 classes' labels
+    _one_line_error(capsys, ["analyze", run_dir, "--data", str(tmp_path / "three"), "--out", str(tmp_path / "a")],
+                    "three (image folder, test) has 3 classes but the network 10")
     with pytest.raises(DataError, match="has 32x32 images but the model was trained on 28x28"):
         mixdistill.evaluate(run_dir, "imagefolder", root=folder("big", size=32), device="cpu")
 
@@ -569,6 +574,10 @@ def test_an_image_folder_run_records_its_class_names_and_eval_checks_them(tmp_pa
     assert mixdistill.evaluate(summary, device="cpu")["images"] == 4
     with pytest.raises(DataError, match=r"imagefolder \(test\): class 1 is 'wasp' where the network learnt 'bee'"):
         mixdistill.evaluate(summary, "imagefolder", root=folder("g", ("ant", "wasp")), device="cpu")
+    with pytest.raises(DataError, match=r"g \(image folder, test\): class 1 is 'wasp' where the network learnt"):
+        mixdistill.evaluate(summary, str(tmp_path / "g"), device="cpu")  # as a path, as analyze takes it
+    with pytest.raises(DataError, match=r"test \(image folder\): class 1 is 'wasp' where the network learnt"):
+        mixdistill.evaluate(summary, str(tmp_path / "g" / "test"), device="cpu")  # a folder of class folders
     # --resume on the same folder with a class renamed (the same count): named too
     for split in ("train", "test"):
         (tmp_path / "f" / split / "bee").rename(tmp_path / "f" / split / "wasp")

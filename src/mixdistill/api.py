@@ -81,10 +81,9 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     the error messages call the arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
     import torch
 
-    from mixdistill.analysis.data import EvalSet, check_compatible, load_eval_set
+    from mixdistill.analysis.data import check_compatible, load_eval_set, split_eval_set
     from mixdistill.data import DATASETS, DeviceLoader, load_dataset
     from mixdistill.data.datasets import check_class_names
-    from mixdistill.errors import DataError
     from mixdistill.engine.build import streaming_eval_loader
     from mixdistill.engine.evaluate import evaluate as evaluate_model
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
@@ -114,35 +113,30 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
                               "normalised as the run's own dataset, which this checkpoint does not record")
         if split != "test":
             raise ConfigError(f"{name['data']} {dataset}: a path is one set, evaluated as the test split")
-        found = load_eval_set(dataset)
-        images, labels, where, data_spec = found.images, found.labels, found.name, None
+        eval_set, data_spec = load_eval_set(dataset), None
     else:
         read = (opened.split(split, root=root, use_subset=False) if cfg is not None and dataset == cfg.data.dataset
                 else load_dataset(dataset, split, root=root))
-        images, labels, where, data_spec = read.images, read.labels, f"{dataset} ({split})", read.spec
+        eval_set, data_spec = split_eval_set(read, f"{dataset} ({split})"), read.spec
     # the network's own classes and channels where the checkpoint records them: another dataset's images are one
     # clear error (they were a shape mismatch of the first layer's weights)
     num_classes = opened.state.get("num_classes") or data_spec.num_classes
-    in_channels = opened.state.get("in_channels") or images.shape[1]
+    in_channels = opened.state.get("in_channels") or eval_set.images.shape[1]
     image_size = None
     if cfg is not None and dataset != cfg.data.dataset:
         # the network's own input: the normalisation it trained with (another dataset's gave other numbers than
-        # analyze's for the same images) and, where its dataset fixes it, its image size; and its classes
+        # analyze's for the same images) and, where its dataset fixes it, its image size
         trained = DATASETS[cfg.data.dataset]
         mean, std = (trained.mean * in_channels, trained.std * in_channels) if len(trained.mean) == 1 else (
             trained.mean, trained.std)
         image_size = cfg.data.image_size or trained.image_size
-        if data_spec is not None and data_spec.num_classes != num_classes:
-            raise DataError(f"{dataset} has {data_spec.num_classes} classes but the network {num_classes}: its "
-                            "labels would not name its classes")
     else:
         mean, std = data_spec.mean, data_spec.std
-    check_compatible(EvalSet(images, labels, where), in_channels, num_classes, image_size)
-    check_class_names(opened.state.get("class_names"), data_spec and data_spec.class_names, where)
+    check_compatible(eval_set, in_channels, num_classes, image_size, opened.state.get("class_names"))
     model = opened.model(arch, num_classes, in_channels)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(images, labels, batch_size=batch_size, mean=mean, std=std, shuffle=False, drop_last=False,
-                          device=runtime.device)
-    return {**evaluate_model(model, loader, runtime), "images": len(labels)}
+    loader = DeviceLoader(eval_set.images, eval_set.labels, batch_size=batch_size, mean=mean, std=std, shuffle=False,
+                          drop_last=False, device=runtime.device)
+    return {**evaluate_model(model, loader, runtime), "images": len(eval_set.labels)}

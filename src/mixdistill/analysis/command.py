@@ -172,7 +172,8 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     the command's options (see :func:`add_analyze_arguments`), and ``titles``: figure titles in place of the
     defaults, keyed like ``FIGURES`` (``reliability``, ``tsne``); each is a ``str.format`` template given
     ``accuracy`` and ``ece`` / ``mce`` (all in %), ``test_loss``, ``samples``, ``arch`` and ``eval_set``."""
-    from mixdistill.analysis.data import EvalSet, check_compatible, human_label_kl, load_eval_set, load_human_labels
+    from mixdistill.analysis.data import (check_compatible, human_label_kl, load_eval_set, load_human_labels,
+                                          split_eval_set)
 
     # options first: a mistake should not cost a whole evaluation
     if batch_size < 1 or bins < 1:
@@ -213,19 +214,19 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     own_data = data is None or data == train_name
     out_dir = Path(out).expanduser() if out else run_dir / (
         "analysis" if own_data else f"analysis_{Path(data).name.removesuffix('.npy').removesuffix('_data') or 'data'}")
-    train_root = data_root if (data_root and (data is None or data == train_name)) else data_cfg.get("root")
+    train_root = data_root if (data_root and own_data) else data_cfg.get("root")
     arch = arch or state.get("arch")
     if arch is None:
         raise ConfigError(f"{ckpt_path} does not record its architecture: pass --arch MODEL")
 
     # evaluation set
     subset_rows = None  # the rows of the whole test split that the run's test subset keeps
-    if (data is None or data == train_name) and data_cfg.get("loader") == "streaming":
+    if own_data and data_cfg.get("loader") == "streaming":
         raise ConfigError("analyze holds the test images in memory, at the size the run saw them; a streaming run's "
                           "(data.loader=streaming) are resized and cropped per batch by its decoding workers, which "
                           "analyze does not do: `mixdistill eval` scores the run, and --data takes a folder of "
                           "images at its size")
-    if data is None or data == train_name:
+    if own_data:
         split = load_dataset(train_name, "test", root=train_root)
         spec = split.spec  # imagefolder: filled in from the files
         subset, subset_seed = data_cfg.get("test_subset"), data_cfg.get("subset_seed", 0)
@@ -235,14 +236,16 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
             split = split.take(subset_rows)
             notes.append(f"The run's data.test_subset = {subset} (seed {subset_seed}) is used; "
                          "pass --full-test-set for the whole split.")
-        eval_set = EvalSet(split.images, split.labels, f"{train_name} (test)")
+        eval_set = split_eval_set(split, f"{train_name} (test)")
     else:
         eval_set = load_eval_set(data, root=data_root)
     num_classes = state.get("num_classes") or spec.num_classes
     in_channels = state.get("in_channels") or spec.in_channels or eval_set.images.shape[1]
     if num_classes is None:
         raise ConfigError(f"{ckpt_path} does not record its number of classes")
-    check_compatible(eval_set, in_channels, num_classes, spec.image_size)
+    # the size the network saw: a streaming run's own crop size, else its dataset's (an image folder's: its files')
+    check_compatible(eval_set, in_channels, num_classes, data_cfg.get("image_size") or spec.image_size,
+                     state.get("class_names"))
     human = None
     if human_labels:  # a file of the whole split, in its order; a run's test subset takes its own rows of it
         human = load_human_labels(human_labels, len(eval_set.labels) if subset_rows is None else split_size,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mixdistill.data import DATASETS, load_dataset, readers
+from mixdistill.data.datasets import Split, check_class_names
 from mixdistill.errors import DataError
 
 DATA_SUFFIX, LABELS_SUFFIX = "_data.npy", "_labels.npy"
@@ -35,6 +36,8 @@ class EvalSet:
     images: torch.Tensor  # uint8 [N, C, H, W]
     labels: torch.Tensor  # int64 [N]
     name: str  # what the report calls it
+    classes: int | None = None  # how many the set has, where it says (a dataset, an image folder; not .npy labels)
+    class_names: tuple[str, ...] | None = None  # an image folder's, in label order
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -91,8 +94,7 @@ def read_cifar10_1(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 def load_eval_set(data: str, root: str | None = None) -> EvalSet:
     """The evaluation set named by ``--data`` (see the module docstring)."""
     if data in DATASETS:
-        split = load_dataset(data, "test", root=root)
-        return EvalSet(split.images, split.labels, f"{data} (test)")
+        return split_eval_set(load_dataset(data, "test", root=root), f"{data} (test)")
     p = Path(data).expanduser()
     if not p.exists():
         raise DataError(f"--data {data}: neither a dataset name ({', '.join(DATASETS)}) nor an existing path")
@@ -100,17 +102,23 @@ def load_eval_set(data: str, root: str | None = None) -> EvalSet:
         images, labels = read_cifar10_1(p)
         return EvalSet(images, labels, p.name if p.is_dir() else cifar10_1_pair(p)[0].name[: -len(DATA_SUFFIX)])
     if (p / "train").is_dir():
-        split = load_dataset("imagefolder", "test", root=p)
-        return EvalSet(split.images, split.labels, f"{p.name} (image folder, test)")
-    if readers.folder_classes(p):
-        images, labels = readers.read_image_folder(p)
-        return EvalSet(images, labels, f"{p.name} (image folder)")
+        return split_eval_set(load_dataset("imagefolder", "test", root=p), f"{p.name} (image folder, test)")
+    if classes := readers.folder_classes(p):
+        images, labels = readers.read_image_folder(p, classes)
+        return EvalSet(images, labels, f"{p.name} (image folder)", len(classes), tuple(classes))
     raise DataError(f"--data {data}: no *{DATA_SUFFIX} pair, no train/ + test/ class folders and no class folders "
                     "in it")
 
 
-def check_compatible(eval_set: EvalSet, in_channels: int, num_classes: int, image_size=None) -> None:
-    """A clear DataError when the model cannot take these images or labels."""
+def split_eval_set(split: Split, name: str) -> EvalSet:
+    """A dataset split as an evaluation set, with its class count (and an image folder's class names)."""
+    return EvalSet(split.images, split.labels, name, split.spec.num_classes, split.spec.class_names)
+
+
+def check_compatible(eval_set: EvalSet, in_channels: int, num_classes: int, image_size=None,
+                     class_names=None) -> None:
+    """A clear DataError when the model cannot take these images or labels: ``class_names``, the image folder's
+    the network learnt (its checkpoint's), must be the set's, and the set's class count the network's."""
     _, C, H, W = eval_set.images.shape
     if C != in_channels:
         raise DataError(f"{eval_set.name} has {C}-channel images but the model takes {in_channels} channels")
@@ -123,6 +131,10 @@ def check_compatible(eval_set: EvalSet, in_channels: int, num_classes: int, imag
     top = int(eval_set.labels.max())
     if top >= num_classes:
         raise DataError(f"{eval_set.name} has label {top} but the model has only {num_classes} classes")
+    if eval_set.classes is not None and eval_set.classes != num_classes:
+        raise DataError(f"{eval_set.name} has {eval_set.classes} classes but the network {num_classes}: its labels "
+                        "would not name its classes")
+    check_class_names(class_names, eval_set.class_names, eval_set.name)
 
 
 # ------------------------------------------------------------------------------------------ CIFAR-10H
