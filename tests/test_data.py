@@ -662,20 +662,25 @@ def test_unreadable_folders_and_impossible_idx_headers_are_data_errors(tmp_path,
     """A class folder the user may not list was a PermissionError traceback; an IDX header whose dimensions multiply
     past 2**63 overflowed numpy's product and ended in a reshape ValueError."""
     write_image_folder(tmp_path / "f")
-    locked = tmp_path / "f" / "train" / "cat"
-    listing = os.scandir
+    locked = [tmp_path / "f" / "train" / "cat"]
 
-    def scandir(path="."):  # as chmod 0 does for a user other than root (the tests may run as root)
-        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return listing(path)
+    def refusing(listing):  # as chmod 0 does for a user other than root (the tests may run as root)
+        def listing_unless_locked(path="."):
+            if isinstance(path, (str, os.PathLike)) and Path(path) in locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return listing(path)
+        return listing_unless_locked
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", refusing(os.scandir))  # os.walk's, and Path.iterdir's from Python 3.12
+    monkeypatch.setattr(os, "listdir", refusing(os.listdir))  # Path.iterdir's before
     for split in ("train", "test"):  # the test split reads the train split's folders too (one mode for both)
         with pytest.raises(DataError, match=r"cannot read folder .*train/cat: Permission denied"):
             readers.read_image_folder_split(tmp_path / "f", split)
     with pytest.raises(DataError, match=r"cannot read folder .*train/cat: Permission denied"):
         streaming.StreamingImageFolder(tmp_path / "f", "train", image_size=4, batch_size=2, num_workers=0)
+    locked.append(tmp_path / "f" / "train")  # the class list itself (folder_classes)
+    with pytest.raises(DataError, match=r"cannot read folder .*/f/train: Permission denied"):
+        readers.read_image_folder_split(tmp_path / "f", "test")
     header = bytes([0, 0, 0x08, 4]) + np.array([65536] * 4, ">u4").tobytes()
     (tmp_path / "x-idx3-ubyte").write_bytes(header)
     with pytest.raises(DataError, match=r"header says \[65536, 65536, 65536, 65536\]"):

@@ -278,9 +278,7 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         raise DataError(f"the {name} {split} split in {folder} holds {C}x{H}x{W} images, not {name}'s "
                         f"{spec.in_channels}x{'x'.join(map(str, _size(spec.image_size)))}")
     if spec.num_classes is None:  # imagefolder: fill in what the files say
-        if len(classes := readers.folder_classes(folder / "train")) < 2:  # it trained to 100% and a loss of 0
-            raise DataError(f"{folder / 'train'} holds {len(classes)} class folder{'s' * (len(classes) != 1)}: a "
-                            "classifier needs two or more")
+        check_two_classes(classes := readers.folder_classes(folder / "train"), folder / "train")
         _, C, H, W = images.shape
         spec = dataclasses.replace(
             spec,
@@ -294,6 +292,13 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         )
     _check_labels(labels, spec.num_classes, f"{name} {split} split in {folder}")
     return Split(images, labels, spec, folder)
+
+
+def check_two_classes(classes, folder) -> None:
+    """An image folder of fewer than two classes is refused: it trained to 100% and a loss of 0 without a word."""
+    if len(classes) < 2:
+        raise DataError(f"{folder} holds {len(classes)} class folder{'s' * (len(classes) != 1)}: a classifier needs "
+                        "two or more")
 
 
 def check_class_names(recorded, found, where: str) -> None:

@@ -220,10 +220,6 @@ def read_mnist_like(root, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------- image files
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
-
-
 def _open(path: Path):
     try:
         return Image.open(path)
@@ -441,10 +437,10 @@ def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.
             img_dir = d / "train" / w / "images"
             if not img_dir.is_dir():
                 raise DataError(f"Tiny-ImageNet: missing folder {img_dir}")
-            files = sorted(p for p in _entries(img_dir) if _is_image(p))
+            files = image_files(str(img_dir))
             if not files:
                 raise DataError(f"Tiny-ImageNet: {img_dir} holds no image files")
-            paths += files
+            paths += [img_dir / f for f in files]
             labels += [index[w]] * len(files)
     elif not (d / "val" / "val_annotations.txt").is_file():  # val/ sorted into wnid folders
         if not set(folder_classes(d / "val")) & set(wnids):

@@ -15,14 +15,14 @@ from mixdistill.augment import augment_params, make_augment
 from mixdistill.config import RunConfig
 from mixdistill.distill.base import TrainSet
 from mixdistill.data import DeviceLoader, load_dataset
-from mixdistill.data.datasets import DATASETS, find_root
+from mixdistill.data.datasets import DATASETS, check_two_classes, find_root
 from mixdistill.data.streaming import StreamingImageFolder
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.engine.distributed import local_batch_size
 from mixdistill.engine.logging import check_loggers
 from mixdistill.engine import teacher_views
 from mixdistill.engine.runtime import Runtime, resolve_runtime
-from mixdistill.errors import CheckpointError, ConfigError, DataError
+from mixdistill.errors import CheckpointError, ConfigError
 from mixdistill.methods import METHODS
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
@@ -86,9 +86,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     d = cfg.data
     spec = DATASETS[d.dataset]
     root = find_root(d.dataset, d.root, download=False)
-    size = d.image_size or spec.image_size
-    if not isinstance(size, int):
-        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
+    size = _crop_size(cfg)
     common = dict(image_size=size, mean=spec.mean, std=spec.std, num_workers=d.num_workers, device=runtime.device,
                   channels_last=runtime.channels_last, subset_seed=d.subset_seed)
     try:
@@ -97,8 +95,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
                                      subset=d.train_subset, **common)
     except ValueError as e:  # e.g. a subset larger than the split
         raise ConfigError(f"data: {e}") from None
-    if train.num_classes < 2:  # as the in-memory reader says
-        raise DataError(f"{root / 'train'} holds 1 class folder: a classifier needs two or more")
+    check_two_classes(train.classes, root / "train")
     test = streaming_eval_loader(cfg, "test", root=root, batch_size=d.eval_batch_size, device=runtime.device,
                                  channels_last=runtime.channels_last)
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
@@ -107,15 +104,21 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
                    train.num_samples, True, (size, size), tuple(train.classes))
 
 
+def _crop_size(cfg: RunConfig) -> int:
+    """A streaming run's crop size: data.image_size, else its dataset's (an image folder has none)."""
+    size = cfg.data.image_size or DATASETS[cfg.data.dataset].image_size
+    if not isinstance(size, int):
+        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {cfg.data.dataset}")
+    return size
+
+
 def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: int, device, channels_last: bool,
                           use_subset: bool = True) -> StreamingImageFolder:
     """A streaming run's ``split`` as its evaluation reads it (resized to image_size·8/7, centre crop, in order;
     ImageNet's test split is val/), from ``root`` or the run's data.root; ``use_subset``: its data.*_subset."""
     d = cfg.data
     spec = DATASETS[d.dataset]
-    size = d.image_size or spec.image_size
-    if not isinstance(size, int):
-        raise ConfigError(f"data.loader streaming: set data.image_size (the crop size) for dataset {d.dataset}")
+    size = _crop_size(cfg)
     folder = find_root(d.dataset, root or d.root, download=False)
     subset = (d.test_subset if split == "test" else d.train_subset) if use_subset else None
     try:
