@@ -410,6 +410,7 @@ def test_eval_of_a_streaming_run_reads_its_images_as_the_run_did(tree, tmp_path,
     from mixdistill.cli import main
     from mixdistill.config import load_config
     from mixdistill.engine.trainer import train
+    from mixdistill.errors import ConfigError
 
     cfg = load_config(None, [f"data.root={tree}", f"output_dir={tmp_path / 'runs'}", "data.dataset=imagenet",
                              "data.loader=streaming", "data.image_size=32", "data.batch_size=6",
@@ -420,6 +421,10 @@ def test_eval_of_a_streaming_run_reads_its_images_as_the_run_did(tree, tmp_path,
     scored = mixdistill.evaluate(cfg.run_dir, device="cpu", batch_size=4)
     assert scored["images"] == len(CLASSES) * PER_CLASS_VAL and scored["acc"] == summary["last_acc"]
     assert scored["loss"] == pytest.approx(summary["last_test_loss"], rel=1e-6)
+    opened = mixdistill.open_run(cfg.run_dir)  # the Python API's loader streams it too
+    assert sum(len(labels) for _, labels in opened.test_loader()) == len(CLASSES) * PER_CLASS_VAL
+    with pytest.raises(ConfigError, match="a streaming run's split is not held in memory"):
+        opened.split()
     capsys.readouterr()
     assert main(["analyze", str(cfg.run_dir)]) == 2
     assert "a streaming run's (data.loader=streaming) are resized and cropped per batch" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from torch import nn
 from mixdistill.config import RunConfig, stored_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.data.datasets import Split
-from mixdistill.engine.build import build_teacher
+from mixdistill.engine.build import build_teacher, streaming_eval_loader
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
@@ -249,6 +249,9 @@ class FinishedRun:
             raise self.missing_dataset("one (--data on the command line; in Python, "
                                        "mixdistill.data.load_dataset(NAME, split))")
         d = self.cfg.data
+        if d.loader == "streaming":  # ImageNet 'does not fit in memory'; an image folder's sizes differ
+            raise ConfigError(f"{self.checkpoint}: a streaming run's split is not held in memory; test_loader() "
+                              "streams it as the run evaluated it")
         split = load_dataset(d.dataset, name, root=root or d.root)
         subset = d.test_subset if name == "test" else d.train_subset
         return split.subset(subset, seed=d.subset_seed) if subset and use_subset else split
@@ -282,7 +285,11 @@ class FinishedRun:
         return build_teacher(self.cfg, self.state["num_classes"], self.state["in_channels"])
 
     def test_loader(self, root: str | None = None, batch_size: int = 1000, device: str | torch.device = "cpu"):
-        """The run's test split (its ``data.test_subset`` applied) as an in-order loader with its normalisation."""
+        """The run's test split (its ``data.test_subset`` applied) as an in-order loader with its normalisation; a
+        streaming run's as its evaluation streamed it (resize, centre crop)."""
+        if self.cfg is not None and self.cfg.data.loader == "streaming":
+            return streaming_eval_loader(self.cfg, "test", root=root, batch_size=batch_size, device=device,
+                                         channels_last=False)
         split = self.split("test", root)
         return DeviceLoader(split.images, split.labels, batch_size=batch_size, mean=split.spec.mean,
                             std=split.spec.std, shuffle=False, drop_last=False, device=device)
