@@ -697,3 +697,24 @@ def test_resume_after_the_data_gained_a_class_names_it(capsys, tmp_path):
     assert err.startswith("mixdistill: error: --resume (resume=True in Python): the data has 3 classes but ")
     assert "was started on data with 2: its files changed since" in err and len(err.splitlines()) == 1
     assert (tmp_path / "runs" / "r" / "last.pt").read_bytes() == before
+
+
+def test_a_write_to_a_device_fifo_or_link_goes_through_it_and_keeps_it(tmp_path):
+    """The atomic writer renamed its temporary file over the path: `results --csv /dev/full` replaced the device
+    with a file and said 'wrote'; a symbolic link became a file and its target was never written."""
+    from mixdistill.errors import WriteError
+    from mixdistill.files import write_text
+
+    (tmp_path / "target.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to("target.csv")
+    write_text(tmp_path / "link.csv", "new")
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "target.csv").read_text() == "new"
+    os.mkfifo(tmp_path / "fifo")
+    reader = subprocess.Popen(["cat", str(tmp_path / "fifo")], stdout=subprocess.PIPE)
+    write_text(tmp_path / "fifo", "through the pipe")
+    assert reader.communicate(timeout=10)[0] == b"through the pipe"
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    if os.path.exists("/dev/full"):  # a full disk: one error, the device left as it was
+        with pytest.raises(WriteError, match=r"cannot write /dev/full: \[Errno 28\]"):
+            write_text("/dev/full", "x")
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)

@@ -45,8 +45,20 @@ def write_error(path: str | Path, err: OSError) -> WriteError:
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary binary file beside ``path``, fsync it and rename it over ``path``."""
+    """Call ``write(f)`` on a temporary binary file beside ``path``, fsync it and rename it over ``path``. A symbolic
+    link is written through (its target replaced, the link kept); a path that is no regular file (``/dev/stdout``,
+    a FIFO, a device) is written to as it is: renaming over them replaced ``/dev/full`` with a file."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with open(path, "wb") as f:
+                write(f)
+                f.flush()
+        except OSError as err:
+            raise write_error(path, err) from None
+        return path
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
