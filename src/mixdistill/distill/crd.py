@@ -42,6 +42,7 @@ import warnings
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
@@ -99,10 +100,24 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, v_s: torch.Tensor, v_t: torch.Tensor, y: torch.Tensor) -> None:
-        """bank[y] = l2norm(m * bank[y] + (1 - m) * v) for both banks."""
+        """bank[y] = l2norm(m * bank[y] + (1 - m) * v) for both banks. Under torchrun every rank writes every rank's
+        rows (the ranks' shares of a batch are disjoint dataset indices), so the banks stay the one bank a single
+        process keeps: each rank updated only its own share, drew negatives from rows the others had moved, and
+        the checkpoint kept rank 0's."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            v_s, v_t, y = (_all_gathered(t.detach().contiguous()) for t in (v_s, v_t, y))
         for bank, v in ((self.student_bank, v_s), (self.teacher_bank, v_t)):
             mixed = bank[y] * self.nce_m + v.detach() * (1 - self.nce_m)
             bank.index_copy_(0, y, F.normalize(mixed, dim=1))
+
+
+def _all_gathered(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (the same shape on each: a batch divides by the ranks), concatenated in rank order; a
+    16-bit float travels as its bits (gloo has no bf16)."""
+    bits = t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t
+    parts = [torch.empty_like(bits) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, bits)
+    return torch.cat(parts).view(t.dtype)
 
 
 class CRDLoss(nn.Module):

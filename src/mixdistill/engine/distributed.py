@@ -79,6 +79,9 @@ def wrap_for_training(distiller: nn.Module, ctx: DistContext, sync_bn: bool) -> 
     if not ctx.enabled:
         return module
     if sync_bn:
+        if not next(distiller.parameters()).is_cuda:  # torch's SyncBatchNorm: "only work with GPU modules"
+            raise ConfigError("train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm runs on them only); on CPUs "
+                              "each rank's BatchNorm sees its own share of the batch")
         for name in ("student", "peers"):
             if hasattr(distiller, name):
                 setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(distiller, name)))
