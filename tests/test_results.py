@@ -219,3 +219,20 @@ def test_runs_linked_into_a_folder_are_found_once(runs_root, tmp_path, capsys):
     assert main(["results", str(linked), "--per-run"]) == 0
     out = capsys.readouterr().out
     assert f"2 runs (2 finished) below {linked}" in out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "NaN", None])
+def test_a_summary_number_that_is_not_one_is_left_out_and_said(runs_root, tmp_path, capsys, bad):
+    """"last_acc": NaN or "NaN" in a summary.json ended the table in a traceback; null was averaged as if the run
+    had a number (a row of 2 runs whose mean covered 1)."""
+    for name in ("ce_s0", "ce_s1"):
+        shutil.copytree(runs_root / name, tmp_path / "runs" / name)
+    damaged = _summary(tmp_path / "runs", "ce_s1")
+    damaged["last_acc"] = bad
+    (tmp_path / "runs" / "ce_s1" / "summary.json").write_text(json.dumps(damaged))
+    _, rows = group_rows(collect([tmp_path / "runs"]))
+    assert rows[0][0] == "2 (1 without a last_acc)"
+    assert rows[0][2] == f"{_summary(tmp_path / 'runs', 'ce_s0')['last_acc']:.2f}" and rows[0][3] == "-"
+    for extra in ([], ["--per-run"], ["--csv", str(tmp_path / "r.csv")]):
+        assert main(["results", str(tmp_path / "runs"), *extra]) == 0, extra
+    capsys.readouterr()

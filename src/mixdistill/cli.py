@@ -326,7 +326,8 @@ def _add_results(sub):
                        description="Every run directory (a folder with config.yaml) below DIR: one row per config, "
                                    "its seeds pooled (mean last-epoch top-1 with its 95% t-interval, std, best "
                                    "top-1, top-5), beside what differs between the rows, written as the overrides "
-                                   "that set it. Unfinished runs are counted, not averaged.")
+                                   "that set it. Unfinished runs are counted, not averaged, as are finished ones "
+                                   "whose summary holds no number for the metric (a damaged file).")
     p.add_argument("dirs", nargs="*", default=[], metavar="DIR", help="directories to search (unset: runs)")
     p.add_argument("--per-run", action="store_true", help="one row per run instead of per config")
     p.add_argument("--sort", choices=("path", "acc"), default="path",

@@ -75,12 +75,19 @@ def settings(config: dict[str, object], keys: list[str]) -> str:
     return " ".join(f"{k.removesuffix('.name')}={_value(config[k])}" for k in keys if config.get(k) is not None)
 
 
+def _real(v) -> bool:
+    """A number a summary may be averaged over: not None, a string or a bool that a damaged file holds, not NaN."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _number(v, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
 
 
 def _fmean(values) -> float | None:
-    values = [v for v in values if v is not None]
+    values = [v for v in values if _real(v)]
     return statistics.fmean(values) if values else None
 
 
@@ -153,13 +160,14 @@ def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc
     out = []
     for config, runs in zip(configs, by_config.values()):
         done = [r.summary for r in runs if r.summary is not None]
-        values = [s[metric] for s in done if s.get(metric) is not None]
-        counted = Counter(r.config.get("seed") for r in runs if r.summary and r.summary.get(metric) is not None)
+        values = [s[metric] for s in done if _real(s.get(metric))]
+        counted = Counter(r.config.get("seed") for r in runs if r.summary and _real(r.summary.get(metric)))
         repeated = sorted((seed for seed, n in counted.items() if n > 1), key=str)
         mean, low, high = mean_ci(values)
         out.append({"config": settings(config, keys), "differs": {k: config.get(k) for k in keys},
                     "run_dirs": [str(r.path) for r in runs], "seeds": [r.config.get("seed") for r in runs],
                     "finished": len(done), "unfinished": len(runs) - len(done), "metric": metric, "values": values,
+                    "without": len(done) - len(values),  # finished, their summary holding no number for metric
                     "repeated_seeds": repeated, "mean": mean if values else None,
                     "ci": None if math.isnan(low) or repeated else (float(low), float(high)),
                     "std": statistics.stdev(values) if len(values) > 1 and not repeated else None,
@@ -185,7 +193,8 @@ def group_rows(records: list[RunRecord], sort: str = "path", metric: str = "last
     found = groups(records, sort, metric)
     differs = bool(found and found[0]["differs"])
     rows = [([g["config"]] if differs else []) +
-            [f"{g['finished']}" + (f" (+{g['unfinished']} unfinished)" if g["unfinished"] else ""),
+            [f"{g['finished']}" + (f" ({g['without']} without a {g['metric']})" if g["without"] else "")
+             + (f" (+{g['unfinished']} unfinished)" if g["unfinished"] else ""),
              ",".join(str(seed) for seed in g["seeds"]), _mean_ci_cell(g, _digits(metric)),
              _number(g["std"], _digits(metric)), _number(g["best_acc"]), _number(g["last_top5"])] for g in found]
     columns = (["config (what differs)"] if differs else []) + ["runs", "seeds", f"{_header(metric)} [95% CI]", "std",
