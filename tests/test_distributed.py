@@ -91,3 +91,25 @@ def test_sync_bn_on_cpus_is_one_config_error():
     student.student = create_model("cnn5_w8", 10, 1)
     with pytest.raises(ConfigError, match="train.sync_bn=true needs CUDA GPUs"):
         wrap_for_training(student, DistContext(rank=0, world_size=2), sync_bn=True)
+
+
+@pytest.mark.slow
+def test_ranks_given_other_configs_are_one_error(tmp_path):
+    """A launcher that gave rank 1 another seed trained silently with rank 0's recorded; other epochs ended in a
+    gloo traceback."""
+    from mixdistill.data.synthetic import write_fashion_like
+
+    root = write_fashion_like(tmp_path / "data", 128, 64)
+    wrapper = tmp_path / "wrapper.py"  # rank 1 gets one more override, as a hand-written launcher might give it
+    wrapper.write_text("import os, sys\nfrom mixdistill.cli import main\n"
+                       "extra = ['seed=1'] if os.environ['RANK'] == '1' else []\n"
+                       "sys.exit(main(sys.argv[1:] + extra))\n")
+    common = ["train", "configs/fmnist_cpu_teacher.yaml", f"data.root={root}", f"output_dir={tmp_path / 'runs'}",
+              "model.student=lenet5", "data.batch_size=32", "optim.epochs=1", "train.progress=false",
+              "train.tensorboard=false", "train.device=cpu", "train.threads=1", "--quiet"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29521", str(wrapper), *common, "name=r"],
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode != 0
+    assert "mixdistill: error: rank 1 was given another config than rank 0" in ddp.stderr, ddp.stderr[-2000:]
+    assert not (tmp_path / "runs" / "r" / "last.pt").exists()

@@ -718,3 +718,23 @@ def test_a_write_to_a_device_fifo_or_link_goes_through_it_and_keeps_it(tmp_path)
         with pytest.raises(WriteError, match=r"cannot write /dev/full: \[Errno 28\]"):
             write_text("/dev/full", "x")
         assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_resume_on_another_number_of_processes_is_refused(capsys, tiny_run_overrides, tmp_path):
+    """A 2-rank run resumed in one process was accepted: its summary said 1 process and results pooled it with the
+    runs that were one throughout, though a rank's share of each batch (and the floats) depend on it."""
+    from mixdistill.engine.checkpoint import save_atomic
+
+    train = ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=w", "optim.epochs=1"]
+    assert main([*train, "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "w"
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["world_size"] == 1
+    state["world_size"] = 2  # as a torchrun --nproc-per-node 2 run writes it
+    save_atomic(state, run_dir / "last.pt")
+    (run_dir / "summary.json").unlink()  # as killed after its last checkpoint
+    capsys.readouterr()
+    assert main([*train, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was started on 2 process(es), this is 1: a rank's share of each batch" in err
+    assert "torchrun --nproc-per-node 2" in err and len(err.splitlines()) == 1

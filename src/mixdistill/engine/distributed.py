@@ -9,6 +9,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -54,6 +55,21 @@ def init_distributed(device: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return DistContext(rank, world_size, local_rank)
+
+
+def check_same_config(config: dict, ctx: DistContext) -> None:
+    """Every rank must train the config rank 0 does: torchrun gives each the same command, but a launcher that
+    does not (a wrapper, another node's files) gave silently wrong runs (another seed or lr on rank 1, rank 0's
+    recorded) or a gloo traceback (other epochs, another network)."""
+    if not ctx.enabled:
+        return
+    text = json.dumps(config, sort_keys=True, default=str)
+    texts: list = [None] * ctx.world_size
+    dist.all_gather_object(texts, text)
+    other = next((r for r, t in enumerate(texts) if t != texts[0]), None)
+    if other is not None:
+        raise ConfigError(f"rank {other} was given another config than rank 0 (every rank must train the same run: "
+                          "give each the same command and files)")
 
 
 def local_batch_size(global_batch: int, ctx: DistContext) -> int:

@@ -29,7 +29,7 @@ from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, ch
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
-from mixdistill.engine.distributed import init_distributed, wrap_for_training
+from mixdistill.engine.distributed import check_same_config, init_distributed, wrap_for_training
 from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
 from mixdistill.engine.fast import accelerate_teacher
 from mixdistill.engine.logging import RunLogger, check_loggers
@@ -68,6 +68,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.dist = init_distributed(cfg.train.device)
+        check_same_config(cfg.to_dict(), self.dist)
         device = cfg.train.device
         if self.dist.enabled and torch.cuda.is_available() and device in ("auto", "cuda"):
             device = f"cuda:{self.dist.local_rank}"
@@ -220,6 +221,11 @@ class Trainer:
         if diff:
             raise ConfigError(f"--resume (resume=True in Python): the config differs from the one {self.run_dir} "
                               "was started with: " + "; ".join(diff))
+        if state.get("world_size", self.dist.world_size) != self.dist.world_size:  # a rank's share of each batch
+            raise ConfigError(f"--resume (resume=True in Python): {self.run_dir} was started on "
+                              f"{state['world_size']} process(es), this is {self.dist.world_size}: a rank's share of "
+                              f"each batch, and the run's floats, depend on it (torchrun --nproc-per-node "
+                              f"{state['world_size']}{'' if state['world_size'] > 1 else ', or no torchrun'})")
         for what, now in (("classes", self.num_classes), ("input channels", self.in_channels)):
             then = state.get("num_classes" if what == "classes" else "in_channels")
             if then is not None and then != now:  # the same config, other files (a class folder added)
@@ -250,6 +256,7 @@ class Trainer:
             "arch": self.distiller.student_arch,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
+            "world_size": self.dist.world_size,
             "class_names": list(self.class_names) if self.class_names else None,
             "model": self.distiller.student.state_dict(),
             "distiller_extra": self.distiller.state_dict_extra(),
