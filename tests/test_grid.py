@@ -787,3 +787,31 @@ def test_report_only_beside_a_running_grid_computes_t_stddev_in_its_own_process(
         holder.wait()
     time.sleep(0.1)
     assert (study / "grid.lock.holder").exists() and not held_elsewhere(lock), "a dead holder holds nothing"
+
+
+@pytest.mark.slow
+def test_sigterm_of_a_ray_study_stops_it_as_ctrl_c_does(fmnist_root, tmp_path):
+    """ray.init replaced the CLI's SIGTERM handler with Ray's: a study on the Ray executor, sent SIGTERM, dumped Ray's
+    C++ stack and exited 15 without its one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    out = tmp_path / "log.txt"
+    with open(out, "w") as log:
+        study = subprocess.Popen([sys.executable, "-m", "mixdistill", "study", "shen2022", "--scale", "smoke",
+                                  "--seeds", "2", "--threads", "1", "--executor", "ray", "--data-root",
+                                  str(fmnist_root), "--output-dir", str(tmp_path / "st")], stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list((tmp_path / "st").glob("*/runs/*/config.yaml")) and study.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)  # a run has started: Ray is up, its tasks are running
+    os.kill(study.pid, signal.SIGTERM)
+    assert study.wait(timeout=120) == 143, out.read_text()[-3000:]
+    text = out.read_text()
+    assert "SIGTERM received" not in text and "Traceback" not in text, text[-3000:]
+    assert text.rstrip().endswith("(the same command again keeps the finished runs and resumes the others)"), text

@@ -517,11 +517,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler's preemption, ``timeout``), raised where the process is, so that it stops as a
-    Ctrl-C does: a grid stops its workers, the line says what the same command does next."""
+    Ctrl-C does: a grid stops its workers, the line says what the same command does next. ``received``: whether one
+    came, since a library may turn the exception into a plain KeyboardInterrupt (Ray's ``wait``)."""
+
+    received = False
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
+    Terminated.received = False
     # under torchrun SIGTERM is how its agent stops the ranks, which may be waiting inside a collective, where no
     # Python handler runs: left to end them at once
     if (threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ
@@ -530,6 +534,7 @@ def _sigterm_as_interrupt():
         return
 
     def terminated(signum, frame):
+        Terminated.received = True
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminated)
@@ -575,7 +580,8 @@ def _main(argv: list[str] | None) -> int:
         again = {"train": " (the same command with --resume continues from the last checkpoint)",
                  "study": " (the same command again keeps the finished runs and resumes the others)",
                  "demo": " (the same command again keeps the finished runs and resumes the others)"}
-        stopped, status = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        stopped, status = (("terminated", 143) if isinstance(err, Terminated) or Terminated.received
+                           else ("interrupted", 130))
         print(f"mixdistill: {stopped}{getattr(err, 'again', None) or again.get(args.command, '')}", file=sys.stderr)
         return status
     except OSError as err:  # the files mixdistill writes raise WriteError; these come from standard output

@@ -556,14 +556,21 @@ def _submit(pool, *call):
 
 
 def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
+    import signal
+    import threading
+
     try:
         import ray
     except ImportError:
         raise MixdistillError("--executor ray needs Ray: pip install 'mixdistill[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        before = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": available_cpus()}))
+        if before is not None and threading.current_thread() is threading.main_thread():
+            # ray.init installs its own, which dumped its C++ stack and exited 15: SIGTERM stops the study as Ctrl-C
+            signal.signal(signal.SIGTERM, before)  # does (the CLI's), and the finally below shuts Ray down
     remote = ray.remote(execute)
 
     def submit(run):
