@@ -215,12 +215,14 @@ def test_ordered_trend_is_pages_test_over_replicates():
 
 
 @pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), ("10-14", [10, 11, 12, 13, 14]),
-                                         ("3,7,9", [3, 7, 9]), (" 2 ", [0, 1]), ("4-4", [4])])
+                                         ("3,7,9", [3, 7, 9]), (" 2 ", [0, 1]), ("4-4", [4]), ("3,", [3]),
+                                         ("3, 7", [3, 7])])
 def test_seed_syntax(text, seeds):
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "5-3", "a", "1,1", "3,-2", "1-2-3", ",", str(2**64)])
+@pytest.mark.parametrize("text", ["0", "-1", "5-3", "a", "1,1", "3,-2", "1-2-3", ",", str(2**64),
+                                  "1,,2", "\u0663", "1e2", "0x10"])  # int() took '1,,2' as 1,2 and Arabic-Indic 3
 def test_bad_seed_syntax_is_one_clear_error(text):
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(text)

@@ -17,6 +17,7 @@ Tests come from scipy; Holm's step-down adjustment from statsmodels.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -494,7 +495,12 @@ def parse_seeds(seeds: str | int | list[int] | tuple[int, ...]) -> list[int]:
     return chosen
 
 
+SEEDS_TEXT = re.compile(r"-?\d+|\d+-\d+|\d+(?: *, *\d+)* *,?", re.ASCII)  # 5 | 10-14 | 3,7,9 (3, = the seed 3)
+
+
 def _seeds_from_text(text: str) -> list[int]:
+    if not SEEDS_TEXT.fullmatch(text):  # int() took '1,,2' as 1,2 and an Arabic-Indic '٣' as 3
+        raise ConfigError(f"--seeds '{text}': give a count (5), a range (10-14) or a list (3,7,9)")
     try:
         if "," in text:
             return [int(s) for s in text.split(",") if s.strip()]
