@@ -738,3 +738,17 @@ def test_resume_on_another_number_of_processes_is_refused(capsys, tiny_run_overr
     err = capsys.readouterr().err
     assert "was started on 2 process(es), this is 1: a rank's share of each batch" in err
     assert "torchrun --nproc-per-node 2" in err and len(err.splitlines()) == 1
+
+
+def test_more_threads_than_cpus_is_said(tiny_run_overrides, monkeypatch):
+    """train.threads=99 on 2 cores ran some 600 times slower without a word."""
+    from mixdistill.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "available_cpus", lambda: 2)
+    cfg = load_config("configs/fmnist_cpu_teacher.yaml", [*tiny_run_overrides, "name=t", "train.threads=3"])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="train.threads=3 is more than the 2 CPU"):
+            Trainer(cfg, quiet=True).close()
+    finally:
+        torch.set_num_threads(threads)  # the tests after this one run with the process's own

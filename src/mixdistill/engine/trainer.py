@@ -38,6 +38,7 @@ from mixdistill.engine.schedule import build_scheduler
 from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, NonFiniteLossError
 from mixdistill.files import write_json, write_yaml
 from mixdistill.losses import label_smoothing
+from mixdistill.machine import available_cpus
 from mixdistill.optim import SGD, sgd_kernel
 from mixdistill.provenance import reconstruction_notes
 
@@ -66,6 +67,10 @@ class Trainer:
 
     def _build(self, cfg: RunConfig, resume: bool):
         if cfg.train.threads:
+            if cfg.train.threads > available_cpus():  # 99 on 2 cores ran some 600 times slower, without a word
+                warnings.warn(f"train.threads={cfg.train.threads} is more than the {available_cpus()} CPU(s) this "
+                              "process may use: its threads take turns, and the run slows down many times over",
+                              stacklevel=2)
             torch.set_num_threads(cfg.train.threads)
         self.dist = init_distributed(cfg.train.device)
         check_same_config(cfg.to_dict(), self.dist)
