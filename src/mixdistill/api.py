@@ -81,8 +81,6 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     the error messages call the arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
     import torch
 
-    from mixdistill.analysis.data import check_compatible, load_eval_set, split_eval_set
-    from mixdistill.data import DATASETS, DeviceLoader, load_dataset
     from mixdistill.data.datasets import check_class_names
     from mixdistill.engine.build import streaming_eval_loader
     from mixdistill.engine.evaluate import evaluate as evaluate_model
@@ -103,16 +101,30 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
         loader = streaming_eval_loader(cfg, split, root=root, batch_size=batch_size, device=runtime.device,
                                        channels_last=runtime.channels_last, use_subset=False)
         check_class_names(opened.state.get("class_names"), loader.classes, f"{dataset} ({split})")
-        model = opened.model(arch, loader.num_classes, loader.in_channels).to(runtime.device)
-        if runtime.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return {**evaluate_model(model, loader, runtime), "images": loader.num_samples}
+        num_classes, in_channels, images = loader.num_classes, loader.in_channels, loader.num_samples
+    else:
+        loader, num_classes, in_channels = _memory_eval_loader(opened, dataset, split, root, batch_size,
+                                                               runtime.device, name["data"])
+        images = len(loader.labels)
+    model = opened.model(arch, num_classes, in_channels).to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return {**evaluate_model(model, loader, runtime), "images": images}
+
+
+def _memory_eval_loader(opened: FinishedRun, dataset: str, split: str, root, batch_size: int, device, option: str):
+    """:func:`evaluate_opened`'s loader of a split held in memory (a dataset name, or a path as analyze's --data
+    takes), checked against the network, and the network's classes and channels."""
+    from mixdistill.analysis.data import check_compatible, load_eval_set, split_eval_set
+    from mixdistill.data import DATASETS, DeviceLoader, load_dataset
+
+    cfg = opened.cfg
     if dataset not in DATASETS:  # a path, as analyze's --data takes: a CIFAR-10.1 style .npy pair, an image folder
         if cfg is None:
-            raise ConfigError(f"{name['data']} {dataset}: not a dataset name ({', '.join(DATASETS)}); a path is "
+            raise ConfigError(f"{option} {dataset}: not a dataset name ({', '.join(DATASETS)}); a path is "
                               "normalised as the run's own dataset, which this checkpoint does not record")
         if split != "test":
-            raise ConfigError(f"{name['data']} {dataset}: a path is one set, evaluated as the test split")
+            raise ConfigError(f"{option} {dataset}: a path is one set, evaluated as the test split")
         eval_set, data_spec = load_eval_set(dataset), None
     else:
         read = (opened.split(split, root=root, use_subset=False) if cfg is not None and dataset == cfg.data.dataset
@@ -122,21 +134,12 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     # clear error (they were a shape mismatch of the first layer's weights)
     num_classes = opened.state.get("num_classes") or data_spec.num_classes
     in_channels = opened.state.get("in_channels") or eval_set.images.shape[1]
-    image_size = None
-    if cfg is not None and dataset != cfg.data.dataset:
-        # the network's own input: the normalisation it trained with (another dataset's gave other numbers than
-        # analyze's for the same images) and, where its dataset fixes it, its image size
-        trained = DATASETS[cfg.data.dataset]
-        mean, std = (trained.mean * in_channels, trained.std * in_channels) if len(trained.mean) == 1 else (
-            trained.mean, trained.std)
-        image_size = cfg.data.image_size or trained.image_size
-    else:
-        mean, std = data_spec.mean, data_spec.std
+    # the network's own input: the normalisation it trained with (another dataset's gave other numbers than
+    # analyze's for the same images) and, where its dataset fixes it, its image size
+    other = cfg is not None and dataset != cfg.data.dataset
+    trained = DATASETS[cfg.data.dataset] if other else data_spec
+    image_size = (cfg.data.image_size or trained.image_size) if other else None
     check_compatible(eval_set, in_channels, num_classes, image_size, opened.state.get("class_names"))
-    model = opened.model(arch, num_classes, in_channels)
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(eval_set.images, eval_set.labels, batch_size=batch_size, mean=mean, std=std, shuffle=False,
-                          drop_last=False, device=runtime.device)
-    return {**evaluate_model(model, loader, runtime), "images": len(eval_set.labels)}
+    loader = DeviceLoader(eval_set.images, eval_set.labels, batch_size=batch_size, mean=trained.mean,
+                          std=trained.std, shuffle=False, drop_last=False, device=device)
+    return loader, num_classes, in_channels
