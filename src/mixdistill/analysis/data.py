@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mixdistill.data import DATASETS, load_dataset, readers
-from mixdistill.data.datasets import Split, check_class_names
+from mixdistill.data.datasets import Split, check_class_names, image_hw
 from mixdistill.errors import DataError
 
 DATA_SUFFIX, LABELS_SUFFIX = "_data.npy", "_labels.npy"
@@ -123,7 +123,7 @@ def check_compatible(eval_set: EvalSet, in_channels: int, num_classes: int, imag
     if C != in_channels:
         raise DataError(f"{eval_set.name} has {C}-channel images but the model takes {in_channels} channels")
     if image_size is not None:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        h, w = image_hw(image_size)
         if (H, W) != (h, w):
             raise DataError(f"{eval_set.name} has {H}x{W} images but the model was trained on {h}x{w}")
     if len(eval_set.labels) == 0:

@@ -229,8 +229,8 @@ def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Pat
     if missing := spec.missing(root):  # a download would go beside the user's files, or over them (CIFAR's)
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DatasetNotFoundError(f"dataset '{spec.name}' is partly in data root {root}: {missing[0]}{more} "
-                                   "missing; nothing downloaded there (complete it, delete it to download it again, or give another "
-                                   "data root)")
+                                   "missing; nothing downloaded there (complete it, delete it to download it "
+                                   "again, or give another data root)")
     note = _download_into(spec, root) if download else ("; download disabled" if spec.download else "")
     if isinstance(note, Path):
         return note
@@ -273,10 +273,10 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
     spec = DATASETS[name]
     folder = find_root(name, root, download)
     images, labels = spec.reader(folder, split)
-    if spec.num_classes is not None and tuple(images.shape[1:]) != (spec.in_channels, *_size(spec.image_size)):
+    if spec.num_classes is not None and tuple(images.shape[1:]) != (spec.in_channels, *image_hw(spec.image_size)):
         _, C, H, W = images.shape  # the zoo's nets and the normalisation are built for the dataset's own shape
         raise DataError(f"the {name} {split} split in {folder} holds {C}x{H}x{W} images, not {name}'s "
-                        f"{spec.in_channels}x{'x'.join(map(str, _size(spec.image_size)))}")
+                        f"{spec.in_channels}x{'x'.join(map(str, image_hw(spec.image_size)))}")
     if spec.num_classes is None:  # imagefolder: fill in what the files say
         check_two_classes(classes := readers.folder_classes(folder / "train"), folder / "train")
         _, C, H, W = images.shape
@@ -312,7 +312,8 @@ def check_class_names(recorded, found, where: str) -> None:
                         "labels are its class folders in sorted order: the same names are needed)")
 
 
-def _size(image_size) -> tuple[int, int]:
+def image_hw(image_size) -> tuple[int, int]:
+    """(height, width) of an image size given as one side (square) or as (H, W)."""
     return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
 

@@ -15,7 +15,7 @@ from mixdistill.augment import augment_params, make_augment
 from mixdistill.config import RunConfig
 from mixdistill.distill.base import TrainSet
 from mixdistill.data import DeviceLoader, load_dataset
-from mixdistill.data.datasets import DATASETS, check_two_classes, find_root
+from mixdistill.data.datasets import DATASETS, check_two_classes, find_root, image_hw
 from mixdistill.data.streaming import StreamingImageFolder
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.engine.distributed import local_batch_size
@@ -292,7 +292,7 @@ def check_buildable(cfg: RunConfig) -> None:
         check_teacher_form(cfg, distiller, runtime.device.type)
         size = cfg.data.image_size or spec.image_size
         if size is not None:  # the methods' shape checks (FitNets' regressor, ReviewKD's levels) run in prepare
-            h, w = (size, size) if isinstance(size, int) else size
+            h, w = image_hw(size)
             batch = (torch.zeros(2, spec.in_channels or 3, h, w), torch.zeros(2, dtype=torch.long),
                      torch.zeros(2, dtype=torch.long))
             check_input_size(distiller, spec.in_channels or 3, size, model_label(cfg))
@@ -314,7 +314,7 @@ def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -
     """A network that cannot take ``size`` images (too small for its pools or kernels: ``data.image_size=2``) is a
     ConfigError before anything trains; it was a torch traceback at the first step. One no-grad evaluation forward
     of one image, on the distiller's device (meta too), in eval mode; what else the forward raises is left alone."""
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = image_hw(size)
     device = next(distiller.parameters()).device
     was_training = distiller.training
     distiller.eval()
