@@ -166,14 +166,22 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     if not Path(source).exists():  # a benchmark teacher
         return load_teacher(source, num_classes=num_classes)
     state = load_checkpoint(source)
-    for what, recorded, here in (("classes", state.get("num_classes"), num_classes),
-                                 ("input channels", state.get("in_channels"), in_channels)):
-        if recorded is not None and recorded != here:  # load_weights would advise the Python API's num_classes=
-            raise ConfigError(f"the teacher {source} has {recorded} {what} but {cfg.data.dataset} here {here}: "
-                              "a teacher is trained on its student's data")
+    if differs := recorded_shape_difference(state, num_classes, in_channels):  # load_weights advised num_classes=
+        what, recorded, here = differs
+        raise ConfigError(f"the teacher {source} has {recorded} {what} but {cfg.data.dataset} here {here}: "
+                          "a teacher is trained on its student's data")
     teacher = create_model(_file_teacher_arch(cfg, state), num_classes=num_classes, in_channels=in_channels)
     load_weights(teacher, state)
     return teacher.eval()
+
+
+def recorded_shape_difference(state: dict, num_classes: int, in_channels: int) -> tuple[str, int, int] | None:
+    """The first of its classes and input channels that a checkpoint ``state`` records otherwise than the data here
+    has them: ``(what, recorded, here)``; None where both agree or are not recorded."""
+    for what, key, here in (("classes", "num_classes", num_classes), ("input channels", "in_channels", in_channels)):
+        if state.get(key) is not None and state[key] != here:
+            return what, state[key], here
+    return None
 
 
 def _file_teacher_arch(cfg: RunConfig, state: dict) -> str:

@@ -25,7 +25,7 @@ from mixdistill.data.datasets import check_class_names
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
 from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_input_size, check_teacher_form,
-                                     model_label)
+                                     model_label, recorded_shape_difference)
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
@@ -231,11 +231,10 @@ class Trainer:
                               f"{state['world_size']} process(es), this is {self.dist.world_size}: a rank's share of "
                               f"each batch, and the run's floats, depend on it (torchrun --nproc-per-node "
                               f"{state['world_size']}{'' if state['world_size'] > 1 else ', or no torchrun'})")
-        for what, now in (("classes", self.num_classes), ("input channels", self.in_channels)):
-            then = state.get("num_classes" if what == "classes" else "in_channels")
-            if then is not None and then != now:  # the same config, other files (a class folder added)
-                raise ConfigError(f"--resume (resume=True in Python): the data has {now} {what} but {self.run_dir} "
-                                  f"was started on data with {then}: its files changed since")
+        if differs := recorded_shape_difference(state, self.num_classes, self.in_channels):  # the same config, other
+            what, then, now = differs  # files (a class folder added)
+            raise ConfigError(f"--resume (resume=True in Python): the data has {now} {what} but {self.run_dir} was "
+                              f"started on data with {then}: its files changed since")
         check_class_names(state.get("class_names"), self.class_names,
                           f"--resume (resume=True in Python): the data of {self.run_dir} changed since it started")
         self.distiller.student.load_state_dict(state["model"])
