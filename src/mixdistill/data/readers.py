@@ -266,11 +266,6 @@ def in_mode(im: Image.Image, mode: str, path) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def _pixels(im: Image.Image, path: Path, mode: str) -> np.ndarray:
-    """``im`` as uint8 [H, W] ('L') or [H, W, 3] ('RGB')."""
-    return np.asarray(in_mode(im, mode, path))
-
-
 def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:
     """Decode image files into one uint8 array [N, C, H, W] (threads; PIL decodes without the GIL).
 
@@ -294,7 +289,7 @@ def decode_images(paths: list[Path], mode: str | None = None) -> np.ndarray:
                     f"{path} is {im.size[0]}x{im.size[1]} (width x height); resize them to one size"
                 )
             try:
-                arr = _pixels(im, path, mode)
+                arr = np.asarray(in_mode(im, mode, path))  # [H, W] ('L') or [H, W, 3] ('RGB')
             except DataError:
                 raise
             except Exception as e:

@@ -63,7 +63,6 @@ from PIL import Image, UnidentifiedImageError
 
 from mixdistill.data.loader import epoch_order, epoch_seed, num_batches, samples_per_rank
 from mixdistill.data import readers
-from mixdistill.data.readers import folder_classes
 from mixdistill.data.transforms import normalize
 from mixdistill.errors import DataError, DatasetNotFoundError
 from mixdistill.machine import available_cpus
@@ -328,7 +327,7 @@ class StreamingImageFolder:
             raise DatasetNotFoundError(f"image folder {self.root}: no train/ folder (expected train/<class>/<image>)")
         self.folder = find_split_folder(self.root, split)
         self.split = split
-        self.classes = list(folder_classes(self.root / "train") if classes is None else classes)
+        self.classes = list(readers.folder_classes(self.root / "train") if classes is None else classes)
         paths, labels = scan_image_folder(self.folder, self.classes)
         if subset is not None:
             keep = stratified_subset(torch.from_numpy(labels), subset, subset_seed).numpy()
