@@ -108,7 +108,10 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, tmp_path, capsys):
+def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, tmp_path, capsys, monkeypatch):
+    from mixdistill.config import DEFAULT_THREADS
+    from mixdistill.studies import grid as grid_module
+
     args = ["study", "shen2022", "--scale", "smoke", "--output-dir", str(tmp_path), "--data-root", str(fmnist_root)]
     study = tmp_path / "shen2022_smoke"
     assert main(args + ["--report-only"]) == 1  # nothing has run: one line, nothing written
@@ -119,11 +122,31 @@ def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, t
         return {p: p.stat().st_mtime_ns for p in [*study.glob("runs/**/*"), study / "results.jsonl",
                                                    study / "timing.jsonl"] if p.is_file()}
 
+    capsys.readouterr()
+    # the grid's own seeds and threads, given or not
+    for same in ([], ["--seeds", "1"], ["--seeds", "0-0"], ["--threads", str(DEFAULT_THREADS)]):
+        assert main(args + same + ["--report-only"]) == 0, same
+        assert (study / "report.md").read_text() == full, "the same runs: the same report"
+    # other seeds, threads or data than the grid's: refused in one line, its report kept as it was
+    for other in (["--seeds", "2"], ["--threads", "3"], ["--data-root", str(tmp_path)]):
+        capsys.readouterr()
+        assert main(args[:-2] + other + ["--report-only"]) == 2, other
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "reports the grid last started in" in err[0] and other[0] in err[0], err
+        assert (study / "report.md").read_text() == full
+    # a grid of 2 seeds stopped before its seed 1 ran: --report-only reports that grid, seed 1 not run yet
+    execute = grid_module.execute
+
+    def stop_at_seed1(run, *rest, **kwargs):
+        if run.key.endswith("seed1"):
+            raise KeyboardInterrupt
+        return execute(run, *rest, **kwargs)
+
+    monkeypatch.setattr(grid_module, "execute", stop_at_seed1)
+    assert main(args + ["--seeds", "2", "--jobs", "1"]) == 130
     files = trained()
     capsys.readouterr()
-    assert main(args + ["--seeds", "1", "--report-only"]) == 0
-    assert (study / "report.md").read_text() == full, "the same runs: the same report"
-    assert main(args + ["--seeds", "2", "--report-only"]) == 1  # seed 1 has not run: listed, not trained
+    assert main(args + ["--report-only"]) == 1  # seed 1 has not run: listed, not trained
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "7 of 14 runs did not finish (7 not run yet)" in err[0], err
     report = (study / "report.md").read_text()
@@ -597,3 +620,13 @@ def test_study_options_that_would_do_nothing_are_one_line(extra, env, fragment, 
     err = capsys.readouterr().err
     assert err.startswith("mixdistill: error: ") and fragment in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # before anything is written
+
+
+def test_report_only_refuses_a_damaged_grid_record_in_one_line(tmp_path):
+    study = tmp_path / "shen2022_smoke"
+    study.mkdir()
+    (study / "results.jsonl").write_text("")
+    (study / "grid.json").write_text('{"seeds": [0, 1]')  # cut short (by hand: the grid writes it atomically)
+    with pytest.raises(ConfigError, match=r"--report-only: cannot read .*grid\.json.*running the study again"):
+        run_study("shen2022", scale="smoke", output_dir=str(tmp_path), report_only=True, log=lambda *_: None)
+    assert (study / "grid.json").read_text() == '{"seeds": [0, 1]'

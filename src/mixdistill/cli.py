@@ -379,8 +379,9 @@ def _add_study(sub):
                                                 "smoke (for tests: seconds a run), or another scale the study's grid "
                                                 "file defines "
                                                 "(wang2022: full_tinyimagenet; smoke_* scales for the tests)")
-    p.add_argument("--seeds", default="5", help="seeds per configuration: a count (5 = seeds 0-4), a range (10-14) "
-                                                "or a list (3,7,9), e.g. to check a report on seeds it was not tuned on")
+    p.add_argument("--seeds", default=None, help="seeds per configuration: a count (5 = seeds 0-4, the default), a "
+                                                 "range (10-14) or a list (3,7,9), e.g. to check a report on seeds it "
+                                                 "was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: runs side by side on this machine (--jobs); ray: one Ray task per run (every node must "
                         "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
@@ -400,8 +401,8 @@ def _add_study(sub):
                    help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the runs finished so far and train nothing (a study still running in "
-                        "another process goes on); the runs not finished yet are listed in it. Give the --seeds and "
-                        "--threads the study runs with: they are part of each run's config")
+                        "another process goes on); the runs not finished yet are listed in it. It reports the grid "
+                        "last started in the folder: its --seeds, --threads and --data-root (given ones must match)")
     p.add_argument("--plan", action="store_true",
                    help="list every run of the grid with its key, epochs and compute (FLOPs counted on one step, "
                         "one evaluation and the set-up of each distinct config; GPU-hours at --plan-tflops), then "
@@ -444,7 +445,7 @@ def cmd_study(args) -> int:
         tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
         if not tflops > 0:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
-        seeds = parse_seeds(args.seeds)
+        seeds = parse_seeds(5 if args.seeds is None else args.seeds)
         get_study(args.name)
         print("--plan: counting one training step of every distinct run on the CPU (about half a second each)",
               file=sys.stderr)

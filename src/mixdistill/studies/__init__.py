@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,26 +32,31 @@ def study_runs(name: str, scale: str, seeds: list[int], study_dir: Path, data_ro
     return with_augment_params(study.grid(scale, seeds, study_dir, data_root), sc.get("augment_params", {}))
 
 
-def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5, output_dir: str = "runs/studies",
+def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | None = None,
+              output_dir: str = "runs/studies",
               executor: str = "local", address: str | None = None, data_root: str | None = None,
               gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
               jobs: int | None = None, report_only: bool = False, log=print) -> Path:
-    """``seeds``: a count (5: seeds 0..4), a range ("10-14"), a list ("3,7,9" or [3, 7, 9]).
+    """``seeds``: a count (5: seeds 0..4; the default), a range ("10-14"), a list ("3,7,9" or [3, 7, 9]).
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold).
     ``report_only``: the report of the runs finished so far, training nothing (a grid running in the same folder
-    goes on); the others are listed as not run yet."""
+    goes on); the others are listed as not run yet. It reports the grid last started in the folder (its seeds,
+    threads and data root, which ``seeds``, ``threads`` and ``data_root`` may repeat but not change)."""
+    from mixdistill.config import DEFAULT_THREADS
     from mixdistill.studies.common import load_study_config, record_timing, scale_config
     from mixdistill.studies.grid import REPORT_LOCK, current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
-    seeds = parse_seeds(seeds)
     study = get_study(name)
     sc = scale_config(load_study_config(name), scale)
-    threads = threads or sc.get("threads_per_run")
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     if executor == "ray":  # workers run in other directories (or on other nodes sharing the filesystem)
         study_dir = study_dir.resolve()
+    seeds = parse_seeds(5 if seeds is None else seeds) if not report_only or seeds is not None else None
+    threads = threads or sc.get("threads_per_run")
+    if report_only:
+        seeds, threads, data_root = reported_grid(study_dir, seeds, threads, data_root)
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
@@ -63,7 +69,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
         lines_before = len(results.read_text().splitlines()) if results.exists() else 0
         started = time.perf_counter()
         rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
-                        log=log)
+                        record={"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root}, log=log)
         appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
         trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
         record_timing(study_dir, trained, time.perf_counter() - started,
@@ -71,7 +77,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
                       + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
     unfinished = {key: row for key, row in rows.items() if not finished(row)}
     if len(unfinished) == len(rows):
-        hint = (" (with --report-only, give the --seeds and --threads the study runs with)" if report_only else "")
+        hint = (" (its runs may have been made by an earlier version or with other options)" if report_only else "")
         raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}){hint}; no report "
                                    "written (an earlier one, if any, is left as it was)")
     # one report writer at a time, and a grid starting meanwhile does not take its temporary files for orphans
@@ -84,6 +90,40 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] = 5
         raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} runs did not finish ({_why(unfinished)}); the "
                                    f"report leaves them out and lists them: {path}")
     return path
+
+
+def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None, data_root: str | None):
+    """--report-only's seeds, threads per run and data root: those of the grid last started in ``study_dir`` (its
+    ``grid.json``), which the ones given may repeat; another value would report other runs, and that report would
+    replace the grid's. A folder from before grids recorded them: the ones given (seeds: 5)."""
+    from mixdistill.errors import ConfigError
+    from mixdistill.studies.grid import GRID_RECORD
+
+    path = study_dir / GRID_RECORD
+    if not path.exists():
+        return (seeds or list(range(5))), threads, data_root
+    try:
+        record = json.loads(path.read_text())
+        grid = record["seeds"], record["threads"], record["data_root"]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"--report-only: cannot read {path} ({type(err).__name__}: {err}); running the study "
+                          "again writes it") from None
+    asked = {"--seeds": (seeds, grid[0], seeds and ",".join(map(str, seeds))), "--threads": (threads, grid[1], threads),
+             "--data-root": (data_root and _absolute(data_root), grid[2] and _absolute(grid[2]), data_root)}
+    changed = [f"{flag} {shown}" for flag, (given, recorded, shown) in asked.items()
+               if given is not None and given != recorded]
+    if changed:
+        seeds_text = ",".join(map(str, grid[0]))
+        raise ConfigError(f"--report-only reports the grid last started in {study_dir} (seeds {seeds_text}, "
+                          f"{grid[1]} thread(s) per run, data root {grid[2] or 'default'}); "
+                          f"{' and '.join(changed)} would report other runs over its report: leave "
+                          f"{'it' if len(changed) == 1 else 'them'} out, or run the study with "
+                          f"{'it' if len(changed) == 1 else 'them'} (finished runs are reused)")
+    return grid
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _why(unfinished: dict) -> str:

@@ -34,7 +34,7 @@ from mixdistill.engine.run import (
 )
 from mixdistill.engine.trainer import keeps_final_weights, reusable_summary, train_or_reuse
 from mixdistill.errors import IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
-from mixdistill.files import hold_lock, remove_orphans, write_text
+from mixdistill.files import hold_lock, remove_orphans, write_json, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
 
@@ -53,6 +53,7 @@ class GridRun:
 
 GRID_LOCK = "grid.lock"  # held by the process running a grid in that folder
 REPORT_LOCK = "report.lock"  # held while a report is written (a grid's end, --report-only beside a running grid)
+GRID_RECORD = "grid.json"  # what the grid last started in the folder was asked (a study: seeds, threads, data root)
 
 
 def run_dir(study_dir: str | Path, key: str) -> Path:
@@ -284,8 +285,10 @@ def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], needs: dict
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
              retries: int = 1, quiet: bool = True, rerun: list[str] = (), threads: int | None = None,
-             jobs: int | None = None, log=print) -> dict[str, dict]:
+             jobs: int | None = None, record: dict | None = None, log=print) -> dict[str, dict]:
     """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``).
+    ``record``: written to ``STUDY/grid.json`` once this grid holds the folder (a study records its seeds, threads
+    and data root there: the grid ``--report-only`` reports).
 
     ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
@@ -302,6 +305,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     with hold_lock(study_dir / GRID_LOCK, f"running a grid of {len(runs)} runs"):
         with hold_lock(study_dir / REPORT_LOCK, "removing what interrupted writes left", wait=True):
             remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
+        if record is not None:
+            write_json(study_dir / GRID_RECORD, record)
         results = ResultsFile(study_dir / "results.jsonl")
         plan = _plan(runs, configs, results.read(), needs, rerun)
         for key, why in plan.again.items():
