@@ -603,6 +603,10 @@ def test_a_diverging_run_gets_a_row_and_the_grid_goes_on_without_it(jobs, fmnist
     assert rows["ce/seed0"]["summary"]["last_acc"] is not None
     assert not (study / "runs" / "kd__seed0").exists(), "a student of a diverged teacher must not start"
     assert any("diverged teacher: non-finite" in line for line in logged)
+    # a line as each run starts: one at a time its number, side by side how many run (the teacher and the CE student)
+    started = ["[stage 0] 1/4 teacher", "[stage 1] 4/4 ce/seed0"] if jobs == 1 else [
+        "[stage 0] started teacher (1 running)", "[stage 1] started ce/seed0 (2 running)"]
+    assert [line for line in logged if line in started] == started, logged
     assert set(ResultsFile(study / "results.jsonl").read()) == {"teacher", "ce/seed0"}, "not-run students: no row"
 
     logged.clear()

@@ -439,14 +439,15 @@ def dependencies(runs: list[GridRun], configs: dict, run_dirs: dict[Path, str]) 
 NOT_RUN = "not run"  # the status of a run whose teacher did not finish (never persisted)
 
 
-def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), log_starts=False):
+def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), starts=None):
     """Start runs in order (earlier stages first, then grid order) once the runs they need have finished and
     ``fits(run, running)`` says there is room beside the runs running; a run that waits for room is not overtaken
     by later ones (one that waits for its teacher is). Yields each run's row as it ends. ``submit(run)`` returns a
     handle, ``wait_one(handles)`` the handle of one finished run and its row (raising the run's error).
     A run that needs one that did not finish (it diverged, or is in ``failed``) is not started: its row says why
-    (``status: not run``), and the runs that need it in turn follow. ``log_starts``: a line as each run starts
-    too (one run at a time: its number is the one it ends with)."""
+    (``status: not run``), and the runs that need it in turn follow. ``starts``: a line as each run starts too,
+    ``"counted"`` (one run at a time: its number is the one it ends with) or ``"running"`` (side by side: how many
+    run, it included)."""
     waiting, unfinished, running, failed = list(todo), {r.key for r in todo}, {}, set(failed)
     n = 0
     while waiting or running:
@@ -465,8 +466,10 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), lo
             if running and not fits(run, list(running.values())):
                 break
             waiting.remove(run)
-            if log_starts:
+            if starts == "counted":
                 log(f"[stage {run.stage}] {n + len(running) + 1}/{len(todo)} {run.key}")
+            elif starts == "running":
+                log(f"[stage {run.stage}] started {run.key} ({len(running) + 1} running)")
             running[submit(run)] = run
         if not running:
             continue
@@ -495,7 +498,7 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
             return run.key
 
         yield from _in_dependency_order(todo, needs, lambda run, running: not running, run_here,
-                                        lambda keys: (keys[0], rows.pop(keys[0])), log, failed, log_starts=True)
+                                        lambda keys: (keys[0], rows.pop(keys[0])), log, failed, starts="counted")
         return
     import concurrent.futures
 
@@ -514,7 +517,7 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
     try:
         yield from _in_dependency_order(todo, needs, fits,
                                         lambda run: _submit(pool, execute, run, str(study_dir), retries, quiet),
-                                        wait_one, log, failed)
+                                        wait_one, log, failed, starts="running")
     except BaseException:  # Ctrl-C or a run's error: the runs still going stop now (each resumes from its checkpoint)
         _terminate_workers(pool)
         raise
