@@ -258,8 +258,10 @@ def test_nce_loss_hand_computed():
     idx = torch.tensor([[0, 1, 3], [1, 2, 2]])
     n, T, Z = 4, 0.5, 3.0
     mem = ContrastMemory(2, n, T, 0.5)
-    z = torch.tensor(Z)
-    scores = mem.score(bank, v, idx, z)
+    mem.teacher_bank.copy_(bank)
+    mem.z_student.fill_(Z)
+    scores, _ = mem.scores(v, v, idx)
+    z = mem.z_student
     expected = 0.0
     m = 2
     for row, vec in zip(idx.tolist(), v.tolist()):

@@ -52,6 +52,51 @@ def test_two_process_ddp_matches_single_process(tmp_path, precision, tolerance):
     assert summary["environment"]["processes"] == 2 and summary["best_checkpoint"]["epoch"] in (1, 2)
 
 
+CRD_FIRST_BATCH = """
+import json, sys
+import torch
+import torch.distributed as dist
+from mixdistill.distill.crd import CRDLoss
+
+def first_batch():
+    torch.manual_seed(0)
+    crd = CRDLoss(6, 5, num_samples=40, feat_dim=4, nce_k=8)
+    f_s, f_t, positives = torch.randn(8, 6), torch.randn(8, 5), torch.arange(8)
+    return crd, f_s, f_t, positives, crd.contrast_indices(positives)
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    crd, f_s, f_t, positives, idx = first_batch()
+    share = slice(4 * dist.get_rank(), 4 * dist.get_rank() + 4)
+    crd(f_s[share], f_t[share], positives[share], idx[share])
+    with open(f"{sys.argv[1]}.{dist.get_rank()}", "w") as f:
+        json.dump([crd.memory.z_student.item(), crd.memory.z_teacher.item()], f)
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_crd_normalisation_constants_are_the_whole_first_batchs_on_every_rank(tmp_path):
+    """CRD's Z is its first batch's mean score times n: each rank set its own from its half of the batch; every rank
+    now sets the one a single process sets from the whole batch."""
+    import importlib.util
+
+    script = tmp_path / "crd_first_batch.py"
+    script.write_text(CRD_FIRST_BATCH)
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                            "--master-port", "29521", str(script), str(tmp_path / "z")],
+                           capture_output=True, text=True, timeout=120)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("crd_first_batch", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    crd, f_s, f_t, positives, idx = module.first_batch()
+    crd(f_s, f_t, positives, idx)  # one process, the whole batch
+    whole = [crd.memory.z_student.item(), crd.memory.z_teacher.item()]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"z.{rank}").read_text()) == pytest.approx(whole, rel=1e-6), rank
+
+
 @pytest.mark.slow
 def test_crd_memory_banks_are_one_bank_across_ranks(tmp_path):
     """Each rank wrote only its share of a batch into CRD's memory banks (146 of 200 rows moved after a 2-rank run,

@@ -89,14 +89,28 @@ class ContrastMemory(nn.Module):
         # normalisation constants of the student-embedding scores and the teacher-embedding scores; -1 = unset
         self.register_buffer("z_student", torch.tensor(-1.0))
         self.register_buffer("z_teacher", torch.tensor(-1.0))
+        self._means_shared = False  # under torchrun: the first batch's score means averaged over the ranks yet?
 
-    def score(self, bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """[B, K + 1]: exp(bank[idx] . v / T) / Z; sets Z from this batch if it is still unset."""
-        weights = bank[idx].detach()  # [B, K + 1, D]
-        out = torch.exp(torch.bmm(weights, v[:, :, None]).squeeze(2) / self.nce_t)
+    def scores(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, K + 1] each: exp(teacher_bank[idx] . v_s / T) / Z_s and exp(student_bank[idx] . v_t / T) / Z_t. Each
+        Z is set once, from the first batch: its scores' mean times n. Under torchrun the mean is over every rank's
+        share (their mean: the shares are equal), so every rank divides by the Z one process sets from the whole
+        batch; each rank set its own from its share before."""
+        out_s = self._exp_scores(self.teacher_bank, v_s, idx)
+        out_t = self._exp_scores(self.student_bank, v_t, idx)
         with torch.no_grad():  # on the device, no host sync: Z = mean * n the first time, then unchanged
-            z.copy_(torch.where(z < 0, out.detach().mean() * self.num_samples, z))
-        return out / z.clone()
+            means = torch.stack([out_s.detach().mean(), out_t.detach().mean()])
+            if not self._means_shared and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(means)  # once per process, on every rank's first batch (a resumed Z stays as it is)
+                means /= dist.get_world_size()
+            self._means_shared = True
+            for z, mean in zip((self.z_student, self.z_teacher), means):
+                z.copy_(torch.where(z < 0, mean * self.num_samples, z))
+        return out_s / self.z_student.clone(), out_t / self.z_teacher.clone()
+
+    def _exp_scores(self, bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        weights = bank[idx].detach()  # [B, K + 1, D]
+        return torch.exp(torch.bmm(weights, v[:, :, None]).squeeze(2) / self.nce_t)
 
     @torch.no_grad()
     def update(self, v_s: torch.Tensor, v_t: torch.Tensor, y: torch.Tensor) -> None:
@@ -165,8 +179,7 @@ class CRDLoss(nn.Module):
         with torch.autocast(f_s.device.type, enabled=False):
             v_s, v_t = self.embed_s(f_s.float()), self.embed_t(f_t.float())
             mem = self.memory
-            out_s = mem.score(mem.teacher_bank, v_s, contrast_idx, mem.z_student)
-            out_t = mem.score(mem.student_bank, v_t, contrast_idx, mem.z_teacher)
+            out_s, out_t = mem.scores(v_s, v_t, contrast_idx)
             loss = nce_loss(out_s, mem.num_samples) + nce_loss(out_t, mem.num_samples)
         mem.update(v_s, v_t, positives)
         return loss
