@@ -285,6 +285,16 @@ def test_correlations_and_scatter(tmp_path):
     assert c["pearson"][0] == pytest.approx(np.corrcoef(x, y)[0, 1])
     path = plot_tstddev_vs_loss(x, y, ["a", "b", "c", "d"], tmp_path / "s.png")
     assert path.stat().st_size > 1000
+    # Spearman's p at few points is exact, as the studies' rank test gives it (the figure's legend printed scipy's
+    # t approximation, 0.0053 where the report said 0.0083); by brute force over the 7! orders
+    import itertools
+
+    from scipy import stats
+
+    x, y = [1, 2, 3, 4, 5, 6, 7], [2, 1, 3, 5, 4, 7, 6]
+    rho = float(stats.spearmanr(x, y).statistic)
+    rhos = [float(stats.spearmanr(x, perm).statistic) for perm in itertools.permutations(y)]
+    assert correlations(x, y)["spearman"] == pytest.approx((rho, sum(abs(r) >= abs(rho) - 1e-9 for r in rhos) / 5040))
 
 
 # ------------------------------------------------------------------------------------- smoothness

@@ -151,33 +151,16 @@ def correlation(x: list[float], y: list[float], what: str = "") -> Effect:
     return Effect(float(result.statistic), float(ci[0]), float(ci[1]), float(result.pvalue), test, len(x))
 
 
-EXACT_RANK_POINTS = 9  # exact Spearman p up to this many points (9! = 362,880 orders; wang2022 ranks nine views)
-
-
 def rank_correlation(x: list[float], y: list[float], what: str = "") -> Effect:
     """Spearman rho of ``x`` and ``y``; p exact (two-sided, over every order of ``y``) up to
-    ``EXACT_RANK_POINTS`` points, else scipy's t approximation (which understates p at so few points); no
-    interval."""
-    import itertools
-
-    import numpy as np
-    from scipy import stats
+    ``EXACT_RANK_POINTS`` points, else scipy's t approximation (analysis.teacher_stats.spearman); no interval."""
+    from mixdistill.analysis.teacher_stats import EXACT_RANK_POINTS, spearman
 
     test = f"Spearman, {len(x)} points" + (f" ({what})" if what else "")
     if len(x) < 3:
         return _nan_effect(math.nan, test, len(x))
-    rho = float(stats.spearmanr(x, y).statistic)
-    if len(x) <= EXACT_RANK_POINTS:
-        # rho is Pearson's r of the ranks; every order of y's ranks keeps their mean and spread, so rho moves with
-        # the centred ranks' dot product alone
-        rx, ry = stats.rankdata(x) - (len(x) + 1) / 2, stats.rankdata(y) - (len(y) + 1) / 2
-        orders = np.array(list(itertools.permutations(range(len(y)))), dtype=np.int8)
-        dots = ry[orders] @ rx
-        p = float(np.mean(np.abs(dots) >= abs(float(ry @ rx)) - 1e-9))
-        test += ", exact p"
-    else:
-        p = float(stats.spearmanr(x, y).pvalue)
-    return Effect(rho, math.nan, math.nan, p, test, len(x))
+    rho, p = spearman(x, y)
+    return Effect(rho, math.nan, math.nan, p, test + (", exact p" if len(x) <= EXACT_RANK_POINTS else ""), len(x))
 
 
 def ordered_trend(expected: list[float], blocks: list[list[float]], what: str = "") -> Effect:
