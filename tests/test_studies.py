@@ -171,6 +171,16 @@ def test_wang2022_smoke_study(fmnist_root, tmp_path):
     assert "Every view ran the same 2 seeds" in report and "Students of each pair; 1 epoch (long" in report
     assert (path.parent / "wang2022_tstddev_vs_loss.png").exists()
     assert "The p values in the figure's legend are each coefficient's own, unadjusted" in report
+    # the teacher row is the teacher's own run, not its students' evaluation of their (folded, bf16) copy of it
+    from mixdistill.studies import wang2022
+
+    rows = ResultsFile(path.parent / "results.jsonl").read()
+    teacher = rows["teacher/cnn5_w8"]["summary"]["last_acc"]
+    assert f"| teacher | {teacher:.2f} | - |" in report
+    for row in rows.values():
+        if row["summary"].get("teacher_acc") is not None:
+            row["summary"]["teacher_acc"] = teacher - 0.01
+    assert f"| teacher | {teacher:.2f} | - |" in wang2022.report(rows, path.parent, "smoke")
 
 
 @pytest.mark.slow
