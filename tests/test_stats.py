@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mixdistill.errors import ConfigError
-from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, findings_markdown, holm, mean_ci, nested,
+from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, findings_markdown, holm, mean_ci,
                                       paired, parse_seeds, welch)
 
 
@@ -36,15 +36,6 @@ def test_welch_interval_uses_the_satterthwaite_degrees_of_freedom():
     assert e.estimate == pytest.approx(2.5 - 6.0)
     assert e.high - e.estimate == pytest.approx(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
     assert e.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def test_nested_tests_at_the_teacher_level():
-    a = {0: [80.0, 81.0, 82.0], 1: [83.0, 83.0], 2: [79.0]}
-    b = {0: [79.0, 79.0], 1: [82.0, 82.0, 83.0], 2: [78.5]}
-    e = nested(a, b)
-    assert e.n == 3 and "teacher replicates" in e.test
-    expected = paired({0: 81.0, 1: 83.0, 2: 79.0}, {0: 79.0, 1: 82.33333333333333, 2: 78.5})
-    assert e.estimate == pytest.approx(expected.estimate) and e.p == pytest.approx(expected.p)
 
 
 def test_holm_matches_the_step_down_by_hand():
@@ -317,3 +308,10 @@ def test_a_gate_resting_on_an_untestable_effect_is_untested_not_failed():
         "no verdict: proxy invalid (converged)"
     text = "\n".join(gates_markdown([gate]))
     assert "| untested (fewer than 2 seeds, no spread, or no run finished) |" in text and "Proxy invalid" not in text
+
+
+def test_p_text_reads_as_a_sentence():
+    from mixdistill.studies.stats import p_text
+
+    assert p_text(0.0001) == "p < 0.001"  # the gates printed "p = < 0.001"
+    assert p_text(0.0123) == "p = 0.012" and p_text(0.0498) == "p = 0.0498"

@@ -23,7 +23,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        replicates_text, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, paired, signed)
+                                      gates_markdown, p_text, paired, signed)
 
 NAME = "choi2023"
 
@@ -186,7 +186,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     # ---- gates
     kd_vs_ce = paired(acc(method="kd_vanilla", teacher=t0, student=s0), acc(method="ce", teacher=t0, student=s0))
     gate_kd = Gate("KD from a vanilla teacher beats CE", f"{t0} → {s0}: KD − CE > 0, paired p < 0.05",
-                   f"{kd_vs_ce.text()}, p = {fmt_p(kd_vs_ce.p)}",
+                   f"{kd_vs_ce.text()}, {p_text(kd_vs_ce.p)}",
                    holds(kd_vs_ce.estimate > 0 and kd_vs_ce.p < 0.05, kd_vs_ce))
     smoother = {t: (paired(teacher_stat("entropy", "mixup", t), teacher_stat("entropy", "vanilla", t)),
                     paired(teacher_stat("logit_std", "mixup", t), teacher_stat("logit_std", "vanilla", t)))
@@ -194,8 +194,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gate_smooth = Gate("mixup teachers are smoother",
                        "for every teacher: test-set output entropy higher and logit std lower for the mixup-trained "
                        "replicates, paired p < 0.05 each",
-                       "; ".join(f"{t}: entropy {signed(h.estimate, 3)} nats (p = {fmt_p(h.p)}), logit std "
-                                 f"{signed(s.estimate)} (p = {fmt_p(s.p)})" for t, (h, s) in smoother.items()),
+                       "; ".join(f"{t}: entropy {signed(h.estimate, 3)} nats ({p_text(h.p)}), logit std "
+                                 f"{signed(s.estimate)} ({p_text(s.p)})" for t, (h, s) in smoother.items()),
                        holds(all(h.estimate > 0 and h.p < 0.05 and s.estimate < 0 and s.p < 0.05
                                  for h, s in smoother.values()), *(e for pair in smoother.values() for e in pair)))
     gate_conv = convergence_gate(rows, study_dir, role="student")

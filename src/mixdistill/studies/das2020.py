@@ -26,7 +26,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        replicates_text, scale_config, test_outputs, timing_markdown)
 from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, holds, counted, Effect, Finding, Gate, findings_markdown, fmt_mean_ci,
-                                      fmt_p, gates_markdown, ordered_trend, paired, signed)
+                                      p_text, gates_markdown, ordered_trend, paired, signed)
 
 NAME = "das2020"
 ECE_BINS = 10
@@ -322,7 +322,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gate_over = Gate("unaugmented teacher over-confident",
                      f"the unaugmented teachers' mean top-class confidence − accuracy ≥ {margin} and p < 0.05 "
                      "(one-sample t over replicates)",
-                     f"{over.text(4)}, p = {fmt_p(over.p)}",
+                     f"{over.text(4)}, {p_text(over.p)}",
                      holds(over.estimate >= margin and over.p < 0.05, over))
     gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}  # NaN: no replicate has both
     # one-sided: a mixed teacher that is *worse* would explain worse students by itself; a better one (the

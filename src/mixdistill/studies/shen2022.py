@@ -16,7 +16,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun
 from mixdistill.studies.stats import (adjust, all_hold, each_unit_markdown, holds, Finding, Gate, counted,
-                                      finding_over_units, findings_markdown, fmt_mean_ci, fmt_p, gates_markdown,
+                                      finding_over_units, findings_markdown, fmt_mean_ci, p_text, gates_markdown,
                                       over_units, paired)
 
 NAME = "shen2022"
@@ -107,7 +107,7 @@ def _setting(spec, ref, setting, entry, rows, study_dir, scale):
     for m in (m for m in ONLINE_BASELINES if m in methods):
         e = premise_effects[m] = paired(peer(m), alone)
         premise[m] = Gate(f"{setting}: {m} beats a network alone", f"{m} mean peer − network alone > 0, paired "
-                          f"p < 0.05", f"{e.text()}, p = {fmt_p(e.p)}",
+                          f"p < 0.05", f"{e.text()}, {p_text(e.p)}",
                           holds(e.estimate > 0 and e.p < 0.05, e))
     converged = convergence_gate(rows, study_dir, method="ce")
     paper_row = dict(zip(ref["columns"], ref["rows"].get(setting, []))) if scale == "full" else {}
@@ -174,8 +174,8 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
         e = over_units({s: effects[m] for s, (_, _, effects) in parts.items() if m in effects}, "setting")
         premise[m] = Gate(f"{m} beats a network alone over {counted(e.n, 'setting')}",
                           f"mean over the settings of {m} mean peer − network alone > 0, p < 0.05 (one-sample t over "
-                          "the settings)", f"{e.text()}, p = "
-                          f"{fmt_p(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
+                          "the settings)", f"{e.text()}, "
+                          f"{p_text(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
     pooled = {}  # id of a setting's gate -> its gate over the settings
     for gates, _, effects in parts.values():
         pooled.update({id(g): premise[m] for g, m in zip(gates, effects)})

@@ -6,9 +6,6 @@ Designs:
 * **paired** (:func:`paired`): both conditions ran the same seeds, and a seed fixes the initialisation and the
   data order, so the per-seed differences are what varies: paired t-test, t-interval of the mean difference.
 * **unpaired** (:func:`welch`): Welch's t-test and the Welch-Satterthwaite interval.
-* **nested** (:func:`nested`): the factor is how the *teacher* was trained; students are nested in teacher
-  replicates, so the unit is the replicate: each replicate's student mean, then a paired t-test across
-  replicates (replicate r of both conditions shares its seed) or Welch where they do not pair.
 * **correlation** (:func:`correlation`): Pearson r with its Fisher-z interval and p.
 
 Tests come from scipy; Holm's step-down adjustment from statsmodels.
@@ -122,21 +119,6 @@ def published_difference(a: tuple[float, float], b: tuple[float, float], runs: i
     (ma, sa), (mb, sb) = a, b
     p = float(stats.ttest_ind_from_stats(ma, sa, runs, mb, sb, runs, equal_var=False).pvalue)
     return f"{ma - mb:+.2f}, p {fmt_p(p)} (Welch, {runs} runs each)"
-
-
-def nested(a: dict, b: dict) -> Effect:
-    """Teacher condition as the factor (dicts replicate -> list of its students' values): each replicate's
-    student mean is one unit; replicates that share their id (seed) across conditions are paired."""
-    ma = {r: statistics.fmean(v) for r, v in a.items() if v}
-    mb = {r: statistics.fmean(v) for r, v in b.items() if v}
-    students = sum(len(v) for v in a.values()) + sum(len(v) for v in b.values())
-    if set(ma) == set(mb):
-        effect = paired(ma, mb)
-        effect.test = f"paired t over {len(ma)} teacher replicates ({students} students)"
-    else:
-        effect = welch(list(ma.values()), list(mb.values()))
-        effect.test = f"Welch t over teacher replicates, {len(ma)} vs {len(mb)} ({students} students)"
-    return effect
 
 
 def correlation(x: list[float], y: list[float], what: str = "") -> Effect:
@@ -341,6 +323,12 @@ def adjust(findings: list[Finding]) -> None:
 def signed(x: float, digits: int = 2) -> str:
     """'+0.42'; 'n/a' for NaN (no unit had both conditions: every run of one diverged)."""
     return "n/a" if math.isnan(x) else f"{x:+.{digits}f}"
+
+
+def p_text(p: float) -> str:
+    """'p = 0.012', 'p < 0.001' (not 'p = < 0.001')."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def fmt_p(p: float) -> str:

@@ -31,7 +31,7 @@ from mixdistill.studies.common import (by_seed, convergence_gate, load_study_con
                                        scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, each_unit_markdown,
-                                      equivalence, finding_over_units, findings_markdown, fmt_mean_ci, fmt_p,
+                                      equivalence, finding_over_units, findings_markdown, fmt_mean_ci, p_text,
                                       gates_markdown, mean_correlation, ordered_trend, over_units, paired,
                                       published_difference, rank_correlation)
 
@@ -235,7 +235,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     for pair in pairs:
         kd_ce = paired(acc(pair, "kd"), acc(pair, "ce"))
         gate_kd = Gate(f"{pair}: KD beats CE", "KD − CE > 0, paired p < 0.05",
-                       f"{kd_ce.text()}, p = {fmt_p(kd_ce.p)}",
+                       f"{kd_ce.text()}, {p_text(kd_ce.p)}",
                        holds(kd_ce.estimate > 0 and kd_ce.p < 0.05, kd_ce))
         short = [m for m in methods(spec, sc) if not spec["methods"][m].get("long")]
         gate_conv = convergence_gate(rows, study_dir, pair=pair, method="kd")
@@ -322,7 +322,7 @@ def _over_pairs(pairs, per_pair, kd_beats_ce, gates_of, gates, paper_mean_gain, 
     KD and CE students converged), which are added to ``gates``."""
     kd = over_units(kd_beats_ce)
     gate_kd = Gate(f"KD beats CE over {counted(kd.n, 'pair')}", "mean over the pairs of KD − CE > 0, p < 0.05 "
-                   "(one-sample t over the pairs)", f"{kd.text()}, p = {fmt_p(kd.p)}",
+                   "(one-sample t over the pairs)", f"{kd.text()}, {p_text(kd.p)}",
                    holds(kd.estimate > 0 and kd.p < 0.05, kd))
     gate_conv = all_hold("converged (method=kd) on every pair", [gates_of[p][1] for p in pairs])
     gate_conv_ce = all_hold("converged (method=ce) on every pair", [gates_of[p][2] for p in pairs])
