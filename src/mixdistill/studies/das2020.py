@@ -50,10 +50,9 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
             tree = merge(merge(merge(base, sc["teacher"]), extra), {"method": {"name": "ce"}, "seed": r})
             runs.append(GridRun(f"teacher/{condition}/r{r}", tree, stage=0,
                                 labels={"role": "teacher", "condition": condition, "seed": r}))
-    only = sc.get("student_conditions", {})  # student -> the teacher conditions it learns from (default: all)
     for condition in spec["conditions"]:
         for student in sc.get("students", spec["students"]):
-            if condition not in only.get(student, spec["conditions"]):
+            if condition not in teacher_conditions(spec, sc, student):
                 continue
             for r in seeds:
                 ckpt = checkpoint_of(study_dir, f"teacher/{condition}/r{r}")
@@ -65,6 +64,13 @@ def grid(scale: str, seeds: list[int], study_dir: Path, data_root: str | None) -
                                     labels={"role": "student", "condition": condition, "student": student,
                                             "seed": r}))
     return runs
+
+
+def teacher_conditions(spec: dict, sc: dict, student: str) -> list[str]:
+    """The teacher conditions ``student`` learns from at the scale ``sc`` (its ``student_conditions``; default:
+    all)."""
+    only = sc.get("student_conditions", {}).get(student)
+    return [c for c in spec["conditions"] if only is None or c in only]
 
 
 def _metrics(study_dir: Path, key: str, data_root, reliability: bool = False) -> dict:
@@ -405,7 +411,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     lines += ["![teacher ECE](das2020_teacher_ece.png)", ""]
     for s in students:
         name = f"das2020_students_{s}.png"
-        plot_intervals({c: list(values("acc", role="student", condition=c, student=s).values()) for c in conditions},
+        plot_intervals({c: list(values("acc", role="student", condition=c, student=s).values())
+                        for c in teacher_conditions(spec, sc, s)},  # a gap by design is no unfinished run
                        study_dir / name, f"{s} students by their teacher's training condition ({dataset})")
         lines += [f"![{s} students]({name})", ""]
     lines += [f"![teacher {c}](das2020_reliability_teacher_{c}.png)" for c in conditions if c in drawn]
