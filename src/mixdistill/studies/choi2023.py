@@ -232,7 +232,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         ("mixstd_fmu", "mix_kd_T4", "MIXSTD (FMU) beats Mix-S at T = 4", "MIXSTD improves on fixed-T KD"),
         ("mixstd_pmu_p090", "kd_vanilla", "MIXSTD (PMU, p = 0.9, as released) beats KD from the vanilla teacher",
          "MIXSTD improves KD (released code, vanilla teachers)"),
-        ("mixstd_pmu_replacement", "mixstd_fmu", "PMU (p = 0.9, as released) beats FMU with MIXSTD",
+        ("mixstd_pmu_replacement", "mixstd_fmu", "PMU (p = 0.9) beats FMU with MIXSTD, both from the mixup teacher",
          "partial mixup is better than full"),
     ]
     for a, b, claim, paper in comparisons:  # first-pair methods, run at every scale: an arm with no finished run
