@@ -454,12 +454,16 @@ def test_bad_values_are_config_errors(overrides, fragment):
 
 
 def test_a_numeric_name_is_a_folder_name():
-    """``name=123`` parses as YAML's integer: the folder '123' (it was 'Input should be a valid string')."""
+    """``name=123`` parses as YAML's integer: the folder '123' (it was 'Input should be a valid string'); YAML 1.2
+    reads off, yes and a date as text."""
     assert load_config(None, ["name=123"]).name == "123"
-    for word, value in (("true", "true"), ("off", "false"), ("yes", "true")):
+    for word, value in (("true", "true"), ("False", "false")):
         with pytest.raises(MixdistillError, match=f"name: reads as the YAML boolean {value} .*quote it"):
             load_config(None, [f"name={word}"])
-    assert load_config(None, ["name='off'"]).name == "off"
+    assert [load_config(None, [f"name={word}"]).name for word in ("off", "yes", "2024-01-01", "'true'")] == [
+        "off", "yes", "2024-01-01", "true"]
+    with pytest.raises(MixdistillError, match=r"name: give the run a name \(name= is empty\)"):
+        load_config(None, ["name="])
 
 
 @pytest.mark.checkout
@@ -532,6 +536,40 @@ def test_config_files_duplicate_keys_non_utf8_and_yaml12_floats(capsys, tmp_path
     exp.write_text("optim: {lr: 1e-3, weight_decay: 5E-4}\n")
     cfg = load_config(exp, ["optim.momentum=9e-1"])
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (1e-3, 5e-4, 0.9)
+
+
+def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1 read seed=1:30 as 90 (base 60), seed=017 as 15 (octal) and off/yes as booleans."""
+    assert load_config(None, ["seed=017"]).seed == 17
+    assert load_config(None, ["seed=0o17"]).seed == 15 and load_config(None, ["seed=0x1f"]).seed == 31
+    with pytest.raises(MixdistillError, match="seed: Input should be a valid integer"):
+        load_config(None, ["seed=1:30"])
+    assert load_config(None, ["data.flip=false", "output_dir=off"]).output_dir == "off"
+    base = tmp_path / "anchors.yaml"  # merge keys, which the duplicate-key check refused ("could not determine a
+    base.write_text("common: &c {epochs: 2, lr: 0.2}\noptim: {<<: *c, epochs: 3}\n")  # constructor")
+    with pytest.raises(MixdistillError, match="common: unknown key"):  # read, then validated: the anchor's holder
+        load_config(base)
+    base.write_text("optim: {<<: {epochs: 2, lr: 0.2, schedule: constant}, epochs: 3}\n")
+    optim = load_config(base).optim
+    assert (optim.epochs, optim.lr, optim.schedule) == (3, 0.2, "constant")  # the mapping's own key wins
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true needs a momentum"),  # torch's SGD raised it
+    (["optim.lr_overrides={cnn5_w8: -1}"], "optim.lr_overrides.cnn5_w8: Input should be greater than 0"),
+    (["optim.lr_overrides={cnn5_w8: 0}"], "optim.lr_overrides.cnn5_w8: Input should be greater than 0"),
+    (["optim.lr=.inf"], "optim.lr: Input should be a finite number"),  # passed, and diverged at step 1
+    (["method=kd", "model.teacher_checkpoint=t.pt", "method.temperature=.nan"], "Input should be a finite number"),
+    (["optim.momentum=1.5"], "optim.momentum: Input should be less than 1"),
+    (["train.compile=maybe"], "train.compile: expected true, false or auto, got 'maybe'"),
+    (["train.channels_last=2"], "train.channels_last: expected true, false or auto, got 2"),
+    ([".epochs=3"], "the key '.epochs' has an empty part"),
+    (["optim..epochs=3"], "the key 'optim..epochs' has an empty part"),
+])
+def test_config_values_training_could_not_use_are_one_line(capsys, overrides, fragment):
+    """Each trained to a traceback, trained silently wrong, or named pydantic's internals."""
+    err = one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", *overrides, "--print-config"])
+    assert fragment in err and "literal[" not in err, err
 
 
 def test_eval_counts_below_one(capsys, tmp_path):

@@ -11,7 +11,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
@@ -129,11 +129,11 @@ class AugmentConfig(BaseModel):
 
 class OptimConfig(Section):
     lr: float = Field(0.05, gt=0)
-    lr_overrides: dict[str, float] = Field(
+    lr_overrides: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"mobile_half": 0.01, "MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01},
         description="student name -> lr (the protocol uses 0.01 for MobileNetV2 and ShuffleNets)")
-    momentum: float = Field(0.9, ge=0)
-    nesterov: bool = False
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0)")
     weight_decay: float = Field(5e-4, ge=0)
     epochs: int = Field(240, gt=0)
     schedule: Literal["step", "onecycle", "cosine", "constant"] = "step"
@@ -141,6 +141,12 @@ class OptimConfig(Section):
     gamma: float = Field(0.1, gt=0)
     epoch_factor: int = Field(1, gt=0, description="scales epochs and every milestone (longer schedules)")
     warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_nesterov(self):
+        if self.nesterov and self.momentum == 0:  # torch's SGD raised it when training started, a traceback
+            raise ValueError("optim.nesterov=true needs a momentum: set optim.momentum > 0 (e.g. 0.9)")
+        return self
 
     @model_validator(mode="after")
     def _check_milestones(self):
@@ -187,6 +193,15 @@ class TrainConfig(Section):
                             "gradient scaler on a CUDA GPU without it (compute capability 7.x), fp32 otherwise; "
                             "fp16: CUDA only")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
+
+    @field_validator("channels_last", "compile", "fast_teacher", "teacher_cache", mode="before")
+    @classmethod
+    def _true_false_or_auto(cls, value):
+        """One line for a bad value (pydantic named each member of the union: 'train.compile.bool: ...;
+        train.compile.literal['auto']: ...')."""
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"expected true, false or auto, got {value!r}")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
@@ -276,11 +291,13 @@ class RunConfig(Section):
     @field_validator("name", mode="before")
     @classmethod
     def _number_as_text(cls, value):
-        """``name=123`` parses as a number: a folder name all the same. ``name=off`` (or on, yes, no, true, false)
-        parses as a YAML boolean, which could be a folder name only by guessing its spelling: refused, saying so."""
+        """``name=123`` parses as a number: a folder name all the same. ``name=true`` (or false) parses as a YAML
+        boolean, which could be a folder name only by guessing its spelling: refused, saying so. ``name=`` is null."""
         if isinstance(value, bool):
-            raise ValueError(f"reads as the YAML boolean {str(value).lower()} (on the command line off, on, yes, no, "
-                             "true and false are booleans): quote it, e.g. name=\"'off'\", or choose another name")
+            raise ValueError(f"reads as the YAML boolean {str(value).lower()} (true and false are booleans): quote "
+                             "it, e.g. name=\"'true'\", or choose another name")
+        if value is None:
+            raise ValueError("give the run a name (name= is empty); it is the run's folder in output_dir")
         return str(value) if isinstance(value, int) else value
 
     @field_validator("name")
@@ -445,6 +462,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, raw = item.split("=", 1)
         if not key.strip():
             raise ConfigError(f"override '{item}' names no key: write key=value, e.g. optim.epochs=3")
+        if "" in key.strip().split("."):
+            raise ConfigError(f"override '{item}': the key '{key.strip()}' has an empty part (keys look like "
+                              "optim.epochs)")
         try:
             value = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError as err:

@@ -1,10 +1,13 @@
-"""The bottom of the config layer: a pydantic base that does not take ``true`` for a number, and a YAML
-reader that refuses duplicate keys and reads ``1e-4`` as a number.
+"""The bottom of the config layer: a pydantic base that does not take ``true`` for a number nor an infinite or
+NaN float, and a YAML reader that refuses duplicate keys and reads numbers and booleans as YAML 1.2 does.
 
 pydantic's lax mode reads ``true`` as 1 for an int or float field (``optim.epochs=true`` would train one
 epoch); every config section and every method's parameters derive from :class:`Schema` to refuse that.
-PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is a string; configs and ``key=value`` overrides are read
-with YAML 1.2's float syntax so that a learning rate written that way is a number.
+PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is a string, ``017`` is octal 15, ``1:30`` is 90 (base 60) and
+``yes``/``no``/``on``/``off`` are booleans; configs and ``key=value`` overrides are read with YAML 1.2's core
+schema instead (``1e-4`` a float, ``017`` 17, ``1:30``, ``off`` and ``2024-01-01`` text, ``0o17`` octal), as the
+README says.
+Merge keys (``<<: *anchor``) work as in PyYAML.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _is_number(annotation) -> bool:
 class Schema(BaseModel):
     """A config section: unknown keys are errors, and a boolean is not a number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr=.inf passed gt=0 and diverged at step 1
 
     @field_validator("*", mode="before")
     @classmethod
@@ -51,11 +54,13 @@ class Schema(BaseModel):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (``1e-4``, ``5E3``)."""
+    """SafeLoader that refuses duplicate keys and reads scalars by YAML 1.2's core schema."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor, whose keys the mapping's own may override
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 mark = key_node.start_mark
@@ -64,9 +69,24 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        return sign * (int(digits[2:], 8) if digits.startswith("0o") else int(digits[2:], 16)
+                       if digits.startswith("0x") else int(digits, 10))
 
-_FLOAT_1_2 = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$")
-_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+_BOOL, _INT, _FLOAT, _TIMESTAMP = (f"tag:yaml.org,2002:{kind}" for kind in ("bool", "int", "float", "timestamp"))
+_StrictLoader.yaml_implicit_resolvers = {  # YAML 1.1's booleans, ints, floats and dates out; 1.2's core schema in
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                    list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                       r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_StrictLoader.add_constructor(_INT, _StrictLoader.construct_yaml_int)
 
 
 def load_yaml(text: str):
