@@ -563,6 +563,8 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
     (["optim.momentum=1.5"], "optim.momentum: Input should be less than 1"),
     (["train.compile=maybe"], "train.compile: expected true, false or auto, got 'maybe'"),
     (["train.channels_last=2"], "train.channels_last: expected true, false or auto, got 2"),
+    (["optim.epochs=3", "optim={lr: 0.2, schedule: constant}"],  # the section dropped the key: 240 epochs
+     "override optim.epochs comes before optim, which replaces the whole optim section and would drop it"),
     ([".epochs=3"], "the key '.epochs' has an empty part"),
     (["optim..epochs=3"], "the key 'optim..epochs' has an empty part"),
 ])
