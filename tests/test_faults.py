@@ -792,3 +792,14 @@ def test_more_threads_than_cpus_is_said(tiny_run_overrides, monkeypatch):
             Trainer(cfg, quiet=True).close()
     finally:
         torch.set_num_threads(threads)  # the tests after this one run with the process's own
+
+
+def test_paths_in_a_config_start_from_the_home_folder_as_the_shell_reads_them(tmp_path, monkeypatch):
+    """output_dir=~/runs made a folder named '~' in the current directory, and a teacher checkpoint was looked
+    for in one; data.root was expanded. The resolved config records the expanded paths."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["output_dir=~/runs", "data.root=~/data", "method=kd", "model.teacher_checkpoint=~/t.pt"])
+    assert (cfg.output_dir, cfg.data.root, cfg.model.teacher_checkpoint) == (
+        str(tmp_path / "runs"), str(tmp_path / "data"), str(tmp_path / "t.pt"))
+    assert cfg.run_dir == tmp_path / "runs" / "run"
+    assert load_config(None, ["output_dir=a~b"]).output_dir == "a~b"

@@ -34,6 +34,12 @@ class Section(Schema):
     pass
 
 
+def expand_home(path: str | None) -> str | None:
+    """``~/x`` as the shell reads it (output_dir=~/runs made a folder named '~' in the current directory; a
+    teacher_checkpoint was looked for there); the resolved config records the expanded path."""
+    return os.path.expanduser(path) if path is not None and path.startswith("~") else path
+
+
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
     root: str | None = Field(None, min_length=1, description="data directory (relative: from the current "
@@ -54,6 +60,11 @@ class DataConfig(Section):
                                    "224; an image folder has none: set it)")
     num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, the CPUs "
                                     "this process may use)")
+
+    @field_validator("root")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return expand_home(value)
 
     @model_validator(mode="after")
     def _check_loader(self):
@@ -83,6 +94,11 @@ class ModelConfig(Section):
         False, description="timm:NAME / tv:NAME students and peers start from the library's pretrained weights "
                            "(downloaded where the network allows); false: fresh weights, nothing downloaded. The "
                            "teacher's weights always come from model.teacher_checkpoint")
+
+    @field_validator("teacher_checkpoint")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return expand_home(value)
 
 
 class MethodConfig(BaseModel):
@@ -287,6 +303,11 @@ class RunConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return expand_home(value)
 
     @field_validator("name", mode="before")
     @classmethod
