@@ -350,6 +350,69 @@ def test_an_augmentation_that_returns_no_record_is_named(registries, fmnist_root
                                 "train.device": "cpu"}, quiet=True)
 
 
+@pytest.mark.parametrize("make, fragment", [
+    (lambda x: MixedBatch(x, torch.tensor([[0], [1], [5], [3]]), torch.ones(4, 1)),  # an IndexError in the loss
+     "sources outside the input batch's rows 0..3"),
+    (lambda x: MixedBatch(x[:, :1].repeat(1, 3, 1, 1), torch.arange(4)[:, None], torch.ones(4, 1)),  # conv error
+     "images of shape [4, 3, 8, 8] for an input batch of [4, 1, 8, 8]"),
+    (lambda x: MixedBatch(x, torch.arange(4)[:, None].repeat(1, 2), torch.full((4, 2), 1.5)),  # trained silently
+     "weights that are negative or do not sum to 1 per image"),
+    (lambda x: MixedBatch(x, torch.arange(4)[:, None], torch.ones(3, 1)), "weights of shape [3, 1]"),
+    (lambda x: MixedBatch(x, torch.arange(4)[:, None].float(), torch.ones(4, 1)), "dtype torch.float32"),
+    (lambda x: MixedBatch(x[:2], torch.arange(4)[:, None], torch.ones(4, 1)), "sources of shape [4, 1]"),
+])
+def test_a_records_mistakes_are_named_on_the_first_batch(make, fragment):
+    from mixdistill.distill.base import check_mixed_batch
+
+    images = torch.rand(4, 1, 8, 8)
+    with pytest.raises(ConfigError, match=re.escape("augmentation mine returned ") + ".*" + re.escape(fragment)):
+        check_mixed_batch(make(images), images, "mine")
+    rows = torch.tensor([[2, 0], [1, 3]])  # fewer rows than the input (CutMixPick keeps a subset), two sources
+    check_mixed_batch(MixedBatch(images[:2], rows, torch.tensor([[0.3, 0.7], [1.0, 0.0]])), images, "mine")
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda z, loss: None, "a NoneType, not a StepOutput"),
+    (lambda z, loss: {"logits": z, "losses": {"ce": loss}}, "a dict, not a StepOutput"),
+    (lambda z, loss: step_output(z, {}, None), "no named loss terms"),
+    (lambda z, loss: step_output(z, {"ce": loss * torch.ones(4)}, None), "the loss term 'ce' as Tensor of shape [4]"),
+    (lambda z, loss: step_output(z, {"ce": 1.0}, None), "the loss term 'ce' as float"),
+    (lambda z, loss: step_output(z, {"ce": loss.detach()}, None), "loss terms of which none depends on a trained"),
+    (lambda z, loss: step_output(z[:3], {"ce": loss}, None), "logits of shape [3, 10] for 4 scored labels"),
+])
+def test_a_methods_mistakes_are_named_on_the_first_step(make, fragment):
+    from mixdistill.distill.base import check_step_output
+
+    z = torch.randn(4, 10, requires_grad=True)
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ConfigError, match=re.escape("method mine: forward_train returned ") + re.escape(fragment)):
+        check_step_output(make(z, z.sum()), labels, "mine")
+    check_step_output(step_output(z, {"ce": z.sum(), "zero": torch.zeros(())}, labels), labels, "mine")
+
+
+def test_a_plugins_mistakes_stop_training_in_one_line(registries, fmnist_root, tmp_path, capsys):
+    """Through the trainer: a method returning a vector loss and an augmentation whose sources leave the batch
+    ended in tracebacks from the trainer's and the losses' own code."""
+    @mixdistill.register_method("vector_ce")
+    class VectorCE(CE):
+        def forward_train(self, images, labels, info):
+            out = super().forward_train(images, labels, info)
+            return out._replace(losses={"ce": out.losses["ce"] * torch.ones(2)})
+
+    @mixdistill.register_augment("off_by_one")
+    def off_by_one(images, labels, *, generator, s: float = 0.1):
+        rows = torch.arange(1, images.shape[0] + 1)[:, None]
+        return MixedBatch(images, rows, torch.ones(rows.shape))
+
+    common = {"data.root": str(fmnist_root), "output_dir": str(tmp_path), "model.student": "cnn5_w8",
+              "optim.epochs": 1, "optim.milestones": [], "data.train_subset": 128, "train.progress": False,
+              "train.tensorboard": False, "train.device": "cpu"}
+    with pytest.raises(ConfigError, match=r"method vector_ce: forward_train returned the loss term 'ce'"):
+        mixdistill.train(None, {**common, "method": "vector_ce", "name": "m"}, quiet=True)
+    with pytest.raises(ConfigError, match=r"augmentation off_by_one returned sources outside the input batch"):
+        mixdistill.train(None, {**common, "augment": "off_by_one", "name": "a"}, quiet=True)
+
+
 # ------------------------------------------------------------------------------------------- plugins
 
 PLUGIN = textwrap.dedent('''

@@ -59,6 +59,59 @@ def step_output(logits: torch.Tensor, losses: dict, labels: torch.Tensor, batch:
     return StepOutput(logits, losses, scored, stats)
 
 
+def check_mixed_batch(batch, images: torch.Tensor, name: str) -> None:
+    """Is ``batch`` the record :class:`MixedBatch` documents for input ``images``? Checked on an augmentation's first
+    batch (one host sync): a plugin's record with rows out of step, sources out of the batch or weights that do
+    not sum to 1 trained silently wrong or failed as an IndexError in a loss."""
+    def wrong(what: str):
+        return ConfigError(f"augmentation {name} returned {what} (mixdistill.augment.MixedBatch documents the "
+                           "record; see the built-in ones)")
+
+    if not isinstance(batch, MixedBatch):
+        raise wrong(f"a {type(batch).__name__}, not a MixedBatch")
+    out, sources, weights = batch.images, batch.sources, batch.weights
+    if not all(isinstance(t, torch.Tensor) for t in (out, sources, weights)):
+        raise wrong("a MixedBatch whose images, sources and weights are not all tensors")
+    if out.ndim != 4 or out.shape[1] != images.shape[1]:
+        raise wrong(f"images of shape {list(out.shape)} for an input batch of {list(images.shape)} (the same "
+                    "channels, [B, C, H, W])")
+    if sources.ndim != 2 or sources.shape[0] != out.shape[0] or sources.shape[1] < 1 or sources.is_floating_point():
+        raise wrong(f"sources of shape {list(sources.shape)} and dtype {sources.dtype} for {out.shape[0]} images "
+                    "(integer rows of the input batch, [B, K])")
+    if weights.shape != sources.shape or not weights.is_floating_point():
+        raise wrong(f"weights of shape {list(weights.shape)} and dtype {weights.dtype} beside sources of "
+                    f"{list(sources.shape)} (floats, one per source)")
+    if bool(((sources < 0) | (sources >= images.shape[0])).any()):
+        raise wrong(f"sources outside the input batch's rows 0..{images.shape[0] - 1}")
+    sums = weights.float().sum(1)
+    if not bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)) or bool((weights < 0).any()):
+        raise wrong("weights that are negative or do not sum to 1 per image")
+
+
+def check_step_output(out, labels: torch.Tensor, method: str) -> None:
+    """Is ``out`` what ``forward_train`` must return (:class:`StepOutput`: logits for the scored labels, named scalar
+    losses of which one trains something)? Checked on a run's first step (shapes only, no host sync): a plugin's
+    None, vector loss or short logits failed as a traceback inside the trainer."""
+    def wrong(what: str):
+        return ConfigError(f"method {method}: forward_train returned {what} (build it with "
+                           "mixdistill.distill.step_output; see the built-in methods)")
+
+    if not isinstance(out, StepOutput):
+        raise wrong(f"a {type(out).__name__}, not a StepOutput")
+    if not isinstance(out.losses, dict) or not out.losses:
+        raise wrong("no named loss terms (losses must be a non-empty dict of scalar tensors)")
+    for key, loss in out.losses.items():
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise wrong(f"the loss term {key!r} as {type(loss).__name__} of shape "
+                        f"{list(getattr(loss, 'shape', []))} (each term is a scalar tensor)")
+    if torch.is_grad_enabled() and not any(loss.requires_grad for loss in out.losses.values()):
+        raise wrong("loss terms of which none depends on a trained parameter (detached or computed without grad)")
+    scored = labels if out.labels is None else out.labels
+    if not isinstance(out.logits, torch.Tensor) or out.logits.ndim != 2 or out.logits.shape[0] != scored.shape[0]:
+        raise wrong(f"logits of shape {list(getattr(out.logits, 'shape', []))} for {scored.shape[0]} scored labels "
+                    "([B, classes])")
+
+
 @dataclass
 class TrainSet:
     """What a method may learn about the training data before training starts (``Distiller.prepare``)."""
@@ -117,6 +170,7 @@ class Distiller(nn.Module):
                               "— use a distillation method (e.g. kd_view) or another augmentation")
         self.augment = augment
         self._augment_wants_models = wants_models
+        self._augment_checked = False
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, info: StepInfo) -> MixedBatch:
         """The configured augmentation's record for this batch (the identity record when there is none)."""
@@ -127,10 +181,10 @@ class Distiller(nn.Module):
             return batch
         models = {"teacher": self.teacher, "student": self.student} if self._augment_wants_models else {}
         batch = self.augment(images, labels, generator=info.generator, **models)
-        if not isinstance(batch, MixedBatch):  # a plugin's: said here, not as an attribute error in a method
-            name = getattr(getattr(self.augment, "func", self.augment), "__name__", repr(self.augment))
-            raise ConfigError(f"augmentation {name} returned a {type(batch).__name__}, not a MixedBatch (the record "
-                              "of what it mixed: mixdistill.augment.MixedBatch; see the built-in ones)")
+        if not self._augment_checked:  # a plugin's mistakes said here, not as a traceback in a method or a loss
+            check_mixed_batch(batch, images, getattr(getattr(self.augment, "func", self.augment), "__name__",
+                                                     repr(self.augment)))
+            self._augment_checked = True
         return batch
 
     def evaluation_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

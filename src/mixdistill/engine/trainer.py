@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mixdistill.config import RunConfig, metric_lower_is_better, stored_config
 from mixdistill.data.datasets import check_class_names
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
+from mixdistill.distill.base import check_step_output
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
 from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_input_size, check_teacher_form,
                                      model_label, recorded_shape_difference)
@@ -309,10 +310,15 @@ class Trainer:
             raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
         scaler, trainer = self.scaler, self
+        method, checked = self.cfg.method.name, False
 
         def train_step(images, labels, info) -> tuple[StepOutput, torch.Tensor]:
+            nonlocal checked
             with runtime.autocast(), label_smoothing(smoothing):
                 out = train_module(images, labels, info)
+            if not checked:  # a plugin's None, vector loss or short logits named at its first step (shapes only)
+                check_step_output(out, labels, method)
+                checked = True
             total = sum(out.losses.values())
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
