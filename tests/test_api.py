@@ -503,3 +503,14 @@ def test_a_yaml_string_given_to_the_python_api_is_named_as_a_string():
                                           r"Python values.*optim.milestones='\[1,2\]' is a string\)"):
         resolve_config(None, {"optim.milestones": "[1,2]"})
     assert resolve_config(None, {"optim.milestones": [1, 2]}).optim.milestones == [1, 2]
+
+
+def test_a_summary_names_the_teacher_only_where_the_method_learnt_from_one(fmnist_root, tmp_path):
+    """A CE baseline given its pair's teacher path (as the studies give every student of a pair) recorded that
+    teacher in its summary, and `results` listed it, though the run never loaded it."""
+    summary = mixdistill.train(None, {"data.root": str(fmnist_root), "output_dir": str(tmp_path), "method": "ce",
+                                      "model.student": "cnn5_w8", "model.teacher_checkpoint": "no/such/teacher.pt",
+                                      "optim.epochs": 1, "optim.milestones": [], "data.train_subset": 128,
+                                      "train.progress": False, "train.tensorboard": False, "train.device": "cpu"},
+                               quiet=True)
+    assert summary["teacher"] is None and summary["teacher_acc"] is None

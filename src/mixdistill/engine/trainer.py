@@ -40,6 +40,7 @@ from mixdistill.errors import CheckpointError, ConfigError, MixdistillError, Non
 from mixdistill.files import write_json, write_yaml
 from mixdistill.losses import label_smoothing
 from mixdistill.machine import available_cpus
+from mixdistill.methods import METHODS
 from mixdistill.optim import SGD, sgd_kernel
 from mixdistill.provenance import reconstruction_notes
 
@@ -670,7 +671,9 @@ def summarize(history: list[dict], cfg: RunConfig, teacher_eval: dict | None) ->
     return {
         "name": cfg.name, "method": cfg.method.name,
         "student": model_label(cfg),
-        "teacher": cfg.model.teacher_checkpoint, "seed": cfg.seed, "dataset": cfg.data.dataset,
+        # the teacher the run learnt from: none for a method that loads none (a CE baseline given its pair's path)
+        "teacher": cfg.model.teacher_checkpoint if METHODS[cfg.method.name].needs_teacher else None,
+        "seed": cfg.seed, "dataset": cfg.data.dataset,
         "epochs": cfg.optim.total_epochs,
         "last_acc": last.get("test_acc"), "best_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
         "last_top5": last.get("test_top5"), "last_test_loss": last.get("test_loss"),
