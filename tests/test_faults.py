@@ -565,6 +565,10 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
     (["train.channels_last=2"], "train.channels_last: expected true, false or auto, got 2"),
     (["optim.epochs=3", "optim={lr: 0.2, schedule: constant}"],  # the section dropped the key: 240 epochs
      "override optim.epochs comes before optim, which replaces the whole optim section and would drop it"),
+    (["train.cuda_graphs=true", "train.compile=false"],  # refused once training started, not by --print-config
+     "train.cuda_graphs=true needs train.compile on a CUDA device (here: cpu, compile off)"),
+    (["train.cuda_graphs=true", "train.compile=true", "train.device=cpu"],  # trained on, the option ignored
+     "train.cuda_graphs=true needs train.compile on a CUDA device (here: cpu, compile on)"),
     ([".epochs=3"], "the key '.epochs' has an empty part"),
     (["optim..epochs=3"], "the key 'optim..epochs' has an empty part"),
 ])

@@ -285,11 +285,20 @@ def _checked_stand_in_teacher(cfg: RunConfig, num_classes: int, in_channels: int
     return stand_in_teacher(cfg, num_classes, in_channels)
 
 
+def check_cuda_graphs(cfg: RunConfig, runtime) -> None:
+    """``train.cuda_graphs`` needs the student compiled on a CUDA device (on a CPU with compile on it was ignored
+    without a word; with compile off, refused only once training started, not by ``--print-config``)."""
+    if cfg.train.cuda_graphs and not (runtime.compile and runtime.device.type == "cuda"):
+        raise ConfigError(f"train.cuda_graphs=true needs train.compile on a CUDA device (here: "
+                          f"{runtime.device.type}, compile {'on' if runtime.compile else 'off'})")
+
+
 def check_buildable(cfg: RunConfig) -> None:
     """Build the method as training would, without reading data or weights (models on the meta device,
     the teacher as its architecture), so that ``--print-config`` rejects what training rejects."""
     check_loggers(cfg)
     runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
+    check_cuda_graphs(cfg, runtime)
     why_no_table = teacher_views.unusable(cfg) if cfg.train.teacher_cache is True else None
     if why_no_table:
         raise teacher_views.refused(why_no_table)

@@ -25,8 +25,8 @@ from mixdistill.data.datasets import check_class_names
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.distill.base import check_step_output
 from mixdistill.engine import run, small_bn, small_conv, small_pool, teacher_views
-from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_input_size, check_teacher_form,
-                                     model_label, recorded_shape_difference)
+from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, check_cuda_graphs, check_input_size,
+                                     check_teacher_form, model_label, recorded_shape_difference)
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
@@ -303,12 +303,11 @@ class Trainer:
     def _make_train_step(self):
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
         train_module, ema, smoothing = self.train_module, self.ema, self.cfg.train.label_smoothing
+        check_cuda_graphs(self.cfg, runtime)
         if runtime.compile:
-            mode = "reduce-overhead" if self.cfg.train.cuda_graphs and runtime.device.type == "cuda" else None
+            mode = "reduce-overhead" if self.cfg.train.cuda_graphs else None
             for module in distiller.compile_targets():
                 compile_in_place(module, mode)
-        elif self.cfg.train.cuda_graphs:
-            raise ConfigError("train.cuda_graphs=true needs train.compile on a CUDA device")
 
         scaler, trainer = self.scaler, self
         method, checked = self.cfg.method.name, False
