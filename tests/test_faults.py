@@ -569,6 +569,8 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
      "train.cuda_graphs=true needs train.compile on a CUDA device (here: cpu, compile off)"),
     (["train.cuda_graphs=true", "train.compile=true", "train.device=cpu"],  # trained on, the option ignored
      "train.cuda_graphs=true needs train.compile on a CUDA device (here: cpu, compile on)"),
+    (["data.num_workers=4"], "data.num_workers=4 is for data.loader=streaming"),  # accepted, doing nothing
+    (["train.int8_teacher=true"], "train.int8_teacher=true quantises the teacher; method ce has none"),
     ([".epochs=3"], "the key '.epochs' has an empty part"),
     (["optim..epochs=3"], "the key 'optim..epochs' has an empty part"),
 ])

@@ -76,6 +76,9 @@ class DataConfig(Section):
         if self.loader == "memory" and self.image_size is not None:
             raise ValueError(f"data.image_size={self.image_size} is for data.loader=streaming (its crop size); the "
                              "memory loader keeps the dataset's images as they are: unset it")
+        if self.loader == "memory" and self.num_workers is not None:  # accepted and recorded, doing nothing
+            raise ValueError(f"data.num_workers={self.num_workers} is for data.loader=streaming (its decoding "
+                             "processes); the memory loader has the dataset on the device and no workers: unset it")
         return self
 
 
@@ -400,6 +403,9 @@ class RunConfig(Section):
                                  "zoo's own model (use timm:NAME or tv:NAME, or set model.pretrained=false)")
         if method_cls.needs_teacher and not self.model.teacher_checkpoint:
             raise ValueError(f"method '{self.method.name}' needs a teacher: set model.teacher_checkpoint")
+        if self.train.int8_teacher and not method_cls.needs_teacher:  # accepted and recorded, doing nothing
+            raise ValueError(f"train.int8_teacher=true quantises the teacher; method {self.method.name} has none: "
+                             "unset it")
         if self.augment.name != "none" and augment_uses_teacher(self.augment.name) and not method_cls.needs_teacher:
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
