@@ -556,8 +556,13 @@ def test_a_failing_grid_stops_the_pools_workers_at_once():
         pool.submit(time.sleep, 60)
         time.sleep(0.5)
         workers = list(pool._processes.values())
+        started = time.monotonic()
         grid_module._terminate_workers(pool)
-        assert workers and all(w.exitcode is not None for w in workers)  # ended, not only told to
+        # ended, not only told to: the pool's own thread may reap a worker first, and until it has recorded the exit
+        # status, exitcode reads None here (os.waitpid's ECHILD); it reads the status within moments, not 60 s
+        while any(w.exitcode is None for w in workers) and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert workers and all(w.exitcode is not None for w in workers)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
