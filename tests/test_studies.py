@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mixdistill.cli import main
-from mixdistill.errors import ConfigError, UnknownNameError
+from mixdistill.errors import ConfigError, IncompleteStudyError, UnknownNameError
 from mixdistill.studies import get_study, run_study, study_runs
 from mixdistill.studies.common import load_study_config, replicates_text
 from mixdistill.studies.stats import counted
@@ -649,3 +649,20 @@ def test_report_only_refuses_a_damaged_grid_record_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"--report-only: cannot read .*grid\.json.*running the study again"):
         run_study("shen2022", scale="smoke", output_dir=str(tmp_path), report_only=True, log=lambda *_: None)
     assert (study / "grid.json").read_text() == '{"seeds": [0, 1]'
+
+
+def test_report_only_takes_the_grids_threads_over_the_scales_default(tmp_path, monkeypatch):
+    """The scale's threads_per_run (1 at every cpu scale) counted as a --threads given, so a study started with
+    --threads 2 could not be reported by a bare --report-only; the seeds may come in any order."""
+    from mixdistill.studies import common
+
+    scale_config = common.scale_config
+    monkeypatch.setattr(common, "scale_config", lambda spec, scale: {**scale_config(spec, scale), "threads_per_run": 1})
+    study = tmp_path / "shen2022_smoke"
+    study.mkdir()
+    (study / "results.jsonl").write_text("")
+    (study / "grid.json").write_text(json.dumps({"seeds": [0, 1], "threads": 2, "data_root": None}))
+    for seeds in (None, "1,0"):  # nothing finished: the report's own error, not a refusal of the threads or seeds
+        with pytest.raises(IncompleteStudyError, match="none of the 14 runs finished"):
+            run_study("shen2022", scale="smoke", seeds=seeds, output_dir=str(tmp_path), report_only=True,
+                      log=lambda *_: None)

@@ -53,10 +53,11 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     if executor == "ray":  # workers run in other directories (or on other nodes sharing the filesystem)
         study_dir = study_dir.resolve()
-    seeds = parse_seeds(5 if seeds is None else seeds) if not report_only or seeds is not None else None
-    threads = threads or sc.get("threads_per_run")
-    if report_only:
-        seeds, threads, data_root = reported_grid(study_dir, seeds, threads, data_root)
+    seeds = None if seeds is None else parse_seeds(seeds)
+    if report_only:  # the scale's threads_per_run is no --threads given: the grid may have run with others
+        seeds, threads, data_root = reported_grid(study_dir, seeds, threads, data_root, sc.get("threads_per_run"))
+    else:
+        seeds, threads = seeds or parse_seeds(5), threads or sc.get("threads_per_run")
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
@@ -92,23 +93,25 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     return path
 
 
-def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None, data_root: str | None):
+def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None, data_root: str | None,
+                  scale_threads: int | None = None):
     """--report-only's seeds, threads per run and data root: those of the grid last started in ``study_dir`` (its
-    ``grid.json``), which the ones given may repeat; another value would report other runs, and that report would
-    replace the grid's. A folder from before grids recorded them: the ones given (seeds: 5)."""
+    ``grid.json``), which the ones given may repeat (seeds in any order); another value would report other runs, and
+    that report would replace the grid's. A folder from before grids recorded them: the ones given (seeds: 5,
+    threads: the scale's ``scale_threads``)."""
     from mixdistill.errors import ConfigError
     from mixdistill.studies.grid import GRID_RECORD
 
     path = study_dir / GRID_RECORD
     if not path.exists():
-        return (seeds or list(range(5))), threads, data_root
+        return (seeds or list(range(5))), threads or scale_threads, data_root
     try:
         record = json.loads(path.read_text())
         grid = record["seeds"], record["threads"], record["data_root"]
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"--report-only: cannot read {path} ({type(err).__name__}: {err}); running the study "
                           "again writes it") from None
-    asked = {"--seeds": (seeds, grid[0], seeds and ",".join(map(str, seeds))), "--threads": (threads, grid[1], threads),
+    asked = {"--seeds": (seeds and sorted(seeds), sorted(grid[0]), seeds and ",".join(map(str, seeds))), "--threads": (threads, grid[1], threads),
              "--data-root": (data_root and _absolute(data_root), grid[2] and _absolute(grid[2]), data_root)}
     changed = [f"{flag} {shown}" for flag, (given, recorded, shown) in asked.items()
                if given is not None and given != recorded]
