@@ -121,6 +121,17 @@ def test_a_stored_config_is_read_as_the_run_it_was(method):
     assert config_difference(stored_config(empty).to_dict(), empty) == []
     online = load_config(None, ["method=dml", "model.peers=[cnn5_w8,cnn5_w16]"]).to_dict()
     assert stored_config(online).model.peers == ["cnn5_w8", "cnn5_w16"]
+    # refused since 2026-12-05, accepted and ignored before: a run that recorded them still reads as itself
+    old = {**tree, "data": {**tree["data"], "num_workers": 4}}
+    assert config_difference(stored_config(old).to_dict(), tree) == []
+    old = {**tree, "train": {**tree["train"], "int8_teacher": True}}
+    if method == ["method=ce"]:
+        assert config_difference(stored_config(old).to_dict(), tree) == []
+    else:  # a teacher to quantise: kept, a config of its own
+        assert stored_config(old).train.int8_teacher
+    streaming = load_config(None, ["data.dataset=imagefolder", "data.loader=streaming", "data.image_size=32",
+                                   "data.num_workers=2", *method]).to_dict()
+    assert stored_config(streaming).data.num_workers == 2
 
 
 def test_cuda_graphs_are_refused_for_online_methods():

@@ -596,12 +596,18 @@ def stored_config(tree: dict) -> RunConfig:
     """A config a run stored (its config.yaml, its checkpoint, a study's results row), read through today's schema.
     What an older mixdistill accepted and ignored, and today's refuses, is dropped, so such a run still resumes,
     opens and compares as the run it was: ``model.peers`` beside a method that trains one student (ignored until
-    2026-12-04)."""
-    model, method = tree.get("model"), tree.get("method")
+    2026-12-04); ``data.num_workers`` with the memory loader and ``train.int8_teacher`` for a method with no teacher
+    (until 2026-12-05)."""
+    model, method, data, train = (tree.get(key) for key in ("model", "method", "data", "train"))
     name = method.get("name", "ce") if isinstance(method, dict) else method
-    if (isinstance(model, dict) and model.get("peers") and isinstance(name, str)
-            and name in METHODS and not getattr(METHODS[name], "online", False)):
+    cls = METHODS.get(name) if isinstance(name, str) else None
+    if isinstance(model, dict) and model.get("peers") and cls is not None and not getattr(cls, "online", False):
         tree = {**tree, "model": {**model, "peers": None}}
+    if (isinstance(data, dict) and data.get("num_workers") is not None
+            and data.get("loader", "memory") == "memory"):
+        tree = {**tree, "data": {**data, "num_workers": None}}
+    if isinstance(train, dict) and train.get("int8_teacher") and cls is not None and not cls.needs_teacher:
+        tree = {**tree, "train": {**train, "int8_teacher": False}}
     return build_config(tree)
 
 
