@@ -114,11 +114,13 @@ def test_crd_memory_banks_are_one_bank_across_ranks(tmp_path):
               "data.train_subset=null", "data.test_subset=null",
               "data.crop_padding=0", "data.flip=false", "optim.epochs=1", "optim.milestones=[]",
               "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.threads=1",
-              "train.precision=fp32", "train.compile=false", "--quiet"]
+              "train.precision=fp32", "train.compile=auto"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", "29519", "-m", "mixdistill", "train", *common, "name=ddp"],
                          capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # compile=auto's CPU probe would run CRD's collectives on one rank while the other waits on the probe's lock
+    assert "compile: no (not measured under torchrun (2 processes)" in ddp.stdout + ddp.stderr
     memory = load_checkpoint(tmp_path / "runs" / "ddp" / "last.pt")["distiller_extra"]["crd"]
     for bank in ("memory.student_bank", "memory.teacher_bank"):
         moved = (memory[bank].norm(dim=1) - 1).abs() < 1e-4  # a written row is unit-norm; an initial one is not

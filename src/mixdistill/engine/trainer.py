@@ -177,6 +177,10 @@ class Trainer:
             return CompileDecision(runtime.compile, f"train.compile={cfg.train.compile}")
         if self._resumed_compile is not None:
             decision = CompileDecision(self._resumed_compile, "as the run was started (from its checkpoint)")
+        elif self.dist.enabled:  # one rank would measure while the others wait on the probe's lock, not in the
+            # collectives its steps make (CRD's): they would wait on each other until gloo's timeout
+            decision = CompileDecision(False, f"not measured under torchrun ({self.dist.world_size} processes); "
+                                              "train.compile=true compiles")
         else:
             images, labels, indices = next(iter(self.train_loader))
             if runtime.channels_last:
