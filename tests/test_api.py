@@ -356,7 +356,7 @@ def test_an_augmentation_that_returns_no_record_is_named(registries, fmnist_root
     (lambda x: MixedBatch(x[:, :1].repeat(1, 3, 1, 1), torch.arange(4)[:, None], torch.ones(4, 1)),  # conv error
      "images of shape [4, 3, 8, 8] for an input batch of [4, 1, 8, 8]"),
     (lambda x: MixedBatch(x, torch.arange(4)[:, None].repeat(1, 2), torch.full((4, 2), 1.5)),  # trained silently
-     "weights that are negative or do not sum to 1 per image"),
+     "weights (torch.float32) that are negative or do not sum to 1 per image"),
     (lambda x: MixedBatch(x, torch.arange(4)[:, None], torch.ones(3, 1)), "weights of shape [3, 1]"),
     (lambda x: MixedBatch(x, torch.arange(4)[:, None].float(), torch.ones(4, 1)), "dtype torch.float32"),
     (lambda x: MixedBatch(x[:2], torch.arange(4)[:, None], torch.ones(4, 1)), "sources of shape [4, 1]"),
@@ -369,6 +369,8 @@ def test_a_records_mistakes_are_named_on_the_first_batch(make, fragment):
         check_mixed_batch(make(images), images, "mine")
     rows = torch.tensor([[2, 0], [1, 3]])  # fewer rows than the input (CutMixPick keeps a subset), two sources
     check_mixed_batch(MixedBatch(images[:2], rows, torch.tensor([[0.3, 0.7], [1.0, 0.0]])), images, "mine")
+    third = torch.tensor([[1 / 3, 1 - 1 / 3]] * 2, dtype=torch.bfloat16)  # sums to 1 in bf16's 3 digits, not in 4
+    check_mixed_batch(MixedBatch(images[:2], rows, third), images, "mine")
 
 
 @pytest.mark.parametrize("make, fragment", [

@@ -545,6 +545,8 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
     with pytest.raises(MixdistillError, match="seed: Input should be a valid integer"):
         load_config(None, ["seed=1:30"])
     assert load_config(None, ["data.flip=false", "output_dir=off"]).output_dir == "off"
+    # off and yes are text, which every true/false option reads as pydantic does, auto-or-boolean ones too
+    assert load_config(None, ["data.flip=off", "train.compile=off", "train.channels_last=yes"]).train.compile is False
     base = tmp_path / "anchors.yaml"  # merge keys, which the duplicate-key check refused ("could not determine a
     base.write_text("common: &c {epochs: 2, lr: 0.2}\noptim: {<<: *c, epochs: 3}\n")  # constructor")
     with pytest.raises(MixdistillError, match="common: unknown key"):  # read, then validated: the anchor's holder

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from mixdistill.augment import augment_uses_teacher, resolve_augment_params
 from mixdistill.augment.mix import cut_n_mix_batch_error
@@ -34,16 +35,20 @@ class Section(Schema):
     pass
 
 
-def expand_home(path: str | None) -> str | None:
+def expand_home(path: str) -> str:
     """``~/x`` as the shell reads it (output_dir=~/runs made a folder named '~' in the current directory; a
     teacher_checkpoint was looked for there); the resolved config records the expanded path."""
-    return os.path.expanduser(path) if path is not None and path.startswith("~") else path
+    return os.path.expanduser(path) if path.startswith("~") else path
+
+
+PathText = Annotated[str, AfterValidator(expand_home)]  # a path in a config: output_dir, data.root, teacher_checkpoint
 
 
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
-    root: str | None = Field(None, min_length=1, description="data directory (relative: from the current "
-                             "directory; unset: MIXDISTILL_DATA, the Debian path, download)")
+    root: Annotated[str, Field(min_length=1), AfterValidator(expand_home)] | None = Field(
+        None, description="data directory (relative: from the current directory; unset: MIXDISTILL_DATA, the Debian "
+                          "path, download)")
     train_subset: int | None = Field(None, gt=0, description="class-stratified subset of the training set")
     test_subset: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)
@@ -60,11 +65,6 @@ class DataConfig(Section):
                                    "224; an image folder has none: set it)")
     num_workers: int | None = Field(None, ge=0, description="streaming: decoding processes; null = min(8, the CPUs "
                                     "this process may use)")
-
-    @field_validator("root")
-    @classmethod
-    def _home(cls, value: str | None) -> str | None:
-        return expand_home(value)
 
     @model_validator(mode="after")
     def _check_loader(self):
@@ -88,7 +88,7 @@ STREAMING_DATASETS = ("imagenet", "imagefolder")
 class ModelConfig(Section):
     student: str = "resnet8x4"
     teacher: str | None = None
-    teacher_checkpoint: str | None = Field(
+    teacher_checkpoint: PathText | None = Field(
         None, description="a checkpoint file ({'model': state_dict}; relative: from the current directory) or a "
                           "benchmark teacher name")
     peers: list[str] | None = Field(
@@ -97,11 +97,6 @@ class ModelConfig(Section):
         False, description="timm:NAME / tv:NAME students and peers start from the library's pretrained weights "
                            "(downloaded where the network allows); false: fresh weights, nothing downloaded. The "
                            "teacher's weights always come from model.teacher_checkpoint")
-
-    @field_validator("teacher_checkpoint")
-    @classmethod
-    def _home(cls, value: str | None) -> str | None:
-        return expand_home(value)
 
 
 class MethodConfig(BaseModel):
@@ -217,10 +212,13 @@ class TrainConfig(Section):
     @classmethod
     def _true_false_or_auto(cls, value):
         """One line for a bad value (pydantic named each member of the union: 'train.compile.bool: ...;
-        train.compile.literal['auto']: ...')."""
+        train.compile.literal['auto']: ...'); the spellings a plain true/false option takes (off, yes) as there."""
         if isinstance(value, bool) or value == "auto":
             return value
-        raise ValueError(f"expected true, false or auto, got {value!r}")
+        try:
+            return TypeAdapter(bool).validate_python(value)
+        except ValidationError:
+            raise ValueError(f"expected true, false or auto, got {value!r}") from None
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
@@ -298,7 +296,7 @@ class TrainConfig(Section):
 class RunConfig(Section):
     name: str = "run"
     seed: int = Field(0, ge=0, le=2**64 - 1)  # torch.manual_seed's range
-    output_dir: str = Field("runs", description="the run lives in output_dir/name (relative: from the current "
+    output_dir: PathText = Field("runs", description="the run lives in output_dir/name (relative: from the current "
                                                 "directory, not the config file's)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -306,11 +304,6 @@ class RunConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @field_validator("output_dir")
-    @classmethod
-    def _home(cls, value: str | None) -> str | None:
-        return expand_home(value)
 
     @field_validator("name", mode="before")
     @classmethod

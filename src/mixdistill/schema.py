@@ -71,9 +71,13 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node)
-        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
-        return sign * (int(digits[2:], 8) if digits.startswith("0o") else int(digits[2:], 16)
-                       if digits.startswith("0x") else int(digits, 10))
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        try:
+            return sign * (int(digits[2:], 8) if digits.startswith("0o") else int(digits[2:], 16)
+                           if digits.startswith("0x") else int(digits, 10))
+        except ValueError:  # an explicit tag on what is no 1.2 integer (!!int 0b1)
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer",
+                                                    node.start_mark) from None
 
 
 _BOOL, _INT, _FLOAT, _TIMESTAMP = (f"tag:yaml.org,2002:{kind}" for kind in ("bool", "int", "float", "timestamp"))

@@ -290,7 +290,8 @@ def check_cuda_graphs(cfg: RunConfig, runtime) -> None:
     without a word; with compile off, refused only once training started, not by ``--print-config``)."""
     if cfg.train.cuda_graphs and not (runtime.compile and runtime.device.type == "cuda"):
         raise ConfigError(f"train.cuda_graphs=true needs train.compile on a CUDA device (here: "
-                          f"{runtime.device.type}, compile {'on' if runtime.compile else 'off'})")
+                          f"{runtime.device.type}, compile "
+                          f"{'auto' if runtime.compile is None else 'on' if runtime.compile else 'off'})")
 
 
 def check_buildable(cfg: RunConfig) -> None:

@@ -80,6 +80,7 @@ class Trainer:
         if self.dist.enabled and torch.cuda.is_available() and device in ("auto", "cuda"):
             device = f"cuda:{self.dist.local_rank}"
         self.runtime = resolve_runtime(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
+        check_cuda_graphs(cfg, self.runtime)  # before the data is read and a CPU's compile probe runs
         self.scaler = self.runtime.grad_scaler()  # fp16 only: loss scaling (its state is in the checkpoints)
         self.amp_skipped = 0  # optimiser steps the scaler skipped (inf/nan gradients), this process
         data = build_loaders(cfg, self.runtime, self.dist)
@@ -307,7 +308,6 @@ class Trainer:
     def _make_train_step(self):
         distiller, optimizer, scheduler, runtime = self.distiller, self.optimizer, self.scheduler, self.runtime
         train_module, ema, smoothing = self.train_module, self.ema, self.cfg.train.label_smoothing
-        check_cuda_graphs(self.cfg, runtime)
         if runtime.compile:
             mode = "reduce-overhead" if self.cfg.train.cuda_graphs else None
             for module in distiller.compile_targets():
