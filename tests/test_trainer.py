@@ -145,7 +145,15 @@ def test_student_ema_is_evaluated_checkpointed_and_resumed_bitwise(tiny_run_over
     assert all({"test_acc_ema", "test_loss_ema", "test_top5_ema", "test_acc"} <= set(r) for r in lines)
     assert summary["last_acc_ema"] == lines[-1]["test_acc_ema"] == resumed["last_acc_ema"]
     assert summary["best_checkpoint"]["metric"] == "test_acc_ema"
-    assert "ema" in load_checkpoint(full.run_dir / "best.pt")
+    best = load_checkpoint(full.run_dir / "best.pt")
+    # chosen by the EMA's accuracy, best.pt's model is the EMA (eval, analyze and distillation read "model": they
+    # scored the live student's weights, 19.50 where best.pt recorded the EMA's 22.00)
+    assert best["weights"] == "ema" and best["model"].keys() == a["model"].keys()
+    assert all(torch.equal(best["model"][k], best["ema"][f"module.{k}"]) for k in best["model"])
+    from mixdistill.api import evaluate
+
+    scored = evaluate(full.run_dir / "best.pt", precision="fp32", batch_size=200)
+    assert scored["acc"] == pytest.approx(best["best"]["value"], abs=1e-9), (scored, best["best"])
 
 
 def test_ema_and_label_smoothing_options_are_checked(tiny_run_overrides):

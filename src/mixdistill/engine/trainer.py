@@ -300,8 +300,13 @@ class Trainer:
 
     def _save_best(self, state: dict):
         """best.pt: the checkpoint of the best epoch so far by ``train.best_metric``, without the optimiser,
-        scheduler and RNG state (it is for evaluating and distilling from, not for resuming)."""
+        scheduler and RNG state (it is for evaluating and distilling from, not for resuming). Chosen by an EMA metric
+        (``test_acc_ema``), its ``model`` is the EMA's weights, the network that scored it (``weights: ema``): eval,
+        analyze and a student distilling from it scored or used the live student's."""
         kept = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng", "scaler")}
+        if self.cfg.train.best_metric.endswith("_ema"):
+            kept["model"] = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+            kept["weights"] = "ema"
         save_atomic({**kept, "format": BEST_FORMAT}, self.best_path)
 
     # -- one step -------------------------------------------------------------------------------------
