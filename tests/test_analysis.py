@@ -644,3 +644,20 @@ def test_analyze_teacher_stats(tiny_runs, tmp_path):
     assert t["view"] == "cutmix" and t["steps"] == 12 and t["groups"] == 2
     assert t["t_stddev"] > 0 and t["entropy_augmented"] is not None
     assert "Teacher statistics (wang2022)" in (tmp_path / "report.md").read_text()
+
+
+def test_the_reports_test_loss_is_the_cross_entropy_not_the_clamped_nll(tiny_runs, tmp_path):
+    """A confidently wrong model's loss: the report and the console table printed the calibration NLL, whose
+    probabilities are clamped at 1e-12 (at most 27.6 nats an image: 24.87 where eval said 2.4e31)."""
+    from mixdistill.analysis.command import analyze
+    from mixdistill.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tiny_runs["student"] / "last.pt")
+    last = [k for k in state["model"] if k.endswith("weight")][-1]  # the classifier: logits in the thousands
+    state["model"][last] = state["model"][last] * 1e4
+    torch.save(state, tmp_path / "confident.pt")
+    m = analyze(tmp_path / "confident.pt", out=tmp_path / "out", no_teacher=True)
+    assert m["test_loss"] > 100 > 27.7 > m["calibration"]["nll"]
+    row = next(line for line in (tmp_path / "out" / "report.md").read_text().splitlines()
+               if line.startswith(f"| {m['arch']} |"))
+    assert float(row.split("|")[3]) == pytest.approx(m["test_loss"], rel=1e-3), row

@@ -466,13 +466,15 @@ def render_report(m: dict, out_dir: Path) -> str:
         f"- written {_dt.datetime.now().isoformat(timespec='seconds')}", "",
         "## Accuracy and calibration", "",
         "| model | top-1 % | test loss (NLL) | ECE | MCE |", "|---|---|---|---|---|",
-        f"| {m['arch']} | {m['accuracy']:.2f} | {cal['nll']:.4f} | {cal['ece']:.4f} | {cal['mce']:.4f} |",
+        f"| {m['arch']} | {m['accuracy']:.2f} | {_loss(m['test_loss'])} | {cal['ece']:.4f} | {cal['mce']:.4f} |",
     ]
     if "teacher" in m:
         t = m["teacher"]
-        lines.append(f"| teacher | {t['accuracy']:.2f} | {t['calibration']['nll']:.4f} | "
+        lines.append(f"| teacher | {t['accuracy']:.2f} | {_loss(t['test_loss'])} | "
                      f"{t['calibration']['ece']:.4f} | {t['calibration']['mce']:.4f} |")
-    lines += ["", f"ECE / MCE over {cal['bins']} equal-width confidence bins (lo, hi]; NLL in nats.", "",
+    lines += ["", f"ECE / MCE over {cal['bins']} equal-width confidence bins (lo, hi]; the test loss is the mean "
+                  "cross-entropy in nats, from the logits (as eval's; the calibration record's `nll` clamps each "
+                  "probability at 1e-12, at most 27.6 nats an image).", "",
               f"![reliability diagram]({Path(m['paths']['reliability']).name})", ""]
 
     if m["class_discrimination"]:
@@ -537,6 +539,11 @@ def render_report(m: dict, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _loss(value: float) -> str:
+    """A loss to four decimals, or in scientific notation where a diverged model's is astronomical."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
 def _print_summary(m: dict) -> None:
     from rich.table import Table
 
@@ -544,7 +551,7 @@ def _print_summary(m: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 %", f"{m['accuracy']:.2f}")
-    table.add_row("NLL", f"{m['calibration']['nll']:.4f}")
+    table.add_row("test loss (NLL)", _loss(m["test_loss"]))
     table.add_row(f"ECE ({m['calibration']['bins']} bins)", f"{m['calibration']['ece']:.4f}")
     table.add_row("MCE", f"{m['calibration']['mce']:.4f}")
     for key, r in m["class_discrimination"].items():
