@@ -214,8 +214,15 @@ def test_eval_of_a_foreign_checkpoint_asks_for_all_it_lacks_and_a_wrong_arch_is_
                     f"{tmp_path / 'known.pt'} holds a 'cnn5_w8', not a 'resnet8': leave the architecture out")
     # a foreign file's own name for its network (PyTorch's ImageNet example saves 'arch') is no model here: --arch wins
     torch.save({"state_dict": weights, "arch": "cnn5"}, tmp_path / "foreign.pth")
+    capsys.readouterr()
     assert main(["eval", str(tmp_path / "foreign.pth"), "--data", "fashion_mnist", "--data-root", str(fmnist_root),
                  "--arch", "cnn5_w8"]) == 0
+    # scored in fp32, as its authors scored it, and said so (it ran in bf16 on a native-bf16 CPU, without a word)
+    assert "fashion_mnist/test, fp32" in " ".join(capsys.readouterr().out.split())  # the title, wrapped
+    import mixdistill
+
+    assert mixdistill.evaluate(tmp_path / "foreign.pth", "fashion_mnist", root=fmnist_root, arch="cnn5_w8",
+                               precision="bf16")["precision"] == "bf16"
 
 
 def test_train_without_a_config_asks_for_the_config_alone(capsys):

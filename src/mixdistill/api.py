@@ -52,13 +52,15 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
              split: str = "test", device: str = "auto", precision: str | None = None, batch_size: int = 512,
              arch: str | None = None) -> dict:
     """Top-1 (``acc``), top-5 (``top5``: None below 5 classes) and mean cross-entropy (``loss``) of a run's
-    network on a dataset split, as ``mixdistill eval`` computes them: ``{"acc", "top5", "loss", "images"}``.
+    network on a dataset split, as ``mixdistill eval`` computes them: ``{"acc", "top5", "loss", "images",
+    "precision"}``.
 
     ``run``: a run directory (its ``last.pt``), a checkpoint file (``best.pt``, a ``{'model': state_dict}``
     file), a summary :func:`train` returned, or an opened run. ``data``: a dataset name (default: the one the run
     trained on; a foreign checkpoint needs it, and ``arch``); ``root``: its directory (default: the run's
     ``data.root``, else where data is looked for). The whole split is evaluated (not the run's
-    ``data.test_subset``), in the precision the run trained in unless ``precision`` says otherwise.
+    ``data.test_subset``), in the precision the run trained in (a checkpoint that records no run: fp32) unless
+    ``precision`` says otherwise.
     """
     from mixdistill.errors import require_at_least
 
@@ -92,8 +94,9 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     if dataset is None:  # both at once where both are missing (a foreign checkpoint)
         raise opened.missing_dataset(name["data"] + ("" if arch or opened.arch else f" and {name['arch']}"))
     root = str(root) if root is not None else None
+    # a checkpoint that records no run (RepDistiller's, an export) is scored in fp32, as its authors scored it
     runtime = resolve_runtime(device, precision or (evaluation_precision(cfg.train.precision, device)
-                                                    if cfg else "auto"), device_option=name["device"],
+                                                    if cfg else "fp32"), device_option=name["device"],
                               precision_option=name["precision"] if precision else "train.precision")
     if cfg is not None and dataset == cfg.data.dataset and cfg.data.loader == "streaming":
         # as the run evaluated itself: resized and centre-cropped by the decoding workers (its images do not fit in
@@ -109,7 +112,7 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
     model = opened.model(arch, num_classes, in_channels).to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    return {**evaluate_model(model, loader, runtime), "images": images}
+    return {**evaluate_model(model, loader, runtime), "images": images, "precision": runtime.precision}
 
 
 def _memory_eval_loader(opened: FinishedRun, dataset: str, split: str, root, batch_size: int, device, option: str):

@@ -116,7 +116,7 @@ def cmd_eval(args) -> int:
                              options={"data": "--data NAME", "arch": "--arch NAME", "device": "--device",
                                       "precision": "--precision"})
     dataset, arch = args.data or cfg.data.dataset, args.arch or opened.arch
-    table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}")
+    table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}, {result['precision']}")
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
     table.add_row(arch, str(result["images"]), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
