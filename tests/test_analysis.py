@@ -627,6 +627,8 @@ def test_analyze_shifted_npy_set_and_checkpoint_file(tiny_runs, tmp_path):
         analyze(ckpt, out=tmp_path / "x", teacher=str(tmp_path / "bare.pt"))  # asked for: not a quiet note
     with pytest.raises(CheckpointError, match="no such run directory"):
         analyze(tmp_path / "missing_run")
+    with pytest.raises(ConfigError, match="--dataset cifar10: .* records its training set, fashion_mnist"):
+        analyze(ckpt, out=tmp_path / "x", dataset="cifar10")  # it went looking for CIFAR-10's files
     with pytest.raises(UnknownNameError, match="cutmix"):
         analyze(ckpt, out=tmp_path / "x", teacher_stats="cutmixx")
     with pytest.raises(ConfigError, match="needs a teacher"):

@@ -209,9 +209,10 @@ def test_eval_of_a_foreign_checkpoint_asks_for_all_it_lacks_and_a_wrong_arch_is_
     _one_line_error(capsys, ["eval", str(tmp_path / "plain.pt")],
                     "does not record its dataset: pass --data NAME and --arch NAME")
     torch.save({"model": weights, "arch": "cnn5_w8", "num_classes": 10, "in_channels": 1}, tmp_path / "known.pt")
-    _one_line_error(capsys, ["eval", str(tmp_path / "known.pt"), "--data", "fashion_mnist", "--data-root",
-                             str(fmnist_root), "--arch", "resnet8"],
-                    f"{tmp_path / 'known.pt'} holds a 'cnn5_w8', not a 'resnet8': leave the architecture out")
+    for command in (["eval", str(tmp_path / "known.pt"), "--data"],  # analyze blamed the checkpoint's keys
+                    ["analyze", str(tmp_path / "known.pt"), "--out", str(tmp_path / "a"), "--dataset"]):
+        _one_line_error(capsys, [*command, "fashion_mnist", "--data-root", str(fmnist_root), "--arch", "resnet8"],
+                        f"{tmp_path / 'known.pt'} holds a 'cnn5_w8', not a 'resnet8': leave the architecture out")
     # a foreign file's own name for its network (PyTorch's ImageNet example saves 'arch') is no model here: --arch wins
     torch.save({"state_dict": weights, "arch": "cnn5"}, tmp_path / "foreign.pth")
     capsys.readouterr()

@@ -204,6 +204,9 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         notes.append(f"{network[0].upper()}{network[1:]}.")
 
     # what the model was trained on: normalisation, classes, channels
+    if dataset and data_cfg.get("dataset") and dataset != data_cfg["dataset"]:  # it looked for CIFAR-10 files
+        raise ConfigError(f"--dataset {dataset}: {ckpt_path} records its training set, {data_cfg['dataset']}: leave "
+                          "--dataset out (--data evaluates another set)")
     train_name = dataset or data_cfg.get("dataset") or (data if data in DATASETS else None)
     if train_name is None:
         raise opened.missing_dataset("--dataset NAME")
@@ -268,7 +271,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
         if trained != "fp32":
             notes.append(f"Computed in fp32; the run evaluated itself in {trained} (its summary's accuracy), which "
                          "can put a few images on the other side of a decision: `mixdistill eval` scores it so.")
-    model = _build_model(arch, state, num_classes, in_channels, "model").to(dev)
+    model = opened.model(arch, num_classes, in_channels).to(dev)  # as eval: another --arch than recorded refused
     teacher_model = None
     if not no_teacher:
         teacher_model, why = _load_teacher(teacher, teacher_arch, model_cfg, num_classes, in_channels)
