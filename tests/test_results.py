@@ -92,6 +92,9 @@ def test_command_prints_the_table_and_writes_every_run_to_csv(runs_root, tmp_pat
     assert main(["results", str(runs_root), "--csv", "/proc/self/no/such/x.csv"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured
+    # a folder's name (a trailing slash) wrote a file named like the folder
+    assert main(["results", str(runs_root), "--csv", f"{tmp_path / 'out'}/"]) == 2
+    assert "names a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_no_runs_is_one_line(tmp_path, capsys):

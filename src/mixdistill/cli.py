@@ -341,8 +341,11 @@ def _add_results(sub):
 
 
 def cmd_results(args) -> int:
+    from mixdistill.errors import ConfigError
     from mixdistill.results import results_command
 
+    if args.csv is not None and args.csv.endswith(("/", os.sep)):  # pathlib drops the slash: a file named out/ was made
+        raise ConfigError(f"--csv {args.csv} names a folder: give the file, e.g. --csv {args.csv}results.csv")
     return results_command(args.dirs, per_run=args.per_run, sort=args.sort, csv_path=args.csv, metric=args.metric)
 
 
