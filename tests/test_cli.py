@@ -592,3 +592,23 @@ def test_an_image_folder_run_records_its_class_names_and_eval_checks_them(tmp_pa
     Path(summary["run_dir"], "summary.json").unlink()  # as killed after its last checkpoint
     with pytest.raises(DataError, match="changed since it started: class 1 is 'wasp' where the network learnt 'bee'"):
         mixdistill.train(Path(summary["run_dir"]) / "config.yaml", resume=True, quiet=True)
+
+
+def test_eval_of_an_unfinished_run_says_which_epoch_and_why(capsys, tiny_run_overrides, interrupt_at):
+    """eval and analyze of a run killed or diverged midway scored its last.pt without a word about it."""
+    from mixdistill.config import load_config
+    from mixdistill.engine.trainer import train
+
+    cfg = load_config("configs/fmnist_cpu_teacher.yaml", [*tiny_run_overrides, "name=cut", "optim.epochs=3"])
+    with interrupt_at(2):
+        train(cfg, quiet=True)
+    data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
+    capsys.readouterr()
+    assert main(["eval", str(cfg.run_dir), "--data-root", data_root]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: the checkpoint is epoch 2 of 3: it was interrupted, or is still training: --resume continues it" in out
+    (cfg.run_dir / "diverged.json").write_text("{}")
+    assert main(["eval", str(cfg.run_dir), "--data-root", data_root]) == 0
+    assert "it diverged (diverged.json)" in " ".join(capsys.readouterr().out.split())
+    assert main(["eval", str(cfg.run_dir / "best.pt"), "--data-root", data_root]) == 0
+    assert "note: the checkpoint is epoch" not in capsys.readouterr().out  # best.pt is an epoch by choice

@@ -128,8 +128,9 @@ def cmd_eval(args) -> int:
                 "(`mixdistill analyze` uses the subset)" if args.split == "test"
                 else f"the run trained on data.train_subset = {subset} of its images")
         console.print(f"note: the whole {args.split} split; {note}", markup=False, soft_wrap=True)
-    if (network := opened.online_network_note()) is not None:
-        console.print(f"note: {network}", markup=False, soft_wrap=True)
+    for note in (opened.online_network_note(), opened.unfinished_note()):
+        if note is not None:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
     return 0
 
 

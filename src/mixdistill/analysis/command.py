@@ -200,8 +200,9 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     if opened.config_error:  # what its config would have said (its subset, its teacher) is not known here
         notes.append(f"The run's saved config does not validate here ({opened.config_error}): analysed as a foreign "
                      "checkpoint, on the whole split, without its teacher.")
-    if (network := opened.online_network_note()) is not None:
-        notes.append(f"{network[0].upper()}{network[1:]}.")
+    for note in (opened.online_network_note(), opened.unfinished_note()):
+        if note is not None:
+            notes.append(f"{note[0].upper()}{note[1:]}.")
 
     # what the model was trained on: normalisation, classes, channels
     if dataset and data_cfg.get("dataset") and dataset != data_cfg["dataset"]:  # it looked for CIFAR-10 files

@@ -242,6 +242,17 @@ class FinishedRun:
         return (f"the checkpoint's model is {network} of {self.cfg.method.name}'s {peers} networks (the run's "
                 f"test_acc is their mean: compare last_acc_{network} in its summary)")
 
+    def unfinished_note(self) -> str | None:
+        """For a run's ``last.pt`` written before its last epoch: which epoch it holds, and why the run stopped
+        (diverged, as its diverged.json says; else interrupted or still training). None otherwise."""
+        epoch, total = self.state.get("epoch"), self.cfg.optim.total_epochs if self.cfg else None
+        if self.checkpoint.name != CHECKPOINT or epoch is None or total is None or epoch >= total:
+            return None
+        why = ("it diverged (diverged.json), so the same config stops there again" if
+               (self.checkpoint.parent / DIVERGED).exists() else
+               "it was interrupted, or is still training: --resume continues it")
+        return f"the checkpoint is epoch {epoch} of {total}: {why}"
+
     def split(self, name: str = "test", root: str | None = None, use_subset: bool = True) -> Split:
         """The run's dataset split (its ``data.test_subset`` / ``train_subset`` applied), read from ``root`` or the
         run's own ``data.root``."""
