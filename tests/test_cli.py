@@ -606,7 +606,8 @@ def test_eval_of_an_unfinished_run_says_which_epoch_and_why(capsys, tiny_run_ove
     capsys.readouterr()
     assert main(["eval", str(cfg.run_dir), "--data-root", data_root]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "note: the checkpoint is epoch 2 of 3: it was interrupted, or is still training: --resume continues it" in out
+    assert ("note: the checkpoint is epoch 2 of 3: it was interrupted, or is still training: --resume continues it"
+            in out)
     (cfg.run_dir / "diverged.json").write_text("{}")
     assert main(["eval", str(cfg.run_dir), "--data-root", data_root]) == 0
     assert "it diverged (diverged.json)" in " ".join(capsys.readouterr().out.split())

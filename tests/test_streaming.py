@@ -388,7 +388,8 @@ def test_an_image_size_too_small_for_the_network_or_too_large_is_one_line_before
 
     common = [f"data.root={tree}", f"output_dir={tmp_path / 'runs'}", "data.dataset=imagenet", "data.loader=streaming",
               "data.batch_size=6", "model.student=lenet5", "data.num_workers=0", "optim.epochs=1",
-              "optim.milestones=[]", "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"]
+              "optim.milestones=[]", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+              "train.precision=fp32"]
     cfg = load_config(None, common + ["data.image_size=8"])
     message = r"lenet5 cannot take 8x8 images: they are too small for its pooling or kernels \(.*Kernel size"
     with pytest.raises(ConfigError, match=message):

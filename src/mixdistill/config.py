@@ -46,6 +46,7 @@ PathText = Annotated[str, AfterValidator(expand_home)]  # a path in a config: ou
 
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
+    # PathText's expansion after min_length: the other order reported "at least 1 item after validation" for ""
     root: Annotated[str, Field(min_length=1), AfterValidator(expand_home)] | None = Field(
         None, description="data directory (relative: from the current directory; unset: MIXDISTILL_DATA, the Debian "
                           "path, download)")
@@ -207,18 +208,6 @@ class TrainConfig(Section):
                             "gradient scaler on a CUDA GPU without it (compute capability 7.x), fp32 otherwise; "
                             "fp16: CUDA only")
     channels_last: bool | Literal["auto"] = Field("auto", description="true | false | auto (on)")
-
-    @field_validator("channels_last", "compile", "fast_teacher", "teacher_cache", mode="before")
-    @classmethod
-    def _true_false_or_auto(cls, value):
-        """One line for a bad value (pydantic named each member of the union: 'train.compile.bool: ...;
-        train.compile.literal['auto']: ...'); the spellings a plain true/false option takes (off, yes) as there."""
-        if isinstance(value, bool) or value == "auto":
-            return value
-        try:
-            return TypeAdapter(bool).validate_python(value)
-        except ValidationError:
-            raise ValueError(f"expected true, false or auto, got {value!r}") from None
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the student: true | false | auto (CUDA; a CPU where it repays)")
     cuda_graphs: bool = Field(False, description="CUDA graphs: the student compiled with mode=reduce-overhead, the "
@@ -235,6 +224,18 @@ class TrainConfig(Section):
         "loader's batch (kd, dkd without augment); auto = use one that is there, build one when the run's epochs "
         "exceed the views (a study grid: the epochs of all runs that share it); true = always (the runs that need it "
         "at once build it together, a view each at a time); false = never")
+
+    @field_validator("channels_last", "compile", "fast_teacher", "teacher_cache", mode="before")
+    @classmethod
+    def _true_false_or_auto(cls, value):
+        """One line for a bad value (pydantic named each member of the union: 'train.compile.bool: ...;
+        train.compile.literal['auto']: ...'); the spellings a plain true/false option takes (off, yes) as there."""
+        if isinstance(value, bool) or value == "auto":
+            return value
+        try:
+            return TypeAdapter(bool).validate_python(value)
+        except ValidationError:
+            raise ValueError(f"expected true, false or auto, got {value!r}") from None
     eval_every: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between reads of the on-device metrics")

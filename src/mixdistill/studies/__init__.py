@@ -33,10 +33,9 @@ def study_runs(name: str, scale: str, seeds: list[int], study_dir: Path, data_ro
 
 
 def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | None = None,
-              output_dir: str = "runs/studies",
-              executor: str = "local", address: str | None = None, data_root: str | None = None,
-              gpus_per_run: float | None = None, rerun: list[str] = (), threads: int | None = None,
-              jobs: int | None = None, report_only: bool = False, log=print) -> Path:
+              output_dir: str = "runs/studies", executor: str = "local", address: str | None = None,
+              data_root: str | None = None, gpus_per_run: float | None = None, rerun: list[str] = (),
+              threads: int | None = None, jobs: int | None = None, report_only: bool = False, log=print) -> Path:
     """``seeds``: a count (5: seeds 0..4; the default), a range ("10-14"), a list ("3,7,9" or [3, 7, 9]).
     ``threads``: torch threads per run (default: the scale's ``threads_per_run``, else torch's default);
     ``jobs``: runs side by side with the local executor (default: as many as the cores hold).
@@ -111,7 +110,8 @@ def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None,
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"--report-only: cannot read {path} ({type(err).__name__}: {err}); running the study "
                           "again writes it") from None
-    asked = {"--seeds": (seeds and sorted(seeds), sorted(grid[0]), seeds and ",".join(map(str, seeds))), "--threads": (threads, grid[1], threads),
+    asked = {"--seeds": (seeds and sorted(seeds), sorted(grid[0]), seeds and ",".join(map(str, seeds))),
+             "--threads": (threads, grid[1], threads),
              "--data-root": (data_root and _absolute(data_root), grid[2] and _absolute(grid[2]), data_root)}
     changed = [f"{flag} {shown}" for flag, (given, recorded, shown) in asked.items()
                if given is not None and given != recorded]

@@ -174,8 +174,7 @@ def _over_settings(parts: dict) -> tuple[list[Finding], list[Gate], list[Finding
         e = over_units({s: effects[m] for s, (_, _, effects) in parts.items() if m in effects}, "setting")
         premise[m] = Gate(f"{m} beats a network alone over {counted(e.n, 'setting')}",
                           f"mean over the settings of {m} mean peer − network alone > 0, p < 0.05 (one-sample t over "
-                          "the settings)", f"{e.text()}, "
-                          f"{p_text(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
+                          "the settings)", f"{e.text()}, {p_text(e.p)}", holds(e.estimate > 0 and e.p < 0.05, e))
     pooled = {}  # id of a setting's gate -> its gate over the settings
     for gates, _, effects in parts.values():
         pooled.update({id(g): premise[m] for g, m in zip(gates, effects)})
