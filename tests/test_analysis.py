@@ -503,6 +503,8 @@ def test_analyze_end_to_end(tiny_runs, tmp_path, capsys):
     for section in ("Class discrimination", "Smoothness", "Robustness", "human soft labels", "t-SNE"):
         assert section in report
     assert str(out / "report.md") in capsys.readouterr().out
+    assert analyze_main(_parse(run, "--quiet")) == 0  # again without t-SNE: no figure of the earlier analysis left
+    assert not (out / "tsne.png").exists() and "t-SNE" not in (out / "report.md").read_text()
 
 
 @pytest.mark.checkout

@@ -381,6 +381,9 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     metrics["paths"] = {k: str(v) for k, v in paths.items()}
     write_json(paths["metrics"], _jsonable(metrics))
     write_text(paths["report"], render_report(metrics, out_dir))
+    for figure, name in FIGURES.items():  # an earlier analysis's figure would sit beside a report not showing it
+        if figure not in paths:
+            (out_dir / name).unlink(missing_ok=True)
     return metrics
 
 
