@@ -84,6 +84,7 @@ def test_command_prints_the_table_and_writes_every_run_to_csv(runs_root, tmp_pat
     assert set(table) == {"ce_s0", "ce_s1", "mixup_s0", "ce_s2"}
     assert float(table["ce_s1"]["last_acc"]) == _summary(runs_root, "ce_s1")["last_acc"]
     assert table["ce_s2"]["finished"] == "False" and table["ce_s2"]["last_acc"] == ""
+    assert table["ce_s2"]["status"] == "epoch 1/2" and table["ce_s0"]["status"] == "done"  # as the per-run table
     s0 = _summary(runs_root, "ce_s0")
     assert {k: float(table["ce_s0"][k]) for k in ("best_acc", "last_top5", "train_time_s", "epochs")} == \
         {k: s0[k] for k in ("best_acc", "last_top5", "train_time_s", "epochs")}

@@ -101,6 +101,10 @@ def _epochs(record: RunRecord) -> str:
     return f"{diverged}epoch {record.last_epoch or 0}/{total}{damaged}"
 
 
+def _status(record: RunRecord) -> str:
+    return "done" if record.summary is not None else _epochs(record)
+
+
 def collect(roots: list[str | Path], unreadable: list[Path] | None = None) -> list[RunRecord]:
     records, seen = [], set()
     for root in roots:
@@ -226,7 +230,7 @@ def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_a
         rows.append(([str(record.path)] + ([settings(config, keys)] if keys else []) +
                      [_value(config.get("seed")), _number(s.get(metric), _digits(metric)), best,
                       _number(s.get("last_top5")), _number(s.get("train_time_s"), 0),
-                      "done" if record.summary is not None else _epochs(record)],
+                      _status(record)],
                      s.get(metric)))
     if sort == "acc":
         rows.sort(key=best_first(metric))
@@ -237,17 +241,18 @@ def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_a
 
 
 def csv_text(records: list[RunRecord]) -> str:
-    """Every run as a CSV row: its directory, every config key, every number its summary holds (``last_acc``,
+    """Every run as a CSV row: its directory, whether it finished and its status as the per-run table says it (e.g.
+    'diverged after epoch 3/15'), every config key, every number its summary holds (``last_acc``,
     ``best_acc``, an online method's ``last_acc_ensemble``, ...; empty until it finishes)."""
     configs = [flat(r.config) for r in records]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     fields = summary_numbers(records)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run_dir", "finished", "last_epoch"] + keys + fields)
+    writer.writerow(["run_dir", "finished", "status", "last_epoch"] + keys + fields)
     for record, config in zip(records, configs):
         s = record.summary or {}
-        writer.writerow([str(record.path), record.summary is not None, record.last_epoch] +
+        writer.writerow([str(record.path), record.summary is not None, _status(record), record.last_epoch] +
                         [json.dumps(config.get(k)) if isinstance(config.get(k), (list, dict)) else config.get(k)
                          for k in keys] + [s.get(f) for f in fields])
     return out.getvalue()
