@@ -99,6 +99,22 @@ def test_model_peers_decide_the_peer_count_the_config_records():
         load_config(None, ["method=dml", "method.peers=4", "model.peers=[cnn5_w8,cnn5_w16]"])
 
 
+def test_the_first_peer_is_recorded_as_the_student_and_keys_its_lr_override():
+    """model.student stayed at its default beside model.peers: the config recorded a network nobody trained, and
+    optim.lr_overrides looked up that one's lr."""
+    from mixdistill.config import stored_config
+    from mixdistill.engine.build import base_lr
+    from mixdistill.engine.run import config_difference
+
+    cfg = load_config(None, ["method=dml", "model.student=resnet8x4", "model.peers=[cnn5_w16,cnn5_w8]",
+                             "optim.lr_overrides={cnn5_w16: 0.02}"])
+    assert cfg.model.student == "cnn5_w16" and base_lr(cfg) == 0.02
+    older = cfg.to_dict()
+    older["model"]["student"] = "resnet8x4"  # as a run of an earlier mixdistill recorded it: still the same run
+    assert config_difference(stored_config(older).to_dict(), cfg.to_dict()) == []
+    assert load_config(None, ["method=dml", "model.student=cnn5_w8"]).model.student == "cnn5_w8"  # no peers named
+
+
 @pytest.mark.parametrize("method", [["method=ce"], ["method=kd", "model.teacher_checkpoint=t.pt"]])
 def test_peers_with_a_method_that_trains_one_student_are_refused_not_ignored(method):
     with pytest.raises(ConfigError, match="model.peers names the peers of an online method .*dml.*; method '(ce|kd)' "

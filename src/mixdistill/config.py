@@ -93,7 +93,8 @@ class ModelConfig(Section):
         None, description="a checkpoint file ({'model': state_dict}; relative: from the current directory) or a "
                           "benchmark teacher name")
     peers: list[str] | None = Field(
-        None, description="online methods: one model name per peer (default: method.peers copies of student)")
+        None, description="online methods: one model name per peer (default: method.peers copies of student); the "
+                          "first is recorded as model.student")
     pretrained: bool = Field(
         False, description="timm:NAME / tv:NAME students and peers start from the library's pretrained weights "
                            "(downloaded where the network allows); false: fresh weights, nothing downloaded. The "
@@ -388,6 +389,9 @@ class RunConfig(Section):
                                  f"{len(self.model.peers)} models: set one (model.peers decides when method.peers is "
                                  "unset)")
             self.method.model_extra["peers"] = len(self.model.peers)  # recorded as trained
+        if self.model.peers and getattr(method_cls, "online", False):
+            # peers[0] is the student (the checkpoint's model, optim.lr_overrides' key): recorded as trained
+            self.model.student = self.model.peers[0]
         if self.model.pretrained:
             trained = (self.model.peers or [self.model.student]) if getattr(method_cls, "online", False) \
                 else [self.model.student]
