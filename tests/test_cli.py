@@ -340,6 +340,15 @@ def test_demo_whose_teacher_diverges_is_one_line_naming_it(fmnist_root, capsys, 
 
 
 @pytest.mark.checkout
+def test_train_that_diverges_is_one_line_and_exit_1_not_bad_inputs_2(tiny_run_overrides, capsys):
+    """A diverged run is a result (a study's exits 1 too); it exited 2, as a misspelt key does."""
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=nan", "optim.lr=1e30",
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixdistill: non-finite loss at step"), err
+
+
+@pytest.mark.checkout
 def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=cli", "optim.epochs=1",
                  "--quiet"]) == 0

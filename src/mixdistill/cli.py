@@ -11,7 +11,7 @@ import sys
 import threading
 import warnings
 
-from mixdistill.errors import MixdistillError
+from mixdistill.errors import MixdistillError, NonFiniteLossError
 from mixdistill.tables import print_table
 
 
@@ -578,6 +578,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         with _sigterm_as_interrupt():  # here, inside the handlers below (start-up, importing torch: the default)
             return int(args.func(args) or 0)
+    except NonFiniteLossError as err:  # a result, as a study's diverged run is (exit 1), not bad input (2)
+        print(f"mixdistill: {err}", file=sys.stderr)
+        return 1
     except MixdistillError as err:
         print(f"mixdistill: error: {err}", file=sys.stderr)
         return 2
