@@ -29,14 +29,23 @@ from mixdistill.models.checkpoint import load_weights
 from mixdistill.teachers import TEACHERS, load_teacher
 
 
+# in-memory arrays read in about a second: a grid checks its runs' subsets against them before it trains any
+SIZED_BEFORE_A_GRID = ("cifar10", "cifar100", "fashion_mnist")
+
+
+def check_subset_sizes(cfg: RunConfig, num_train: int, num_test: int) -> None:
+    d = cfg.data
+    for key, n_images in (("train_subset", num_train), ("test_subset", num_test)):
+        n = getattr(d, key)
+        if n and n > n_images:
+            raise ConfigError(f"data.{key}={n} exceeds the {n_images} images of {d.dataset}")
+
+
 def load_data(cfg: RunConfig):
     d = cfg.data
     train = load_dataset(d.dataset, "train", root=d.root, download=d.download)
     test = load_dataset(d.dataset, "test", root=d.root, download=d.download)
-    for key, split in (("train_subset", train), ("test_subset", test)):
-        n = getattr(d, key)
-        if n and n > len(split):
-            raise ConfigError(f"data.{key}={n} exceeds the {len(split)} images of {d.dataset}")
+    check_subset_sizes(cfg, len(train), len(test))
     if d.train_subset:
         train = train.subset(d.train_subset, seed=d.subset_seed)
     if d.test_subset:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
-from mixdistill.data.datasets import DATASETS, check_root_exists
+from mixdistill.data.datasets import DATASETS, check_root_exists, load_dataset
 from mixdistill.engine import teacher_views
+from mixdistill.engine.build import SIZED_BEFORE_A_GRID, check_subset_sizes
 from mixdistill.engine.run import (
     CHECKPOINT,
     DIVERGED,
@@ -283,6 +284,20 @@ def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], needs: dict
     return plan
 
 
+def _check_subset_sizes(configs) -> None:
+    """A subset larger than its dataset's files stopped a grid at the first run asking it, after the stages before
+    it had trained: checked first, where the dataset is read in about a second."""
+    sizes: dict[tuple, tuple[int, int]] = {}
+    for cfg in configs:
+        d = cfg.data
+        if (d.train_subset or d.test_subset) and d.dataset in SIZED_BEFORE_A_GRID:
+            where = (d.dataset, d.root, d.download)
+            if where not in sizes:
+                sizes[where] = tuple(len(load_dataset(d.dataset, split, root=d.root, download=d.download))
+                                     for split in ("train", "test"))
+            check_subset_sizes(cfg, *sizes[where])
+
+
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
              retries: int = 1, quiet: bool = True, rerun: list[str] = (), threads: int | None = None,
              jobs: int | None = None, record: dict | None = None, log=print) -> dict[str, dict]:
@@ -298,6 +313,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     keys = [r.key for r in runs]
     for dataset, root in sorted({(c.data.dataset, str(c.data.root)) for c in configs.values() if c.data.root}):
         check_root_exists(dataset, root)  # before the folder, its lock and runs/ are made
+    _check_subset_sizes(configs.values())
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
     if unmatched:
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
