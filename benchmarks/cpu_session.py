@@ -54,7 +54,7 @@ def cpu_kind() -> str:
 
 def commands(kind: str, out: str = "docs/results") -> dict[str, list[str]]:
     """Each step's command line, run from the repository root."""
-    bench = [sys.executable, "-m", "mixdistill", "bench", "--device", "cpu", "--out", out]
+    bench = [sys.executable, "-m", "mixdistill", "bench", "--device", "cpu", "--out", out, "--overwrite"]
     return {
         "bench": bench + ["--rounds", "5", "--variants", "project,eager_teacher,int8,compile,int8_compile",
                           "--cases", "kd,kd_cutmix,kd_cutmixpick,mixstd,dml", "--tag", f"cpu_{kind}"],

@@ -60,7 +60,7 @@ case "${1:-}" in
     { nvidia-smi || true; python3 -c "import torch; print(torch.__version__, torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"; } 2>&1 | tee -a "$log"
     step 250 python3 -m mixdistill bench --device "$device" --cases kd --pairs resnet32x4-resnet8x4 \
-      --variants "$variants" --time-budget "$budget" "${bench_extra[@]}" --out "$out" --tag cuda_session
+      --variants "$variants" --time-budget "$budget" "${bench_extra[@]}" --out "$out" --tag cuda_session --overwrite
     data=$(mktemp -d)
     step 30 python3 -m mixdistill.data.synthetic cifar100 "$data" "$n_train" "$n_test"
     step 30 python3 -c "import sys, torch; from mixdistill.models import create_model; torch.save({'model':

@@ -180,6 +180,53 @@ def test_bench_command_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("argv, why", [
+    (["--precision", "foo"], "train.precision: Input should be"),  # each was a "failed" column and exit 0
+    (["--compile", "maybe"], "train.compile: expected true, false or auto"),
+    (["--precision", "fp16"], "train.precision=fp16 is for CUDA GPUs"),
+    (["--threads", "0"], "--threads must be at least 1"),  # 0 was ignored, -1 a traceback
+    (["--num-workers", "-1"], "--num-workers must be at least 0"),
+    (["--cases", ","], "--cases names no case"),  # an empty report
+    (["--tag", "../x"], "--tag '../x' is a file name suffix"),  # wrote outside --out
+])
+def test_bench_options_are_checked_before_anything_is_timed(argv, why, tmp_path, capsys):
+    from mixdistill.cli import main
+
+    assert main(["bench", "--quick", "--device", "cpu", "--cases", "kd", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0], err
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_bench_keeps_an_earlier_benchs_results_unless_told_to_replace_them(tmp_path, capsys, monkeypatch):
+    from mixdistill.cli import main
+
+    (tmp_path / "bench_quick_cpu.md").write_text("earlier\n")
+    argv = ["bench", "--quick", "--device", "cpu", "--cases", "kd", "--variants", "project", "--steps", "1",
+            "--rounds", "1", "--warmup", "0", "--num-workers", "0", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "holds an earlier bench's results: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bench_quick_cpu.md").read_text() == "earlier\n"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun each rank timed its loops into the same files
+    assert main(argv + ["--overwrite"]) == 2 and "not under torchrun" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(argv + ["--overwrite"]) == 0 and (tmp_path / "bench_quick_cpu.md").read_text() != "earlier\n"
+
+
+def test_a_grid_case_not_measured_is_a_row_of_the_report():
+    """It had no pair: the report's markdown ended in a KeyError (CUDA, or past the time budget)."""
+    from mixdistill.bench.steps import to_markdown
+
+    report = {"machine": {"cpu": "x", "cpu_count": 2, "cpu_capability": "AVX2", "cpu_native_bf16": False,
+                          "reference_num_workers": 0, "torch": "2"},
+              "settings": {"device": "cuda", "batch_size": 64, "steps": 1, "rounds": 1, "warmup": 0},
+              "results": [], "not_measured": [{"case": "grid", "why": "the grid case is a CPU case"},
+                                              {"case": "kd", "pair": "a-b", "why": "time budget"}]}
+    md = to_markdown(report)
+    assert "| grid | - | not measured (the grid case is a CPU case) |" in md
+    assert "| KD | a-b | not measured (time budget) |" in md
+
+
 def test_cpu_only_variants_refuse_cuda(tmp_path):
     from mixdistill.bench import CPU_VARIANTS, ProjectLoop
 

@@ -153,6 +153,17 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
+def check_writable(directory: str | Path) -> None:
+    """A file can be written in ``directory`` (a WriteError naming it otherwise): for a command that writes its
+    results only after minutes of work."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise write_error(directory, err) from None
+
+
 def remove_orphans(directory: str | Path) -> list[Path]:
     """Delete the temporary files that interrupted writes left in ``directory`` (call it while holding the
     directory's lock, so that no live writer's file is taken)."""

@@ -39,6 +39,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -54,10 +55,10 @@ from mixdistill.bench.grid import grid_case, grid_markdown
 from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
-from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, seed_epoch
+from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, resolve_runtime, seed_epoch
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
-from mixdistill.files import make_dir, save_torch, write_json, write_text
+from mixdistill.files import check_writable, make_dir, save_torch, write_json, write_text
 from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.models import create_model
 
@@ -68,6 +69,7 @@ CASES = {  # name -> (label, config overrides)
     "mixstd": ("MIXSTD", ["method=mixstd", "augment=mixup_two_perm"]),
     "dml": ("DML (3 peers)", ["method=dml", "method.peers=3"]),
 }
+DEFAULT_PAIRS, QUICK_PAIR = "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2", "cnn5_w16-cnn5_w8"
 PAIRS = {  # name -> (teacher, student)
     "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"),
     "wrn_40_2-wrn_16_2": ("wrn_40_2", "wrn_16_2"),
@@ -92,16 +94,21 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(CASES)}, and grid (runs per hour of a study-scale grid: "
                         "the grid runner's defaults against one run at a time; minutes, so not in the default)")
     p.add_argument("--grid-runs", type=int, default=4, help="grid case: runs in the grid")
-    p.add_argument("--grid-epochs", type=int, default=45, help="grid case: epochs of each run (23 steps each)")
-    p.add_argument("--grid-rounds", type=int, default=2, help="grid case: rounds, in alternating order")
-    p.add_argument("--pairs", default="resnet32x4-resnet8x4,wrn_40_2-wrn_16_2",
-                   help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)}")
+    p.add_argument("--grid-epochs", type=int, default=None,
+                   help="grid case: epochs of each run, 23 steps each (default: 45; --quick: 1). The grid case times "
+                        "the grid runner's own thread counts and defaults: --threads, --compile, --channels-last and "
+                        "--pairs are the throughput cases'")
+    p.add_argument("--grid-rounds", type=int, default=None,
+                   help="grid case: rounds, in alternating order (default: 2; --quick: 1)")
+    p.add_argument("--pairs", default=None,
+                   help=f"comma-separated teacher-student pairs, from {', '.join(PAIRS)} (default: "
+                        f"{DEFAULT_PAIRS}; --quick: {QUICK_PAIR})")
     p.add_argument("--variants", default="auto",
                    help="project-side loops to time besides the reference: project (the trainer as configured), "
                         "eager_teacher (train.fast_teacher=false), int8, compile, int8_compile (CPU), cuda_graphs "
                         "(CUDA); auto = project,eager_teacher plus int8,compile on CPU, cuda_graphs "
                         "on CUDA")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per step, both loops")
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 2 CPU, 100 CUDA)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved timing rounds (default: 9 CPU, 3 CUDA); the ratio is the median of the "
@@ -116,9 +123,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds; cases not started within it are reported as not measured")
     p.add_argument("--out", default="runs/bench", help="directory for bench_<TAG>.json / .md (the committed "
                    "results live in docs/results)")
-    p.add_argument("--tag", default=None, help="file name suffix (default: the device kind)")
+    p.add_argument("--tag", default=None, help="file name suffix: letters, digits, '.', '_', '-' (default: the device "
+                                               "kind, cpu or cuda; --quick: quick_cpu, quick_cuda)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the bench_<TAG>.json / .md an earlier bench wrote (refused without it)")
     p.add_argument("--quick", action="store_true", help="tiny models and steps (smoke test, seconds)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, data and order of both loops")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -617,13 +627,15 @@ def to_markdown(report: dict) -> str:
             loop = r["loops"].get(v)
             cells += [_fmt_rate(loop), f"**{r['ratio'][v]:.2f}x**" if v in r.get("ratio", {}) else "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    for r in report.get("not_measured", []):
-        lines.append(f"| {CASES[r['case']][0]} | {r['pair']} | not measured ({r['why']}) |" + " |" * (2 * len(variants)))
+    for r in report.get("not_measured", []):  # the grid case has no pair
+        label = CASES[r["case"]][0] if r["case"] in CASES else r["case"]
+        lines.append(f"| {label} | {r.get('pair', '-')} | not measured ({r['why']}) |" + " |" * (2 * len(variants)))
     if report["settings"]["device"] == "cpu" and report["results"]:
         loads = [v for r in report["results"] for v in r.get("load_average_1min", []) if v is not None]
         if loads:
             lines += ["", f"Load average (1 min) during the runs: {min(loads):.1f}–{max(loads):.1f} on {m['cpu_count']} "
-                          f"cores. The benchmark itself accounts for about {m['cpu_count']} (torch threads) plus the "
+                          f"cores. The benchmark itself accounts for about {m.get('torch_threads', m['cpu_count'])} "
+                          f"(torch threads) plus the "
                           f"reference's DataLoader workers; a higher figure means other jobs shared the machine and "
                           f"absolute images/s are depressed (the ratios compare loops timed back to back)."]
         lines += ["", "Ratio by process CPU time (images per CPU-second of this process, median over rounds of the "
@@ -712,16 +724,19 @@ def bench_main(args) -> int:
 
 
 def _bench(args) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank timed both loops at once, into the same files
+        raise ConfigError("bench times one process's loops: run `mixdistill bench` directly, not under torchrun")
     device = resolve_device(args.device, "bench --device")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases:
+        raise ConfigError(f"bench: --cases names no case (choose from {', '.join([*CASES, 'grid'])})")
     grid = "grid" in cases
     cases = [c for c in cases if c != "grid"]
-    if args.quick:
-        pairs = ["cnn5_w16-cnn5_w8"] if args.pairs == "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2" else args.pairs.split(",")
-    else:
-        pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    pairs = [p.strip() for p in (args.pairs or (QUICK_PAIR if args.quick else DEFAULT_PAIRS)).split(",") if p.strip()]
+    if cases and not pairs:
+        raise ConfigError(f"bench: --pairs names no pair (choose from {', '.join(PAIRS)})")
     for option, minimum in (("batch_size", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("grid_runs", 1),
-                            ("grid_epochs", 1), ("grid_rounds", 1)):
+                            ("grid_epochs", 1), ("grid_rounds", 1), ("threads", 1), ("num_workers", 0)):
         require_at_least(f"bench: --{option.replace('_', '-')}", getattr(args, option), minimum)
     for c in cases:
         if c not in CASES:
@@ -736,6 +751,27 @@ def _bench(args) -> int:
         for v in variants:
             if v not in VARIANTS:
                 raise ConfigError(f"bench: unknown variant '{v}' (choose from {', '.join(VARIANTS)})")
+    # the project's options, checked before any loop is timed (a bad one was a "failed" column after minutes)
+    try:
+        options = load_config(None, [f"train.device={device.type}", f"train.precision={args.precision}",
+                                     f"train.compile={args.compile}", f"train.channels_last={args.channels_last}"])
+    except ConfigError as err:
+        raise ConfigError(f"bench: --precision, --compile and --channels-last are the project's train.* options: "
+                          f"{err}") from None
+    resolve_runtime(device.type, options.train.precision, options.train.channels_last, options.train.compile,
+                    device_option="bench --device", precision_option="bench --precision")
+    args.grid_epochs = args.grid_epochs or (1 if args.quick else 45)
+    args.grid_rounds = args.grid_rounds or (1 if args.quick else 2)
+    out_dir = Path(args.out)
+    tag = args.tag or ("quick_" if args.quick else "") + device.type
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", tag):  # a path in it wrote beside --out
+        raise ConfigError(f"bench: --tag {tag!r} is a file name suffix: letters, digits, '.', '_', '-'")
+    outputs = [out_dir / f"bench_{tag}.json", out_dir / f"bench_{tag}.md"]
+    if not args.overwrite and any(path.exists() for path in outputs):
+        raise ConfigError(f"bench: {next(p for p in outputs if p.exists())} holds an earlier bench's results: pass "
+                          "--overwrite to replace them, or another --tag or --out")
+    make_dir(out_dir)
+    check_writable(out_dir)  # before minutes of timing, not after the first case
     cuda = device.type == "cuda"
     steps = args.steps or (2 if args.quick else (100 if cuda else 2))  # CPU: short rounds, many of them
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (20 if cuda else 2))
@@ -746,9 +782,6 @@ def _bench(args) -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True  # as RepDistiller's train_student.py (both loops)
     started = time.perf_counter()
-    out_dir = Path(args.out)
-    make_dir(out_dir)
-    tag = args.tag or ("quick_" if args.quick else "") + device.type
     report = {"settings": {"device": device.type, "batch_size": args.batch_size, "steps": steps, "rounds": rounds,
                            "warmup": warmup, "cases": cases, "pairs": pairs, "variants": variants,
                            "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
@@ -757,8 +790,8 @@ def _bench(args) -> int:
 
     def save():
         report["elapsed_s"] = round(time.perf_counter() - started, 1)
-        write_json(out_dir / f"bench_{tag}.json", report)
-        write_text(out_dir / f"bench_{tag}.md", to_markdown(report))
+        write_json(outputs[0], report)
+        write_text(outputs[1], to_markdown(report))
 
     with tempfile.TemporaryDirectory(prefix="mixdistill-bench-") as tmp:
         tmp = Path(tmp)
@@ -795,6 +828,8 @@ def _bench(args) -> int:
         if grid:
             if device.type != "cpu":
                 report["not_measured"].append({"case": "grid", "why": "the grid case is a CPU case"})
+            elif args.time_budget and time.perf_counter() - started > args.time_budget:
+                report["not_measured"].append({"case": "grid", "why": "time budget"})
             else:
                 print("[bench] grid ...", flush=True)
                 report["grid"] = grid_case(args, tmp)
@@ -807,7 +842,7 @@ def _bench(args) -> int:
                 report["sync_check"] = {"steps": 0, "synchronizations": -1, "error": f"{type(e).__name__}: {e}"}
         save()
     print(to_markdown(report))
-    print(f"wrote {out_dir / f'bench_{tag}.json'} and {out_dir / f'bench_{tag}.md'}", flush=True)
+    print(f"wrote {outputs[0]} and {outputs[1]}", flush=True)
     return 0
 
 
