@@ -381,6 +381,49 @@ def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
     assert [rows[k]["status"] for k in ("teacher", "kd/seed0", "kd/seed1")] == ["diverged", "not run", "not run"]
 
 
+def test_a_ray_address_where_nothing_listens_is_one_error_at_once():
+    """ray.init retried 127.0.0.1:1 for minutes, in C++ code SIGTERM could not stop."""
+    import socket
+    import time
+
+    from mixdistill.errors import MixdistillError
+    from mixdistill.studies.grid import _check_ray_address
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]  # closed again: nothing listens on it
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{free}", f"ray://127.0.0.1:{free}"):
+        with pytest.raises(MixdistillError, match=f"--address {address}: no Ray cluster answers there"):
+            _check_ray_address(address)
+    assert time.monotonic() - started < 10
+    with pytest.raises(MixdistillError, match="give the head node's HOST:PORT"):
+        _check_ray_address("headnode")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        _check_ray_address(f"127.0.0.1:{sock.getsockname()[1]}")  # something answers: ray.init's to judge
+    _check_ray_address(None), _check_ray_address("auto")
+
+
+@pytest.mark.slow
+def test_a_ray_run_asking_more_cpus_than_the_cluster_has_is_refused_not_left_waiting(fmnist_root, tmp_path):
+    """Ray kept such a task pending forever, and log_to_driver=False hid its warning: the study said nothing."""
+    pytest.importorskip("ray")
+    from mixdistill.errors import MixdistillError
+    from mixdistill.machine import available_cpus
+
+    study = tmp_path / "ray_study"
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)
+    with pytest.raises(MixdistillError, match=rf"run teacher asks for {available_cpus() + 1} CPUs and this machine's "
+                                              rf"Ray instance has {available_cpus()}: it would never start"):
+        run_grid(runs, study, executor="ray", threads=available_cpus() + 1, log=lambda *_: None)
+    import ray
+
+    assert not ray.is_initialized()  # shut down again
+    assert not (study / "runs").exists() or not list((study / "runs").iterdir())
+
+
 def test_a_row_from_before_an_option_existed_matches_at_that_options_default(fmnist_root, tmp_path):
     from mixdistill.studies.grid import _row_difference, resolve
 

@@ -17,6 +17,7 @@ import fnmatch
 import inspect
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -579,6 +580,33 @@ def _submit(pool, *call):
             signal.raise_signal(held[0])  # its own handler now: KeyboardInterrupt, Terminated, or the default
 
 
+def _check_ray_address(address: str | None) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) where nothing listens: ray.init retried it for minutes, in C++ code that
+    SIGTERM could not stop."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise MixdistillError(f"--address {address}: give the head node's HOST:PORT (e.g. 10.0.0.5:6379), "
+                              "ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise MixdistillError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); is "
+                              "`ray start --head` running on it?") from None
+
+
+def _check_ray_resources(todo, resources: dict, address: str | None) -> None:
+    """A run asking more CPUs or GPUs than the whole cluster has would wait for them forever, saying nothing."""
+    where = f"the Ray cluster at {address}" if address else "this machine's Ray instance"
+    for run in todo:
+        for kind, asked in (("CPU", run.config["train"]["threads"]), ("GPU", run.num_gpus or 0)):
+            if asked > resources.get(kind, 0):
+                option = "--threads (or train.threads)" if kind == "CPU" else "--gpus-per-run"
+                raise MixdistillError(f"run {run.key} asks for {asked} {kind}s and {where} has "
+                                      f"{resources.get(kind, 0):g}: it would never start; lower {option}")
+
+
 def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
     import signal
     import threading
@@ -589,12 +617,19 @@ def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
         raise MixdistillError("--executor ray needs Ray: pip install 'mixdistill[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        _check_ray_address(address)
         before = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": available_cpus()}))
         if before is not None and threading.current_thread() is threading.main_thread():
             # ray.init installs its own, which dumped its C++ stack and exited 15: SIGTERM stops the study as Ctrl-C
             signal.signal(signal.SIGTERM, before)  # does (the CLI's), and the finally below shuts Ray down
+    try:
+        _check_ray_resources(todo, ray.cluster_resources(), address)
+    except MixdistillError:
+        if started_here:
+            ray.shutdown()
+        raise
     remote = ray.remote(execute)
 
     def submit(run):
