@@ -631,6 +631,9 @@ def test_the_replicate_count_reads_right_for_one_seed():
     (["--executor", "ray", "--jobs", "2"], {}, "--jobs is for the local executor"),
     ([], {"WORLD_SIZE": "2"}, "not under torchrun"),
     (["--report-only", "--rerun", "ce/*", "--jobs", "2"], {}, "--report-only trains nothing, so --rerun and --jobs"),
+    (["--plan", "--jobs", "7", "--threads", "3", "--rerun", "x*"], {},  # accepted and ignored
+     "--plan counts the grid's work and runs nothing, so --rerun and --jobs and --threads would do nothing"),
+    (["--plan", "--report-only"], {}, "--plan counts the grid's work and runs nothing, so --report-only"),
 ])
 def test_study_options_that_would_do_nothing_are_one_line(extra, env, fragment, tmp_path, capsys, monkeypatch):
     for key, value in env.items():

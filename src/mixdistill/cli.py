@@ -434,14 +434,21 @@ def cmd_study(args) -> int:
     elif args.jobs is not None:
         raise ConfigError("--jobs is for the local executor; Ray places each run by its CPU and GPU requests "
                           "(--threads, --gpus-per-run)")
+    planned = args.plan or args.plan_tflops is not None
+    if planned:
+        given = [flag for flag, value in (("--report-only", args.report_only), ("--rerun", args.rerun),
+                                          ("--jobs", args.jobs), ("--threads", args.threads),
+                                          ("--executor ray", args.executor == "ray")) if value]
+        if given:
+            raise ConfigError(f"--plan counts the grid's work and runs nothing, so {' and '.join(given)} would do "
+                              f"nothing: leave {'it' if len(given) == 1 else 'them'} out")
     if args.report_only:
-        given = [flag for flag, value in (("--rerun", args.rerun), ("--jobs", args.jobs), ("--plan", args.plan),
-                                          ("--plan-tflops", args.plan_tflops is not None),
+        given = [flag for flag, value in (("--rerun", args.rerun), ("--jobs", args.jobs),
                                           ("--executor ray", args.executor == "ray")) if value]
         if given:
             raise ConfigError(f"--report-only trains nothing, so {' and '.join(given)} would do nothing: leave "
                               f"{'it' if len(given) == 1 else 'them'} out (--threads and --seeds say which runs)")
-    if args.plan or args.plan_tflops is not None:
+    if planned:
         from mixdistill.studies.plan import DEFAULT_TFLOPS, plan_study
         from mixdistill.studies import get_study
         from mixdistill.studies.stats import parse_seeds
