@@ -97,6 +97,10 @@ def test_model_peers_decide_the_peer_count_the_config_records():
     assert again.to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match="method.peers is 4 but model.peers names 2 models"):
         load_config(None, ["method=dml", "method.peers=4", "model.peers=[cnn5_w8,cnn5_w16]"])
+    # one peer: a traceback of the method's own parameter check when the run was built
+    with pytest.raises(ConfigError, match=r"model.peers names 1 model\(s\), method.peers: Input should be greater "
+                                          "than or equal to 2"):
+        load_config(None, ["method=dml", "model.peers=[cnn5_w8]"])
 
 
 def test_the_first_peer_is_recorded_as_the_student_and_keys_its_lr_override():

@@ -389,6 +389,12 @@ class RunConfig(Section):
                                  f"{len(self.model.peers)} models: set one (model.peers decides when method.peers is "
                                  "unset)")
             self.method.model_extra["peers"] = len(self.model.peers)  # recorded as trained
+            try:
+                self.method.params()  # the count passes the method's own bounds (a traceback otherwise, at build)
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise ValueError(f"model.peers names {len(self.model.peers)} model(s), method.peers: "
+                                 f"{first['msg']}") from None
         if self.model.peers and getattr(method_cls, "online", False):
             # peers[0] is the student (the checkpoint's model, optim.lr_overrides' key): recorded as trained
             self.model.student = self.model.peers[0]
