@@ -451,6 +451,33 @@ def test_okddip_targets_carry_gradient_as_released():
     assert any(q is d.query.weight for q in d.learnable_parameters()) and {"query", "key"} <= set(d.state_dict_extra())
 
 
+@pytest.mark.parametrize("method", sorted(name for name, cls in METHODS.items() if getattr(cls, "online", False)))
+def test_each_online_methods_named_outputs_are_what_it_evaluates(method):
+    """train.best_metric is checked against evaluation_names before a run starts; they must be its outputs."""
+    from mixdistill.config import load_config
+    from mixdistill.engine.build import build_distiller
+
+    cfg = load_config(None, [f"method={method}", "model.student=cnn5_w8", "data.dataset=fashion_mnist"])
+    distiller = build_distiller(cfg, num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        outputs = distiller.evaluation_logits(torch.randn(4, 1, 28, 28))
+    assert sorted(outputs) == sorted(METHODS[method].evaluation_names(cfg.method.params()))
+
+
+def test_a_best_metric_the_online_method_does_not_evaluate_is_refused_before_the_run():
+    """It passed, trained a whole epoch into the run's folder, then stopped at the first evaluation."""
+    from mixdistill.config import load_config
+    from mixdistill.errors import ConfigError
+
+    for method, metric in (("dml", "test_acc_peer3"), ("dml", "test_acc_leader"), ("okddip", "test_acc_temporal_mean0"),
+                           ("pcl", "test_loss_best_peer")):
+        with pytest.raises(ConfigError, match=f"train.best_metric {metric} is not evaluated by {method}"):
+            load_config(None, [f"method={method}", f"train.best_metric={metric}"])
+    for method, metric in (("dml", "test_acc_peer2"), ("okddip", "test_top5_leader"), ("pcl", "test_acc_temporal_mean2"),
+                           ("kdcl", "test_acc_best_peer"), ("one", "test_loss_ensemble")):
+        assert load_config(None, [f"method={method}", f"train.best_metric={metric}"]).train.best_metric == metric
+
+
 def test_okddip_auxiliary_peers_share_one_feature_width_and_leader_is_evaluated():
     from mixdistill.errors import ConfigError
 

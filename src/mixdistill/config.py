@@ -190,6 +190,16 @@ class OptimConfig(Section):
 BEST_METRIC = re.compile(r"test_(acc|top5|loss)(_[A-Za-z0-9_]+)?")
 
 
+def _names_its_outputs(method_cls) -> bool:
+    """An online method whose ``evaluation_names`` is as derived as its ``evaluation_logits`` (a plugin that
+    overrides only the outputs is checked when it evaluates)."""
+    def owner(attr):
+        return next((k for k in method_cls.__mro__ if attr in vars(k)), None)
+
+    names, logits = owner("evaluation_names"), owner("evaluation_logits")
+    return names is not None and logits is not None and issubclass(names, logits)
+
+
 def metric_lower_is_better(metric: str) -> bool:
     return "loss" in metric
 
@@ -432,6 +442,13 @@ class RunConfig(Section):
             raise ValueError(f"train.best_metric {best} names one output of an online method; method "
                              f"{self.method.name} has one (test_acc, test_top5 or test_loss"
                              "; with train.ema_decay also test_acc_ema, test_top5_ema, test_loss_ema)")
+        elif suffix and _names_its_outputs(method_cls):  # found after the first epoch's evaluation otherwise
+            names = method_cls.evaluation_names(self.method.params())
+            if suffix[1:] not in names and best not in ("test_acc_best_peer", "test_acc_mean_peer"):
+                raise ValueError(f"train.best_metric {best} is not evaluated by {self.method.name} with "
+                                 f"{self.method.params().peers} peers: its outputs are {', '.join(names)} "
+                                 "(test_acc_NAME, test_top5_NAME, test_loss_NAME), besides test_acc_best_peer, "
+                                 "test_acc_mean_peer, and test_acc, test_top5, test_loss (the peers' mean)")
         method_cls.check_config(self)
         return self
 

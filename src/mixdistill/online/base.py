@@ -40,6 +40,12 @@ class OnlineDistiller(Distiller):
         return cls([create_model(n, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
                     for n in names], params)
 
+    @classmethod
+    def evaluation_names(cls, params) -> list[str]:
+        """The outputs ``evaluation_logits`` returns for these parameters (train.best_metric is checked against them
+        before a run starts); a subclass that adds outputs adds their names here too."""
+        return [f"peer{i}" for i in range(params.peers)] + ["ensemble"]
+
     def evaluation_logits(self, images):
         logits = [peer(images) for peer in self.peers]
         out = {f"peer{i}": z for i, z in enumerate(logits)}

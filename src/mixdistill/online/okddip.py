@@ -106,6 +106,10 @@ class OKDDip(BranchPeers, OnlineDistiller):
         }
         return step_output(logits[0], losses, labels, batch, stats={"ramp": ramp})
 
+    @classmethod
+    def evaluation_names(cls, params) -> list[str]:
+        return super().evaluation_names(params) + ["leader"]
+
     def evaluation_logits(self, images):
         if self.trunk is None:
             out = super().evaluation_logits(images)

@@ -176,6 +176,10 @@ class PCL(BranchPeers, OnlineDistiller):
         }
         return step_output(logits[0], losses, labels, views[0], stats={"ramp": ramp})
 
+    @classmethod
+    def evaluation_names(cls, params) -> list[str]:
+        return super().evaluation_names(params) + [f"temporal_mean{i}" for i in range(params.peers)]
+
     def evaluation_logits(self, images):
         logits, pooled, means = self._outputs([images] * len(self.peers))
         out = {f"peer{i}": z for i, z in enumerate(logits)}
