@@ -4,6 +4,8 @@ build through here, so a run is put together one way."""
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,10 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     except ValueError as e:  # e.g. a subset larger than the split
         raise ConfigError(f"data: {e}") from None
     check_two_classes(train.classes, root / "train")
+    if spec.num_classes is not None and train.num_classes != spec.num_classes:  # a part of it, or another set
+        warnings.warn(f"{root / 'train'} has {train.num_classes} class folders, not {d.dataset}'s "
+                      f"{spec.num_classes}: the run trains and evaluates on those {train.num_classes} classes "
+                      f"(data.dataset=imagefolder names a set of other classes)", stacklevel=2)
     test = streaming_eval_loader(cfg, "test", root=root, batch_size=d.eval_batch_size, device=runtime.device,
                                  channels_last=runtime.channels_last)
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
