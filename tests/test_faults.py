@@ -572,6 +572,8 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
     (["train.cuda_graphs=true", "train.compile=true", "train.device=cpu"],  # trained on, the option ignored
      "train.cuda_graphs=true needs train.compile on a CUDA device (here: cpu, compile on)"),
     (["data.num_workers=4"], "data.num_workers=4 is for data.loader=streaming"),  # accepted, doing nothing
+    (["data.dataset=imagefolder", "data.loader=streaming", "data.image_size=32", "data.crop_padding=4"],
+     "data.crop_padding=4 is the memory loader's random crop of padded images"),  # accepted, doing nothing
     (["train.int8_teacher=true"], "train.int8_teacher=true quantises the teacher; method ce has none"),
     ([".epochs=3"], "the key '.epochs' has an empty part"),
     (["optim..epochs=3"], "the key 'optim..epochs' has an empty part"),

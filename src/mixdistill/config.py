@@ -80,6 +80,10 @@ class DataConfig(Section):
         if self.loader == "memory" and self.num_workers is not None:  # accepted and recorded, doing nothing
             raise ValueError(f"data.num_workers={self.num_workers} is for data.loader=streaming (its decoding "
                              "processes); the memory loader has the dataset on the device and no workers: unset it")
+        if self.loader == "streaming" and self.crop_padding is not None:  # as data.num_workers the other way
+            raise ValueError(f"data.crop_padding={self.crop_padding} is the memory loader's random crop of padded "
+                             "images; data.loader=streaming crops with RandomResizedCrop to data.image_size: unset it "
+                             "(data.crop_padding=null)")
         return self
 
 
@@ -618,7 +622,7 @@ def stored_config(tree: dict) -> RunConfig:
     What an older mixdistill accepted and ignored, and today's refuses, is dropped, so such a run still resumes,
     opens and compares as the run it was: ``model.peers`` beside a method that trains one student (ignored until
     2026-12-04); ``data.num_workers`` with the memory loader and ``train.int8_teacher`` for a method with no teacher
-    (until 2026-12-05)."""
+    (until 2026-12-05); ``data.crop_padding`` with the streaming loader (until 2026-12-06)."""
     model, method, data, train = (tree.get(key) for key in ("model", "method", "data", "train"))
     name = method.get("name", "ce") if isinstance(method, dict) else method
     cls = METHODS.get(name) if isinstance(name, str) else None
@@ -627,6 +631,8 @@ def stored_config(tree: dict) -> RunConfig:
     if (isinstance(data, dict) and data.get("num_workers") is not None
             and data.get("loader", "memory") == "memory"):
         tree = {**tree, "data": {**data, "num_workers": None}}
+    if isinstance(data, dict) and data.get("crop_padding") is not None and data.get("loader") == "streaming":
+        tree = {**tree, "data": {**tree["data"], "crop_padding": None}}
     if isinstance(train, dict) and train.get("int8_teacher") and cls is not None and not cls.needs_teacher:
         tree = {**tree, "train": {**train, "int8_teacher": False}}
     return build_config(tree)
