@@ -152,7 +152,7 @@ def test_a_stored_config_is_read_as_the_run_it_was(method):
     streaming = load_config(None, ["data.dataset=imagefolder", "data.loader=streaming", "data.image_size=32",
                                    "data.num_workers=2", *method]).to_dict()
     assert stored_config(streaming).data.num_workers == 2
-    padded = {**streaming, "data": {**streaming["data"], "crop_padding": 4}}  # refused since 2026-12-06
+    padded = {**streaming, "data": {**streaming["data"], "crop_padding": 4}}  # refused since 2026-12-05
     assert config_difference(stored_config(padded).to_dict(), streaming) == []
 
 

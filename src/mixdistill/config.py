@@ -622,7 +622,7 @@ def stored_config(tree: dict) -> RunConfig:
     What an older mixdistill accepted and ignored, and today's refuses, is dropped, so such a run still resumes,
     opens and compares as the run it was: ``model.peers`` beside a method that trains one student (ignored until
     2026-12-04); ``data.num_workers`` with the memory loader and ``train.int8_teacher`` for a method with no teacher
-    (until 2026-12-05); ``data.crop_padding`` with the streaming loader (until 2026-12-06)."""
+    (until 2026-12-05); ``data.crop_padding`` with the streaming loader (also until 2026-12-05)."""
     model, method, data, train = (tree.get(key) for key in ("model", "method", "data", "train"))
     name = method.get("name", "ce") if isinstance(method, dict) else method
     cls = METHODS.get(name) if isinstance(name, str) else None
