@@ -435,6 +435,27 @@ def test_failed_download_is_caught(no_default_roots, monkeypatch, error, cause):
         load_dataset("cifar100", "train", download=False)
 
 
+def test_a_failed_download_leaves_the_data_root_as_it_was(no_default_roots, monkeypatch):
+    """torchvision's FashionMNIST/raw/ stayed, empty, in the user's own folder (an image tree given as data.root)."""
+    def half_done(root):
+        (root / "FashionMNIST" / "raw").mkdir(parents=True)
+        (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz.part").write_bytes(b"12")
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setitem(DATASETS, "fashion_mnist",
+                        datasets.dataclasses.replace(DATASETS["fashion_mnist"], download=half_done))
+    mine = no_default_roots / "imgs"
+    (mine / "cat").mkdir(parents=True)
+    (mine / "cat" / "1.png").write_bytes(b"png")
+    with pytest.raises(DatasetNotFoundError, match="Network is unreachable"):
+        load_dataset("fashion_mnist", "train", root=mine)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == ["cat", "cat/1.png"]
+    assert not (no_default_roots / "cache").exists()
+    with pytest.raises(DatasetNotFoundError, match="Network is unreachable"):  # the cache folder it made: gone again
+        load_dataset("fashion_mnist", "train")
+    assert not (no_default_roots / "cache").exists()
+
+
 def test_download_into_cache(no_default_roots, monkeypatch):
     def fake_download(root):
         write_cifar10(root)

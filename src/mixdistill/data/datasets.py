@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -252,6 +253,8 @@ def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
     """Download ``spec`` into ``folder``: the folder holding the files, or a note saying why not."""
     if spec.download is None:
         return ""
+    made = not folder.exists()
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     try:
         log.info("downloading %s into %s", spec.name, folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -261,7 +264,22 @@ def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
             return found
         return "; the download finished but the files are not there"
     except Exception as e:  # no network, proxy, checksum mismatch, disk full ...
+        _remove_new_entries(folder, before, made)  # its empty folders were left in the user's data root
         return f"; downloading into {folder} failed: {type(e).__name__}: {one_line(e)}"
+
+
+def _remove_new_entries(folder: Path, before: set[Path], made: bool) -> None:
+    """What a failed download put in ``folder`` (and ``folder`` itself where it made it); what was there stays."""
+    try:
+        for entry in set(folder.iterdir()) - before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if made:
+            folder.rmdir()
+    except OSError:
+        pass  # best effort: the error being reported is the download's
 
 
 def load_dataset(name: str, split: str = "train", root=None, download: bool = True) -> Split:
