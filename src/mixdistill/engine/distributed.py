@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -102,4 +103,7 @@ def wrap_for_training(distiller: nn.Module, ctx: DistContext, sync_bn: bool) -> 
             if hasattr(distiller, name):
                 setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(distiller, name)))
     device_ids = [ctx.local_rank] if next(distiller.parameters()).is_cuda else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    with warnings.catch_warnings():  # torch 2.14 deprecates it, whose successor still syncs at init; we keep
+        # each rank's buffers as its own (torch's advice for that case) and torch >= 2.4 has no successor to call
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
