@@ -329,6 +329,14 @@ def test_online_method_runs_through_the_cli(online_common, overrides, capsys):
     assert network == ("peer3" if overrides == ["method=okddip"] else "peer0")
     scored = mixdistill.evaluate(f"{out}/{name}", device="cpu")  # the whole test split: the 200 images it used
     assert scored["acc"] == pytest.approx(summary[f"last_acc_{network}"], abs=0.51)  # one image's tie at most
+    # every output by name, as the run evaluated it (the checkpoint's model alone is one of them)
+    every = mixdistill.evaluate(f"{out}/{name}", device="cpu", output="all")["outputs"]
+    assert {f"last_acc_{k}" for k in every} | {"last_acc_best_peer", "last_acc_mean_peer"} == \
+        {k for k in summary if k.startswith("last_acc_")}
+    for output, result in every.items():
+        assert result["acc"] == pytest.approx(summary[f"last_acc_{output}"], abs=0.51), output
+    assert main(["eval", f"{out}/{name}", "--output", "ensemble"]) == 0
+    assert f"ensemble of {overrides[0].split('=')[1]}" in capsys.readouterr().out
     assert main(["eval", f"{out}/{name}"]) == 0
     assert f"note: {note}" in capsys.readouterr().out.replace("\n", " ")
 
@@ -476,6 +484,26 @@ def test_a_best_metric_the_online_method_does_not_evaluate_is_refused_before_the
     for method, metric in (("dml", "test_acc_peer2"), ("okddip", "test_top5_leader"), ("pcl", "test_acc_temporal_mean2"),
                            ("kdcl", "test_acc_best_peer"), ("one", "test_loss_ensemble")):
         assert load_config(None, [f"method={method}", f"train.best_metric={metric}"]).train.best_metric == metric
+
+
+def test_eval_of_an_output_by_name_is_refused_where_there_is_none(tmp_path, capsys):
+    """eval --output names an online run's output; a one-network run, an unknown name or --arch beside it are one
+    line, before any data is read."""
+    from mixdistill.cli import main
+    from mixdistill.config import load_config
+
+    for method, extra in (("ce", []), ("dml", [])):
+        cfg = load_config(None, [f"method={method}", "model.student=cnn5_w8", "data.dataset=fashion_mnist", *extra])
+        torch.save({"model": {}, "config": cfg.to_dict(), "arch": "cnn5_w8", "num_classes": 10, "in_channels": 1},
+                   tmp_path / f"{method}.pt")
+    for argv, why in (([str(tmp_path / "ce.pt"), "--output", "peer1"], "is a ce run, one network"),
+                      ([str(tmp_path / "dml.pt"), "--output", "peer5"],
+                       "--output peer5: dml with 3 peers evaluates peer0, peer1, peer2, ensemble (or all)"),
+                      ([str(tmp_path / "dml.pt"), "--output", "all", "--arch", "cnn5_w8"],
+                       "--arch NAME is for a checkpoint that does not record its network")):
+        assert main(["eval", *argv, "--data-root", str(tmp_path / "nowhere")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], err
 
 
 def test_okddip_auxiliary_peers_share_one_feature_width_and_leader_is_evaluated():

@@ -50,9 +50,14 @@ def train(config: str | Path | dict | RunConfig | None = None, overrides: dict[s
 
 def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, root: str | Path | None = None,
              split: str = "test", device: str = "auto", precision: str | None = None, batch_size: int = 512,
-             arch: str | None = None) -> dict:
+             arch: str | None = None, output: str | None = None) -> dict:
     """Top-1 (``acc``), top-5 (``top5``: None below 5 classes) and mean cross-entropy (``loss``) of a run's
     network on a dataset split, as ``mixdistill eval`` computes them: ``{"acc", "top5", "loss", "images",
+    "precision"}``.
+
+    ``output``: of an online run, the output to score by the name its metrics carry (``peer1``, ``ensemble``,
+    OKDDip's ``leader``, PCL's ``temporal_mean0``; the checkpoint's ``model`` alone is peer 0), added to the result
+    as ``output``; ``"all"``: every output, as ``{"outputs": {name: {"acc", "top5", "loss"}}, "images",
     "precision"}``.
 
     ``run``: a run directory (its ``last.pt``), a checkpoint file (``best.pt``, a ``{'model': state_dict}``
@@ -72,24 +77,30 @@ def evaluate(run: str | Path | dict | FinishedRun, data: str | None = None, *, r
     require_at_least("batch_size", batch_size, 1)
     if split not in ("train", "test"):
         raise ConfigError(f"split: 'train' or 'test', got {split!r}")
+    if output is not None and not isinstance(output, str):
+        raise ConfigError(f"output: an output's name (peer1, ensemble, ...) or 'all', got {output!r}")
     opened = run if isinstance(run, FinishedRun) else open_run(run)
     return evaluate_opened(opened, data, root=root, split=split, device=device, precision=precision,
-                           batch_size=batch_size, arch=arch)
+                           batch_size=batch_size, arch=arch, output=output)
 
 
 def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, device: str, precision: str | None,
-                    batch_size: int, arch: str | None, options: dict[str, str] | None = None) -> dict:
+                    batch_size: int, arch: str | None, options: dict[str, str] | None = None,
+                    output: str | None = None) -> dict:
     """:func:`evaluate` of an opened run (the caller has checked the arguments' types and ranges); ``options``: what
     the error messages call the arguments (``mixdistill eval`` passes its flags: ``{"data": "--data", ...}``)."""
     import torch
 
     from mixdistill.data.datasets import check_class_names
     from mixdistill.engine.build import streaming_eval_loader
-    from mixdistill.engine.evaluate import evaluate as evaluate_model
+    from mixdistill.engine.evaluate import evaluate as evaluate_model, evaluate_many
     from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
 
-    name = {"data": "data=NAME", "arch": "arch=NAME", "device": "device", "precision": "precision", **(options or {})}
+    name = {"data": "data=NAME", "arch": "arch=NAME", "device": "device", "precision": "precision",
+            "output": "output=NAME", **(options or {})}
     cfg = opened.cfg
+    if output is not None:  # before any data is read
+        _check_output(opened, output, arch, name)
     dataset = data or (cfg.data.dataset if cfg else None)
     if dataset is None:  # both at once where both are missing (a foreign checkpoint)
         raise opened.missing_dataset(name["data"] + ("" if arch or opened.arch else f" and {name['arch']}"))
@@ -109,10 +120,40 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
         loader, num_classes, in_channels = _memory_eval_loader(opened, dataset, split, root, batch_size,
                                                                runtime.device, name["data"])
         images = len(loader.labels)
+    if output is not None:
+        group = opened.online_networks(num_classes, in_channels).to(runtime.device)
+        if runtime.channels_last:
+            group.to(memory_format=torch.channels_last)
+        scored = evaluate_many(group, group.evaluation_logits, loader, runtime)
+        if output == "all":
+            return {"outputs": scored, "images": images, "precision": runtime.precision}
+        if output not in scored:  # a plugin's method that does not name its outputs
+            raise ConfigError(f"{name['output']} {output}: {opened.cfg.method.name} evaluates {', '.join(scored)}")
+        return {**scored[output], "output": output, "images": images, "precision": runtime.precision}
     model = opened.model(arch, num_classes, in_channels).to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     return {**evaluate_model(model, loader, runtime), "images": images, "precision": runtime.precision}
+
+
+def _check_output(opened: FinishedRun, output: str, arch: str | None, name: dict[str, str]) -> None:
+    """An output an online run's method names (or 'all'), before the data is read."""
+    from mixdistill.config import names_its_outputs
+    from mixdistill.methods import METHODS
+
+    cfg = opened.cfg
+    method = METHODS.get(cfg.method.name) if cfg else None
+    if not getattr(method, "online", False):
+        what = f"a {cfg.method.name} run, one network" if cfg else "a checkpoint without its run's config"
+        raise ConfigError(f"{name['output']} names one output of an online run; {opened.checkpoint} is {what}")
+    if arch is not None:
+        raise ConfigError(f"{name['arch']} is for a checkpoint that does not record its network; an online run "
+                          f"records its peers: leave it out beside {name['output']}")
+    if output != "all" and names_its_outputs(method):
+        names = method.evaluation_names(cfg.method.params())
+        if output not in names:
+            raise ConfigError(f"{name['output']} {output}: {cfg.method.name} with {cfg.method.params().peers} peers "
+                              f"evaluates {', '.join(names)} (or all)")
 
 
 def _memory_eval_loader(opened: FinishedRun, dataset: str, split: str, root, batch_size: int, device, option: str):

@@ -98,6 +98,9 @@ def _add_eval(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="unset: the precision the run was trained with (its train.precision; fp16 off a GPU: fp32)")
+    p.add_argument("--output", default=None, metavar="NAME",
+                   help="an online run's output by the name its metrics carry (peer1, ensemble, leader, "
+                        "temporal_mean0, ...), or all: a row each (unset: the checkpoint's model, peer 0)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -114,12 +117,15 @@ def cmd_eval(args) -> int:
     result = evaluate_opened(opened, args.data, root=args.data_root, split=args.split, device=args.device,
                              precision=args.precision, batch_size=args.batch_size, arch=args.arch,
                              options={"data": "--data NAME", "arch": "--arch NAME", "device": "--device",
-                                      "precision": "--precision"})
+                                      "precision": "--precision", "output": "--output"}, output=args.output)
     dataset, arch = args.data or cfg.data.dataset, args.arch or opened.arch
     table = Table(title=f"{args.checkpoint} on {dataset}/{args.split}, {result['precision']}")
     for col in ("model", "images", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, overflow="fold")
-    table.add_row(arch, str(result["images"]), f"{result['acc']:.2f}", _fmt(result["top5"]), f"{result['loss']:.4f}")
+    rows = result["outputs"] if args.output == "all" else {
+        f"{args.output} of {cfg.method.name}" if args.output else arch: result}
+    for label, r in rows.items():
+        table.add_row(label, str(result["images"]), f"{r['acc']:.2f}", _fmt(r["top5"]), f"{r['loss']:.4f}")
     console = print_table(table)
     own = cfg is not None and dataset == cfg.data.dataset
     subset = (cfg.data.test_subset if args.split == "test" else cfg.data.train_subset) if own else None
@@ -128,7 +134,7 @@ def cmd_eval(args) -> int:
                 "(`mixdistill analyze` uses the subset)" if args.split == "test"
                 else f"the run trained on data.train_subset = {subset} of its images")
         console.print(f"note: the whole {args.split} split; {note}", markup=False, soft_wrap=True)
-    for note in (opened.online_network_note(), opened.unfinished_note()):
+    for note in (None if args.output else opened.online_network_note(), opened.unfinished_note()):
         if note is not None:
             console.print(f"note: {note}", markup=False, soft_wrap=True)
     return 0

@@ -194,7 +194,7 @@ class OptimConfig(Section):
 BEST_METRIC = re.compile(r"test_(acc|top5|loss)(_[A-Za-z0-9_]+)?")
 
 
-def _names_its_outputs(method_cls) -> bool:
+def names_its_outputs(method_cls) -> bool:
     """An online method whose ``evaluation_names`` is as derived as its ``evaluation_logits`` (a plugin that
     overrides only the outputs is checked when it evaluates)."""
     def owner(attr):
@@ -446,7 +446,7 @@ class RunConfig(Section):
             raise ValueError(f"train.best_metric {best} names one output of an online method; method "
                              f"{self.method.name} has one (test_acc, test_top5 or test_loss"
                              "; with train.ema_decay also test_acc_ema, test_top5_ema, test_loss_ema)")
-        elif suffix and _names_its_outputs(method_cls):  # found after the first epoch's evaluation otherwise
+        elif suffix and names_its_outputs(method_cls):  # found after the first epoch's evaluation otherwise
             names = method_cls.evaluation_names(self.method.params())
             if suffix[1:] not in names and best not in ("test_acc_best_peer", "test_acc_mean_peer"):
                 raise ValueError(f"train.best_metric {best} is not evaluated by {self.method.name} with "

@@ -24,7 +24,7 @@ from torch import nn
 from mixdistill.config import RunConfig, stored_config
 from mixdistill.data import DeviceLoader, load_dataset
 from mixdistill.data.datasets import Split
-from mixdistill.engine.build import build_teacher, streaming_eval_loader
+from mixdistill.engine.build import build_distiller, build_teacher, streaming_eval_loader
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
@@ -288,6 +288,24 @@ class FinishedRun:
         model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
         load_weights(model, self.state)
         return model.eval()
+
+    def online_networks(self, num_classes: int | None = None, in_channels: int | None = None):
+        """An online run's whole group (every peer, and what its method adds: OKDDip's leader, PCL's temporal means),
+        weights loaded, in eval mode; its ``evaluation_logits(images)`` gives every output by the name its metrics
+        carry (``peer1``, ``ensemble``, ...)."""
+        method = METHODS.get(self.cfg.method.name) if self.cfg else None
+        if not getattr(method, "online", False):
+            what = f"a {self.cfg.method.name} run, one network" if self.cfg else "a checkpoint without its run's config"
+            raise ConfigError(f"{self.checkpoint} is {what}: outputs by name (peer1, ensemble, ...) are an online "
+                              "run's")
+        if self.state.get("weights") == "ema":
+            raise ConfigError(f"{self.checkpoint} holds the EMA's weights in peer 0's place (chosen by an EMA metric): "
+                              f"its outputs by name are the run's {CHECKPOINT}'s")
+        distiller = build_distiller(self.cfg, num_classes or self.state["num_classes"],
+                                    in_channels or self.state["in_channels"], pretrained=False)
+        distiller.student.load_state_dict(self.state["model"])
+        distiller.load_state_dict_extra(self.state.get("distiller_extra", {}))
+        return distiller.eval()
 
     def teacher(self) -> nn.Module | None:
         """The run's teacher as its config names it (a checkpoint file or a benchmark teacher), or None."""
