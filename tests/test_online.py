@@ -477,12 +477,13 @@ def test_a_best_metric_the_online_method_does_not_evaluate_is_refused_before_the
     from mixdistill.config import load_config
     from mixdistill.errors import ConfigError
 
-    for method, metric in (("dml", "test_acc_peer3"), ("dml", "test_acc_leader"), ("okddip", "test_acc_temporal_mean0"),
-                           ("pcl", "test_loss_best_peer")):
+    for method, metric in (("dml", "test_acc_peer3"), ("dml", "test_acc_leader"),
+                           ("okddip", "test_acc_temporal_mean0"), ("pcl", "test_loss_best_peer")):
         with pytest.raises(ConfigError, match=f"train.best_metric {metric} is not evaluated by {method}"):
             load_config(None, [f"method={method}", f"train.best_metric={metric}"])
-    for method, metric in (("dml", "test_acc_peer2"), ("okddip", "test_top5_leader"), ("pcl", "test_acc_temporal_mean2"),
-                           ("kdcl", "test_acc_best_peer"), ("one", "test_loss_ensemble")):
+    for method, metric in (("dml", "test_acc_peer2"), ("okddip", "test_top5_leader"),
+                           ("pcl", "test_acc_temporal_mean2"), ("kdcl", "test_acc_best_peer"),
+                           ("one", "test_loss_ensemble")):
         assert load_config(None, [f"method={method}", f"train.best_metric={metric}"]).train.best_metric == metric
 
 
