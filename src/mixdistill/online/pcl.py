@@ -113,7 +113,11 @@ class PCL(BranchPeers, OnlineDistiller):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.method.params().views == "per_peer" and cfg.augment.name not in ("none", *LABEL_PRESERVING):
+        if cfg.method.params().views == "per_peer" and cfg.augment.name == "none":  # accepted: every view the same
+            raise ValueError("pcl with views=per_peer gives each peer its own draw of augment; with augment none every "
+                             "peer sees the same batch (the loader's crop and flip are drawn once per batch), at the "
+                             f"cost of a trunk pass each: set one of {', '.join(LABEL_PRESERVING)}, or views=shared")
+        if cfg.method.params().views == "per_peer" and cfg.augment.name not in LABEL_PRESERVING:
             raise ValueError(PER_PEER_NEEDS_LABEL_PRESERVING)
 
     def learnable_parameters(self):
