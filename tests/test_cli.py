@@ -365,7 +365,9 @@ def test_train_then_eval_reports_the_same_accuracy(capsys, tiny_run_overrides):
     run_dir = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir=")) + "/cli"
     summary = json.loads(open(run_dir + "/summary.json").read())
     data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
-    assert main(["eval", run_dir + "/last.pt", "--data-root", data_root, "--device", "cpu"]) == 0
+    threads = torch.get_num_threads()
+    assert main(["eval", run_dir + "/last.pt", "--data-root", data_root, "--device", "cpu", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # set for the evaluation only
     out = capsys.readouterr().out
     assert f"{summary['last_acc']:.2f}" in out and f"{summary['last_top5']:.2f}" in out
     assert "note:" not in out  # the run evaluated on the whole split too

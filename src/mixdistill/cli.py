@@ -98,6 +98,7 @@ def _add_eval(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="unset: the precision the run was trained with (its train.precision; fp16 off a GPU: fp32)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
     p.add_argument("--output", default=None, metavar="NAME",
                    help="an online run's output by the name its metrics carry (peer1, ensemble, leader, "
                         "temporal_mean0, ...), or all: a row each (unset: the checkpoint's model, peer 0)")
@@ -105,13 +106,28 @@ def _add_eval(sub):
 
 
 def cmd_eval(args) -> int:
+    from mixdistill.errors import require_at_least
+
+    require_at_least("--batch-size", args.batch_size, 1)
+    require_at_least("--threads", args.threads, 1)
+    if args.threads:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            return _eval(args)
+        finally:
+            torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+    return _eval(args)
+
+
+def _eval(args) -> int:
     from rich.table import Table
 
     from mixdistill.api import evaluate_opened
     from mixdistill.engine.run import open_run
-    from mixdistill.errors import require_at_least
 
-    require_at_least("--batch-size", args.batch_size, 1)
     opened = open_run(args.checkpoint)
     cfg = opened.cfg
     result = evaluate_opened(opened, args.data, root=args.data_root, split=args.split, device=args.device,

@@ -103,9 +103,21 @@ def analyze_main(args: argparse.Namespace) -> int:
                                    ("--tsne-samples", args.tsne_samples, 2),
                                    ("--teacher-stats-epochs", args.teacher_stats_epochs, 1)):
         require_at_least(option, value, minimum)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = analyze(
+    try:
+        result = _analyze_args(args)
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+    if not getattr(args, "quiet", False):
+        _print_summary(result)
+    print(result["paths"]["report"])
+    return 0
+
+
+def _analyze_args(args: argparse.Namespace) -> dict:
+    return analyze(
         args.target, data=args.data, data_root=args.data_root, full_test_set=args.full_test_set, arch=args.arch,
         normalize=args.normalize,
         dataset=args.dataset, out=args.out, device=args.device, batch_size=args.batch_size, bins=args.bins,
@@ -114,10 +126,6 @@ def analyze_main(args: argparse.Namespace) -> int:
         pgd_random_start=not args.no_pgd_random_start, human_labels=args.human_labels, tsne=args.tsne,
         tsne_samples=args.tsne_samples, teacher_stats=args.teacher_stats,
         teacher_stats_epochs=args.teacher_stats_epochs, seed=args.seed)
-    if not getattr(args, "quiet", False):
-        _print_summary(result)
-    print(result["paths"]["report"])
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- loading
