@@ -297,6 +297,20 @@ def online_common(tmp_path_factory):
 
 
 @pytest.mark.checkout
+def test_a_ramp_longer_than_the_run_is_said_at_its_start(online_common, capsys):
+    """ramp_epochs defaults to the papers' 80 (of 300 epochs): a short run kept its distillation term near 0."""
+    from mixdistill.cli import main
+
+    for ramp, said in ((80, True), (1, False)):
+        assert main(["train", "configs/online_fmnist_cpu.yaml", *online_common, f"name=ramp{ramp}",
+                     f"method.ramp_epochs={ramp}", "data.train_subset=null"]) == 0
+        captured = capsys.readouterr()
+        out = " ".join((captured.out + captured.err).split())
+        assert ("note: method.ramp_epochs 80 is past the run's 1 epochs: the distillation weight "
+                "exp(-5 (1 - t/80)^2) reaches 0.007 of its full value in the last epoch" in out) == said
+
+
+@pytest.mark.checkout
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["method=dml"], ["method=kdcl"], ["method=one"], ["method=online_cutmix"],

@@ -41,6 +41,7 @@ from mixdistill.files import write_json, write_yaml
 from mixdistill.losses import label_smoothing
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
+from mixdistill.online.cutmix_online import sigmoid_rampup
 from mixdistill.optim import SGD, sgd_kernel
 from mixdistill.provenance import reconstruction_notes
 
@@ -394,6 +395,11 @@ class Trainer:
                         f"{cfg.optim.lr} (set optim.lr_overrides={{}} to use optim.lr)")
         for note in reconstruction_notes(cfg.to_dict()):
             logger.info(f"note: {note}")
+        ramp = getattr(self.distiller.params, "ramp_epochs", None)
+        if ramp and ramp > epochs:  # the defaults (80) are the papers' 300-epoch runs'
+            logger.info(f"note: method.ramp_epochs {ramp:g} is past the run's {epochs} epochs: the distillation "
+                        f"weight exp(-5 (1 - t/{ramp:g})^2) reaches {sigmoid_rampup(epochs - 1, ramp):.3f} of its full "
+                        "value in the last epoch (set method.ramp_epochs to the run's length to ramp within it)")
         decision = self.compile_decision
         what = ("every peer's" if getattr(self.distiller, "online", False) else "the student's") + \
             " forward and forward_features" + (", the fast teacher" if getattr(self.teacher_report, "compiled", False)
