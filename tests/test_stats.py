@@ -219,6 +219,11 @@ def test_bad_seed_syntax_is_one_clear_error(text):
         parse_seeds(text)
 
 
+def test_a_descending_range_of_seeds_says_so():
+    with pytest.raises(ConfigError, match="--seeds '5-3': a range goes up, first to last \\(3-5\\)"):
+        parse_seeds("5-3")
+
+
 @pytest.mark.parametrize("text", ["1001", "0-1000", "5-99999999999", "1000000000000000"])
 def test_more_seeds_than_a_grid_can_hold_is_refused_before_listing_them(text):
     with pytest.raises(ConfigError, match="at most 1000 seeds"):

@@ -478,7 +478,7 @@ def _seeds_from_text(text: str) -> list[int]:
         if "-" in text.lstrip("-"):
             first, last = (int(s) for s in text.split("-", 1))
             if last < first:
-                raise ValueError
+                raise ConfigError(f"--seeds '{text}': a range goes up, first to last ({last}-{first})")
             _check_seed_count(text, last - first + 1)
             return list(range(first, last + 1))
         count = int(text)
