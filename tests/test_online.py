@@ -311,6 +311,21 @@ def test_a_ramp_longer_than_the_run_is_said_at_its_start(online_common, capsys):
 
 
 @pytest.mark.checkout
+def test_a_teacher_from_an_online_run_is_named_as_the_network_it_is(online_common, capsys):
+    """KD from an online run's checkpoint printed the teacher's accuracy with nothing saying it is one peer."""
+    from mixdistill.cli import main
+
+    out_dir = online_common[1].split("=", 1)[1]
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *online_common, "name=group", "method=dml",
+                 "--quiet"]) == 0
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *online_common, "name=from_group", "method=kd",
+                 f"model.teacher_checkpoint={out_dir}/group/last.pt"]) == 0
+    captured = capsys.readouterr()
+    assert (f"note: teacher {out_dir}/group/last.pt: the checkpoint's model is peer0 of dml's 3 networks"
+            in " ".join((captured.out + captured.err).split()))
+
+
+@pytest.mark.checkout
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["method=dml"], ["method=kdcl"], ["method=one"], ["method=online_cutmix"],

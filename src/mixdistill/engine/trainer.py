@@ -428,6 +428,9 @@ class Trainer:
             logger.info(f"teacher test accuracy {teacher_eval['acc']:.2f}%"
                         + (f" (the teacher as this run computes it: {', '.join(how)}; its own run's evaluation may "
                            f"differ in the last digits)" if how else ""))
+            source = cfg.model.teacher_checkpoint
+            if Path(source).is_file() and (note := run.open_run(source).online_network_note()):
+                logger.info(f"note: teacher {source}: {note}")  # an online run's: one of its networks
         self._start_teacher_views(logger)
         try:
             for epoch in range(self.start_epoch, epochs):
