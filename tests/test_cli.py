@@ -290,7 +290,12 @@ def test_relative_teacher_path_is_read_from_the_current_directory(capsys, tmp_pa
                     f"teacher name (a relative path is read from the current directory, {tmp_path}, as a relative "
                     "output_dir is written: run the student from where you ran the teacher, or give an absolute path)")
     _one_line_error(capsys, ["train", str(config), f"model.teacher_checkpoint={tmp_path / 'no.pt'}", "--print-config"],
-                    f"teacher checkpoint '{tmp_path / 'no.pt'}' is neither a file nor a benchmark teacher name: train")
+                    f"teacher checkpoint '{tmp_path / 'no.pt'}' is neither a file nor a benchmark teacher name: train "
+                    "the teacher first (`mixdistill train configs/fmnist_cpu_teacher.yaml`)")
+    # the ImageNet config's teacher is torchvision's weights: it said to train the Fashion-MNIST teacher
+    _one_line_error(capsys, ["train", str(config.parent / "imagenet_resnet34_resnet18.yaml"),
+                             f"model.teacher_checkpoint={tmp_path / 'no.pt'}", "--print-config"],
+                    "download torchvision's ImageNet weights of resnet34 (a state dict, which tv_resnet34 loads")
     # a teacher trained from this directory is found from it (a stand-in checkpoint: no training here)
     import torch
 

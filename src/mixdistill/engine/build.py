@@ -145,14 +145,25 @@ def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: 
         raise ConfigError(f"data: {e}") from None
 
 
-def missing_teacher(source: str) -> str:
+def missing_teacher(source: str, cfg: RunConfig | None = None) -> str:
+    """The error for a teacher checkpoint that is not there, with the way to get one for the run's dataset."""
     where = "" if Path(source).is_absolute() else (
         f" (a relative path is read from the current directory, {Path.cwd()}, as a relative output_dir is written: "
         "run the student from where you ran the teacher, or give an absolute path)")
-    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name{where}: train the teacher "
-            f"first (for the Fashion-MNIST configs: `mixdistill train configs/fmnist_cpu_teacher.yaml`), point "
-            f"model.teacher_checkpoint at an existing last.pt, or name a pretrained CIFAR-100 teacher "
-            f"(`mixdistill teachers` lists them)")
+    dataset, teacher = (cfg.data.dataset, cfg.model.teacher) if cfg is not None else (None, None)
+    if dataset == "fashion_mnist":
+        how = "train the teacher first (`mixdistill train configs/fmnist_cpu_teacher.yaml`)"
+    elif dataset == "cifar100":
+        how = ("name a pretrained CIFAR-100 teacher (`mixdistill teachers` lists them), or train one first (a "
+               "method=ce run)")
+    elif teacher is not None and teacher.startswith("tv_"):
+        how = (f"download torchvision's ImageNet weights of {teacher.removeprefix('tv_')} (a state dict, which "
+               f"{teacher} loads with torchvision's keys; the ImageNet config's comment names the file), or train "
+               "one first (a method=ce run)")
+    else:
+        how = "train the teacher first (a method=ce run on the same data)"
+    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name{where}: {how}, or point "
+            "model.teacher_checkpoint at an existing checkpoint (a run's last.pt)")
 
 
 def _check_teacher_source(cfg: RunConfig) -> None:
@@ -163,7 +174,7 @@ def _check_teacher_source(cfg: RunConfig) -> None:
     if Path(source).exists():
         return
     if source not in TEACHERS:
-        raise CheckpointError(missing_teacher(source))
+        raise CheckpointError(missing_teacher(source, cfg))
     if arch and arch != TEACHERS[source].arch:
         raise ConfigError(f"model.teacher is '{arch}' but the benchmark teacher {source} is a "
                           f"'{TEACHERS[source].arch}': set model.teacher={TEACHERS[source].arch} or model.teacher=null")
