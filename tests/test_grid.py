@@ -381,6 +381,20 @@ def test_ray_executor_runs_the_grid(fmnist_root, tmp_path):
     assert [rows[k]["status"] for k in ("teacher", "kd/seed0", "kd/seed1")] == ["diverged", "not run", "not run"]
 
 
+def test_jobs_asking_more_threads_than_cores_say_so(fmnist_root, tmp_path, monkeypatch):
+    """--jobs 2 --threads 2 on 2 cores ran four torch threads on two cores without a word."""
+    monkeypatch.setattr(grid_module, "available_cpus", lambda: 2)
+    runs = with_study_dir(tiny_grid(fmnist_root, seeds=1), tmp_path / "study")
+    logged = []
+    run_grid(runs, tmp_path / "study", jobs=2, threads=2, log=logged.append)
+    assert "note: 2 runs side by side ask for up to 4 threads on 2 cores: each runs slower than alone; --jobs 1 " \
+           "fits them" in logged
+    logged.clear()
+    run_grid(with_study_dir(tiny_grid(fmnist_root, seeds=1), tmp_path / "fits"), tmp_path / "fits", jobs=2, threads=1,
+             log=logged.append)
+    assert not any(line.startswith("note:") for line in logged)
+
+
 def test_a_ray_address_where_nothing_listens_is_one_error_at_once():
     """ray.init retried 127.0.0.1:1 for minutes, in C++ code SIGTERM could not stop."""
     import socket

@@ -530,6 +530,10 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
         return future, future.result()  # a run's MixdistillError (bad input) stops the grid here, as in one process
 
     log(f"{len(todo)} runs, " + (f"{jobs} side by side" if jobs else f"side by side on {cores} cores by their threads"))
+    busiest = sum(sorted((_threads(r) for r in todo), reverse=True)[:workers])
+    if jobs and busiest > cores:  # torch threads contending for cores slow every run down many times over
+        log(f"note: {workers} runs side by side ask for up to {busiest} threads on {cores} cores: each runs slower than "
+            f"alone; --jobs {max(1, cores // max(_threads(r) for r in todo))} fits them")
     pool = worker_pool(workers)
     try:
         yield from _in_dependency_order(todo, needs, fits,
