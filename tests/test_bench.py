@@ -211,6 +211,9 @@ def test_bench_keeps_an_earlier_benchs_results_unless_told_to_replace_them(tmp_p
     assert main(argv + ["--overwrite"]) == 2 and "not under torchrun" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
     assert main(argv + ["--overwrite"]) == 0 and (tmp_path / "bench_quick_cpu.md").read_text() != "earlier\n"
+    out = capsys.readouterr().out
+    assert "| against the reference: project " in out  # the console's ratio says what it is a ratio of
+    assert "1 timing round: each ratio is the median of that many per-round ratios" in out
 
 
 def test_a_grid_case_not_measured_is_a_row_of_the_report():

@@ -787,6 +787,10 @@ def _bench(args) -> int:
                            "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
                            "seed": args.seed, "quick": args.quick},
               "machine": machine_info(device, num_workers), "results": [], "not_measured": [], "notes": []}
+    if rounds < 3 and cases:
+        report["notes"].append(f"{rounds} timing round{'s' if rounds > 1 else ''}: each ratio is the median of that many per-round "
+                               "ratios, which one busy moment moves; 3 or more (the defaults: 9 on a CPU, 3 on CUDA) "
+                               "steady it.")
 
     def save():
         report["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -816,7 +820,8 @@ def _bench(args) -> int:
                 if "project_runtime" not in report and "project" in res["loops"]:
                     report["project_runtime"] = res["loops"]["project"].get("runtime")
                 print("   " + ", ".join(f"{k} {v['images_per_s']:.1f} img/s" for k, v in res["loops"].items())
-                      + " | " + ", ".join(f"{k} {v:.2f}x" for k, v in res["ratio"].items()), flush=True)
+                      + " | against the reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in res["ratio"].items()),
+                      flush=True)
                 save()
         if report["results"] and not args.quick:
             precision = next((r["loops"]["project"].get("precision") for r in report["results"]
