@@ -672,8 +672,9 @@ def work_lines(report: dict, variants: list[str]) -> list[str]:
         rated = [k for k in ["reference", *variants] if any(k in r.get("gflop_per_s", {}) for r in work)]
         lines += ["", "Work per image: forward + backward convolutions and matmuls of one step, counted by "
                       "`torch.utils.flop_counter` (element-wise ops and SGD not counted), for the reference and for "
-                      "the project's loops that run uncompiled in fp32; and the rate each loop reached at that count "
-                      "(int8 and compiled loops at the reference's count).", "",
+                      "the project's loops that run uncompiled and without an int8 teacher (in fp32 or bf16 alike: "
+                      "operations are counted, whatever their precision); and the rate each loop reached at that "
+                      "count (int8 and compiled loops at the reference's count).", "",
                   "| case | pair | GFLOP/image (reference) | same in project's loops | "
                   + " | ".join(f"{k} GFLOP/s" for k in rated) + " |",
                   "|" + "---|" * (4 + len(rated))]
