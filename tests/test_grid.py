@@ -435,6 +435,17 @@ def test_a_ray_run_asking_more_cpus_than_the_cluster_has_is_refused_not_left_wai
     import ray
 
     assert not ray.is_initialized()  # shut down again
+    # a task runs on one node: two 8-CPU nodes do not hold a 12-thread run (the cluster's total did)
+    from mixdistill.studies.grid import _check_ray_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 8.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}]
+    big = with_study_dir(tiny_grid(fmnist_root, seeds=1), study)[0]
+    big.config["train"]["threads"] = 12
+    with pytest.raises(MixdistillError, match="asks for 12 CPUs and the largest node of the Ray cluster at h:1 has 8"):
+        _check_ray_resources([big], nodes, "h:1")
+    big.config["train"]["threads"] = 8
+    _check_ray_resources([big], nodes, "h:1")
     assert not (study / "runs").exists() or not list((study / "runs").iterdir())
 
 

@@ -600,15 +600,18 @@ def _check_ray_address(address: str | None) -> None:
                               "`ray start --head` running on it?") from None
 
 
-def _check_ray_resources(todo, resources: dict, address: str | None) -> None:
-    """A run asking more CPUs or GPUs than the whole cluster has would wait for them forever, saying nothing."""
-    where = f"the Ray cluster at {address}" if address else "this machine's Ray instance"
+def _check_ray_resources(todo, nodes: list[dict], address: str | None) -> None:
+    """A run asking more CPUs or GPUs than any one node has (a task runs on one node) would wait for them forever,
+    saying nothing. ``nodes``: ``ray.nodes()``."""
+    where = f"the largest node of the Ray cluster at {address}" if address else "this machine's Ray instance"
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
     for run in todo:
         for kind, asked in (("CPU", run.config["train"]["threads"]), ("GPU", run.num_gpus or 0)):
-            if asked > resources.get(kind, 0):
+            most = max((resources.get(kind, 0) for resources in alive), default=0)
+            if asked > most:
                 option = "--threads (or train.threads)" if kind == "CPU" else "--gpus-per-run"
-                raise MixdistillError(f"run {run.key} asks for {asked} {kind}s and {where} has "
-                                      f"{resources.get(kind, 0):g}: it would never start; lower {option}")
+                raise MixdistillError(f"run {run.key} asks for {asked} {kind}s and {where} has {most:g}: it would "
+                                      f"never start; lower {option}")
 
 
 def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
@@ -629,7 +632,7 @@ def _run_ray(todo, needs, failed, study_dir, address, retries, quiet, log):
             # ray.init installs its own, which dumped its C++ stack and exited 15: SIGTERM stops the study as Ctrl-C
             signal.signal(signal.SIGTERM, before)  # does (the CLI's), and the finally below shuts Ray down
     try:
-        _check_ray_resources(todo, ray.cluster_resources(), address)
+        _check_ray_resources(todo, ray.nodes(), address)
     except MixdistillError:
         if started_here:
             ray.shutdown()
