@@ -114,9 +114,29 @@ def test_the_first_peer_is_recorded_as_the_student_and_keys_its_lr_override():
                              "optim.lr_overrides={cnn5_w16: 0.02}"])
     assert cfg.model.student == "cnn5_w16" and base_lr(cfg) == 0.02
     older = cfg.to_dict()
-    older["model"]["student"] = "resnet8x4"  # as a run of an earlier mixdistill recorded it: still the same run
-    assert config_difference(stored_config(older).to_dict(), cfg.to_dict()) == []
+    older["model"]["student"] = "resnet8x4"  # as a run of an earlier mixdistill recorded it: it trained at 0.05
+    assert base_lr(stored_config(older)) == 0.05
+    same = load_config(None, ["method=dml", "model.peers=[cnn5_w16,cnn5_w8]"])  # no override: the same lr, same run
+    older = same.to_dict()
+    older["model"]["student"] = "resnet8x4"
+    assert config_difference(stored_config(older).to_dict(), same.to_dict()) == []
     assert load_config(None, ["method=dml", "model.student=cnn5_w8"]).model.student == "cnn5_w8"  # no peers named
+    # where the two lrs differ the older run trained at its student's: it keeps that lr, and differs from today's
+    today = load_config(None, ["method=dml", "model.peers=[MobileNetV2,MobileNetV2]"])
+    older = today.to_dict()
+    older["model"]["student"] = "resnet8x4"
+    assert base_lr(today) == 0.01 and base_lr(stored_config(older)) == 0.05
+    assert config_difference(stored_config(older).to_dict(), today.to_dict()) == [
+        "optim.lr_overrides.MobileNetV2: None -> 0.01"]
+
+
+def test_an_older_pcl_run_of_per_peer_views_without_augmentation_reads_as_shared_views():
+    """Refused since 2026-12-05 (one view drawn for all peers): such a run still opens, as what it computed."""
+    from mixdistill.config import stored_config
+
+    tree = load_config(None, ["method=pcl", "method.views=per_peer", "augment=crop_flip"]).to_dict()
+    tree["augment"] = {"name": "none"}
+    assert stored_config(tree).method.params().views == "shared"
 
 
 @pytest.mark.parametrize("method", [["method=ce"], ["method=kd", "model.teacher_checkpoint=t.pt"]])

@@ -622,10 +622,26 @@ def stored_config(tree: dict) -> RunConfig:
     What an older mixdistill accepted and ignored, and today's refuses, is dropped, so such a run still resumes,
     opens and compares as the run it was: ``model.peers`` beside a method that trains one student (ignored until
     2026-12-04); ``data.num_workers`` with the memory loader and ``train.int8_teacher`` for a method with no teacher
-    (until 2026-12-05); ``data.crop_padding`` with the streaming loader (also until 2026-12-05)."""
+    (until 2026-12-05); ``data.crop_padding`` with the streaming loader, and pcl's ``views: per_peer`` with no
+    augmentation, which drew one view for all (also until 2026-12-05). And what it trained keeps meaning what it did:
+    an online run that named ``model.peers`` beside another ``model.student`` took its lr from the student's
+    ``optim.lr_overrides`` entry, where today ``model.peers[0]``'s decides: that lr is kept as peers[0]'s entry."""
     model, method, data, train = (tree.get(key) for key in ("model", "method", "data", "train"))
     name = method.get("name", "ce") if isinstance(method, dict) else method
     cls = METHODS.get(name) if isinstance(name, str) else None
+    if (isinstance(model, dict) and model.get("peers") and getattr(cls, "online", False)
+            and model.get("student", ModelConfig().student) != model["peers"][0]):
+        optim = tree.get("optim") if isinstance(tree.get("optim"), dict) else {}
+        overrides = dict(optim.get("lr_overrides", OptimConfig().lr_overrides) or {})
+        lr = optim.get("lr", OptimConfig().lr)
+        trained = overrides.get(model.get("student", ModelConfig().student), lr)
+        overrides.pop(model["peers"][0], None)
+        if trained != lr:
+            overrides[model["peers"][0]] = trained
+        tree = {**tree, "optim": {**optim, "lr_overrides": overrides}}
+    if (getattr(cls, "online", False) and name == "pcl" and isinstance(method, dict)
+            and method.get("views") == "per_peer" and (tree.get("augment") or {}).get("name", "none") == "none"):
+        tree = {**tree, "method": {**method, "views": "shared"}}
     if isinstance(model, dict) and model.get("peers") and cls is not None and not getattr(cls, "online", False):
         tree = {**tree, "model": {**model, "peers": None}}
     if (isinstance(data, dict) and data.get("num_workers") is not None
