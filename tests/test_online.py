@@ -499,6 +499,9 @@ def test_each_online_methods_named_outputs_are_what_it_evaluates(method):
     with torch.no_grad():
         outputs = distiller.evaluation_logits(torch.randn(4, 1, 28, 28))
     assert sorted(outputs) == sorted(METHODS[method].evaluation_names(cfg.method.params()))
+    from mixdistill.config import names_its_outputs
+
+    assert names_its_outputs(METHODS[method])  # so train.best_metric and eval --output are checked up front
 
 
 def test_a_best_metric_the_online_method_does_not_evaluate_is_refused_before_the_run():
@@ -507,7 +510,8 @@ def test_a_best_metric_the_online_method_does_not_evaluate_is_refused_before_the
     from mixdistill.errors import ConfigError
 
     for method, metric in (("dml", "test_acc_peer3"), ("dml", "test_acc_leader"),
-                           ("okddip", "test_acc_temporal_mean0"), ("pcl", "test_loss_best_peer")):
+                           ("okddip", "test_acc_temporal_mean0"), ("pcl", "test_loss_best_peer"),
+                           ("one", "test_acc_peer7")):
         with pytest.raises(ConfigError, match=f"train.best_metric {metric} is not evaluated by {method}"):
             load_config(None, [f"method={method}", f"train.best_metric={metric}"])
     for method, metric in (("dml", "test_acc_peer2"), ("okddip", "test_top5_leader"),

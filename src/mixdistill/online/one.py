@@ -59,6 +59,10 @@ class ONE(OnlineDistiller):
         kl = sum(kd_loss(z, target, T) for z in logits)
         return step_output(ensemble, {"ce": ce, "kl": kl}, labels, batch)
 
+    @classmethod
+    def evaluation_names(cls, params) -> list[str]:
+        return super().evaluation_names(params)  # the same names, the gated ensemble as "ensemble"
+
     def evaluation_logits(self, images):
         logits, ensemble = self._branches(images)
         out = {f"peer{i}": z for i, z in enumerate(logits)}
