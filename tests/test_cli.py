@@ -329,15 +329,15 @@ def test_demo_with_one_seed_prints_no_spread(capsys, monkeypatch, tmp_path):
     assert "mean ± std" in out and _row(out, "student cnn5_w8 (KD)")[2:] == ["85.50 86.50", "86.00 ± 0.71"]
 
 
-@pytest.mark.slow
 def test_a_demo_asking_more_images_than_its_data_root_holds_stops_before_training(fmnist_root, capsys, tmp_path):
     """Its students' 3,000-image subset of an 800-image root stopped the demo after the teacher had trained."""
     assert main(["demo", "--seeds", "1", "--output-dir", str(tmp_path / "demo"), "--data-root", str(fmnist_root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mixdistill: error: data.train_subset=3000 exceeds the 800 images of fashion_mnist"]
+    assert err == ["mixdistill: error: run ce/seed0: data.train_subset=3000 exceeds the 800 images of fashion_mnist"]
     assert not list(tmp_path.rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_demo_whose_teacher_diverges_is_one_line_naming_it(fmnist_root, capsys, monkeypatch, tmp_path):
     import mixdistill.demo as demo
 

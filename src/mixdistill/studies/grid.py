@@ -35,7 +35,7 @@ from mixdistill.engine.run import (
     stored_config_difference,
 )
 from mixdistill.engine.trainer import keeps_final_weights, reusable_summary, train_or_reuse
-from mixdistill.errors import IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
+from mixdistill.errors import ConfigError, IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
 from mixdistill.files import hold_lock, remove_orphans, write_json, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
@@ -285,18 +285,22 @@ def _plan(runs: list[GridRun], configs: dict, rows: dict[str, dict], needs: dict
     return plan
 
 
-def _check_subset_sizes(configs) -> None:
+def _check_subset_sizes(configs: dict) -> None:
     """A subset larger than its dataset's files stopped a grid at the first run asking it, after the stages before
-    it had trained: checked first, where the dataset is read in about a second."""
+    it had trained: the runs to train (``{key: config}``) are checked first, where the dataset is read in about a
+    second."""
     sizes: dict[tuple, tuple[int, int]] = {}
-    for cfg in configs:
+    for key, cfg in configs.items():
         d = cfg.data
         if (d.train_subset or d.test_subset) and d.dataset in SIZED_BEFORE_A_GRID:
             where = (d.dataset, d.root, d.download)
             if where not in sizes:
                 sizes[where] = tuple(len(load_dataset(d.dataset, split, root=d.root, download=d.download))
                                      for split in ("train", "test"))
-            check_subset_sizes(cfg, *sizes[where])
+            try:
+                check_subset_sizes(cfg, *sizes[where])
+            except ConfigError as err:
+                raise ConfigError(f"run {key}: {err}") from None
 
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
@@ -314,7 +318,6 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
     keys = [r.key for r in runs]
     for dataset, root in sorted({(c.data.dataset, str(c.data.root)) for c in configs.values() if c.data.root}):
         check_root_exists(dataset, root)  # before the folder, its lock and runs/ are made
-    _check_subset_sizes(configs.values())
     unmatched = [p for p in rerun if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
     if unmatched:
         raise MixdistillError(f"--rerun {', '.join(unmatched)} matches no run of this grid; keys look like {keys[0]}")
@@ -335,6 +338,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
+        _check_subset_sizes({r.key: configs[r.key] for r in todo})  # before its first stage trains
         failed = {key for key, row in done.items() if not finished(row)}  # diverged in an earlier invocation
         if executor == "local":
             new_rows = _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log)
