@@ -213,6 +213,9 @@ def test_bench_keeps_an_earlier_benchs_results_unless_told_to_replace_them(tmp_p
     assert main(argv + ["--overwrite"]) == 0 and (tmp_path / "bench_quick_cpu.md").read_text() != "earlier\n"
     out = capsys.readouterr().out
     assert "| against the reference: project " in out  # the console's ratio says what it is a ratio of
+    monkeypatch.chdir(tmp_path)  # runs/bench, the default folder, is scratch: the README's quick line runs again
+    default = [a for a in argv if a not in ("--out", str(tmp_path))]
+    assert main(default) == 0 and main(default) == 0 and (tmp_path / "runs" / "bench" / "bench_quick_cpu.md").exists()
     assert "1 timing round: each ratio is the median of that many per-round ratios" in out
 
 

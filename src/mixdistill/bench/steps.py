@@ -69,6 +69,7 @@ CASES = {  # name -> (label, config overrides)
     "mixstd": ("MIXSTD", ["method=mixstd", "augment=mixup_two_perm"]),
     "dml": ("DML (3 peers)", ["method=dml", "method.peers=3"]),
 }
+DEFAULT_OUT = "runs/bench"  # a scratch folder: a later bench replaces its files; a folder given keeps them
 DEFAULT_PAIRS, QUICK_PAIR = "resnet32x4-resnet8x4,wrn_40_2-wrn_16_2", "cnn5_w16-cnn5_w8"
 PAIRS = {  # name -> (teacher, student)
     "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"),
@@ -121,12 +122,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", default="auto", help="the project's train.channels_last: auto | true | false")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; cases not started within it are reported as not measured")
-    p.add_argument("--out", default="runs/bench", help="directory for bench_<TAG>.json / .md (the committed "
-                   "results live in docs/results)")
+    p.add_argument("--out", default=None, help="directory for bench_<TAG>.json / .md (default: runs/bench, whose "
+                   "files a later bench replaces; the committed results live in docs/results)")
     p.add_argument("--tag", default=None, help="file name suffix: letters, digits, '.', '_', '-' (default: the device "
                                                "kind, cpu or cuda; --quick: quick_cpu, quick_cuda)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the bench_<TAG>.json / .md an earlier bench wrote (refused without it)")
+                   help="replace the bench_<TAG>.json / .md an earlier bench wrote in the --out given (refused "
+                        "without it)")
     p.add_argument("--quick", action="store_true", help="tiny models and steps (smoke test, seconds)")
     p.add_argument("--seed", type=int, default=0, help="weights, data and order of both loops")
 
@@ -763,12 +765,12 @@ def _bench(args) -> int:
                     device_option="bench --device", precision_option="bench --precision")
     args.grid_epochs = args.grid_epochs or (1 if args.quick else 45)
     args.grid_rounds = args.grid_rounds or (1 if args.quick else 2)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out or DEFAULT_OUT)
     tag = args.tag or ("quick_" if args.quick else "") + device.type
     if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", tag):  # a path in it wrote beside --out
         raise ConfigError(f"bench: --tag {tag!r} is a file name suffix: letters, digits, '.', '_', '-'")
     outputs = [out_dir / f"bench_{tag}.json", out_dir / f"bench_{tag}.md"]
-    if not args.overwrite and any(path.exists() for path in outputs):
+    if args.out is not None and not args.overwrite and any(path.exists() for path in outputs):
         raise ConfigError(f"bench: {next(p for p in outputs if p.exists())} holds an earlier bench's results: pass "
                           "--overwrite to replace them, or another --tag or --out")
     make_dir(out_dir)
