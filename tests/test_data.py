@@ -439,7 +439,7 @@ def test_a_failed_download_leaves_the_data_root_as_it_was(no_default_roots, monk
     """torchvision's FashionMNIST/raw/ stayed, empty, in the user's own folder (an image tree given as data.root)."""
     def half_done(root):
         (root / "FashionMNIST" / "raw").mkdir(parents=True)
-        (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz.part").write_bytes(b"12")
+        (root / "FashionMNIST" / "processed").mkdir(parents=True)
         raise OSError("Network is unreachable")
 
     monkeypatch.setitem(DATASETS, "fashion_mnist",
@@ -454,6 +454,17 @@ def test_a_failed_download_leaves_the_data_root_as_it_was(no_default_roots, monk
     with pytest.raises(DatasetNotFoundError, match="Network is unreachable"):  # the cache folder it made: gone again
         load_dataset("fashion_mnist", "train")
     assert not (no_default_roots / "cache").exists()
+
+    def beside_another(root):  # a file there is another process's download (a torchrun rank's): it stays
+        (root / "FashionMNIST" / "raw").mkdir(parents=True)
+        (root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte.gz").write_bytes(b"theirs")
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setitem(DATASETS, "fashion_mnist",
+                        datasets.dataclasses.replace(DATASETS["fashion_mnist"], download=beside_another))
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("fashion_mnist", "train", root=mine)
+    assert (mine / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte.gz").read_bytes() == b"theirs"
 
 
 def test_download_into_cache(no_default_roots, monkeypatch):

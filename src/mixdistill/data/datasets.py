@@ -18,10 +18,10 @@ so one folder can hold several datasets.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -269,17 +269,18 @@ def _download_into(spec: DatasetSpec, folder: Path) -> Path | str:
 
 
 def _remove_new_entries(folder: Path, before: set[Path], made: bool) -> None:
-    """What a failed download put in ``folder`` (and ``folder`` itself where it made it); what was there stays."""
-    try:
-        for entry in set(folder.iterdir()) - before:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        if made:
+    """The empty folders a failed download made in ``folder`` (and ``folder`` itself, where it made it and it is
+    empty). Files stay: another process (a torchrun rank, a run beside this one) may be downloading into the same
+    folder, and its files are not this download's to remove."""
+    new = [entry for entry in set(folder.iterdir()) - before if entry.is_dir() and not entry.is_symlink()]
+    for top in new:
+        for path in sorted((p for p in [top, *top.rglob("*")] if p.is_dir() and not p.is_symlink()),
+                           key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            with contextlib.suppress(OSError):  # not empty (a file in it), or gone already
+                path.rmdir()
+    if made:
+        with contextlib.suppress(OSError):
             folder.rmdir()
-    except OSError:
-        pass  # best effort: the error being reported is the download's
 
 
 def load_dataset(name: str, split: str = "train", root=None, download: bool = True) -> Split:
