@@ -393,6 +393,10 @@ def test_jobs_asking_more_threads_than_cores_say_so(fmnist_root, tmp_path, monke
     run_grid(with_study_dir(tiny_grid(fmnist_root, seeds=1), tmp_path / "fits"), tmp_path / "fits", jobs=2, threads=1,
              log=logged.append)
     assert not any(line.startswith("note:") for line in logged)
+    monkeypatch.setattr(grid_module, "available_cpus", lambda: 1)  # one run's threads alone outnumber the cores
+    run_grid(with_study_dir(tiny_grid(fmnist_root, seeds=1), tmp_path / "wide"), tmp_path / "wide", jobs=2, threads=2,
+             log=logged.append)
+    assert any("one run alone asks for 2: lower --threads (or train.threads) to 1 or fewer" in line for line in logged)
 
 
 def test_a_ray_address_where_nothing_listens_is_one_error_at_once():

@@ -306,8 +306,11 @@ def test_a_ramp_longer_than_the_run_is_said_at_its_start(online_common, capsys):
                      f"method.ramp_epochs={ramp}", "data.train_subset=null"]) == 0
         captured = capsys.readouterr()
         out = " ".join((captured.out + captured.err).split())
-        assert ("note: method.ramp_epochs 80 is past the run's 1 epochs: the distillation weight "
-                "exp(-5 (1 - t/80)^2) reaches 0.007 of its full value in the last epoch" in out) == said
+        if said:
+            assert ("note: method.ramp_epochs 80 is past the run's 1 epochs: the distillation weight "
+                    "exp(-5 (1 - t/80)^2) reaches 0.007 of its full value in the last epoch") in out
+        else:
+            assert "method.ramp_epochs" not in out
 
 
 @pytest.mark.checkout

@@ -107,7 +107,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     except ValueError as e:  # e.g. a subset larger than the split
         raise ConfigError(f"data: {e}") from None
     check_two_classes(train.classes, root / "train")
-    if spec.num_classes is not None and train.num_classes != spec.num_classes:  # a part of it, or another set
+    if spec.num_classes is not None and train.num_classes != spec.num_classes and dist.rank == 0:  # a part of it
         warnings.warn(f"{root / 'train'} has {train.num_classes} class folders, not {d.dataset}'s "
                       f"{spec.num_classes}: the run trains and evaluates on those {train.num_classes} classes "
                       f"(data.dataset=imagefolder names a set of other classes)", stacklevel=2)

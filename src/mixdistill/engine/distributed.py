@@ -103,7 +103,8 @@ def wrap_for_training(distiller: nn.Module, ctx: DistContext, sync_bn: bool) -> 
             if hasattr(distiller, name):
                 setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(distiller, name)))
     device_ids = [ctx.local_rank] if next(distiller.parameters()).is_cuda else None
-    with warnings.catch_warnings():  # torch 2.14 deprecates it, whose successor still syncs at init; we keep
-        # each rank's buffers as its own (torch's advice for that case) and torch >= 2.4 has no successor to call
+    with warnings.catch_warnings():  # torch 2.14 deprecates it; its successor, forward_sync_buffers, still syncs
+        # at init, we keep each rank's buffers as its own (torch's advice for that case), and torch 2.4 (the minimum
+        # we support) lacks it
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)

@@ -536,8 +536,11 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
     log(f"{len(todo)} runs, " + (f"{jobs} side by side" if jobs else f"side by side on {cores} cores by their threads"))
     busiest = sum(sorted((_threads(r) for r in todo), reverse=True)[:workers])
     if jobs and busiest > cores:  # torch threads contending for cores slow every run down many times over
+        widest = max(_threads(r) for r in todo)
+        fits = (f"--jobs {cores // widest} fits them" if widest <= cores else
+                f"one run alone asks for {widest}: lower --threads (or train.threads) to {cores} or fewer")
         log(f"note: {workers} runs side by side ask for up to {busiest} threads on {cores} cores: each runs slower than "
-            f"alone; --jobs {max(1, cores // max(_threads(r) for r in todo))} fits them")
+            f"alone; {fits}")
     pool = worker_pool(workers)
     try:
         yield from _in_dependency_order(todo, needs, fits,
