@@ -235,6 +235,23 @@ def test_kd_view_with_cutmix_pick_reuses_pool_teacher_logits(monkeypatch):
     assert calls == [8], "the picked images' teacher logits must come from the pool, not a second pass"
 
 
+def test_das_kd_with_fixed_inputs_passes_print_config_as_it_trains(tmp_path):
+    """--print-config built the method as if the loader always cropped: das_kd's cache refused a config it trains."""
+    from mixdistill.config import load_config
+    from mixdistill.engine.build import check_buildable
+    from mixdistill.errors import ConfigError
+    from mixdistill.models import create_model
+
+    torch.save({"model": create_model("cnn5_w16", num_classes=10, in_channels=1).state_dict(), "arch": "cnn5_w16"},
+               tmp_path / "t.pt")
+    base = ["method=das_kd", "data.dataset=fashion_mnist", "model.student=cnn5_w8",
+            f"model.teacher_checkpoint={tmp_path / 't.pt'}", "train.device=cpu"]
+    fixed = load_config(None, base + ["data.crop_padding=0", "data.flip=false"])
+    check_buildable(fixed)
+    with pytest.raises(ConfigError, match="needs fixed inputs"):
+        check_buildable(load_config(None, base))
+
+
 def test_das_kd_element_mean_is_one_over_c_of_batchmean():
     x, y = batch()
     kw = dict(cache_teacher=False)

@@ -88,8 +88,14 @@ def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
     clean = lambda: DeviceLoader(train.images, train.labels, batch_size=d.eval_batch_size, shuffle=False,  # noqa: E731
                                  drop_last=False, with_indices=True, **common)
     return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
-                   train.spec.mean, train.spec.std, len(train.labels), padding > 0 or d.flip,
+                   train.spec.mean, train.spec.std, len(train.labels), augmented_by_loader(cfg),
                    tuple(train.images.shape[-2:]), train.spec.class_names)
+
+
+def augmented_by_loader(cfg: RunConfig) -> bool:
+    """Does the run's loader crop or flip its images (a streaming loader always crops)?"""
+    d = cfg.data
+    return d.loader == "streaming" or DATASETS[d.dataset].padding_for(d.crop_padding) > 0 or d.flip
 
 
 def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) -> Loaders:
@@ -343,7 +349,8 @@ def check_buildable(cfg: RunConfig) -> None:
             try:
                 samples = cfg.data.train_subset or spec.num_train or 2
                 distiller.prepare(TrainSet(num_samples=samples, num_classes=spec.num_classes or 10,
-                                           clean_batches=lambda: iter([batch]), augmented_by_loader=True))
+                                           clean_batches=lambda: iter([batch]),
+                                           augmented_by_loader=augmented_by_loader(cfg)))
             except ConfigError:
                 raise
             except Exception:  # noqa: BLE001 - what the meta device cannot run is checked when training starts

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixdistill.config import RunConfig, build_config
 from mixdistill.data.datasets import DATASETS
 from mixdistill.distill.base import StepInfo, TrainSet
-from mixdistill.engine.build import build_distiller, stand_in_teacher
+from mixdistill.engine.build import augmented_by_loader, build_distiller, stand_in_teacher
 from mixdistill.errors import ConfigError
 from mixdistill.registry import METHODS
 from mixdistill.teachers import TEACHERS
@@ -81,7 +81,7 @@ def run_work(cfg_json: str) -> RunWork:
         def prepare(batches: int) -> int:  # prepare() over a training set of `batches` clean batches
             data = TrainSet(num_samples=b, num_classes=classes,
                             clean_batches=lambda: iter([(images, labels, indices)] * batches),
-                            augmented_by_loader=spec.padding_for(cfg.data.crop_padding) > 0 or cfg.data.flip)
+                            augmented_by_loader=augmented_by_loader(cfg))
             with FlopCounterMode(display=False) as counter:
                 distiller.prepare(data)
             return counter.get_total_flops()
