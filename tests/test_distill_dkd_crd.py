@@ -233,7 +233,7 @@ def test_dkd_beta_per_pair_as_mdistiller():
     (["model.teacher=null", "model.teacher_checkpoint=resnet56", "model.student=resnet20"], 2.0),  # benchmark name
     (["model.teacher=vgg13", "model.teacher_checkpoint=x.pt", "model.student=vgg8"], 6.0),
     (["model.teacher=resnet56", "model.student=resnet20", "method.beta=8"], 8.0),  # given: wins over the pair's
-    (["model.teacher=null", "model.teacher_checkpoint=t.pt", "model.student=resnet20"], 8.0),  # pair unknown
+    (["model.teacher=null", "model.teacher_checkpoint=t.pt", "model.student=resnet20", "method.beta=8"], 8.0),
     (["model.teacher=resnet110", "model.student=resnet20"], 8.0),  # no mdistiller config: the default
 ])
 def test_dkd_run_config_takes_the_pairs_beta(overrides, beta):
@@ -247,6 +247,23 @@ def test_dkd_run_config_takes_the_pairs_beta(overrides, beta):
     assert again.method.model_extra == cfg.method.model_extra
     other = load_config("configs/cifar100_crd.yaml", overrides[:-1] if "method.beta=8" in overrides else overrides)
     assert "beta" not in other.method.model_extra  # kd, the file's method: no pair lookup
+
+
+@pytest.mark.checkout
+def test_dkd_with_a_teacher_file_and_no_architecture_asks_for_it_where_the_pair_decides_beta():
+    """The file's architecture picks the pair, and the config does not read the file: wrn_40_2 -> wrn_16_2 trained
+    with beta 8, mdistiller's 6, without a word."""
+    from mixdistill.config import load_config
+    from mixdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method dkd takes beta per teacher-student pair \(its released configs; "
+                                          r"wrn_16_2 is paired with wrn_40_2\), and the teacher t.pt is a file: set "
+                                          r"model.teacher to its architecture, or give method.beta"):
+        load_config("configs/cifar100_crd.yaml", ["method=dkd", "model.teacher=null", "model.teacher_checkpoint=t.pt",
+                                                  "model.student=wrn_16_2"])
+    # a student in no listed pair: the default, whatever the file holds
+    assert load_config(None, ["method=dkd", "model.teacher_checkpoint=t.pt", "model.student=cnn5_w8"]
+                       ).method.params().beta == 8.0
 
 
 # ------------------------------------------------------------------------------------------------ CRD

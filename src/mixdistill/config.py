@@ -194,6 +194,12 @@ class OptimConfig(Section):
 BEST_METRIC = re.compile(r"test_(acc|top5|loss)(_[A-Za-z0-9_]+)?")
 
 
+def _names_a_file(source: str) -> bool:
+    """A teacher_checkpoint that is a file's path, not a benchmark teacher's name (``resnet32x4``)."""
+    path = Path(source)
+    return path.suffix in (".pt", ".pth", ".tar", ".ckpt") or len(path.parts) > 1 or path.is_file()
+
+
 def names_its_outputs(method_cls) -> bool:
     """An online method whose ``evaluation_names`` is as derived as its ``evaluation_logits`` (a plugin that
     overrides only the outputs is checked when it evaluates)."""
@@ -367,13 +373,24 @@ class RunConfig(Section):
         the pair's values for the parameters this config leaves unset. The teacher is ``model.teacher``, else a
         benchmark teacher named by ``model.teacher_checkpoint`` (a checkpoint file matches no pair: set
         ``model.teacher`` to look its pair up)."""
-        lookup = getattr(METHODS.get(self.method.name), "pair_params", None)
+        method_cls = METHODS.get(self.method.name)
+        lookup = getattr(method_cls, "pair_params", None)
         if lookup is not None:
             teacher = self.model.teacher or self.model.teacher_checkpoint
             for key, value in lookup(teacher, self.model.student).items():
                 if key not in self.method._given:
                     self.method.model_extra[key] = value
             self.method.params()  # the pair's values pass the method's own validation
+            paired = method_cls.paired_teachers(self.model.student)
+            source = self.model.teacher_checkpoint
+            if paired and self.model.teacher is None and source and _names_a_file(source):
+                keys = sorted({k for t in paired for k in lookup(t, self.model.student)} - self.method._given)
+                if keys:  # the file's architecture decides the pair, and the config layer does not read it
+                    raise ValueError(
+                        f"method {self.method.name} takes {', '.join(keys)} per teacher-student pair (its released "
+                        f"configs; {self.model.student} is paired with {', '.join(paired)}), and the teacher "
+                        f"{source} is a file: set model.teacher to its architecture, or give "
+                        f"{', '.join(f'method.{k}' for k in keys)}")
         return self
 
     @model_validator(mode="after")

@@ -48,7 +48,7 @@ from mixdistill.distill.base import Distiller, MethodParams, step_output
 from mixdistill.distill.kd import LOGIT_STAND
 from mixdistill.losses import logit_standardized, mixed_cross_entropy
 from mixdistill.registry import METHODS
-from mixdistill.resources import pair_params
+from mixdistill.resources import pair_params, paired_teachers
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -121,6 +121,12 @@ class DKD(Distiller):
     def pair_params(cls, teacher: str | None, student: str | None) -> dict:
         """The parameters mdistiller's config for this pair sets (``{"beta": ...}``), {} for a pair it has none for."""
         return pair_params("dkd", _PAIR_NAMES.get(teacher, teacher), _PAIR_NAMES.get(student, student))
+
+    @classmethod
+    def paired_teachers(cls, student: str) -> list[str]:
+        """The teachers whose pair with ``student`` has parameters of its own (``pair_params``)."""
+        names = {v: k for k, v in _PAIR_NAMES.items()}
+        return [names.get(t, t) for t in paired_teachers("dkd", _PAIR_NAMES.get(student, student))]
 
     def forward_train(self, images, labels, info):
         p = self.params

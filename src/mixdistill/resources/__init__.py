@@ -38,6 +38,12 @@ def pair_params(method: str, teacher: str | None, student: str | None) -> dict:
     return dict(_read("pair_params.yaml").get(method, {}).get(f"{teacher}-{student}", {}))
 
 
+def paired_teachers(method: str, student: str) -> list[str]:
+    """The teachers pair_params.yaml lists ``student`` with for ``method`` (model names)."""
+    return [pair.rsplit("-", 1)[0] for pair in _read("pair_params.yaml").get(method, {})
+            if pair.rsplit("-", 1)[1] == student]
+
+
 def demo_config() -> dict:
     """demo.yaml: the demo's teacher and students."""
     return _read("demo.yaml")
