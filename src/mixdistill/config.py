@@ -384,7 +384,9 @@ class RunConfig(Section):
             paired = method_cls.paired_teachers(self.model.student)
             source = self.model.teacher_checkpoint
             if paired and self.model.teacher is None and source and _names_a_file(source):
-                keys = sorted({k for t in paired for k in lookup(t, self.model.student)} - self.method._given)
+                defaults = method_cls.Params.model_fields
+                keys = sorted({k for t in paired for k, v in lookup(t, self.model.student).items()
+                               if v != defaults[k].default} - self.method._given)
                 if keys:  # the file's architecture decides the pair, and the config layer does not read it
                     raise ValueError(
                         f"method {self.method.name} takes {', '.join(keys)} per teacher-student pair (its released "
