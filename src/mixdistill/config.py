@@ -401,6 +401,10 @@ class RunConfig(Section):
         if self.data.dataset not in DATASETS:
             raise UnknownNameError("dataset", self.data.dataset, DATASETS)
         method_cls = METHODS[self.method.name]
+        channels, mean = DATASETS[self.data.dataset].in_channels, (self.augment.model_extra or {}).get("mean")
+        if channels and mean is not None and len(mean) not in (1, channels):  # a shape error mid-run
+            raise ValueError(f"augment.mean and augment.std give {len(mean)} values; {self.data.dataset} images have "
+                             f"{channels} channel{'s' if channels > 1 else ''}: one value each (or one for all)")
         for key in ("student", "teacher"):
             name = getattr(self.model, key)
             if name is not None:

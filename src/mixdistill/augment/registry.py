@@ -137,7 +137,24 @@ def _validated_params(name: str, params: dict) -> dict:
         key = ".".join(str(x) for x in e["loc"])
         raise ConfigError(f"invalid value {e.get('input')!r} for parameter '{key}' of augmentation '{name}': "
                           f"{e['msg'].removeprefix('Value error, ')}") from None
-    return dict(model)
+    values = dict(model)
+    if "mean" in values and "std" in values:
+        _check_normalisation(name, values["mean"], values["std"])
+    return values
+
+
+def _check_normalisation(name: str, mean, std) -> None:
+    """``mean`` and ``std`` of a pixel-space augmentation: both or neither (one alone was ignored, or a traceback
+    mid-run), one value per channel in each, std > 0."""
+    if (mean is None) != (std is None):
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
+        raise ConfigError(f"augmentation '{name}': {given} without {missing}: they go together (the normalisation its "
+                          f"pixel-space steps undo and redo); give both, or neither for the dataset's")
+    if mean is not None and (not mean or len(mean) != len(std)):
+        raise ConfigError(f"augmentation '{name}': mean and std give one value per channel each (got {len(mean)} "
+                          f"and {len(std)})")
+    if std is not None and any(v <= 0 for v in std):
+        raise ConfigError(f"augmentation '{name}': std values are > 0 (got {list(std)})")
 
 
 def make_augment(name: str, **params):
