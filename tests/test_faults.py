@@ -576,6 +576,8 @@ def test_configs_and_overrides_read_numbers_and_booleans_as_yaml_1_2(tmp_path):
      "data.crop_padding=4 is the memory loader's random crop of padded images"),  # accepted, doing nothing
     (["train.int8_teacher=true"], "train.int8_teacher=true quantises the teacher; method ce has none"),
     (["augment=autoaugment", "augment.std=[0]"], "std without mean: they go together"),  # ignored, recorded as used
+    (["augment=cutmix", "data.batch_size=1"], "cutmix pairs each image with another of its batch (a derangement): "
+                                              "data.batch_size=1 has none; or augment.partner=permutation"),
     (["augment=autoaugment", "augment.mean=[0.3]"], "mean without std: they go together"),  # a traceback mid-run
     (["augment=autoaugment", "augment.mean=[0.3]", "augment.std=[0]"], "std values are > 0"),
     (["augment=autoaugment", "augment.mean=[0.3,0.3,0.3]", "augment.std=[0.2,0.2,0.2]"],

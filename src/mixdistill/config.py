@@ -451,6 +451,12 @@ class RunConfig(Section):
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
                              "augmentation")
+        deranged = (self.augment.name == "cutmix_pick"  # its runs always take a derangement partner
+                    or (self.augment.name == "cutmix" and self.augment.model_extra["partner"] == "derangement"))
+        if deranged and self.data.batch_size < 2:  # a traceback at the first step
+            raise ValueError(f"{self.augment.name} pairs each image with another of its batch (a derangement): "
+                             f"data.batch_size=1 has none" + ("; or augment.partner=permutation"
+                                                             if self.augment.name == "cutmix" else ""))
         if self.augment.name == "cut_n_mix":  # what the augmentation checks on its first batch
             too_small = cut_n_mix_batch_error(self.augment.model_extra["n"], self.augment.model_extra["partner"],
                                               self.data.batch_size, "data.batch_size=")
