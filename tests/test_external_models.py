@@ -252,3 +252,14 @@ def test_a_map_method_on_a_network_without_maps_is_one_clear_error(tmp_path):
         check_buildable(resolve_config(None, {**common, "model.student": "tv:mobilenet_v3_small", "method": "at"}))
     check_buildable(resolve_config(None, {**common, "model.student": "tv:mobilenet_v3_small", "method": "pkt"}))
     check_buildable(resolve_config(None, {**common, "model.student": "tv:resnet18", "method": "at"}))
+
+
+def test_a_network_built_for_one_input_size_is_one_line_on_other_images():
+    """A timm ViT on 28x28 Fashion-MNIST passed --print-config and stopped at step 1 in a traceback."""
+    pytest.importorskip("timm")
+    from mixdistill.engine.build import check_buildable
+
+    with pytest.raises(ConfigError, match=r"timm:vit_tiny_patch16_224 cannot take 28x28 images: it is built for one "
+                                          r"input size \(Input height \(28\) doesn't match model \(224\)"):
+        check_buildable(resolve_config(None, {"model.student": "timm:vit_tiny_patch16_224", "method": "ce",
+                                              "data.dataset": "fashion_mnist", "train.device": "cpu"}))

@@ -359,6 +359,8 @@ def check_buildable(cfg: RunConfig) -> None:
 
 # what torch says when an image is too small for a network's pools or kernels
 TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+# what timm says when a network built for one input size (a ViT's patch embedding) gets another
+FIXED_SIZE = ("doesn't match model",)
 
 
 def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -> None:
@@ -376,6 +378,9 @@ def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -
         if any(phrase in str(err) for phrase in TOO_SMALL):  # needs prepare() first) is left to training, as before
             raise ConfigError(f"{label} cannot take {h}x{w} images: they are too small for its pooling or kernels "
                               f"({str(err).splitlines()[0]})") from None
+        if any(phrase in str(err) for phrase in FIXED_SIZE):
+            raise ConfigError(f"{label} cannot take {h}x{w} images: it is built for one input size "
+                              f"({str(err).splitlines()[0]}); choose a network that takes {h}x{w} images") from None
     finally:
         distiller.train(was_training)
 
