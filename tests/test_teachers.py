@@ -245,6 +245,17 @@ def test_corrupt_archive_gives_clear_error(archive, tmp_path):
         T.unpack_teacher_archive(tmp_path / "absent.tar", tmp_path / "cache")
 
 
+def test_an_archive_holding_a_checkpoint_that_does_not_load_unpacks_nothing(tmp_path):
+    """Five bytes of junk at a teacher's path were unpacked and listed as present; the load failed later."""
+    name = next(iter(T.TEACHERS))
+    tar_path = _tar_with(tmp_path / "junk.tar", {T.TEACHERS[name].path: b"junk!"})
+    with pytest.raises(MixdistillError, match=f"teacher {name}'s checkpoint does not load .*nothing unpacked"):
+        T.unpack_teacher_archive(tar_path, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "teachers").exists()  # the folder it made, removed again
+    with pytest.raises(MixdistillError, match="is a folder: give the cifar_teachers.tar file"):
+        T.unpack_teacher_archive(tmp_path, tmp_path / "cache")
+
+
 def test_archive_without_teachers_is_rejected(tmp_path):
     tar_path = _tar_with(tmp_path / "other.tar", {"something/else.txt": b"hello"})
     with pytest.raises(MixdistillError, match="none of the expected"):
@@ -317,7 +328,8 @@ def test_teachers_errors_are_one_line_and_exit_2(tmp_path, capsys, no_proxy):
     argv = ["teachers", "--download", "--cache-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.tar",
             "--timeout", "5"]
     for args, fragment in ((argv, "could not download"), (argv[:1] + ["--archive", str(tmp_path / "no.tar")],
-                                                          "teacher archive not found")):
+                                                          "teacher archive not found"),
+                           (argv[:-1] + ["0"], "--timeout is seconds, more than 0 (got 0)")):
         assert main(args) == 2
         captured = capsys.readouterr()
         assert captured.err.startswith(f"mixdistill: error: {fragment}") and len(captured.err.splitlines()) == 1

@@ -15,6 +15,7 @@ archive elsewhere and run ``mixdistill teachers --archive PATH`` (or unpack it t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import shutil
@@ -255,10 +256,23 @@ def unpack_teacher_archive(archive_path: str | os.PathLike, cache_dir: str | os.
     ``cifar_teachers/`` folder (just ``<name>_vanilla/...``) is accepted too. Existing files are replaced.
     """
     archive = Path(archive_path).expanduser()
+    if archive.is_dir():
+        raise MixdistillError(f"teacher archive {archive} is a folder: give the {TEACHER_ARCHIVE_NAME} file")
     if not archive.is_file():
         raise MixdistillError(f"teacher archive not found: {archive}")
     tdir = teachers_dir(cache_dir)
+    made = not tdir.exists()
     _make_dir(tdir)
+    try:
+        return _unpack_into(archive, tdir)
+    except BaseException:
+        if made:  # a failed unpack leaves the cache as it found it
+            with contextlib.suppress(OSError):
+                tdir.rmdir()
+        raise
+
+
+def _unpack_into(archive: Path, tdir: Path) -> Path:
     corrupt = (
         f"{archive} is not a readable tar archive (corrupt or incomplete download?); "
         f"download {TEACHER_ARCHIVE_NAME} again from {TEACHER_ARCHIVE_URL}"
@@ -288,6 +302,14 @@ def unpack_teacher_archive(archive_path: str | os.PathLike, cache_dir: str | os.
                 f"{archive} contains none of the expected teacher checkpoints "
                 f"({ARCHIVE_ROOT}/<name>_vanilla/{_CKPT_FILE} for <name> in {', '.join(TEACHERS)})"
             )
+        for name in found:  # each one reads as its teacher's weights (a junk file was listed as present)
+            path = root.joinpath(*PurePosixPath(TEACHERS[name].path).parts[1:])
+            try:
+                load_weights(create_model(TEACHERS[name].arch, num_classes=100), path, strict=True)
+            except MixdistillError as err:
+                raise MixdistillError(f"{archive}: teacher {name}'s checkpoint does not load ({one_line(err)}); "
+                                      f"nothing unpacked: download {TEACHER_ARCHIVE_NAME} again from "
+                                      f"{TEACHER_ARCHIVE_URL}") from None
         target = tdir / ARCHIVE_ROOT
         for src in sorted(p for p in root.rglob("*") if p.is_file()):
             dest = target / src.relative_to(root)
@@ -416,6 +438,8 @@ def teachers_main(args: argparse.Namespace | Sequence[str] | None = None) -> int
     url = getattr(args, "url", TEACHER_ARCHIVE_URL) or TEACHER_ARCHIVE_URL
     timeout = getattr(args, "timeout", 30.0)
 
+    if timeout is not None and not timeout > 0:
+        raise MixdistillError(f"--timeout is seconds, more than 0 (got {timeout:g})")
     console = Console(highlight=False)
     if archive:
         tdir = unpack_teacher_archive(archive, cache_dir)
