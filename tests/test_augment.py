@@ -666,3 +666,13 @@ def test_cut_n_mix_mixing_probability():
     g = gen(1)
     mixed = [cut_n_mix(images, labels, generator=g, prob=0.5).sources.shape[1] > 1 for _ in range(400)]
     assert 0.42 < sum(mixed) / 400 < 0.58
+
+
+def test_the_specs_names_of_the_box_roundings_are_taken_for_ours():
+    """methods.md section 6 calls them correct and as_published; configs record exact and released (the committed
+    study rows do)."""
+    from mixdistill.config import load_config
+
+    for spec, ours in (("correct", "exact"), ("as_published", "released")):
+        cfg = load_config(None, ["augment=cutmix", f"augment.box_rounding={spec}"])
+        assert cfg.augment.model_extra["box_rounding"] == ours

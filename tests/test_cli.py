@@ -109,6 +109,7 @@ def test_methods_table(capsys, monkeypatch):
     assert "RECONSTRUCTED from its abstract" in rows["cutnmix"] and "│ online " in rows["cutnmix"]
     assert "peers=4" in rows["okddip"] and "views=shared (shared|per_peer)" in rows["pcl"]
     assert "eps=1e-07" in rows["mixstd"] and "│ flip " in rows["kdcl"]
+    assert "a listed teacher-student pair's released values replace" in rows["dkd"]  # beta=8.0 read as DKD's only
 
 
 @pytest.mark.parametrize("command", ["methods", "augments"])

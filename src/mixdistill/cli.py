@@ -258,6 +258,9 @@ def method_rows() -> list[tuple[str, str, str, str, str]]:
                 "offline" if cls.needs_teacher else "offline, no teacher")
         params = [_with_default(key, field.get_default(call_default_factory=True), field.annotation)
                   for key, field in cls.Params.model_fields.items()]
+        if getattr(cls, "pair_params", None) is not None:  # DKD's beta: mdistiller's configs set it per pair
+            params.append("(a listed teacher-student pair's released values replace these defaults: README, "
+                          "Methods)")
         source = (getattr(cls, "source", "") or _first_sentence(cls.__dict__.get("__doc__"))
                   or _first_sentence(sys.modules[cls.__module__].__doc__))
         rows.append((name, kind, "\n".join(params) or "-", cls.default_augment or "none", source or "-"))

@@ -9,7 +9,7 @@ import re
 import typing
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (Field, NonNegativeInt, PositiveInt, StrictBool, TypeAdapter, ValidationError,
+from pydantic import (BeforeValidator, Field, NonNegativeInt, PositiveInt, StrictBool, TypeAdapter, ValidationError,
                       create_model)
 
 from ..errors import ConfigError, UnknownNameError
@@ -40,6 +40,8 @@ _CALL_ARGS = ("images", "labels", "generator")
 # Runtime arguments (objects, not config values): given at call time, never through make_augment.
 _RUNTIME_ARGS = ("teacher", "student")
 
+# methods.md section 6 names the two roundings `correct` and `as_published`: the same two, recorded by these names
+SPEC_BOX_ROUNDINGS = {"correct": "exact", "as_published": "released"}
 _Probability = Annotated[float, Field(ge=0, le=1)]
 _Positive = Annotated[float, Field(gt=0)]
 _Channels = Optional[tuple[float, ...]]
@@ -61,7 +63,7 @@ PARAM_TYPES = {
     "sampling": Literal["replacement", "exact"],
     "partner": Literal["derangement", "permutation"],
     "criterion": Literal[PICK_CRITERIA],
-    "box_rounding": Literal[BOX_ROUNDINGS],
+    "box_rounding": Annotated[Literal[BOX_ROUNDINGS], BeforeValidator(lambda v: SPEC_BOX_ROUNDINGS.get(v, v))],
     "mean": _Channels,
     "std": _Channels,
 }
