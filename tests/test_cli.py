@@ -293,6 +293,11 @@ def test_relative_teacher_path_is_read_from_the_current_directory(capsys, tmp_pa
     _one_line_error(capsys, ["train", str(config), f"model.teacher_checkpoint={tmp_path / 'no.pt'}", "--print-config"],
                     f"teacher checkpoint '{tmp_path / 'no.pt'}' is neither a file nor a benchmark teacher name: train "
                     "the teacher first (`mixdistill train configs/fmnist_cpu_teacher.yaml`)")
+    # a misspelt benchmark teacher's name: the names close to it, and no word of relative paths
+    _one_line_error(capsys, ["train", str(config.parent / "cifar100_crd.yaml"), "model.teacher_checkpoint=resnet99",
+                             "--print-config"],
+                    "'resnet99' is neither a file nor a benchmark teacher name (benchmark teachers close to it: "
+                    "resnet56, resnet110): name a pretrained CIFAR-100 teacher")
     # the ImageNet config's teacher is torchvision's weights: it said to train the Fashion-MNIST teacher
     _one_line_error(capsys, ["train", str(config.parent / "imagenet_resnet34_resnet18.yaml"),
                              f"model.teacher_checkpoint={tmp_path / 'no.pt'}", "--print-config"],

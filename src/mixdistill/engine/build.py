@@ -153,7 +153,8 @@ def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: 
 
 def missing_teacher(source: str, cfg: RunConfig | None = None) -> str:
     """The error for a teacher checkpoint that is not there, with the way to get one for the run's dataset."""
-    where = "" if Path(source).is_absolute() else (
+    named = len(Path(source).parts) == 1 and not Path(source).suffix  # a name, not a path
+    where = "" if Path(source).is_absolute() or named else (
         f" (a relative path is read from the current directory, {Path.cwd()}, as a relative output_dir is written: "
         "run the student from where you ran the teacher, or give an absolute path)")
     dataset, teacher = (cfg.data.dataset, cfg.model.teacher) if cfg is not None else (None, None)
@@ -168,8 +169,12 @@ def missing_teacher(source: str, cfg: RunConfig | None = None) -> str:
                "one first (a method=ce run)")
     else:
         how = "train the teacher first (a method=ce run on the same data)"
-    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name{where}: {how}, or point "
-            "model.teacher_checkpoint at an existing checkpoint (a run's last.pt)")
+    import difflib
+
+    close = difflib.get_close_matches(source, list(TEACHERS), n=3, cutoff=0.7)
+    meant = f" (benchmark teachers close to it: {', '.join(close)})" if close else ""
+    return (f"teacher checkpoint '{source}' is neither a file nor a benchmark teacher name{meant}{where}: {how}, or "
+            "point model.teacher_checkpoint at an existing checkpoint (a run's last.pt)")
 
 
 def _check_teacher_source(cfg: RunConfig) -> None:
