@@ -207,6 +207,18 @@ def test_teacher_architecture_mismatch_is_one_clear_error(tiny_run_overrides):
         train(cfg, quiet=True)
 
 
+def test_a_bare_teacher_state_dict_of_other_classes_says_so_as_a_recorded_one_does(tiny_run_overrides, tmp_path):
+    """A RepDistiller-style {'model': state_dict} of CIFAR-100 was told to 'create the model with num_classes=100'."""
+    from mixdistill.models import create_model
+
+    torch.save({"model": create_model("cnn5_w16", num_classes=100, in_channels=1).state_dict()}, tmp_path / "t.pt")
+    cfg = load_config(None, tiny_run_overrides + ["name=t100", "method=kd", "model.teacher=cnn5_w16",
+                                                  f"model.teacher_checkpoint={tmp_path / 't.pt'}"])
+    with pytest.raises(ConfigError, match="has 100 classes but fashion_mnist here 10: a teacher is trained on its "
+                                          "student's data"):
+        train(cfg, quiet=True)
+
+
 def test_non_finite_loss_stops_with_step_and_term(tiny_run_overrides):
     cfg = load_config(None, tiny_run_overrides + ["name=nan", "optim.lr=1e30", "train.log_every=1"])
     with pytest.raises(NonFiniteLossError, match=r"step \d+ \(term: ce\)") as err:

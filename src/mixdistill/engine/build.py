@@ -4,6 +4,7 @@ build through here, so a run is put together one way."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from collections.abc import Callable
@@ -208,7 +209,14 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
         raise ConfigError(f"the teacher {source} has {recorded} {what} but {cfg.data.dataset} here {here}: "
                           "a teacher is trained on its student's data")
     teacher = create_model(_file_teacher_arch(cfg, state), num_classes=num_classes, in_channels=in_channels)
-    load_weights(teacher, state)
+    try:
+        load_weights(teacher, state)
+    except CheckpointError as err:  # a bare state dict records no classes: its classifier says them
+        classes = re.search(r"checkpoint has (\d+) classes, model has (\d+)", str(err))
+        if classes is None:
+            raise
+        raise ConfigError(f"the teacher {source} has {classes[1]} classes but {cfg.data.dataset} here "
+                          f"{classes[2]}: a teacher is trained on its student's data") from None
     return teacher.eval()
 
 
