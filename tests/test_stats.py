@@ -85,6 +85,23 @@ def test_a_claim_of_no_effect_is_judged_on_its_own_p_outside_holm():
     assert weak.verdict.startswith("not contradicted (no significant effect")
 
 
+def test_the_findings_header_names_the_holm_family_the_adjustment_used():
+    """A finding without a p (one seed, no spread, runs missing) is outside Holm's family: the header said the
+    family was all the claims, which made the adjustment read stricter than it was."""
+    from mixdistill.studies.stats import adjust
+
+    claims = [Finding(f"claim {i}", Effect(1.0, 0.5, 1.5, p, "t", 5), +1, "paper")
+              for i, p in enumerate((0.01, 0.03, math.nan))]
+    adjust(claims)
+    assert [c.effect.p_holm for c in claims[:2]] == pytest.approx([0.02, 0.03])  # a family of two
+    text = " ".join(findings_markdown(claims))
+    assert "Holm-adjusted across the 2 findings of this study that claim an effect and have a p (the other 1 have " \
+           "none" in text
+    adjust(claims[:2])
+    assert "Holm-adjusted across the 2 findings of this study that claim an effect;" in \
+        " ".join(findings_markdown(claims[:2]))
+
+
 def test_equivalence_is_two_one_sided_paired_t_tests_and_its_90_percent_interval():
     """TOST by hand: p is the larger of the two one-sided t-test p values against -margin and +margin; the verdict
     of a claim of no effect is reproduced only when that p is below 0.05, which is when the 90% CI lies inside."""

@@ -357,10 +357,15 @@ def gates_markdown(gates: list[Gate]) -> list[str]:
 
 def findings_markdown(findings: list[Finding]) -> list[str]:
     claims = sum(not f.no_effect_claim for f in findings)
+    tested = sum(not f.no_effect_claim and not math.isnan(f.effect.p) for f in findings)
     none = len(findings) - claims
+    family = (f"the {claims} findings of this study that claim an effect" if tested == claims else
+              f"the {tested} findings of this study that claim an effect and have a p (the other {claims - tested} "
+              "have none: too few finished seeds, or no spread between them; with all of them the family would "
+              "be larger and the adjustment stricter)")
     lines = ["## Findings", "",
-             f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across the {claims} "
-             f"findings of this study that claim an effect; verdict at α = {ALPHA} on the Holm-adjusted p"
+             f"Effect = ours, with its 95% confidence interval; p two-sided; Holm-adjusted across {family}; "
+             f"verdict at α = {ALPHA} on the Holm-adjusted p"
              + (f". The {none} claim(s) of no effect are judged on their own p (no Holm: adjusting would make a "
                 "claim of no effect easier to keep); one is reproduced only where, besides, two one-sided tests "
                 "(TOST) show the difference within the margin the test column states, i.e. its 90% CI lies inside "
