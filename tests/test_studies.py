@@ -391,6 +391,11 @@ def test_wall_time_counts_only_the_invocations_that_trained_the_current_runs(tmp
     os.utime(tmp_path / "runs" / "b__seed0" / "summary.json", (now - 400, now - 400))
     line = timing_markdown(tmp_path, {"a/seed0": {}, "b/seed0": {}, "c/seed0": {}})[0]
     assert "2.0 min to train 2 runs in 1 invocation(s)" in line and "1 run(s) of this report were written outside" in line
+    # an interrupted first invocation recorded nothing: its runs were read as reused
+    (tmp_path / "timing.jsonl").unlink()
+    assert timing_markdown(tmp_path, {"a/seed0": {}, "b/seed0": {}})[0] == (
+        "Wall time: not recorded (2 run(s) of this report were trained by an invocation that was interrupted or is "
+        "still running, which records no time).")
 
 
 @pytest.mark.slow

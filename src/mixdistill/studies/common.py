@@ -230,10 +230,9 @@ def _current_invocations(entries: list[dict], study_dir: Path, rows: dict) -> di
             continue
         written = summary.stat().st_mtime
         i = next((i for i, end in enumerate(ends) if end >= written), None)
-        if i is not None and written < starts[i]:
-            i = -1  # written between recorded invocations: by one that was interrupted, so recorded no time
-        if i is not None:
-            counts[i] = counts.get(i, 0) + 1
+        if i is None or written < starts[i]:
+            i = -1  # written outside the recorded invocations: by one interrupted (or still running): no time
+        counts[i] = counts.get(i, 0) + 1
     return counts
 
 
@@ -249,13 +248,17 @@ def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
               else _current_invocations(entries, study_dir, rows))
     unrecorded = counts.pop(-1, 0)
     entries = [e for i, e in enumerate(entries) if i in counts]
+    if not entries and unrecorded:
+        return [f"Wall time: not recorded ({unrecorded} run(s) of this report were trained by an invocation that was "
+                "interrupted or is still running, which records no time).", ""]
     if not entries:
         return ["Wall time: not recorded (every run was reused).", ""]
     total = sum(e["wall_s"] for e in entries)
     machines = sorted({f"{e['cpu']} ({e['cores']} cores, {e['capability']}, "
                        f"{'native bf16' if e['native_bf16'] else 'no native bf16'}), torch {e['torch']}" for e in entries})
+    executors = list(dict.fromkeys(e["executor"] for e in entries))  # each once: "local, 1 thread(s) ..." repeated
     line = (f"Wall time: {total / 60:.1f} min to train {sum(counts.values())} runs in "
-            f"{len(entries)} invocation(s) ({'; '.join(e['executor'] for e in entries)}), on {'; '.join(machines)}.")
+            f"{len(entries)} invocation(s) ({'; '.join(executors)}), on {'; '.join(machines)}.")
     if len(entries) > 1:  # an invocation's wall time also paid for runs replaced since: say what each trained
         used = [n for i, n in sorted(counts.items())]
         line += " By invocation: " + "; ".join(
@@ -263,5 +266,5 @@ def timing_markdown(study_dir: Path, rows: dict | None = None) -> list[str]:
             for e, n in zip(entries, used)) + "."
     if unrecorded:
         line += (f" {unrecorded} run(s) of this report were written outside these invocations (by one that was "
-                 "interrupted, which recorded no time).")
+                 "interrupted or is still running, which records no time).")
     return [line, ""]
