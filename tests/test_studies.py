@@ -674,3 +674,35 @@ def test_report_only_takes_the_grids_threads_over_the_scales_default(tmp_path, m
         with pytest.raises(IncompleteStudyError, match="none of the 14 runs finished"):
             run_study("shen2022", scale="smoke", seeds=seeds, output_dir=str(tmp_path), report_only=True,
                       log=lambda *_: None)
+
+
+def test_wang2022_t_stddev_takes_no_more_workers_than_the_jobs_given(tmp_path, monkeypatch):
+    """Its report computed T. stddev in as many workers as the cores hold, whatever --jobs the grid was given."""
+    from mixdistill.machine import available_cpus  # noqa: F401 - patched where read
+    from mixdistill.studies import common, grid as grid_module, wang2022
+
+    pools = []
+
+    class Pool:
+        def __init__(self, workers):
+            pools.append(workers)
+
+        def __enter__(self):
+            raise RuntimeError("stop here")  # what the workers would compute is not this test's
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(grid_module, "worker_pool", Pool)
+    monkeypatch.setattr("mixdistill.machine.available_cpus", lambda: 4)
+    monkeypatch.setattr(wang2022, "_t_stddev_key", lambda study_dir, run_key, *_: run_key)
+    rows = {k: {"config": {"train": {"threads": 1}}} for k in ("a", "b", "c")}
+    token = common.REPORT_JOBS.set(1)
+    try:
+        wang2022._fill_t_stddev_cache(tmp_path, rows, list(rows), None, 30, None)  # --jobs 1: in this process
+    finally:
+        common.REPORT_JOBS.reset(token)
+    assert pools == []
+    with pytest.raises(RuntimeError, match="stop here"):
+        wang2022._fill_t_stddev_cache(tmp_path, rows, list(rows), None, 30, None)
+    assert pools == [3]  # no --jobs: as many as the cores hold, at most one per run

@@ -43,7 +43,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     goes on); the others are listed as not run yet. It reports the grid last started in the folder (its seeds,
     threads and data root, which ``seeds``, ``threads`` and ``data_root`` may repeat but not change)."""
     from mixdistill.config import DEFAULT_THREADS
-    from mixdistill.studies.common import load_study_config, record_timing, scale_config
+    from mixdistill.studies.common import REPORT_JOBS, load_study_config, record_timing, scale_config
     from mixdistill.studies.grid import REPORT_LOCK, current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
@@ -81,9 +81,13 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         raise IncompleteStudyError(f"none of the {len(rows)} runs finished ({_why(unfinished)}){hint}; no report "
                                    "written (an earlier one, if any, is left as it was)")
     # one report writer at a time, and a grid starting meanwhile does not take its temporary files for orphans
-    with hold_lock(study_dir / REPORT_LOCK, "writing the report", wait=True):
-        text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale,
-                            data_root)
+    jobs_set = REPORT_JOBS.set(jobs)
+    try:
+        with hold_lock(study_dir / REPORT_LOCK, "writing the report", wait=True):
+            text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale,
+                                data_root)
+    finally:
+        REPORT_JOBS.reset(jobs_set)
         path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     log(f"report written to {path}")
     if unfinished:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from contextvars import ContextVar
 from pathlib import Path
 
 from mixdistill.analysis.plots import new_figure, save_figure
@@ -199,6 +200,11 @@ def plot_effects(findings, path: str | Path, title: str) -> Path:
                          "significant either way, red significantly against the claim, grey no verdict (a gate failed)",
                  fontsize=8)
     return save_figure(fig, path)
+
+
+# the --jobs of the invocation writing a report (None: as many as the cores hold): a report that computes side by
+# side (wang2022's T. stddev) takes no more workers than the user gave the grid
+REPORT_JOBS: ContextVar[int | None] = ContextVar("report_jobs", default=None)
 
 
 def record_timing(study_dir: Path, trained: int, wall_s: float, jobs_note: str) -> None:

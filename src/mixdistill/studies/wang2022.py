@@ -27,8 +27,8 @@ from mixdistill.errors import ConfigError, IncompleteStudyError
 from mixdistill.files import read_cache, write_json
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.resources import reference
-from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
-                                       scale_config, timing_markdown)
+from mixdistill.studies.common import (REPORT_JOBS, by_seed, convergence_gate, load_study_config, plot_effects,
+                                       plot_intervals, scale_config, timing_markdown)
 from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
 from mixdistill.studies.stats import (adjust, all_hold, holds, Finding, Gate, correlation, counted, each_unit_markdown,
                                       equivalence, finding_over_units, findings_markdown, fmt_mean_ci, p_text,
@@ -171,7 +171,7 @@ def _fill_t_stddev_cache(study_dir: Path, rows: dict, run_keys: list[str], data_
             todo[key] = run_key
     threads = max(((rows[k].get("config") or {}).get("train", {}).get("threads") or 1  # old rows carry no config
                    for k in todo.values()), default=1)
-    workers = min(len(todo), available_cpus() // threads)
+    workers = min(len(todo), REPORT_JOBS.get() or available_cpus() // threads)  # --jobs, else the cores
     if workers <= 1 or held_elsewhere(study_dir / GRID_LOCK):  # --report-only beside a running grid: its cores
         return  # _cached_t_stddev computes each in turn
     with worker_pool(workers) as pool:
