@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -674,6 +675,25 @@ def test_report_only_takes_the_grids_threads_over_the_scales_default(tmp_path, m
         with pytest.raises(IncompleteStudyError, match="none of the 14 runs finished"):
             run_study("shen2022", scale="smoke", seeds=seeds, output_dir=str(tmp_path), report_only=True,
                       log=lambda *_: None)
+
+
+def test_report_only_takes_a_data_root_naming_the_folder_the_grid_found_by_default(tmp_path, fmnist_root):
+    """A grid run without --data-root recorded none; --report-only --data-root naming the same folder was refused."""
+    from mixdistill.studies import _found_in
+
+    study = tmp_path / "shen2022_smoke"
+    study.mkdir()
+    (study / "results.jsonl").write_text("")
+    found = _found_in("fashion_mnist", str(fmnist_root))  # as the default search found it, say
+    (study / "grid.json").write_text(json.dumps({"seeds": [0, 1], "threads": 1, "data_root": None,
+                                                 "dataset": "fashion_mnist", "data_found_in": found}))
+    with pytest.raises(IncompleteStudyError, match="none of the 14 runs finished"):  # the report's own error
+        run_study("shen2022", scale="smoke", data_root=str(fmnist_root), output_dir=str(tmp_path), report_only=True,
+                  log=lambda *_: None)
+    shutil.copytree(fmnist_root, tmp_path / "copy")
+    with pytest.raises(ConfigError, match="data root default\\); --data-root .*copy would report other runs"):
+        run_study("shen2022", scale="smoke", data_root=str(tmp_path / "copy"), output_dir=str(tmp_path),
+                  report_only=True, log=lambda *_: None)
 
 
 def test_wang2022_t_stddev_takes_no_more_workers_than_the_jobs_given(tmp_path, monkeypatch):

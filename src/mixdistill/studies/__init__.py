@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from mixdistill.errors import IncompleteStudyError, UnknownNameError
+from mixdistill.errors import IncompleteStudyError, MixdistillError, UnknownNameError
 from mixdistill.files import hold_lock, write_text
 
 STUDIES = {"choi2023": "mixdistill.studies.choi2023", "das2020": "mixdistill.studies.das2020",
@@ -68,8 +68,11 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     else:
         lines_before = len(results.read_text().splitlines()) if results.exists() else 0
         started = time.perf_counter()
+        dataset = runs[0].config["data"]["dataset"] if runs else None
+        record = {"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root,
+                  "dataset": dataset, "data_found_in": _found_in(dataset, data_root)}
         rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
-                        record={"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root}, log=log)
+                        record=record, log=log)
         appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
         trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
         record_timing(study_dir, trained, time.perf_counter() - started,
@@ -114,9 +117,13 @@ def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None,
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"--report-only: cannot read {path} ({type(err).__name__}: {err}); running the study "
                           "again writes it") from None
+    # the folder the grid's dataset was read from (its data root's, or the default search's): --data-root may name it
+    found = record.get("data_found_in")
+    given_found = data_root and found and _found_in(record.get("dataset"), data_root)
     asked = {"--seeds": (seeds and sorted(seeds), sorted(grid[0]), seeds and ",".join(map(str, seeds))),
              "--threads": (threads, grid[1], threads),
-             "--data-root": (data_root and _absolute(data_root), grid[2] and _absolute(grid[2]), data_root)}
+             "--data-root": ((given_found if given_found == found else data_root and _absolute(data_root)),
+                             found or grid[2] and _absolute(grid[2]), data_root)}
     changed = [f"{flag} {shown}" for flag, (given, recorded, shown) in asked.items()
                if given is not None and given != recorded]
     if changed:
@@ -127,6 +134,19 @@ def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None,
                           f"{'it' if len(changed) == 1 else 'them'} out, or run the study with "
                           f"{'it' if len(changed) == 1 else 'them'} (finished runs are reused)")
     return grid
+
+
+def _found_in(dataset: str | None, data_root: str | None) -> str | None:
+    """The folder ``dataset``'s files are read from, with ``data_root`` (None: the default search), or None where
+    they are not there (yet: the first run downloads them)."""
+    if dataset is None:
+        return None
+    from mixdistill.data.datasets import find_root
+
+    try:
+        return _absolute(str(find_root(dataset, data_root, download=False)))
+    except MixdistillError:
+        return None
 
 
 def _absolute(path: str) -> str:
