@@ -78,6 +78,9 @@ def _report_checks(report: str, dataset: str = "fashion_mnist"):
     """What every report has: the gates first, a findings table with CIs, Holm p and verdicts, no CIFAR name
     presented as the run's own setting."""
     assert report.index("## Gates") < report.index("## Findings")
+    # then the tables they rest on (das2020 and choi2023 printed theirs between the gates and the findings)
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections.index("## Findings") == sections.index(next(s for s in sections if s.startswith("## Gates"))) + 1
     assert "| finding (paper's claim) | paper | ours: effect [95% CI] | test | p | Holm p | verdict |" in report
     assert f"{dataset}" in report.splitlines()[0] and "Wall time:" in report
     assert "resnet32-cifar100" not in report.splitlines()[0]
@@ -564,7 +567,7 @@ def test_das2020_shifted_sets_and_human_labels(fmnist_root, tmp_path):
     np.save(root / "shifted" / "human-probs.npy", human)
 
     path, report = _smoke_report("das2020", 2, root, tmp_path, scale="smoke_shifted")
-    section = report[report.index("## Shifted test sets and human labels"):report.index("## Findings")]
+    section = report[report.index("## Shifted test sets and human labels"):report.index("## Figures")]
     assert f"Not evaluated: cinic10 not found at {root / 'CINIC-10'} (download CINIC-10.tar.gz" in section
     assert "### CIFAR-10.1 (`cifar10_1`: fake10.1_data.npy), top-1 %" in section
     assert "### CIFAR-10H (`human_labels`: human-probs.npy), mean KL(human ‖ model)" in section

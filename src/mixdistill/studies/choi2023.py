@@ -22,8 +22,8 @@ from mixdistill.resources import reference
 from mixdistill.studies.common import (by_seed, convergence_gate, load_study_config, plot_effects, plot_intervals,
                                        replicates_text, scale_config, test_logits, timing_markdown)
 from mixdistill.studies.grid import GridRun, checkpoint_of, run_dir
-from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, findings_markdown, fmt_mean_ci, fmt_p,
-                                      gates_markdown, p_text, paired, signed)
+from mixdistill.studies.stats import (adjust, holds, ALPHA, Finding, Gate, counted, findings_markdown, fmt_mean_ci,
+                                      fmt_p, gates_markdown, p_text, paired, signed)
 
 NAME = "choi2023"
 
@@ -201,14 +201,14 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gate_conv = convergence_gate(rows, study_dir, role="student")
     lines += gates_markdown([gate_kd, gate_smooth, gate_conv])
 
-    # ---- teachers
-    lines += ["## Teachers", "", "Mean [95% CI] over replicates; entropy and logit std on the test set.", "",
-              "| teacher | condition | top-1 | output entropy (nats) | logit std |", "|---|---|---|---|---|"]
+    # ---- teachers (their tables after the findings: a report reads gates, findings, then what they rest on)
+    tables = ["## Teachers", "", "Mean [95% CI] over replicates; entropy and logit std on the test set.", "",
+               "| teacher | condition | top-1 | output entropy (nats) | logit std |", "|---|---|---|---|---|"]
     for t in teachers:
         for c in spec["teacher_conditions"]:
-            lines.append(f"| {t} | {c} | {fmt_mean_ci(list(acc(role='teacher', condition=c, teacher=t).values()))} | "
-                         f"{fmt_mean_ci(list(teacher_stat('entropy', c, t).values()), 3)} | "
-                         f"{fmt_mean_ci(list(teacher_stat('logit_std', c, t).values()))} |")
+            tables.append(f"| {t} | {c} | {fmt_mean_ci(list(acc(role='teacher', condition=c, teacher=t).values()))} | "
+                          f"{fmt_mean_ci(list(teacher_stat('entropy', c, t).values()), 3)} | "
+                          f"{fmt_mean_ci(list(teacher_stat('logit_std', c, t).values()))} |")
 
     # ---- findings
     pair_effects = {(t, s): paired(acc(method="mix_kd_T1", teacher=t, student=s),
@@ -239,33 +239,33 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         findings.append(Finding(f"{t0} → {s0}: {claim}", paired(acc(method=a, **fp), acc(method=b, **fp)), +1,
                                 f"{paper} ({paper_ds})", gates=gates))  # is untested, not left out of Holm
     adjust(findings)
-    lines += ["", "## Mix-S students of mixup-trained teachers: T = 1 vs T = 4", "",
-              "Each pair on its own, descriptive (paired over seeds, p unadjusted): the finding is their mean, below.",
-              "", "| mixup teacher → student | T = 4 | T = 1 | T1 − T4 [95% CI] | p |", "|---|---|---|---|---|"]
+    tables += ["", "## Mix-S students of mixup-trained teachers: T = 1 vs T = 4", "",
+               "Each pair on its own, descriptive (paired over seeds, p unadjusted): the finding is their mean, below.",
+               "", "| mixup teacher → student | T = 4 | T = 1 | T1 − T4 [95% CI] | p |", "|---|---|---|---|---|"]
     for (t, s), e in pair_effects.items():
-        lines.append(f"| {t} → {s} | {fmt_mean_ci(list(acc(method='mix_kd_T4', teacher=t, student=s).values()))} | "
-                     f"{fmt_mean_ci(list(acc(method='mix_kd_T1', teacher=t, student=s).values()))} | "
-                     f"{e.text()} | {fmt_p(e.p)} |")
-    lines.append(f"| mean over the {len(pair_effects)} pairs | "
-                 f"{fmt_mean_ci(list(pair_mean['T4'].values()))} | {fmt_mean_ci(list(pair_mean['T1'].values()))} | "
-                 f"{pooled.text()} | {fmt_p(pooled.p)} |")
+        tables.append(f"| {t} → {s} | {fmt_mean_ci(list(acc(method='mix_kd_T4', teacher=t, student=s).values()))} | "
+                      f"{fmt_mean_ci(list(acc(method='mix_kd_T1', teacher=t, student=s).values()))} | "
+                      f"{e.text()} | {fmt_p(e.p)} |")
+    tables.append(f"| mean over the {counted(len(pair_effects), 'pair')} | "
+                  f"{fmt_mean_ci(list(pair_mean['T4'].values()))} | {fmt_mean_ci(list(pair_mean['T1'].values()))} | "
+                  f"{pooled.text()} | {fmt_p(pooled.p)} |")
     _heatmap(pair_effects, teachers, students, study_dir / "choi2023_t1_minus_t4.png")
-    lines += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "", f"## First pair ({t0} → {s0})", "",
-              "| student method | teacher | top-1 |", "|---|---|---|"]
+    tables += ["", "![T=1 minus T=4](choi2023_t1_minus_t4.png)", "", f"## First pair ({t0} → {s0})", "",
+               "Mean [95% CI] over replicates.", "", "| student method | teacher | top-1 |", "|---|---|---|"]
     first_methods = ["ce", "kd_vanilla", "mixstd_pmu_p090", "mixstd_vanilla", "mix_kd_T4", "mix_kd_T1", "mixstd_fmu",
                      "mixstd_pmu_replacement", "mixstd_pmu_exact"]
     first_methods = [m for m in first_methods if acc(method=m, **fp)]
     teacher_of = {**{m: "mixup" for m in spec["pair_methods"]},
                   **{m: e.get("teacher") or "-" for m, e in spec["first_pair_methods"].items()}}
     for m in first_methods:
-        lines.append(f"| {m} | {teacher_of.get(m, '-')} | {fmt_mean_ci(list(acc(method=m, **fp).values()))} |")
+        tables.append(f"| {m} | {teacher_of.get(m, '-')} | {fmt_mean_ci(list(acc(method=m, **fp).values()))} |")
     plot_intervals({m: list(acc(method=m, **fp).values()) for m in first_methods}, study_dir / "choi2023_first_pair.png",
                    f"{t0} → {s0} students ({dataset})")
-    lines += ["", "![first pair](choi2023_first_pair.png)", "",
-              "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): about "
-              "exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact`.", ""]
-    lines += _extra_tables(spec, sc, acc, t0, s0)
+    tables += ["", "![first pair](choi2023_first_pair.png)", "",
+               "PMU's realised mixed fraction per epoch is in each run's metrics.jsonl (`stat_mixed_fraction`): about "
+               "exp(-0.9) = 0.41 with `replacement`, round(0.1·B)/B with `exact`.", ""]
+    tables += _extra_tables(spec, sc, acc, t0, s0)
     lines += findings_markdown(findings)
     plot_effects(findings, study_dir / "choi2023_effects.png", f"choi2023 findings ({dataset})")
-    lines += ["![effects](choi2023_effects.png)"]
-    return "\n".join(lines) + "\n"
+    lines += ["![effects](choi2023_effects.png)", ""] + tables
+    return "\n".join(lines).rstrip("\n") + "\n"

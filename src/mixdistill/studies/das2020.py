@@ -342,8 +342,8 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     gates = [gate_over, gate_acc, *gate_conv.values()]
     lines += gates_markdown(gates)
 
-    # ---- tables
-    lines += ["## Teachers and students per teacher condition", "",
+    # ---- tables (after the findings: a report reads gates, findings, then what they rest on)
+    tables = ["## Teachers and students per teacher condition", "",
               "Mean [95% CI] over replicates.", "",
               "| teacher trained with | teacher acc | teacher ECE | teacher confidence − accuracy | "
               + " | ".join(f"{s} acc | {s} ECE" for s in students) + " |",
@@ -354,21 +354,21 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         for s in students:
             cells += [fmt_mean_ci(list(values("acc", role="student", condition=c, student=s).values())),
                       fmt_mean_ci(list(values("ece", role="student", condition=c, student=s).values()), 4)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Class discrimination of the students (softmax outputs, ×100)", "",
-              "| teacher | " + " | ".join(f"{s} correct | {s} as_published" for s in students) + " |",
-              "|---|" + "---|---|" * len(students)]
+        tables.append("| " + " | ".join(cells) + " |")
+    tables += ["", "## Class discrimination of the students (softmax outputs, ×100)", "",
+               "| teacher | " + " | ".join(f"{s} correct | {s} as_published" for s in students) + " |",
+               "|---|" + "---|---|" * len(students)]
     for c in conditions:
         cells = [c]
         for s in students:
             for variant in ("correct", "as_published"):
                 cells.append(fmt_mean_ci([100 * v for v in values(f"cd_{variant}", role="student", condition=c,
                                                                    student=s).values()]))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", (f"The paper's CD values were computed by its notebook, i.e. in the `{CD_ORDER_VARIANT}` variant: "
-                   f"the class-discrimination finding ranks our `{CD_ORDER_VARIANT}` values against them; `correct` "
-                   "is shown for information."), ""]
-    lines += shifted_markdown(rows, study_dir, sc, data_root, conditions, students)
+        tables.append("| " + " | ".join(cells) + " |")
+    tables += ["", (f"The paper's CD values were computed by its notebook, i.e. in the `{CD_ORDER_VARIANT}` variant: "
+                    f"the class-discrimination finding ranks our `{CD_ORDER_VARIANT}` values against them; `correct` "
+                    "is shown for information."), ""]
+    tables += shifted_markdown(rows, study_dir, sc, data_root, conditions, students)
 
     # ---- findings
     paper_students = {s: ("AlexNet" if "alexnet" in s else "LeNet") for s in students}
@@ -401,6 +401,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
         +1, f"order of {len(ranked)} CD values ({paper_ds}, LeNet)", unit="r", gates=[gate_conv[first]]))
     adjust(findings)
     lines += findings_markdown(findings)
+    lines += tables
 
     # ---- figures
     lines += ["## Figures", ""]
