@@ -327,7 +327,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     margin = gates_cfg["overconfidence_margin"]
     gate_over = Gate("unaugmented teacher over-confident",
                      f"the unaugmented teachers' mean top-class confidence − accuracy ≥ {margin} and p < 0.05 "
-                     "(one-sample t over replicates)",
+                     "(one-sample t over replicates, two-sided, against 0)",
                      f"{over.text(4)}, {p_text(over.p)}",
                      holds(over.estimate >= margin and over.p < 0.05, over))
     gaps = {m: paired(teacher_acc[m], teacher_acc["none"]).estimate for m in MIXED}  # NaN: no replicate has both
@@ -335,7 +335,7 @@ def report(rows: dict, study_dir: Path, scale: str, data_root: str | None = None
     # paper's CutMix teacher is 10 points better) only makes "worse students" the stronger claim
     gate_acc = Gate("mixed teachers not less accurate",
                     f"acc(mixed) − acc(none) ≥ −{gates_cfg['accuracy_within']} point for the mixup and cutmix teachers "
-                    f"(mean over replicates)", ", ".join(f"{m} {signed(d)}" for m, d in gaps.items()),
+                    f"(mean over replicates)", ", ".join(f"{m} {signed(d)} points" for m, d in gaps.items()),
                     None if any(math.isnan(d) for d in gaps.values())
                     else all(d >= -gates_cfg["accuracy_within"] for d in gaps.values()))
     gate_conv = {s: convergence_gate(rows, study_dir, role="student", student=s) for s in students}
