@@ -337,3 +337,10 @@ def test_p_text_reads_as_a_sentence():
 
     assert p_text(0.0001) == "p < 0.001"  # the gates printed "p = < 0.001"
     assert p_text(0.0123) == "p = 0.012" and p_text(0.0498) == "p = 0.0498"
+
+
+def test_an_effect_that_rounds_to_zero_gets_the_decimals_that_show_it():
+    """das2020 printed '-0.000 ECE [-0.000, -0.000]' beside p 0.021."""
+    assert Effect(-0.00031, -0.00052, -0.00011, 0.021, "t", 3).text(3, " ECE") == "-0.0003 ECE [-0.0005, -0.0001]"
+    assert Effect(0.42, -0.1, 0.94, 0.1, "t", 3).text() == "+0.42 [-0.10, +0.94]"  # as before where it shows
+    assert Effect(0.0, 0.0, 0.0, math.nan, "t", 3).text() == "+0.00 [+0.00, +0.00]"  # exactly none: no more digits

@@ -41,9 +41,13 @@ class Effect:
         return f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
     def text(self, digits: int = 2, unit: str = "") -> str:
-        """'+0.42 points [-0.10, +0.94]'; 'n/a' where there is no estimate (no seed ran both conditions)."""
+        """'+0.42 points [-0.10, +0.94]'; 'n/a' where there is no estimate (no seed ran both conditions). An effect
+        whose estimate rounds to zero at ``digits`` gets the decimals that show it (up to 8): '-0.0003 ECE
+        [-0.0005, -0.0001]', not '-0.000 ECE [-0.001, -0.000]'."""
         if math.isnan(self.estimate):
             return "n/a"
+        while 0 < abs(self.estimate) < 0.5 * 10 ** -digits and digits < 8:
+            digits += 1
         return f"{signed(self.estimate, digits)}{unit} {self.interval(digits)}"
 
 
