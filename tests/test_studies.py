@@ -239,7 +239,7 @@ def test_wang2022_claims_over_several_pairs_are_judged_over_the_pairs(fmnist_roo
 
     pairs = ["cnn5_w8-cnn5_w8", "cnn5_w8-lenet5", "lenet5-cnn5_w8"]
     means = [statistics.fmean(acc(p, "kd_cutmix")[s] - acc(p, "kd")[s] for s in (0, 1)) for p in pairs]
-    line = next(x for x in report.splitlines() if x.startswith("| over 3 pairs: kd_cutmix beats KD |"))
+    line = next(x for x in report.splitlines() if x.startswith("| over 3 pairs: KD+CutMix (kd_cutmix) beats KD |"))
     assert f"| {statistics.fmean(means):+.2f} points [" in line
     assert "| +1.13, mean over the paper's 7 pairs (CIFAR-100) |" in line  # KD+CutMix − KD, the paper's 7 pairs
     assert "one-sample t over 3 pairs (each pair's mean paired difference)" in line
@@ -249,7 +249,7 @@ def test_wang2022_claims_over_several_pairs_are_judged_over_the_pairs(fmnist_roo
         assert f"| {gate} |" in report
     assert "TOST within ±0.65 over 3 pairs: 90% CI [" in report
     described = report.split("## Each pair on its own")[1]
-    assert all(f"| {p}: kd_cutmix beats KD |" in described for p in pairs)
+    assert all(f"| {p}: KD+CutMix (kd_cutmix) beats KD |" in described for p in pairs)
 
 
 @pytest.mark.slow

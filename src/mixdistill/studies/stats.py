@@ -117,12 +117,13 @@ def welch(a: list[float], b: list[float]) -> Effect:
 
 def published_difference(a: tuple[float, float], b: tuple[float, float], runs: int = 3) -> str:
     """A paper's own significance for ``a - b`` from its published (mean, std) of ``runs`` runs each: Welch's
-    t-test from the summary statistics, e.g. "+0.42, p 0.11 (Welch, 3 runs each)"."""
+    t-test from the summary statistics, e.g. "+0.42, p 0.11 (our Welch test on its mean ± std, 3 runs each)": the
+    paper printed no p, so the p is ours."""
     from scipy import stats
 
     (ma, sa), (mb, sb) = a, b
     p = float(stats.ttest_ind_from_stats(ma, sa, runs, mb, sb, runs, equal_var=False).pvalue)
-    return f"{ma - mb:+.2f}, p {fmt_p(p)} (Welch, {runs} runs each)"
+    return f"{ma - mb:+.2f}, p {fmt_p(p)} (our Welch test on its mean ± std, {runs} runs each)"
 
 
 def correlation(x: list[float], y: list[float], what: str = "") -> Effect:
