@@ -437,7 +437,8 @@ def _add_study(sub):
                         "one evaluation and the set-up of each distinct config; GPU-hours at --plan-tflops), then "
                         "totals by stage, method and augmentation; trains nothing")
     p.add_argument("--plan-tflops", type=float, default=None,
-                   help="effective TFLOP/s for --plan's GPU-hours (default: 20, a data-centre GPU on CIFAR-size nets)")
+                   help="effective TFLOP/s for --plan's GPU-hours (default: 20, a data-centre GPU on CIFAR-size nets); "
+                        "given alone, it implies --plan")
     p.set_defaults(func=cmd_study)
 
 
