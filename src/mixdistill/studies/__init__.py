@@ -57,6 +57,9 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         seeds, threads, data_root = reported_grid(study_dir, seeds, threads, data_root, sc.get("threads_per_run"))
     else:
         seeds, threads = seeds or parse_seeds(5), threads or sc.get("threads_per_run")
+        if len(seeds) == 1:  # said before the grid trains, not found in the report
+            log("note: one seed: a paired test needs two, so every gate and finding of the report will read "
+                "untested (n/a); --seeds 2 or more tests them")
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
