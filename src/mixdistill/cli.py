@@ -403,7 +403,7 @@ def _add_study(sub):
                               "finish (they diverged, or their teacher did): the report is written on the rest and "
                               "lists them; 2 bad input (one line, nothing trained); 130 interrupted (the same command "
                               "again keeps the finished runs and resumes the others)")
-    p.add_argument("name", help="das2020 | wang2022 | choi2023 | shen2022")
+    p.add_argument("name", type=str.lower, help="das2020 | wang2022 | choi2023 | shen2022 (any case)")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (for tests: seconds a run), or another scale the study's grid "
                                                 "file defines "
