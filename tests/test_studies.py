@@ -121,7 +121,17 @@ def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, t
     assert main(args + ["--report-only"]) == 1  # nothing has run: one line, nothing written
     assert "has no finished run yet" in capsys.readouterr().err and not study.exists()
     assert main([args[0], "SHEN2022", *args[2:], "--seeds", "1"]) == 0  # a paper's name as it is written
-    assert "note: one seed: a paired test needs two, so every gate and finding" in capsys.readouterr().out
+    assert "note: one seed: every paired test over seeds will read n/a" in capsys.readouterr().out
+    # a report that stops with a user error is that error's one line (it became an UnboundLocalError traceback)
+    from mixdistill.studies import shen2022
+
+    def stops(*_):
+        raise ConfigError("the report stops here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shen2022, "report", stops)
+        assert main(args + ["--report-only"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "mixdistill: error: the report stops here"
     full = (study / "report.md").read_text()
     def trained():  # what training writes (the report and its figures are written again, by design)
         return {p: p.stat().st_mtime_ns for p in [*study.glob("runs/**/*"), study / "results.jsonl",

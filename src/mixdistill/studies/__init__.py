@@ -58,8 +58,8 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     else:
         seeds, threads = seeds or parse_seeds(5), threads or sc.get("threads_per_run")
         if len(seeds) == 1:  # said before the grid trains, not found in the report
-            log("note: one seed: a paired test needs two, so every gate and finding of the report will read "
-                "untested (n/a); --seeds 2 or more tests them")
+            log("note: one seed: every paired test over seeds will read n/a (untested) in the report, and the gates "
+                "and findings resting on one with it; --seeds 2 or more tests them")
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
@@ -92,9 +92,9 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         with hold_lock(study_dir / REPORT_LOCK, "writing the report", wait=True):
             text = study.report({key: row for key, row in rows.items() if key not in unfinished}, study_dir, scale,
                                 data_root)
+            path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     finally:
         REPORT_JOBS.reset(jobs_set)
-        path = write_text(study_dir / "report.md", with_unfinished_runs(text, unfinished, len(rows)))
     log(f"report written to {path}")
     if unfinished:
         raise IncompleteStudyError(f"{len(unfinished)} of {len(rows)} runs did not finish ({_why(unfinished)}); the "
