@@ -708,6 +708,14 @@ def test_report_only_takes_a_data_root_naming_the_folder_the_grid_found_by_defau
     with pytest.raises(ConfigError, match="data root default\\); --data-root .*copy would report other runs"):
         run_study("shen2022", scale="smoke", data_root=str(tmp_path / "copy"), output_dir=str(tmp_path),
                   report_only=True, log=lambda *_: None)
+    # a grid.json of before 2026-12-05 (or one whose first run downloaded the data): only its own root is taken
+    (study / "grid.json").write_text(json.dumps({"seeds": [0, 1], "threads": 1, "data_root": str(fmnist_root)}))
+    with pytest.raises(ConfigError, match="--data-root .*copy would report other runs"):
+        run_study("shen2022", scale="smoke", data_root=str(tmp_path / "copy"), output_dir=str(tmp_path),
+                  report_only=True, log=lambda *_: None)
+    with pytest.raises(IncompleteStudyError, match="none of the 14 runs finished"):
+        run_study("shen2022", scale="smoke", data_root=f"{fmnist_root}/", output_dir=str(tmp_path),
+                  report_only=True, log=lambda *_: None)
 
 
 def test_wang2022_t_stddev_takes_no_more_workers_than_the_jobs_given(tmp_path, monkeypatch):

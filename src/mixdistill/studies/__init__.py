@@ -120,15 +120,17 @@ def reported_grid(study_dir: Path, seeds: list[int] | None, threads: int | None,
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"--report-only: cannot read {path} ({type(err).__name__}: {err}); running the study "
                           "again writes it") from None
-    # the folder the grid's dataset was read from (its data root's, or the default search's): --data-root may name it
-    found = record.get("data_found_in")
-    given_found = data_root and found and _found_in(record.get("dataset"), data_root)
     asked = {"--seeds": (seeds and sorted(seeds), sorted(grid[0]), seeds and ",".join(map(str, seeds))),
-             "--threads": (threads, grid[1], threads),
-             "--data-root": ((given_found if given_found == found else data_root and _absolute(data_root)),
-                             found or grid[2] and _absolute(grid[2]), data_root)}
+             "--threads": (threads, grid[1], threads)}
     changed = [f"{flag} {shown}" for flag, (given, recorded, shown) in asked.items()
                if given is not None and given != recorded]
+    # --data-root may name the grid's own, or the folder the grid's dataset was found in (its data root's, or the
+    # default search's, as grid.json records it since 2026-12-05)
+    found = record.get("data_found_in")
+    if data_root is not None and not (
+            (grid[2] is not None and _absolute(data_root) == _absolute(grid[2]))
+            or (found is not None and _found_in(record.get("dataset"), data_root) == found)):
+        changed.append(f"--data-root {data_root}")
     if changed:
         seeds_text = ",".join(map(str, grid[0]))
         raise ConfigError(f"--report-only reports the grid last started in {study_dir} (seeds {seeds_text}, "
