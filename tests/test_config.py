@@ -215,3 +215,15 @@ def test_a_malformed_list_or_a_missing_key_in_an_override_is_named():
     with pytest.raises(ConfigError, match="override '=3' names no key"):
         load_config(None, ["=3"])
     assert load_config(None, ["output_dir=d: e: f"]).output_dir == "d: e: f"  # text that is no YAML stays text
+
+
+def test_an_older_run_that_gave_augment_std_alone_reads_as_what_it_trained():
+    """std without mean was replaced by the dataset's (refused since 2026-12-05): such a run still opens as itself."""
+    from mixdistill.config import stored_config
+
+    tree = load_config(None, ["augment=autoaugment"]).to_dict()
+    tree["augment"]["std"] = [0.5]
+    assert stored_config(tree).augment.model_extra["std"] is None
+    mixed = load_config(None, ["augment=autoaugment", "augment.mean=[0.3]", "augment.std=[0.2,0.2,0.2]",
+                               "data.dataset=cifar10"])  # one value for all beside three: it broadcast, and still does
+    assert mixed.augment.model_extra["std"] == [0.2, 0.2, 0.2]

@@ -233,6 +233,7 @@ def test_dkd_beta_per_pair_as_mdistiller():
     (["model.teacher=null", "model.teacher_checkpoint=resnet56", "model.student=resnet20"], 2.0),  # benchmark name
     (["model.teacher=vgg13", "model.teacher_checkpoint=x.pt", "model.student=vgg8"], 6.0),
     (["model.teacher=resnet56", "model.student=resnet20", "method.beta=8"], 8.0),  # given: wins over the pair's
+    (["model.teacher=null", "model.teacher_checkpoint=t.pt", "model.student=resnet8x4"], 8.0),  # its pairs: all 8
     (["model.teacher=null", "model.teacher_checkpoint=t.pt", "model.student=resnet20", "method.beta=8"], 8.0),
     (["model.teacher=resnet110", "model.student=resnet20"], 8.0),  # no mdistiller config: the default
 ])

@@ -761,7 +761,7 @@ def test_pcl_per_peer_views():
     with pytest.raises((ConfigError, ValueError), match="label-preserving"):
         load_config("configs/fmnist_cpu_teacher.yaml", ["method=pcl", "method.views=per_peer", "augment=mixup"])
     load_config("configs/fmnist_cpu_teacher.yaml", ["method=pcl", "method.views=per_peer", "augment=crop_flip"])
-    with pytest.raises(ConfigError, match="with augment none every peer sees the same batch"):  # accepted, doing nothing
+    with pytest.raises(ConfigError, match="with augment none every peer sees the same batch"):  # accepted, idle
         load_config("configs/fmnist_cpu_teacher.yaml", ["method=pcl", "method.views=per_peer"])
 
 

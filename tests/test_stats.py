@@ -265,7 +265,8 @@ def test_published_difference_is_welch_from_the_papers_means_and_stds():
     dof = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
     p = 2 * stats.t.sf(t, dof)
     assert 0.10 < p < 0.11
-    assert published_difference((75.34, 0.19), (74.92, 0.28)) == f"+0.42, p {fmt_p(p)} (our Welch test on its mean ± std, 3 runs each)"
+    assert published_difference((75.34, 0.19), (74.92, 0.28)) == \
+        f"+0.42, p {fmt_p(p)} (our Welch test on its mean ± std, 3 runs each)"
 
 
 def test_every_published_number_has_a_source():
@@ -344,3 +345,4 @@ def test_an_effect_that_rounds_to_zero_gets_the_decimals_that_show_it():
     assert Effect(-0.00031, -0.00052, -0.00011, 0.021, "t", 3).text(3, " ECE") == "-0.0003 ECE [-0.0005, -0.0001]"
     assert Effect(0.42, -0.1, 0.94, 0.1, "t", 3).text() == "+0.42 [-0.10, +0.94]"  # as before where it shows
     assert Effect(0.0, 0.0, 0.0, math.nan, "t", 3).text() == "+0.00 [+0.00, +0.00]"  # exactly none: no more digits
+    assert Effect(1e-17, -1e-17, 3e-17, math.nan, "t", 3).text() == "+0.00 [-0.00, +0.00]"  # rounding noise: none

@@ -401,10 +401,11 @@ class RunConfig(Section):
         if self.data.dataset not in DATASETS:
             raise UnknownNameError("dataset", self.data.dataset, DATASETS)
         method_cls = METHODS[self.method.name]
-        channels, mean = DATASETS[self.data.dataset].in_channels, (self.augment.model_extra or {}).get("mean")
-        if channels and mean is not None and len(mean) not in (1, channels):  # a shape error mid-run
-            raise ValueError(f"augment.mean and augment.std give {len(mean)} values; {self.data.dataset} images have "
-                             f"{channels} channel{'s' if channels > 1 else ''}: one value each (or one for all)")
+        channels, extra = DATASETS[self.data.dataset].in_channels, self.augment.model_extra or {}
+        widths = {len(extra[k]) for k in ("mean", "std") if extra.get(k) is not None} - {1}
+        if channels and widths - {channels}:  # a shape error mid-run
+            raise ValueError(f"augment.mean and augment.std give {max(widths)} values; {self.data.dataset} images "
+                             f"have {channels} channel{'s' if channels > 1 else ''}: one value each (or one for all)")
         for key in ("student", "teacher"):
             name = getattr(self.model, key)
             if name is not None:
@@ -654,7 +655,8 @@ def stored_config(tree: dict) -> RunConfig:
     (until 2026-12-05); ``data.crop_padding`` with the streaming loader, and pcl's ``views: per_peer`` with no
     augmentation, which drew one view for all (also until 2026-12-05). And what it trained keeps meaning what it did:
     an online run that named ``model.peers`` beside another ``model.student`` took its lr from the student's
-    ``optim.lr_overrides`` entry, where today ``model.peers[0]``'s decides: that lr is kept as peers[0]'s entry."""
+    ``optim.lr_overrides`` entry, where today ``model.peers[0]``'s decides: that lr is kept as peers[0]'s entry.
+    ``augment.std`` without ``augment.mean`` (until 2026-12-05) was replaced by the dataset's, as the mean: dropped."""
     model, method, data, train = (tree.get(key) for key in ("model", "method", "data", "train"))
     name = method.get("name", "ce") if isinstance(method, dict) else method
     cls = METHODS.get(name) if isinstance(name, str) else None
@@ -668,6 +670,9 @@ def stored_config(tree: dict) -> RunConfig:
         if trained != lr:
             overrides[model["peers"][0]] = trained
         tree = {**tree, "optim": {**optim, "lr_overrides": overrides}}
+    augment = tree.get("augment")
+    if isinstance(augment, dict) and augment.get("mean") is None and augment.get("std") is not None:
+        tree = {**tree, "augment": {**augment, "std": None}}  # it was replaced by the dataset's with the mean
     if (getattr(cls, "online", False) and name == "pcl" and isinstance(method, dict)
             and method.get("views") == "per_peer" and (tree.get("augment") or {}).get("name", "none") == "none"):
         tree = {**tree, "method": {**method, "views": "shared"}}

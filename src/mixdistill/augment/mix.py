@@ -116,6 +116,8 @@ def _distinct_partner(n: int, kind: str, generator: torch.Generator, taken: list
 
 
 BOX_ROUNDINGS = ("exact", "released")
+# methods.md section 6 names the two roundings `correct` and `as_published`: the same two, recorded by these names
+SPEC_BOX_ROUNDINGS = {"correct": "exact", "as_published": "released"}
 
 
 def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Generator,
@@ -127,6 +129,7 @@ def draw_boxes(lam: torch.Tensor, height: int, width: int, generator: torch.Gene
     the side exactly (corners c - s//2 and c - s//2 + s); ``released`` spans c - s//2 .. c + s//2 as the
     released ``rand_bbox`` of CutMix, Good-DA-in-KD and Distilling-with-VRM does, one pixel short for odd s.
     """
+    rounding = SPEC_BOX_ROUNDINGS.get(rounding, rounding) if isinstance(rounding, str) else rounding
     check_choice("box_rounding", rounding, BOX_ROUNDINGS)
     ratio = torch.sqrt(1.0 - lam.double())
     cut_h = torch.floor(height * ratio).long()

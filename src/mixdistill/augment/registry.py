@@ -15,7 +15,8 @@ from pydantic import (BeforeValidator, Field, NonNegativeInt, PositiveInt, Stric
 from ..errors import ConfigError, UnknownNameError
 from ..registry import remove_registered
 from ..schema import Schema
-from .mix import BOX_ROUNDINGS, autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity, mixup, mixup_two_perm, pmu
+from .mix import (BOX_ROUNDINGS, SPEC_BOX_ROUNDINGS, autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity,
+                  mixup, mixup_two_perm, pmu)
 from .pick import PICK_CRITERIA, cutmix_pick
 
 AUGMENTATIONS = {
@@ -40,8 +41,6 @@ _CALL_ARGS = ("images", "labels", "generator")
 # Runtime arguments (objects, not config values): given at call time, never through make_augment.
 _RUNTIME_ARGS = ("teacher", "student")
 
-# methods.md section 6 names the two roundings `correct` and `as_published`: the same two, recorded by these names
-SPEC_BOX_ROUNDINGS = {"correct": "exact", "as_published": "released"}
 _Probability = Annotated[float, Field(ge=0, le=1)]
 _Positive = Annotated[float, Field(gt=0)]
 _Channels = Optional[tuple[float, ...]]
@@ -63,7 +62,8 @@ PARAM_TYPES = {
     "sampling": Literal["replacement", "exact"],
     "partner": Literal["derangement", "permutation"],
     "criterion": Literal[PICK_CRITERIA],
-    "box_rounding": Annotated[Literal[BOX_ROUNDINGS], BeforeValidator(lambda v: SPEC_BOX_ROUNDINGS.get(v, v))],
+    "box_rounding": Annotated[Literal[BOX_ROUNDINGS],
+                              BeforeValidator(lambda v: SPEC_BOX_ROUNDINGS.get(v, v) if isinstance(v, str) else v)],
     "mean": _Channels,
     "std": _Channels,
 }
@@ -152,9 +152,9 @@ def _check_normalisation(name: str, mean, std) -> None:
         given, missing = ("mean", "std") if std is None else ("std", "mean")
         raise ConfigError(f"augmentation '{name}': {given} without {missing}: they go together (the normalisation its "
                           f"pixel-space steps undo and redo); give both, or neither for the dataset's")
-    if mean is not None and (not mean or len(mean) != len(std)):
-        raise ConfigError(f"augmentation '{name}': mean and std give one value per channel each (got {len(mean)} "
-                          f"and {len(std)})")
+    if mean is not None and (not mean or not std or (len(mean) != len(std) and 1 not in (len(mean), len(std)))):
+        raise ConfigError(f"augmentation '{name}': mean and std give one value per channel each, or one for all "
+                          f"(got {len(mean)} and {len(std)})")
     if std is not None and any(v <= 0 for v in std):
         raise ConfigError(f"augmentation '{name}': std values are > 0 (got {list(std)})")
 

@@ -791,9 +791,9 @@ def _bench(args) -> int:
                            "seed": args.seed, "quick": args.quick},
               "machine": machine_info(device, num_workers), "results": [], "not_measured": [], "notes": []}
     if rounds < 3 and cases:
-        report["notes"].append(f"{rounds} timing round{'s' if rounds > 1 else ''}: each ratio is the median of that many per-round "
-                               "ratios, which one busy moment moves; 3 or more (the defaults: 9 on a CPU, 3 on CUDA) "
-                               "steady it.")
+        report["notes"].append(f"{rounds} timing round{'s' if rounds > 1 else ''}: each ratio is the median of that "
+                               "many per-round ratios, which one busy moment moves; 3 or more (the defaults: 9 on a "
+                               "CPU, 3 on CUDA) steady it.")
 
     def save():
         report["elapsed_s"] = round(time.perf_counter() - started, 1)

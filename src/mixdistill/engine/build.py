@@ -387,8 +387,8 @@ def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -
     try:
         with torch.no_grad():
             distiller.evaluation_logits(torch.zeros(1, in_channels, h, w, device=device))
-    except Exception as err:  # noqa: BLE001 - anything else (a ViT's own size assertion, a plugin's method that
-        if any(phrase in str(err) for phrase in TOO_SMALL):  # needs prepare() first) is left to training, as before
+    except Exception as err:  # noqa: BLE001 - anything else (a plugin's method that needs prepare() first) is
+        if any(phrase in str(err) for phrase in TOO_SMALL):  # left to training, as before
             raise ConfigError(f"{label} cannot take {h}x{w} images: they are too small for its pooling or kernels "
                               f"({str(err).splitlines()[0]})") from None
         if any(phrase in str(err) for phrase in FIXED_SIZE):

@@ -539,8 +539,8 @@ def _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log):
         widest = max(_threads(r) for r in todo)
         fits = (f"--jobs {cores // widest} fits them" if widest <= cores else
                 f"one run alone asks for {widest}: lower --threads (or train.threads) to {cores} or fewer")
-        log(f"note: {workers} runs side by side ask for up to {busiest} threads on {cores} cores: each runs slower than "
-            f"alone; {fits}")
+        log(f"note: {workers} runs side by side ask for up to {busiest} threads on {cores} cores: each runs slower "
+            f"than alone; {fits}")
     pool = worker_pool(workers)
     try:
         yield from _in_dependency_order(todo, needs, fits,

@@ -176,6 +176,7 @@ def plan_study(name: str, *, scale: str, seeds, output_dir: str = "runs/studies"
                tflops: float = DEFAULT_TFLOPS) -> str:
     from mixdistill.studies import study_runs
 
+    name = name.lower() if isinstance(name, str) else name  # DAS2020, as the papers are cited
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     return plan_markdown(name, scale, plan_rows(runs, study_dir), tflops)

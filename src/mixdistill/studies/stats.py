@@ -46,7 +46,7 @@ class Effect:
         [-0.0005, -0.0001]', not '-0.000 ECE [-0.001, -0.000]'."""
         if math.isnan(self.estimate):
             return "n/a"
-        while 0 < abs(self.estimate) < 0.5 * 10 ** -digits and digits < 8:
+        while 0.5e-8 <= abs(self.estimate) < 0.5 * 10 ** -digits:  # below that, floating-point noise: zero
             digits += 1
         return f"{signed(self.estimate, digits)}{unit} {self.interval(digits)}"
 
