@@ -161,3 +161,23 @@ def test_ranks_given_other_configs_are_one_error(tmp_path):
     assert ddp.returncode != 0
     assert "mixdistill: error: rank 1 was given another config than rank 0" in ddp.stderr, ddp.stderr[-2000:]
     assert not (tmp_path / "runs" / "r" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_per_process_batch_too_small_to_mix_is_one_error_before_training(tmp_path):
+    """data.batch_size=2 on 2 processes passed the config check (the global batch); each process's one image had
+    no partner for CutMix: a traceback at step 1 on every rank."""
+    from mixdistill.data.synthetic import write_fashion_like
+
+    root = write_fashion_like(tmp_path / "data", 64, 32)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29523", "-m", "mixdistill", "train", "configs/fmnist_cpu_teacher.yaml",
+                          f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "model.student=lenet5",
+                          "data.batch_size=2", "augment=cutmix", "optim.epochs=1", "train.progress=false",
+                          "train.tensorboard=false", "train.device=cpu", "train.threads=1", "name=b", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode != 0
+    assert ("mixdistill: error: cutmix pairs each image with another of its batch (a derangement): the per-process "
+            "batch (data.batch_size / 2) of 1 has none") in ddp.stderr, ddp.stderr[-2000:]
+    assert "Traceback" not in ddp.stderr.split("mixdistill: error:")[0]
+    assert not (tmp_path / "runs" / "b" / "metrics.jsonl").exists()

@@ -194,6 +194,19 @@ class OptimConfig(Section):
 BEST_METRIC = re.compile(r"test_(acc|top5|loss)(_[A-Za-z0-9_]+)?")
 
 
+def augment_batch_error(cfg: "RunConfig", batch: int, batch_name: str) -> str | None:
+    """Why ``cfg``'s augmentation cannot mix a batch of ``batch`` images (``batch_name``: where that size comes
+    from, for the message), or None: a derangement partner needs another image of the batch, Cut^nMix n others."""
+    name, extra = cfg.augment.name, cfg.augment.model_extra or {}
+    deranged = name == "cutmix_pick" or (name == "cutmix" and extra.get("partner") == "derangement")
+    if deranged and batch < 2:
+        return (f"{name} pairs each image with another of its batch (a derangement): {batch_name}{batch} has none"
+                + ("; or augment.partner=permutation" if name == "cutmix" else ""))
+    if name == "cut_n_mix":
+        return cut_n_mix_batch_error(extra["n"], extra["partner"], batch, batch_name)
+    return None
+
+
 def _names_a_file(source: str) -> bool:
     """A teacher_checkpoint that is a file's path, not a benchmark teacher's name (``resnet32x4``)."""
     path = Path(source)
@@ -452,17 +465,9 @@ class RunConfig(Section):
             raise ValueError(f"augmentation {self.augment.name} scores the pool with the teacher; method "
                              f"{self.method.name} has none — use a distillation method (e.g. kd_view) or another "
                              "augmentation")
-        deranged = (self.augment.name == "cutmix_pick"  # its runs always take a derangement partner
-                    or (self.augment.name == "cutmix" and self.augment.model_extra["partner"] == "derangement"))
-        if deranged and self.data.batch_size < 2:  # a traceback at the first step
-            raise ValueError(f"{self.augment.name} pairs each image with another of its batch (a derangement): "
-                             f"data.batch_size=1 has none" + ("; or augment.partner=permutation"
-                                                             if self.augment.name == "cutmix" else ""))
-        if self.augment.name == "cut_n_mix":  # what the augmentation checks on its first batch
-            too_small = cut_n_mix_batch_error(self.augment.model_extra["n"], self.augment.model_extra["partner"],
-                                              self.data.batch_size, "data.batch_size=")
-            if too_small:
-                raise ValueError(too_small)
+        too_small = augment_batch_error(self, self.data.batch_size, "data.batch_size=")
+        if too_small:  # a traceback at the first step (torchrun's per-process batch: checked where it is known)
+            raise ValueError(too_small)
         if method_cls.default_augment and self.augment.name == "none":
             raise ValueError(f"method '{self.method.name}' trains on an augmented batch: set augment (its default is "
                              f"{method_cls.default_augment}), or leave augment unset to get that default "

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mixdistill.config import RunConfig, metric_lower_is_better, stored_config
+from mixdistill.config import RunConfig, augment_batch_error, metric_lower_is_better, stored_config
 from mixdistill.data.datasets import check_class_names
 from mixdistill.distill import StepInfo, StepOutput, TrainSet
 from mixdistill.distill.base import check_step_output
@@ -30,7 +30,7 @@ from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, ch
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
-from mixdistill.engine.distributed import check_same_config, init_distributed, wrap_for_training
+from mixdistill.engine.distributed import check_same_config, init_distributed, local_batch_size, wrap_for_training
 from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
 from mixdistill.engine.fast import accelerate_teacher
 from mixdistill.engine.logging import RunLogger, check_loggers
@@ -82,6 +82,11 @@ class Trainer:
             device = f"cuda:{self.dist.local_rank}"
         self.runtime = resolve_runtime(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
         check_cuda_graphs(cfg, self.runtime)  # before the data is read and a CPU's compile probe runs
+        if self.dist.world_size > 1:  # each process mixes its own share of the batch
+            too_small = augment_batch_error(cfg, local_batch_size(cfg.data.batch_size, self.dist),
+                                            f"the per-process batch (data.batch_size / {self.dist.world_size}) of ")
+            if too_small:
+                raise ConfigError(too_small)
         self.scaler = self.runtime.grad_scaler()  # fp16 only: loss scaling (its state is in the checkpoints)
         self.amp_skipped = 0  # optimiser steps the scaler skipped (inf/nan gradients), this process
         data = build_loaders(cfg, self.runtime, self.dist)
