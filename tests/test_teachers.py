@@ -347,3 +347,18 @@ def test_download_and_archive_together_are_refused(archive, tmp_path, capsys):
     assert stop.value.code == 2
     assert "not allowed with argument --download" in capsys.readouterr().err
     assert not (tmp_path / "teachers").exists()  # nothing unpacked
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_before_any_download(tmp_path, capsys, monkeypatch, no_proxy):
+    """It printed 'downloading ...' and then the error: two lines."""
+    from mixdistill.cli import main
+    from mixdistill.errors import WriteError
+
+    def refuse(folder):
+        raise WriteError(f"cannot write {folder}: [Errno 13] Permission denied")
+
+    monkeypatch.setattr(T, "check_writable", refuse)
+    assert main(["teachers", "--download", "--cache-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.tar"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "Permission denied; choose another cache folder with --cache-dir" in captured.err

@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
 from mixdistill import __version__
-from mixdistill.errors import MixdistillError, UnknownNameError, one_line
-from mixdistill.files import FILE_MODE
+from mixdistill.errors import MixdistillError, UnknownNameError, WriteError, one_line
+from mixdistill.files import FILE_MODE, check_writable
 from mixdistill.machine import cache_dir
 from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
@@ -448,6 +448,13 @@ def teachers_main(args: argparse.Namespace | Sequence[str] | None = None) -> int
         if all(r["present"] for r in teacher_status(cache_dir)):
             console.print("all teachers are already present; nothing to download")
         else:
+            tdir = teachers_dir(cache_dir)  # one line, before the "downloading" one, where nothing can be written
+            _make_dir(tdir)
+            try:
+                check_writable(tdir)
+            except WriteError as err:
+                raise MixdistillError(f"{err}; choose another cache folder with --cache-dir or the MIXDISTILL_CACHE "
+                                      "environment variable") from None
             console.print(escape(f"downloading {url} ..."), soft_wrap=True)
             download_teachers(cache_dir, url=url, timeout=timeout, progress=sys.stderr.isatty())
             console.print(escape(f"unpacked into {teachers_dir(cache_dir)}"), soft_wrap=True)
