@@ -441,8 +441,11 @@ def test_owned_modules_are_checkpointed_and_reload():
 
 
 def test_fitnet_hint_layer_out_of_range_is_a_config_error():
-    with pytest.raises(ConfigError, match="hint_layer 4"):
+    with pytest.raises(ConfigError, match=r"hint_layer 4 is out of range: the student has 4 \(0..3\) and the "
+                                          r"teacher has 4 \(0..3\) stage maps"):
         make("fitnet", hint_layer=4)  # cnn5 has four stage maps
+    with pytest.raises(ConfigError, match=r"hint_layer 3 is out of range: the teacher has 2 \(0..1\) stage maps"):
+        make("fitnet", hint_layer=3, teacher="lenet5")  # which one has too few: it did not say
 
 
 def test_fitnet_hint_stage_trains_up_to_the_guided_layer_only():

@@ -85,6 +85,24 @@ class FitNet(FeatureDistiller):
     source = 'Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (arXiv 1412.6550)'
     Params = FitNetParams
 
+    def _check_hint_layer(self, data: TrainSet) -> None:
+        """method.hint_layer within both networks' stage maps, naming the network that has too few (select's own
+        message cannot tell which it was given)."""
+        images = next(iter(data.clean_batches()))[0][:1]
+        counts = {}
+        for who, net in (("student", self.student), ("teacher", self.teacher)):
+            was = net.training
+            net.eval()  # no BatchNorm statistic moves
+            try:
+                with torch.no_grad():
+                    counts[who] = len(net.forward_features(images)[1]["maps"])
+            finally:
+                net.train(was)
+        layer = self.params.hint_layer
+        short = [f"the {who} has {n} (0..{n - 1})" for who, n in counts.items() if layer >= n]
+        if short:
+            raise ConfigError(f"fitnet: method.hint_layer {layer} is out of range: {' and '.join(short)} stage maps")
+
     def select(self, feats):
         maps, layer = feats["maps"], self.params.hint_layer
         if layer >= len(maps):
@@ -93,6 +111,7 @@ class FitNet(FeatureDistiller):
         return [maps[layer]]
 
     def prepare(self, data: TrainSet) -> None:
+        self._check_hint_layer(data)
         (s,), (t,) = self.probe_features(data)
         self.regressor = ConvReg(s.shape, t.shape).to(self.module_device())
         if self.params.hint_epochs > 0:
