@@ -108,18 +108,12 @@ def _add_eval(sub):
 def cmd_eval(args) -> int:
     from mixdistill.errors import require_at_least
 
+    from mixdistill.engine.runtime import torch_threads
+
     require_at_least("--batch-size", args.batch_size, 1)
     require_at_least("--threads", args.threads, 1)
-    if args.threads:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads)
-        try:
-            return _eval(args)
-        finally:
-            torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
-    return _eval(args)
+    with torch_threads(args.threads):
+        return _eval(args)
 
 
 def _eval(args) -> int:

@@ -25,7 +25,7 @@ from mixdistill.augment import AUGMENTATIONS, augment_params, make_augment
 from mixdistill.data import DATASETS, DeviceLoader, load_dataset
 from mixdistill.data.streaming import stratified_subset
 from mixdistill.engine.run import FinishedRun, open_run
-from mixdistill.engine.runtime import evaluation_precision, resolve_runtime
+from mixdistill.engine.runtime import evaluation_precision, resolve_runtime, torch_threads
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError, require_at_least
 from mixdistill.files import make_dir, write_json, write_text
 from mixdistill.models import create_model
@@ -103,13 +103,8 @@ def analyze_main(args: argparse.Namespace) -> int:
                                    ("--tsne-samples", args.tsne_samples, 2),
                                    ("--teacher-stats-epochs", args.teacher_stats_epochs, 1)):
         require_at_least(option, value, minimum)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         result = _analyze_args(args)
-    finally:
-        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
     if not getattr(args, "quiet", False):
         _print_summary(result)
     print(result["paths"]["report"])

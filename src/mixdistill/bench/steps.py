@@ -55,7 +55,7 @@ from mixdistill.bench.grid import grid_case, grid_markdown
 from mixdistill.config import load_config
 from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
-from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, resolve_runtime, seed_epoch
+from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, resolve_runtime, seed_epoch, torch_threads
 from mixdistill.engine.trainer import Trainer
 from mixdistill.errors import ConfigError, require_at_least
 from mixdistill.files import check_writable, make_dir, save_torch, write_json, write_text
@@ -719,11 +719,8 @@ def _fmt_rate(loop) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 def bench_main(args) -> int:
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # _bench sets --threads once it is checked; restored here
         return _bench(args)
-    finally:
-        torch.set_num_threads(threads)  # --threads must not leak into a caller (tests run in one process)
 
 
 def _bench(args) -> int:

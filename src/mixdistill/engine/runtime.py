@@ -242,6 +242,19 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     return Runtime(dev, AUTOCAST_DTYPE[chosen], cl, comp)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU threads set to ``threads`` (None: as they are) for the block, and what they were restored after
+    it: a command called in-process (tests, a notebook) leaves no --threads behind."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Reseed the global torch RNG (dropout, init) for this epoch and return the CPU generator for
     the epoch's random parameters (mixing). Seeding per epoch makes a resumed run bitwise equal to

@@ -23,6 +23,7 @@ from mixdistill.config import merge
 from mixdistill.data import DeviceLoader
 from mixdistill.engine.build import build_distiller
 from mixdistill.engine.run import open_run
+from mixdistill.engine.runtime import torch_threads
 from mixdistill.errors import ConfigError, IncompleteStudyError
 from mixdistill.files import read_cache, write_json
 from mixdistill.models.checkpoint import load_weights
@@ -109,8 +110,6 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     released scripts freeze it with lr 0), over ``epochs`` epochs (the released scripts: 10) or else at least
     ``min_steps`` steps of the run's own training data, seeded by the run's seed, with as many torch threads as the
     run trained with (so the value does not depend on where it is computed: a worker process or the study's own)."""
-    import torch
-
     opened = open_run(run_dir(study_dir, run_key))
     cfg = opened.cfg
     train = opened.split("train", data_root)
@@ -124,13 +123,9 @@ def _t_stddev(study_dir: Path, run_key: str, data_root, min_steps: int, epochs: 
     if epochs * len(loader) < 2 * STEPS_PER_GROUP:  # the std of a single group is undefined
         raise ConfigError(f"T. stddev needs at least {2 * STEPS_PER_GROUP} steps (two groups of {STEPS_PER_GROUP}); "
                           f"{epochs} epoch(s) of {len(loader)} steps give {epochs * len(loader)}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(cfg.train.threads or before)
-    try:
+    with torch_threads(cfg.train.threads):
         stats = teacher_statistics(distiller.teacher, loader, distiller.augment, student=distiller.student,
                                    epochs=epochs, seed=cfg.seed)
-    finally:
-        torch.set_num_threads(before)
     return stats["t_stddev"]
 
 
