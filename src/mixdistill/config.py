@@ -25,6 +25,7 @@ from mixdistill.errors import ConfigError, MixdistillError, UnknownNameError
 from mixdistill.machine import DEVICE_NAMES, is_device_name
 from mixdistill.methods import METHODS
 from mixdistill.models import check_model_name, is_external
+from mixdistill.models.checkpoint import names_a_file
 from mixdistill.schema import Schema, load_yaml
 
 # torch's intra-op thread count when mixdistill was imported: what train.threads=null resolves to
@@ -205,12 +206,6 @@ def augment_batch_error(cfg: "RunConfig", batch: int, batch_name: str) -> str | 
     if name == "cut_n_mix":
         return cut_n_mix_batch_error(extra["n"], extra["partner"], batch, batch_name)
     return None
-
-
-def _names_a_file(source: str) -> bool:
-    """A teacher_checkpoint that is a file's path, not a benchmark teacher's name (``resnet32x4``)."""
-    path = Path(source)
-    return path.suffix in (".pt", ".pth", ".tar", ".ckpt") or len(path.parts) > 1 or path.is_file()
 
 
 def names_its_outputs(method_cls) -> bool:
@@ -396,7 +391,7 @@ class RunConfig(Section):
             self.method.params()  # the pair's values pass the method's own validation
             paired = method_cls.paired_teachers(self.model.student)
             source = self.model.teacher_checkpoint
-            if paired and self.model.teacher is None and source and _names_a_file(source):
+            if paired and self.model.teacher is None and source and (names_a_file(source) or Path(source).is_file()):
                 defaults = method_cls.Params.model_fields
                 keys = sorted({k for t in paired for k, v in lookup(t, self.model.student).items()
                                if v != defaults[k].default} - self.method._given)

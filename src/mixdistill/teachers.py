@@ -32,7 +32,7 @@ from mixdistill.errors import MixdistillError, UnknownNameError, WriteError, one
 from mixdistill.files import FILE_MODE, check_writable
 from mixdistill.machine import cache_dir
 from mixdistill.models import create_model
-from mixdistill.models.checkpoint import load_weights
+from mixdistill.models.checkpoint import load_weights, names_a_file
 from mixdistill.resources import reference
 from mixdistill.tables import print_table
 
@@ -342,10 +342,6 @@ def find_teacher_checkpoint(name: str, cache_dir: str | os.PathLike | None = Non
     return path
 
 
-def _looks_like_path(s: str) -> bool:
-    return os.sep in s or "/" in s or Path(s).suffix.lower() in {".pth", ".pt", ".ckpt", ".bin", ".tar"}
-
-
 def load_teacher(
     name_or_path: str | os.PathLike,
     arch: str | None = None,
@@ -371,7 +367,7 @@ def load_teacher(
     else:
         path = Path(key).expanduser()
         if not path.exists():
-            if isinstance(name_or_path, str) and not _looks_like_path(key):
+            if isinstance(name_or_path, str) and not names_a_file(key):
                 raise UnknownNameError("teacher", key, TEACHERS)
             raise MixdistillError(f"teacher checkpoint not found: {path}")
         if path.is_dir():

@@ -28,7 +28,7 @@ from mixdistill.engine.runtime import Runtime, resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError
 from mixdistill.methods import METHODS
 from mixdistill.models import create_model
-from mixdistill.models.checkpoint import load_weights
+from mixdistill.models.checkpoint import load_weights, names_a_file
 from mixdistill.teachers import TEACHERS, load_teacher
 
 
@@ -154,8 +154,7 @@ def streaming_eval_loader(cfg: RunConfig, split: str, *, root=None, batch_size: 
 
 def missing_teacher(source: str, cfg: RunConfig | None = None) -> str:
     """The error for a teacher checkpoint that is not there, with the way to get one for the run's dataset."""
-    named = len(Path(source).parts) == 1 and not Path(source).suffix  # a name, not a path
-    where = "" if Path(source).is_absolute() or named else (
+    where = "" if Path(source).is_absolute() or not names_a_file(source) else (
         f" (a relative path is read from the current directory, {Path.cwd()}, as a relative output_dir is written: "
         "run the student from where you ran the teacher, or give an absolute path)")
     dataset, teacher = (cfg.data.dataset, cfg.model.teacher) if cfg is not None else (None, None)

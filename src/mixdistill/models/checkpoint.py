@@ -44,6 +44,15 @@ def _unpickler_detail(msg: str) -> str:
     return (useful[0] if useful else "unpickling error").rstrip(".")
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
+
+
+def names_a_file(source: str) -> bool:
+    """A checkpoint given by its path (a folder in it, or a checkpoint's suffix), not by a name (a benchmark
+    teacher's, ``resnet32x4``)."""
+    return os.sep in source or "/" in source or os.path.splitext(source)[1].lower() in CHECKPOINT_SUFFIXES
+
+
 def read_checkpoint(path) -> object:
     """``torch.load`` a file safely (``weights_only=True``: it can never execute code), turning every
     failure into one CheckpointError line. The one checkpoint reader of the project."""
