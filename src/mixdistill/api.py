@@ -139,13 +139,9 @@ def evaluate_opened(opened: FinishedRun, data: str | None, *, root, split: str, 
 def _check_output(opened: FinishedRun, output: str, arch: str | None, name: dict[str, str]) -> None:
     """An output an online run's method names (or 'all'), before the data is read."""
     from mixdistill.config import names_its_outputs
-    from mixdistill.methods import METHODS
 
     cfg = opened.cfg
-    method = METHODS.get(cfg.method.name) if cfg else None
-    if not getattr(method, "online", False):
-        what = f"a {cfg.method.name} run, one network" if cfg else "a checkpoint without its run's config"
-        raise ConfigError(f"{name['output']} names one output of an online run; {opened.checkpoint} is {what}")
+    method = opened.online_method(f"{name['output']} names one output of an online run")
     if arch is not None:
         raise ConfigError(f"{name['arch']} is for a checkpoint that does not record its network; an online run "
                           f"records its peers: leave it out beside {name['output']}")

@@ -289,18 +289,23 @@ class FinishedRun:
         load_weights(model, self.state)
         return model.eval()
 
+    def online_method(self, why: str = "outputs by name (peer1, ensemble, ...) are an online run's"):
+        """The method class of an online run whose outputs can be scored by name; a ConfigError beginning with
+        ``why`` for any other checkpoint."""
+        method = METHODS.get(self.cfg.method.name) if self.cfg else None
+        if not getattr(method, "online", False):
+            what = f"a {self.cfg.method.name} run, one network" if self.cfg else "a checkpoint without its run's config"
+            raise ConfigError(f"{why}; {self.checkpoint} is {what}")
+        if self.state.get("weights") == "ema":
+            raise ConfigError(f"{self.checkpoint} holds the EMA's weights in peer 0's place (chosen by an EMA metric): "
+                              f"its outputs by name are the run's {CHECKPOINT}'s")
+        return method
+
     def online_networks(self, num_classes: int | None = None, in_channels: int | None = None):
         """An online run's whole group (every peer, and what its method adds: OKDDip's leader, PCL's temporal means),
         weights loaded, in eval mode; its ``evaluation_logits(images)`` gives every output by the name its metrics
         carry (``peer1``, ``ensemble``, ...)."""
-        method = METHODS.get(self.cfg.method.name) if self.cfg else None
-        if not getattr(method, "online", False):
-            what = f"a {self.cfg.method.name} run, one network" if self.cfg else "a checkpoint without its run's config"
-            raise ConfigError(f"{self.checkpoint} is {what}: outputs by name (peer1, ensemble, ...) are an online "
-                              "run's")
-        if self.state.get("weights") == "ema":
-            raise ConfigError(f"{self.checkpoint} holds the EMA's weights in peer 0's place (chosen by an EMA metric): "
-                              f"its outputs by name are the run's {CHECKPOINT}'s")
+        self.online_method()
         distiller = build_distiller(self.cfg, num_classes or self.state["num_classes"],
                                     in_channels or self.state["in_channels"], pretrained=False)
         distiller.student.load_state_dict(self.state["model"])
