@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import warnings
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

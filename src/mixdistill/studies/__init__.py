@@ -44,11 +44,10 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     threads and data root, which ``seeds``, ``threads`` and ``data_root`` may repeat but not change)."""
     from mixdistill.config import DEFAULT_THREADS
     from mixdistill.studies.common import REPORT_JOBS, load_study_config, record_timing, scale_config
-
-    name = name.lower() if isinstance(name, str) else name  # DAS2020, as the papers are cited
     from mixdistill.studies.grid import REPORT_LOCK, current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
+    name = name.lower() if isinstance(name, str) else name  # DAS2020, as the papers are cited
     study = get_study(name)
     sc = scale_config(load_study_config(name), scale)
     study_dir = Path(output_dir).expanduser() / f"{name}_{scale}"
