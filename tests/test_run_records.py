@@ -173,7 +173,7 @@ def test_an_online_run_keeps_the_best_ensemble(tiny_run_overrides):
 
 
 def test_best_metric_may_change_on_resume_and_the_summary_says_what_best_pt_holds(tiny_run_overrides, interrupt_at,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     scripted = iter([30.0, 50.0, 40.0])
     real = trainer_module.eval_record
     monkeypatch.setattr(trainer_module, "eval_record", lambda results: {**real(results), "test_acc": next(scripted)})
@@ -184,6 +184,10 @@ def test_best_metric_may_change_on_resume_and_the_summary_says_what_best_pt_hold
     before = (cfg.run_dir / "best.pt").read_bytes()
     # not a config change that --resume refuses (it changes no result), and no new best.pt without a metric
     resumed = load_config(None, tiny_run_overrides + ["name=switch", "optim.epochs=3", "train.best_metric=null"])
-    summary = train(resumed, resume=True, quiet=True)
+    capsys.readouterr()
+    summary = train(resumed, resume=True)
     assert (cfg.run_dir / "best.pt").read_bytes() == before
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert ("note: train.best_metric is null: best.pt (epoch 2, test_acc 50, from before the resume) is kept as it "
+            "is and not replaced") in said
     assert summary["best_checkpoint"] == {"file": "best.pt", "metric": "test_acc", "value": 50.0, "epoch": 2}

@@ -405,6 +405,10 @@ class Trainer:
             logger.info(f"note: method.ramp_epochs {ramp:g} is past the run's {epochs} epochs: the distillation "
                         f"weight exp(-5 (1 - t/{ramp:g})^2) reaches {sigmoid_rampup(epochs - 1, ramp):.3f} of its full "
                         "value in the last epoch (set method.ramp_epochs to the run's length to ramp within it)")
+        if main and cfg.train.best_metric is None and self.best_saved and self.best_path.exists():
+            b = self.best_saved
+            logger.info(f"note: train.best_metric is null: {run.BEST} (epoch {b['epoch']}, {b['metric']} "
+                        f"{b['value']:g}, from before the resume) is kept as it is and not replaced")
         decision = self.compile_decision
         what = ("every peer's" if getattr(self.distiller, "online", False) else "the student's") + \
             " forward and forward_features" + (", the fast teacher" if getattr(self.teacher_report, "compiled", False)
