@@ -196,6 +196,34 @@ def test_a_folder_whose_config_cannot_be_read_is_named_not_silently_dropped(runs
     assert f"note: left out 1 folder whose config.yaml cannot be read: {root / 'damaged'}" in out
 
 
+def test_a_config_this_version_does_not_accept_is_listed_as_written_and_said(runs_root, tmp_path, capsys):
+    """An older version's (or an edited) config.yaml is listed as it reads, and the note under the table says so: it
+    was listed beside the others with nothing to tell its settings apart."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "ce_s0", root / "ce_s0")
+    shutil.copytree(runs_root / "ce_s1", root / "edited")
+    text = (root / "edited" / "config.yaml").read_text()
+    (root / "edited" / "config.yaml").write_text(text.replace("\n  epochs: ", "\n  epochs: three #", 1))
+    assert main(["results", str(root), "--per-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 runs (2 finished)" in out
+    assert (f"note: 1 run listed as its config.yaml reads, which this version of mixdistill does not accept (an older "
+            f"version's, or edited): {root / 'edited'}") in out
+    assert main(["results", str(root / "ce_s0")]) == 0
+    assert "listed as" not in capsys.readouterr().out
+
+
+def test_a_damaged_last_line_of_metrics_jsonl_keeps_the_epochs_before_it(runs_root, tmp_path):
+    """metrics.jsonl is appended to: a write cut short leaves a partial last line, and the run read as epoch 0."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "ce_s0", root / "ce_s0")
+    metrics = root / "ce_s0" / "metrics.jsonl"
+    epochs = len(metrics.read_text().splitlines())
+    with metrics.open("a") as f:
+        f.write('{"epoch": ' + str(epochs + 1) + ', "train_lo')
+    assert collect([root])[0].last_epoch == epochs
+
+
 def test_other_tools_config_files_are_no_runs(runs_root, tmp_path, capsys):
     """W&B writes runs/NAME/wandb/run-*/files/config.yaml into every run that logs to it, and a folder may hold
     another tool's config.yaml: neither is a run (they were counted as unfinished runs with seed null)."""

@@ -149,6 +149,7 @@ class RunRecord:
     config: dict  # read through today's schema where it still validates (defaults added since filled in)
     summary: dict | None  # None until the run finishes
     last_epoch: int | None  # the last epoch metrics.jsonl logged
+    as_written: bool = False  # config.yaml does not validate against today's schema: read as it was written
 
 
 def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[RunRecord]:
@@ -171,20 +172,31 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
             if unreadable is not None:
                 unreadable.append(d)
             continue
+        as_written = False
         try:
             tree = stored_config(tree).to_dict()
         except Exception:  # noqa: BLE001 - an older mixdistill's schema (listed as it was written), or not ours
             if not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml): not a run
                 continue
-        summary = read_summary(d)
-        last_epoch = None
-        try:
-            lines = [line for line in (d / METRICS).read_text().splitlines() if line.strip()]
-            last_epoch = json.loads(lines[-1]).get("epoch") if lines else None
-        except (OSError, ValueError):
-            pass
-        records.append(RunRecord(d, tree, summary, last_epoch))
+            as_written = True
+        records.append(RunRecord(d, tree, read_summary(d), _last_logged_epoch(d / METRICS), as_written))
     return records
+
+
+def _last_logged_epoch(metrics: Path) -> int | None:
+    """The epoch of metrics.jsonl's last readable line (a line cut short by a killed write is passed over)."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except (OSError, ValueError):
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            return record["epoch"]
+    return None
 
 
 def _folders_with_config(root: Path) -> list[Path]:
