@@ -38,6 +38,14 @@ def test_refuses_to_overwrite_a_finished_run(tiny_run_overrides):
     with pytest.raises(MixdistillError, match="already holds a run"):
         train(cfg, quiet=True)
     assert (cfg.run_dir / "last.pt").read_bytes() == before
+    # a finished run whose last.pt is gone: one message, with or without --resume (each sent the user to the other)
+    (cfg.run_dir / "last.pt").unlink()
+    summary = (cfg.run_dir / "summary.json").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(MixdistillError, match="holds a finished run .summary.json. whose last.pt is gone, so there "
+                                                  "is nothing to resume: choose another name="):
+            train(cfg, resume=resume, quiet=True)
+    assert (cfg.run_dir / "summary.json").read_bytes() == summary
 
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tiny_run_overrides, interrupt_at, precision):

@@ -212,6 +212,10 @@ class Trainer:
         has_run = self.checkpoint_path.exists() or (self.run_dir / run.SUMMARY).exists()
         # a run stopped before its first checkpoint left these: nothing to resume, but not to overwrite unasked
         started = any((self.run_dir / name).exists() for name in (run.CONFIG, run.METRICS, run.BEST))
+        if not self.checkpoint_path.exists() and (self.run_dir / run.SUMMARY).exists():
+            raise MixdistillError(f"{self.run_dir} holds a finished run ({run.SUMMARY}) whose {run.CHECKPOINT} is "
+                                  f"gone, so there is nothing to resume: choose another name= or output_dir=, or move "
+                                  f"that folder away (nothing was overwritten)")
         if self.resume and not self.checkpoint_path.exists():
             raise MixdistillError(f"--resume (resume=True in Python): no checkpoint at {self.checkpoint_path}" + (
                 " (the run there stopped before its first one: run without resuming to start it again)"
