@@ -478,10 +478,15 @@ def cmd_study(args) -> int:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
         seeds = parse_seeds(5 if args.seeds is None else args.seeds)
         get_study(args.name)
-        print("--plan: counting one training step of every distinct run on the CPU (about half a second each)",
-              file=sys.stderr)
-        print(plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,
-                         data_root=args.data_root, tflops=tflops), end="")
+        print("--plan: counting one training step of every distinct run on the CPU (a second or so each; a full "
+              "grid takes up to two minutes)", file=sys.stderr)
+        try:
+            plan = plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,
+                              data_root=args.data_root, tflops=tflops)
+        except KeyboardInterrupt as err:
+            err.again = " (--plan trains and writes nothing)"
+            raise
+        print(plan, end="")
         return 0
     try:
         path = run_study(args.name, scale=args.scale, seeds=args.seeds, output_dir=args.output_dir,

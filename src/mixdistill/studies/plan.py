@@ -9,15 +9,17 @@ architecture at random weights. So whatever a method runs is counted as it runs 
 CutMixPick's scored pool, branches sharing one trunk pass (ONE, OKDDip, PCL), mean or EMA teachers, and a backward
 only where something learns. (The meta device would compute nothing, but its batch norm runs as Python
 decompositions under the counter, slower than the CPU at this batch, and some steps read values.) Runs that differ
-only in their seed share one count: a full grid takes about half a second per distinct run. FLOPs per run = epochs
-x training images x the step's FLOPs per image + evaluations x test images x the evaluation's + ``prepare``'s (see
-:class:`RunWork`). GPU-hours divide by an effective rate (default ``DEFAULT_TFLOPS``); small CIFAR networks reach a
-small fraction of a GPU's peak, so the rate is stated with the estimate and can be changed (``--plan-tflops``).
+only in their seed share one count: about half a second per distinct run, a few for the largest networks. FLOPs
+per run = epochs x training images x the step's FLOPs per image + evaluations x test images x the evaluation's +
+``prepare``'s (see :class:`RunWork`). GPU-hours divide by an effective rate (default ``DEFAULT_TFLOPS``); small
+CIFAR networks reach a small fraction of a GPU's peak, so the rate is stated with the estimate and can be changed
+(``--plan-tflops``).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +84,9 @@ def run_work(cfg_json: str) -> RunWork:
             data = TrainSet(num_samples=b, num_classes=classes,
                             clean_batches=lambda: iter([(images, labels, indices)] * batches),
                             augmented_by_loader=augmented_by_loader(cfg))
-            with FlopCounterMode(display=False) as counter:
+            # what a method warns of this stand-in set of b images (CRD's negatives) is not said of the run's data
+            with FlopCounterMode(display=False) as counter, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 distiller.prepare(data)
             return counter.get_total_flops()
 
