@@ -56,3 +56,25 @@ def test_figures_at_smoke_sizes(fmnist_root, tmp_path, capsys):
     capsys.readouterr()
     figures.make_examples(tmp_path / "out", tmp_path / "work", **kwargs)  # the runs are reused
     assert "2 of 2 runs already finished" in capsys.readouterr().out
+
+
+def test_the_forest_plot_leaves_room_for_the_papers_direction(tmp_path, monkeypatch):
+    """Every effect below zero and the paper's claim above it put the zero line at the panel's right edge, and its
+    "paper →" label past the figure's (das2020's class-discrimination panel)."""
+    from mixdistill.studies import common
+    from mixdistill.studies.stats import Effect, Finding
+
+    figures_made = []
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: figures_made.append(fig) or path)
+
+    def finding(sign, estimate):
+        effect = Effect(estimate, estimate - 0.05, min(estimate + 0.05, -0.001) if sign > 0 else estimate + 0.05,
+                        0.01, "t", 5)
+        return Finding(f"claim {sign}", effect, sign, "paper", unit="r")
+
+    for sign, estimate in ((+1, -0.8), (-1, 0.5)):
+        common.plot_effects([finding(sign, estimate)], tmp_path / "effects.png", "t")
+        ax = figures_made[-1].axes[0]
+        low, high = ax.get_xlim()
+        room = (high if sign > 0 else -low) / (high - low)  # the share of the panel on the paper's side of zero
+        assert room >= 0.12, (sign, low, high)

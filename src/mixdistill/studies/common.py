@@ -190,6 +190,12 @@ def plot_effects(findings, path: str | Path, title: str) -> Path:
             ax.annotate(text, (0, i + 0.3), xytext=(4 if right else -4, 0), textcoords="offset points",
                         ha="left" if right else "right", va="center", fontsize=6, color="0.4")
         ax.axvline(0, color="black", linewidth=0.8)
+        # room beside the zero line for its "paper" labels on the side they are written (effects all on the other
+        # side put the line at the panel's edge, and the label past the figure's)
+        low, high = ax.get_xlim()
+        room = 0.15 * (high - low)
+        right = [f.no_effect_claim or f.sign > 0 for f in rows]
+        ax.set_xlim(min(low, -room) if not all(right) else low, max(high, room) if any(right) else high)
         ax.set_yticks(range(len(rows)), [labels[id(f)] for f in reversed(rows)], fontsize=7)
         ax.set_ylim(-0.6, len(rows) - 0.2)
         ax.set_xlabel({"points": "effect (points of top-1 %)", "ECE": "effect (ECE)",
