@@ -33,12 +33,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture
 def registries():
     """Whatever a test registers is gone after it (other tests iterate over the registries)."""
-    methods, augments = set(METHODS), set(AUGMENTATIONS)
+    from mixdistill.models import MODELS
+
+    methods, augments, models = set(METHODS), set(AUGMENTATIONS), set(MODELS)
     yield
     for name in set(METHODS) - methods:
         mixdistill.unregister_method(name)
     for name in set(AUGMENTATIONS) - augments:
         mixdistill.unregister_augment(name)
+    for name in set(MODELS) - models:
+        mixdistill.unregister_model(name)
 
 
 def readme_example() -> str:
@@ -265,6 +269,85 @@ def test_register_augment_types_parameters_from_annotations_and_defaults(registr
     assert cfg.to_dict()["augment"] == {"name": "noise", "sigma": 0.3}
     with pytest.raises(ConfigError, match="sigma"):
         load_config(None, ["augment=noise", "augment.sigma=[1]"])
+
+
+class TinyNet(torch.nn.Module):
+    """A network of the zoo's interface: logits from forward, (logits, {pooled, maps}) from forward_features."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3, padding=1, bias=False),
+                                        torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, num_classes)
+        self.feature_dim, self.num_classes = 8, num_classes
+
+    def forward_features(self, x):
+        maps = self.conv(x)
+        pooled = maps.mean((2, 3))
+        return self.fc(pooled), {"pooled": pooled, "maps": [maps]}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def test_register_model_makes_it_a_student_and_a_teacher(registries, tiny_run_overrides, capsys):
+    """A registered model trains, teaches (BatchNorm folded, as the zoo's), evaluates, and is listed at its input
+    size; there was no way but writing into the zoo's dict."""
+    from mixdistill.cli import main
+    from mixdistill.models import MODELS, native_input
+
+    @mixdistill.register_model("tiny_net", input_size=(10, 1, 28))
+    def tiny_net(num_classes=100, in_channels=3):
+        return TinyNet(num_classes, in_channels)
+
+    assert MODELS["tiny_net"] is tiny_net and native_input("tiny_net") == (10, 1, 28)
+    assert isinstance(mixdistill.create_model("tiny_net", 10, 1), TinyNet)
+    common = [*tiny_run_overrides, "optim.epochs=1", "--quiet"]
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *common, "name=t", "model.student=tiny_net"]) == 0
+    teacher = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("output_dir=")) + "/t/last.pt"
+    assert main(["train", "configs/fmnist_cpu_teacher.yaml", *common, "name=s", "model.student=cnn5_w8", "method=kd",
+                 f"model.teacher_checkpoint={teacher}", "model.teacher=tiny_net"]) == 0
+    runs = Path(teacher).parents[1]
+    trained = json.loads((runs / "t" / "summary.json").read_text())["last_acc"]
+    assert json.loads((runs / "s" / "summary.json").read_text())["teacher_acc"] == pytest.approx(trained, abs=1)
+    assert mixdistill.evaluate(teacher, device="cpu")["acc"] == pytest.approx(trained, abs=1)
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "tiny_net" in line)
+    assert "1x28x28" in row and " 10 " in row
+
+    def unbuildable(num_classes=100, in_channels=3):  # reads a value: not on the meta device `models` builds on
+        raise RuntimeError("needs real weights")
+
+    mixdistill.register_model("reads_values", unbuildable)
+    assert main(["models"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "?: not built on PyTorch's meta device: reads_values (RuntimeError: needs real weights)" in out
+
+
+def test_register_model_refuses_what_the_zoo_could_not_hold(registries):
+    def build(num_classes=100, in_channels=3):
+        return TinyNet(num_classes, in_channels)
+
+    with pytest.raises(ValueError, match="built in"):
+        mixdistill.register_model("resnet8", build)
+    for bad in ("timm:x", "", "a b"):
+        with pytest.raises(ValueError, match="use letters, digits"):
+            mixdistill.register_model(bad, build)
+    with pytest.raises(TypeError, match="not callable"):
+        mixdistill.register_model("tiny", 3)
+    with pytest.raises(ValueError, match="input_size is .num_classes, in_channels, image_size."):
+        mixdistill.register_model("tiny", build, input_size=(10, 1))
+    mixdistill.register_model("tiny", build)
+    with pytest.raises(ValueError, match="registered already"):
+        mixdistill.register_model("tiny", build)
+    mixdistill.register_model("tiny", build, replace=True)
+    with pytest.raises(ValueError, match="model 'resnet8' is built in"):
+        mixdistill.unregister_model("resnet8")
+    mixdistill.unregister_model("tiny")
+    with pytest.raises(MixdistillError, match="unknown model .*'tiny'.*a plugin's\\? name its module in "
+                                          "\\$MIXDISTILL_PLUGINS"):
+        load_config(None, ["model.student=tiny"])
 
 
 def test_register_augment_refuses_untyped_or_misfit_parameters(registries):

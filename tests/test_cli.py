@@ -428,6 +428,19 @@ def test_a_run_of_a_plugin_method_not_loaded_here_says_so(capsys, tiny_run_overr
     _one_line_error(capsys, ["analyze", run_dir, "--out", run_dir + "/a"], why + "--dataset NAME")
     data_root = next(o.split("=", 1)[1] for o in tiny_run_overrides if o.startswith("data.root="))
     assert main(["eval", run_dir, "--data", "fashion_mnist", "--data-root", data_root, "--device", "cpu"]) == 0
+    # --output (an online run's outputs by name) said "a checkpoint without its run's config"
+    _one_line_error(capsys, ["eval", run_dir, "--output", "all", "--data", "fashion_mnist", "--data-root", data_root],
+                    "its saved config does not validate here (unknown method 'label_smoothing': a plugin's? name its "
+                    "module in $MIXDISTILL_PLUGINS)")
+    # results lists it as its config.yaml reads, and says why; training it again names the plugin route too
+    config = Path(run_dir) / "config.yaml"
+    config.write_text(config.read_text().replace("name: ce\n", "name: label_smoothing\n", 1))
+    assert main(["results", run_dir]) == 0
+    assert ("(unknown method 'label_smoothing': a plugin's? name its module in $MIXDISTILL_PLUGINS)"
+            in " ".join(capsys.readouterr().out.split()))
+    _one_line_error(capsys, ["train", "configs/fmnist_cpu_teacher.yaml", *tiny_run_overrides, "name=plug",
+                             "method=label_smoothing", "--resume"],
+                    "(a plugin's? name its module in $MIXDISTILL_PLUGINS) Valid names: ")
 
 
 @pytest.mark.parametrize("columns", [None, "60"])

@@ -207,8 +207,8 @@ def test_a_config_this_version_does_not_accept_is_listed_as_written_and_said(run
     assert main(["results", str(root), "--per-run"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "2 runs (2 finished)" in out
-    assert (f"note: 1 run listed as its config.yaml reads, which this version of mixdistill does not accept (an older "
-            f"version's, or edited): {root / 'edited'}") in out
+    assert (f"note: 1 run listed as its config.yaml reads, which does not validate here: {root / 'edited'} (invalid "
+            f"config: optim.epochs:") in out
     assert main(["results", str(root / "ce_s0")]) == 0
     assert "listed as" not in capsys.readouterr().out
 

@@ -1,8 +1,9 @@
 """mixdistill: knowledge distillation with mixed-sample data augmentation.
 
 The Python API (README: "Python API"): ``train``, ``evaluate``, ``open_run``, ``collect_results``,
-``register_method``, ``register_augment``; the model zoo: ``create_model``, ``list_models``. Each is imported on
-first use, so that ``import mixdistill`` (and ``mixdistill --help``) does not pay for importing torch.
+``register_method``, ``register_augment``; the model zoo: ``create_model``, ``list_models``, ``register_model``.
+Each is imported on first use, so that ``import mixdistill`` (and ``mixdistill --help``) does not pay for importing
+torch.
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "mixdistill.models",
     "list_models": "mixdistill.models",
+    "register_model": "mixdistill.models",
+    "unregister_model": "mixdistill.models",
     "train": "mixdistill.api",
     "evaluate": "mixdistill.api",
     "open_run": "mixdistill.engine.run",

@@ -172,8 +172,9 @@ def _add_models(sub):
 def cmd_models(args) -> int:
     from rich.table import Table
 
+    import mixdistill.methods  # noqa: F401  (plugins register their models too)
     from mixdistill.errors import require_at_least
-    from mixdistill.models import list_models, model_summary
+    from mixdistill.models import BUILT_IN, list_models, model_summary
 
     for option, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels),
                           ("--image-size", args.image_size)):
@@ -182,15 +183,24 @@ def cmd_models(args) -> int:
     columns = ["model", "classes", "input", "params (M)"] + (["MACs / image (M)"] if args.macs else [])
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
-    too_small = []
+    too_small, unbuilt = [], []
     for name in list_models():
-        s = model_summary(name, args.num_classes, args.in_channels, args.image_size, macs=args.macs)
+        try:
+            s = model_summary(name, args.num_classes, args.in_channels, args.image_size, macs=args.macs)
+        except Exception as err:  # noqa: BLE001 - a plugin's model: listed, and why it could not be counted
+            if name in BUILT_IN:
+                raise
+            unbuilt.append(f"{name} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            table.add_row(name, "?", "?", "?", *(["?"] if args.macs else []))
+            continue
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
         if args.macs and s["macs"] is None:
             too_small.append(name)
         table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}" if s["macs"] is not None else "-"] if args.macs else []))
     console = print_table(table)
+    if unbuilt:
+        console.print(f"?: not built on PyTorch's meta device: {'; '.join(unbuilt)}", markup=False, soft_wrap=True)
     if too_small:
         console.print(f"-: {', '.join(too_small)} cannot take a {args.image_size}x{args.image_size} input (a layer's "
                       "kernel is larger than what reaches it)", markup=False, soft_wrap=True)

@@ -30,13 +30,14 @@ class CheckpointError(MixdistillError):
 class UnknownNameError(MixdistillError):
     """An unknown registry name; the message lists the closest valid names."""
 
-    def __init__(self, kind: str, name: str, valid):
+    def __init__(self, kind: str, name: str, valid, note: str = ""):
         import difflib
 
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        super().__init__(f"unknown {kind} '{name}'.{hint} Valid names: {', '.join(valid)}")
+        note = f" ({note})" if note else ""
+        super().__init__(f"unknown {kind} '{name}'.{hint}{note} Valid names: {', '.join(valid)}")
         self.kind, self.name, self.valid = kind, name, valid
 
 

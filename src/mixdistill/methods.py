@@ -1,8 +1,8 @@
 """Every training method by its config name (``method.name``): importing this module imports the offline
 distillers and the online methods, which register themselves into ``METHODS``, then the plugins: the modules
 named in ``$MIXDISTILL_PLUGINS`` (comma-separated) and the ``mixdistill.plugins`` entry points of installed
-packages, which register their own methods and augmentations (``register_method``, ``register_augment``), so
-that the command line and configs know them too."""
+packages, which register their own methods, augmentations and models (``register_method``, ``register_augment``,
+``register_model``), so that the command line and configs know them too."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import os
 
 import mixdistill.distill  # noqa: F401  (registration)
 import mixdistill.online  # noqa: F401  (registration)
-from mixdistill.augment.registry import AUGMENTATIONS, NAME_PATTERN
+from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.errors import MixdistillError
-from mixdistill.registry import METHODS, remove_registered
+from mixdistill.registry import METHODS, NAME_PATTERN, PLUGINS_ENV, remove_registered
 
 __all__ = ["METHODS", "load_plugins", "register_method", "unregister_method"]
 
 BUILT_IN = frozenset(METHODS)
-PLUGINS_ENV = "MIXDISTILL_PLUGINS"
 ENTRY_POINT_GROUP = "mixdistill.plugins"
 
 

@@ -4,13 +4,21 @@ them all so that the registry is complete."""
 
 from __future__ import annotations
 
+import re
+
 from mixdistill.errors import UnknownNameError
+
+# a name a plugin may register (a method, an augmentation, a model): what a config key=value and a run name can hold
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+PLUGINS_ENV = "MIXDISTILL_PLUGINS"  # the plugin modules to import (comma-separated): mixdistill.methods imports them
+# said with an unknown method, augmentation or model name: a run trained with a plugin, its plugin not loaded here
+PLUGIN_NOTE = f"a plugin's? name its module in ${PLUGINS_ENV}"
 
 
 class Registry(dict):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plugins: bool = False):
         super().__init__()
-        self.kind = kind
+        self.kind, self.plugins = kind, plugins
 
     def register(self, name: str):
         def wrap(obj):
@@ -24,7 +32,7 @@ class Registry(dict):
 
     def get_or_raise(self, name: str):
         if name not in self:
-            raise UnknownNameError(self.kind, name, self.keys())
+            raise UnknownNameError(self.kind, name, self.keys(), PLUGIN_NOTE if self.plugins else "")
         return self[name]
 
 
@@ -38,4 +46,4 @@ def remove_registered(registry: dict, kind: str, name: str, built_in) -> None:
     del registry[name]
 
 
-METHODS = Registry("method")
+METHODS = Registry("method", plugins=True)

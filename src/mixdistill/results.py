@@ -277,12 +277,12 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
         console.print(f"note: left out {counted(len(unreadable), 'folder')} whose config.yaml cannot be read: "
                       + ", ".join(map(str, unreadable[:3])) + (", ..." if len(unreadable) > 3 else ""),
                       markup=False, soft_wrap=True)
-    as_written = [r.path for r in records if r.as_written]
+    as_written = [r for r in records if r.config_error]
     if as_written:
         console.print(f"note: {counted(len(as_written), 'run')} listed as {'its' if len(as_written) == 1 else 'their'}"
-                      f" config.yaml reads, which this version of mixdistill does not accept (an older version's, or "
-                      f"edited): " + ", ".join(map(str, as_written[:3])) + (", ..." if len(as_written) > 3 else ""),
-                      markup=False, soft_wrap=True)
+                      f" config.yaml reads, which does not validate here: "
+                      + "; ".join(f"{r.path} ({r.config_error})" for r in as_written[:3])
+                      + ("; ..." if len(as_written) > 3 else ""), markup=False, soft_wrap=True)
     if written:
         console.print(f"wrote {written}", markup=False, soft_wrap=True)
     return 0

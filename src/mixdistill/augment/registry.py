@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 import typing
 from typing import Annotated, Any, Literal, Optional
 
@@ -13,7 +12,7 @@ from pydantic import (BeforeValidator, Field, NonNegativeInt, PositiveInt, Stric
                       create_model)
 
 from ..errors import ConfigError, UnknownNameError
-from ..registry import remove_registered
+from ..registry import NAME_PATTERN, PLUGIN_NOTE, remove_registered
 from ..schema import Schema
 from .mix import (BOX_ROUNDINGS, SPEC_BOX_ROUNDINGS, autoaugment, crop_flip, cut_n_mix, cutmix, cutout, flip, identity,
                   mixup, mixup_two_perm, pmu)
@@ -73,7 +72,6 @@ BUILT_IN = frozenset(AUGMENTATIONS)
 # The parameter types of augmentations registered from outside the package (``register_augment``), by
 # augmentation: their parameter names need not be in PARAM_TYPES, and a name there may mean something else.
 _OWN_PARAM_TYPES: dict[str, dict[str, Any]] = {}
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class _Params(Schema):
@@ -120,7 +118,7 @@ def resolve_augment_params(name: str, **params) -> dict:
 def _validated_params(name: str, params: dict) -> dict:
     """:func:`resolve_augment_params`'s values as their types make them (a tuple parameter a tuple)."""
     if name not in AUGMENTATIONS:
-        raise UnknownNameError("augmentation", name, AUGMENTATIONS)
+        raise UnknownNameError("augmentation", name, AUGMENTATIONS, PLUGIN_NOTE)
     valid = augment_params(name)
     for key in params:
         if key not in valid:

@@ -28,9 +28,10 @@ from mixdistill.engine.build import build_distiller, build_teacher, streaming_ev
 from mixdistill.engine.checkpoint import load_checkpoint
 from mixdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from mixdistill.files import hold_lock, remove_orphans
-from mixdistill.methods import METHODS, PLUGINS_ENV
+from mixdistill.methods import METHODS
 from mixdistill.models import MODELS, create_model
 from mixdistill.models.checkpoint import load_weights
+from mixdistill.registry import PLUGIN_NOTE
 from mixdistill.schema import load_yaml
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
@@ -149,7 +150,7 @@ class RunRecord:
     config: dict  # read through today's schema where it still validates (defaults added since filled in)
     summary: dict | None  # None until the run finishes
     last_epoch: int | None  # the last epoch metrics.jsonl logged
-    as_written: bool = False  # config.yaml does not validate against today's schema: read as it was written
+    config_error: str | None = None  # why config.yaml does not validate here (then ``config`` is as it was written)
 
 
 def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[RunRecord]:
@@ -172,14 +173,11 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
             if unreadable is not None:
                 unreadable.append(d)
             continue
-        as_written = False
-        try:
-            tree = stored_config(tree).to_dict()
-        except Exception:  # noqa: BLE001 - an older mixdistill's schema (listed as it was written), or not ours
-            if not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml): not a run
-                continue
-            as_written = True
-        records.append(RunRecord(d, tree, read_summary(d), _last_logged_epoch(d / METRICS), as_written))
+        cfg, error = validated_config(tree)
+        if cfg is None and not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml)
+            continue
+        records.append(RunRecord(d, cfg.to_dict() if cfg else tree, read_summary(d), _last_logged_epoch(d / METRICS),
+                                 error))
     return records
 
 
@@ -306,6 +304,9 @@ class FinishedRun:
         ``why`` for any other checkpoint."""
         method = METHODS.get(self.cfg.method.name) if self.cfg else None
         if not getattr(method, "online", False):
+            if self.config_error:  # a config it holds does not validate here (a plugin's method, not loaded)
+                raise ConfigError(f"{why}; {self.checkpoint}: its saved config does not validate here "
+                                  f"({self.config_error})")
             what = f"a {self.cfg.method.name} run, one network" if self.cfg else "a checkpoint without its run's config"
             raise ConfigError(f"{why}; {self.checkpoint} is {what}")
         if self.state.get("weights") == "ema":
@@ -360,12 +361,16 @@ def open_run(path: str | Path | dict) -> FinishedRun:
             raise CheckpointError(f"{path} is a directory without {CHECKPOINT}: pass a run directory or a checkpoint")
         path = path / CHECKPOINT
     state = load_checkpoint(path)
-    cfg, error = None, None
-    if isinstance(state.get("config"), dict):
-        try:
-            cfg = stored_config(state["config"])
-        except UnknownNameError as err:  # most likely a plugin's method or augmentation, its plugin not loaded here
-            error = f"unknown {err.kind} '{err.name}': a plugin's? name its module in ${PLUGINS_ENV}"
-        except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
-            error = str(err).splitlines()[0] if str(err) else type(err).__name__
+    cfg, error = validated_config(state["config"]) if isinstance(state.get("config"), dict) else (None, None)
     return FinishedRun(path, state, cfg, error)
+
+
+def validated_config(tree: dict) -> tuple[RunConfig | None, str | None]:
+    """A run's saved config read through today's schema, or None and why it does not validate here (an older
+    mixdistill's schema, a hand edit, or a plugin's method, augmentation or model whose plugin is not loaded)."""
+    try:
+        return stored_config(tree), None
+    except UnknownNameError as err:  # most likely a plugin's name, its plugin not loaded here
+        return None, f"unknown {err.kind} '{err.name}': {PLUGIN_NOTE}"
+    except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
+        return None, str(err).splitlines()[0] if str(err) else type(err).__name__

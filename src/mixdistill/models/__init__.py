@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
+from ..registry import NAME_PATTERN, PLUGIN_NOTE, remove_registered
 from . import cnn, das2020, external, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
 from ._base import ZooModel
 from .checkpoint import load_weights
@@ -69,8 +70,50 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+BUILT_IN = frozenset(MODELS)
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
+
+
+def register_model(name: str, fn: Callable[..., nn.Module] | None = None, *, input_size: tuple[int, int, int] | None
+                   = None, replace: bool = False):
+    """Register ``fn(num_classes, in_channels) -> nn.Module`` as model ``name`` (``model.student=name``,
+    ``model.teacher``, ``create_model``). The network follows the zoo's interface: ``forward(x)`` returns logits;
+    methods that read features call ``forward_features(x)`` -> ``(logits, {"pooled": (B, feature_dim), "maps": [4-D
+    maps, shallow to deep]})``. ``input_size``: ``(num_classes, in_channels, image_size)`` it is usually trained
+    on, what ``mixdistill models`` lists it at (default CIFAR-100's). Use as ``@register_model("name")`` or
+    ``register_model("name", fn)``; a built-in name cannot be taken, registering a name again needs
+    ``replace=True``."""
+    def register(fn):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"model name {name!r}: use letters, digits, '_' and '-' (timm:NAME and tv:NAME are "
+                             "built already)")
+        if not callable(fn):
+            raise TypeError(f"model '{name}': {fn!r} is not callable")
+        if input_size is not None and not (
+                isinstance(input_size, tuple) and len(input_size) == 3
+                and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)):
+            raise ValueError(f"model '{name}': input_size is (num_classes, in_channels, image_size), whole numbers of "
+                             f"at least 1; got {input_size!r}")
+        if name in BUILT_IN:
+            raise ValueError(f"model '{name}' is built in; choose another name")
+        if name in MODELS and not replace:
+            raise ValueError(f"model '{name}' is registered already (pass replace=True to replace it)")
+        MODELS[name] = fn
+        NATIVE_INPUT.pop(name, None)
+        if input_size is not None:
+            NATIVE_INPUT[name] = tuple(int(v) for v in input_size)
+        return fn
+
+    return register if fn is None else register(fn)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model registered with :func:`register_model` (built-in ones stay)."""
+    remove_registered(MODELS, "model", name, BUILT_IN)
+    NATIVE_INPUT.pop(name, None)
 
 
 def check_model_name(name: str, kind: str = "model") -> None:
@@ -78,7 +121,7 @@ def check_model_name(name: str, kind: str = "model") -> None:
     if is_external(name):
         external.check_name(name)
     elif name not in MODELS:
-        raise UnknownNameError(kind, name, MODELS)
+        raise UnknownNameError(kind, name, MODELS, PLUGIN_NOTE)
 
 
 def create_model(name: str, num_classes: int = 100, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
@@ -91,7 +134,7 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, pretra
         return external.create_external(name, num_classes=num_classes, in_channels=in_channels,
                                         pretrained=pretrained)
     if name not in MODELS:
-        raise UnknownNameError("model", name, MODELS)
+        raise UnknownNameError("model", name, MODELS, PLUGIN_NOTE)
     if pretrained:
         raise ConfigError(f"pretrained weights come from timm or torchvision: model '{name}' is the zoo's own "
                           "(use timm:NAME or tv:NAME, or load a checkpoint)")
@@ -135,7 +178,7 @@ def native_input(name: str) -> tuple[int, int, int]:
         external.check_name(name)
         return external.NATIVE_INPUT
     if name not in MODELS:
-        raise UnknownNameError("model", name, MODELS)
+        raise UnknownNameError("model", name, MODELS, PLUGIN_NOTE)
     return NATIVE_INPUT.get(name, CIFAR100_INPUT)
 
 
