@@ -301,6 +301,14 @@ def test_register_model_makes_it_a_student_and_a_teacher(registries, tiny_run_ov
         return TinyNet(num_classes, in_channels)
 
     assert MODELS["tiny_net"] is tiny_net and native_input("tiny_net") == (10, 1, 28)
+    # the cached compile decision knows a plugin's network by its class and size too, not by its name alone
+    from mixdistill.engine.compile import _student_label
+
+    holder = torch.nn.Module()
+    holder.student = TinyNet(10, 1)
+    size = sum(p.numel() for p in holder.student.parameters())
+    assert _student_label(load_config(None, ["model.student=tiny_net"]), holder) == f"tiny_net|TinyNet:{size}"
+    assert _student_label(load_config(None, ["model.student=cnn5_w8"]), holder) == "cnn5_w8"
     assert isinstance(mixdistill.create_model("tiny_net", 10, 1), TinyNet)
     common = [*tiny_run_overrides, "optim.epochs=1", "--quiet"]
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *common, "name=t", "model.student=tiny_net"]) == 0
@@ -323,6 +331,20 @@ def test_register_model_makes_it_a_student_and_a_teacher(registries, tiny_run_ov
     assert main(["models"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "?: not built on PyTorch's meta device: reads_values (RuntimeError: needs real weights)" in out
+
+    class ReadsInForward(TinyNet):
+        def forward(self, x):
+            if x.abs().max() > 1e3:  # a value: the meta device has none (was "cannot take a NonexNone input")
+                x = x / 1e3
+            return super().forward(x)
+
+    mixdistill.unregister_model("reads_values")
+    mixdistill.register_model("reads_in_forward", lambda num_classes=100, in_channels=3: ReadsInForward(
+        num_classes, in_channels), input_size=(10, 1, 28))
+    assert main(["models", "--macs"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "-: reads_in_forward: MACs not counted (the forward raises on PyTorch's meta device" in out
+    assert "NonexNone" not in out and "cannot take" not in out
 
 
 def test_register_model_refuses_what_the_zoo_could_not_hold(registries):
@@ -520,6 +542,11 @@ PLUGIN = textwrap.dedent('''
             batch = self.mix(images, labels, info)
             logits = self.student(batch.images)
             return step_output(logits, {"ce": mixed_cross_entropy(logits, labels, batch)}, labels, batch)
+
+
+    @mixdistill.register_model("plugin_net", input_size=(10, 1, 28))
+    def plugin_net(num_classes=100, in_channels=3):
+        return mixdistill.create_model("cnn5_w8", num_classes, in_channels)
 ''')
 
 
@@ -535,6 +562,11 @@ def test_plugins_named_in_the_environment_reach_the_command_line(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "name: plugin_ce" in done.stdout and "name: plugin_noise" in done.stdout and "sigma: 0.5" in done.stdout
+    # the model API alone loads the plugins too (create_model said "a plugin's? name its module in ..." of one named)
+    api = subprocess.run([sys.executable, "-c", "import mixdistill; print(mixdistill.create_model('plugin_net', 10, "
+                          "1).num_classes, 'plugin_net' in mixdistill.list_models())"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert api.returncode == 0 and api.stdout.split() == ["10", "True"], api.stderr
     broken = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env={**env, "MIXDISTILL_PLUGINS": "my_plugin, broken_plugin"})
     assert broken.returncode == 2 and broken.stderr.splitlines() == [

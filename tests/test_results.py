@@ -211,6 +211,16 @@ def test_a_config_this_version_does_not_accept_is_listed_as_written_and_said(run
             f"config: optim.epochs:") in out
     assert main(["results", str(root / "ce_s0")]) == 0
     assert "listed as" not in capsys.readouterr().out
+    shutil.copytree(root / "edited", root / "edited2")
+    assert main(["results", str(root)]) == 0
+    assert "note: 2 runs listed as their config.yaml files read, which does not validate here: " in " ".join(
+        capsys.readouterr().out.split())
+    # a dataset no plugin can register is not blamed on one
+    from mixdistill.engine.run import validated_config
+
+    cfg, error = validated_config({"data": {"dataset": "imagenet_foo"}})
+    assert cfg is None and "unknown dataset 'imagenet_foo'" in error and "plugin" not in error
+    assert "a plugin's?" in validated_config({"method": {"name": "my_kd"}})[1]
 
 
 def test_a_damaged_last_line_of_metrics_jsonl_keeps_the_epochs_before_it(runs_root, tmp_path):

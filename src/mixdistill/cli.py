@@ -183,7 +183,7 @@ def cmd_models(args) -> int:
     columns = ["model", "classes", "input", "params (M)"] + (["MACs / image (M)"] if args.macs else [])
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
-    too_small, unbuilt = [], []
+    too_small, uncounted, unbuilt = [], [], []
     for name in list_models():
         try:
             s = model_summary(name, args.num_classes, args.in_channels, args.image_size, macs=args.macs)
@@ -195,12 +195,15 @@ def cmd_models(args) -> int:
             continue
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
-        if args.macs and s["macs"] is None:
-            too_small.append(name)
+        if args.macs and s["macs"] is None:  # at its own input size: a plugin's forward that reads a value
+            (too_small if args.image_size is not None else uncounted).append(name)
         table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}" if s["macs"] is not None else "-"] if args.macs else []))
     console = print_table(table)
     if unbuilt:
         console.print(f"?: not built on PyTorch's meta device: {'; '.join(unbuilt)}", markup=False, soft_wrap=True)
+    if uncounted:
+        console.print(f"-: {', '.join(uncounted)}: MACs not counted (the forward raises on PyTorch's meta device, "
+                      "e.g. where it reads a value)", markup=False, soft_wrap=True)
     if too_small:
         console.print(f"-: {', '.join(too_small)} cannot take a {args.image_size}x{args.image_size} input (a layer's "
                       "kernel is larger than what reaches it)", markup=False, soft_wrap=True)

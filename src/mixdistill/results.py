@@ -279,8 +279,9 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
                       markup=False, soft_wrap=True)
     as_written = [r for r in records if r.config_error]
     if as_written:
-        console.print(f"note: {counted(len(as_written), 'run')} listed as {'its' if len(as_written) == 1 else 'their'}"
-                      f" config.yaml reads, which does not validate here: "
+        console.print(f"note: {counted(len(as_written), 'run')} listed as "
+                      f"{'its config.yaml reads' if len(as_written) == 1 else 'their config.yaml files read'}, which "
+                      f"does not validate here: "
                       + "; ".join(f"{r.path} ({r.config_error})" for r in as_written[:3])
                       + ("; ..." if len(as_written) > 3 else ""), markup=False, soft_wrap=True)
     if written:

@@ -32,6 +32,7 @@ from mixdistill.models import create_model
 from mixdistill.models.checkpoint import load_weights
 from mixdistill.models.inference import forward_in_chunks
 from mixdistill.provenance import reconstruction_notes
+from mixdistill.registry import PLUGIN_NOTE
 from mixdistill.resources import reference
 from mixdistill.tables import print_table
 
@@ -190,7 +191,7 @@ def analyze(target, *, data=None, data_root=None, full_test_set=False, normalize
     if tsne and tsne_samples < 2:
         raise ConfigError(f"--tsne-samples must be >= 2, got {tsne_samples}")
     if teacher_stats and teacher_stats != "run" and teacher_stats not in AUGMENTATIONS:
-        raise UnknownNameError("augmentation (--teacher-stats)", teacher_stats, [*AUGMENTATIONS, "run"])
+        raise UnknownNameError("augmentation (--teacher-stats)", teacher_stats, [*AUGMENTATIONS, "run"], PLUGIN_NOTE)
     if no_teacher and (teacher or teacher_arch):
         raise ConfigError(f"--no-teacher skips the teacher that {'--teacher' if teacher else '--teacher-arch'} names: "
                           "give one of them")

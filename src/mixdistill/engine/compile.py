@@ -39,6 +39,7 @@ from mixdistill.engine.small_conv import use_plain_first_conv
 from mixdistill.engine.small_pool import use_plain_max_pool
 from mixdistill.files import hold_lock, write_json
 from mixdistill.machine import cache_dir, cpu_name
+from mixdistill.models import BUILT_IN, is_external
 
 MIN_PROBE_STEPS = 1000  # shorter runs never compile by default on a CPU: even a cache hit costs seconds
 PROBE_METHOD = 2  # 2: eager and compiled steps in turn (1: all eager steps, then all compiled ones)
@@ -81,13 +82,23 @@ def _signature(module: nn.Module | None) -> str:
     return f"{type(module).__name__}:{sum(p.numel() for p in module.parameters())}"
 
 
+def _student_label(cfg, distiller: nn.Module) -> str:
+    """The trained network(s) by name; a plugin's (``register_model``) also by its class and size, since its name
+    need not pin one network (an edited plugin, or two projects sharing the cache)."""
+    label = model_label(cfg)
+    if any(name not in BUILT_IN and not is_external(name) for name in label.split(",")):
+        label += "|" + _signature(distiller.student)
+    return label
+
+
 def probe_key(cfg, distiller: nn.Module, batch_shape: tuple[int, ...], runtime) -> str:
     """What a step's eager and compiled speeds depend on, and how they were measured (probes kept from an earlier
     way of measuring are measured again)."""
     return "|".join(str(x) for x in (
         f"probe{PROBE_METHOD}", cpu_name(), torch.backends.cpu.get_cpu_capability(), torch.__version__,
         cfg.train.threads,
-        cfg.method.name, model_label(cfg), _signature(getattr(distiller, "teacher", None)), cfg.augment.name,
+        cfg.method.name, _student_label(cfg, distiller), _signature(getattr(distiller, "teacher", None)),
+        cfg.augment.name,
         tuple(batch_shape), runtime.precision, runtime.channels_last, cfg.train.int8_teacher))
 
 

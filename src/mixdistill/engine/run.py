@@ -176,8 +176,8 @@ def find_runs(root: str | Path, unreadable: list[Path] | None = None) -> list[Ru
         cfg, error = validated_config(tree)
         if cfg is None and not (d / METRICS).is_file():  # another tool's config.yaml (W&B's files/config.yaml)
             continue
-        records.append(RunRecord(d, cfg.to_dict() if cfg else tree, read_summary(d), _last_logged_epoch(d / METRICS),
-                                 error))
+        records.append(RunRecord(d, tree if cfg is None else cfg.to_dict(), read_summary(d),
+                                 _last_logged_epoch(d / METRICS), error))
     return records
 
 
@@ -370,7 +370,9 @@ def validated_config(tree: dict) -> tuple[RunConfig | None, str | None]:
     mixdistill's schema, a hand edit, or a plugin's method, augmentation or model whose plugin is not loaded)."""
     try:
         return stored_config(tree), None
-    except UnknownNameError as err:  # most likely a plugin's name, its plugin not loaded here
-        return None, f"unknown {err.kind} '{err.name}': {PLUGIN_NOTE}"
+    except UnknownNameError as err:  # a method, augmentation or model: most likely a plugin's, not loaded here
+        if err.kind.startswith(("method", "augmentation", "model")):
+            return None, f"unknown {err.kind} '{err.name}': {PLUGIN_NOTE}"
+        return None, str(err)
     except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
         return None, str(err).splitlines()[0] if str(err) else type(err).__name__

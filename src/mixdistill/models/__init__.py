@@ -74,7 +74,21 @@ BUILT_IN = frozenset(MODELS)
 
 
 def list_models() -> list[str]:
+    _load_plugins()
     return sorted(MODELS)
+
+
+def _load_plugins() -> None:
+    """Import the plugins ($MIXDISTILL_PLUGINS, entry points), which may register models: ``mixdistill.methods``
+    imports them, and the model API alone (``create_model``) would not have."""
+    import mixdistill.methods  # noqa: F401
+
+
+def _known(name: str) -> bool:
+    """Is ``name`` a zoo model, the plugins' included?"""
+    if name not in MODELS:
+        _load_plugins()
+    return name in MODELS
 
 
 def register_model(name: str, fn: Callable[..., nn.Module] | None = None, *, input_size: tuple[int, int, int] | None
@@ -120,7 +134,7 @@ def check_model_name(name: str, kind: str = "model") -> None:
     """Raise unless ``name`` is a zoo model or a ``timm:NAME`` / ``tv:NAME`` the library has (builds nothing)."""
     if is_external(name):
         external.check_name(name)
-    elif name not in MODELS:
+    elif not _known(name):
         raise UnknownNameError(kind, name, MODELS, PLUGIN_NOTE)
 
 
@@ -133,7 +147,7 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, pretra
     if is_external(name):
         return external.create_external(name, num_classes=num_classes, in_channels=in_channels,
                                         pretrained=pretrained)
-    if name not in MODELS:
+    if not _known(name):
         raise UnknownNameError("model", name, MODELS, PLUGIN_NOTE)
     if pretrained:
         raise ConfigError(f"pretrained weights come from timm or torchvision: model '{name}' is the zoo's own "
@@ -177,7 +191,7 @@ def native_input(name: str) -> tuple[int, int, int]:
     if is_external(name):
         external.check_name(name)
         return external.NATIVE_INPUT
-    if name not in MODELS:
+    if not _known(name):
         raise UnknownNameError("model", name, MODELS, PLUGIN_NOTE)
     return NATIVE_INPUT.get(name, CIFAR100_INPUT)
 
