@@ -489,11 +489,11 @@ def cmd_study(args) -> int:
         tflops = DEFAULT_TFLOPS if args.plan_tflops is None else args.plan_tflops
         if not tflops > 0:
             raise ConfigError(f"--plan-tflops must be > 0, got {tflops}")
-        seeds = parse_seeds(5 if args.seeds is None else args.seeds)
-        get_study(args.name)
-        print("--plan: counting one training step of every distinct run on the CPU (a second or so each; a full "
-              "grid takes up to two minutes)", file=sys.stderr)
         try:
+            seeds = parse_seeds(5 if args.seeds is None else args.seeds)
+            get_study(args.name)
+            print("--plan: counting one training step of every distinct run on the CPU (a second or so each; a full "
+                  "grid takes up to two minutes)", file=sys.stderr)
             plan = plan_study(args.name, scale=args.scale, seeds=seeds, output_dir=args.output_dir,
                               data_root=args.data_root, tflops=tflops)
         except KeyboardInterrupt as err:
