@@ -346,3 +346,23 @@ def test_an_effect_that_rounds_to_zero_gets_the_decimals_that_show_it():
     assert Effect(0.42, -0.1, 0.94, 0.1, "t", 3).text() == "+0.42 [-0.10, +0.94]"  # as before where it shows
     assert Effect(0.0, 0.0, 0.0, math.nan, "t", 3).text() == "+0.00 [+0.00, +0.00]"  # exactly none: no more digits
     assert Effect(1e-17, -1e-17, 3e-17, math.nan, "t", 3).text() == "+0.00 [-0.00, +0.00]"  # rounding noise: none
+
+
+def test_seeds_moved_by_one_amount_are_untested_though_float_differences_are_not_exactly_equal():
+    """85.13 - 84.83 and 84.21 - 83.91 differ in the last bits: the stdev read 1e-15, not 0, and p 5e-56 with a
+    zero-width interval (a sign −1 claim then read "significant opposite effect"; a no-effect claim "reproduced")."""
+    from mixdistill.studies.stats import equivalence, rank_correlation
+
+    a = {0: 85.13, 1: 84.21, 2: 86.07, 3: 85.55, 4: 84.9}
+    b = {0: 84.83, 1: 83.91, 2: 85.77, 3: 85.25, 4: 84.6}
+    assert len({a[s] - b[s] for s in a}) > 1  # not equal as floats
+    e = paired(a, b)
+    assert e.estimate == pytest.approx(0.3) and math.isnan(e.p) and math.isnan(e.low)
+    assert e.test.endswith("no spread between seeds")
+    assert math.isnan(equivalence(a, b, margin=0.5).p)
+    # a real spread of a hundredth of a point is still tested
+    b[4] = 84.61
+    assert paired(a, b).p < 1e-6
+    # a rank correlation with one side constant ranks nothing: untested, not p = 1
+    r = rank_correlation([3.0, 2.0, 1.0, 4.0], [0.38] * 4)
+    assert math.isnan(r.p) and r.test.endswith("one side constant")

@@ -6,8 +6,9 @@ The factor is how the teacher was trained, so the unit of every test is the teac
 nested in replicates; here one student per replicate and architecture): paired t-tests across replicates.
 
 Gates (the paper's premise, measured before any finding is judged): the unaugmented teacher is over-confident
-(its ECE clearly above the mixup teacher's), the teachers compared are within about a point of accuracy (so a
-student difference is not a teacher-accuracy difference), and the students reached a plateau.
+(its mean top-class confidence − accuracy at least the grid's margin above 0, one-sample t over replicates), the
+mixed teachers are at most the grid's ``accuracy_within`` points less accurate than it (so worse students are not
+a worse teacher's), and the students reached a plateau.
 """
 
 from __future__ import annotations

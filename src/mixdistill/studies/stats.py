@@ -55,6 +55,12 @@ def _nan_effect(estimate: float, test: str, n: int) -> Effect:
     return Effect(estimate, math.nan, math.nan, math.nan, test, n)
 
 
+def _no_spread(values: list[float]) -> bool:
+    """Are ``values`` (two or more) equal up to floating-point rounding? Differences of accuracies that all moved
+    by one amount are not exactly equal as floats (a stdev of 1e-15, not 0), and a t-test would scale by that."""
+    return statistics.stdev(values) <= 1e-9 * max(1.0, max(abs(v) for v in values))
+
+
 def paired(a: dict, b: dict) -> Effect:
     """``a - b`` over the seeds both have (dicts seed -> value): paired t-test and t-interval."""
     from scipy import stats
@@ -68,7 +74,7 @@ def paired(a: dict, b: dict) -> Effect:
     if len(diffs) < 2:
         return _nan_effect(mean, test, len(diffs))
     sd = statistics.stdev(diffs)
-    if sd == 0:  # every seed moved by the same amount (coarse accuracy steps): a t-test has nothing to scale by
+    if _no_spread(diffs):  # every seed moved by the same amount (coarse accuracy steps): nothing to scale by
         return _nan_effect(mean, test + ", no spread between seeds", len(diffs))
     half = stats.t.ppf(1 - ALPHA / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
     p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
@@ -86,7 +92,7 @@ def equivalence(a: dict, b: dict, margin: float) -> Effect:
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
     test = f"paired TOST within ±{margin:.2f}, {counted(len(seeds), 'seed')}"
-    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+    if len(diffs) < 2 or _no_spread(diffs):
         effect = _nan_effect(statistics.fmean(diffs) if diffs else math.nan, test, len(diffs))
         effect.margin = margin
         return effect
@@ -146,6 +152,8 @@ def rank_correlation(x: list[float], y: list[float], what: str = "") -> Effect:
     test = f"Spearman, {len(x)} points" + (f" ({what})" if what else "")
     if len(x) < 3:
         return _nan_effect(math.nan, test, len(x))
+    if len(set(x)) == 1 or len(set(y)) == 1:  # a constant ranks nothing (its rho is NaN; the exact p read 1)
+        return _nan_effect(math.nan, test + ", one side constant", len(x))
     rho, p = spearman(x, y)
     return Effect(rho, math.nan, math.nan, p, test + (", exact p" if len(x) <= EXACT_RANK_POINTS else ""), len(x))
 
@@ -154,7 +162,9 @@ def ordered_trend(expected: list[float], blocks: list[list[float]], what: str = 
     """Whether each block's values (a replicate: one value per condition, in the order of ``expected``) follow the
     order of ``expected``: Page's L test over the blocks (the replicate-level test of an ordered alternative; a
     rank correlation of the conditions' means throws the replicates away, and five means cannot reach p < 1/60),
-    two-sided as twice the smaller one-sided p. The estimate is the blocks' mean Spearman rho with ``expected``."""
+    two-sided as twice the smaller one-sided p. The estimate is the blocks' mean Spearman rho with ``expected``.
+    scipy's p is exact for blocks without ties; a block with tied values gets midranks and the same null, which
+    is conservative there (the p reads larger than a permutation test's within tied blocks)."""
     import numpy as np
     from scipy import stats
 
