@@ -309,6 +309,10 @@ def test_register_model_makes_it_a_student_and_a_teacher(registries, tiny_run_ov
     size = sum(p.numel() for p in holder.student.parameters())
     assert _student_label(load_config(None, ["model.student=tiny_net"]), holder) == f"tiny_net|TinyNet:{size}"
     assert _student_label(load_config(None, ["model.student=cnn5_w8"]), holder) == "cnn5_w8"
+    # an online run's every peer, not its first only (a plugin after a built-in peer went undescribed)
+    holder.peers = torch.nn.ModuleList([mixdistill.create_model("cnn5_w8", 10, 1), TinyNet(10, 1)])
+    peers = load_config(None, ["method=dml", "model.peers=[cnn5_w8,tiny_net]"])
+    assert _student_label(peers, holder).endswith(f"+TinyNet:{size}")
     assert isinstance(mixdistill.create_model("tiny_net", 10, 1), TinyNet)
     common = [*tiny_run_overrides, "optim.epochs=1", "--quiet"]
     assert main(["train", "configs/fmnist_cpu_teacher.yaml", *common, "name=t", "model.student=tiny_net"]) == 0
@@ -341,10 +345,12 @@ def test_register_model_makes_it_a_student_and_a_teacher(registries, tiny_run_ov
     mixdistill.unregister_model("reads_values")
     mixdistill.register_model("reads_in_forward", lambda num_classes=100, in_channels=3: ReadsInForward(
         num_classes, in_channels), input_size=(10, 1, 28))
-    assert main(["models", "--macs"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert "-: reads_in_forward: MACs not counted (the forward raises on PyTorch's meta device" in out
-    assert "NonexNone" not in out and "cannot take" not in out
+    for size in ([], ["--image-size", "28"]):  # with a size given it read "cannot take a 28x28 input"
+        assert main(["models", "--macs", *size]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("-: MACs not counted where the forward raises on PyTorch's meta device (e.g. where it reads a value): "
+                "reads_in_forward (") in out
+        assert "NonexNone" not in out and "cannot take" not in out
 
 
 def test_register_model_refuses_what_the_zoo_could_not_hold(registries):

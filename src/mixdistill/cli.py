@@ -195,18 +195,22 @@ def cmd_models(args) -> int:
             continue
         row = [name, str(s["num_classes"]), f"{s['in_channels']}x{s['image_size']}x{s['image_size']}",
                f"{s['params'] / 1e6:.2f}"]
-        if args.macs and s["macs"] is None:  # at its own input size: a plugin's forward that reads a value
-            (too_small if args.image_size is not None else uncounted).append(name)
+        if args.macs and s["macs"] is None:
+            if s["macs_error"] == "too small":
+                too_small.append(name if args.image_size else f"{name} (at {s['image_size']}x{s['image_size']})")
+            else:
+                uncounted.append(f"{name} ({s['macs_error']})")
         table.add_row(*row, *([f"{s['macs'] / 1e6:.1f}" if s["macs"] is not None else "-"] if args.macs else []))
     console = print_table(table)
     if unbuilt:
         console.print(f"?: not built on PyTorch's meta device: {'; '.join(unbuilt)}", markup=False, soft_wrap=True)
     if uncounted:
-        console.print(f"-: {', '.join(uncounted)}: MACs not counted (the forward raises on PyTorch's meta device, "
-                      "e.g. where it reads a value)", markup=False, soft_wrap=True)
+        console.print(f"-: MACs not counted where the forward raises on PyTorch's meta device (e.g. where it reads a "
+                      f"value): {'; '.join(uncounted)}", markup=False, soft_wrap=True)
     if too_small:
-        console.print(f"-: {', '.join(too_small)} cannot take a {args.image_size}x{args.image_size} input (a layer's "
-                      "kernel is larger than what reaches it)", markup=False, soft_wrap=True)
+        size = f"a {args.image_size}x{args.image_size}" if args.image_size else "its"
+        console.print(f"-: {', '.join(too_small)} cannot take {size} input (a layer's kernel is larger than what "
+                      "reaches it)", markup=False, soft_wrap=True)
     console.print("Also accepted wherever a model is named: timm:NAME (any timm.list_models() name; pip install "
                   "'mixdistill[timm]') and tv:NAME (any torchvision.models.list_models() classification model), "
                   "built without downloading weights unless model.pretrained=true.", markup=False, soft_wrap=True)

@@ -26,7 +26,7 @@ from mixdistill.engine import teacher_views
 from mixdistill.engine.runtime import Runtime, resolve_runtime
 from mixdistill.errors import CheckpointError, ConfigError
 from mixdistill.methods import METHODS
-from mixdistill.models import create_model
+from mixdistill.models import TOO_SMALL, create_model
 from mixdistill.models.checkpoint import load_weights, names_a_file
 from mixdistill.teachers import TEACHERS, load_teacher
 
@@ -368,8 +368,6 @@ def check_buildable(cfg: RunConfig) -> None:
                 pass
 
 
-# what torch says when an image is too small for a network's pools or kernels
-TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
 # what timm says when a network built for one input size (a ViT's patch embedding) gets another
 FIXED_SIZE = ("doesn't match model",)
 

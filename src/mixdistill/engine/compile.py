@@ -87,7 +87,7 @@ def _student_label(cfg, distiller: nn.Module) -> str:
     need not pin one network (an edited plugin, or two projects sharing the cache)."""
     label = model_label(cfg)
     if any(name not in BUILT_IN and not is_external(name) for name in label.split(",")):
-        label += "|" + _signature(distiller.student)
+        label += "|" + "+".join(_signature(m) for m in (getattr(distiller, "peers", None) or [distiller.student]))
     return label
 
 

@@ -218,12 +218,18 @@ def create_meta_model(name: str, num_classes: int = 100, in_channels: int = 3) -
         return create_model(name, num_classes=num_classes, in_channels=in_channels)
 
 
+# what torch says when an image is too small for a network's pools or kernels
+TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
 def model_summary(name: str, num_classes: int | None = None, in_channels: int | None = None,
                   image_size: int | None = None, macs: bool = True) -> dict:
     """Parameters (and with ``macs``, multiply-accumulates per image) of model ``name``; each of
     ``num_classes``, ``in_channels``, ``image_size`` left None is the model's :func:`native_input`. The model
     is built on PyTorch's meta device: no weights are allocated and nothing is computed, so this is cheap at
-    any size. ``macs`` is None where the input is smaller than the network's layers take (a 5x5 kernel on 2x2)."""
+    any size. ``macs`` is None where it cannot be counted, and ``macs_error`` says why: ``"too small"`` where the
+    input is smaller than the network's layers take (a 5x5 kernel on 2x2), else torch's message (a plugin's forward
+    that reads a value, which the meta device has not)."""
     native = native_input(name)
     num_classes = native[0] if num_classes is None else num_classes
     in_channels = native[1] if in_channels is None else in_channels
@@ -234,8 +240,10 @@ def model_summary(name: str, num_classes: int | None = None, in_channels: int | 
     if macs:
         try:
             out["macs"] = count_macs(model, (1, in_channels, image_size, image_size))
-        except RuntimeError:  # torch's shape check, raised on the meta device as on a real one
+        except RuntimeError as err:  # torch's shape check, raised on the meta device as on a real one
             out["macs"] = None
+            out["macs_error"] = ("too small" if any(phrase in str(err) for phrase in TOO_SMALL)
+                                 else str(err).splitlines()[0] if str(err) else type(err).__name__)
     return out
 
 

@@ -163,8 +163,9 @@ def ordered_trend(expected: list[float], blocks: list[list[float]], what: str = 
     order of ``expected``: Page's L test over the blocks (the replicate-level test of an ordered alternative; a
     rank correlation of the conditions' means throws the replicates away, and five means cannot reach p < 1/60),
     two-sided as twice the smaller one-sided p. The estimate is the blocks' mean Spearman rho with ``expected``.
-    scipy's p is exact for blocks without ties; a block with tied values gets midranks and the same null, which
-    is conservative there (the p reads larger than a permutation test's within tied blocks)."""
+    The p is scipy's ``page_trend_test`` (method auto): exact for small designs (das2020's 5 × 5), else its normal
+    approximation (wang2022's nine views); both assume blocks without ties, which tied blocks (midranks) only
+    approximate: for the exact null, conservatively in the cases checked."""
     import numpy as np
     from scipy import stats
 
