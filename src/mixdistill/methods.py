@@ -6,19 +6,15 @@ packages, which register their own methods, augmentations and models (``register
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import mixdistill.distill  # noqa: F401  (registration)
 import mixdistill.online  # noqa: F401  (registration)
 from mixdistill.augment.registry import AUGMENTATIONS
-from mixdistill.errors import MixdistillError
-from mixdistill.registry import METHODS, NAME_PATTERN, PLUGINS_ENV, remove_registered
+from mixdistill.registry import ENTRY_POINT_GROUP, PLUGINS_ENV  # noqa: F401  (re-exported)
+from mixdistill.registry import METHODS, NAME_PATTERN, load_plugins, remove_registered
 
 __all__ = ["METHODS", "load_plugins", "register_method", "unregister_method"]
 
 BUILT_IN = frozenset(METHODS)
-ENTRY_POINT_GROUP = "mixdistill.plugins"
 
 
 def register_method(name: str, cls=None, *, replace: bool = False):
@@ -77,30 +73,6 @@ def _check_params(name: str, cls) -> None:
 def unregister_method(name: str) -> None:
     """Remove a method registered with :func:`register_method` (built-in ones stay)."""
     remove_registered(METHODS, "method", name, BUILT_IN)
-
-
-def load_plugins() -> list[str]:
-    """Import the plugins: every ``mixdistill.plugins`` entry point, then every module named in
-    ``$MIXDISTILL_PLUGINS``. A plugin that fails to import is a MixdistillError naming it (its own error chained)."""
-    from importlib.metadata import entry_points
-
-    loaded = []
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            point.load()
-        except Exception as err:
-            raise MixdistillError(f"plugin {point.value} (entry point '{point.name}' of group {ENTRY_POINT_GROUP}) "
-                                  f"failed to import: {type(err).__name__}: {err}") from err
-        loaded.append(point.value)
-    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
-        if module:
-            try:
-                importlib.import_module(module)
-            except Exception as err:
-                raise MixdistillError(f"plugin {module} (from ${PLUGINS_ENV}) failed to import: "
-                                      f"{type(err).__name__}: {err}") from err
-            loaded.append(module)
-    return loaded
 
 
 PLUGINS = load_plugins()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
-from ..registry import NAME_PATTERN, PLUGIN_NOTE, remove_registered
+from ..registry import NAME_PATTERN, PLUGIN_NOTE, load_plugins, remove_registered
 from . import cnn, das2020, external, mobilenetv2, resnet, resnetv2, shufflenet, torchvision_models, vgg, wrn
 from ._base import ZooModel
 from .checkpoint import load_weights
@@ -74,20 +74,14 @@ BUILT_IN = frozenset(MODELS)
 
 
 def list_models() -> list[str]:
-    _load_plugins()
+    load_plugins()  # the model API alone (no config, no mixdistill.methods) had not imported them
     return sorted(MODELS)
-
-
-def _load_plugins() -> None:
-    """Import the plugins ($MIXDISTILL_PLUGINS, entry points), which may register models: ``mixdistill.methods``
-    imports them, and the model API alone (``create_model``) would not have."""
-    import mixdistill.methods  # noqa: F401
 
 
 def _known(name: str) -> bool:
     """Is ``name`` a zoo model, the plugins' included?"""
     if name not in MODELS:
-        _load_plugins()
+        load_plugins()
     return name in MODELS
 
 
