@@ -213,7 +213,7 @@ def test_a_config_this_version_does_not_accept_is_listed_as_written_and_said(run
     assert "listed as" not in capsys.readouterr().out
     shutil.copytree(root / "edited", root / "edited2")
     assert main(["results", str(root)]) == 0
-    assert "note: 2 runs listed as their config.yaml files read, which does not validate here: " in " ".join(
+    assert "note: 2 runs listed as their config.yaml files read, which do not validate here: " in " ".join(
         capsys.readouterr().out.split())
     # a dataset no plugin can register is not blamed on one
     from mixdistill.engine.run import validated_config

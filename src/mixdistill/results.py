@@ -279,9 +279,10 @@ def results_command(roots: list[str], per_run: bool = False, sort: str = "path",
                       markup=False, soft_wrap=True)
     as_written = [r for r in records if r.config_error]
     if as_written:
+        one = len(as_written) == 1
         console.print(f"note: {counted(len(as_written), 'run')} listed as "
-                      f"{'its config.yaml reads' if len(as_written) == 1 else 'their config.yaml files read'}, which "
-                      f"does not validate here: "
+                      f"{'its config.yaml reads' if one else 'their config.yaml files read'}, which "
+                      f"{'does' if one else 'do'} not validate here: "
                       + "; ".join(f"{r.path} ({r.config_error})" for r in as_written[:3])
                       + ("; ..." if len(as_written) > 3 else ""), markup=False, soft_wrap=True)
     if written:
