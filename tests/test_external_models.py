@@ -182,6 +182,13 @@ def test_unknown_names_are_one_config_error_line():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="give a name after 'tv:'"):
         create_model("tv:", num_classes=10)
+    # as an override, `timm:` read as the YAML mapping {timm: null}: "model.student: Input should be a valid string"
+    from mixdistill.config import load_config
+
+    for override, said in (("model.student=timm:", "give a name after 'timm:'"),
+                           ("model.teacher=tv:", "give a name after 'tv:'")):
+        with pytest.raises(ConfigError, match=said):
+            load_config(None, [override])
     with pytest.raises(ConfigError, match="no final nn.Linear classifier"):
         create_model("tv:squeezenet1_0", num_classes=10)
     with pytest.raises(ConfigError, match=r"unknown tv model 'nope'"):
@@ -263,3 +270,11 @@ def test_a_network_built_for_one_input_size_is_one_line_on_other_images():
                                           r"input size \(Input height \(28\) doesn't match model \(224\)"):
         check_buildable(resolve_config(None, {"model.student": "timm:vit_tiny_patch16_224", "method": "ce",
                                               "data.dataset": "fashion_mnist", "train.device": "cpu"}))
+    # torchvision's ViT asserts its size and MaxViT's windows do not divide 28: each was a traceback at the first
+    # step, after the run's folder was made
+    for name, said in (("tv:vit_b_16", r"Wrong image height! Expected 224 but got 28!"),
+                       ("tv:maxvit_t", r"shape '\[1, 8, 8, 7, 7, 64\]' is invalid for input of size")):
+        with pytest.raises(ConfigError, match=rf"{name} cannot take 28x28 images: it is built for one input size "
+                                              rf"\({said}"):
+            check_buildable(resolve_config(None, {"model.student": name, "method": "ce",
+                                                  "data.dataset": "fashion_mnist", "train.device": "cpu"}))

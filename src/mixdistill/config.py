@@ -533,6 +533,9 @@ def named_sections(tree: dict) -> dict:
     return {**tree, **{key: {"name": tree[key]} for key in _NAMED_SECTIONS if isinstance(tree.get(key), str)}}
 
 
+NAME_KEYS = ("model.student", "model.teacher")  # a network's name, which timm:NAME / tv:NAME write with a colon
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """``key=value`` pairs, values parsed as YAML. A method or augmentation switch (``method=kd``) comes
     first, whatever its place on the command line, so that ``method.temperature=1 method=kd`` keeps the
@@ -554,6 +557,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
                 raise ConfigError(f"override {item}: not a valid YAML list or mapping: "
                                   f"{yaml_error_line(err)}") from None
             value = raw
+        if isinstance(value, dict) and key.strip() in NAME_KEYS and not raw.lstrip().startswith("{"):
+            value = raw.strip()  # `model.student=timm:` is a name cut short, not a YAML mapping {timm: null}
         parsed.append((key.strip(), value))
     return switches_first(parsed)
 

@@ -368,8 +368,10 @@ def check_buildable(cfg: RunConfig) -> None:
                 pass
 
 
-# what timm says when a network built for one input size (a ViT's patch embedding) gets another
-FIXED_SIZE = ("doesn't match model",)
+# what a network built for one input size (a ViT's patch embedding, MaxViT's windows) says of another
+FIXED_SIZE = ("doesn't match model",  # timm
+              "Wrong image height", "Wrong image width",  # torchvision's ViT
+              "is invalid for input of size")  # a view a size does not divide (torchvision's MaxViT windows)
 
 
 def check_input_size(distiller: nn.Module, in_channels: int, size, label: str) -> None:
