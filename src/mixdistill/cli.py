@@ -172,7 +172,6 @@ def _add_models(sub):
 def cmd_models(args) -> int:
     from rich.table import Table
 
-    import mixdistill.methods  # noqa: F401  (plugins register their models too)
     from mixdistill.errors import require_at_least
     from mixdistill.models import BUILT_IN, list_models, model_summary
 

@@ -36,9 +36,9 @@ class UnknownNameError(MixdistillError):
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        note = f" ({note})" if note else ""
-        super().__init__(f"unknown {kind} '{name}'.{hint}{note} Valid names: {', '.join(valid)}")
-        self.kind, self.name, self.valid = kind, name, valid
+        super().__init__(f"unknown {kind} '{name}'.{hint}{f' ({note})' if note else ''} Valid names: "
+                         f"{', '.join(valid)}")
+        self.kind, self.name, self.valid, self.note = kind, name, valid, note
 
 
 class NonFiniteLossError(MixdistillError):

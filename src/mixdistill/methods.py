@@ -9,7 +9,6 @@ from __future__ import annotations
 import mixdistill.distill  # noqa: F401  (registration)
 import mixdistill.online  # noqa: F401  (registration)
 from mixdistill.augment.registry import AUGMENTATIONS
-from mixdistill.registry import ENTRY_POINT_GROUP, PLUGINS_ENV  # noqa: F401  (re-exported)
 from mixdistill.registry import METHODS, NAME_PATTERN, load_plugins, remove_registered
 
 __all__ = ["METHODS", "load_plugins", "register_method", "unregister_method"]

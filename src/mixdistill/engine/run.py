@@ -31,7 +31,6 @@ from mixdistill.files import hold_lock, remove_orphans
 from mixdistill.methods import METHODS
 from mixdistill.models import MODELS, create_model
 from mixdistill.models.checkpoint import load_weights
-from mixdistill.registry import PLUGIN_NOTE
 from mixdistill.schema import load_yaml
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.yaml", "metrics.jsonl", "last.pt", "summary.json", ".lock"
@@ -370,9 +369,7 @@ def validated_config(tree: dict) -> tuple[RunConfig | None, str | None]:
     mixdistill's schema, a hand edit, or a plugin's method, augmentation or model whose plugin is not loaded)."""
     try:
         return stored_config(tree), None
-    except UnknownNameError as err:  # a method, augmentation or model: most likely a plugin's, not loaded here
-        if err.kind.startswith(("method", "augmentation", "model")):
-            return None, f"unknown {err.kind} '{err.name}': {PLUGIN_NOTE}"
-        return None, str(err)
+    except UnknownNameError as err:  # a method, augmentation or model (its note says so): a plugin's, not loaded here?
+        return None, f"unknown {err.kind} '{err.name}': {err.note}" if err.note else str(err)
     except Exception as err:  # noqa: BLE001 - written by an older mixdistill whose schema differs
         return None, str(err).splitlines()[0] if str(err) else type(err).__name__
