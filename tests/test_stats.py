@@ -7,8 +7,8 @@ import math
 import pytest
 
 from mixdistill.errors import ConfigError
-from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, findings_markdown, holm, mean_ci,
-                                      paired, parse_seeds, welch)
+from mixdistill.studies.stats import (Effect, Finding, Gate, correlation, equivalence, findings_markdown, holm,
+                                      mean_ci, paired, parse_seeds, welch)
 
 
 def test_paired_matches_the_hand_computed_t_interval():
@@ -24,6 +24,19 @@ def test_paired_matches_the_hand_computed_t_interval():
     assert t == pytest.approx(4.4721, rel=1e-4)
     # unpaired, the same numbers are not significant: pairing is what the design buys
     assert welch(list(a.values()), list(b.values())[:5]).p > 0.05
+
+
+def test_a_seed_whose_value_is_not_finite_is_left_out_and_the_test_says_so():
+    a = {0: 86.0, 1: 87.0, 2: 85.5, 3: 86.5, 4: 87.5, 5: math.nan}
+    b = {0: 85.0, 1: 86.5, 2: 85.0, 3: 85.0, 4: 86.0, 5: 80.0}
+    e, clean = paired(a, b), paired({s: v for s, v in a.items() if s != 5}, b)
+    assert (e.n, e.estimate, e.low, e.high, e.p) == (clean.n, clean.estimate, clean.low, clean.high, clean.p)
+    assert e.test == "paired t, 5 seeds (1 seed left out: not a finite value)"
+    tost = equivalence(a, b, 2.0)
+    assert tost.n == 5 and tost.p == equivalence({s: v for s, v in a.items() if s != 5}, b, 2.0).p
+    w = welch(list(a.values()), [float("inf")] + list(b.values()))
+    assert w.test == "Welch t, 5 vs 6 (2 left out: not a finite value)" and math.isfinite(w.p)
+    assert mean_ci([1.0, math.nan, 3.0]) == mean_ci([1.0, 3.0])
 
 
 def test_welch_interval_uses_the_satterthwaite_degrees_of_freedom():

@@ -61,13 +61,27 @@ def _no_spread(values: list[float]) -> bool:
     return statistics.stdev(values) <= 1e-9 * max(1.0, max(abs(v) for v in values))
 
 
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _common_seeds(a: dict, b: dict) -> tuple[list, str]:
+    """The seeds both ``a`` and ``b`` have a finite value for, and a note naming how many were left out for a
+    value that is not (a NaN metric would otherwise stop ``statistics.stdev`` or turn every number NaN)."""
+    both = sorted(set(a) & set(b))
+    seeds = [s for s in both if _finite(a[s]) and _finite(b[s])]
+    left_out = len(both) - len(seeds)
+    return seeds, (f" ({counted(left_out, 'seed')} left out: not a finite value)" if left_out else "")
+
+
 def paired(a: dict, b: dict) -> Effect:
-    """``a - b`` over the seeds both have (dicts seed -> value): paired t-test and t-interval."""
+    """``a - b`` over the seeds both have a finite value for (dicts seed -> value): paired t-test and
+    t-interval."""
     from scipy import stats
 
-    seeds = sorted(set(a) & set(b))
+    seeds, left_out = _common_seeds(a, b)
     diffs = [a[s] - b[s] for s in seeds]
-    test = f"paired t, {counted(len(seeds), 'seed')}"
+    test = f"paired t, {counted(len(seeds), 'seed')}{left_out}"
     if not diffs:
         return _nan_effect(math.nan, test, 0)
     mean = statistics.fmean(diffs)
@@ -89,9 +103,9 @@ def equivalence(a: dict, b: dict, margin: float) -> Effect:
     from scipy import stats
     from statsmodels.stats.weightstats import ttost_paired
 
-    seeds = sorted(set(a) & set(b))
+    seeds, left_out = _common_seeds(a, b)
     diffs = [a[s] - b[s] for s in seeds]
-    test = f"paired TOST within ±{margin:.2f}, {counted(len(seeds), 'seed')}"
+    test = f"paired TOST within ±{margin:.2f}, {counted(len(seeds), 'seed')}{left_out}"
     if len(diffs) < 2 or _no_spread(diffs):
         effect = _nan_effect(statistics.fmean(diffs) if diffs else math.nan, test, len(diffs))
         effect.margin = margin
@@ -106,7 +120,10 @@ def welch(a: list[float], b: list[float]) -> Effect:
     """``mean(a) - mean(b)`` for unpaired samples: Welch's t-test and the Welch-Satterthwaite interval."""
     from scipy import stats
 
-    test = f"Welch t, {len(a)} vs {len(b)}"
+    given = len(a) + len(b)
+    a, b = [v for v in a if _finite(v)], [v for v in b if _finite(v)]
+    left_out = given - len(a) - len(b)
+    test = f"Welch t, {len(a)} vs {len(b)}" + (f" ({left_out} left out: not a finite value)" if left_out else "")
     if not a or not b:
         return _nan_effect(math.nan, test, 0)
     diff = statistics.fmean(a) - statistics.fmean(b)
@@ -436,7 +453,7 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     """(mean, low, high): the mean and its 95% t-interval (NaN bounds with fewer than 2 values)."""
     from scipy import stats
 
-    values = [v for v in values if v is not None]
+    values = [v for v in values if _finite(v)]
     if not values:
         return math.nan, math.nan, math.nan
     mean = statistics.fmean(values)
