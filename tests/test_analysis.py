@@ -201,6 +201,12 @@ def test_ece_bins_are_right_closed():
     r = reliability_bins(probs, torch.tensor([0, 1]), bins=5)
     assert r["count"].tolist() == [1, 1, 0, 0, 0]  # 0.2 in (0, .2], 0.4 in (.2, .4]
     assert expected_calibration_error(torch.eye(3), torch.arange(3)) == 0.0  # confident and right
+    # a confidence on an edge in the probabilities' own precision closes its bin in every dtype (float32(0.2) is
+    # above the float64 edge 0.2 and fell into (0.2, 0.4])
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        assert reliability_bins(probs.to(dtype), torch.tensor([0, 1]), bins=5)["count"].tolist() == [1, 1, 0, 0, 0]
+    probs = torch.tensor([[0.6, 0.4]] * 3 + [[0.9, 0.1]])
+    assert expected_calibration_error(probs, torch.tensor([0, 1, 1, 0]), bins=5) == pytest.approx(0.225, abs=1e-7)
 
 
 def test_reliability_diagram_png(tmp_path):
@@ -274,6 +280,10 @@ def test_teacher_statistics_matches_manual():
     assert r["entropy_augmented"] == pytest.approx(ent(torch.cat([s[1] for s in steps])), rel=1e-5)
     plain = teacher_statistics(teacher, batches, None)
     assert plain["entropy_augmented"] is None and plain["groups"] == 2
+    # the teacher runs in eval mode (a dropout left on would draw a new teacher every step) and is put back
+    dropping = torch.nn.Sequential(torch.nn.Dropout(0.5), _Fixed()).train()
+    r = teacher_statistics(dropping, batches, negate, steps_per_group=5)
+    assert r["t_stddev"] == pytest.approx(t_stddev(steps, 5)["t_stddev"], rel=1e-6) and dropping.training
 
 
 def test_correlations_and_scatter(tmp_path):
@@ -318,6 +328,8 @@ def test_smoothness_measures():
     forward, reverse = float((pt * (pt / ps).log()).sum()), float((ps * (ps / pt).log()).sum())
     assert abs(forward - reverse) > 0.1
     assert agreement(s_logits, t_logits)["kl"] == pytest.approx(forward)
+    ps4, pt4 = torch.softmax(s_logits[0].double() / 4, 0), torch.softmax(t_logits[0].double() / 4, 0)  # T = 4, no T^2
+    assert agreement(s_logits, t_logits, temperature=4.0)["kl"] == pytest.approx(float((pt4 * (pt4 / ps4).log()).sum()))
 
 
 def test_tsne_plot(tmp_path):
