@@ -80,6 +80,7 @@ def test_readme_example_runs_as_written(fmnist_root, tmp_path, monkeypatch, regi
     assert summary["run_dir"] == str(run.resolve())
     assert summary == {**json.loads((run / "summary.json").read_text()), "run_dir": str(run.resolve())}
     assert summary["method"] == "label_smoothing" and summary["epochs"] == 1 and summary["train_images"] == 600
+    assert summary["data_root"] == str(fmnist_root.resolve())  # found through $MIXDISTILL_DATA: recorded
     assert 0 <= summary["last_acc"] <= summary["last_top5"] <= 100
     assert "top-1" in capsys.readouterr().out
     config = load_checkpoint(run / "last.pt")["config"]

@@ -5,6 +5,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -761,3 +762,105 @@ def test_an_image_folder_of_one_class_is_refused(tmp_path):
         train(cfg, quiet=True)  # streaming
     write_image_folder(tmp_path / "two", classes=("a", "b"))
     assert load_dataset("imagefolder", "test", root=tmp_path / "two").spec.num_classes == 2
+
+
+def test_labels_are_whole_numbers_in_one_row_that_fit_a_class_index(tmp_path):
+    """IDX labels stored as floats were truncated without a word (0.7 read as class 0); CIFAR labels saved as a
+    column [N, 1] crashed the first step ("multi-target not supported"); uint64 labels past int64 wrapped to
+    negative classes."""
+    d = tmp_path / "idx"
+    write_idx(d, gz=False)
+    labels = np.arange(7, dtype=np.float32) % 10 + 0.7
+    header = bytes([0, 0, 0x0D, 1]) + np.array([7], ">u4").tobytes()
+    (d / "train-labels-idx1-ubyte").write_bytes(header + labels.astype(">f4").tobytes())
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte: its labels are float32, not whole numbers"):
+        readers.read_mnist_like(d, "train")
+    (d / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros((7, 1), np.uint8)))  # a column: read as a row
+    assert readers.read_mnist_like(d, "train")[1].tolist() == [0] * 7
+    (d / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros((7, 2), np.uint8)))
+    with pytest.raises(DataError, match=r"expected labels \[N\], got shape \[7, 2\]"):  # it said "(7, 2) labels"
+        readers.read_mnist_like(d, "train")
+
+    expected = write_cifar10(tmp_path / "c")
+    path = tmp_path / "c" / "cifar-10-batches-py" / "test_batch"
+    batch = pickle.loads(path.read_bytes())
+    batch[b"labels"] = np.asarray(batch[b"labels"]).reshape(-1, 1)
+    path.write_bytes(pickle.dumps(batch))
+    assert readers.read_cifar10(tmp_path / "c", "test")[1].tolist() == expected["test"][1].tolist()
+    batch[b"labels"] = np.full((len(batch[b"data"]),), 2**63 + 9, np.uint64)
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match="test_batch: its 'labels' go up to 9223372036854775817, past any class"):
+        readers.read_cifar10(tmp_path / "c", "test")
+
+
+def test_an_empty_cifar_batch_written_by_python_2_reads(tmp_path):
+    """numpy pickles an empty array's buffer with bytes(): the data-only unpickler called the file hostile."""
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_5"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": np.zeros(0, np.int64)},
+                                  protocol=2))
+    assert len(readers.read_cifar10(tmp_path, "train")[1]) == 12
+
+
+def test_a_link_back_up_inside_an_image_folder_is_refused(tmp_path):
+    """os.walk follows links without noticing a loop: a class folder linking to its parent read the other classes'
+    images again under its own label (60 images became 2,460, most mislabelled) until the path grew too long."""
+    write_image_folder(tmp_path)
+    (tmp_path / "train" / "bird" / "loop").symlink_to("..")
+    with pytest.raises(DataError, match=r"train/bird/loop/bird links back to .*train/bird, a folder above it"):
+        readers.read_image_folder_split(tmp_path, "train")
+    with pytest.raises(DataError, match="links back to"):
+        streaming.StreamingImageFolder(tmp_path, "train", image_size=4, batch_size=2, num_workers=0)
+    (tmp_path / "train" / "bird" / "loop").unlink()
+    elsewhere = tmp_path / "more_birds"
+    save_png(elsewhere / "0.png", RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    (tmp_path / "train" / "bird" / "linked").symlink_to(elsewhere)  # a link to a folder outside: read, once
+    assert readers.read_image_folder_split(tmp_path, "train")[1].tolist() == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_a_data_folder_this_user_cannot_enter_is_one_line(no_default_roots, monkeypatch):
+    """Path.is_file() inside a folder without search permission raises PermissionError (a traceback)."""
+    write_idx(no_default_roots / "locked", gz=False)
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if self.parent == no_default_roots / "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(DataError, match=r"cannot look into folder .*locked: Permission denied \(looking for "
+                                        r"fashion_mnist's files\)"):
+        load_dataset("fashion_mnist", "train", root=no_default_roots / "locked", download=False)
+
+
+def test_a_mixdistill_data_that_does_not_hold_the_dataset_is_named_before_the_search_goes_on(no_default_roots,
+                                                                                           monkeypatch):
+    """A typo in $MIXDISTILL_DATA, or a copy cut short there, trained on another copy without a word."""
+    write_idx(no_default_roots / "debian", gz=True, n_train=4)
+    monkeypatch.setenv(datasets.ENV_VAR, str(no_default_roots / "typo"))
+    with pytest.warns(UserWarning, match=r"MIXDISTILL_DATA=.*typo does not exist; looking for fashion_mnist"):
+        assert load_dataset("fashion_mnist", "train", download=False).root == no_default_roots / "debian"
+    write_idx(no_default_roots / "partial", gz=True)
+    (no_default_roots / "partial" / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv(datasets.ENV_VAR, str(no_default_roots / "partial"))
+    with pytest.warns(UserWarning, match=r"holds part of fashion_mnist: .*t10k-labels-idx1-ubyte\[.gz\] missing"):
+        load_dataset("fashion_mnist", "train", download=False)
+    write_cifar10(no_default_roots / "other")  # another dataset's folder: searched on without a word
+    monkeypatch.setenv(datasets.ENV_VAR, str(no_default_roots / "other"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("fashion_mnist", "train", download=False)
+
+
+def test_a_relative_data_root_that_is_not_there_says_from_where_and_the_commands_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=rf"data root data/x does not exist, read from the current "
+                                                   rf"directory {re.escape(str(tmp_path))} .*To fix, give the folder"):
+        load_dataset("fashion_mnist", "train", root="data/x", download=False)
+    token = datasets.ROOT_HINT.set("pass --data-root PATH")
+    try:
+        with pytest.raises(DatasetNotFoundError, match=r"To fix, pass --data-root PATH$"):
+            load_dataset("fashion_mnist", "train", root="data/x", download=False)
+    finally:
+        datasets.ROOT_HINT.reset(token)

@@ -355,6 +355,7 @@ def test_trainer_streams_imagenet_layout_and_num_workers_do_not_change_the_run(t
     with pytest.warns(UserWarning, match=r"train has \d+ class folders, not imagenet's 1000: the run trains"):
         summary = train(teacher, quiet=True)  # a part of ImageNet (it said nothing: a half-extracted copy trained)
     assert summary["dataset"] == "imagenet" and summary["train_images"] == N_TRAIN
+    assert summary["data_root"] == str(Path(teacher.data.root).resolve())
     assert 0 <= summary["last_acc"] <= 100
     kd = common + [f"model.teacher_checkpoint={teacher.run_dir / 'last.pt'}", "method=kd_view",
                    "augment=cutmix_pick", "optim.epochs=2"]

@@ -82,11 +82,11 @@ def read_cifar10_1(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{data_path}: expected images [N, H, W, 3] (or [N, H, W]), got shape {list(images.shape)}")
     if images.dtype != np.uint8:
         raise DataError(f"{data_path}: expected uint8 pixels, got {images.dtype}")
-    labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{labels_path}: expected {len(images)} labels [N], got shape {list(labels.shape)}")
-    if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
-        raise DataError(f"{labels_path}: labels must be non-negative integers, got {labels.dtype}")
+    labels = readers.class_labels(labels, labels_path)
+    if len(labels) != len(images):
+        raise DataError(f"{labels_path}: expected {len(images)} labels, got {len(labels)}")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{labels_path}: labels must be non-negative, found {labels.min()}")
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     return x, torch.from_numpy(labels.astype(np.int64))
 

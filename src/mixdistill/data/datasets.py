@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -179,7 +180,15 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
     search order of the module docstring applies."""
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, DATASETS)
-    spec = DATASETS[name]
+    try:
+        return _find_root(DATASETS[name], root, download)
+    except PermissionError as e:  # Path.is_file() of a path in a folder this user cannot enter raises
+        raise DataError(f"cannot look into folder {Path(e.filename).parent}: {e.strerror} (looking for {name}'s "
+                        "files)") from None
+
+
+def _find_root(spec: DatasetSpec, root, download: bool) -> Path:
+    name = spec.name
     if root is not None:
         return _find_in_explicit_root(spec, Path(root).expanduser(), download)
     candidates = []
@@ -191,10 +200,18 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
         candidates.append(("Debian package location", DEBIAN_FASHION_MNIST))
     candidates.append(("download cache", CACHE_DIR))
 
-    for _, folder in candidates:
+    for where, folder in candidates:
         found = spec.find(folder) if folder is not None else None
         if found is not None:
             return found
+        if where == f"${ENV_VAR}":  # a typo, or a copy cut short: the search goes on, but not without a word
+            missing = spec.missing(folder) if folder.is_dir() else []
+            why = ("does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else
+                   f"holds part of {name}: {missing[0]}{f' and {len(missing) - 1} more' * (len(missing) > 1)} "
+                   "missing" if missing else "")
+            if why:
+                warnings.warn(f"${ENV_VAR}={folder} {why}; looking for {name} in the usual locations",
+                              stacklevel=3)
 
     download_note = _download_into(spec, CACHE_DIR) if download else ""
     if isinstance(download_note, Path):
@@ -216,10 +233,11 @@ def check_root_exists(name: str, root: str | Path) -> None:
     if root.exists() and not root.is_dir():
         raise DatasetNotFoundError(f"data root {root} is a file: give the folder holding {name}'s files")
     if not root.is_dir():
+        relative = "" if root.is_absolute() else f", read from the current directory {Path.cwd()}"
         raise DatasetNotFoundError(
-            f"data root {root} does not exist (a data root given in the config or on the command line is the only "
-            f"place looked for {name}; leave it unset to search ${ENV_VAR}, the usual locations and the "
-            "download cache)")
+            f"data root {root} does not exist{relative} (a data root given in the config or on the command line is "
+            f"the only place looked for {name}; leave it unset to search ${ENV_VAR}, the usual locations and the "
+            f"download cache). To fix, {ROOT_HINT.get()}")
 
 
 def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Path:

@@ -35,6 +35,22 @@ def _to_tensors(images: np.ndarray, labels) -> tuple[torch.Tensor, torch.Tensor]
     return images, labels
 
 
+def class_labels(labels, path, what: str = "labels") -> np.ndarray:
+    """``labels`` (``what``: how the message names them) as read from ``path``, as one row of whole numbers that fit a class index: a column [N, 1] (or a
+    row [1, N]) is flattened, as numpy saves labels either way; fractions (0.7 was read as class 0), other shapes,
+    and unsigned values past int64 (they wrapped to negative classes) are a DataError naming the file."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and 1 in labels.shape:
+        labels = labels.reshape(-1)
+    if labels.ndim != 1:
+        raise DataError(f"cannot read {path}: expected {what} [N], got shape {list(labels.shape)}")
+    if len(labels) and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"cannot read {path}: its {what} are {labels.dtype}, not whole numbers")
+    if len(labels) and np.issubdtype(labels.dtype, np.unsignedinteger) and labels.max() > np.iinfo(np.int64).max:
+        raise DataError(f"cannot read {path}: its {what} go up to {labels.max()}, past any class index")
+    return labels
+
+
 # ----------------------------------------------------------------------------------------------- CIFAR
 
 CIFAR_LAYOUT = {
@@ -73,7 +89,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
         ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("__builtin__", "object"),
-        ("builtins", "object"),
+        ("builtins", "object"), ("__builtin__", "bytes"), ("builtins", "bytes"),  # an empty array's buffer
     }
 
     def find_class(self, module, name):
@@ -109,14 +125,12 @@ def read_cifar(root, split: str, num_classes: int = 10) -> tuple[torch.Tensor, t
         if "data" not in batch or label_key not in batch:
             raise DataError(f"cannot read {path}: missing key 'data' or {label_key!r}")
         data = np.asarray(batch["data"])
-        lab = np.asarray(batch[label_key])
+        lab = class_labels(batch[label_key], path, repr(label_key))
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
             raise DataError(
                 f"cannot read {path}: expected uint8 data [N, 3072] and N labels, "
                 f"got data {data.dtype} {list(data.shape)} and {len(lab)} labels"
             )
-        if len(lab) and not np.issubdtype(lab.dtype, np.integer):  # 0.7 was read as class 0
-            raise DataError(f"cannot read {path}: its {label_key!r} are {lab.dtype}, not whole numbers")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     return _to_tensors(np.concatenate(images), np.concatenate(labels))
@@ -199,13 +213,11 @@ def idx_missing(root) -> list[Path]:
 
 
 def read_idx_pair(images_path, labels_path) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = read_idx(images_path), read_idx(labels_path)
+    images, labels = read_idx(images_path), class_labels(read_idx(labels_path), labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"cannot read {images_path}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(
-            f"{labels_path} holds {labels.shape} labels but {images_path} holds {len(images)} images"
-        )
+    if len(labels) != len(images):
+        raise DataError(f"{labels_path} holds {len(labels)} labels but {images_path} holds {len(images)} images")
     return _to_tensors(images[:, None], labels)
 
 
@@ -323,8 +335,17 @@ def image_files(folder: str) -> list[str]:
         raise DataError(f"cannot read folder {err.filename}: {err.strerror or err}")
 
     found = []
+    above = {}  # real path of each folder walked -> the real paths of the folders above it
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=refuse):
+        real = os.path.realpath(dirpath)
+        chain = above.get(real, set()) | {real}
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            inner = os.path.realpath(os.path.join(dirpath, d))
+            if inner in chain:  # a link back up: the walk read the folders above it again, under this class
+                raise DataError(f"{os.path.join(dirpath, d)} links back to {inner}, a folder above it: the images "
+                                "would be read again and again (remove the link)")
+            above[inner] = chain
         rel = os.path.relpath(dirpath, folder)
         for name in sorted(filenames):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:

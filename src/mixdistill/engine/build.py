@@ -70,6 +70,7 @@ class Loaders:
     augmented_by_loader: bool
     image_size: tuple[int, int]  # (H, W) of the images the networks take
     class_names: tuple[str, ...] | None  # an image folder's class folders, in label order; None: a named dataset's
+    data_root: Path  # the folder the dataset was read from (data.root, or where the search found it)
 
 
 def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
@@ -89,7 +90,7 @@ def build_loaders(cfg: RunConfig, runtime: Runtime, dist) -> Loaders:
                                  drop_last=False, with_indices=True, **common)
     return Loaders(train_loader, test_loader, clean, train.spec.num_classes, train.images.shape[1],
                    train.spec.mean, train.spec.std, len(train.labels), augmented_by_loader(cfg),
-                   tuple(train.images.shape[-2:]), train.spec.class_names)
+                   tuple(train.images.shape[-2:]), train.spec.class_names, train.root)
 
 
 def augmented_by_loader(cfg: RunConfig) -> bool:
@@ -122,7 +123,7 @@ def _streaming_loaders(cfg: RunConfig, runtime: Runtime, dist, batch_size: int) 
     clean = lambda: StreamingImageFolder(root, "train", augment=False, batch_size=d.eval_batch_size,  # noqa: E731
                                          with_indices=True, subset=d.train_subset, **common)
     return Loaders(train, test, clean, train.num_classes, train.in_channels, tuple(spec.mean), tuple(spec.std),
-                   train.num_samples, True, (size, size), tuple(train.classes))
+                   train.num_samples, True, (size, size), tuple(train.classes), root)
 
 
 def _crop_size(cfg: RunConfig) -> int:

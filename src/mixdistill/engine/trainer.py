@@ -92,7 +92,7 @@ class Trainer:
         data = build_loaders(cfg, self.runtime, self.dist)
         self.num_classes, self.in_channels = data.num_classes, data.in_channels
         self.class_names = data.class_names
-        self.train_images = data.num_train
+        self.train_images, self.data_root = data.num_train, data.data_root
         self.train_loader, self.test_loader = data.train, data.test
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size {cfg.data.batch_size} exceeds the {data.num_train} training images")
@@ -471,7 +471,7 @@ class Trainer:
         finally:
             logger.close()
         summary = summarize(self.history, cfg, teacher_eval)
-        summary["train_images"] = self.train_images
+        summary["train_images"], summary["data_root"] = self.train_images, str(self.data_root.resolve())
         summary["compiled"] = self.runtime.compile
         views = self.distiller.teacher_views
         if views is not None and views.disabled:
