@@ -157,7 +157,8 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     shutil.move(study, moved)
     before = {p.name: (p / "summary.json").read_text() for p in (moved / "runs").iterdir()}
     results = moved / "results.jsonl"
-    results.write_text(results.read_text()[:-40])  # the last row cut short
+    cut_short = results.read_text()[:-40]
+    results.write_text(cut_short)  # the last row cut short
     (moved / "runs" / "kd__seed0" / "summary.json").write_text("")
     (moved / ".results.jsonl.x.mdtmp").write_text("partial")  # an interrupted write's temporary file
     original, calls, logged = grid_module.execute, [], []
@@ -176,6 +177,14 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     assert json.loads(after["kd__seed0"])["last_acc"] == json.loads(before["kd__seed0"])["last_acc"]
     assert set(rows) == {"teacher", "kd/seed0", "kd/seed1"} and not list((moved / "runs").glob("*.superseded*"))
     assert not (moved / ".results.jsonl.x.mdtmp").exists()
+    # the line cut short is kept beside the file, not in it: every line of results.jsonl is a row again (it stayed,
+    # and pandas.read_json(lines=True) failed on it); the log says the run was read back, not that it finished
+    assert [json.loads(line)["key"] for line in results.read_text().splitlines()] == [
+        "teacher", "kd/seed0", "kd/seed0", "kd/seed1"]  # kd/seed0's summary was damaged: its row written again
+    assert (moved / "results.jsonl.damaged").read_text() == cut_short.splitlines()[-1] + "\n"
+    assert "1 runs finished in their folders have no row in results.jsonl (lost or damaged): reading them back, " \
+           "not training them" in logged
+    assert any(line.endswith("read back kd/seed1") for line in logged), logged
 
 
 def test_an_unfinished_run_with_a_damaged_checkpoint_is_set_aside_and_trained_afresh(fmnist_root, tmp_path,

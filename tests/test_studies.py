@@ -120,6 +120,8 @@ def test_report_only_reports_the_finished_runs_and_trains_nothing(fmnist_root, t
     study = tmp_path / "shen2022_smoke"
     assert main(args + ["--report-only"]) == 1  # nothing has run: one line, nothing written
     assert "has no finished run yet" in capsys.readouterr().err and not study.exists()
+    assert main([*args[:-1], str(tmp_path / "nowhere"), "--seeds", "1"]) == 2  # bad input: its one line alone
+    assert capsys.readouterr().out == "" and not study.exists()
     assert main([args[0], "SHEN2022", *args[2:], "--seeds", "1"]) == 0  # a paper's name as it is written
     assert "note: one seed: every paired test over seeds will read n/a" in capsys.readouterr().out
     # a report that stops with a user error is that error's one line (it became an UnboundLocalError traceback)
@@ -669,7 +671,8 @@ def test_the_replicate_count_reads_right_for_one_seed():
     (["--gpus-per-run", "1", "--address", "a"], {}, "--address and --gpus-per-run are for --executor ray"),
     (["--executor", "ray", "--jobs", "2"], {}, "--jobs is for the local executor"),
     ([], {"WORLD_SIZE": "2"}, "not under torchrun"),
-    (["--report-only", "--rerun", "ce/*", "--jobs", "2"], {}, "--report-only trains nothing, so --rerun and --jobs"),
+    (["--report-only", "--rerun", "ce/*", "--jobs", "2"], {}, "--report-only trains nothing, so --rerun would do "
+                                                               "nothing: leave it out"),  # --jobs: its report's workers
     (["--plan", "--jobs", "7", "--threads", "3", "--rerun", "x*"], {},  # accepted and ignored
      "--plan counts the grid's work and runs nothing, so --rerun and --jobs and --threads would do nothing"),
     (["--plan", "--report-only"], {}, "--plan counts the grid's work and runs nothing, so --report-only"),

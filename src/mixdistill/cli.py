@@ -411,16 +411,16 @@ def _add_study(sub):
     p = sub.add_parser("study", help="run a paper's grid and write its report", formatter_class=HELP_FORMAT,
                        epilog="exit status: 0 every run finished and the report is written; 1 some runs did not "
                               "finish (they diverged, or their teacher did): the report is written on the rest and "
-                              "lists them; 2 bad input (one line, nothing trained); 130 interrupted (the same command "
-                              "again keeps the finished runs and resumes the others)")
+                              "lists them; 2 bad input (one line, nothing trained); 130 interrupted, 143 terminated "
+                              "(SIGTERM) (the same command again keeps the finished runs and resumes the others)")
     p.add_argument("name", type=str.lower, help="das2020 | wang2022 | choi2023 | shen2022 (any case)")
     p.add_argument("--scale", default="cpu", help="cpu (Fashion-MNIST, 2 cores), full (the paper's CIFAR protocol), "
                                                 "smoke (for tests: seconds a run), or another scale the study's grid "
                                                 "file defines "
                                                 "(wang2022: full_tinyimagenet; smoke_* scales for the tests)")
     p.add_argument("--seeds", default=None, help="seeds per configuration: a count (5 = seeds 0-4, the default), a "
-                                                 "range (10-14) or a list (3,7,9), e.g. to check a report on seeds it "
-                                                 "was not tuned on")
+                                                 "range (10-14) or a list (3,7,9; '3,' is seed 3 alone), e.g. to check a "
+                                                 "report on seeds it was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: runs side by side on this machine (--jobs); ray: one Ray task per run (every node must "
                         "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
@@ -437,7 +437,8 @@ def _add_study(sub):
                    help="torch threads per run (recorded in each run's config: results depend on it); unset: the "
                         "scale's threads_per_run (1 at the cpu scale), else torch's default")
     p.add_argument("--jobs", type=int, default=None,
-                   help="local executor: runs side by side; unset: as many as the cores hold at that thread count")
+                   help="local executor: runs side by side; unset: as many as the cores hold at that thread count "
+                        "(also the worker processes of wang2022's report, --report-only too)")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the runs finished so far and train nothing (a study still running in "
                         "another process goes on); the runs not finished yet are listed in it. It reports the grid "
@@ -479,8 +480,8 @@ def cmd_study(args) -> int:
             raise ConfigError(f"--plan counts the grid's work and runs nothing, so {' and '.join(given)} would do "
                               f"nothing: leave {'it' if len(given) == 1 else 'them'} out")
     if args.report_only:
-        given = [flag for flag, value in (("--rerun", args.rerun), ("--jobs", args.jobs),
-                                          ("--executor ray", args.executor == "ray")) if value]
+        given = [flag for flag, value in (("--rerun", args.rerun), ("--executor ray", args.executor == "ray"))
+                 if value]
         if given:
             raise ConfigError(f"--report-only trains nothing, so {' and '.join(given)} would do nothing: leave "
                               f"{'it' if len(given) == 1 else 'them'} out (--threads and --seeds say which runs)")

@@ -58,9 +58,6 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         seeds, threads, data_root = reported_grid(study_dir, seeds, threads, data_root, sc.get("threads_per_run"))
     else:
         seeds, threads = seeds or parse_seeds(5), threads or sc.get("threads_per_run")
-        if len(seeds) == 1:  # said before the grid trains, not found in the report
-            log("note: one seed: every paired test over seeds will read n/a (untested) in the report, and the gates "
-                "and findings resting on one with it; --seeds 2 or more tests them")
     runs = study_runs(name, scale, seeds, study_dir, data_root)
     for run in runs:  # the Ray resource request of each run
         run.num_gpus = (1 if scale == "full" else 0) if gpus_per_run is None else gpus_per_run
@@ -75,8 +72,10 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         dataset = runs[0].config["data"]["dataset"] if runs else None
         record = {"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root,
                   "dataset": dataset, "data_found_in": _found_in(dataset, data_root)}
+        one_seed = ("note: one seed: every paired test over seeds will read n/a (untested) in the report, and the "
+                    "gates and findings resting on one with it; --seeds 2 or more tests them")  # before it trains
         rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
-                        record=record, log=log)
+                        record=record, note=one_seed if len(seeds) == 1 else None, log=log)
         appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
         trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
         record_timing(study_dir, trained, time.perf_counter() - started,

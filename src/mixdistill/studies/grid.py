@@ -73,6 +73,10 @@ class ResultsFile:
         self.path = Path(path)
         self.lock_path = self.path.with_suffix(".lock")
 
+    @property
+    def damaged_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".damaged")
+
     def read(self) -> dict[str, dict]:
         """The last row of each key. A line that is not a row (an append cut short by a crash before appends were
         atomic, a hand edit) is passed over: its run is found finished in its folder and its row written again."""
@@ -80,18 +84,29 @@ class ResultsFile:
             return {}
         rows = {}
         for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "key" in row:
+            if (row := _parsed_row(line)) is not None:
                 rows[row["key"]] = row
         return rows
 
     def append(self, row: dict) -> None:
+        """Add ``row``; a line that is not a row moves to ``results.jsonl.damaged`` first (kept, not lost), so that
+        the file stays one JSON row a line for the tools that read it (``pandas.read_json(lines=True)``)."""
         with hold_lock(self.lock_path, "adding a result", wait=True):
-            text = self.path.read_text() if self.path.exists() else ""
-            write_text(self.path, text + ("\n" if text and not text.endswith("\n") else "") + json.dumps(row) + "\n")
+            lines = self.path.read_text().splitlines() if self.path.exists() else []
+            damaged = [line for line in lines if line.strip() and _parsed_row(line) is None]
+            if damaged:
+                before = self.damaged_path.read_text() if self.damaged_path.exists() else ""
+                write_text(self.damaged_path, before + "\n".join(damaged) + "\n")
+                lines = [line for line in lines if line.strip() and _parsed_row(line) is not None]
+            write_text(self.path, "".join(line + "\n" for line in lines) + json.dumps(row) + "\n")
+
+
+def _parsed_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "key" in row else None
 
 
 def resolve(run: GridRun, study_dir: Path):
@@ -305,10 +320,12 @@ def _check_subset_sizes(configs: dict) -> None:
 
 def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "local", address: str | None = None,
              retries: int = 1, quiet: bool = True, rerun: list[str] = (), threads: int | None = None,
-             jobs: int | None = None, record: dict | None = None, log=print) -> dict[str, dict]:
+             jobs: int | None = None, record: dict | None = None, note: str | None = None,
+             log=print) -> dict[str, dict]:
     """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``).
     ``record``: written to ``STUDY/grid.json`` once this grid holds the folder (a study records its seeds, threads
-    and data root there: the grid ``--report-only`` reports).
+    and data root there: the grid ``--report-only`` reports). ``note``: logged once the grid's input is checked and
+    it holds the folder, before anything runs (a refusal is its one line alone).
 
     ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
@@ -327,6 +344,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
         if record is not None:
             write_json(study_dir / GRID_RECORD, record)
+        if note:
+            log(note)
         results = ResultsFile(study_dir / "results.jsonl")
         plan = _plan(runs, configs, results.read(), needs, rerun)
         for key, why in plan.again.items():
@@ -336,6 +355,9 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         skipped = sum(r.key in done for r in runs)
         if skipped:
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
+        if plan.reusable:
+            log(f"{len(plan.reusable)} runs finished in their folders have no row in {results.path.name} (lost or "
+                "damaged): reading them back, not training them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
         _check_subset_sizes({r.key: configs[r.key] for r in todo})  # before its first stage trains
@@ -499,7 +521,7 @@ def _in_dependency_order(todo, needs, fits, submit, wait_one, log, failed=(), st
         unfinished.discard(run.key)
         n += 1
         if finished(row):
-            log(f"[stage {run.stage}] {n}/{len(todo)} finished {run.key}")
+            log(f"[stage {run.stage}] {n}/{len(todo)} {'read back' if row.get('reused') else 'finished'} {run.key}")
         else:
             failed.add(run.key)
             log(f"[stage {run.stage}] {n}/{len(todo)} {row['status']} {run.key}: {row['error']}")
