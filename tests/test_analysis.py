@@ -205,6 +205,8 @@ def test_ece_bins_are_right_closed():
     # above the float64 edge 0.2 and fell into (0.2, 0.4])
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         assert reliability_bins(probs.to(dtype), torch.tensor([0, 1]), bins=5)["count"].tolist() == [1, 1, 0, 0, 0]
+    close = [[0.4000000001, 0.3999999999, 0.2]]  # a list is read as float64, as Python's floats are
+    assert reliability_bins(close, [0], bins=5)["count"].tolist() == [0, 0, 1, 0, 0]
     probs = torch.tensor([[0.6, 0.4]] * 3 + [[0.9, 0.1]])
     assert expected_calibration_error(probs, torch.tensor([0, 1, 1, 0]), bins=5) == pytest.approx(0.225, abs=1e-7)
 
@@ -436,6 +438,11 @@ def test_cifar10_1_reader(tmp_path):
         read_cifar10_1(tmp_path / "bad_data.npy")
     with pytest.raises(DataError, match="neither a dataset name"):
         load_eval_set(str(tmp_path / "nothing"))
+    from mixdistill.data.synthetic import write_fashion_like
+
+    idx = write_fashion_like(tmp_path / "fm", n_train=20, n_test=10)  # a named dataset's folder: the way to read it
+    with pytest.raises(DataError, match=rf"it holds fashion_mnist: give --data fashion_mnist --data-root {idx}\)$"):
+        load_eval_set(str(idx))
 
 
 def test_image_folder_eval_set(tmp_path):

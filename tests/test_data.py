@@ -320,6 +320,15 @@ def test_tiny_imagenet(tmp_path):
     (d / "val" / "val_annotations.txt").write_text("\n".join(val_rows + [val_rows[0]]) + "\n")
     with pytest.raises(DataError, match="lists val_0.JPEG more than once"):
         readers.read_tiny_imagenet(d, "test", num_classes=3)
+    # what was left out without a word: a train folder wnids.txt does not list, a val image with no annotation
+    (d / "val" / "val_annotations.txt").write_text("\n".join(val_rows) + "\n")
+    save_png(d / "val" / "images" / "val_9.JPEG", val[0][0])
+    with pytest.raises(DataError, match=r"val/images holds 1 image\(s\) val_annotations.txt does not list: val_9.JPEG"):
+        readers.read_tiny_imagenet(d, "test", num_classes=3)
+    save_png(d / "train" / "n77" / "images" / "n77_0.JPEG", val[0][0])
+    with pytest.raises(DataError, match="train has folders wnids.txt does not list: n77"):
+        readers.read_tiny_imagenet(d, "train", num_classes=3)
+    shutil.rmtree(d / "train" / "n77")
     for f in (d / "train" / "n02" / "images").iterdir():
         f.unlink()
     with pytest.raises(DataError, match="n02/images holds no image files"):
@@ -807,7 +816,11 @@ def test_a_link_back_up_inside_an_image_folder_is_refused(tmp_path):
     images again under its own label (60 images became 2,460, most mislabelled) until the path grew too long."""
     write_image_folder(tmp_path)
     (tmp_path / "train" / "bird" / "loop").symlink_to("..")
-    with pytest.raises(DataError, match=r"train/bird/loop/bird links back to .*train/bird, a folder above it"):
+    with pytest.raises(DataError, match=r"train/bird/loop links back to .*/train, a folder it is in"):
+        readers.read_image_folder_split(tmp_path, "train")
+    (tmp_path / "train" / "bird" / "loop").unlink()
+    (tmp_path / "train" / "bird" / "loop").symlink_to("../..")  # above the split: it read test/ as birds first
+    with pytest.raises(DataError, match=r"train/bird/loop links back to"):
         readers.read_image_folder_split(tmp_path, "train")
     with pytest.raises(DataError, match="links back to"):
         streaming.StreamingImageFolder(tmp_path, "train", image_size=4, batch_size=2, num_workers=0)
@@ -816,6 +829,8 @@ def test_a_link_back_up_inside_an_image_folder_is_refused(tmp_path):
     save_png(elsewhere / "0.png", RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8))
     (tmp_path / "train" / "bird" / "linked").symlink_to(elsewhere)  # a link to a folder outside: read, once
     assert readers.read_image_folder_split(tmp_path, "train")[1].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    (tmp_path / "train" / "cat" / "birds").symlink_to(elsewhere)  # one folder through two links: read by each
+    assert readers.read_image_folder_split(tmp_path, "train")[1].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
 def test_a_data_folder_this_user_cannot_enter_is_one_line(no_default_roots, monkeypatch):
@@ -829,8 +844,8 @@ def test_a_data_folder_this_user_cannot_enter_is_one_line(no_default_roots, monk
         return real_is_file(self)
 
     monkeypatch.setattr(Path, "is_file", is_file)
-    with pytest.raises(DataError, match=r"cannot look into folder .*locked: Permission denied \(looking for "
-                                        r"fashion_mnist's files\)"):
+    with pytest.raises(DataError, match=r"cannot read .*locked/train-images-idx3-ubyte: Permission denied "
+                                        r"\(looking for fashion_mnist's files\)"):
         load_dataset("fashion_mnist", "train", root=no_default_roots / "locked", download=False)
 
 

@@ -602,7 +602,7 @@ def test_a_data_root_that_is_no_folder_is_refused_before_the_grid_makes_its_own(
     assert one_line_error(capsys, [*argv, "--data-root", str(missing), "--output-dir", str(out)]).endswith(
         f"data root {missing} does not exist (a data root given in the config or on the command line is the only "
         "place looked for fashion_mnist; leave it unset to search $MIXDISTILL_DATA, the usual locations and the "
-        "download cache)")
+        "download cache). To fix, pass --data-root PATH naming the folder holding it")
     assert not out.exists()  # it made the folder, its grid.lock and runs/ first
 
 

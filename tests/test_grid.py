@@ -182,7 +182,7 @@ def test_a_moved_study_folder_and_damaged_rows_train_nothing_again(fmnist_root, 
     assert [json.loads(line)["key"] for line in results.read_text().splitlines()] == [
         "teacher", "kd/seed0", "kd/seed0", "kd/seed1"]  # kd/seed0's summary was damaged: its row written again
     assert (moved / "results.jsonl.damaged").read_text() == cut_short.splitlines()[-1] + "\n"
-    assert "1 runs finished in their folders have no row in results.jsonl (lost or damaged): reading them back, " \
+    assert "no row in results.jsonl (lost or damaged) for 1 run finished in the run folders: reading them back, " \
            "not training them" in logged
     assert any(line.endswith("read back kd/seed1") for line in logged), logged
 

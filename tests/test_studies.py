@@ -103,6 +103,16 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "14 of 14 runs already finished" in capsys.readouterr().out
+    # a row cut short is read back from its folder, one run re-run: timing.jsonl counts the one trained (a count by
+    # lines missed it once adding a row moved the damaged line away)
+    study = tmp_path / "shen2022_smoke"
+    text = (study / "results.jsonl").read_text()
+    last = json.loads(text.splitlines()[-1])["key"]
+    (study / "results.jsonl").write_text(text[:-30])
+    again = next(key for key in rows if key != last)
+    assert main(args + ["--rerun", again]) == 0
+    assert f"read back {last}" in capsys.readouterr().out
+    assert json.loads((study / "timing.jsonl").read_text().splitlines()[-1])["runs_trained"] == 1
     # other seeds: a range reuses the runs it shares with the earlier seeds and adds the rest
     assert main(args[:4] + ["--seeds", "1-2"] + args[6:]) == 0
     out = capsys.readouterr().out

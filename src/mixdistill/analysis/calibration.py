@@ -44,7 +44,7 @@ def reliability_bins(probs, labels, bins: int = DEFAULT_BINS) -> dict:
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     # The edges rounded to the probabilities' own precision: a float32 confidence of 0.2 is float32(0.2), above
     # the float64 edge 0.2, and would leave the bin (0, 0.2] it closes.
-    given = torch.as_tensor(np.asarray(probs) if isinstance(probs, np.ndarray) else probs).dtype
+    given = probs.dtype if torch.is_tensor(probs) else torch.from_numpy(np.asarray(probs)).dtype  # a list: float64
     binning = edges.to(given).to(torch.float64) if given.is_floating_point else edges
     # bucketize(right=False): index i with edges[i] < conf <= edges[i+1] -> bins (lo, hi]
     index = torch.bucketize(conf, binning[1:-1], right=False)

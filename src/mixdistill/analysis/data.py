@@ -106,8 +106,10 @@ def load_eval_set(data: str, root: str | None = None) -> EvalSet:
     if classes := readers.folder_classes(p):
         images, labels = readers.read_image_folder(p, classes)
         return EvalSet(images, labels, f"{p.name} (image folder)", len(classes), tuple(classes))
+    held = [name for name, spec in DATASETS.items() if spec.num_classes is not None and spec.find(p) is not None]
+    hint = f" (it holds {held[0]}: give --data {held[0]} --data-root {data})" if held else ""
     raise DataError(f"--data {data}: no *{DATA_SUFFIX} pair, no train/ + test/ class folders and no class folders "
-                    "in it")
+                    f"in it{hint}")
 
 
 def split_eval_set(split: Split, name: str) -> EvalSet:

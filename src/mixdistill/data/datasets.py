@@ -183,8 +183,7 @@ def find_root(name: str, root=None, download: bool = True) -> Path:
     try:
         return _find_root(DATASETS[name], root, download)
     except PermissionError as e:  # Path.is_file() of a path in a folder this user cannot enter raises
-        raise DataError(f"cannot look into folder {Path(e.filename).parent}: {e.strerror} (looking for {name}'s "
-                        "files)") from None
+        raise DataError(f"cannot read {e.filename or 'a folder'}: {e.strerror} (looking for {name}'s files)") from None
 
 
 def _find_root(spec: DatasetSpec, root, download: bool) -> Path:
@@ -192,26 +191,18 @@ def _find_root(spec: DatasetSpec, root, download: bool) -> Path:
     if root is not None:
         return _find_in_explicit_root(spec, Path(root).expanduser(), download)
     candidates = []
-    if os.environ.get(ENV_VAR):
-        candidates.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
-    else:
-        candidates.append((f"${ENV_VAR} (not set)", None))
+    env_folder = Path(os.environ[ENV_VAR]).expanduser() if os.environ.get(ENV_VAR) else None
+    candidates.append((f"${ENV_VAR}", env_folder) if env_folder else (f"${ENV_VAR} (not set)", None))
     if name == "fashion_mnist":
         candidates.append(("Debian package location", DEBIAN_FASHION_MNIST))
     candidates.append(("download cache", CACHE_DIR))
 
-    for where, folder in candidates:
+    for _, folder in candidates:
         found = spec.find(folder) if folder is not None else None
         if found is not None:
             return found
-        if where == f"${ENV_VAR}":  # a typo, or a copy cut short: the search goes on, but not without a word
-            missing = spec.missing(folder) if folder.is_dir() else []
-            why = ("does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else
-                   f"holds part of {name}: {missing[0]}{f' and {len(missing) - 1} more' * (len(missing) > 1)} "
-                   "missing" if missing else "")
-            if why:
-                warnings.warn(f"${ENV_VAR}={folder} {why}; looking for {name} in the usual locations",
-                              stacklevel=3)
+        if folder is not None and folder is env_folder:
+            _warn_env_folder_without(spec, folder)
 
     download_note = _download_into(spec, CACHE_DIR) if download else ""
     if isinstance(download_note, Path):
@@ -224,6 +215,24 @@ def _find_root(spec: DatasetSpec, root, download: bool) -> Path:
         f"To fix, {ROOT_HINT.get()}, or set the environment variable {ENV_VAR} to that folder"
         + "".join(f", or {way}" for way in _other_ways(spec, tried_download=download)) + "."
     )
+
+
+ENV_WARNING = f"${ENV_VAR}="  # how the warning below starts (a grid's workers leave it to the grid's own process)
+
+
+def _warn_env_folder_without(spec: DatasetSpec, folder: Path) -> None:
+    """``$MIXDISTILL_DATA`` names a folder without the dataset: a typo, or a copy cut short there, is said before the
+    search goes on (it trained on another copy without a word); a folder of other datasets is not."""
+    missing = spec.missing(folder) if folder.is_dir() else []
+    why = ("does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else
+           f"holds part of {spec.name}: {_files_text(missing)} missing" if missing else "")
+    if why:
+        warnings.warn(f"{ENV_WARNING}{folder} {why}; looking for {spec.name} in the usual locations", stacklevel=4)
+
+
+def _files_text(paths: list[Path]) -> str:
+    """``a`` or ``a and 2 more``."""
+    return f"{paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
 
 
 def check_root_exists(name: str, root: str | Path) -> None:
@@ -246,8 +255,7 @@ def _find_in_explicit_root(spec: DatasetSpec, root: Path, download: bool) -> Pat
     if found is not None:
         return found
     if missing := spec.missing(root):  # a download would go beside the user's files, or over them (CIFAR's)
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise DatasetNotFoundError(f"dataset '{spec.name}' is partly in data root {root}: {missing[0]}{more} "
+        raise DatasetNotFoundError(f"dataset '{spec.name}' is partly in data root {root}: {_files_text(missing)} "
                                    "missing; nothing downloaded there (complete it, delete it to download it "
                                    "again, or give another data root)")
     note = _download_into(spec, root) if download else ("; download disabled" if spec.download else "")

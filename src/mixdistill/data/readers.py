@@ -36,9 +36,10 @@ def _to_tensors(images: np.ndarray, labels) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def class_labels(labels, path, what: str = "labels") -> np.ndarray:
-    """``labels`` (``what``: how the message names them) as read from ``path``, as one row of whole numbers that fit a class index: a column [N, 1] (or a
-    row [1, N]) is flattened, as numpy saves labels either way; fractions (0.7 was read as class 0), other shapes,
-    and unsigned values past int64 (they wrapped to negative classes) are a DataError naming the file."""
+    """``labels`` read from ``path`` as one row of whole numbers that fit a class index (``what``: how the message
+    names them): a column [N, 1] (or a row [1, N]) is flattened, as numpy saves labels either way; fractions (0.7
+    was read as class 0), other shapes and unsigned values past int64 (they wrapped to negative classes) are a
+    DataError naming the file."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and 1 in labels.shape:
         labels = labels.reshape(-1)
@@ -46,7 +47,7 @@ def class_labels(labels, path, what: str = "labels") -> np.ndarray:
         raise DataError(f"cannot read {path}: expected {what} [N], got shape {list(labels.shape)}")
     if len(labels) and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"cannot read {path}: its {what} are {labels.dtype}, not whole numbers")
-    if len(labels) and np.issubdtype(labels.dtype, np.unsignedinteger) and labels.max() > np.iinfo(np.int64).max:
+    if len(labels) and np.issubdtype(labels.dtype, np.unsignedinteger) and labels.max() > np.uint64(2**63 - 1):
         raise DataError(f"cannot read {path}: its {what} go up to {labels.max()}, past any class index")
     return labels
 
@@ -342,8 +343,8 @@ def image_files(folder: str) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
             inner = os.path.realpath(os.path.join(dirpath, d))
-            if inner in chain:  # a link back up: the walk read the folders above it again, under this class
-                raise DataError(f"{os.path.join(dirpath, d)} links back to {inner}, a folder above it: the images "
+            if any(c == inner or c.startswith(inner.rstrip(os.sep) + os.sep) for c in chain):  # read it again
+                raise DataError(f"{os.path.join(dirpath, d)} links back to {inner}, a folder it is in: the images "
                                 "would be read again and again (remove the link)")
             above[inner] = chain
         rel = os.path.relpath(dirpath, folder)
@@ -449,6 +450,10 @@ def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.
     index = {w: i for i, w in enumerate(wnids)}
     paths, labels = [], []
     if split == "train":
+        extra = sorted(set(folder_classes(d / "train")) - set(wnids))
+        if extra:  # its images were left out without a word
+            raise DataError(f"Tiny-ImageNet: {d / 'train'} has folders wnids.txt does not list: "
+                            f"{', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
         for w in wnids:
             img_dir = d / "train" / w / "images"
             if not img_dir.is_dir():
@@ -480,6 +485,10 @@ def read_tiny_imagenet(root, split: str, num_classes: int = 200) -> tuple[torch.
         twice = sorted(name for name, n in Counter(name for name, _ in rows).items() if n > 1)[:3]
         if twice:
             raise DataError(f"{ann} lists {', '.join(twice)} more than once")
+        unlisted = sorted(set(image_files(str(d / "val" / "images"))) - {name for name, _ in rows})
+        if unlisted:  # left out without a word
+            raise DataError(f"{d / 'val' / 'images'} holds {len(unlisted)} image(s) {ann.name} does not list: "
+                            f"{', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}")
         for name, label in sorted(rows):
             paths.append(d / "val" / "images" / name)
             labels.append(label)

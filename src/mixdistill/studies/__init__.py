@@ -44,7 +44,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
     threads and data root, which ``seeds``, ``threads`` and ``data_root`` may repeat but not change)."""
     from mixdistill.config import DEFAULT_THREADS
     from mixdistill.studies.common import REPORT_JOBS, load_study_config, record_timing, scale_config
-    from mixdistill.studies.grid import REPORT_LOCK, current_rows, finished, run_grid
+    from mixdistill.studies.grid import REPORT_LOCK, ResultsFile, current_rows, finished, run_grid
     from mixdistill.studies.stats import parse_seeds
 
     name = name.lower() if isinstance(name, str) else name  # DAS2020, as the papers are cited
@@ -67,7 +67,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
             raise IncompleteStudyError(f"--report-only: {study_dir} has no finished run yet (no results.jsonl)")
         rows = current_rows(runs, study_dir, threads)
     else:
-        lines_before = len(results.read_text().splitlines()) if results.exists() else 0
+        rows_before = len(ResultsFile(results).rows())  # rows, not lines: adding a row moves a damaged line away
         started = time.perf_counter()
         dataset = runs[0].config["data"]["dataset"] if runs else None
         record = {"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root,
@@ -76,7 +76,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
                     "gates and findings resting on one with it; --seeds 2 or more tests them")  # before it trains
         rows = run_grid(runs, study_dir, executor=executor, address=address, rerun=rerun, threads=threads, jobs=jobs,
                         record=record, note=one_seed if len(seeds) == 1 else None, log=log)
-        appended = [json.loads(line) for line in results.read_text().splitlines()[lines_before:] if line.strip()]
+        appended = ResultsFile(results).rows()[rows_before:]
         trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
         record_timing(study_dir, trained, time.perf_counter() - started,
                       f"{executor}, {threads or 'default'} thread(s) per run"

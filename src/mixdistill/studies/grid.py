@@ -17,13 +17,14 @@ import fnmatch
 import inspect
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixdistill.augment.registry import AUGMENTATIONS
 from mixdistill.config import DEFAULT_THREADS, build_config, merge
-from mixdistill.data.datasets import DATASETS, check_root_exists, load_dataset
+from mixdistill.data.datasets import DATASETS, ENV_WARNING, check_root_exists, load_dataset
 from mixdistill.engine import teacher_views
 from mixdistill.engine.build import SIZED_BEFORE_A_GRID, check_subset_sizes
 from mixdistill.engine.run import (
@@ -36,9 +37,10 @@ from mixdistill.engine.run import (
 )
 from mixdistill.engine.trainer import keeps_final_weights, reusable_summary, train_or_reuse
 from mixdistill.errors import ConfigError, IncompleteStudyError, MixdistillError, NonFiniteLossError, one_line
-from mixdistill.files import hold_lock, remove_orphans, write_json, write_text
+from mixdistill.files import append_text, hold_lock, remove_orphans, write_json, write_text
 from mixdistill.machine import available_cpus
 from mixdistill.methods import METHODS
+from mixdistill.studies.stats import counted
 
 
 @dataclass
@@ -80,13 +82,13 @@ class ResultsFile:
     def read(self) -> dict[str, dict]:
         """The last row of each key. A line that is not a row (an append cut short by a crash before appends were
         atomic, a hand edit) is passed over: its run is found finished in its folder and its row written again."""
+        return {row["key"]: row for row in self.rows()}
+
+    def rows(self) -> list[dict]:
+        """Every row, in the order they were added (lines that are not rows passed over)."""
         if not self.path.exists():
-            return {}
-        rows = {}
-        for line in self.path.read_text().splitlines():
-            if (row := _parsed_row(line)) is not None:
-                rows[row["key"]] = row
-        return rows
+            return []
+        return [row for line in self.path.read_text().splitlines() if (row := _parsed_row(line)) is not None]
 
     def append(self, row: dict) -> None:
         """Add ``row``; a line that is not a row moves to ``results.jsonl.damaged`` first (kept, not lost), so that
@@ -95,8 +97,7 @@ class ResultsFile:
             lines = self.path.read_text().splitlines() if self.path.exists() else []
             damaged = [line for line in lines if line.strip() and _parsed_row(line) is None]
             if damaged:
-                before = self.damaged_path.read_text() if self.damaged_path.exists() else ""
-                write_text(self.damaged_path, before + "\n".join(damaged) + "\n")
+                append_text(self.damaged_path, "".join(line + "\n" for line in damaged))
                 lines = [line for line in lines if line.strip() and _parsed_row(line) is not None]
             write_text(self.path, "".join(line + "\n" for line in lines) + json.dumps(row) + "\n")
 
@@ -324,8 +325,8 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
              log=print) -> dict[str, dict]:
     """Run what is not finished yet; ``rerun``: fnmatch patterns of keys to run again (e.g. ``cutnmix/*``).
     ``record``: written to ``STUDY/grid.json`` once this grid holds the folder (a study records its seeds, threads
-    and data root there: the grid ``--report-only`` reports). ``note``: logged once the grid's input is checked and
-    it holds the folder, before anything runs (a refusal is its one line alone).
+    and data root there: the grid ``--report-only`` reports). ``note``: logged once the grid's input is checked (so
+    that bad input is its one line alone), before any run starts.
 
     ``threads``: torch threads of each run that does not set ``train.threads`` (default: torch's default in
     this process). ``jobs``: runs side by side with the local executor (default: as many as the cores hold
@@ -344,8 +345,6 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
             remove_orphans(study_dir)  # what interrupted writes of results.jsonl or a report left, not a live one's
         if record is not None:
             write_json(study_dir / GRID_RECORD, record)
-        if note:
-            log(note)
         results = ResultsFile(study_dir / "results.jsonl")
         plan = _plan(runs, configs, results.read(), needs, rerun)
         for key, why in plan.again.items():
@@ -356,11 +355,13 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         if skipped:
             log(f"{skipped} of {len(runs)} runs already finished with this config; skipping them")
         if plan.reusable:
-            log(f"{len(plan.reusable)} runs finished in their folders have no row in {results.path.name} (lost or "
-                "damaged): reading them back, not training them")
+            log(f"no row in {results.path.name} (lost or damaged) for {counted(len(plan.reusable), 'run')} finished "
+                "in the run folders: reading them back, not training them")
         # stable: grid order within a stage
         todo = sorted((r for r in runs if r.key not in done), key=lambda r: r.stage)
         _check_subset_sizes({r.key: configs[r.key] for r in todo})  # before its first stage trains
+        if note:
+            log(note)
         failed = {key for key, row in done.items() if not finished(row)}  # diverged in an earlier invocation
         if executor == "local":
             new_rows = _run_local(todo, needs, failed, study_dir, retries, quiet, jobs, log)
@@ -415,7 +416,10 @@ def start_worker(parent: int) -> None:
     standard error and ``logging`` are flushed first."""
     import atexit
 
+    import warnings
+
     exit_with_parent(parent)
+    warnings.filterwarnings("ignore", message=re.escape(ENV_WARNING))  # the grid's own process said it once
     atexit.register(_end_now)  # atexit runs the last registered first: the handlers of later imports run before it
 
 
