@@ -419,8 +419,8 @@ def _add_study(sub):
                                                 "file defines "
                                                 "(wang2022: full_tinyimagenet; smoke_* scales for the tests)")
     p.add_argument("--seeds", default=None, help="seeds per configuration: a count (5 = seeds 0-4, the default), a "
-                                                 "range (10-14) or a list (3,7,9; '3,' is seed 3 alone), e.g. to check a "
-                                                 "report on seeds it was not tuned on")
+                                                 "range (10-14) or a list (3,7,9; '3,' is seed 3 alone), e.g. to "
+                                                 "check a report on seeds it was not tuned on")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: runs side by side on this machine (--jobs); ray: one Ray task per run (every node must "
                         "see OUTPUT_DIR and the data at the same paths, e.g. a shared filesystem)")
