@@ -820,3 +820,24 @@ def test_paths_in_a_config_start_from_the_home_folder_as_the_shell_reads_them(tm
         str(tmp_path / "runs"), str(tmp_path / "data"), str(tmp_path / "t.pt"))
     assert cfg.run_dir == tmp_path / "runs" / "run"
     assert load_config(None, ["output_dir=a~b"]).output_dir == "a~b"
+
+
+def test_under_torchrun_the_demo_is_refused_and_a_nodes_other_ranks_stay_silent(capsys, tmp_path, monkeypatch):
+    """torchrun started one demo a process (one took the folder, the other stopped on its lock, and the agent then
+    killed the first mid-grid); every rank printed the same error, warning or interruption line."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert one_line_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "demo")]).endswith(
+        "the demo starts its own processes for its runs: run `mixdistill demo` directly, not under torchrun "
+        "(torchrun is for one run: `torchrun ... -m mixdistill train CONFIG`)")
+    assert not (tmp_path / "demo").exists()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo")]) == 2  # the same status, said once
+    assert capsys.readouterr().err == ""
+    from mixdistill import cli
+
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a node's first process says a warning (the CLI's one line); no other does
+    cli._show_warning("said", UserWarning, cli.__file__, 1)
+    assert capsys.readouterr().err == "mixdistill: warning: said\n"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cli._show_warning("said", UserWarning, cli.__file__, 1)
+    assert capsys.readouterr().err == ""

@@ -397,9 +397,10 @@ def _add_demo(sub):
 
 def cmd_demo(args) -> int:
     from mixdistill.demo import run_demo
-    from mixdistill.errors import IncompleteStudyError, require_at_least
+    from mixdistill.errors import IncompleteStudyError, refuse_under_torchrun, require_at_least
 
     require_at_least("--seeds", args.seeds, 1)
+    refuse_under_torchrun("demo", "the demo starts its own processes for its runs")  # each rank ran its own demo
     try:
         return run_demo(output_dir=args.output_dir, seeds=args.seeds, data_root=args.data_root, quick=args.quick)
     except IncompleteStudyError as err:  # a run diverged: as a study, one line and exit 1
@@ -454,14 +455,12 @@ def _add_study(sub):
 
 
 def cmd_study(args) -> int:
-    from mixdistill.errors import ConfigError, IncompleteStudyError, require_at_least
+    from mixdistill.errors import ConfigError, IncompleteStudyError, refuse_under_torchrun, require_at_least
     from mixdistill.studies import run_study
 
     require_at_least("--threads", args.threads, 1)
     require_at_least("--jobs", args.jobs, 1)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("a study starts its own processes for its runs: run `mixdistill study` directly, not under "
-                          "torchrun (torchrun is for one run: `torchrun ... -m mixdistill train CONFIG`)")
+    refuse_under_torchrun("study", "a study starts its own processes for its runs")
     if args.executor != "ray":
         given = [flag for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run))
                  if value is not None]
@@ -559,10 +558,24 @@ def _drop_stdout() -> None:
         pass
 
 
+def _speaks() -> bool:
+    """Under torchrun, the first process of each node alone prints errors, warnings and interruptions: every rank
+    meets the same config and data, and printed each line once per process (interleaved, or run together on one
+    line); the others exit with the same status."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _say(line: str) -> None:
+    if _speaks():
+        print(line, file=sys.stderr)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None, *, default=warnings.showwarning):
     """mixdistill's own warnings as one line, ``mixdistill: warning: ...`` (Python's default adds the source file,
     line number and source line); other libraries' as Python shows them."""
     package = os.path.dirname(os.path.abspath(__file__))
+    if not _speaks():
+        return
     if os.path.abspath(filename).startswith(package + os.sep):
         print(f"mixdistill: warning: {message}", file=file or sys.stderr)
     else:
@@ -628,10 +641,10 @@ def _main(argv: list[str] | None) -> int:
         with _sigterm_as_interrupt():  # here, inside the handlers below (start-up, importing torch: the default)
             return int(args.func(args) or 0)
     except NonFiniteLossError as err:  # a result, as a study's diverged run is (exit 1), not bad input (2)
-        print(f"mixdistill: {err}", file=sys.stderr)
+        _say(f"mixdistill: {err}")
         return 1
     except MixdistillError as err:
-        print(f"mixdistill: error: {err}", file=sys.stderr)
+        _say(f"mixdistill: error: {err}")
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         again = {"train": " (the same command with --resume continues from the last checkpoint)",
@@ -639,7 +652,7 @@ def _main(argv: list[str] | None) -> int:
                  "demo": " (the same command again keeps the finished runs and resumes the others)"}
         stopped, status = (("terminated", 143) if isinstance(err, Terminated) or Terminated.received
                            else ("interrupted", 130))
-        print(f"mixdistill: {stopped}{getattr(err, 'again', None) or again.get(args.command, '')}", file=sys.stderr)
+        _say(f"mixdistill: {stopped}{getattr(err, 'again', None) or again.get(args.command, '')}")
         return status
     except OSError as err:  # the files mixdistill writes raise WriteError; these come from standard output
         if err.errno not in OUTPUT_ERRNOS:

@@ -15,6 +15,15 @@ def require_at_least(option: str, value: int | None, minimum: int) -> None:
         raise ConfigError(f"{option} must be at least {minimum} (got {value})")
 
 
+def refuse_under_torchrun(command: str, why: str) -> None:
+    """``mixdistill COMMAND`` started by torchrun (one copy a process) is a ConfigError saying ``why`` it must not."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{why}: run `mixdistill {command}` directly, not under torchrun (torchrun is for one run: "
+                          "`torchrun ... -m mixdistill train CONFIG`)")
+
+
 class DataError(MixdistillError):
     pass
 

@@ -57,7 +57,7 @@ from mixdistill.data.readers import read_cifar100
 from mixdistill.data.synthetic import write_cifar_like
 from mixdistill.engine.runtime import cpu_has_native_bf16, resolve_device, resolve_runtime, seed_epoch, torch_threads
 from mixdistill.engine.trainer import Trainer
-from mixdistill.errors import ConfigError, require_at_least
+from mixdistill.errors import ConfigError, refuse_under_torchrun, require_at_least
 from mixdistill.files import check_writable, make_dir, save_torch, write_json, write_text
 from mixdistill.machine import available_cpus, cpu_name
 from mixdistill.models import create_model
@@ -724,8 +724,7 @@ def bench_main(args) -> int:
 
 
 def _bench(args) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank timed both loops at once, into the same files
-        raise ConfigError("bench times one process's loops: run `mixdistill bench` directly, not under torchrun")
+    refuse_under_torchrun("bench", "bench times one process's loops")  # each rank timed them into the same files
     device = resolve_device(args.device, "bench --device")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not cases:

@@ -58,6 +58,12 @@ def init_distributed(device: str) -> DistContext:
     return DistContext(rank, world_size, local_rank)
 
 
+def end_distributed() -> None:
+    """Destroy the process group, if this process has one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def check_same_config(config: dict, ctx: DistContext) -> None:
     """Every rank must train the config rank 0 does: torchrun gives each the same command, but a launcher that
     does not (a wrapper, another node's files) gave silently wrong runs (another seed or lr on rank 1, rank 0's

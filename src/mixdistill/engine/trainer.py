@@ -30,7 +30,8 @@ from mixdistill.engine.build import (base_lr, build_distiller, build_loaders, ch
 from mixdistill.engine.checkpoint import BEST_FORMAT, FORMAT, load_checkpoint, non_finite_tensors, save_atomic
 from mixdistill.engine.compile import (CompileDecision, compile_in_place, decide_cpu_compile, probe, probe_key,
                                        record_warm_compile)
-from mixdistill.engine.distributed import check_same_config, init_distributed, local_batch_size, wrap_for_training
+from mixdistill.engine.distributed import (check_same_config, end_distributed, init_distributed, local_batch_size,
+                                            wrap_for_training)
 from mixdistill.engine.evaluate import eval_record, evaluate, evaluate_many
 from mixdistill.engine.fast import accelerate_teacher
 from mixdistill.engine.logging import RunLogger, check_loggers
@@ -484,8 +485,7 @@ class Trainer:
         summary["environment"] = environment(self.runtime, world_size=self.dist.world_size)
         if main:
             write_json(self.run_dir / run.SUMMARY, summary)
-        if self.dist.enabled:
-            torch.distributed.destroy_process_group()
+        end_distributed()
         return summary
 
     def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
@@ -722,11 +722,14 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
         summary = run.read_summary(cfg.run_dir)
         if (summary is not None and summary.get("name") == cfg.name and (cfg.run_dir / run.CHECKPOINT).exists()
                 and run.saved_config_difference(cfg) == []):
-            if not quiet:
+            if not quiet and int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once a process
                 print(f"{cfg.run_dir} finished all {summary.get('epochs', cfg.optim.epochs)} epochs: nothing to "
                       "resume (its summary follows)", file=sys.stderr, flush=True)
             return summary
-    return Trainer(cfg, resume=resume, quiet=quiet).fit()
+    try:
+        return Trainer(cfg, resume=resume, quiet=quiet).fit()
+    finally:  # an error under torchrun: gloo's threads torn down at exit aborted the process (SIGABRT, not exit 2)
+        end_distributed()
 
 
 def train_or_reuse(cfg: RunConfig, *, quiet: bool = False, log=print) -> tuple[dict, bool]:
