@@ -172,6 +172,22 @@ def test_a_seed_run_twice_is_not_two_replicates(runs_root, tmp_path):
     assert ce["repeated_seeds"] == [] and ce["ci"] is not None
 
 
+def test_runs_on_another_number_of_processes_are_another_config(runs_root, tmp_path):
+    """A torchrun run of 2 processes and a 1-process run of one config were pooled as two runs of seed 0 (its
+    floats depend on the process count, which config.yaml does not hold)."""
+    root = tmp_path / "runs"
+    for name in ("ce_s0", "ce_s1"):
+        shutil.copytree(runs_root / name, root / name)
+    shutil.copytree(runs_root / "ce_s0", root / "ce_s0_ddp")
+    summary = _summary(root, "ce_s0_ddp")
+    summary["environment"]["processes"] = 2
+    (root / "ce_s0_ddp" / "summary.json").write_text(json.dumps(summary))
+    _, rows = group_rows(collect([root]))
+    assert [(row[0], row[1], row[2]) for row in rows] == [("processes=1", "2", "0,1"), ("processes=2", "1", "0")]
+    columns, runs = run_rows(collect([root]))
+    assert [row[1] for row in runs] == ["processes=1", "processes=2", "processes=1"]  # path order
+
+
 def test_a_methods_parameter_differs_only_between_runs_of_that_method():
     """KD's ce_weight 0.1 against DKD's 1.0 is each method's default, not what a sweep varied; KD's temperature 1
     against 4 is."""

@@ -41,8 +41,16 @@ def flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def run_settings(record: RunRecord) -> dict[str, object]:
+    """The flat config of ``record`` and ``processes``, its torchrun world size (from its summary; 1 until it
+    finishes): its floats depend on it (each rank draws and normalises its own share; ``--resume`` refuses another
+    count), yet config.yaml does not hold it."""
+    return {**flat(record.config),
+            "processes": ((record.summary or {}).get("environment") or {}).get("processes") or 1}
+
+
 def group_key(record: RunRecord) -> str:
-    return json.dumps({k: v for k, v in flat(record.config).items() if k not in NOT_GROUPED}, sort_keys=True,
+    return json.dumps({k: v for k, v in run_settings(record).items() if k not in NOT_GROUPED}, sort_keys=True,
                       default=str)
 
 
@@ -159,7 +167,7 @@ def groups(records: list[RunRecord], sort: str = "path", metric: str = "last_acc
     by_config: dict[str, list[RunRecord]] = {}
     for record in records:
         by_config.setdefault(group_key(record), []).append(record)
-    configs = [flat(g[0].config) for g in by_config.values()]
+    configs = [run_settings(g[0]) for g in by_config.values()]
     keys = varying_keys(configs, NOT_GROUPED)
     out = []
     for config, runs in zip(configs, by_config.values()):
@@ -221,7 +229,7 @@ def collect_results(*dirs: str | Path, metric: str = "last_acc", sort: str = "pa
 def run_rows(records: list[RunRecord], sort: str = "path", metric: str = "last_acc"
              ) -> tuple[list[str], list[list[str]]]:
     """(columns, rows): one row per run; ``metric``: the summary number shown (and sorted by)."""
-    configs = [flat(r.config) for r in records]
+    configs = [run_settings(r) for r in records]
     keys = varying_keys(configs, NOT_GROUPED)
     rows = []
     for record, config in zip(records, configs):
@@ -244,7 +252,7 @@ def csv_text(records: list[RunRecord]) -> str:
     """Every run as a CSV row: its directory, whether it finished and its status as the per-run table says it (e.g.
     'diverged after epoch 3/15'), every config key, every number its summary holds (``last_acc``,
     ``best_acc``, an online method's ``last_acc_ensemble``, ...; empty until it finishes)."""
-    configs = [flat(r.config) for r in records]
+    configs = [run_settings(r) for r in records]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     fields = summary_numbers(records)
     out = io.StringIO()
