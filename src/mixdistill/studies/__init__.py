@@ -79,7 +79,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
         appended = ResultsFile(results).rows()[rows_before:]
         trained = sum(not row.get("reused") for row in appended)  # a row read back from its folder: not trained
         record_timing(study_dir, trained, time.perf_counter() - started,
-                      f"{executor}, {threads or 'default'} thread(s) per run"
+                      f"{executor}, {threads or DEFAULT_THREADS} thread(s) per run"
                       + (f", {jobs} jobs" if jobs else ", jobs auto" if executor == "local" else ""))
     unfinished = {key: row for key, row in rows.items() if not finished(row)}
     if len(unfinished) == len(rows):
