@@ -572,7 +572,7 @@ def _say(line: str) -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, *, default=warnings.showwarning):
     """mixdistill's own warnings as one line, ``mixdistill: warning: ...`` (Python's default adds the source file,
-    line number and source line); other libraries' as Python shows them."""
+    line number and source line); other libraries' as Python shows them; none from a node's other ranks."""
     package = os.path.dirname(os.path.abspath(__file__))
     if not _speaks():
         return

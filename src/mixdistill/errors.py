@@ -1,5 +1,7 @@
 """User-facing errors. The CLI prints the message of any MixdistillError in one line and exits non-zero."""
 
+import os
+
 
 class MixdistillError(Exception):
     """Base class: something the user can fix (bad name, bad config, missing or corrupt file)."""
@@ -17,8 +19,6 @@ def require_at_least(option: str, value: int | None, minimum: int) -> None:
 
 def refuse_under_torchrun(command: str, why: str) -> None:
     """``mixdistill COMMAND`` started by torchrun (one copy a process) is a ConfigError saying ``why`` it must not."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"{why}: run `mixdistill {command}` directly, not under torchrun (torchrun is for one run: "
                           "`torchrun ... -m mixdistill train CONFIG`)")
