@@ -24,6 +24,18 @@ def test_switching_method_resets_the_files_params_and_keeps_the_command_lines(tm
         assert method.model_extra["ce_weight"] == 0.1  # the file's 0.5 is reset to kd's default
 
 
+def test_the_last_of_an_augmentations_switches_wins_a_name_or_a_whole_section():
+    """``augment={}`` (the method's default) was applied after every named switch, wherever it was given:
+    ``augment={} augment=mixup`` trained kd_view's cutmix, and hid a refused combination behind no augmentation."""
+    base = ["model.teacher_checkpoint=t.pt"]
+    assert load_config(None, base + ["method=kd_view", "augment={}", "augment=mixup"]).augment.name == "mixup"
+    assert load_config(None, base + ["method=kd_view", "augment=mixup", "augment={}"]).augment.name == "cutmix"
+    assert load_config(None, base + ["augment={name: mixup}", "augment=cutmix"]).augment.name == "cutmix"
+    assert load_config(None, base + ["augment=cutmix", "augment={name: mixup, alpha: 0.4}"]).augment.name == "mixup"
+    with pytest.raises(ConfigError, match="override method.temperature comes before method, which replaces"):
+        load_config(None, base + ["method.temperature=1", "method={name: kd}"])  # a section drops a key before it
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     (["data.batchsize=3"], "data.batchsize: unknown key"),
     (["optim.lr=abc"], "optim.lr"),

@@ -564,20 +564,21 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def switches_first(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """Overrides in the order they apply: method and augmentation switches first, the rest as given. A key given
-    before a section that replaces it (``optim.epochs=3 optim={lr: 0.2}``) is refused: the section would drop it
-    without a word."""
+    """Overrides in the order they apply: method and augmentation switches first (a name, or a whole section:
+    ``augment={}``, ``method={name: kd}``), in the order given, so the last of them wins; the rest as given. A key
+    given before a section that replaces it (``optim.epochs=3 optim={lr: 0.2}``) is refused: the section would drop
+    it without a word."""
     def is_switch(kv):
-        return kv[0] in _NAMED_SECTIONS and not isinstance(kv[1], dict)
+        return kv[0] in _NAMED_SECTIONS
 
-    ordered = [kv for kv in pairs if is_switch(kv)] + [kv for kv in pairs if not is_switch(kv)]
-    for i, (key, _) in enumerate(ordered):
-        dropped = [earlier for earlier, _ in ordered[:i] if isinstance(earlier, str) and isinstance(key, str)
-                   and earlier.startswith(key + ".")]
+    for i, (key, value) in enumerate(pairs):  # as given: a section moved first must not keep a key it came after
+        if key in _NAMED_SECTIONS and not isinstance(value, dict):
+            continue  # a name: it resets the file's parameters, not those given beside it, whatever their order
+        dropped = [earlier for earlier, _ in pairs[:i] if earlier.startswith(key + ".")]
         if dropped:
             raise ConfigError(f"override {dropped[0]} comes before {key}, which replaces the whole {key} section "
                               f"and would drop it: give {dropped[0]} after {key} (or inside it)")
-    return ordered
+    return [kv for kv in pairs if is_switch(kv)] + [kv for kv in pairs if not is_switch(kv)]
 
 
 def yaml_error_line(err: yaml.YAMLError) -> str:
