@@ -193,3 +193,21 @@ def test_a_compiled_network_gets_torchs_own_batchnorm_back():
     assert type(net[1]) is small_bn.SmallChannelBatchNorm2d
     compile_in_place(net, None)
     assert [type(m) for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [nn.BatchNorm2d, nn.BatchNorm2d]
+
+
+@needs_kernel
+def test_a_diverged_batch_is_not_the_comparison_with_aten(recwarn):
+    """A run diverging at its first step (method.temperature=1e30) was told the kernel 'differed from ATen's
+    backward': its NaNs, not the kernel, differed. Non-finite input leaves the comparison to the next finite call."""
+    torch.set_num_threads(1)
+    bn = small_bn.SmallChannelBatchNorm2d(8)
+    x, dy, *_ = _tensors((4, 8, 5, 5), 0)
+    bad = x.clone().requires_grad_()
+    with torch.no_grad():
+        bad[0, 0, 0, 0] = float("nan")
+    bn(bad).backward(dy)
+    assert small_bn.status() == "on" and not small_bn._checked and not recwarn.list
+    bn(x.clone().requires_grad_()).backward(dy)  # its running statistics hold the NaN now: not compared either
+    assert small_bn._checked == {("backward", 8, 1)} and small_bn.status() == "on" and not recwarn.list
+    small_bn.SmallChannelBatchNorm2d(8)(x.clone().requires_grad_()).backward(dy)
+    assert small_bn._checked == {("forward", 8, 1), ("backward", 8, 1)} and small_bn.status() == "on"
