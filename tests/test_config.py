@@ -34,6 +34,10 @@ def test_the_last_of_an_augmentations_switches_wins_a_name_or_a_whole_section():
     assert load_config(None, base + ["augment=cutmix", "augment={name: mixup, alpha: 0.4}"]).augment.name == "mixup"
     with pytest.raises(ConfigError, match="override method.temperature comes before method, which replaces"):
         load_config(None, base + ["method.temperature=1", "method={name: kd}"])  # a section drops a key before it
+    with pytest.raises(ConfigError, match=r"override method=\{temperature: 2\} replaces the whole method section and "
+                                          r"names no method: give method=\{name: NAME, temperature: ...\}, or set one "
+                                          r"parameter with method.temperature=...$"):  # it said "method ce takes no"
+        load_config(None, base + ["method=kd", "method={temperature: 2}"])
 
 
 @pytest.mark.parametrize("overrides, fragment", [

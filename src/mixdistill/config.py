@@ -559,6 +559,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             value = raw
         if isinstance(value, dict) and key.strip() in NAME_KEYS and not raw.lstrip().startswith("{"):
             value = raw.strip()  # `model.student=timm:` is a name cut short, not a YAML mapping {timm: null}
+        if key.strip() == "method" and isinstance(value, dict) and value and "name" not in value:
+            first = next(iter(value))  # it replaced the section with ce's, and was refused as "ce takes no parameters"
+            raise ConfigError(f"override {item} replaces the whole method section and names no method: give "
+                              f"method={{name: NAME, {first}: ...}}, or set one parameter with method.{first}=...")
         parsed.append((key.strip(), value))
     return switches_first(parsed)
 
