@@ -112,6 +112,19 @@ def test_methods_table(capsys, monkeypatch):
     assert "a listed teacher-student pair's released values replace" in rows["dkd"]  # beta=8.0 read as DKD's only
 
 
+@pytest.mark.parametrize("command, names, bad", [("methods", ["dkd", "kd"], "kdd"),
+                                                 ("augments", ["mixup", "cutmix"], "cutmx")])
+def test_reference_tables_show_only_the_names_given(capsys, monkeypatch, command, names, bad):
+    """`mixdistill methods kd` was "unrecognized arguments: kd" (the whole table, 160 columns, was the one view)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main([command, *names]) == 0
+    assert list(_table_rows(capsys.readouterr().out)) == names  # in the order given
+    assert main([command, names[0], bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mixdistill: error: unknown {command.removesuffix('s').replace('augment', 'augmentation')} "
+                          f"'{bad}'. Did you mean: {names[1]}") and len(err.splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("command", ["methods", "augments"])
 def test_reference_tables_fold_at_160_columns_off_a_terminal(capsys, monkeypatch, command):
     monkeypatch.delenv("COLUMNS", raising=False)

@@ -283,7 +283,20 @@ def _add_methods(sub):
                        description="Every value method.name can take, with its parameters (method.PARAM=VALUE "
                                    "overrides; defaults shown), the augmentation it gets when the config's augment "
                                    "section names none, and the paper it comes from.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these methods (unset: every one)")
     p.set_defaults(func=cmd_methods)
+
+
+def _only(rows: list[tuple], names: list[str], kind: str) -> list[tuple]:
+    """The rows of ``names`` (a row's first cell is its name), in the order given; an unknown name is an error."""
+    from mixdistill.errors import UnknownNameError
+    from mixdistill.registry import PLUGIN_NOTE
+
+    by_name = {row[0]: row for row in rows}
+    for name in names:
+        if name not in by_name:
+            raise UnknownNameError(kind, name, by_name, PLUGIN_NOTE)
+    return [by_name[name] for name in dict.fromkeys(names)] if names else rows
 
 
 def _print_reference_table(title: str, columns, rows) -> int:
@@ -303,7 +316,7 @@ def _print_reference_table(title: str, columns, rows) -> int:
 def cmd_methods(args) -> int:
     return _print_reference_table("methods (method=NAME method.PARAM=VALUE)",
                                   ("method", "kind", "parameters (defaults)", "default augment", "source"),
-                                  method_rows())
+                                  _only(method_rows(), args.names, "method"))
 
 
 def augment_rows() -> list[tuple[str, str, str]]:
@@ -330,12 +343,14 @@ def _add_augments(sub):
                        description="Every value augment.name can take (or augment=NAME), with its parameters "
                                    "(augment.PARAM=VALUE overrides; defaults shown). `mixdistill methods` shows "
                                    "which augmentation each method gets by default.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these augmentations (unset: every one)")
     p.set_defaults(func=cmd_augments)
 
 
 def cmd_augments(args) -> int:
     return _print_reference_table("augmentations (augment=NAME augment.PARAM=VALUE; augment=none: none)",
-                                  ("augment", "parameters (defaults)", "what it does"), augment_rows())
+                                  ("augment", "parameters (defaults)", "what it does"),
+                                  _only(augment_rows(), args.names, "augmentation"))
 
 
 def _add_teachers(sub):
