@@ -841,3 +841,15 @@ def test_under_torchrun_the_demo_is_refused_and_a_nodes_other_ranks_stay_silent(
     monkeypatch.setenv("LOCAL_RANK", "1")
     cli._show_warning("said", UserWarning, cli.__file__, 1)
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_refused_after_its_folder_was_claimed_leaves_no_output_folders(capsys, tmp_path, fmnist_root):
+    """The run's own folder was removed again, but the output folders made above it stayed, empty."""
+    out = tmp_path / "new" / "runs"
+    common = ["train", "configs/fmnist_cpu.yaml", f"data.root={fmnist_root}", "optim.epochs=1", "train.threads=1",
+              "data.train_subset=500", "model.teacher_checkpoint=" + str(tmp_path / "none.pt")]
+    assert one_line_error(capsys, [*common, f"output_dir={out}"]).endswith("(a run's last.pt)")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
+    one_line_error(capsys, [*common, f"output_dir={tmp_path / 'kept'}"])
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []

@@ -118,15 +118,19 @@ def set_aside(run_dir: Path) -> Path:
 def claim(run_dir: Path, what: str) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the body (a second run into it stops with one line naming the holder), after
     removing the temporary files an interrupted write left there. A directory this call created and the body
-    left empty is removed again, so a run that fails before writing anything leaves nothing behind."""
-    created = not run_dir.exists()
+    left empty is removed again, and the output folders made for it, so a run that fails before writing anything
+    leaves nothing behind."""
+    made = [d for d in [run_dir, *run_dir.parents] if not d.exists()]  # run_dir first, then the folders above it
     try:
         with hold_lock(run_dir / LOCK, what):
             remove_orphans(run_dir)
             yield
     finally:
-        if created:
+        if made:
             _remove_if_only_lock(run_dir)
+            for folder in made[1:]:
+                with contextlib.suppress(OSError):  # not empty: another run's, or this one's files
+                    folder.rmdir()
 
 
 def _remove_if_only_lock(run_dir: Path) -> None:
