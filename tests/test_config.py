@@ -38,6 +38,10 @@ def test_the_last_of_an_augmentations_switches_wins_a_name_or_a_whole_section():
                                           r"names no method: give method=\{name: NAME, temperature: ...\}, or set one "
                                           r"parameter with method.temperature=...$"):  # it said "method ce takes no"
         load_config(None, base + ["method=kd", "method={temperature: 2}"])
+    from mixdistill.config import resolve_config
+
+    with pytest.raises(ConfigError, match="override key 1: expected a dotted config key"):  # the API's, not text
+        resolve_config(None, {"optim.epochs": 2, 1: 3})
 
 
 @pytest.mark.parametrize("overrides, fragment", [

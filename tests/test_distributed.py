@@ -185,3 +185,51 @@ def test_a_per_process_batch_too_small_to_mix_is_one_error_before_training(tmp_p
     # left to the interpreter's exit aborted it at times ("terminate called without an active exception", -6)
     assert ddp.stderr.count("mixdistill: error:") == 1, ddp.stderr[-3000:]
     assert "terminate called" not in ddp.stderr and "exitcode  : -6" not in ddp.stderr, ddp.stderr[-3000:]
+    assert "exitcode  : 2" in ddp.stderr, ddp.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_loss_that_goes_bad_on_one_rank_stops_every_rank_and_the_first_says_where(tmp_path):
+    """Each rank checked its own loss: rank 1's NaN stopped rank 1 alone, which a node's first rank alone prints,
+    so nothing said why (rank 0 went on into a gloo error or torchrun's SIGTERM)."""
+    from mixdistill.data.synthetic import write_fashion_like
+
+    root = write_fashion_like(tmp_path / "data", 128, 64)
+    wrapper = tmp_path / "wrapper.py"  # rank 1's total loss reads NaN at step 2; rank 0's stays finite
+    wrapper.write_text("import os, sys\nfrom mixdistill.engine import trainer\nfrom mixdistill.cli import main\n"
+                       "if os.environ['RANK'] == '1':\n"
+                       "    make = trainer.Trainer._make_train_step\n"
+                       "    def bad_at_step_2(self):\n"
+                       "        step = make(self)\n"
+                       "        def bad(images, labels, info):\n"
+                       "            out, total = step(images, labels, info)\n"
+                       "            return out, total * float('nan') if info.step == 2 else total\n"
+                       "        return bad\n"
+                       "    trainer.Trainer._make_train_step = bad_at_step_2\n"
+                       "sys.exit(main(sys.argv[1:]))\n")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29525", str(wrapper), "train", "configs/fmnist_cpu_teacher.yaml",
+                          f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "model.student=lenet5",
+                          "data.batch_size=32", "optim.epochs=1", "train.progress=false", "train.tensorboard=false",
+                          "train.device=cpu", "train.threads=1", "name=nan", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode != 0
+    said = [line for line in ddp.stderr.splitlines() if line.startswith("mixdistill:")]
+    assert said == ["mixdistill: non-finite loss at step 2 on rank 1 (term: total); stopped. No checkpoint was written "
+                    "yet (it failed before the first epoch ended)"], ddp.stderr[-3000:]
+    assert ddp.stderr.count("exitcode  : 1") == 2, ddp.stderr[-3000:]  # both ranks: a result, not a crash
+
+
+def test_a_process_group_the_caller_made_is_left_to_it(monkeypatch):
+    """train() destroyed any process group at its end: one the caller of the Python API made (mp.spawn with its own
+    init_method) and still used was gone."""
+    from mixdistill.engine import distributed
+
+    destroyed = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: destroyed.append(True))
+    distributed.end_distributed()
+    assert destroyed == []
+    monkeypatch.setitem(distributed._owned, "group", True)  # as init_distributed sets it when it made the group
+    distributed.end_distributed()
+    assert destroyed == [True] and not distributed._owned["group"]

@@ -841,6 +841,11 @@ def test_under_torchrun_the_demo_is_refused_and_a_nodes_other_ranks_stay_silent(
     monkeypatch.setenv("LOCAL_RANK", "1")
     cli._show_warning("said", UserWarning, cli.__file__, 1)
     assert capsys.readouterr().err == ""
+    for world, local in (("1", "1"), ("2", "x"), ("2", "")):  # not under torchrun, or not its numbers: said
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setenv("LOCAL_RANK", local)
+        cli._show_warning("said", UserWarning, cli.__file__, 1)
+        assert capsys.readouterr().err == "mixdistill: warning: said\n"
 
 
 def test_a_run_refused_after_its_folder_was_claimed_leaves_no_output_folders(capsys, tmp_path, fmnist_root):
@@ -853,3 +858,27 @@ def test_a_run_refused_after_its_folder_was_claimed_leaves_no_output_folders(cap
     (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
     one_line_error(capsys, [*common, f"output_dir={tmp_path / 'kept'}"])
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_run_that_loses_the_race_for_its_folder_leaves_the_winners_folder(tmp_path, monkeypatch):
+    """Two runs started into one new folder at once: the one refused on the lock removed the folder (and its lock)
+    the other had just made, as a folder it had made itself and left empty."""
+    import contextlib
+
+    from mixdistill.engine import run
+    from mixdistill.errors import LockedError
+
+    run_dir = tmp_path / "out" / "r"
+
+    @contextlib.contextmanager
+    def taken(path, what):  # the other process makes the folder and takes its lock first
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        raise LockedError("in use")
+        yield
+
+    monkeypatch.setattr(run, "hold_lock", taken)
+    with pytest.raises(LockedError):
+        with run.claim(run_dir, "training r"):
+            pass
+    assert (run_dir / run.LOCK).exists()

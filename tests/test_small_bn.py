@@ -209,5 +209,10 @@ def test_a_diverged_batch_is_not_the_comparison_with_aten(recwarn):
     assert small_bn.status() == "on" and not small_bn._checked and not recwarn.list
     bn(x.clone().requires_grad_()).backward(dy)  # its running statistics hold the NaN now: not compared either
     assert small_bn._checked == {("backward", 8, 1)} and small_bn.status() == "on" and not recwarn.list
+    nan_weight = small_bn.SmallChannelBatchNorm2d(8)
+    with torch.no_grad():
+        nan_weight.weight[0] = float("nan")
+    nan_weight(x.clone().requires_grad_()).backward(dy)  # a NaN parameter: not compared either
+    assert small_bn._checked == {("backward", 8, 1)} and small_bn.status() == "on" and not recwarn.list
     small_bn.SmallChannelBatchNorm2d(8)(x.clone().requires_grad_()).backward(dy)
     assert small_bn._checked == {("forward", 8, 1), ("backward", 8, 1)} and small_bn.status() == "on"

@@ -576,8 +576,11 @@ def _drop_stdout() -> None:
 def _speaks() -> bool:
     """Under torchrun, the first process of each node alone prints errors, warnings and interruptions: every rank
     meets the same config and data, and printed each line once per process (interleaved, or run together on one
-    line); the others exit with the same status."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    line); the others exit with the same status. Outside torchrun (WORLD_SIZE unset or 1) every process speaks."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    except ValueError:  # not torchrun's numbers: say it rather than lose it
+        return True
 
 
 def _say(line: str) -> None:

@@ -578,7 +578,8 @@ def switches_first(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     for i, (key, value) in enumerate(pairs):  # as given: a section moved first must not keep a key it came after
         if key in _NAMED_SECTIONS and not isinstance(value, dict):
             continue  # a name: it resets the file's parameters, not those given beside it, whatever their order
-        dropped = [earlier for earlier, _ in pairs[:i] if earlier.startswith(key + ".")]
+        dropped = [earlier for earlier, _ in pairs[:i] if isinstance(earlier, str) and isinstance(key, str)
+                   and earlier.startswith(key + ".")]  # not a text key (the API's): refused as one later
         if dropped:
             raise ConfigError(f"override {dropped[0]} comes before {key}, which replaces the whole {key} section "
                               f"and would drop it: give {dropped[0]} after {key} (or inside it)")

@@ -45,8 +45,9 @@ def run_settings(record: RunRecord) -> dict[str, object]:
     """The flat config of ``record`` and ``processes``, its torchrun world size (from its summary; 1 until it
     finishes): its floats depend on it (each rank draws and normalises its own share; ``--resume`` refuses another
     count), yet config.yaml does not hold it."""
-    return {**flat(record.config),
-            "processes": ((record.summary or {}).get("environment") or {}).get("processes") or 1}
+    environment = (record.summary or {}).get("environment")
+    processes = environment.get("processes") if isinstance(environment, dict) else None
+    return {**flat(record.config), "processes": processes if isinstance(processes, int) and processes > 1 else 1}
 
 
 def group_key(record: RunRecord) -> str:

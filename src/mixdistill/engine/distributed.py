@@ -55,13 +55,19 @@ def init_distributed(device: str) -> DistContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _owned["group"] = True
     return DistContext(rank, world_size, local_rank)
 
 
+_owned = {"group": False}  # whether init_distributed made the process group (a caller's own is left to it)
+
+
 def end_distributed() -> None:
-    """Destroy the process group, if this process has one."""
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group :func:`init_distributed` made, if it made one (not a group the caller of the
+    Python API made and still uses)."""
+    if _owned["group"] and dist.is_initialized():
         dist.destroy_process_group()
+    _owned["group"] = False
 
 
 def check_same_config(config: dict, ctx: DistContext) -> None:

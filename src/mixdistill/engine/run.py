@@ -121,12 +121,14 @@ def claim(run_dir: Path, what: str) -> Iterator[None]:
     left empty is removed again, and the output folders made for it, so a run that fails before writing anything
     leaves nothing behind."""
     made = [d for d in [run_dir, *run_dir.parents] if not d.exists()]  # run_dir first, then the folders above it
+    held = False
     try:
         with hold_lock(run_dir / LOCK, what):
+            held = True
             remove_orphans(run_dir)
             yield
     finally:
-        if made:
+        if made and held:  # not where another process holds it: the folder is that one's
             _remove_if_only_lock(run_dir)
             for folder in made[1:]:
                 with contextlib.suppress(OSError):  # not empty: another run's, or this one's files

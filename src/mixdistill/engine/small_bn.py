@@ -73,13 +73,17 @@ def _disagree(direction: str, channels: int) -> None:
     warnings.warn(f"mixdistill small-channel BatchNorm {_state['disabled']}", RuntimeWarning, stacklevel=3)
 
 
+def _finite(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _forward(x, weight, bias, running_mean, running_var, momentum: float, eps: float):
     """ATen's ``native_batch_norm(x, ..., training=True)``: (y, save_mean, save_invstd); updates the running stats."""
     channels, threads = x.shape[1], torch.get_num_threads()
     stats = [t for t in (running_mean, running_var) if t is not None]
     # compared on finite values only: a diverged run's NaNs (their encodings) say nothing of the kernel, and the
     # warning blamed it for them
-    check = ("forward", channels, threads) not in _checked and all(bool(torch.isfinite(t).all()) for t in [x, *stats])
+    check = ("forward", channels, threads) not in _checked and _finite(x, weight, bias, *stats)
     if check:  # ATen on copies of the running stats, to compare
         aten_stats = [t.clone() for t in stats]
         copies = iter(aten_stats)
@@ -118,8 +122,7 @@ def _backward(grad_out, x, weight, save_mean, save_invstd, eps: float, mask: lis
         _ptr(save_mean), _ptr(save_invstd), _ptr(grads[1]), _ptr(grads[2]))
     if rc != 0:
         raise RuntimeError(f"small_bn_backward returned {rc}")
-    if (("backward", channels, threads) not in _checked  # on finite values only, as _forward
-            and bool(torch.isfinite(grad_out).all() and torch.isfinite(x).all())):
+    if ("backward", channels, threads) not in _checked and _finite(grad_out, x, weight):  # as _forward
         _checked.add(("backward", channels, threads))
         expected = torch.ops.aten.native_batch_norm_backward(grad_out, x, weight, None, None, save_mean,
                                                              save_invstd, True, eps, mask)

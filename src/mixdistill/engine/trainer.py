@@ -625,12 +625,20 @@ class Trainer:
         return True
 
     def _raise_if_nonfinite(self, bad_step, bad_terms):
-        if bad_step.item() >= 0:
-            terms = [name for name, s in bad_terms.items() if s.item() == bad_step.item()] or ["total"]
+        """Stop at a non-finite loss; under torchrun every rank stops together, at the earliest rank's step, so that
+        the rank that prints (a node's first) says it, not a rank whose share of the batch alone went bad."""
+        step = int(bad_step.item())
+        terms = ([name for name, s in bad_terms.items() if s.item() == step] or ["total"]) if step >= 0 else []
+        where = ""
+        if self.dist.enabled and self.dist.sum_((bad_step >= 0).to(torch.int64)).item():
+            everyone: list = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(everyone, (step, terms))
+            rank, (step, terms) = min(((r, x) for r, x in enumerate(everyone) if x[0] >= 0), key=lambda rx: rx[1][0])
+            where = f" on rank {rank}"
+        if step >= 0:
             kept = (f"The last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path.exists()
                     else "No checkpoint was written yet (it failed before the first epoch ended)")
-            raise NonFiniteLossError(
-                f"non-finite loss at step {bad_step.item()} (term: {', '.join(terms)}); stopped. {kept}")
+            raise NonFiniteLossError(f"non-finite loss at step {step}{where} (term: {', '.join(terms)}); stopped. {kept}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
