@@ -116,7 +116,8 @@ def test_shen2022_smoke_study(fmnist_root, tmp_path, capsys):
     from mixdistill.config import DEFAULT_THREADS
 
     # the runs' own thread count (it read "default", and the runs recorded a number)
-    assert timing["runs_trained"] == 1 and timing["executor"] == f"local, {DEFAULT_THREADS} thread(s) per run, jobs auto"
+    assert timing["runs_trained"] == 1
+    assert timing["executor"] == f"local, {DEFAULT_THREADS} thread(s) per run, jobs auto"
     # other seeds: a range reuses the runs it shares with the earlier seeds and adds the rest
     assert main(args[:4] + ["--seeds", "1-2"] + args[6:]) == 0
     out = capsys.readouterr().out

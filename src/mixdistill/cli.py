@@ -38,7 +38,8 @@ def _add_train(sub):
     p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress output (the start log, the epoch lines, the bar); the results table still prints")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (the start log, the epoch lines, the bar); the results table still prints")
     p.set_defaults(func=cmd_train)
 
 

@@ -638,7 +638,8 @@ class Trainer:
         if step >= 0:
             kept = (f"The last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path.exists()
                     else "No checkpoint was written yet (it failed before the first epoch ended)")
-            raise NonFiniteLossError(f"non-finite loss at step {step}{where} (term: {', '.join(terms)}); stopped. {kept}")
+            raise NonFiniteLossError(f"non-finite loss at step {step}{where} (term: {', '.join(terms)}); stopped. "
+                                     f"{kept}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
