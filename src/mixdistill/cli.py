@@ -579,7 +579,7 @@ def _speaks() -> bool:
     meets the same config and data, and printed each line once per process (interleaved, or run together on one
     line); the others exit with the same status. Outside torchrun (WORLD_SIZE unset or 1) every process speaks."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+        return int(os.environ.get("WORLD_SIZE") or 1) <= 1 or int(os.environ.get("LOCAL_RANK") or 0) == 0
     except ValueError:  # not torchrun's numbers: say it rather than lose it
         return True
 
@@ -633,7 +633,24 @@ def _sigterm_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        return _main(argv)
+        status = _main(argv)
+    distributed = sys.modules.get("mixdistill.engine.distributed")  # loaded where a run was built
+    if status and distributed is not None and distributed.made_a_process_group():
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """A torchrun rank that stops with an error ends here, its output flushed: torn down with the interpreter, the
+    process group's threads (its DDP reducer still referenced by the error's traceback) aborted it at times
+    ("terminate called without an active exception", exit -6 in place of the status)."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -55,11 +55,18 @@ def init_distributed(device: str) -> DistContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        _owned["group"] = True
+        _owned["group"] = _owned["made"] = True
     return DistContext(rank, world_size, local_rank)
 
 
-_owned = {"group": False}  # whether init_distributed made the process group (a caller's own is left to it)
+# group: whether init_distributed made the process group there is now (a caller's own is left to it); made: whether
+# it made one in this process at all
+_owned = {"group": False, "made": False}
+
+
+def made_a_process_group() -> bool:
+    """Did this process make a process group (torchrun's run), live or destroyed since?"""
+    return _owned["made"]
 
 
 def end_distributed() -> None:
