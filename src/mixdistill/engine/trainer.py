@@ -485,7 +485,6 @@ class Trainer:
         summary["environment"] = environment(self.runtime, world_size=self.dist.world_size)
         if main:
             write_json(self.run_dir / run.SUMMARY, summary)
-        end_distributed()
         return summary
 
     def _train_epoch(self, epoch: int, epochs: int, logger) -> dict:
@@ -737,7 +736,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict:
             return summary
     try:
         return Trainer(cfg, resume=resume, quiet=quiet).fit()
-    finally:  # an error under torchrun: gloo's threads torn down at exit aborted the process (SIGABRT, not exit 2)
+    finally:  # done or stopped by an error (torn down at exit, gloo's threads aborted the process: SIGABRT)
         end_distributed()
 
 

@@ -67,7 +67,7 @@ def run_study(name: str, *, scale: str = "cpu", seeds: int | str | list[int] | N
             raise IncompleteStudyError(f"--report-only: {study_dir} has no finished run yet (no results.jsonl)")
         rows = current_rows(runs, study_dir, threads)
     else:
-        rows_before = len(ResultsFile(results).rows())  # rows, not lines: adding a row moves a damaged line away
+        rows_before = len(ResultsFile(results).rows())  # rows, not lines: the grid sets damaged lines aside
         started = time.perf_counter()
         dataset = runs[0].config["data"]["dataset"] if runs else None
         record = {"seeds": seeds, "threads": threads or DEFAULT_THREADS, "data_root": data_root,

@@ -91,15 +91,21 @@ class ResultsFile:
         return [row for line in self.path.read_text().splitlines() if (row := _parsed_row(line)) is not None]
 
     def append(self, row: dict) -> None:
-        """Add ``row``; a line that is not a row moves to ``results.jsonl.damaged`` first (kept, not lost), so that
-        the file stays one JSON row a line for the tools that read it (``pandas.read_json(lines=True)``)."""
         with hold_lock(self.lock_path, "adding a result", wait=True):
+            text = self.path.read_text() if self.path.exists() else ""
+            write_text(self.path, text + ("\n" if text and not text.endswith("\n") else "") + json.dumps(row) + "\n")
+
+    def set_aside_damaged(self) -> None:
+        """Move the lines that are not rows to ``results.jsonl.damaged`` (kept, not lost), so that the file is one
+        JSON row a line for the tools that read it (``pandas.read_json(lines=True)``); a grid does it once as it
+        starts, its own appends being whole rows."""
+        with hold_lock(self.lock_path, "setting damaged lines aside", wait=True):
             lines = self.path.read_text().splitlines() if self.path.exists() else []
+            rows = [line for line in lines if _parsed_row(line) is not None]
             damaged = [line for line in lines if line.strip() and _parsed_row(line) is None]
             if damaged:
                 append_text(self.damaged_path, "".join(line + "\n" for line in damaged))
-                lines = [line for line in lines if line.strip() and _parsed_row(line) is not None]
-            write_text(self.path, "".join(line + "\n" for line in lines) + json.dumps(row) + "\n")
+                write_text(self.path, "".join(line + "\n" for line in rows))
 
 
 def _parsed_row(line: str) -> dict | None:
@@ -346,6 +352,7 @@ def run_grid(runs: list[GridRun], study_dir: str | Path, *, executor: str = "loc
         if record is not None:
             write_json(study_dir / GRID_RECORD, record)
         results = ResultsFile(study_dir / "results.jsonl")
+        results.set_aside_damaged()
         plan = _plan(runs, configs, results.read(), needs, rerun)
         for key, why in plan.again.items():
             moved = f"; old run moved to {set_aside(configs[key].run_dir)}" if configs[key].run_dir.exists() else ""
@@ -415,7 +422,6 @@ def start_worker(parent: int) -> None:
     shutdown, and so the grid, would wait for): its runs' files are written and closed by then; standard output,
     standard error and ``logging`` are flushed first."""
     import atexit
-
     import warnings
 
     exit_with_parent(parent)
